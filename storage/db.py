@@ -1,0 +1,94 @@
+"""Engine and session factory from a SQLAlchemy URL, and schema migrations."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.errors import ConfigError
+from storage.tables import Base, SchemaVersion
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL mode and a busy timeout.
+
+    Raises ConfigError with a one-line message for a malformed URL or a
+    missing driver.
+    """
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+        raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling starts transactions lazily (before
+    # the first write only), so reads inside `Session.begin()` would not be
+    # isolated. Take over: autocommit at the driver, explicit BEGIN from us.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # NORMAL in WAL mode survives process crashes; a power loss may drop the
+        # last commits, which then replay from the (equally old) stored offsets.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+# Ordered, append-only. Each step creates or alters what its version added;
+# never edit a released step, add a new one.
+def _create(*names: str) -> Callable[[Connection], None]:
+    def step(conn: Connection) -> None:
+        for name in names:
+            Base.metadata.tables[name].create(conn, checkfirst=True)
+
+    return step
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "spine: offsets, model counts, duplicate horizon, outbox, dead letters",
+     _create("consumer_offsets", "model_stats", "seen_events", "outbox", "dead_letter_stats")),
+]
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema to the newest version; safe to run from several processes."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7243061)"))
+        SchemaVersion.__table__.create(conn, checkfirst=True)
+        current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())).scalar()
+        current = current or 0
+        for version, description, step in MIGRATIONS:
+            if version > current:
+                log.info("migrating schema to version %d: %s", version, description)
+                step(conn)
+                conn.execute(SchemaVersion.__table__.insert().values(
+                    version=version, description=description, applied_at=time.time()))
+                current = version
+    return current

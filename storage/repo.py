@@ -1,0 +1,145 @@
+"""Repository functions. Each takes a Session and never commits."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from storage.errors import StaleOffsets
+from storage.tables import ConsumerOffset, DeadLetterStats, ModelStats, OutboxMessage, SeenEvent
+
+TopicPartitionKey = tuple[str, int]
+
+# SQLite's default limit on bound parameters is 32766; stay far below it.
+_IN_CHUNK = 500
+
+
+def load_offsets(conn: Connection | Session, group_id: str,
+                 partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+    """Stored next offsets for the given partitions (absent: never processed)."""
+    wanted = set(partitions)
+    rows = conn.execute(select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset)
+                        .where(ConsumerOffset.group_id == group_id))
+    return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+
+def all_offsets(session: Session) -> list[ConsumerOffset]:
+    return list(session.scalars(select(ConsumerOffset).order_by(
+        ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition)))
+
+
+def advance_offsets(session: Session, group_id: str,
+                    moves: Mapping[TopicPartitionKey, tuple[int | None, int]]) -> None:
+    """Compare-and-set each partition's offset from ``expected`` to ``new``.
+
+    ``expected`` None means no row may exist yet. A mismatch means another
+    consumer advanced the partition since we read it: raise StaleOffsets so the
+    whole transaction rolls back (a fence against zombie monitors).
+    """
+    for (topic, partition), (expected, new) in moves.items():
+        if expected is None:
+            exists = session.execute(select(ConsumerOffset.next_offset).where(
+                ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
+                ConsumerOffset.partition == partition)).first()
+            if exists is not None:
+                raise StaleOffsets(f"{topic}[{partition}] already has a stored offset {exists[0]}")
+            session.add(ConsumerOffset(group_id=group_id, topic=topic, partition=partition, next_offset=new))
+            continue
+        result = session.execute(update(ConsumerOffset).where(
+            ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
+            ConsumerOffset.partition == partition, ConsumerOffset.next_offset == expected,
+        ).values(next_offset=new).execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            raise StaleOffsets(f"{topic}[{partition}] is no longer at offset {expected}")
+    session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class SeenKey:
+    kind: str
+    model_id: str
+    event_id: str
+
+
+def already_seen(session: Session, keys: Iterable[SeenKey]) -> set[SeenKey]:
+    """The subset of ``keys`` inside the duplicate horizon."""
+    by_group: dict[tuple[str, str], list[str]] = {}
+    for k in keys:
+        by_group.setdefault((k.kind, k.model_id), []).append(k.event_id)
+    found: set[SeenKey] = set()
+    for (kind, model_id), ids in by_group.items():
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i:i + _IN_CHUNK]
+            rows = session.execute(select(SeenEvent.event_id).where(
+                SeenEvent.kind == kind, SeenEvent.model_id == model_id, SeenEvent.event_id.in_(chunk)))
+            found.update(SeenKey(kind, model_id, eid) for (eid,) in rows)
+    return found
+
+
+def remember_seen(session: Session, rows: list[dict]) -> None:
+    """Insert seen-event rows: dicts with kind, model_id, event_id, topic, partition, offset."""
+    if rows:
+        session.execute(insert(SeenEvent), rows)
+
+
+def expire_seen(session: Session, topic: str, partition: int, below_offset: int) -> None:
+    session.execute(delete(SeenEvent).where(
+        SeenEvent.topic == topic, SeenEvent.partition == partition, SeenEvent.offset < below_offset,
+    ).execution_options(synchronize_session=False))
+
+
+def add_model_counts(session: Session, model_id: str, *, predictions: int = 0, labels: int = 0,
+                     duplicates: int = 0, min_ts: float | None = None, max_ts: float | None = None) -> None:
+    stats = session.get(ModelStats, model_id)
+    if stats is None:
+        stats = ModelStats(model_id=model_id, predictions=0, labels=0, duplicates=0)
+        session.add(stats)
+    stats.predictions += predictions
+    stats.labels += labels
+    stats.duplicates += duplicates
+    if min_ts is not None:
+        stats.first_event_ts = min_ts if stats.first_event_ts is None else min(stats.first_event_ts, min_ts)
+    if max_ts is not None:
+        stats.last_event_ts = max_ts if stats.last_event_ts is None else max(stats.last_event_ts, max_ts)
+
+
+def model_stats(session: Session) -> list[ModelStats]:
+    return list(session.scalars(select(ModelStats).order_by(ModelStats.model_id)))
+
+
+def add_dead_letter(session: Session, source_topic: str, error: str) -> None:
+    stats = session.get(DeadLetterStats, source_topic)
+    if stats is None:
+        stats = DeadLetterStats(source_topic=source_topic, count=0)
+        session.add(stats)
+    stats.count += 1
+    stats.last_error = error[:1000]
+
+
+def dead_letter_stats(session: Session) -> list[DeadLetterStats]:
+    return list(session.scalars(select(DeadLetterStats).order_by(DeadLetterStats.source_topic)))
+
+
+def enqueue(session: Session, topic: str, key: bytes | None, value: bytes | None,
+            headers: list[tuple[str, bytes]] = ()) -> None:
+    session.add(OutboxMessage(topic=topic, key=key, value=value, created_at=time.time(),
+                              headers=json.dumps([[n, v.hex()] for n, v in headers])))
+
+
+def pending_outbox(session: Session, limit: int) -> list[OutboxMessage]:
+    return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id).limit(limit)))
+
+
+def decode_headers(message: OutboxMessage) -> list[tuple[str, bytes]]:
+    return [(n, bytes.fromhex(v)) for n, v in json.loads(message.headers)]
+
+
+def delete_outbox(session: Session, ids: Iterable[int]) -> None:
+    ids = list(ids)
+    for i in range(0, len(ids), _IN_CHUNK):
+        session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids[i:i + _IN_CHUNK]))
+                        .execution_options(synchronize_session=False))

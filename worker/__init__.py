@@ -1,0 +1,1 @@
+"""Everything that talks to Kafka: settings, contracts, transport, the monitor and the CLI."""

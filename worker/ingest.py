@@ -1,0 +1,67 @@
+"""The ingest stage: duplicate filtering, per-model counts and dead letters."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy.orm import Session
+
+from storage import repo
+from storage.repo import SeenKey
+from worker.batch import Batch
+
+
+class IngestStage:
+    """Writes the counting state of a batch and removes duplicates from it.
+
+    A duplicate is an event whose (kind, model_id, event_id) was processed
+    within the last ``duplicate_horizon`` records of its source partition.
+    After ``apply`` the batch holds only first occurrences, so later stages
+    see each event once.
+    """
+
+    def __init__(self, duplicate_horizon: int):
+        if duplicate_horizon < 1:
+            raise ValueError("duplicate_horizon must be at least 1")
+        self.duplicate_horizon = duplicate_horizon
+
+    def apply(self, session: Session, batch: Batch) -> None:
+        batch.predictions = self._first_occurrences(session, "prediction", batch.predictions)
+        batch.labels = self._first_occurrences(session, "label", batch.labels)
+        self._count(session, batch)
+        for letter in batch.dead_letters:
+            repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
+            source = letter.topic.removesuffix(".DLT")
+            repo.add_dead_letter(session, source, dict(letter.headers).get("undertow.error.message", b"").decode())
+        for (topic, partition), next_offset in batch.next_offsets.items():
+            repo.expire_seen(session, topic, partition, next_offset - self.duplicate_horizon)
+
+    def _first_occurrences(self, session: Session, kind: str, items: list) -> list:
+        if not items:
+            return items
+        keys = [SeenKey(kind, event.model_id, event.event_id) for _, event in items]
+        seen = repo.already_seen(session, keys)
+        fresh, rows, duplicates = [], [], defaultdict(int)
+        for key, (position, event) in zip(keys, items):
+            if key in seen:
+                duplicates[event.model_id] += 1
+                continue
+            seen.add(key)
+            fresh.append((position, event))
+            rows.append({"kind": kind, "model_id": key.model_id, "event_id": key.event_id,
+                         "topic": position.topic, "partition": position.partition, "offset": position.offset})
+        repo.remember_seen(session, rows)
+        for model_id, n in duplicates.items():
+            repo.add_model_counts(session, model_id, duplicates=n)
+        return fresh
+
+    @staticmethod
+    def _count(session: Session, batch: Batch) -> None:
+        per_model: dict[str, list] = {}
+        for field, items in (("predictions", batch.predictions), ("labels", batch.labels)):
+            for _, event in items:
+                entry = per_model.setdefault(event.model_id, [0, 0, event.epoch, event.epoch])
+                entry[0 if field == "predictions" else 1] += 1
+                entry[2] = min(entry[2], event.epoch)
+                entry[3] = max(entry[3], event.epoch)
+        for model_id, (predictions, labels, lo, hi) in per_model.items():
+            repo.add_model_counts(session, model_id, predictions=predictions, labels=labels, min_ts=lo, max_ts=hi)

@@ -1,0 +1,145 @@
+"""Kafka clients, dead-letter records and the outbox relay."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import repo
+from storage.errors import ConfigError, UndertowError
+from worker.settings import Settings
+from worker.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# Dead-letter copies keep at most this much of the original value, so a
+# record near the broker's size limit still fits once error headers are added.
+# The full original stays in the source topic at the offset the headers name.
+DEAD_LETTER_MAX_VALUE = 512 * 1024
+
+
+class TransientError(UndertowError):
+    """Broker or database unavailable: retried with backoff, position kept."""
+
+
+def client_options(settings: Settings) -> dict:
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","), **settings.kafka_options}
+
+
+def _connect(factory, settings: Settings, **options):
+    try:
+        return factory(**client_options(settings), **options)
+    except KafkaTimeoutError:
+        raise ConfigError(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers}") from None
+
+
+def make_admin(settings: Settings) -> KafkaAdminClient:
+    return _connect(KafkaAdminClient, settings, client_id="undertow-admin")
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    return _connect(KafkaProducer, settings, client_id="undertow-producer", acks="all", linger_ms=5,
+                    delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
+
+
+def make_consumer(settings: Settings, group_id: str, **options) -> KafkaConsumer:
+    return _connect(
+        KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=settings.batch_max_records,
+        # Short timeouts: group joins take ~3 s on Tansu instead of ~23 s.
+        session_timeout_ms=6000, heartbeat_interval_ms=1000, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that broke the contract, as it will appear on ``<topic>.DLT``."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(record, stage: str, error: Exception) -> DeadLetter:
+    """The original key, value and headers plus error headers naming the source."""
+    value = record.value
+    headers = list(record.headers or [])
+    if value is not None and len(value) > DEAD_LETTER_MAX_VALUE:
+        headers.append(("undertow.value.truncated_from", str(len(value)).encode()))
+        value = value[:DEAD_LETTER_MAX_VALUE]
+    headers += [
+        ("undertow.error.stage", stage.encode()),
+        ("undertow.error.class", type(error).__name__.encode()),
+        ("undertow.error.message", str(error)[:4000].encode()),
+        ("undertow.source.topic", record.topic.encode()),
+        ("undertow.source.partition", str(record.partition).encode()),
+        ("undertow.source.offset", str(record.offset).encode()),
+    ]
+    return DeadLetter(Topics.dead_letter(record.topic), record.key, value, headers)
+
+
+class OutboxRelay:
+    """Publishes outbox rows; a row is deleted only after the broker acknowledged it.
+
+    A crash between publish and delete re-sends the row with the same bytes
+    (and so the same event id): delivery is at least once, subscribers drop
+    duplicates by id.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], producer: KafkaProducer, chunk: int = 500):
+        self._sessions = sessions
+        self._producer = producer
+        self._chunk = chunk
+
+    def publish_pending(self) -> int:
+        published = 0
+        while True:
+            with self._sessions.begin() as session:
+                rows = [(m.id, m.topic, m.key, m.value, repo.decode_headers(m))
+                        for m in repo.pending_outbox(session, self._chunk)]
+            if not rows:
+                return published
+            futures = [(row_id, self._producer.send(topic, key=key, value=value, headers=headers))
+                       for row_id, topic, key, value, headers in rows]
+            self._producer.flush()
+            acked, failed = [], None
+            for row_id, future in futures:
+                try:
+                    future.get(timeout=0)
+                    acked.append(row_id)
+                except KafkaError as exc:
+                    failed = exc
+            with self._sessions.begin() as session:
+                repo.delete_outbox(session, acked)
+            published += len(acked)
+            if failed is not None:
+                raise TransientError(f"outbox publish failed: {failed}")
+
+
+def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeout_s: float = 5.0) -> dict:
+    """The high watermark of each partition, from fetch responses.
+
+    Tansu's ListOffsets(latest) can return the base offset of the last batch
+    instead of the log end, so the watermark that fetches report is used.
+    Partitions whose watermark is not known by the deadline are left out.
+    """
+    import time
+    from kafka import TopicPartition
+    consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False,
+                             max_poll_records=1, request_timeout_ms=5000)
+    try:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+            known = {tp: consumer.highwater(tp) for tp in tps}
+            if all(v is not None for v in known.values()):
+                break
+        return {(tp.topic, tp.partition): hw for tp, hw in known.items() if hw is not None}
+    finally:
+        consumer.close()
