@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
@@ -83,7 +83,8 @@ def already_seen(session: Session, keys: Iterable[SeenKey]) -> set[SeenKey]:
 def remember_seen(session: Session, rows: list[dict]) -> None:
     """Insert seen-event rows: dicts with kind, model_id, event_id, topic, partition, offset."""
     if rows:
-        session.execute(insert(SeenEvent), rows)
+        # Core executemany: the ORM's bulk path costs ~10 us per row in Python.
+        session.execute(SeenEvent.__table__.insert(), rows)
 
 
 def expire_seen(session: Session, topic: str, partition: int, below_offset: int) -> None:

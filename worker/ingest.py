@@ -58,10 +58,14 @@ class IngestStage:
     def _count(session: Session, batch: Batch) -> None:
         per_model: dict[str, list] = {}
         for field, items in (("predictions", batch.predictions), ("labels", batch.labels)):
+            slot = 0 if field == "predictions" else 1
             for _, event in items:
-                entry = per_model.setdefault(event.model_id, [0, 0, event.epoch, event.epoch])
-                entry[0 if field == "predictions" else 1] += 1
-                entry[2] = min(entry[2], event.epoch)
-                entry[3] = max(entry[3], event.epoch)
+                epoch = event.epoch
+                entry = per_model.setdefault(event.model_id, [0, 0, epoch, epoch])
+                entry[slot] += 1
+                if epoch < entry[2]:
+                    entry[2] = epoch
+                elif epoch > entry[3]:
+                    entry[3] = epoch
         for model_id, (predictions, labels, lo, hi) in per_model.items():
             repo.add_model_counts(session, model_id, predictions=predictions, labels=labels, min_ts=lo, max_ts=hi)

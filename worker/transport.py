@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # record near the broker's size limit still fits once error headers are added.
 # The full original stays in the source topic at the offset the headers name.
 DEAD_LETTER_MAX_VALUE = 512 * 1024
+FETCH_MAX_WAIT_MS = 100
 
 
 class TransientError(UndertowError):
@@ -49,6 +50,9 @@ def make_consumer(settings: Settings, group_id: str, **options) -> KafkaConsumer
     return _connect(
         KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=settings.batch_max_records,
+        # Tansu holds a fetch for an empty partition up to fetch_max_wait_ms
+        # while the others wait behind it; 500 ms (the default) stalls a backlog.
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         # Short timeouts: group joins take ~3 s on Tansu instead of ~23 s.
         session_timeout_ms=6000, heartbeat_interval_ms=1000, **options)
 

@@ -1,0 +1,86 @@
+"""Storage against a real database (SQLite, or PostgreSQL via UNDERTOW_DB_URL)."""
+import pytest
+from sqlalchemy import inspect, select
+
+from storage import db, repo
+from storage.errors import ConfigError, StaleOffsets
+from storage.repo import SeenKey
+from storage.tables import ModelStats, SchemaVersion
+
+pytestmark = pytest.mark.postgres
+
+
+def test_migrate_is_idempotent_and_records_versions(engine):
+    assert db.migrate(engine) == db.MIGRATIONS[-1][0]
+    assert db.migrate(engine) == db.MIGRATIONS[-1][0]
+    sessions = db.make_session_factory(engine)
+    with sessions.begin() as session:
+        versions = list(session.scalars(select(SchemaVersion.version)))
+    assert versions == [v for v, _, _ in db.MIGRATIONS]
+    assert {"consumer_offsets", "seen_events", "outbox"} <= set(inspect(engine).get_table_names())
+
+
+def test_bad_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="invalid database URL"):
+        db.make_engine("not a url")
+    with pytest.raises(ConfigError):
+        db.make_engine("nosuchdialect://x")
+
+
+def test_offsets_compare_and_set_fences_a_stale_writer(engine):
+    sessions = db.make_session_factory(engine)
+    with sessions.begin() as s:
+        repo.advance_offsets(s, "g", {("t", 0): (None, 10)})
+    with sessions.begin() as s:
+        repo.advance_offsets(s, "g", {("t", 0): (10, 25)})
+    with pytest.raises(StaleOffsets):
+        with sessions.begin() as s:
+            repo.add_model_counts(s, "m", predictions=5)
+            repo.advance_offsets(s, "g", {("t", 0): (10, 40)})
+    with pytest.raises(StaleOffsets):
+        with sessions.begin() as s:
+            repo.advance_offsets(s, "g", {("t", 0): (None, 1)})
+    with engine.connect() as conn:
+        assert repo.load_offsets(conn, "g", [("t", 0), ("t", 1)]) == {("t", 0): 25}
+    with sessions.begin() as s:
+        assert s.get(ModelStats, "m") is None  # rolled back with the failed offset move
+
+
+def test_duplicate_horizon_remembers_and_expires(engine):
+    sessions = db.make_session_factory(engine)
+    rows = [{"kind": "prediction", "model_id": "m", "event_id": f"e{i}", "topic": "t", "partition": 0,
+             "offset": i} for i in range(10)]
+    with sessions.begin() as s:
+        repo.remember_seen(s, rows)
+    keys = [SeenKey("prediction", "m", f"e{i}") for i in range(12)] + [SeenKey("label", "m", "e1")]
+    with sessions.begin() as s:
+        assert repo.already_seen(s, keys) == set(keys[:10])
+        repo.expire_seen(s, "t", 0, below_offset=6)
+    with sessions.begin() as s:
+        assert repo.already_seen(s, keys) == set(keys[6:10])
+
+
+def test_outbox_round_trip_keeps_bytes_and_headers(engine):
+    sessions = db.make_session_factory(engine)
+    with sessions.begin() as s:
+        repo.enqueue(s, "a", b"k", b"\x00\xffvalue", [("h", b"\x01\x02")])
+        repo.enqueue(s, "b", None, None)
+    with sessions.begin() as s:
+        pending = repo.pending_outbox(s, 10)
+        assert [(m.topic, m.key, m.value) for m in pending] == [("a", b"k", b"\x00\xffvalue"), ("b", None, None)]
+        assert repo.decode_headers(pending[0]) == [("h", b"\x01\x02")]
+        repo.delete_outbox(s, [pending[0].id])
+    with sessions.begin() as s:
+        assert [m.topic for m in repo.pending_outbox(s, 10)] == ["b"]
+
+
+def test_model_counts_accumulate_with_event_time_bounds(engine):
+    sessions = db.make_session_factory(engine)
+    with sessions.begin() as s:
+        repo.add_model_counts(s, "m", predictions=3, min_ts=100.0, max_ts=200.0)
+    with sessions.begin() as s:
+        repo.add_model_counts(s, "m", labels=2, duplicates=1, min_ts=50.0, max_ts=150.0)
+    with sessions.begin() as s:
+        (stats,) = repo.model_stats(s)
+        assert (stats.predictions, stats.labels, stats.duplicates) == (3, 2, 1)
+        assert (stats.first_event_ts, stats.last_event_ts) == (50.0, 200.0)
