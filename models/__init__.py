@@ -1,0 +1,1 @@
+"""The ML-model lifecycle, free of Kafka: reference profiles, registry, model cards."""
