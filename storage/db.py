@@ -73,6 +73,8 @@ def _create(*names: str) -> Callable[[Connection], None]:
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "spine: offsets, model counts, duplicate horizon, outbox, dead letters",
      _create("consumer_offsets", "model_stats", "seen_events", "outbox", "dead_letter_stats")),
+    (2, "data drift: model registry, window state and results, alerts",
+     _create("model_versions", "drift_state", "window_results", "alerts")),
 ]
 
 

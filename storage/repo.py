@@ -6,11 +6,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
-from storage.tables import ConsumerOffset, DeadLetterStats, ModelStats, OutboxMessage, SeenEvent
+from storage.tables import (Alert, ConsumerOffset, DeadLetterStats, DriftState, ModelStats, OutboxMessage,
+                            SeenEvent, WindowResult)
 
 TopicPartitionKey = tuple[str, int]
 
@@ -144,3 +145,52 @@ def delete_outbox(session: Session, ids: Iterable[int]) -> None:
     for i in range(0, len(ids), _IN_CHUNK):
         session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids[i:i + _IN_CHUNK]))
                         .execution_options(synchronize_session=False))
+
+
+def drift_state(session: Session, model_id: str, version: str) -> DriftState | None:
+    return session.get(DriftState, (model_id, version))
+
+
+def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str) -> None:
+    state = session.get(DriftState, (model_id, version))
+    if state is None:
+        state = DriftState(model_id=model_id, version=version)
+        session.add(state)
+    for name, value in columns.items():
+        setattr(state, name, value)
+    state.episodes = episodes
+
+
+def add_window_results(session: Session, rows: list[dict]) -> None:
+    if rows:
+        session.execute(WindowResult.__table__.insert(), rows)
+
+
+def latest_window_results(session: Session) -> list[WindowResult]:
+    """Per model version, the feature rows of its newest window."""
+    newest = (select(WindowResult.model_id, WindowResult.version,
+                     func.max(WindowResult.window_index).label("window_index"))
+              .group_by(WindowResult.model_id, WindowResult.version).subquery())
+    return list(session.scalars(select(WindowResult).join(newest, and_(
+        WindowResult.model_id == newest.c.model_id, WindowResult.version == newest.c.version,
+        WindowResult.window_index == newest.c.window_index)).order_by(
+        WindowResult.model_id, WindowResult.version, WindowResult.feature)))
+
+
+def window_results(session: Session, model_id: str | None = None) -> list[WindowResult]:
+    query = select(WindowResult).order_by(WindowResult.model_id, WindowResult.version,
+                                          WindowResult.window_index, WindowResult.feature)
+    if model_id:
+        query = query.where(WindowResult.model_id == model_id)
+    return list(session.scalars(query))
+
+
+def add_alert(session: Session, alert: Alert) -> None:
+    session.add(alert)
+
+
+def alerts(session: Session, model_id: str | None = None, limit: int = 1000) -> list[Alert]:
+    query = select(Alert).order_by(Alert.event_ts.desc(), Alert.id).limit(limit)
+    if model_id:
+        query = query.where(Alert.model_id == model_id)
+    return list(session.scalars(query))

@@ -81,3 +81,85 @@ class DeadLetterStats(Base):
     source_topic: Mapped[str] = mapped_column(String(250), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelVersion(Base):
+    """A registered model version: artifact, reference profile, card and stage."""
+
+    __tablename__ = "model_versions"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20))  # candidate | champion | archived | rejected
+    created_at: Mapped[float] = mapped_column(Float)
+    profile: Mapped[str] = mapped_column(Text)       # ReferenceProfile JSON
+    drift_config: Mapped[str] = mapped_column(Text)  # DriftConfig JSON
+    feature_schema: Mapped[str] = mapped_column(Text, default="{}")
+    model_card: Mapped[str] = mapped_column(Text, default="{}")
+    artifact_path: Mapped[str | None] = mapped_column(Text)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    data_sha256: Mapped[str | None] = mapped_column(String(64))
+    baseline_error_mean: Mapped[float | None] = mapped_column(Float)
+    baseline_error_std: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_model_versions_stage", "model_id", "stage"),)
+
+
+class DriftState(Base):
+    """Open window and per-feature episode state of one model version.
+
+    ``buffer`` holds the window's rows as raw little-endian float64 (NaN =
+    missing, categorical columns as bucket codes): plain numbers, bounded by
+    the window size.
+    """
+
+    __tablename__ = "drift_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    next_window: Mapped[int] = mapped_column(Integer, default=0)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    since_evaluation: Mapped[int] = mapped_column(Integer, default=0)
+    buffer: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    buffer_ts: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    window_start_ts: Mapped[float | None] = mapped_column(Float)
+    late_events: Mapped[int] = mapped_column(BigInteger, default=0)
+    episodes: Mapped[str] = mapped_column(Text, default="{}")  # feature -> [severity, stable windows]
+
+
+class WindowResult(Base):
+    """One row per closed window and feature: the time series reports plot."""
+
+    __tablename__ = "window_results"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feature: Mapped[str] = mapped_column(String(200), primary_key=True)
+    start_ts: Mapped[float] = mapped_column(Float)
+    end_ts: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    psi: Mapped[float] = mapped_column(Float)
+    ks_statistic: Mapped[float | None] = mapped_column(Float)
+    ks_pvalue: Mapped[float | None] = mapped_column(Float)
+    chi2_statistic: Mapped[float] = mapped_column(Float)
+    chi2_pvalue: Mapped[float] = mapped_column(Float)
+    missing_share: Mapped[float] = mapped_column(Float)
+    severity: Mapped[str] = mapped_column(String(20))
+
+
+class Alert(Base):
+    """Every alert the monitor raised (its CloudEvent), for `undertow alerts`."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(100))
+    feature: Mapped[str | None] = mapped_column(String(200))
+    severity: Mapped[str | None] = mapped_column(String(20))
+    event_ts: Mapped[float] = mapped_column(Float)
+    cloudevent: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_alerts_model", "model_id", "event_ts"),)

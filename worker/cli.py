@@ -88,9 +88,18 @@ def collect_status(settings) -> dict:
                    for o in repo.all_offsets(session)]
         dead = [{"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
                 for d in repo.dead_letter_stats(session)]
+        windows: dict[tuple[str, str], dict] = {}
+        for r in repo.latest_window_results(session):
+            w = windows.setdefault((r.model_id, r.version), {
+                "model_id": r.model_id, "version": r.version, "window_index": r.window_index,
+                "start_ts": _iso(r.start_ts), "end_ts": _iso(r.end_ts), "n": r.n, "features": {}})
+            w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
+                                        "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
+                                        "severity": r.severity}
     engine.dispose()
     _fill_lag(settings, offsets)
-    return {"models": models, "partitions": offsets, "dead_letters": dead}
+    return {"models": models, "last_windows": list(windows.values()), "partitions": offsets,
+            "dead_letters": dead}
 
 
 def _fill_lag(settings, offsets: list[dict]) -> None:
@@ -117,6 +126,12 @@ def cmd_status(args) -> int:
     print("models:")
     for m in status["models"] or [{"model_id": "(none yet)"}]:
         print("  " + "  ".join(f"{k}={v}" for k, v in m.items()))
+    for w in status["last_windows"]:
+        print(f"last window of {w['model_id']}@{w['version']}: #{w['window_index']} n={w['n']} "
+              f"{w['start_ts']} .. {w['end_ts']}")
+        for name, f in w["features"].items():
+            ks = "" if f["ks_statistic"] is None else f"  ks={f['ks_statistic']:.3f} (p={f['ks_pvalue']:.2g})"
+            print(f"    {name:<20} psi={f['psi']:.3f}{ks}  missing={f['missing_share']:.2%}  {f['severity']}")
     print("partitions:")
     for o in status["partitions"]:
         lag = "?" if o["lag"] is None else o["lag"]
@@ -127,43 +142,116 @@ def cmd_status(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Broker, topics, a sample stream, the monitor drained, then the status."""
+    """Broker, topics, a registered reference, a drifting sample stream, the monitor drained, then status."""
     from kafka import KafkaProducer
     from worker.broker import EmbeddedBroker
     from worker.monitor import Monitor
-    from worker.sample import SampleStream, encode
-    from worker.topics import Topics
+    from worker.sample import SampleStream, encode, write_reference_csv
+    from worker.topics import Topics, ensure_topics
+    from worker.transport import make_admin
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="undertow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker() as broker:
-        settings = load_settings({"kafka_bootstrap_servers": broker.bootstrap_servers,
-                                  "db_url": f"sqlite:///{workdir / 'undertow.db'}",
-                                  "artifacts_dir": str(workdir / "artifacts")})
+        common = ["--bootstrap-servers", broker.bootstrap_servers, "--db-url", f"sqlite:///{workdir / 'undertow.db'}",
+                  "--artifacts-dir", str(workdir / "artifacts")]
+        settings = _settings(build_parser().parse_args(["status", *common]))
         print(f"embedded broker on {broker.bootstrap_servers}; state in {workdir / 'undertow.db'}")
+        stream = SampleStream(seed=7)
+        write_reference_csv(stream, workdir / "reference.csv")
+        main(["models", "register", *common, "--model-id", "housing", "--reference", str(workdir / "reference.csv"),
+              "--target", "target", "--prediction-column", "prediction"])
         topics = Topics(settings.topic_prefix)
-        monitor = Monitor(settings, partitions=3)
-        _install_stop_handlers(monitor.request_stop)
-        from worker.topics import ensure_topics
-        from worker.transport import make_admin
         admin = make_admin(settings)
         ensure_topics(admin, topics, 3)
         admin.close()
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-        stream = SampleStream(seed=7)
-        for prediction, label in stream.events(args.events):
+        stable = args.events // 2
+        for i, (prediction, label) in enumerate(
+                [*stream.events(stable), *stream.events(args.events - stable, start_index=stable, shift=1.5)]):
             key = prediction["model_id"].encode()
             producer.send(topics.predictions, key=key, value=encode(prediction))
             producer.send(topics.labels, key=key, value=encode(label))
         producer.send(topics.predictions, key=b"housing", value=b"{not json")
         producer.flush()
         producer.close()
-        print(f"produced {args.events} predictions, {args.events} labels and 1 malformed record")
+        print(f"produced {args.events} predictions (x0 shifted by 1.5 sd after {stable}), "
+              f"{args.events} labels and 1 malformed record")
+        monitor = Monitor(settings, partitions=3)
+        _install_stop_handlers(monitor.request_stop)
         code = monitor.run(until_idle=3.0)
-        args.json = False
-        cmd_status(argparse.Namespace(json=False, kafka_bootstrap_servers=broker.bootstrap_servers,
-                                      db_url=settings.db_url, artifacts_dir=None, topic_prefix=None,
-                                      group_id=None))
+        print()
+        main(["status", *common])
+        print("\nalerts:")
+        main(["alerts", *common])
     return code
+
+
+def _sessions(settings):
+    engine = db.make_engine(settings.db_url)
+    db.migrate(engine)
+    return engine, db.make_session_factory(engine)
+
+
+def cmd_models_register(args) -> int:
+    from models import registry
+    from models.reference import load_reference
+    from pydantic import ValidationError
+    settings = _settings(args)
+    try:
+        config = registry.DriftConfig(**{k: getattr(args, k) for k in _DRIFT_FLAGS if getattr(args, k) is not None})
+    except ValidationError as exc:
+        raise registry.RegistryError("; ".join(e["msg"] for e in exc.errors())) from None
+    reference = load_reference(args.reference, args.target, args.prediction_column)
+    engine, sessions = _sessions(settings)
+    with sessions.begin() as session:
+        row = registry.register(
+            session, model_id=args.model_id, version=args.version, profile=reference.profile,
+            artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
+            drift_config=config, baseline_error=reference.baseline_error, data_sha256=reference.data_sha256,
+            card={"intended_use": {"description": args.description}} if args.description else None)
+        summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage,
+                   "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
+                   "baseline_error": reference.baseline_error, "drift_config": config.model_dump()}
+    engine.dispose()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from models import registry
+    engine, sessions = _sessions(_settings(args))
+    with sessions.begin() as session:
+        rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
+                 "artifact_sha256": r.artifact_sha256, "registered_at": _iso(r.created_at)}
+                for r in registry.list_versions(session, args.model_id)]
+    engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for r in [] if args.json else rows:
+        print("  ".join(f"{k}={v}" for k, v in r.items()))
+    return 0
+
+
+def cmd_alerts(args) -> int:
+    engine, sessions = _sessions(_settings(args))
+    with sessions.begin() as session:
+        events = [json.loads(a.cloudevent) for a in repo.alerts(session, args.model_id, args.limit)]
+    engine.dispose()
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        d = e["data"]
+        subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")
+        numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", "value")
+                            if isinstance(d.get(k), (int, float)))
+        print(f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
+              f"{d['severity']} ({d['episode']})  {numbers}")
+    return 0
+
+
+_DRIFT_FLAGS = ("window_size", "hop", "window_seconds", "psi_moderate", "psi_significant", "alpha",
+                "dataset_share", "end_after")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +282,40 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", help="the model registry")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    p = models_sub.add_parser("register", help="register a model version as champion, with its reference profile")
+    _common(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--reference", required=True, help="reference (training) data, CSV or Parquet")
+    p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
+                                    "the baseline error)")
+    p.add_argument("--prediction-column", help="the model's predictions on the reference; profiled like a feature")
+    p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded")
+    p.add_argument("--version", help="default: the next integer")
+    p.add_argument("--description", help="intended use, for the model card")
+    p.add_argument("--window-size", type=int, help="predictions per window (default 1000)")
+    p.add_argument("--hop", type=int, help="evaluate the last window-size predictions every HOP (hopping)")
+    p.add_argument("--window-seconds", type=float, help="tumbling event-time windows of this length instead")
+    p.add_argument("--psi-moderate", type=float, help="PSI from which a feature drifts moderately (0.1)")
+    p.add_argument("--psi-significant", type=float, help="PSI from which drift is significant (0.25)")
+    p.add_argument("--alpha", type=float, help="p-value below which a shift is not noise (0.01)")
+    p.add_argument("--dataset-share", type=float, help="share of drifted inputs for dataset drift (0.5)")
+    p.add_argument("--end-after", type=int, help="stable windows in a row that end an episode (2)")
+    p.set_defaults(func=cmd_models_register)
+    p = models_sub.add_parser("list", help="registered versions")
+    _common(p)
+    p.add_argument("--model-id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser("alerts", help="list drift alerts, newest first")
+    _common(p)
+    p.add_argument("--model-id")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("demo", help="run everything end to end on the embedded defaults")
     p.add_argument("--events", type=int, default=5000)

@@ -13,6 +13,7 @@ from storage import db, repo
 from storage.errors import StaleOffsets
 from worker.batch import build_batch
 from worker.checkpoint import Checkpoint
+from worker.data_drift import DataDriftStage
 from worker.ingest import IngestStage
 from worker.settings import Settings
 from worker.topics import Topics, ensure_topics
@@ -75,7 +76,7 @@ class Monitor:
         self._stop = threading.Event()
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.make_session_factory(self.engine)
-        self.stages = [IngestStage(settings.duplicate_horizon)]
+        self.stages = [IngestStage(settings.duplicate_horizon), DataDriftStage(self.topics.alerts)]
 
     def request_stop(self) -> None:
         """Safe from a signal handler: only flips a flag."""
@@ -106,6 +107,7 @@ class Monitor:
         started = last_activity = time.monotonic()
         backoff = 0.0
         ever_assigned = rewind_needed = False
+        generation = -1
         while not self._stop.is_set():
             try:
                 if rewind_needed:
@@ -118,6 +120,9 @@ class Monitor:
                 with tracker.lock:
                     unchecked, tracker.unchecked = tracker.unchecked, set()
                     expected = dict(tracker.expected)
+                    if generation != tracker.generation:
+                        generation = tracker.generation
+                        self._reset_stages()  # another monitor may have moved state meanwhile
                 if unchecked:
                     ever_assigned = True
                     last_activity = time.monotonic()
@@ -207,12 +212,15 @@ class Monitor:
                 reseeked.add((tp.topic, tp.partition))
         return reseeked
 
-    def _rewind(self, consumer, tracker) -> None:
-        """After a failed batch: back to the stored offsets, drop cached state."""
+    def _reset_stages(self) -> None:
         for stage in self.stages:
             reset = getattr(stage, "reset", None)
             if reset:
                 reset()
+
+    def _rewind(self, consumer, tracker) -> None:
+        """After a failed batch: back to the stored offsets, drop cached state."""
+        self._reset_stages()
         with tracker.lock:
             keys = list(tracker.expected)
         with self.engine.connect() as conn:

@@ -62,3 +62,14 @@ class SampleStream:
 
 def encode(event: dict) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
+
+
+def write_reference_csv(stream: SampleStream, path, n: int = 5000) -> None:
+    """Training-like reference data: features, the model's prediction and the target."""
+    import csv
+    x, regions, prediction, label = stream.rows(n)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*stream.names, "region", "prediction", "target"])
+        for i in range(n):
+            writer.writerow([*(f"{v:.6f}" for v in x[i]), regions[i], f"{prediction[i]:.6f}", f"{label[i]:.6f}"])

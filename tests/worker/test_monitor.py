@@ -124,7 +124,7 @@ def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
     # after a SIGKILL takes ~11 s on Tansu): every kill lands mid-stream.
     producer = threading.Thread(target=_produce_stream, args=(env, n), kwargs={"rate": 200})
     producer.start()
-    kills = 0
+    kills, proc = 0, None
     try:
         while kills < 3 or (producer.is_alive() and kills < 5):
             proc = env.start_monitor(env={"UNDERTOW_BATCH_MAX_RECORDS": "300"})
@@ -137,6 +137,8 @@ def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
             proc.wait()
             kills += 1
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         producer.join()
     env.drain(idle=4.0)
     predictions, labels, duplicates = _counts(env)
@@ -148,10 +150,14 @@ def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
 def test_sigterm_finishes_the_batch_commits_and_exits_zero(env):
     _produce_stream(env, 4000)
     proc = env.start_monitor(env={"UNDERTOW_BATCH_MAX_RECORDS": "200"})
-    wait_for(lambda: sum(_counts(env)) > 0, 60, "the monitor to process something")
-    proc.send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    proc.wait(timeout=10)
+    try:
+        wait_for(lambda: sum(_counts(env)) > 0, 60, "the monitor to process something")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
     assert time.monotonic() - started < 10
     # State and offsets are of the same batch: every record below the stored

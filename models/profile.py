@@ -1,0 +1,122 @@
+"""Reference profiles: what a model's training data looked like, per feature.
+
+Built once per model version from the reference data and stored as plain
+JSON numbers (never pickles):
+
+- numeric: inner quantile edges (outer bins open), the reference share of
+  every bin, the missing share, and a sorted sample of at most
+  ``KS_SAMPLE_SIZE`` values (evenly spaced quantiles when the data is larger),
+  so a window's KS statistic needs no re-sorting of the reference;
+- categorical: the shares of the most frequent categories, an "other" bucket
+  for the rest of the training categories, and a zero-share "unseen" bucket
+  for categories never seen in training.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from storage.errors import UndertowError
+
+KS_SAMPLE_SIZE = 5000
+DEFAULT_BINS = 10
+MAX_CATEGORIES = 50
+MAX_OTHER_CATEGORIES = 10_000
+PREDICTION_FEATURE = "__prediction__"
+
+
+class ProfileError(UndertowError):
+    """Reference data that cannot be profiled (empty, all missing, ...)."""
+
+
+class NumericProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["numeric"] = "numeric"
+    edges: list[float]          # inner edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
+    shares: list[float]         # len(edges) + 1, of non-missing values
+    missing_share: float
+    ks_sample: list[float]      # sorted
+
+
+class CategoricalProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["categorical"] = "categorical"
+    categories: list[str]       # buckets 0..k-1
+    shares: list[float]         # len(categories) + 2: ..., other, unseen (of non-missing values)
+    missing_share: float
+    # Training categories beyond the kept ones (bucket "other"), so that a
+    # category never seen in training is told apart from a rare known one.
+    other_categories: list[str] = []
+
+
+class ReferenceProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rows: int
+    features: dict[str, NumericProfile | CategoricalProfile]
+
+
+def _is_missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def profile_numeric(values: list, bins: int = DEFAULT_BINS) -> NumericProfile:
+    present = np.array([float(v) for v in values if not _is_missing(v)], dtype=float)
+    if present.size == 0:
+        raise ProfileError("numeric column has no values")
+    # Quantile edges; duplicates collapse (a feature with few distinct values
+    # gets fewer, wider bins rather than empty ones).
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, present, side="left"), minlength=edges.size + 1)
+    ordered = np.sort(present)
+    if ordered.size > KS_SAMPLE_SIZE:
+        ordered = np.quantile(ordered, (np.arange(KS_SAMPLE_SIZE) + 0.5) / KS_SAMPLE_SIZE)
+    return NumericProfile(edges=edges.tolist(), shares=(counts / present.size).tolist(),
+                          missing_share=1 - present.size / len(values), ks_sample=ordered.tolist())
+
+
+def profile_categorical(values: list, max_categories: int = MAX_CATEGORIES) -> CategoricalProfile:
+    present = [str(v) for v in values if not _is_missing(v)]
+    if not present:
+        raise ProfileError("categorical column has no values")
+    names, counts = np.unique(np.array(present, dtype=object), return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:max_categories]
+    kept = [str(names[i]) for i in order]
+    kept_counts = [int(counts[i]) for i in order]
+    other = len(present) - sum(kept_counts)
+    shares = [c / len(present) for c in kept_counts] + [other / len(present), 0.0]
+    rest = [str(names[i]) for i in np.argsort(-counts, kind="stable")[max_categories:]]
+    return CategoricalProfile(categories=kept, shares=shares, missing_share=1 - len(present) / len(values),
+                              other_categories=rest[:MAX_OTHER_CATEGORIES])
+
+
+def _numeric(values: list) -> bool:
+    for v in values:
+        if _is_missing(v):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+    return True
+
+
+def build_profile(columns: dict[str, list]) -> ReferenceProfile:
+    """Profile every column; numbers are numeric, anything else categorical.
+
+    >>> p = build_profile({"x": [float(i) for i in range(100)], "c": ["a"] * 70 + ["b"] * 30})
+    >>> len(p.features["x"].shares), p.features["c"].categories, p.features["c"].shares
+    (10, ['a', 'b'], [0.7, 0.3, 0.0, 0.0])
+    """
+    if not columns:
+        raise ProfileError("reference data has no columns")
+    rows = {len(v) for v in columns.values()}
+    if len(rows) != 1 or rows == {0}:
+        raise ProfileError("reference columns are empty or of different lengths")
+    features: dict[str, NumericProfile | CategoricalProfile] = {}
+    for name, values in columns.items():
+        try:
+            features[name] = profile_numeric(values) if _numeric(values) else profile_categorical(values)
+        except ProfileError as exc:
+            raise ProfileError(f"column {name!r}: {exc}") from None
+    return ReferenceProfile(rows=rows.pop(), features=features)

@@ -1,0 +1,230 @@
+"""The data-drift stage: windows of predictions per model version, per-feature
+PSI / KS / chi-square against the reference profile, episode-based alerts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from models import registry
+from models.profile import PREDICTION_FEATURE, NumericProfile, ReferenceProfile
+from models.registry import DriftConfig
+from storage import repo
+from storage.tables import Alert
+from worker import cloudevents
+from worker.batch import Batch
+from worker.drift_stats import FeatureEvaluator, FeatureStats
+from worker.events import PredictionEvent
+from worker.windows import ClosedWindow, WindowState
+
+log = logging.getLogger(__name__)
+
+STABLE, MODERATE, SIGNIFICANT = "stable", "moderate", "significant"
+DATASET = "__dataset__"
+
+
+def severity(stats: FeatureStats, config: DriftConfig) -> str:
+    """Effect size (PSI) decides the band; a p-value only vetoes noise.
+
+    >>> s = FeatureStats(1000, 0.3, 0.2, 1e-9, 50.0, 1e-8, 0.0)
+    >>> severity(s, DriftConfig()), severity(FeatureStats(1000, 0.3, 0.2, 0.2, 5.0, 0.3, 0.0), DriftConfig())
+    ('significant', 'stable')
+    """
+    pvalues = [p for p in (stats.ks_pvalue, stats.chi2_pvalue) if p is not None and not math.isnan(p)]
+    if not pvalues or min(pvalues) >= config.alpha:
+        return STABLE
+    if stats.psi >= config.psi_significant:
+        return SIGNIFICANT
+    if stats.psi >= config.psi_moderate:
+        return MODERATE
+    return STABLE
+
+
+def next_episode(state: list, new_severity: str, end_after: int) -> tuple[list, str | None]:
+    """Episode bookkeeping of one feature: [severity, stable windows in a row].
+
+    Returns the new state and "started", "changed", "ended" or None (no alert).
+
+    >>> s, t = next_episode([STABLE, 0], SIGNIFICANT, 2); t
+    'started'
+    >>> s, t = next_episode(s, SIGNIFICANT, 2); t is None
+    True
+    >>> s, t = next_episode(s, STABLE, 2); t is None   # one calm window does not end it
+    True
+    >>> s, t = next_episode(s, STABLE, 2); t, s
+    ('ended', ['stable', 0])
+    """
+    current, calm = state
+    if current == STABLE:
+        return ([new_severity, 0], "started") if new_severity != STABLE else ([STABLE, 0], None)
+    if new_severity == STABLE:
+        calm += 1
+        return ([STABLE, 0], "ended") if calm >= end_after else ([current, calm], None)
+    if new_severity != current:
+        return [new_severity, 0], "changed"
+    return [current, 0], None
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+class ModelVersionMonitor:
+    """Encoding, window and episodes of one model version."""
+
+    def __init__(self, model_id: str, version: str, profile: ReferenceProfile, config: DriftConfig,
+                 state=None):
+        self.model_id, self.version, self.config = model_id, version, config
+        self.columns = sorted(name for name in profile.features if name != PREDICTION_FEATURE)
+        if PREDICTION_FEATURE in profile.features:
+            self.columns.append(PREDICTION_FEATURE)
+        self.evaluators = [FeatureEvaluator(profile.features[name]) for name in self.columns]
+        self._encoders = [None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode
+                          for name, ev in zip(self.columns, self.evaluators)]
+        if state is None:
+            self.window = WindowState(config, len(self.columns))
+            self.episodes: dict[str, list] = {}
+        else:
+            self.window = WindowState.from_columns(config, len(self.columns), state)
+            self.episodes = json.loads(state.episodes)
+
+    def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
+        nan = math.nan
+        plan = list(zip(self.columns, self._encoders))
+        rows = []
+        for event in events:
+            features = event.features
+            row = []
+            for name, encoder in plan:
+                value = event.prediction if name == PREDICTION_FEATURE else features.get(name)
+                if encoder is not None:
+                    row.append(encoder(value))
+                elif value is None or isinstance(value, str):
+                    row.append(nan)  # missing, or a string in a numeric column
+                else:
+                    row.append(value)
+            rows.append(row)
+        ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
+        return np.array(rows, dtype=float).reshape(len(events), len(self.columns)), ts
+
+    def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[dict]]:
+        """Result rows of the window, and the alerts (CloudEvents) it raises."""
+        results, alerts, drifted = [], [], []
+        small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
+        for i, (name, evaluator) in enumerate(zip(self.columns, self.evaluators)):
+            stats = evaluator.evaluate(window.rows[:, i])
+            level = STABLE if small else severity(stats, self.config)
+            results.append({
+                "model_id": self.model_id, "version": self.version, "window_index": window.index,
+                "feature": name, "start_ts": window.start_ts, "end_ts": window.end_ts, "n": stats.n,
+                "psi": stats.psi, "ks_statistic": _finite(stats.ks_statistic), "ks_pvalue": _finite(stats.ks_pvalue),
+                "chi2_statistic": stats.chi2_statistic, "chi2_pvalue": stats.chi2_pvalue,
+                "missing_share": stats.missing_share, "severity": level})
+            if level != STABLE and name != PREDICTION_FEATURE:
+                drifted.append(name)
+            alert = self._transition(name, level, window, {
+                "feature": name, "psi": stats.psi, "ks_statistic": _finite(stats.ks_statistic),
+                "ks_pvalue": _finite(stats.ks_pvalue), "chi2_statistic": _finite(stats.chi2_statistic),
+                "chi2_pvalue": _finite(stats.chi2_pvalue), "missing_share": stats.missing_share},
+                "undertow.drift.data")
+            if alert:
+                alerts.append(alert)
+        inputs = [c for c in self.columns if c != PREDICTION_FEATURE]
+        share = len(drifted) / len(inputs) if inputs else 0.0
+        dataset_level = SIGNIFICANT if inputs and not small and share >= self.config.dataset_share else STABLE
+        alert = self._transition(DATASET, dataset_level, window, {
+            "drifted_share": share, "drifted_features": drifted, "threshold": self.config.dataset_share},
+            "undertow.drift.dataset")
+        if alert:
+            alerts.append(alert)
+        return results, alerts
+
+    def _transition(self, name: str, level: str, window: ClosedWindow, numbers: dict, kind: str) -> dict | None:
+        state, change = next_episode(self.episodes.get(name, [STABLE, 0]), level, self.config.end_after)
+        self.episodes[name] = state
+        if change is None:
+            return None
+        reported = level if change != "ended" else STABLE
+        data = {"model_id": self.model_id, "model_version": self.version, "severity": reported,
+                "episode": change, **numbers,
+                "window": {"index": window.index, "start_ts": cloudevents.rfc3339(window.start_ts),
+                           "end_ts": cloudevents.rfc3339(window.end_ts), "n": int(window.rows.shape[0])}}
+        detector = "data" if kind == "undertow.drift.data" else "dataset"
+        return cloudevents.cloudevent(
+            id=cloudevents.event_id(self.model_id, self.version, detector, name, window.index),
+            type=kind, subject=self.model_id, time=window.end_ts, data=data)
+
+    def state_columns(self) -> dict:
+        return self.window.to_columns()
+
+
+class DataDriftStage:
+    """Windows and drift checks for every prediction with a registered reference.
+
+    Predictions without ``model_version`` belong to the model's champion.
+    Predictions of a model (or version) without a reference are counted by
+    the ingest stage only; drift checks start once a reference exists.
+    """
+
+    def __init__(self, alerts_topic: str):
+        self.alerts_topic = alerts_topic
+        self._monitors: dict[tuple[str, str], ModelVersionMonitor] = {}
+
+    def reset(self) -> None:
+        """Forget cached state; it is reloaded from the database (after a rewind or rebalance)."""
+        self._monitors.clear()
+
+    def apply(self, session: Session, batch: Batch) -> None:
+        if not batch.predictions:
+            return
+        model_ids = sorted({event.model_id for _, event in batch.predictions})
+        champion = registry.champions(session, model_ids)
+        groups: dict[tuple[str, str], list[PredictionEvent]] = defaultdict(list)
+        for _, event in batch.predictions:
+            version = event.model_version or champion.get(event.model_id)
+            if version is not None:
+                groups[(event.model_id, version)].append(event)
+        for key, events in groups.items():
+            monitor = self._monitor(session, *key)
+            if monitor is None:
+                continue
+            rows, ts = monitor.encode(events)
+            for window in monitor.window.add(rows, ts):
+                results, alerts = monitor.evaluate(window)
+                repo.add_window_results(session, results)
+                for alert in alerts:
+                    self._raise(session, alert)
+            repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes))
+
+    def _monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
+        monitor = self._monitors.get((model_id, version))
+        if monitor is None:
+            row = session.get(registry.ModelVersion, (model_id, version))
+            if row is None:
+                return None
+            monitor = ModelVersionMonitor(
+                model_id, version, ReferenceProfile.model_validate_json(row.profile),
+                DriftConfig.model_validate_json(row.drift_config), repo.drift_state(session, model_id, version))
+            self._monitors[(model_id, version)] = monitor
+        return monitor
+
+    def _raise(self, session: Session, event: dict) -> None:
+        data = event["data"]
+        log.info("alert %s %s %s: %s (%s)", event["type"], data["model_id"], data.get("feature", ""),
+                 data["severity"], data["episode"])
+        repo.add_alert(session, Alert(
+            id=event["id"], model_id=data["model_id"], version=data["model_version"], type=event["type"],
+            feature=data.get("feature"), severity=data["severity"],
+            event_ts=_epoch(event["time"]), cloudevent=json.dumps(event)))
+        repo.enqueue(session, self.alerts_topic, data["model_id"].encode(), cloudevents.encode(event),
+                     cloudevents.HEADERS)
+
+
+def _epoch(rfc3339: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(rfc3339).timestamp()
