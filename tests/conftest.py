@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
+import tempfile
+import threading
 import sys
 import time
 import uuid
@@ -47,21 +51,33 @@ def _postgres_url() -> str | None:
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    """A fresh database: a SQLite file, or a new schema when UNDERTOW_DB_URL is PostgreSQL."""
+def new_db_url(tmp_path):
+    """Makes fresh databases: SQLite files, or new schemas when UNDERTOW_DB_URL is PostgreSQL."""
     pg = _postgres_url()
-    if pg is None:
-        yield f"sqlite:///{tmp_path / 'undertow.db'}"
-        return
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(pg)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(pg).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    schemas: list[str] = []
+    admin = create_engine(pg) if pg else None
+
+    def make() -> str:
+        if pg is None:
+            return f"sqlite:///{tmp_path / f'undertow-{uuid.uuid4().hex[:8]}.db'}"
+        schema = "t_" + uuid.uuid4().hex[:12]
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        schemas.append(schema)
+        url = make_url(pg).update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
+
+    yield make
+    if admin is not None:
+        with admin.begin() as conn:
+            for schema in schemas:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db_url(new_db_url):
+    return new_db_url()
 
 
 @pytest.fixture
@@ -132,6 +148,65 @@ class Env:
         finally:
             consumer.close()
 
+    def send_events(self, pairs, rate: float | None = None, labels: bool = True,
+                    duplicate_every: int | None = None) -> int:
+        """Produce (prediction, label) dicts keyed by model_id; ``rate`` paces pairs per second."""
+        from worker.sample import encode
+        sent, start = 0, time.monotonic()
+        for i, (prediction, label) in enumerate(pairs):
+            key = prediction["model_id"].encode()
+            self.send(self.topics.predictions, encode(prediction), key=key)
+            if labels:
+                self.send(self.topics.labels, encode(label), key=key)
+            if duplicate_every and i % duplicate_every == 0:
+                self.send(self.topics.predictions, encode(prediction), key=key)
+            sent += 1
+            if rate and sent % 500 == 0:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the producer, not synchronisation
+        self.flush()
+        return sent
+
+    def register_reference(self, stream, model_id: str = "housing", rows: int = 5000, **config) -> None:
+        """Register a champion for ``model_id`` profiled from ``stream``'s pre-drift distribution."""
+        from models import registry
+        from models.reference import load_reference
+        from worker.sample import write_reference_csv
+        path = Path(tempfile.mkdtemp()) / "reference.csv"
+        write_reference_csv(stream, path, rows)
+        reference = load_reference(path, target="target", prediction="prediction")
+        with db.make_session_factory(self.engine).begin() as session:
+            registry.register(session, model_id=model_id, profile=reference.profile, artifacts_dir=path.parent,
+                              drift_config=registry.DriftConfig(**config), baseline_error=reference.baseline_error,
+                              data_sha256=reference.data_sha256)
+
+    def run_with_kills(self, produce: Callable[[], None], seed: int, min_kills: int = 3, max_kills: int = 5,
+                       env: dict | None = None) -> int:
+        """Run ``produce`` in a thread while the monitor is SIGKILLed at random moments, then drain."""
+        rng = random.Random(seed)
+        producer = threading.Thread(target=produce)
+        producer.start()
+        kills, proc = 0, None
+        progress = lambda: self.scalar("SELECT COALESCE(SUM(predictions + labels + duplicates), 0) FROM model_stats")
+        try:
+            while kills < min_kills or (producer.is_alive() and kills < max_kills):
+                proc = self.start_monitor(env=env)
+                before = progress()
+                wait_for(lambda: progress() > before or proc.poll() is not None, 90,
+                         "the restarted monitor to make progress")
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(rng.uniform(0.0, 1.5))  # a random moment to crash at, not synchronisation
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            producer.join()
+        self.drain(idle=4.0)
+        return kills
+
     def close(self):
         self.producer.close()
         self.engine.dispose()
@@ -142,3 +217,17 @@ def env(broker, db_url):
     world = Env(broker, db_url)
     yield world
     world.close()
+
+
+@pytest.fixture
+def make_env(broker, new_db_url):
+    """Several isolated worlds in one test (e.g. an uninterrupted run and a crashed one)."""
+    worlds: list[Env] = []
+
+    def make() -> Env:
+        worlds.append(Env(broker, new_db_url()))
+        return worlds[-1]
+
+    yield make
+    for world in worlds:
+        world.close()

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
-import threading
 import time
 
 import pytest
 
 from tests.conftest import wait_for
-from worker.sample import SampleStream, encode
+from worker.sample import SampleStream
 
 
 def _counts(env) -> tuple[int, int, int]:
@@ -94,53 +92,23 @@ def test_duplicate_event_ids_are_counted_once(env):
     assert _counts(env) == (2, 1, 3)
 
 
-def _produce_stream(env, n: int, models: int = 6, duplicate_every: int = 50, rate: float | None = None):
-    """n distinct predictions and their labels across models, with producer-retry duplicates."""
-    stream = SampleStream(seed=3)
-    sent = 0
-    start = time.monotonic()
-    for i, (prediction, label) in enumerate(stream.events(n)):
-        model = f"model-{i % models}"
-        prediction["model_id"] = label["model_id"] = model
-        key = model.encode()
-        env.send(env.topics.predictions, encode(prediction), key=key)
-        env.send(env.topics.labels, encode(label), key=key)
-        if i % duplicate_every == 0:
-            env.send(env.topics.predictions, encode(prediction), key=key)
-        sent += 1
-        if rate and sent % 500 == 0:
-            ahead = sent / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)  # pacing the producer, not synchronisation
-    env.flush()
+def _produce_stream(env, n: int, models: int = 6, rate: float | None = None):
+    """n distinct predictions and their labels across models, every 50th prediction sent twice."""
+    def pairs():
+        for i, (prediction, label) in enumerate(SampleStream(seed=3).events(n)):
+            prediction["model_id"] = label["model_id"] = f"model-{i % models}"
+            yield prediction, label
+    env.send_events(pairs(), rate=rate, duplicate_every=50)
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
     n = 10_000  # predictions; with their labels 20,000 distinct valid events
-    rng = random.Random(11)
     # Paced so the stream lasts longer than several restarts (each group rejoin
     # after a SIGKILL takes ~11 s on Tansu): every kill lands mid-stream.
-    producer = threading.Thread(target=_produce_stream, args=(env, n), kwargs={"rate": 200})
-    producer.start()
-    kills, proc = 0, None
-    try:
-        while kills < 3 or (producer.is_alive() and kills < 5):
-            proc = env.start_monitor(env={"UNDERTOW_BATCH_MAX_RECORDS": "300"})
-            before = sum(_counts(env))
-            wait_for(lambda: sum(_counts(env)) > before or proc.poll() is not None, 90,
-                     "the restarted monitor to make progress")
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(rng.uniform(0.0, 1.5))  # a random moment to crash at, not synchronisation
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        producer.join()
-    env.drain(idle=4.0)
+    kills = env.run_with_kills(lambda: _produce_stream(env, n, rate=200), seed=11,
+                               env={"UNDERTOW_BATCH_MAX_RECORDS": "300"})
     predictions, labels, duplicates = _counts(env)
     assert kills >= 3
     assert (predictions, labels) == (n, n)
