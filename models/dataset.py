@@ -32,7 +32,7 @@ def read_table(path: str | Path) -> dict[str, list]:
             header = next(reader)
         except StopIteration:
             raise ProfileError(f"{path} is empty") from None
-        rows = list(reader)
+        rows = [row for row in reader if row]  # blank lines carry no record
     if len(set(header)) != len(header):
         raise ProfileError(f"{path}: duplicate column names")
     bad = [i + 2 for i, row in enumerate(rows) if len(row) != len(header)]
