@@ -1,0 +1,211 @@
+"""Sequential detectors on a model version's error stream.
+
+Each detector works in units of the baseline error's standard deviation:
+an error ``e`` enters as ``z = (e - mean) / sd`` of the error on the
+reference (validation) data, so one configuration fits models whose errors
+live on any scale. State is plain numbers (``state()`` / ``from_state()``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from river.drift import PageHinkley as RiverPageHinkley
+
+
+class PageHinkley:
+    """River's Page-Hinkley test (increases only) on standardised errors.
+
+    ``delta`` and ``threshold`` are in baseline standard deviations.
+
+    >>> import random
+    >>> rng = random.Random(7)
+    >>> ph = PageHinkley(delta=0.25, threshold=50.0)
+    >>> alarms = []
+    >>> for i in range(3000):
+    ...     ph.update(rng.gauss(0, 1) + (2.0 if i >= 2000 else 0.0))
+    ...     if ph.drift_detected:
+    ...         alarms.append(i)
+    >>> alarms[:1]
+    [2028]
+    """
+
+    def __init__(self, delta: float = 0.25, threshold: float = 50.0, min_instances: int = 30):
+        if delta < 0 or threshold <= 0 or min_instances < 1:
+            raise ValueError("delta >= 0, threshold > 0 and min_instances >= 1 are required")
+        self.delta = delta
+        self.threshold = threshold
+        self.min_instances = min_instances
+        self._ph = RiverPageHinkley(min_instances=min_instances, delta=delta, threshold=threshold,
+                                    alpha=1.0, mode="up")
+
+    def update(self, z: float) -> None:
+        self._ph.update(z)
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._ph.drift_detected
+
+    def reset(self) -> None:
+        self._ph._reset()
+
+    @property
+    def statistic(self) -> float:
+        return self._ph._sum_increase - self._ph._min_increase
+
+    def state(self) -> list[float]:
+        ph = self._ph
+        return [ph._x_mean.n, ph._x_mean.get(), ph._sum_increase, ph._sum_decrease,
+                _finite_or(ph._min_increase, 1e308), ph._max_decrease, float(ph._drift_detected)]
+
+    def load(self, state: list[float]) -> "PageHinkley":
+        ph = self._ph
+        ph._reset()
+        n, mean, ph._sum_increase, ph._sum_decrease, ph._min_increase, ph._max_decrease, detected = state
+        ph._x_mean.n, ph._x_mean._mean = n, mean
+        ph._drift_detected = bool(detected)
+        return self
+
+
+def cusum_threshold(k: float, arl: float) -> float:
+    """Decision interval h of a one-sided CUSUM for an in-control average run length.
+
+    Siegmund's approximation ARL0 = (exp(2k(h+1.166)) - 2k(h+1.166) - 1) / (2k^2),
+    solved for h by bisection.
+
+    >>> round(cusum_threshold(0.5, 938), 1)   # one-sided ARL0 of the textbook h = 5, k = 0.5
+    5.0
+    """
+    if k <= 0 or arl <= 1:
+        raise ValueError("k > 0 and arl > 1 are required")
+
+    def run_length(h: float) -> float:
+        b = 2 * k * (h + 1.166)
+        return (math.exp(b) - b - 1) / (2 * k * k)
+
+    low, high = 0.0, 1.0
+    while run_length(high) < arl:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if run_length(mid) < arl else (low, mid)
+    return (low + high) / 2
+
+
+class Cusum:
+    """One-sided (upper) CUSUM on standardised errors: S = max(0, S + z - k), alarm at S > h.
+
+    ``k`` is half the shift (in baseline sd) to detect fastest; ``h`` follows
+    from ``false_alarm_every``: one false alarm per that many labels on
+    average, under normal errors (clipped at ``clip`` sd for robustness).
+
+    >>> c = Cusum(k=0.5, false_alarm_every=50_000)
+    >>> round(c.h, 2)
+    8.96
+    >>> for z in [0.1] * 100 + [2.0] * 5:
+    ...     c.update(z)
+    >>> c.drift_detected
+    False
+    >>> c.update(2.0); c.drift_detected
+    True
+    """
+
+    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = 5.0):
+        if clip <= k:
+            raise ValueError("clip must exceed k")
+        self.k = k
+        self.false_alarm_every = false_alarm_every
+        self.clip = clip
+        self.h = cusum_threshold(k, false_alarm_every)
+        self._sum = 0.0
+        self._detected = False
+
+    def update(self, z: float) -> None:
+        if self._detected:
+            self.reset()
+        z = min(max(z, -self.clip), self.clip)
+        self._sum = max(0.0, self._sum + z - self.k)
+        self._detected = self._sum > self.h
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def statistic(self) -> float:
+        return self._sum
+
+    def reset(self) -> None:
+        self._sum, self._detected = 0.0, False
+
+    def state(self) -> list[float]:
+        return [self._sum, float(self._detected)]
+
+    def load(self, state: list[float]) -> "Cusum":
+        self._sum, self._detected = state[0], bool(state[1])
+        return self
+
+
+class RollingMean:
+    """Mean error over the last ``window`` labels against baseline mean + ``sigmas`` standard errors.
+
+    Evaluated every ``step`` labels once the window is full. The chapter's
+    rolling-performance chart, with the threshold on the window mean's own
+    spread (sd / sqrt(window)).
+
+    >>> r = RollingMean(window=100, step=10, sigmas=3.0)
+    >>> for z in [0.0] * 100:
+    ...     r.update(z)
+    >>> r.drift_detected, round(r.threshold, 2)
+    (False, 0.3)
+    >>> for z in [1.0] * 40:
+    ...     r.update(z)
+    >>> r.drift_detected, r.value
+    (True, 0.4)
+    """
+
+    def __init__(self, window: int = 500, step: int = 50, sigmas: float = 3.0):
+        if window < 2 or not 1 <= step <= window or sigmas <= 0:
+            raise ValueError("window >= 2, 1 <= step <= window and sigmas > 0 are required")
+        self.window = window
+        self.step = step
+        self.sigmas = sigmas
+        self.threshold = sigmas / math.sqrt(window)  # in baseline sd, around a baseline of 0
+        self._values = np.zeros(window)
+        self._count = 0
+        self._detected = False
+        self.value: float | None = None
+
+    def update(self, z: float) -> None:
+        self._values[self._count % self.window] = z
+        self._count += 1
+        self._detected = False
+        if self._count >= self.window and self._count % self.step == 0:
+            self.value = float(self._values.mean())
+            self._detected = self.value > self.threshold
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self.window
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    def reset(self) -> None:
+        self._values[:] = 0.0
+        self._count, self._detected, self.value = 0, False, None
+
+    def state(self) -> list[float]:
+        return [self._count, float(self._detected), math.nan if self.value is None else self.value,
+                *self._values.tolist()]
+
+    def load(self, state: list[float]) -> "RollingMean":
+        self._count, self._detected = int(state[0]), bool(state[1])
+        self.value = None if math.isnan(state[2]) else state[2]
+        self._values = np.array(state[3:], dtype=float)
+        return self
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default

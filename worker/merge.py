@@ -1,0 +1,72 @@
+"""Deterministic interleaving of co-partitioned predictions and labels."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class CoPartitionMerger:
+    """Releases the records of two co-partitioned topics in timestamp order.
+
+    The label join and the error stream depend on the order in which a
+    partition's predictions and labels are processed. Poll order depends on
+    fetch timing, so a replay after a crash could interleave them differently
+    and join differently. Records are therefore buffered per partition and
+    released by (record timestamp, topic rank, offset). A head record is held
+    back while the other topic's same-numbered partition has nothing buffered
+    and is not caught up (its fetch position is below the log end the broker
+    last reported); after ``max_wait_s`` it is released anyway, in arrival
+    order (logged). Records that are not released are not committed: a crash
+    re-reads them.
+    """
+
+    def __init__(self, first_topic: str, second_topic: str, max_wait_s: float = 2.0):
+        self.topics = (first_topic, second_topic)
+        self.max_wait_s = max_wait_s
+        self._buffers: dict[tuple[str, int], deque] = {}
+        self._waiting_since: dict[int, float] = {}
+
+    def add(self, records_by_tp) -> None:
+        for tp, records in records_by_tp.items():
+            self._buffers.setdefault((tp.topic, tp.partition), deque()).extend(records)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+        self._waiting_since.clear()
+
+    def buffered(self, key: tuple[str, int]) -> int:
+        buffer = self._buffers.get(key)
+        return len(buffer) if buffer else 0
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    def release(self, caught_up: Callable[[tuple[str, int]], bool], limit: int,
+                now: float | None = None) -> list:
+        """Up to ``limit`` records, in merge order."""
+        now = time.monotonic() if now is None else now
+        first, second = self.topics
+        released: list = []
+        for number in sorted({p for _, p in self._buffers}):
+            a = self._buffers.get((first, number)) or deque()
+            b = self._buffers.get((second, number)) or deque()
+            while len(released) < limit and (a or b):
+                if a and b:
+                    take_a = (a[0].timestamp, 0, a[0].offset) <= (b[0].timestamp, 1, b[0].offset)
+                else:
+                    other = (second, number) if a else (first, number)
+                    if not caught_up(other):
+                        since = self._waiting_since.setdefault(number, now)
+                        if now - since < self.max_wait_s:
+                            break
+                        log.info("partition %d: %s not caught up after %.1fs; releasing in arrival order",
+                                 number, other[0], now - since)
+                    take_a = bool(a)
+                self._waiting_since.pop(number, None)
+                source = a if take_a else b
+                released.append(source.popleft())
+        return released
