@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -59,8 +59,7 @@ def advance_offsets(session: Session, group_id: str,
     session.flush()
 
 
-@dataclass(frozen=True, slots=True)
-class SeenKey:
+class SeenKey(NamedTuple):
     kind: str
     model_id: str
     event_id: str
@@ -151,14 +150,15 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
     return session.get(DriftState, (model_id, version))
 
 
-def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str) -> None:
-    state = session.get(DriftState, (model_id, version))
-    if state is None:
-        state = DriftState(model_id=model_id, version=version)
-        session.add(state)
-    for name, value in columns.items():
-        setattr(state, name, value)
-    state.episodes = episodes
+def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str,
+                     exists: bool) -> None:
+    """Write a model version's window state without reading the old buffer back."""
+    values = {**columns, "episodes": episodes}
+    if exists:
+        session.execute(update(DriftState).where(DriftState.model_id == model_id, DriftState.version == version)
+                        .values(**values).execution_options(synchronize_session=False))
+    else:
+        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version, **values))
 
 
 def add_window_results(session: Session, rows: list[dict]) -> None:

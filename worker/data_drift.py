@@ -80,6 +80,7 @@ class ModelVersionMonitor:
     def __init__(self, model_id: str, version: str, profile: ReferenceProfile, config: DriftConfig,
                  state=None):
         self.model_id, self.version, self.config = model_id, version, config
+        self.stored = state is not None
         self.columns = sorted(name for name in profile.features if name != PREDICTION_FEATURE)
         if PREDICTION_FEATURE in profile.features:
             self.columns.append(PREDICTION_FEATURE)
@@ -94,23 +95,24 @@ class ModelVersionMonitor:
             self.episodes = json.loads(state.episodes)
 
     def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
-        nan = math.nan
-        plan = list(zip(self.columns, self._encoders))
-        rows = []
-        for event in events:
-            features = event.features
-            row = []
-            for name, encoder in plan:
-                value = event.prediction if name == PREDICTION_FEATURE else features.get(name)
-                if encoder is not None:
-                    row.append(encoder(value))
-                elif value is None or isinstance(value, str):
-                    row.append(nan)  # missing, or a string in a numeric column
-                else:
-                    row.append(value)
-            rows.append(row)
+        """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column)."""
+        nan, numbers = math.nan, (int, float)
+        features = [event.features for event in events]
+        out = np.empty((len(events), len(self.columns)))
+        for j, (name, encoder) in enumerate(zip(self.columns, self._encoders)):
+            if name == PREDICTION_FEATURE:
+                values = [event.prediction for event in events]
+            else:
+                values = [f.get(name) for f in features]
+            if encoder is None:
+                try:
+                    out[:, j] = np.array(values, dtype=float)  # None becomes NaN
+                except (TypeError, ValueError):  # a string in a numeric column counts as missing
+                    out[:, j] = [v if v.__class__ in numbers else nan for v in values]
+            else:
+                out[:, j] = [encoder(v) for v in values]
         ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
-        return np.array(rows, dtype=float).reshape(len(events), len(self.columns)), ts
+        return out, ts
 
     def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[dict]]:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
@@ -199,7 +201,9 @@ class DataDriftStage:
                 repo.add_window_results(session, results)
                 for alert in alerts:
                     self._raise(session, alert)
-            repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes))
+            repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes),
+                                  exists=monitor.stored)
+            monitor.stored = True
 
     def _monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
         monitor = self._monitors.get((model_id, version))

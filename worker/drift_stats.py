@@ -90,12 +90,14 @@ class CategoricalEncoder:
         self.other, self.unseen = k, k + 1
 
     def encode(self, value) -> float:
+        code = self._codes.get(value)
+        if code is not None:
+            return code
         if value is None:
             return math.nan
         key = value if isinstance(value, str) else str(value)
-        code = self._codes.get(key)
-        if code is not None:
-            return code
+        if key in self._codes:
+            return self._codes[key]
         return self.other if key in self._other_names else self.unseen
 
 

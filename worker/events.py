@@ -5,11 +5,10 @@ or raise InvalidEvent with a message that says what is wrong.
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Annotated
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
                       StrictInt, StrictStr, ValidationError)
 
 from storage.errors import InvalidEvent
@@ -31,16 +30,11 @@ def _parse_rfc3339(value: object) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
-def _finite(value: float | int | str | None) -> float | int | str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
 EventTime = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-FeatureValue = Annotated[StrictInt | StrictFloat | StrictStr | None, AfterValidator(_finite)]
-Target = Annotated[StrictInt | StrictFloat | StrictStr, AfterValidator(_finite)]
+# allow_inf_nan=False on the models rejects NaN, Infinity and overflowing numbers.
+FeatureValue = StrictInt | StrictFloat | StrictStr | None
+Target = StrictInt | StrictFloat | StrictStr
 Probability = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
 
 
