@@ -21,41 +21,40 @@ class Position:
 
 @dataclass
 class Batch:
-    predictions: list[tuple[Position, PredictionEvent]] = field(default_factory=list)
-    labels: list[tuple[Position, LabelEvent]] = field(default_factory=list)
+    # Valid events in processing order (predictions and labels interleaved).
+    events: list[tuple[Position, PredictionEvent | LabelEvent]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # (topic, partition) -> offset of the next record to read after this batch
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
+    @property
+    def predictions(self) -> list[tuple[Position, PredictionEvent]]:
+        return [(p, e) for p, e in self.events if isinstance(e, PredictionEvent)]
+
+    @property
+    def labels(self) -> list[tuple[Position, LabelEvent]]:
+        return [(p, e) for p, e in self.events if isinstance(e, LabelEvent)]
+
     def __len__(self) -> int:
-        return len(self.predictions) + len(self.labels) + len(self.dead_letters)
+        return len(self.events) + len(self.dead_letters)
 
 
-def build_batch(records_by_partition, topics: Topics, max_event_bytes: int) -> Batch:
-    """Validate every record once; invalid ones become dead letters, nothing is dropped."""
+def build_batch(records, topics: Topics, max_event_bytes: int) -> Batch:
+    """Validate every record once, keeping their order; invalid ones become dead letters."""
     batch = Batch()
-    for tp, records in records_by_partition.items():
-        if not records:
-            continue
-        is_prediction = tp.topic == topics.predictions
-        for record in records:
-            position = Position(record.topic, record.partition, record.offset)
-            try:
-                if is_prediction:
-                    event = parse_prediction(record.value, max_event_bytes)
-                else:
-                    event = parse_label(record.value, max_event_bytes)
-                if record.key != event.model_id.encode():
-                    raise InvalidEvent(
-                        f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
-                        "keyed by model_id so predictions and labels of a model share a partition")
-            except InvalidEvent as exc:
-                log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-                batch.dead_letters.append(dead_letter(record, "validate", exc))
-                continue
-            if is_prediction:
-                batch.predictions.append((position, event))
-            else:
-                batch.labels.append((position, event))
-        batch.next_offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+    for record in records:
+        position = Position(record.topic, record.partition, record.offset)
+        is_prediction = record.topic == topics.predictions
+        try:
+            event = (parse_prediction if is_prediction else parse_label)(record.value, max_event_bytes)
+            if record.key != event.model_id.encode():
+                raise InvalidEvent(
+                    f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
+                    "keyed by model_id so predictions and labels of a model share a partition")
+        except InvalidEvent as exc:
+            log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            batch.dead_letters.append(dead_letter(record, "validate", exc))
+        else:
+            batch.events.append((position, event))
+        batch.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return batch

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from storage import repo
 from storage.repo import SeenKey
 from worker.batch import Batch
+from worker.events import PredictionEvent
 
 
 class IngestStage:
@@ -25,8 +26,7 @@ class IngestStage:
         self.duplicate_horizon = duplicate_horizon
 
     def apply(self, session: Session, batch: Batch) -> None:
-        batch.predictions = self._first_occurrences(session, "prediction", batch.predictions)
-        batch.labels = self._first_occurrences(session, "label", batch.labels)
+        batch.events = self._first_occurrences(session, batch.events)
         self._count(session, batch)
         for letter in batch.dead_letters:
             repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
@@ -35,19 +35,20 @@ class IngestStage:
         for (topic, partition), next_offset in batch.next_offsets.items():
             repo.expire_seen(session, topic, partition, next_offset - self.duplicate_horizon)
 
-    def _first_occurrences(self, session: Session, kind: str, items: list) -> list:
-        if not items:
-            return items
-        keys = [SeenKey(kind, event.model_id, event.event_id) for _, event in items]
+    def _first_occurrences(self, session: Session, events: list) -> list:
+        if not events:
+            return events
+        keys = [SeenKey("prediction" if isinstance(event, PredictionEvent) else "label", event.model_id,
+                        event.event_id) for _, event in events]
         seen = repo.already_seen(session, keys)
         fresh, rows, duplicates = [], [], defaultdict(int)
-        for key, (position, event) in zip(keys, items):
+        for key, (position, event) in zip(keys, events):
             if key in seen:
                 duplicates[event.model_id] += 1
                 continue
             seen.add(key)
             fresh.append((position, event))
-            rows.append({"kind": kind, "model_id": key.model_id, "event_id": key.event_id,
+            rows.append({"kind": key.kind, "model_id": key.model_id, "event_id": key.event_id,
                          "topic": position.topic, "partition": position.partition, "offset": position.offset})
         repo.remember_seen(session, rows)
         for model_id, n in duplicates.items():
@@ -57,15 +58,13 @@ class IngestStage:
     @staticmethod
     def _count(session: Session, batch: Batch) -> None:
         per_model: dict[str, list] = {}
-        for field, items in (("predictions", batch.predictions), ("labels", batch.labels)):
-            slot = 0 if field == "predictions" else 1
-            for _, event in items:
-                epoch = event.epoch
-                entry = per_model.setdefault(event.model_id, [0, 0, epoch, epoch])
-                entry[slot] += 1
-                if epoch < entry[2]:
-                    entry[2] = epoch
-                elif epoch > entry[3]:
-                    entry[3] = epoch
+        for _, event in batch.events:
+            epoch = event.epoch
+            entry = per_model.setdefault(event.model_id, [0, 0, epoch, epoch])
+            entry[0 if isinstance(event, PredictionEvent) else 1] += 1
+            if epoch < entry[2]:
+                entry[2] = epoch
+            elif epoch > entry[3]:
+                entry[3] = epoch
         for model_id, (predictions, labels, lo, hi) in per_model.items():
             repo.add_model_counts(session, model_id, predictions=predictions, labels=labels, min_ts=lo, max_ts=hi)

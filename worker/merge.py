@@ -29,14 +29,28 @@ class CoPartitionMerger:
         self.max_wait_s = max_wait_s
         self._buffers: dict[tuple[str, int], deque] = {}
         self._waiting_since: dict[int, float] = {}
+        self._next_fetch: dict[tuple[str, int], int] = {}
 
     def add(self, records_by_tp) -> None:
         for tp, records in records_by_tp.items():
-            self._buffers.setdefault((tp.topic, tp.partition), deque()).extend(records)
+            key = (tp.topic, tp.partition)
+            self._buffers.setdefault(key, deque()).extend(records)
+            if records:
+                self._next_fetch[key] = records[-1].offset + 1
+
+    def next_fetch(self, key: tuple[str, int]) -> int | None:
+        """Offset after the last record added for a partition (None: nothing since the last clear)."""
+        return self._next_fetch.get(key)
+
+    def forget(self, keys) -> None:
+        for key in keys:
+            self._buffers.pop(key, None)
+            self._next_fetch.pop(key, None)
 
     def clear(self) -> None:
         self._buffers.clear()
         self._waiting_since.clear()
+        self._next_fetch.clear()
 
     def buffered(self, key: tuple[str, int]) -> int:
         buffer = self._buffers.get(key)

@@ -15,6 +15,7 @@ from worker.batch import build_batch
 from worker.checkpoint import Checkpoint
 from worker.data_drift import DataDriftStage
 from worker.ingest import IngestStage
+from worker.merge import CoPartitionMerger
 from worker.settings import Settings
 from worker.topics import Topics, ensure_topics
 from worker.transport import OutboxRelay, TransientError, make_admin, make_consumer, make_producer
@@ -108,6 +109,7 @@ class Monitor:
         backoff = 0.0
         ever_assigned = rewind_needed = False
         generation = -1
+        merger = CoPartitionMerger(self.topics.predictions, self.topics.labels)
         while not self._stop.is_set():
             try:
                 if rewind_needed:
@@ -120,22 +122,34 @@ class Monitor:
                 with tracker.lock:
                     unchecked, tracker.unchecked = tracker.unchecked, set()
                     expected = dict(tracker.expected)
-                    if generation != tracker.generation:
-                        generation = tracker.generation
-                        self._reset_stages()  # another monitor may have moved state meanwhile
+                    rebalanced = generation != tracker.generation
+                    generation = tracker.generation
+                if rebalanced:
+                    self._reset_stages()  # another monitor may have moved state meanwhile
+                    if len(merger):
+                        # Held-back records of kept partitions would be lost: re-read from stored offsets.
+                        merger.clear()
+                        rewind_needed = True
+                        continue
                 if unchecked:
                     ever_assigned = True
                     last_activity = time.monotonic()
                     reseeked = self._check_positions(consumer, unchecked, expected)
                     records = {tp: r for tp, r in records.items() if (tp.topic, tp.partition) not in reseeked}
-                records = self._owned_records(records, expected)
-                if records:
-                    batch = build_batch(records, self.topics, self.settings.max_event_bytes)
+                if unchecked:
+                    merger.forget(unchecked)  # freshly seeked: whatever we knew of them is void
+                merger.add(self._owned_records(records, expected, merger))
+                self._apply_backpressure(consumer, merger, expected)
+                released = merger.release(lambda key: self._caught_up(consumer, key, expected),
+                                          self.settings.batch_max_records)
+                if released:
+                    batch = build_batch(released, self.topics, self.settings.max_event_bytes)
                     checkpoint.commit(batch, expected, self._apply)
                     with tracker.lock:
                         for tp, offset in batch.next_offsets.items():
                             if tp in tracker.expected:
                                 tracker.expected[tp] = offset
+                if records or released:
                     last_activity = time.monotonic()
                 backoff = 0.0
             except (SQLAlchemyError, KafkaError, TransientError, StaleOffsets, OSError) as exc:
@@ -143,6 +157,7 @@ class Monitor:
                 log.warning("batch failed (%s: %s); rewinding to stored offsets, retry in %.1fs",
                             type(exc).__name__, exc, backoff)
                 self._stop.wait(backoff)
+                merger.clear()
                 rewind_needed = True  # never poll on from a position past an uncommitted batch
                 continue
             now = time.monotonic()
@@ -164,7 +179,7 @@ class Monitor:
             stage.apply(session, batch)
 
     @staticmethod
-    def _owned_records(records, expected):
+    def _owned_records(records, expected, merger):
         """Records of partitions we still own, with position anomalies logged.
 
         kafka-python drops fetched data that predates a seek, so the first
@@ -180,7 +195,9 @@ class Monitor:
             key = (tp.topic, tp.partition)
             if key not in expected:
                 continue  # revoked during the poll
-            start = expected[key]
+            start = merger.next_fetch(key)
+            if start is None:
+                start = expected[key]
             if start is not None and recs and recs[0].offset != start:
                 level = logging.WARNING if recs[0].offset < start else logging.INFO
                 log.log(level, "%s[%d]: stored offset %d, but the log continues at %d%s", tp.topic, tp.partition,
@@ -211,6 +228,27 @@ class Monitor:
                 consumer.seek(tp, first[tp])
                 reseeked.add((tp.topic, tp.partition))
         return reseeked
+
+    @staticmethod
+    def _caught_up(consumer, key: tuple[str, int], expected) -> bool:
+        """Whether a partition has been read up to the log end the broker last reported."""
+        if key not in expected:
+            return True  # not ours: nothing of it will arrive here
+        tp = TopicPartition(*key)
+        highwater = consumer.highwater(tp)
+        return highwater is not None and consumer.position(tp) >= highwater
+
+    def _apply_backpressure(self, consumer, merger, expected) -> None:
+        """Pause partitions whose records wait in the merger, so held-back data stays bounded."""
+        limit = 5 * self.settings.batch_max_records
+        paused = consumer.paused()
+        for key in expected:
+            tp = TopicPartition(*key)
+            waiting = merger.buffered(key)
+            if waiting > limit and tp not in paused:
+                consumer.pause(tp)
+            elif waiting <= limit // 2 and tp in paused:
+                consumer.resume(tp)
 
     def _reset_stages(self) -> None:
         for stage in self.stages:

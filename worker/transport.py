@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +51,9 @@ def make_consumer(settings: Settings, group_id: str, **options) -> KafkaConsumer
     return _connect(
         KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=settings.batch_max_records,
+        # Range assignment gives one consumer the same partition number of
+        # every subscribed topic: predictions and labels of a model meet here.
+        partition_assignment_strategy=[RangePartitionAssignor],
         # Tansu holds a fetch for an empty partition up to fetch_max_wait_ms
         # while the others wait behind it; 500 ms (the default) stalls a backlog.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
