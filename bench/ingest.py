@@ -74,7 +74,7 @@ def register_references(db_url: str, workdir: Path, features: int) -> None:
     with sessions.begin() as session:
         for i in range(MODELS):
             registry.register(session, model_id=f"m{i}", profile=reference.profile,
-                              artifacts_dir=workdir / "artifacts", baseline_error=reference.baseline_error,
+                              artifacts_dir=workdir / "artifacts", baseline_error=reference.baseline_error, error_sample=reference.error_sample,
                               data_sha256=reference.data_sha256)
     engine.dispose()
 

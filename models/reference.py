@@ -11,29 +11,44 @@ from models.profile import PREDICTION_FEATURE, ProfileError, ReferenceProfile, b
 from models.registry import sha256_file
 
 
+ERROR_SAMPLE_SIZE = 5000
+
+
 @dataclass(frozen=True)
 class Reference:
     profile: ReferenceProfile
     data_sha256: str
     baseline_error: tuple[float, float] | None
+    error_sample: list[float] | None = None  # sorted, at most ERROR_SAMPLE_SIZE
+
+
+def errors(target: list, prediction: list) -> np.ndarray:
+    """Per-row error: |y - p| for numbers, 0/1 misclassification otherwise (rows missing either are skipped)."""
+    pairs = [(y, p) for y, p in zip(target, prediction) if y is not None and p is not None]
+    if not pairs:
+        raise ProfileError("no row has both a target and a prediction")
+    if all(isinstance(y, (int, float)) and isinstance(p, (int, float)) for y, p in pairs):
+        return np.array([abs(float(y) - float(p)) for y, p in pairs])
+    return np.array([float(str(y) != str(p)) for y, p in pairs])
 
 
 def baseline_error(target: list, prediction: list) -> tuple[float, float]:
-    """Mean and standard deviation of the error: |y - p| for numbers, 0/1 misclassification otherwise.
+    """Mean and standard deviation of the error.
 
     >>> baseline_error([1.0, 2.0, 3.0], [1.5, 2.0, 2.0])
     (0.5, 0.408248290463863)
     >>> baseline_error(["a", "b"], ["a", "a"])
     (0.5, 0.5)
     """
-    pairs = [(y, p) for y, p in zip(target, prediction) if y is not None and p is not None]
-    if not pairs:
-        raise ProfileError("no row has both a target and a prediction")
-    if all(isinstance(y, (int, float)) and isinstance(p, (int, float)) for y, p in pairs):
-        errors = np.array([abs(float(y) - float(p)) for y, p in pairs])
-    else:
-        errors = np.array([float(str(y) != str(p)) for y, p in pairs])
-    return float(errors.mean()), float(errors.std())
+    values = errors(target, prediction)
+    return float(values.mean()), float(values.std())
+
+
+def error_sample(values: np.ndarray) -> list[float]:
+    ordered = np.sort(values)
+    if ordered.size > ERROR_SAMPLE_SIZE:
+        ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
+    return ordered.tolist()
 
 
 def load_reference(path: str | Path, target: str | None = None, prediction: str | None = None) -> Reference:
@@ -44,5 +59,8 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
     features = {k: v for k, v in columns.items() if k not in (target, prediction)}
     if prediction is not None:
         features[PREDICTION_FEATURE] = columns[prediction]
-    error = baseline_error(columns[target], columns[prediction]) if target and prediction else None
-    return Reference(build_profile(features), sha256_file(Path(path)), error)
+    if not (target and prediction):
+        return Reference(build_profile(features), sha256_file(Path(path)), None)
+    values = errors(columns[target], columns[prediction])
+    return Reference(build_profile(features), sha256_file(Path(path)), (float(values.mean()), float(values.std())),
+                     error_sample(values))

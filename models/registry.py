@@ -12,6 +12,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -43,6 +44,19 @@ class DriftConfig(BaseModel):
     alpha: float = Field(default=0.01, gt=0, lt=1)                # significance needed besides the effect size
     dataset_share: float = Field(default=0.5, gt=0, le=1)         # share of drifted inputs for dataset drift
     end_after: int = Field(default=2, ge=1)                       # stable windows that end an episode
+    # Concept drift on the error stream, in units of the baseline error's sd.
+    ph_delta: float = Field(default=0.25, ge=0)                   # Page-Hinkley tolerance
+    ph_threshold: float = Field(default=50.0, gt=0)               # Page-Hinkley alarm level
+    cusum_k: float = Field(default=0.5, gt=0)                     # half the shift CUSUM detects fastest
+    cusum_false_alarm_every: float = Field(default=1_000_000, gt=10)  # labels per false alarm (CUSUM's ARL0)
+    rolling_window: int = Field(default=500, ge=10)               # labels in the rolling mean
+    rolling_step: int = Field(default=50, ge=1)                   # labels between rolling evaluations
+    rolling_sigmas: float = Field(default=4.0, gt=0)              # standard errors above the baseline mean
+    # Retraining.
+    retrain_on_data_drift: bool = True                            # significant dataset drift asks too
+    retrain_cooldown_seconds: float = Field(default=86_400, ge=0)  # event time between requests of a model
+    retrain_data_policy: Literal["rolling", "all"] = "rolling"
+    retrain_window_pairs: int = Field(default=50_000, ge=100)     # labelled pairs of the rolling policy
 
     @model_validator(mode="after")
     def _consistent(self) -> "DriftConfig":
@@ -50,6 +64,8 @@ class DriftConfig(BaseModel):
             raise ValueError("psi_significant must be at least psi_moderate")
         if self.hop is not None and self.hop > self.window_size:
             raise ValueError("hop must not exceed window_size")
+        if self.rolling_step > self.rolling_window:
+            raise ValueError("rolling_step must not exceed rolling_window")
         if self.hop is not None and self.window_seconds is not None:
             raise ValueError("choose count windows (hop) or event-time windows (window_seconds), not both")
         return self
@@ -77,7 +93,8 @@ def _environment() -> dict:
 
 def register(session: Session, *, model_id: str, profile: ReferenceProfile, artifacts_dir: Path,
              version: str | None = None, artifact: Path | None = None, drift_config: DriftConfig | None = None,
-             baseline_error: tuple[float, float] | None = None, data_sha256: str | None = None,
+             baseline_error: tuple[float, float] | None = None, error_sample: list[float] | None = None,
+             data_sha256: str | None = None,
              card: dict | None = None, stage: str = "champion") -> ModelVersion:
     """Add a model version; as champion, the previous champion is archived."""
     if stage not in STAGES:
@@ -113,7 +130,8 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
         model_card=json.dumps(card, default=str), artifact_path=artifact_path, artifact_sha256=artifact_sha,
         data_sha256=data_sha256,
         baseline_error_mean=baseline_error[0] if baseline_error else None,
-        baseline_error_std=baseline_error[1] if baseline_error else None)
+        baseline_error_std=baseline_error[1] if baseline_error else None,
+        baseline_errors=json.dumps(error_sample) if error_sample else None)
     session.add(row)
     session.flush()
     return row

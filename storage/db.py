@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,11 +70,20 @@ def _create(*names: str) -> Callable[[Connection], None]:
     return step
 
 
+def _add_column(conn: Connection, table: str, column: str, sql_type: str) -> None:
+    if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "spine: offsets, model counts, duplicate horizon, outbox, dead letters",
      _create("consumer_offsets", "model_stats", "seen_events", "outbox", "dead_letter_stats")),
     (2, "data drift: model registry, window state and results, alerts",
      _create("model_versions", "drift_state", "window_results", "alerts")),
+    (3, "concept drift: join buffer, labelled pairs, detector state, retrain requests",
+     lambda conn: (_add_column(conn, "model_versions", "baseline_errors", "TEXT"),
+                   _create("join_pending", "labelled_pairs", "join_stats", "concept_state",
+                           "retrain_requests")(conn))),
 ]
 
 

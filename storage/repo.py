@@ -10,8 +10,9 @@ from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
-from storage.tables import (Alert, ConsumerOffset, DeadLetterStats, DriftState, ModelStats, OutboxMessage,
-                            SeenEvent, WindowResult)
+from storage.tables import (Alert, ConceptState, ConsumerOffset, DeadLetterStats, DriftState, JoinStats,
+                            LabelledPair, ModelStats, OutboxMessage, PendingEvent, RetrainRequest, SeenEvent,
+                            WindowResult)
 
 TopicPartitionKey = tuple[str, int]
 
@@ -194,3 +195,115 @@ def alerts(session: Session, model_id: str | None = None, limit: int = 1000) -> 
     if model_id:
         query = query.where(Alert.model_id == model_id)
     return list(session.scalars(query))
+
+
+def pending_events(session: Session, model_id: str, kind: str, event_ids: list[str]) -> dict[str, PendingEvent]:
+    found: dict[str, PendingEvent] = {}
+    for i in range(0, len(event_ids), _IN_CHUNK):
+        rows = session.scalars(select(PendingEvent).where(
+            PendingEvent.model_id == model_id, PendingEvent.kind == kind,
+            PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])))
+        found.update((row.event_id, row) for row in rows)
+    return found
+
+
+def add_pending(session: Session, rows: list[dict]) -> None:
+    if rows:
+        session.execute(PendingEvent.__table__.insert(), rows)
+
+
+def remove_pending(session: Session, model_id: str, kind: str, event_ids: list[str]) -> None:
+    for i in range(0, len(event_ids), _IN_CHUNK):
+        session.execute(delete(PendingEvent).where(
+            PendingEvent.model_id == model_id, PendingEvent.kind == kind,
+            PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])).execution_options(synchronize_session=False))
+
+
+def expire_pending(session: Session, model_id: str, kind: str, before_ts: float) -> int:
+    result = session.execute(delete(PendingEvent).where(
+        PendingEvent.model_id == model_id, PendingEvent.kind == kind, PendingEvent.ts < before_ts,
+    ).execution_options(synchronize_session=False))
+    return result.rowcount
+
+
+def evict_oldest_pending(session: Session, model_id: str, kind: str, count: int) -> int:
+    """Drop the ``count`` oldest (by event time) pending events of a kind."""
+    if count <= 0:
+        return 0
+    ids = list(session.scalars(select(PendingEvent.event_id).where(
+        PendingEvent.model_id == model_id, PendingEvent.kind == kind).order_by(
+        PendingEvent.ts, PendingEvent.event_id).limit(count)))
+    remove_pending(session, model_id, kind, ids)
+    return len(ids)
+
+
+def join_stats(session: Session, model_id: str) -> JoinStats:
+    stats = session.get(JoinStats, model_id)
+    if stats is None:
+        stats = JoinStats(model_id=model_id, pending_predictions=0, pending_labels=0, joined=0,
+                          expired_predictions=0, expired_labels=0, evicted_predictions=0, evicted_labels=0)
+        session.add(stats)
+    return stats
+
+
+def all_join_stats(session: Session) -> list[JoinStats]:
+    return list(session.scalars(select(JoinStats).order_by(JoinStats.model_id)))
+
+
+def add_pairs(session: Session, rows: list[dict]) -> None:
+    if rows:
+        session.execute(LabelledPair.__table__.insert(), rows)
+
+
+def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:
+    session.execute(delete(LabelledPair).where(
+        LabelledPair.model_id == model_id, LabelledPair.seq < keep_from_seq,
+    ).execution_options(synchronize_session=False))
+
+
+def recent_pairs(session: Session, model_id: str, limit: int | None = None) -> list[LabelledPair]:
+    query = select(LabelledPair).where(LabelledPair.model_id == model_id).order_by(LabelledPair.seq.desc())
+    if limit:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def concept_state(session: Session, model_id: str, version: str) -> ConceptState | None:
+    return session.get(ConceptState, (model_id, version))
+
+
+def all_concept_states(session: Session) -> list[ConceptState]:
+    return list(session.scalars(select(ConceptState).order_by(ConceptState.model_id, ConceptState.version)))
+
+
+def save_concept_state(session: Session, model_id: str, version: str, values: dict, exists: bool) -> None:
+    if exists:
+        session.execute(update(ConceptState).where(
+            ConceptState.model_id == model_id, ConceptState.version == version,
+        ).values(**values).execution_options(synchronize_session=False))
+    else:
+        session.execute(ConceptState.__table__.insert().values(model_id=model_id, version=version, **values))
+
+
+def open_retrain_request(session: Session, model_id: str) -> RetrainRequest | None:
+    return session.scalars(select(RetrainRequest).where(
+        RetrainRequest.model_id == model_id, RetrainRequest.status == "open")).first()
+
+
+def last_retrain_request(session: Session, model_id: str) -> RetrainRequest | None:
+    return session.scalars(select(RetrainRequest).where(RetrainRequest.model_id == model_id).order_by(
+        RetrainRequest.created_ts.desc(), RetrainRequest.request_id)).first()
+
+
+def retrain_requests(session: Session, model_id: str | None = None) -> list[RetrainRequest]:
+    query = select(RetrainRequest).order_by(RetrainRequest.created_ts, RetrainRequest.request_id)
+    if model_id:
+        query = query.where(RetrainRequest.model_id == model_id)
+    return list(session.scalars(query))
+
+
+def close_retrain_request(session: Session, request_id: str, outcome: str) -> RetrainRequest | None:
+    request = session.get(RetrainRequest, request_id)
+    if request is not None:
+        request.status, request.outcome = "closed", outcome
+    return request

@@ -101,6 +101,8 @@ class ModelVersion(Base):
     data_sha256: Mapped[str | None] = mapped_column(String(64))
     baseline_error_mean: Mapped[float | None] = mapped_column(Float)
     baseline_error_std: Mapped[float | None] = mapped_column(Float)
+    # Sorted sample of reference errors (JSON), to calibrate the detectors. Added in schema version 3.
+    baseline_errors: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_model_versions_stage", "model_id", "stage"),)
 
@@ -163,3 +165,82 @@ class Alert(Base):
     cloudevent: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_alerts_model", "model_id", "event_ts"),)
+
+
+class PendingEvent(Base):
+    """Join buffer: a prediction waiting for its label, or a label for its prediction."""
+
+    __tablename__ = "join_pending"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # prediction | label
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str | None] = mapped_column(String(200))
+    ts: Mapped[float] = mapped_column(Float)
+    payload: Mapped[str] = mapped_column(Text)  # JSON of the event's own fields
+
+    __table_args__ = (Index("ix_join_pending_age", "model_id", "kind", "ts"),)
+
+
+class LabelledPair(Base):
+    """A joined prediction and label: training data for retraining, kept under a retention policy."""
+
+    __tablename__ = "labelled_pairs"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str | None] = mapped_column(String(200))
+    prediction_ts: Mapped[float] = mapped_column(Float)
+    label_ts: Mapped[float] = mapped_column(Float)
+    features: Mapped[str] = mapped_column(Text)
+    prediction: Mapped[str] = mapped_column(Text)  # JSON scalar
+    label: Mapped[str] = mapped_column(Text)       # JSON scalar
+    error: Mapped[float] = mapped_column(Float)
+    score_loss: Mapped[float | None] = mapped_column(Float)
+
+
+class JoinStats(Base):
+    __tablename__ = "join_stats"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pending_predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    pending_labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    joined: Mapped[int] = mapped_column(BigInteger, default=0)
+    expired_predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    expired_labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    evicted_predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    evicted_labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    watermark_ts: Mapped[float | None] = mapped_column(Float)
+
+
+class ConceptState(Base):
+    """Detector state of one model version's error stream, as plain numbers (JSON)."""
+
+    __tablename__ = "concept_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    in_episode: Mapped[bool] = mapped_column(default=False)
+    episode_started_label: Mapped[int | None] = mapped_column(BigInteger)
+    episodes: Mapped[int] = mapped_column(Integer, default=0)
+    silenced_alarms: Mapped[int] = mapped_column(BigInteger, default=0)
+    calm_evaluations: Mapped[int] = mapped_column(Integer, default=0)
+    detectors: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class RetrainRequest(Base):
+    __tablename__ = "retrain_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))  # open | closed
+    created_ts: Mapped[float] = mapped_column(Float)  # event time of the triggering alert
+    alert_ids: Mapped[str] = mapped_column(Text)      # JSON list
+    cloudevent: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_retrain_requests_model", "model_id", "status"),)

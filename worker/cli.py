@@ -207,7 +207,7 @@ def cmd_models_register(args) -> int:
         row = registry.register(
             session, model_id=args.model_id, version=args.version, profile=reference.profile,
             artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
-            drift_config=config, baseline_error=reference.baseline_error, data_sha256=reference.data_sha256,
+            drift_config=config, baseline_error=reference.baseline_error, error_sample=reference.error_sample, data_sha256=reference.data_sha256,
             card={"intended_use": {"description": args.description}} if args.description else None)
         summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage,
                    "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,

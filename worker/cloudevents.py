@@ -26,6 +26,10 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch(rfc3339_time: str) -> float:
+    return datetime.fromisoformat(rfc3339_time).timestamp()
+
+
 def cloudevent(*, id: str, type: str, subject: str, time: float, data: dict,
                source: str = MONITOR_SOURCE) -> dict:
     return {"specversion": "1.0", "id": id, "source": source, "type": type, "subject": subject,

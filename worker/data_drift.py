@@ -20,6 +20,7 @@ from worker import cloudevents
 from worker.batch import Batch
 from worker.drift_stats import FeatureEvaluator, FeatureStats
 from worker.events import PredictionEvent
+from worker.retrain_policy import RetrainPolicy
 from worker.windows import ClosedWindow, WindowState
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,11 @@ class ModelVersionMonitor:
                 alerts.append(alert)
         inputs = [c for c in self.columns if c != PREDICTION_FEATURE]
         share = len(drifted) / len(inputs) if inputs else 0.0
-        dataset_level = SIGNIFICANT if inputs and not small and share >= self.config.dataset_share else STABLE
+        significant_share = len([r for r in results if r["severity"] == SIGNIFICANT
+                                 and r["feature"] != PREDICTION_FEATURE]) / len(inputs) if inputs else 0.0
+        dataset_level = STABLE
+        if inputs and not small and share >= self.config.dataset_share:
+            dataset_level = SIGNIFICANT if significant_share >= self.config.dataset_share else MODERATE
         alert = self._transition(DATASET, dataset_level, window, {
             "drifted_share": share, "drifted_features": drifted, "threshold": self.config.dataset_share},
             "undertow.drift.dataset")
@@ -169,12 +174,15 @@ class DataDriftStage:
     """Windows and drift checks for every prediction with a registered reference.
 
     Predictions without ``model_version`` belong to the model's champion.
+    Significant dataset drift (the share of significant input features
+    reaches ``dataset_share``) asks the retrain policy for a request.
     Predictions of a model (or version) without a reference are counted by
     the ingest stage only; drift checks start once a reference exists.
     """
 
-    def __init__(self, alerts_topic: str):
+    def __init__(self, alerts_topic: str, policy: RetrainPolicy | None = None):
         self.alerts_topic = alerts_topic
+        self.policy = policy
         self._monitors: dict[tuple[str, str], ModelVersionMonitor] = {}
 
     def reset(self) -> None:
@@ -201,6 +209,9 @@ class DataDriftStage:
                 repo.add_window_results(session, results)
                 for alert in alerts:
                     self._raise(session, alert)
+                    if (self.policy is not None and monitor.config.retrain_on_data_drift
+                            and alert["type"] == "undertow.drift.dataset" and alert["data"]["severity"] == SIGNIFICANT):
+                        self.policy.consider(session, alert, monitor.config, reason="data drift")
             repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes),
                                   exists=monitor.stored)
             monitor.stored = True

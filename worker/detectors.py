@@ -92,12 +92,46 @@ def cusum_threshold(k: float, arl: float) -> float:
     return (low + high) / 2
 
 
+def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, states: int = 150) -> float:
+    """Decision interval h for an in-control ARL, for errors distributed like ``sample``.
+
+    Brook and Evans' Markov-chain ARL of the discretised CUSUM, with the
+    transition probabilities taken from the empirical distribution of the
+    (standardised, clipped) reference errors, solved for h by bisection.
+    Skewed errors (|y - p| is half-normal-like) make the normal approximation
+    fire several times too often; this keeps the promised false-alarm rate.
+    """
+    z = np.sort(np.clip(np.asarray(sample, dtype=float), -clip, clip))
+
+    def run_length(h: float) -> float:
+        width = h / (states - 0.5)
+        levels = np.arange(states) * width
+        bounds = (np.arange(states) + 0.5) * width  # upper edge of each state
+        # P(next state <= j | current i) = P(z <= bounds[j] - levels[i] + k)
+        cdf = np.searchsorted(z, bounds[None, :] - levels[:, None] + k, side="right") / z.size
+        q = np.diff(np.concatenate([np.zeros((states, 1)), cdf], axis=1), axis=1)
+        try:
+            return float(np.linalg.solve(np.eye(states) - q, np.ones(states))[0])
+        except np.linalg.LinAlgError:
+            return math.inf
+
+    low, high = 0.0, 1.0
+    while run_length(high) < arl and high < 1e4:
+        high *= 2
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if run_length(mid) < arl else (low, mid)
+    return high
+
+
 class Cusum:
     """One-sided (upper) CUSUM on standardised errors: S = max(0, S + z - k), alarm at S > h.
 
     ``k`` is half the shift (in baseline sd) to detect fastest; ``h`` follows
     from ``false_alarm_every``: one false alarm per that many labels on
-    average, under normal errors (clipped at ``clip`` sd for robustness).
+    average. With a sample of standardised reference errors, h is computed
+    for their actual distribution; without, under normal errors. Errors are
+    clipped at ``clip`` sd, so one wild error cannot raise an alarm alone.
 
     >>> c = Cusum(k=0.5, false_alarm_every=50_000)
     >>> round(c.h, 2)
@@ -110,13 +144,17 @@ class Cusum:
     True
     """
 
-    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = 5.0):
+    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = 5.0,
+                 reference_z: np.ndarray | None = None):
         if clip <= k:
             raise ValueError("clip must exceed k")
         self.k = k
         self.false_alarm_every = false_alarm_every
         self.clip = clip
-        self.h = cusum_threshold(k, false_alarm_every)
+        if reference_z is not None and len(reference_z) >= 100:
+            self.h = cusum_threshold_for(reference_z, k, false_alarm_every, clip)
+        else:
+            self.h = cusum_threshold(k, false_alarm_every)
         self._sum = 0.0
         self._detected = False
 
@@ -171,16 +209,19 @@ class RollingMean:
         self.step = step
         self.sigmas = sigmas
         self.threshold = sigmas / math.sqrt(window)  # in baseline sd, around a baseline of 0
+        self.calm_level = 1 / math.sqrt(window)      # one standard error: "back to normal"
         self._values = np.zeros(window)
         self._count = 0
         self._detected = False
+        self.evaluated = False  # whether the last update evaluated the window
         self.value: float | None = None
 
     def update(self, z: float) -> None:
         self._values[self._count % self.window] = z
         self._count += 1
         self._detected = False
-        if self._count >= self.window and self._count % self.step == 0:
+        self.evaluated = self._count >= self.window and self._count % self.step == 0
+        if self.evaluated:
             self.value = float(self._values.mean())
             self._detected = self.value > self.threshold
 
@@ -194,7 +235,13 @@ class RollingMean:
 
     def reset(self) -> None:
         self._values[:] = 0.0
-        self._count, self._detected, self.value = 0, False, None
+        self._count, self._detected, self.evaluated, self.value = 0, False, False, None
+
+    @property
+    def mean(self) -> float | None:
+        """Mean of the values in the window so far (None before any)."""
+        n = min(self._count, self.window)
+        return float(self._values[:n].mean()) if n else None
 
     def state(self) -> list[float]:
         return [self._count, float(self._detected), math.nan if self.value is None else self.value,

@@ -13,9 +13,11 @@ from storage import db, repo
 from storage.errors import StaleOffsets
 from worker.batch import build_batch
 from worker.checkpoint import Checkpoint
+from worker.concept import ConceptStage
 from worker.data_drift import DataDriftStage
 from worker.ingest import IngestStage
 from worker.merge import CoPartitionMerger
+from worker.retrain_policy import RetrainPolicy
 from worker.settings import Settings
 from worker.topics import Topics, ensure_topics
 from worker.transport import OutboxRelay, TransientError, make_admin, make_consumer, make_producer
@@ -77,7 +79,13 @@ class Monitor:
         self._stop = threading.Event()
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.make_session_factory(self.engine)
-        self.stages = [IngestStage(settings.duplicate_horizon), DataDriftStage(self.topics.alerts)]
+        policy = RetrainPolicy(self.topics.retrain)
+        self.stages = [
+            IngestStage(settings.duplicate_horizon),
+            DataDriftStage(self.topics.alerts, policy),
+            ConceptStage(self.topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
+                         settings.pairs_retention),
+        ]
 
     def request_stop(self) -> None:
         """Safe from a signal handler: only flips a flag."""

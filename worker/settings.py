@@ -45,6 +45,12 @@ class Settings(BaseModel):
     # Event ids remembered per source partition, in records: a retry that
     # arrives within this many records of the original is counted once.
     duplicate_horizon: int = Field(default=1_000_000, ge=1)
+    # Join buffer per model: predictions wait this long (event time) for their
+    # label and labels for their prediction, at most join_max_pending of each.
+    join_ttl_seconds: float = Field(default=7 * 86_400, gt=0)
+    join_max_pending: int = Field(default=200_000, ge=100)
+    # Joined pairs kept per model as training data (the newest ones).
+    pairs_retention: int = Field(default=100_000, ge=100)
     batch_max_records: int = Field(default=2000, ge=1)
     poll_timeout_ms: int = Field(default=500, ge=10)
 
