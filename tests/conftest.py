@@ -115,9 +115,9 @@ class Env:
             [sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "monitor", *self.cli_args(), *extra],
             cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def drain(self, idle: float = 3.0, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    def drain(self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run the monitor until its input has been idle for ``idle`` seconds."""
-        proc = self.start_monitor("--until-idle", str(idle))
+        proc = self.start_monitor("--until-idle", str(idle), env=env)
         out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err.decode()[-3000:]
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -205,7 +205,7 @@ class Env:
             if proc is not None and proc.poll() is None:
                 proc.kill()
             producer.join()
-        self.drain(idle=4.0)
+        self.drain(idle=4.0, env=env)
         return kills
 
     def close(self):

@@ -8,7 +8,10 @@ import logging
 import math
 from collections import defaultdict
 
+from typing import Any
+
 import numpy as np
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from models import registry
@@ -22,6 +25,9 @@ from worker.events import LabelEvent, PredictionEvent
 from worker.retrain_policy import RetrainPolicy
 
 log = logging.getLogger(__name__)
+
+_PREDICTION_FIELDS = {"features", "prediction", "scores"}
+_JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than json.dumps on floats
 
 
 def prediction_error(prediction, label) -> tuple[float, str]:
@@ -137,10 +143,12 @@ class ConceptStage:
     """Joins labels to predictions per model and runs the error-stream detectors.
 
     The join buffer lives in the database (``join_pending``): a prediction
-    waits for its label, a label for its prediction, each at most
+    waits for its label, a label for its prediction, each until it is
     ``join_ttl_seconds`` of event time behind the newest event of the model
-    (then it is counted as expired) and at most ``join_max_pending`` per
-    model and kind (the oldest are evicted, counted). Joined pairs are kept
+    seen so far (then it is expired and counted). Expiry is decided event by
+    event, so a replay with other batch boundaries joins the same pairs. At
+    most ``join_max_pending`` per model and kind are kept: a safety cap,
+    checked per batch, that evicts the oldest (counted). Joined pairs are kept
     as training data, the newest ``pairs_retention`` per model. Errors reach
     the detectors in the order the join completes, which the co-partition
     merger makes independent of fetch timing.
@@ -191,6 +199,7 @@ class ConceptStage:
         new_predictions: dict[str, dict] = {}
         new_labels: dict[str, dict] = {}
         consumed = {"prediction": [], "label": []}
+        expired = {"prediction": 0, "label": 0}
         pairs: list[dict] = []
         stats = repo.join_stats(session, model_id)
         watermark = stats.watermark_ts
@@ -204,8 +213,12 @@ class ConceptStage:
                 version = event.model_version or champion
                 prediction = {"version": version, "ts": epoch,
                               "payload": {"features": event.features, "prediction": event.prediction,
-                                          "scores": event.scores}}
+                                          "scores": event.scores},
+                              "json": event.model_dump_json(include=_PREDICTION_FIELDS)}
                 label = new_labels.pop(eid, None) or _stored(stored_labels, eid, consumed["label"])
+                if label is not None and label["ts"] < watermark - self.join_ttl_seconds:
+                    label = None  # expired: decided per event, so batch boundaries cannot change a join
+                    expired["label"] += 1
                 if label is None:
                     new_predictions[eid] = prediction
                 else:
@@ -213,9 +226,12 @@ class ConceptStage:
             elif isinstance(event, LabelEvent):
                 if eid in stored_labels or eid in new_labels:
                     continue
-                label = {"ts": epoch, "payload": {"label": event.label}}
+                label = {"ts": epoch, "payload": {"label": event.label}, "json": event.model_dump_json(include={"label"})}
                 prediction = new_predictions.pop(eid, None) or _stored(stored_predictions, eid,
                                                                         consumed["prediction"])
+                if prediction is not None and prediction["ts"] < watermark - self.join_ttl_seconds:
+                    prediction = None  # expired
+                    expired["prediction"] += 1
                 if prediction is None:
                     new_labels[eid] = label
                 else:
@@ -224,18 +240,22 @@ class ConceptStage:
             repo.remove_pending(session, model_id, kind, ids_)
         repo.add_pending(session, [
             {"model_id": model_id, "kind": "prediction", "event_id": eid, "version": p["version"], "ts": p["ts"],
-             "payload": json.dumps(p["payload"])} for eid, p in new_predictions.items()] + [
+             "payload": p["json"]} for eid, p in new_predictions.items()] + [
             {"model_id": model_id, "kind": "label", "event_id": eid, "version": None, "ts": lab["ts"],
-             "payload": json.dumps(lab["payload"])} for eid, lab in new_labels.items()])
+             "payload": lab["json"]} for eid, lab in new_labels.items()])
         stats.pending_predictions += len(new_predictions) - len(consumed["prediction"])
         stats.pending_labels += len(new_labels) - len(consumed["label"])
+        stats.expired_predictions += expired["prediction"]
+        stats.expired_labels += expired["label"]
         first_seq = stats.joined
         stats.joined += len(pairs)
         stats.watermark_ts = watermark
         repo.add_pairs(session, [{
             "model_id": model_id, "seq": first_seq + i, "event_id": p["event_id"], "version": p["version"],
-            "prediction_ts": p["prediction_ts"], "label_ts": p["label_ts"], "features": json.dumps(p["features"]),
-            "prediction": json.dumps(p["prediction"]), "label": json.dumps(p["label"]), "error": p["error"],
+            "prediction_ts": p["prediction_ts"], "label_ts": p["label_ts"],
+            "features": _JSON.dump_json(p["features"]).decode(),
+            "prediction": _JSON.dump_json(p["prediction"]).decode(), "label": _JSON.dump_json(p["label"]).decode(),
+            "error": p["error"],
             "score_loss": p["score_loss"]} for i, p in enumerate(pairs)])
         if pairs:
             repo.trim_pairs(session, model_id, stats.joined - self.pairs_retention)

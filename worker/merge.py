@@ -19,14 +19,17 @@ class CoPartitionMerger:
     released by (record timestamp, topic rank, offset). A head record is held
     back while the other topic's same-numbered partition has nothing buffered
     and is not caught up (its fetch position is below the log end the broker
-    last reported); after ``max_wait_s`` it is released anyway, in arrival
-    order (logged). Records that are not released are not committed: a crash
-    re-reads them.
+    last reported); after ``max_wait_s``, or once ``max_buffered`` records of
+    the partition wait, it is released anyway, in arrival order (logged).
+    Records that are not released are not committed: a crash re-reads them.
+    (Partitions are never paused to hold data back: pausing made Tansu stop
+    answering fetches for the other partition.)
     """
 
-    def __init__(self, first_topic: str, second_topic: str, max_wait_s: float = 2.0):
+    def __init__(self, first_topic: str, second_topic: str, max_wait_s: float = 2.0, max_buffered: int = 40_000):
         self.topics = (first_topic, second_topic)
         self.max_wait_s = max_wait_s
+        self.max_buffered = max_buffered
         self._buffers: dict[tuple[str, int], deque] = {}
         self._waiting_since: dict[int, float] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}
@@ -75,10 +78,10 @@ class CoPartitionMerger:
                     other = (second, number) if a else (first, number)
                     if not caught_up(other):
                         since = self._waiting_since.setdefault(number, now)
-                        if now - since < self.max_wait_s:
+                        if now - since < self.max_wait_s and len(a) + len(b) < self.max_buffered:
                             break
-                        log.info("partition %d: %s not caught up after %.1fs; releasing in arrival order",
-                                 number, other[0], now - since)
+                        log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
+                                 "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
                     take_a = bool(a)
                 self._waiting_since.pop(number, None)
                 source = a if take_a else b
