@@ -118,7 +118,12 @@ class Env:
     def drain(self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run the monitor until its input has been idle for ``idle`` seconds."""
         proc = self.start_monitor("--until-idle", str(idle), env=env)
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"monitor did not drain within {timeout}s: {err.decode()[-3000:]}") from None
         assert proc.returncode == 0, err.decode()[-3000:]
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 

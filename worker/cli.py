@@ -96,10 +96,22 @@ def collect_status(settings) -> dict:
             w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
                                         "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
                                         "severity": r.severity}
+        joins = [{"model_id": j.model_id, "pending_predictions": j.pending_predictions,
+                  "pending_labels": j.pending_labels, "joined": j.joined,
+                  "expired_predictions": j.expired_predictions, "expired_labels": j.expired_labels,
+                  "evicted_predictions": j.evicted_predictions, "evicted_labels": j.evicted_labels}
+                 for j in repo.all_join_stats(session)]
+        concept = [{"model_id": c.model_id, "version": c.version, "labels": c.labels,
+                    "mean_error": c.error_sum / c.labels if c.labels else None, "in_episode": c.in_episode,
+                    "episodes": c.episodes, "silenced_alarms": c.silenced_alarms}
+                   for c in repo.all_concept_states(session)]
+        requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
+                     "status": r.status, "requested_at": _iso(r.created_ts)}
+                    for r in repo.retrain_requests(session) if r.status == "open"]
     engine.dispose()
     _fill_lag(settings, offsets)
-    return {"models": models, "last_windows": list(windows.values()), "partitions": offsets,
-            "dead_letters": dead}
+    return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
+            "concept": concept, "open_retrain_requests": requests, "partitions": offsets, "dead_letters": dead}
 
 
 def _fill_lag(settings, offsets: list[dict]) -> None:
@@ -132,6 +144,16 @@ def cmd_status(args) -> int:
         for name, f in w["features"].items():
             ks = "" if f["ks_statistic"] is None else f"  ks={f['ks_statistic']:.3f} (p={f['ks_pvalue']:.2g})"
             print(f"    {name:<20} psi={f['psi']:.3f}{ks}  missing={f['missing_share']:.2%}  {f['severity']}")
+    for j in status["label_join"]:
+        print(f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
+              f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
+              f"evicted={j['evicted_predictions']}/{j['evicted_labels']}")
+    for c in status["concept"]:
+        mean = "-" if c["mean_error"] is None else f"{c['mean_error']:.4g}"
+        print(f"concept drift of {c['model_id']}@{c['version']}: labels={c['labels']} mean error={mean} "
+              f"{'IN EPISODE' if c['in_episode'] else 'stable'} episodes={c['episodes']}")
+    for r in status["open_retrain_requests"]:
+        print(f"open retrain request {r['request_id']} for {r['model_id']}@{r['version']} since {r['requested_at']}")
     print("partitions:")
     for o in status["partitions"]:
         lag = "?" if o["lag"] is None else o["lag"]
@@ -165,17 +187,21 @@ def cmd_demo(args) -> int:
         ensure_topics(admin, topics, 3)
         admin.close()
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-        stable = args.events // 2
-        for i, (prediction, label) in enumerate(
-                [*stream.events(stable), *stream.events(args.events - stable, start_index=stable, shift=1.5)]):
+        quarter = args.events // 4
+        pairs = [*stream.events(2 * quarter), *stream.events(quarter, start_index=2 * quarter, shift=1.5),
+                 *stream.events(args.events - 3 * quarter, start_index=3 * quarter, shift=1.5, concept_shift=1.0)]
+        for i, (prediction, _) in enumerate(pairs):
             key = prediction["model_id"].encode()
             producer.send(topics.predictions, key=key, value=encode(prediction))
-            producer.send(topics.labels, key=key, value=encode(label))
+            if i >= 500:  # labels arrive 500 predictions late
+                producer.send(topics.labels, key=key, value=encode(pairs[i - 500][1]))
+        for _, label in pairs[-500:]:
+            producer.send(topics.labels, key=b"housing", value=encode(label))
         producer.send(topics.predictions, key=b"housing", value=b"{not json")
         producer.flush()
         producer.close()
-        print(f"produced {args.events} predictions (x0 shifted by 1.5 sd after {stable}), "
-              f"{args.events} labels and 1 malformed record")
+        print(f"produced {args.events} predictions (x0 shifted by 1.5 sd after {2 * quarter}; labels off by 1.0 "
+              f"after {3 * quarter}), their labels 500 predictions late, and 1 malformed record")
         monitor = Monitor(settings, partitions=3)
         _install_stop_handlers(monitor.request_stop)
         code = monitor.run(until_idle=3.0)
@@ -183,6 +209,8 @@ def cmd_demo(args) -> int:
         main(["status", *common])
         print("\nalerts:")
         main(["alerts", *common])
+        print("\nretrain requests:")
+        main(["retrain", "list", *common])
     return code
 
 
@@ -250,8 +278,36 @@ def cmd_alerts(args) -> int:
     return 0
 
 
+def cmd_retrain_list(args) -> int:
+    engine, sessions = _sessions(_settings(args))
+    with sessions.begin() as session:
+        rows = [json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome}
+                for r in repo.retrain_requests(session, args.model_id)]
+    engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for r in [] if args.json else rows:
+        d = r["data"]
+        print(f"{r['time']}  {d['request_id']}  {d['model_id']}@{d['model_version']}  {r['status']}  "
+              f"{d['reason']}  policy={d['data_policy']}  alerts={','.join(d['alert_ids'])}")
+    return 0
+
+
+def cmd_retrain_close(args) -> int:
+    from storage.errors import NotFound
+    engine, sessions = _sessions(_settings(args))
+    with sessions.begin() as session:
+        if repo.close_retrain_request(session, args.request_id, args.outcome) is None:
+            raise NotFound(f"no retrain request {args.request_id!r}")
+    engine.dispose()
+    print(f"closed {args.request_id}")
+    return 0
+
+
 _DRIFT_FLAGS = ("window_size", "hop", "window_seconds", "psi_moderate", "psi_significant", "alpha",
-                "dataset_share", "end_after")
+                "dataset_share", "end_after", "ph_delta", "ph_threshold", "cusum_k", "cusum_false_alarm_every",
+                "rolling_window", "rolling_step", "rolling_sigmas", "retrain_on_data_drift",
+                "retrain_cooldown_seconds", "retrain_data_policy", "retrain_window_pairs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="p-value below which a shift is not noise (0.01)")
     p.add_argument("--dataset-share", type=float, help="share of drifted inputs for dataset drift (0.5)")
     p.add_argument("--end-after", type=int, help="stable windows in a row that end an episode (2)")
+    p.add_argument("--ph-delta", type=float, help="Page-Hinkley tolerance, in baseline error sd (0.25)")
+    p.add_argument("--ph-threshold", type=float, help="Page-Hinkley alarm level, in baseline error sd (50)")
+    p.add_argument("--cusum-k", type=float, help="CUSUM reference value, in baseline error sd (0.5)")
+    p.add_argument("--cusum-false-alarm-every", type=float,
+                   help="CUSUM threshold for one false alarm per this many labels (1000000)")
+    p.add_argument("--rolling-window", type=int, help="labels in the rolling mean error (500)")
+    p.add_argument("--rolling-step", type=int, help="labels between rolling evaluations (50)")
+    p.add_argument("--rolling-sigmas", type=float, help="standard errors above the baseline mean (4)")
+    p.add_argument("--no-retrain-on-data-drift", dest="retrain_on_data_drift", action="store_const",
+                   const=False, help="only concept drift asks for retraining")
+    p.add_argument("--retrain-cooldown-seconds", type=float, help="event time between requests (86400)")
+    p.add_argument("--retrain-data-policy", choices=("rolling", "all"), help="data the trainer uses (rolling)")
+    p.add_argument("--retrain-window-pairs", type=int, help="labelled pairs of the rolling policy (50000)")
     p.set_defaults(func=cmd_models_register)
     p = models_sub.add_parser("list", help="registered versions")
     _common(p)
@@ -317,8 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alerts)
 
+    p = sub.add_parser("retrain", help="retrain requests")
+    retrain_sub = p.add_subparsers(dest="retrain_command", required=True)
+    p = retrain_sub.add_parser("list", help="retrain requests, oldest first")
+    _common(p)
+    p.add_argument("--model-id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrain_list)
+    p = retrain_sub.add_parser("close", help="close an open request (the trainer does this after it ran)")
+    _common(p)
+    p.add_argument("--request-id", required=True)
+    p.add_argument("--outcome", default="closed by operator")
+    p.set_defaults(func=cmd_retrain_close)
+
     p = sub.add_parser("demo", help="run everything end to end on the embedded defaults")
-    p.add_argument("--events", type=int, default=5000)
+    p.add_argument("--events", type=int, default=8000)
     p.add_argument("--workdir", help="where the SQLite file goes (default: a new temporary folder)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from models import registry
 from models.registry import DriftConfig
 from storage import repo
-from storage.tables import Alert, PendingEvent
+from storage.tables import PendingEvent
 from worker import cloudevents
+from worker.alerts import record_alert
 from worker.batch import Batch
 from worker.detectors import Cusum, PageHinkley, RollingMean
 from worker.events import LabelEvent, PredictionEvent
@@ -287,15 +288,7 @@ class ConceptStage:
         return self._monitors[key]
 
     def _raise(self, session: Session, alert: dict, config: DriftConfig) -> None:
-        data = alert["data"]
-        log.info("alert %s %s@%s: %s after %d labels", alert["type"], data["model_id"], data["model_version"],
-                 data["detector"], data["label_count"])
-        repo.add_alert(session, Alert(
-            id=alert["id"], model_id=data["model_id"], version=data["model_version"], type=alert["type"],
-            feature=None, severity=data["severity"], event_ts=cloudevents.epoch(alert["time"]),
-            cloudevent=json.dumps(alert)))
-        repo.enqueue(session, self.alerts_topic, data["model_id"].encode(), cloudevents.encode(alert),
-                     cloudevents.HEADERS)
+        record_alert(session, self.alerts_topic, alert)
         self.policy.consider(session, alert, config, reason="concept drift")
 
 

@@ -15,8 +15,8 @@ from models import registry
 from models.profile import PREDICTION_FEATURE, NumericProfile, ReferenceProfile
 from models.registry import DriftConfig
 from storage import repo
-from storage.tables import Alert
 from worker import cloudevents
+from worker.alerts import record_alert
 from worker.batch import Batch
 from worker.drift_stats import FeatureEvaluator, FeatureStats
 from worker.events import PredictionEvent
@@ -208,7 +208,7 @@ class DataDriftStage:
                 results, alerts = monitor.evaluate(window)
                 repo.add_window_results(session, results)
                 for alert in alerts:
-                    self._raise(session, alert)
+                    record_alert(session, self.alerts_topic, alert)
                     if (self.policy is not None and monitor.config.retrain_on_data_drift
                             and alert["type"] == "undertow.drift.dataset" and alert["data"]["severity"] == SIGNIFICANT):
                         self.policy.consider(session, alert, monitor.config, reason="data drift")
@@ -227,19 +227,3 @@ class DataDriftStage:
                 DriftConfig.model_validate_json(row.drift_config), repo.drift_state(session, model_id, version))
             self._monitors[(model_id, version)] = monitor
         return monitor
-
-    def _raise(self, session: Session, event: dict) -> None:
-        data = event["data"]
-        log.info("alert %s %s %s: %s (%s)", event["type"], data["model_id"], data.get("feature", ""),
-                 data["severity"], data["episode"])
-        repo.add_alert(session, Alert(
-            id=event["id"], model_id=data["model_id"], version=data["model_version"], type=event["type"],
-            feature=data.get("feature"), severity=data["severity"],
-            event_ts=_epoch(event["time"]), cloudevent=json.dumps(event)))
-        repo.enqueue(session, self.alerts_topic, data["model_id"].encode(), cloudevents.encode(event),
-                     cloudevents.HEADERS)
-
-
-def _epoch(rfc3339: str) -> float:
-    from datetime import datetime
-    return datetime.fromisoformat(rfc3339).timestamp()

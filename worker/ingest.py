@@ -9,6 +9,7 @@ from storage import repo
 from storage.repo import SeenKey
 from worker.batch import Batch
 from worker.events import PredictionEvent
+from worker.topics import DEAD_LETTER_SUFFIX
 
 
 class IngestStage:
@@ -30,7 +31,7 @@ class IngestStage:
         self._count(session, batch)
         for letter in batch.dead_letters:
             repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
-            source = letter.topic.removesuffix(".DLT")
+            source = letter.topic.removesuffix(DEAD_LETTER_SUFFIX)
             repo.add_dead_letter(session, source, dict(letter.headers).get("undertow.error.message", b"").decode())
         for (topic, partition), next_offset in batch.next_offsets.items():
             repo.expire_seen(session, topic, partition, next_offset - self.duplicate_horizon)
