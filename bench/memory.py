@@ -129,6 +129,9 @@ def malloc_trim() -> bool:
         return False
 
 
+_FORCED = [0]  # full collections forced by measure()
+
+
 def measure(engine, db_path: Path, predictions: int, labels: int, seconds: float, traced: bool) -> dict:
     with engine.connect() as conn:
         counts = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in TABLES}
@@ -142,15 +145,22 @@ def measure(engine, db_path: Path, predictions: int, labels: int, seconds: float
             "json_extract(cloudevent, '$.data.label_count'), json_extract(cloudevent, '$.data.value'), "
             "json_extract(cloudevent, '$.data.threshold'), json_extract(cloudevent, '$.data.episode') "
             "FROM alerts ORDER BY event_ts"))]
-    rss = rss_mib()
-    trimmed = rss_mib() if malloc_trim() else None
+    rss, objects = rss_mib(), len(gc.get_objects())
+    traced = tracemalloc.get_traced_memory()[0] / 2**20 if traced else None
+    full_collections = gc.get_stats()[2]["collections"] - _FORCED[0]  # the collector's own, not ours
+    # Then the same after a full collection (cyclic garbage waiting for generation 2) and malloc_trim.
+    gc.collect()
+    _FORCED[0] += 1
+    malloc_trim()
+    rss_after, objects_after = rss_mib(), len(gc.get_objects())
+    traced_after = tracemalloc.get_traced_memory()[0] / 2**20 if traced is not None else None
     wal = Path(f"{db_path}-wal")
     return {"predictions": predictions, "labels": labels, "seconds": seconds, **counts,
             "join": stats._asdict() if stats else {}, "concept": tuple(concept) if concept else None,
             "db_mib": db_path.stat().st_size / 2**20, "wal_mib": wal.stat().st_size / 2**20 if wal.exists() else 0.0,
-            "free_pages": free, "pages": pages, "rss_mib": rss, "rss_trimmed_mib": trimmed, "alerts_list": alerts,
-            "traced_mib": tracemalloc.get_traced_memory()[0] / 2**20 if traced else None,
-            "objects": len(gc.get_objects())}
+            "free_pages": free, "pages": pages, "rss_mib": rss, "rss_after_mib": rss_after, "alerts_list": alerts,
+            "traced_mib": traced, "traced_after_mib": traced_after, "objects": objects,
+            "objects_after": objects_after, "full_collections": full_collections}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,16 +243,26 @@ def print_report(rows: list[dict], args, wall: float, settings: Settings) -> Non
     records_total = rows[-1]["predictions"] + rows[-1]["labels"]
     print(f"# Bounded state over {rows[-1]['predictions']:,} predictions + {rows[-1]['labels']:,} labels "
           f"(SQLite, no Kafka)\n")
-    header = ["predictions", "labels", *TABLES, "db MiB", "wal MiB", "free pages", "RSS MiB", "RSS after malloc_trim",
-              "Python objects", *(["tracemalloc MiB"] if args.tracemalloc else []), "s in stages"]
+    header = ["predictions", "labels", *TABLES, "db MiB", "wal MiB", "free pages", "s in stages"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
     for row in rows:
         cells = [f"{row['predictions']:,}", f"{row['labels']:,}", *(f"{row[t]:,}" for t in TABLES),
-                 f"{row['db_mib']:.1f}", f"{row['wal_mib']:.1f}", f"{row['free_pages']:,}", f"{row['rss_mib']:.0f}",
-                 "—" if row["rss_trimmed_mib"] is None else f"{row['rss_trimmed_mib']:.0f}", f"{row['objects']:,}",
-                 *([f"{row['traced_mib']:.1f}" if row["traced_mib"] is not None else "—"] if args.tracemalloc else []),
-                 f"{row['seconds']:.0f}"]
+                 f"{row['db_mib']:.1f}", f"{row['wal_mib']:.1f}", f"{row['free_pages']:,}", f"{row['seconds']:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+    print("\nProcess memory at each checkpoint: as found, then after gc.collect() + malloc_trim(0):\n")
+    traced = args.tracemalloc
+    header = ["predictions", "RSS MiB", "Python objects", *(["tracemalloc MiB"] if traced else []),
+              "automatic full (gen-2) collections so far", "RSS MiB after", "Python objects after",
+              *(["tracemalloc MiB after"] if traced else [])]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---:|" * len(header))
+    mib = lambda v: "—" if v is None else f"{v:.1f}"
+    for row in rows:
+        cells = [f"{row['predictions']:,}", f"{row['rss_mib']:.0f}", f"{row['objects']:,}",
+                 *([mib(row["traced_mib"])] if traced else []), f"{row['full_collections']}",
+                 f"{row['rss_after_mib']:.0f}", f"{row['objects_after']:,}",
+                 *([mib(row["traced_after_mib"])] if traced else [])]
         print("| " + " | ".join(cells) + " |")
     print("\nJoin statistics (join_stats) and the error-stream monitor (concept_state) at each checkpoint:\n")
     print("| predictions | pending predictions | pending labels | joined | expired predictions | expired labels "
@@ -279,8 +299,9 @@ def print_report(rows: list[dict], args, wall: float, settings: Settings) -> Non
     print(f"\nCost: {wall:.0f} s wall for {records_total:,} records, {last['seconds']:.0f} s of it in build_batch + "
           f"stages + commit = {last['seconds'] / records_total * 1e6:.0f} µs per record "
           f"({records_total / last['seconds']:,.0f} records/s); the rest is generating the events. RSS is VmRSS "
-          f"(current, not peak) of this process, then again after glibc malloc_trim(0) returned freed heap "
-          f"pages (the trim happens at each checkpoint, so later rows include its effect); 'Python objects' is len(gc.get_objects())."
+          f"(current, not peak) of this process; 'after' forces a full collection and glibc malloc_trim(0) at each "
+          f"checkpoint (so later rows include the effect of earlier forced collections). gc thresholds "
+          f"{gc.get_threshold()} as Monitor.run sets them; 'Python objects' is len(gc.get_objects())."
           + (" tracemalloc was on (slower)." if args.tracemalloc else " tracemalloc off (--tracemalloc to add it)."))
 
 

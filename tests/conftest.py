@@ -153,25 +153,35 @@ class Env:
         finally:
             consumer.close()
 
-    def send_events(self, pairs, rate: float | None = None, labels: bool = True,
-                    duplicate_every: int | None = None) -> int:
-        """Produce (prediction, label) dicts keyed by model_id; ``rate`` paces pairs per second."""
+    def send_sequence(self, items, rate: float | None = None) -> int:
+        """Produce ("prediction" | "label", event dict) items in order, keyed by model_id.
+
+        ``rate`` paces the records per second (pacing the producer, not synchronisation).
+        """
         from worker.sample import encode
+        topics = {"prediction": self.topics.predictions, "label": self.topics.labels}
         sent, start = 0, time.monotonic()
-        for i, (prediction, label) in enumerate(pairs):
-            key = prediction["model_id"].encode()
-            self.send(self.topics.predictions, encode(prediction), key=key)
-            if labels:
-                self.send(self.topics.labels, encode(label), key=key)
-            if duplicate_every and i % duplicate_every == 0:
-                self.send(self.topics.predictions, encode(prediction), key=key)
+        for kind, event in items:
+            self.send(topics[kind], encode(event), key=event["model_id"].encode())
             sent += 1
             if rate and sent % 500 == 0:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
-                    time.sleep(ahead)  # pacing the producer, not synchronisation
+                    time.sleep(ahead)
         self.flush()
         return sent
+
+    def send_events(self, pairs, rate: float | None = None, labels: bool = True,
+                    duplicate_every: int | None = None) -> int:
+        """Produce (prediction, label) pairs; every ``duplicate_every``-th prediction twice."""
+        def items():
+            for i, (prediction, label) in enumerate(pairs):
+                yield "prediction", prediction
+                if labels:
+                    yield "label", label
+                if duplicate_every and i % duplicate_every == 0:
+                    yield "prediction", prediction
+        return self.send_sequence(items(), rate)
 
     def register_reference(self, stream, model_id: str = "housing", rows: int = 5000, **config) -> None:
         """Register a champion for ``model_id`` profiled from ``stream``'s pre-drift distribution."""

@@ -96,29 +96,14 @@ def _late_labelled_stream(n: int, change: int, late: int, lost_every: int, shift
                                                              concept_shift=shift))
     sent_labels = []
     for i, (prediction, _) in enumerate(pairs):
-        yield "p", prediction
+        yield "prediction", prediction
         j = i - late
         if j >= 0 and j % lost_every != 0:
             sent_labels.append(j)
-            yield "l", pairs[j][1]
+            yield "label", pairs[j][1]
     for j in range(max(0, n - late), n):
         if j % lost_every != 0:
-            yield "l", pairs[j][1]
-
-
-def _send(env, items, rate=None):
-    from worker.sample import encode
-    import time
-    start, sent = time.monotonic(), 0
-    for kind, event in items:
-        topic = env.topics.predictions if kind == "p" else env.topics.labels
-        env.send(topic, encode(event), key=event["model_id"].encode())
-        sent += 1
-        if rate and sent % 500 == 0:
-            ahead = sent / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)  # pacing the producer, not synchronisation
-    env.flush()
+            yield "label", pairs[j][1]
 
 
 def _rows(env, sql: str) -> list[tuple]:
@@ -133,7 +118,7 @@ JOIN_ENV = {"UNDERTOW_JOIN_TTL_SECONDS": "7200", "UNDERTOW_JOIN_MAX_PENDING": "5
 def test_late_and_lost_labels_still_detect_drift_once_and_ask_for_one_retrain(env):
     env.register_reference(SampleStream(seed=31))
     n, change = 12_000, 6_000
-    _send(env, _late_labelled_stream(n, change, late=2000, lost_every=20, shift=1.5, seed=31))
+    env.send_sequence(_late_labelled_stream(n, change, late=2000, lost_every=20, shift=1.5, seed=31))
     env.drain(env=JOIN_ENV)
 
     concept = _rows(env, "SELECT cloudevent FROM alerts WHERE type = 'undertow.drift.concept'")
@@ -169,9 +154,9 @@ def test_sigkill_with_labels_gives_the_uninterrupted_state(make_env):
     uninterrupted, crashed = make_env(), make_env()
     for world in (uninterrupted, crashed):
         world.register_reference(SampleStream(seed=32))
-    _send(uninterrupted, stream())
+    uninterrupted.send_sequence(stream())
     uninterrupted.drain(env=JOIN_ENV)
-    kills = crashed.run_with_kills(lambda: _send(crashed, stream(), rate=350), seed=9,
+    kills = crashed.run_with_kills(lambda: crashed.send_sequence(stream(), rate=350), seed=9,
                                    env={**JOIN_ENV, "UNDERTOW_BATCH_MAX_RECORDS": "150"})
     assert kills >= 3
 

@@ -107,7 +107,7 @@ def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
     n = 10_000  # predictions; with their labels 20,000 distinct valid events
     # Paced so the stream lasts longer than several restarts (each group rejoin
     # after a SIGKILL takes ~11 s on Tansu): every kill lands mid-stream.
-    kills = env.run_with_kills(lambda: _produce_stream(env, n, rate=200), seed=11,
+    kills = env.run_with_kills(lambda: _produce_stream(env, n, rate=400), seed=11,
                                env={"UNDERTOW_BATCH_MAX_RECORDS": "300"})
     predictions, labels, duplicates = _counts(env)
     assert kills >= 3
