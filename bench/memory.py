@@ -132,7 +132,8 @@ def malloc_trim() -> bool:
 _FORCED = [0]  # full collections forced by measure()
 
 
-def measure(engine, db_path: Path, predictions: int, labels: int, seconds: float, traced: bool) -> dict:
+def measure(engine, db_path: Path, predictions: int, labels: int, seconds: float, traced: bool,
+            collect: bool) -> dict:
     with engine.connect() as conn:
         counts = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in TABLES}
         stats = conn.execute(text("SELECT pending_predictions, pending_labels, joined, expired_predictions, "
@@ -147,20 +148,23 @@ def measure(engine, db_path: Path, predictions: int, labels: int, seconds: float
             "FROM alerts ORDER BY event_ts"))]
     rss, objects = rss_mib(), len(gc.get_objects())
     traced = tracemalloc.get_traced_memory()[0] / 2**20 if traced else None
-    full_collections = gc.get_stats()[2]["collections"] - _FORCED[0]  # the collector's own, not ours
-    # Then the same after a full collection (cyclic garbage waiting for generation 2) and malloc_trim.
-    gc.collect()
-    _FORCED[0] += 1
-    malloc_trim()
-    rss_after, objects_after = rss_mib(), len(gc.get_objects())
-    traced_after = tracemalloc.get_traced_memory()[0] / 2**20 if traced is not None else None
+    collections = [g["collections"] for g in gc.get_stats()]
+    collections[2] -= _FORCED[0]  # the collector's own full collections, not ours
+    rss_after = objects_after = traced_after = None
+    if collect:
+        # Then the same after a full collection (cyclic garbage waiting in generation 2) and malloc_trim.
+        gc.collect()
+        _FORCED[0] += 1
+        malloc_trim()
+        rss_after, objects_after = rss_mib(), len(gc.get_objects())
+        traced_after = tracemalloc.get_traced_memory()[0] / 2**20 if traced is not None else None
     wal = Path(f"{db_path}-wal")
     return {"predictions": predictions, "labels": labels, "seconds": seconds, **counts,
             "join": stats._asdict() if stats else {}, "concept": tuple(concept) if concept else None,
             "db_mib": db_path.stat().st_size / 2**20, "wal_mib": wal.stat().st_size / 2**20 if wal.exists() else 0.0,
             "free_pages": free, "pages": pages, "rss_mib": rss, "rss_after_mib": rss_after, "alerts_list": alerts,
             "traced_mib": traced, "traced_after_mib": traced_after, "objects": objects,
-            "objects_after": objects_after, "full_collections": full_collections}
+            "objects_after": objects_after, "collections": collections}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictions", type=int, default=1_000_000)
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also report Python heap (tracemalloc current); slows the run")
+    parser.add_argument("--collect-at-checkpoints", action="store_true",
+                        help="force gc.collect() + malloc_trim at every checkpoint, not only at the end")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         expected: dict[tuple[str, int], int | None] = {}
         rows: list[dict] = []
-        rows.append(measure(engine, db_path, 0, 0, 0.0, False))
+        rows.append(measure(engine, db_path, 0, 0, 0.0, False, args.collect_at_checkpoints))
         if args.tracemalloc:
             tracemalloc.start()
         predictions = labels = 0
@@ -224,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
                 process(pending)
                 pending = []
                 if predictions >= target and predictions < args.predictions:
-                    rows.append(measure(engine, db_path, predictions, labels, work, args.tracemalloc))
+                    rows.append(measure(engine, db_path, predictions, labels, work, args.tracemalloc,
+                                        args.collect_at_checkpoints))
                     print(f"  {predictions:>9,} predictions, {labels:>9,} labels: {work:6.1f} s in stages, "
                           f"{time.perf_counter() - started:6.1f} s wall, RSS {rows[-1]['rss_mib']:.0f} MiB",
                           file=sys.stderr, flush=True)
                     target = next(next_checkpoint)
         if pending:
             process(pending)
-        rows.append(measure(engine, db_path, predictions, labels, work, args.tracemalloc))
+        rows.append(measure(engine, db_path, predictions, labels, work, args.tracemalloc, True))
         wall = time.perf_counter() - started
         engine.dispose()
 
@@ -250,18 +257,22 @@ def print_report(rows: list[dict], args, wall: float, settings: Settings) -> Non
         cells = [f"{row['predictions']:,}", f"{row['labels']:,}", *(f"{row[t]:,}" for t in TABLES),
                  f"{row['db_mib']:.1f}", f"{row['wal_mib']:.1f}", f"{row['free_pages']:,}", f"{row['seconds']:.0f}"]
         print("| " + " | ".join(cells) + " |")
-    print("\nProcess memory at each checkpoint: as found, then after gc.collect() + malloc_trim(0):\n")
+    forced = args.collect_at_checkpoints
+    print("\nProcess memory at each checkpoint, as found" + (", then after gc.collect() + malloc_trim(0)" if forced
+          else "; the last row also after gc.collect() + malloc_trim(0) (only there, so the run is undisturbed)")
+          + ":\n")
     traced = args.tracemalloc
     header = ["predictions", "RSS MiB", "Python objects", *(["tracemalloc MiB"] if traced else []),
-              "automatic full (gen-2) collections so far", "RSS MiB after", "Python objects after",
-              *(["tracemalloc MiB after"] if traced else [])]
+              "automatic collections gen 0 / 1 / 2 so far", "RSS MiB after full collection",
+              "Python objects after", *(["tracemalloc MiB after"] if traced else [])]
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
     mib = lambda v: "—" if v is None else f"{v:.1f}"
     for row in rows:
         cells = [f"{row['predictions']:,}", f"{row['rss_mib']:.0f}", f"{row['objects']:,}",
-                 *([mib(row["traced_mib"])] if traced else []), f"{row['full_collections']}",
-                 f"{row['rss_after_mib']:.0f}", f"{row['objects_after']:,}",
+                 *([mib(row["traced_mib"])] if traced else []), " / ".join(map(str, row["collections"])),
+                 "—" if row["rss_after_mib"] is None else f"{row['rss_after_mib']:.0f}",
+                 "—" if row["objects_after"] is None else f"{row['objects_after']:,}",
                  *([mib(row["traced_after_mib"])] if traced else [])]
         print("| " + " | ".join(cells) + " |")
     print("\nJoin statistics (join_stats) and the error-stream monitor (concept_state) at each checkpoint:\n")
@@ -299,9 +310,11 @@ def print_report(rows: list[dict], args, wall: float, settings: Settings) -> Non
     print(f"\nCost: {wall:.0f} s wall for {records_total:,} records, {last['seconds']:.0f} s of it in build_batch + "
           f"stages + commit = {last['seconds'] / records_total * 1e6:.0f} µs per record "
           f"({records_total / last['seconds']:,.0f} records/s); the rest is generating the events. RSS is VmRSS "
-          f"(current, not peak) of this process; 'after' forces a full collection and glibc malloc_trim(0) at each "
-          f"checkpoint (so later rows include the effect of earlier forced collections). gc thresholds "
-          f"{gc.get_threshold()} as Monitor.run sets them; 'Python objects' is len(gc.get_objects())."
+          f"(current, not peak) of this process; 'after full collection' = after gc.collect() and glibc "
+          f"malloc_trim(0): what is still reachable. gc thresholds {gc.get_threshold()} as Monitor.run sets "
+          f"them (collections counted since start-up, forced ones excluded). Live objects flat while RSS and "
+          f"'Python objects' as found grow means cyclic garbage waiting for the collector, not live state; "
+          f"'Python objects' is len(gc.get_objects())."
           + (" tracemalloc was on (slower)." if args.tracemalloc else " tracemalloc off (--tracemalloc to add it)."))
 
 

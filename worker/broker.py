@@ -101,10 +101,9 @@ class EmbeddedBroker:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def wait(self) -> int:
-        """Block until the broker exits; returns its exit code."""
-        assert self._process is not None
-        return self._process.wait()
+    def poll(self) -> int | None:
+        """The broker's exit code, or None while it runs."""
+        return None if self._process is None else self._process.poll()
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -40,14 +40,18 @@ def _install_stop_handlers(stop) -> None:
 
 
 def cmd_broker(args) -> int:
+    import threading
     from worker.broker import EmbeddedBroker
-    broker = EmbeddedBroker(args.host, args.port)
-    stopping = []
-    _install_stop_handlers(lambda: stopping.append(True) or broker.stop())
-    with broker:
+    stopping = threading.Event()
+    _install_stop_handlers(stopping.set)
+    with EmbeddedBroker(args.host, args.port) as broker:
         print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
-        code = broker.wait()
-    return 0 if stopping else code
+        while not stopping.wait(0.2):
+            code = broker.poll()
+            if code is not None:
+                log.error("broker exited with %s", code)
+                return 1
+    return 0
 
 
 def cmd_topics_create(args) -> int:

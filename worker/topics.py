@@ -59,16 +59,21 @@ def ensure_topics(admin: KafkaAdminClient, topics: Topics, partitions: int) -> d
         raise ConfigError("--partitions must be at least 1")
     wanted = topics.all()
     existing = set(admin.list_topics())
-    missing = [name for name in wanted if name not in existing]
-    for name in missing:
+    inputs = [t for t in (topics.predictions, topics.labels) if t in existing]
+    counts = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(inputs)} if inputs else {}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(
+            f"{topics.predictions} has {counts[topics.predictions]} partitions but {topics.labels} has "
+            f"{counts[topics.labels]}: predictions and labels must be co-partitioned")
+    # A missing input topic gets its partner's partition count, whatever was asked.
+    input_partitions = next(iter(counts.values()), partitions)
+    for name in wanted:
+        if name in existing:
+            continue
+        n = input_partitions if name in (topics.predictions, topics.labels) else partitions
         try:
-            admin.create_topics([NewTopic(name, partitions, 1)])
-            log.info("created topic %s with %d partitions", name, partitions)
+            admin.create_topics([NewTopic(name, n, 1)])
+            log.info("created topic %s with %d partitions", name, n)
         except TopicAlreadyExistsError:
             pass  # created concurrently by another process
-    counts = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
-    if counts.get(topics.predictions) != counts.get(topics.labels):
-        raise ConfigError(
-            f"{topics.predictions} has {counts.get(topics.predictions)} partitions but {topics.labels} has "
-            f"{counts.get(topics.labels)}: predictions and labels must be co-partitioned")
-    return counts
+    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)}
