@@ -250,12 +250,17 @@ def print_report(rows: list[dict], args, wall: float, settings: Settings) -> Non
     records_total = rows[-1]["predictions"] + rows[-1]["labels"]
     print(f"# Bounded state over {rows[-1]['predictions']:,} predictions + {rows[-1]['labels']:,} labels "
           f"(SQLite, no Kafka)\n")
-    header = ["predictions", "labels", *TABLES, "db MiB", "wal MiB", "free pages", "s in stages"]
+    header = ["predictions", "labels", *TABLES, "db MiB", "wal MiB", "free pages", "s in stages", "µs/record since previous row"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
-    for row in rows:
+    for previous, row in zip([None] + rows, rows):
+        since = "—"
+        if previous is not None:
+            n = row["predictions"] + row["labels"] - previous["predictions"] - previous["labels"]
+            since = f"{(row['seconds'] - previous['seconds']) / n * 1e6:.0f}" if n else "—"
         cells = [f"{row['predictions']:,}", f"{row['labels']:,}", *(f"{row[t]:,}" for t in TABLES),
-                 f"{row['db_mib']:.1f}", f"{row['wal_mib']:.1f}", f"{row['free_pages']:,}", f"{row['seconds']:.0f}"]
+                 f"{row['db_mib']:.1f}", f"{row['wal_mib']:.1f}", f"{row['free_pages']:,}", f"{row['seconds']:.0f}",
+                 since]
         print("| " + " | ".join(cells) + " |")
     forced = args.collect_at_checkpoints
     print("\nProcess memory at each checkpoint, as found" + (", then after gc.collect() + malloc_trim(0)" if forced

@@ -160,15 +160,17 @@ class Env:
         """
         from worker.sample import encode
         topics = {"prediction": self.topics.predictions, "label": self.topics.labels}
-        sent, start = 0, time.monotonic()
+        sent, start, futures = 0, time.monotonic(), []
         for kind, event in items:
-            self.send(topics[kind], encode(event), key=event["model_id"].encode())
+            futures.append(self.send(topics[kind], encode(event), key=event["model_id"].encode()))
             sent += 1
             if rate and sent % 500 == 0:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
                     time.sleep(ahead)
         self.flush()
+        failed = [f.exception for f in futures if not f.succeeded()]
+        assert not failed, f"{len(failed)} records were not produced: {failed[:3]}"
         return sent
 
     def send_events(self, pairs, rate: float | None = None, labels: bool = True,

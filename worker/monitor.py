@@ -21,7 +21,8 @@ from worker.merge import CoPartitionMerger
 from worker.retrain_policy import RetrainPolicy
 from worker.settings import Settings
 from worker.topics import Topics, ensure_topics
-from worker.transport import OutboxRelay, TransientError, make_admin, make_consumer, make_producer
+from worker.transport import (OutboxRelay, TransientError, log_end_offsets, make_admin, make_consumer,
+                              make_producer)
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,14 @@ class Monitor:
                         # Held-back records of kept partitions would be lost: re-read from stored offsets.
                         merger.clear()
                         rewind_needed = True
+                        with tracker.lock:
+                            tracker.unchecked |= unchecked  # still to be checked after the rewind
                         continue
                 if unchecked:
                     ever_assigned = True
                     last_activity = time.monotonic()
                     reseeked = self._check_positions(consumer, unchecked, expected)
                     records = {tp: r for tp, r in records.items() if (tp.topic, tp.partition) not in reseeked}
-                if unchecked:
                     merger.forget(unchecked)  # freshly seeked: whatever we knew of them is void
                 merger.add(self._owned_records(records, expected, merger))
                 released = merger.release(lambda key: self._caught_up(consumer, key, expected),
@@ -178,8 +180,13 @@ class Monitor:
             now = time.monotonic()
             if until_idle is not None:
                 if ever_assigned and now - last_activity >= until_idle:
-                    log.info("no input for %.1fs: exiting", until_idle)
-                    break
+                    lagging = self._lagging_partitions(consumer)
+                    if not lagging:
+                        log.info("no input for %.1fs and every input partition is consumed: exiting", until_idle)
+                        break
+                    # Partitions of a member that died are reassigned only after its session times out.
+                    log.info("idle, but %s still have records not consumed by the group: waiting", lagging)
+                    last_activity = now
                 if not ever_assigned and now - started > max(ASSIGNMENT_TIMEOUT_S, until_idle):
                     log.error("no partitions assigned within %.0fs", now - started)
                     return 1
@@ -252,6 +259,16 @@ class Monitor:
         tp = TopicPartition(*key)
         highwater = consumer.highwater(tp)
         return highwater is not None and consumer.position(tp) >= highwater
+
+    def _lagging_partitions(self, consumer) -> dict[tuple[str, int], int]:
+        """Input partitions whose stored offset (any member's) is behind the log end."""
+        keys = [(topic, p) for topic in (self.topics.predictions, self.topics.labels)
+                for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = log_end_offsets(self.settings, keys)
+        with self.engine.connect() as conn:
+            stored = repo.load_offsets(conn, self.group_id, keys)
+        return {key: ends[key] - stored.get(key, 0) for key in keys
+                if key not in ends or ends[key] > stored.get(key, 0)}
 
     def _reset_stages(self) -> None:
         for stage in self.stages:

@@ -152,3 +152,27 @@ def _stored_offsets(env):
     from sqlalchemy import text
     with env.engine.connect() as conn:
         return list(conn.execute(text("SELECT topic, partition, next_offset FROM consumer_offsets")))
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_monitors_share_the_partitions_and_count_each_event_once(env):
+    n = 6000
+    models = 9  # spread over all three partitions
+    first = env.start_monitor(env={"UNDERTOW_BATCH_MAX_RECORDS": "200"})
+    second = env.start_monitor(env={"UNDERTOW_BATCH_MAX_RECORDS": "200"})
+    try:
+        _produce_stream(env, n, models=models, rate=800)
+        wait_for(lambda: sum(_counts(env)[:2]) >= n, 120, "both monitors to make progress")
+        first.send_signal(signal.SIGKILL)  # the survivor takes its partitions over
+        first.wait()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0, second.stderr.read().decode()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+    env.drain()
+    predictions, labels, duplicates = _counts(env)
+    assert (predictions, labels) == (n, n)
+    assert duplicates == len(range(0, n, 50))
