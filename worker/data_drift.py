@@ -18,7 +18,7 @@ from storage import repo
 from worker import cloudevents
 from worker.alerts import record_alert
 from worker.batch import Batch
-from worker.drift_stats import FeatureEvaluator, FeatureStats
+from worker.drift_stats import FeatureEvaluator, FeatureStats, evaluate_window
 from worker.events import PredictionEvent
 from worker.retrain_policy import RetrainPolicy
 from worker.windows import ClosedWindow, WindowState
@@ -119,8 +119,7 @@ class ModelVersionMonitor:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
         results, alerts, drifted = [], [], []
         small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
-        for i, (name, evaluator) in enumerate(zip(self.columns, self.evaluators)):
-            stats = evaluator.evaluate(window.rows[:, i])
+        for name, stats in zip(self.columns, evaluate_window(self.evaluators, window.rows)):
             level = STABLE if small else severity(stats, self.config)
             results.append({
                 "model_id": self.model_id, "version": self.version, "window_index": window.index,
@@ -190,12 +189,13 @@ class DataDriftStage:
         self._monitors.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
-        if not batch.predictions:
+        predictions = batch.predictions
+        if not predictions:
             return
-        model_ids = sorted({event.model_id for _, event in batch.predictions})
+        model_ids = sorted({event.model_id for _, event in predictions})
         champion = registry.champions(session, model_ids)
         groups: dict[tuple[str, str], list[PredictionEvent]] = defaultdict(list)
-        for _, event in batch.predictions:
+        for _, event in predictions:
             version = event.model_version or champion.get(event.model_id)
             if version is not None:
                 groups[(event.model_id, version)].append(event)
