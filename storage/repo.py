@@ -17,7 +17,7 @@ from storage.tables import (Alert, ConceptState, ConsumerOffset, DeadLetterStats
 TopicPartitionKey = tuple[str, int]
 
 # SQLite's default limit on bound parameters is 32766; stay far below it.
-_IN_CHUNK = 500
+_IN_CHUNK = 2000
 
 
 def load_offsets(conn: Connection | Session, group_id: str,
@@ -197,13 +197,13 @@ def alerts(session: Session, model_id: str | None = None, limit: int = 1000) -> 
     return list(session.scalars(query))
 
 
-def pending_events(session: Session, model_id: str, kind: str, event_ids: list[str]) -> dict[str, PendingEvent]:
-    found: dict[str, PendingEvent] = {}
+def pending_events(session: Session, model_id: str, event_ids: list[str]) -> dict[tuple[str, str], PendingEvent]:
+    """Waiting predictions and labels of a model among ``event_ids``, by (kind, event_id)."""
+    found: dict[tuple[str, str], PendingEvent] = {}
     for i in range(0, len(event_ids), _IN_CHUNK):
         rows = session.scalars(select(PendingEvent).where(
-            PendingEvent.model_id == model_id, PendingEvent.kind == kind,
-            PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])))
-        found.update((row.event_id, row) for row in rows)
+            PendingEvent.model_id == model_id, PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])))
+        found.update(((row.kind, row.event_id), row) for row in rows)
     return found
 
 
@@ -219,11 +219,15 @@ def remove_pending(session: Session, model_id: str, kind: str, event_ids: list[s
             PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])).execution_options(synchronize_session=False))
 
 
-def expire_pending(session: Session, model_id: str, kind: str, before_ts: float) -> int:
-    result = session.execute(delete(PendingEvent).where(
-        PendingEvent.model_id == model_id, PendingEvent.kind == kind, PendingEvent.ts < before_ts,
-    ).execution_options(synchronize_session=False))
-    return result.rowcount
+def expire_pending(session: Session, model_id: str, before_ts: float) -> dict[str, int]:
+    """Delete waiting events older than ``before_ts``; how many of each kind."""
+    rows = session.execute(delete(PendingEvent).where(
+        PendingEvent.model_id == model_id, PendingEvent.ts < before_ts,
+    ).returning(PendingEvent.kind).execution_options(synchronize_session=False))
+    counts = {"prediction": 0, "label": 0}
+    for (kind,) in rows:
+        counts[kind] += 1
+    return counts
 
 
 def evict_oldest_pending(session: Session, model_id: str, kind: str, count: int) -> int:

@@ -195,8 +195,9 @@ class ConceptStage:
 
     def _join(self, session: Session, model_id: str, events: list, champion: str | None) -> list[dict]:
         ids = list({e.event_id for e in events})
-        stored_predictions = repo.pending_events(session, model_id, "prediction", ids)
-        stored_labels = repo.pending_events(session, model_id, "label", ids)
+        stored = repo.pending_events(session, model_id, ids)
+        stored_predictions = {eid: row for (kind, eid), row in stored.items() if kind == "prediction"}
+        stored_labels = {eid: row for (kind, eid), row in stored.items() if kind == "label"}
         new_predictions: dict[str, dict] = {}
         new_labels: dict[str, dict] = {}
         consumed = {"prediction": [], "label": []}
@@ -267,8 +268,8 @@ class ConceptStage:
         """Expire by event time, then evict beyond the row cap; both are counted."""
         if watermark is None:
             return
-        for kind in ("prediction", "label"):
-            expired = repo.expire_pending(session, stats.model_id, kind, watermark - self.join_ttl_seconds)
+        expired_by_kind = repo.expire_pending(session, stats.model_id, watermark - self.join_ttl_seconds)
+        for kind, expired in expired_by_kind.items():
             pending = getattr(stats, f"pending_{kind}s") - expired
             evicted = repo.evict_oldest_pending(session, stats.model_id, kind, pending - self.join_max_pending)
             setattr(stats, f"pending_{kind}s", pending - evicted)
