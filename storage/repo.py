@@ -178,14 +178,6 @@ def latest_window_results(session: Session) -> list[WindowResult]:
         WindowResult.model_id, WindowResult.version, WindowResult.feature)))
 
 
-def window_results(session: Session, model_id: str | None = None) -> list[WindowResult]:
-    query = select(WindowResult).order_by(WindowResult.model_id, WindowResult.version,
-                                          WindowResult.window_index, WindowResult.feature)
-    if model_id:
-        query = query.where(WindowResult.model_id == model_id)
-    return list(session.scalars(query))
-
-
 def add_alert(session: Session, alert: Alert) -> None:
     session.add(alert)
 
@@ -263,13 +255,6 @@ def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:
     session.execute(delete(LabelledPair).where(
         LabelledPair.model_id == model_id, LabelledPair.seq < keep_from_seq,
     ).execution_options(synchronize_session=False))
-
-
-def recent_pairs(session: Session, model_id: str, limit: int | None = None) -> list[LabelledPair]:
-    query = select(LabelledPair).where(LabelledPair.model_id == model_id).order_by(LabelledPair.seq.desc())
-    if limit:
-        query = query.limit(limit)
-    return list(session.scalars(query))
 
 
 def concept_state(session: Session, model_id: str, version: str) -> ConceptState | None:

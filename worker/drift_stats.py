@@ -74,11 +74,6 @@ def chi_square_statistic(expected_shares: np.ndarray, counts: np.ndarray) -> tup
     return statistic, dof
 
 
-def chi_square(expected_shares: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
-    statistic, dof = chi_square_statistic(expected_shares, counts)
-    return statistic, float(chi2_distribution.sf(statistic, dof))
-
-
 @dataclass(frozen=True)
 class FeatureStats:
     n: int
