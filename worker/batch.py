@@ -31,10 +31,6 @@ class Batch:
     def predictions(self) -> list[tuple[Position, PredictionEvent]]:
         return [(p, e) for p, e in self.events if isinstance(e, PredictionEvent)]
 
-    @property
-    def labels(self) -> list[tuple[Position, LabelEvent]]:
-        return [(p, e) for p, e in self.events if isinstance(e, LabelEvent)]
-
     def __len__(self) -> int:
         return len(self.events) + len(self.dead_letters)
 
