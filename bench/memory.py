@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         def process(batch_records: list[ConsumerRecord]) -> None:
             nonlocal work
             t0 = time.perf_counter()
-            batch = build_batch(batch_records, topics, settings.max_event_bytes)
+            batch = build_batch(batch_records, topics, settings.max_event_bytes, settings.max_clock_skew_seconds)
             moves = {tp: (expected.get(tp), offset) for tp, offset in batch.next_offsets.items()}
             with sessions.begin() as session:
                 for stage in stages:

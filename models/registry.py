@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.ids import check_id
 from models.profile import ReferenceProfile
 from storage.errors import ArtifactIntegrityError, NotFound, UndertowError
 from storage.tables import ModelVersion
@@ -79,6 +81,54 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_model_file(path: Path) -> None:
+    """Load the user's own model file once: it must be a joblib file of an object with ``predict``.
+
+    Only ever called on a file the user names at registration, never on one
+    that came over the network (joblib runs code on load).
+    """
+    import joblib
+    if not path.is_file():
+        raise RegistryError(f"--artifact {str(path)!r} does not exist")
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is not a model
+        raise RegistryError(f"--artifact {str(path)!r} is not a joblib model file "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not callable(getattr(model, "predict", None)):
+        raise RegistryError(f"--artifact {str(path)!r} holds a {type(model).__name__}, which has no predict()")
+
+
+def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: str) -> Path:
+    """Copy ``source`` to ``<artifacts_dir>/<model_id>/<version>/``; never overwrite, never leave it.
+
+    The ids are checked against the id pattern, and the target must resolve
+    inside the artifacts directory. The copy is written to a temporary file
+    and linked into place, which fails if the name exists: an existing
+    version's artifact is never replaced (identical bytes are reused).
+    """
+    check_id(model_id, "--model-id")
+    check_id(version, "--version")
+    root = artifacts_dir.resolve()
+    target = (root / model_id / version / source.name).resolve()
+    if target.parent != root / model_id / version or not target.is_relative_to(root):
+        raise RegistryError(f"artifact path {target} would leave the artifacts directory {root}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if sha256_file(target) == sha256_file(source):
+            return target
+        raise RegistryError(f"{target} already exists with other contents; an artifact is never overwritten")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, temporary)
+        os.link(temporary, target)
+    except FileExistsError:
+        raise RegistryError(f"{target} was written concurrently; an artifact is never overwritten") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
 def _next_version(session: Session, model_id: str) -> str:
     versions = session.scalars(select(ModelVersion.version).where(ModelVersion.model_id == model_id))
     numbers = [int(v) for v in versions if v.isdigit()]
@@ -99,16 +149,14 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
     """Add a model version; as champion, the previous champion is archived."""
     if stage not in STAGES:
         raise RegistryError(f"unknown stage {stage!r}")
-    version = version or _next_version(session, model_id)
+    check_id(model_id, "--model-id")
+    version = check_id(version, "--version") if version is not None else _next_version(session, model_id)
     if session.get(ModelVersion, (model_id, version)) is not None:
         raise RegistryError(f"model {model_id!r} already has a version {version!r}")
     artifact_path = artifact_sha = None
     if artifact is not None:
-        if not artifact.is_file():
-            raise RegistryError(f"artifact {str(artifact)!r} does not exist")
-        target = Path(artifacts_dir) / model_id / version / artifact.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifact, target)
+        check_model_file(artifact)
+        target = store_artifact(artifact, Path(artifacts_dir), model_id, version)
         artifact_path, artifact_sha = str(target), sha256_file(target)
     if stage == "champion":
         for previous in session.scalars(select(ModelVersion).where(

@@ -1,9 +1,13 @@
 """Engine and session factory from a SQLAlchemy URL, and schema migrations."""
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
@@ -18,17 +22,25 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, must_exist: bool = False) -> Engine:
     """An engine for ``url``; SQLite files get WAL mode and a busy timeout.
 
-    Raises ConfigError with a one-line message for a malformed URL or a
-    missing driver.
+    The busy timeout is 30 s unless the URL sets ``?timeout=SECONDS``. With
+    ``must_exist``, a SQLite file that does not exist is an error instead of
+    a new empty database (commands that only read state). Raises
+    ConfigError with a one-line message for a malformed URL, a missing
+    driver or a missing file.
     """
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-            _configure_sqlite(engine)
+            path = sqlite_path(url)
+            if must_exist and path is not None and not path.is_file():
+                raise ConfigError(f"no database at {path}: nothing has been recorded there yet "
+                                  "(check --db-url / UNDERTOW_DB_URL)")
+            busy_ms = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)) * 1000
+            engine = create_engine(parsed, connect_args={"timeout": busy_ms / 1000})
+            _configure_sqlite(engine, int(busy_ms))
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
     except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
@@ -36,7 +48,45 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+@contextmanager
+def single_writer_lock(url: str, service: str) -> Iterator[None]:
+    """Refuse a second ``service`` process on the same SQLite file (nothing to do elsewhere).
+
+    SQLite serialises writers, so two monitors on one file would only take
+    turns; and the file cannot be shared across hosts. The lock is an
+    ``flock`` on ``<file>.<service>.lock``, released by the kernel when the
+    process ends however it ends.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    lock_path = path.with_name(f"{path.name}.{service}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {lock_path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another {service} already runs on {path}: a SQLite database takes one {service}; to run "
+                "several, use PostgreSQL (UNDERTOW_DB_URL=postgresql+psycopg://user@host:5432/db)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     # pysqlite's own transaction handling starts transactions lazily (before
     # the first write only), so reads inside `Session.begin()` would not be
     # isolated. Take over: autocommit at the driver, explicit BEGIN from us.
@@ -45,7 +95,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         # NORMAL in WAL mode survives process crashes; a power loss may drop the
         # last commits, which then replay from the (equally old) stored offsets.
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -84,6 +134,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
      lambda conn: (_add_column(conn, "model_versions", "baseline_errors", "TEXT"),
                    _create("join_pending", "labelled_pairs", "join_stats", "concept_state",
                            "retrain_requests")(conn))),
+    (4, "faults: topic ids beside stored offsets, partition gaps",
+     lambda conn: (_add_column(conn, "consumer_offsets", "topic_id", "VARCHAR(64)"),
+                   _create("partition_gaps")(conn))),
 ]
 
 

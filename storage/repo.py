@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
 from storage.tables import (Alert, ConceptState, ConsumerOffset, DeadLetterStats, DriftState, JoinStats,
-                            LabelledPair, ModelStats, OutboxMessage, PendingEvent, RetrainRequest, SeenEvent,
+                            LabelledPair, ModelStats, OutboxMessage, PartitionGap, PendingEvent, RetrainRequest, SeenEvent,
                             WindowResult)
 
 TopicPartitionKey = tuple[str, int]
@@ -23,10 +23,16 @@ _IN_CHUNK = 2000
 def load_offsets(conn: Connection | Session, group_id: str,
                  partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
     """Stored next offsets for the given partitions (absent: never processed)."""
+    return {key: offset for key, (offset, _) in load_positions(conn, group_id, partitions).items()}
+
+
+def load_positions(conn: Connection | Session, group_id: str,
+                   partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, tuple[int, str | None]]:
+    """Stored (next offset, topic id) for the given partitions (absent: never processed)."""
     wanted = set(partitions)
-    rows = conn.execute(select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset)
-                        .where(ConsumerOffset.group_id == group_id))
-    return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+    rows = conn.execute(select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset,
+                               ConsumerOffset.topic_id).where(ConsumerOffset.group_id == group_id))
+    return {(t, p): (o, tid) for t, p, o, tid in rows if (t, p) in wanted}
 
 
 def all_offsets(session: Session) -> list[ConsumerOffset]:
@@ -35,29 +41,46 @@ def all_offsets(session: Session) -> list[ConsumerOffset]:
 
 
 def advance_offsets(session: Session, group_id: str,
-                    moves: Mapping[TopicPartitionKey, tuple[int | None, int]]) -> None:
+                    moves: Mapping[TopicPartitionKey, tuple[int | None, int]],
+                    topic_ids: Mapping[str, str] | None = None) -> None:
     """Compare-and-set each partition's offset from ``expected`` to ``new``.
 
     ``expected`` None means no row may exist yet. A mismatch means another
     consumer advanced the partition since we read it: raise StaleOffsets so the
-    whole transaction rolls back (a fence against zombie monitors).
+    whole transaction rolls back (a fence against zombie monitors). The
+    topic's id, where known, is stored beside the offset.
     """
+    topic_ids = topic_ids or {}
     for (topic, partition), (expected, new) in moves.items():
+        values = {"next_offset": new}
+        if topic_ids.get(topic):
+            values["topic_id"] = topic_ids[topic]
         if expected is None:
             exists = session.execute(select(ConsumerOffset.next_offset).where(
                 ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
                 ConsumerOffset.partition == partition)).first()
             if exists is not None:
                 raise StaleOffsets(f"{topic}[{partition}] already has a stored offset {exists[0]}")
-            session.add(ConsumerOffset(group_id=group_id, topic=topic, partition=partition, next_offset=new))
+            session.execute(ConsumerOffset.__table__.insert().values(
+                group_id=group_id, topic=topic, partition=partition, **values))
             continue
         result = session.execute(update(ConsumerOffset).where(
             ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
             ConsumerOffset.partition == partition, ConsumerOffset.next_offset == expected,
-        ).values(next_offset=new).execution_options(synchronize_session=False))
+        ).values(**values).execution_options(synchronize_session=False))
         if result.rowcount != 1:
             raise StaleOffsets(f"{topic}[{partition}] is no longer at offset {expected}")
-    session.flush()
+
+
+def add_partition_gap(session: Session, gap: PartitionGap) -> None:
+    session.add(gap)
+
+
+def partition_gaps(session: Session, group_id: str | None = None) -> list[PartitionGap]:
+    query = select(PartitionGap).order_by(PartitionGap.id)
+    if group_id:
+        query = query.where(PartitionGap.group_id == group_id)
+    return list(session.scalars(query))
 
 
 class SeenKey(NamedTuple):

@@ -30,6 +30,33 @@ class ConsumerOffset(Base):
     topic: Mapped[str] = mapped_column(String(250), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_offset: Mapped[int] = mapped_column(BigInteger)
+    # The broker's id of the topic the offset belongs to (added in schema
+    # version 4): a recreated topic has a new id, and an offset of the old
+    # topic means nothing in the new log.
+    topic_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class PartitionGap(Base):
+    """A jump of a partition's position that skipped records or restarted a log.
+
+    ``kind``: ``log_reset`` (stored offset beyond the log end, or the topic
+    was recreated: the new log is read from its start) or ``records_deleted``
+    (stored offset below the log start: retention deleted records first).
+    """
+
+    __tablename__ = "partition_gaps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    group_id: Mapped[str] = mapped_column(String(200))
+    topic: Mapped[str] = mapped_column(String(250))
+    partition: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    stored_offset: Mapped[int | None] = mapped_column(BigInteger)
+    resumed_at: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text)
+    detected_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_partition_gaps_partition", "group_id", "topic", "partition"),)
 
 
 class ModelStats(Base):

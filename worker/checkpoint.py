@@ -1,4 +1,4 @@
-"""The checkpoint: the one object that owns the commit of a batch."""
+"""The checkpoint: the one object that owns the commit of a batch and the offsets it moves."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
 from worker.batch import Batch
+from worker.positions import Key, PartitionTracker
 from worker.transport import OutboxRelay
 
 log = logging.getLogger(__name__)
@@ -21,31 +22,41 @@ class Checkpoint:
 
     Steps, in this order:
 
-    1. One database transaction: ``apply`` writes the new state and any outbox
-       rows (dead letters, alerts, retrain requests), then the next offset of
-       every partition in the batch is compare-and-set from the offset this
-       consumer last stored. Either all of it commits or none of it.
-    2. The same offsets are committed to Kafka, only so that standard lag
+    1. One database transaction: first the next offset of every partition in
+       the batch is compare-and-set from the offset the batch was read from
+       (a monitor that lost the partition to another fails here, before it
+       writes anything); then ``apply`` writes the new state and any outbox
+       rows (dead letters, alerts, retrain requests). Either all of it
+       commits or none of it.
+    2. The offsets the batch was read from (``expected``) and the tracker's
+       stored offsets move to the new ones.
+    3. The same offsets are committed to Kafka, only so that standard lag
        tools show progress; they are never read back. Failure is logged.
-    3. The outbox is published; rows are deleted once the broker acknowledged.
+    4. The outbox is published; rows are deleted once the broker acknowledged.
 
     A crash before (1) commits replays the batch from the stored offsets; a
     crash after it re-sends unpublished outbox rows with the same ids.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], consumer: KafkaConsumer, group_id: str,
-                 relay: OutboxRelay):
+    def __init__(self, sessions: sessionmaker[Session], consumer: KafkaConsumer, tracker: PartitionTracker,
+                 relay: OutboxRelay, topic_ids: Mapping[str, str]):
         self._sessions = sessions
         self._consumer = consumer
-        self._group_id = group_id
+        self._tracker = tracker
         self._relay = relay
+        self._topic_ids = topic_ids
 
-    def commit(self, batch: Batch, expected: Mapping[tuple[str, int], int | None],
+    def commit(self, batch: Batch, expected: dict[Key, int | None],
                apply: Callable[[Session, Batch], None]) -> None:
-        moves = {tp: (expected.get(tp), offset) for tp, offset in batch.next_offsets.items()}
+        moves = {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}
         with self._sessions.begin() as session:
+            repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
             apply(session, batch)
-            repo.advance_offsets(session, self._group_id, moves)
+        expected.update(batch.next_offsets)
+        with self._tracker.lock:
+            for key, (old, new) in moves.items():
+                if key in self._tracker.expected and self._tracker.expected[key] == old:
+                    self._tracker.expected[key] = new
         try:
             self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                                    for (t, p), o in batch.next_offsets.items()})

@@ -10,6 +10,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from storage import db, repo
 from storage.errors import UndertowError
 from worker.settings import load_settings
@@ -80,16 +82,19 @@ def _iso(ts: float | None) -> str | None:
 
 
 def collect_status(settings) -> dict:
-    engine = db.make_engine(settings.db_url)
-    db.migrate(engine)
-    sessions = db.make_session_factory(engine)
+    engine, sessions = _sessions(settings, must_exist=True)
     with sessions.begin() as session:
         models = [{"model_id": m.model_id, "predictions": m.predictions, "labels": m.labels,
                    "duplicates": m.duplicates, "first_event_ts": _iso(m.first_event_ts),
                    "last_event_ts": _iso(m.last_event_ts)} for m in repo.model_stats(session)]
-        offsets = [{"group_id": o.group_id, "topic": o.topic, "partition": o.partition,
-                    "stored_offset": o.next_offset, "end_offset": None, "lag": None}
-                   for o in repo.all_offsets(session)]
+        offsets = {(o.group_id, o.topic, o.partition): {
+            "group_id": o.group_id, "topic": o.topic, "partition": o.partition, "stored_offset": o.next_offset,
+            "end_offset": None, "lag": None, "gaps": 0, "last_gap": None} for o in repo.all_offsets(session)}
+        for gap in repo.partition_gaps(session):
+            row = offsets.get((gap.group_id, gap.topic, gap.partition))
+            if row is not None:
+                row["gaps"] += 1
+                row["last_gap"] = {"kind": gap.kind, "detail": gap.detail, "detected_at": _iso(gap.detected_at)}
         dead = [{"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
                 for d in repo.dead_letter_stats(session)]
         windows: dict[tuple[str, str], dict] = {}
@@ -113,25 +118,51 @@ def collect_status(settings) -> dict:
                      "status": r.status, "requested_at": _iso(r.created_ts)}
                     for r in repo.retrain_requests(session) if r.status == "open"]
     engine.dispose()
-    _fill_lag(settings, offsets)
+    partitions, reachable = _with_log_ends(settings, offsets)
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
-            "concept": concept, "open_retrain_requests": requests, "partitions": offsets, "dead_letters": dead}
+            "concept": concept, "open_retrain_requests": requests, "partitions": partitions, "dead_letters": dead,
+            "broker_reachable": reachable}
 
 
-def _fill_lag(settings, offsets: list[dict]) -> None:
-    if not offsets:
-        return
-    from kafka.errors import KafkaError
-    from worker.transport import log_end_offsets
+BROKER_PROBE_TIMEOUT_S = 3.0
+
+
+def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
+    """Stored offsets beside the log ends, plus every input partition the monitor never stored.
+
+    With the broker down this answers within about BROKER_PROBE_TIMEOUT_S,
+    lag unknown, and says so in one line.
+    """
+    from worker.topics import Topics
+    from worker.transport import TransientError, log_end_offsets
+    topics = Topics(settings.topic_prefix)
+    group = settings.group_for("monitor")
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # the client logs every failed connection attempt
     try:
-        ends = log_end_offsets(settings, [(o["topic"], o["partition"]) for o in offsets])
-    except (KafkaError, OSError) as exc:
-        log.warning("broker unreachable, lag unknown: %s", exc)
-        return
-    for o in offsets:
+        ends = log_end_offsets(settings, [(o["topic"], o["partition"]) for o in offsets.values()],
+                               timeout_s=BROKER_PROBE_TIMEOUT_S, topics=[topics.predictions, topics.labels])
+        reachable = True
+    except TransientError as exc:
+        log.warning("%s: log ends and lag unknown", exc)
+        ends, reachable = {}, False
+    finally:
+        kafka_log.setLevel(level)
+    for topic, partition in ends:
+        if topic in (topics.predictions, topics.labels) and (group, topic, partition) not in offsets:
+            offsets[(group, topic, partition)] = {
+                "group_id": group, "topic": topic, "partition": partition, "stored_offset": None,
+                "end_offset": None, "lag": None, "gaps": 0, "last_gap": None}
+    for o in offsets.values():
         end = ends.get((o["topic"], o["partition"]))
         if end is not None:
-            o["end_offset"], o["lag"] = end, max(0, end - o["stored_offset"])
+            o["end_offset"] = end
+            stored = o["stored_offset"] or 0
+            # A stored offset beyond the end: the log started again; the monitor moves to its start.
+            o["lag"] = end - stored if end >= stored else None
+            o["beyond_log_end"] = end < stored
+    return sorted(offsets.values(), key=lambda o: (o["group_id"], o["topic"], o["partition"])), reachable
 
 
 def cmd_status(args) -> int:
@@ -161,7 +192,10 @@ def cmd_status(args) -> int:
     print("partitions:")
     for o in status["partitions"]:
         lag = "?" if o["lag"] is None else o["lag"]
-        print(f"  {o['topic']}[{o['partition']}]  stored={o['stored_offset']}  end={o['end_offset']}  lag={lag}")
+        note = "  (stored offset beyond the log end: the log started again)" if o.get("beyond_log_end") else ""
+        gaps = f"  gaps={o['gaps']} (last: {o['last_gap']['detail']})" if o["gaps"] else ""
+        print(f"  {o['topic']}[{o['partition']}]  stored={o['stored_offset']}  end={o['end_offset']}  "
+              f"lag={lag}{note}{gaps}")
     for d in status["dead_letters"]:
         print(f"dead letters from {d['source_topic']}: {d['count']} (last: {d['last_error']})")
     return 0
@@ -218,22 +252,32 @@ def cmd_demo(args) -> int:
     return code
 
 
-def _sessions(settings):
-    engine = db.make_engine(settings.db_url)
+def _sessions(settings, must_exist: bool = False):
+    engine = db.make_engine(settings.db_url, must_exist=must_exist)
     db.migrate(engine)
     return engine, db.make_session_factory(engine)
 
 
 def cmd_models_register(args) -> int:
     from models import registry
+    from models.ids import check_id
+    from models.profile import ProfileError
     from models.reference import load_reference
     from pydantic import ValidationError
     settings = _settings(args)
+    # Everything the user typed is checked before anything is read or written.
+    check_id(args.model_id, "--model-id")
+    if args.version is not None:
+        check_id(args.version, "--version")
     try:
         config = registry.DriftConfig(**{k: getattr(args, k) for k in _DRIFT_FLAGS if getattr(args, k) is not None})
     except ValidationError as exc:
-        raise registry.RegistryError("; ".join(e["msg"] for e in exc.errors())) from None
-    reference = load_reference(args.reference, args.target, args.prediction_column)
+        raise registry.RegistryError("; ".join(
+            (f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "") + e["msg"] for e in exc.errors())) from None
+    try:
+        reference = load_reference(args.reference, args.target, args.prediction_column)
+    except ProfileError as exc:
+        raise ProfileError(f"--reference: {exc}") from None
     engine, sessions = _sessions(settings)
     with sessions.begin() as session:
         row = registry.register(
@@ -251,7 +295,7 @@ def cmd_models_register(args) -> int:
 
 def cmd_models_list(args) -> int:
     from models import registry
-    engine, sessions = _sessions(_settings(args))
+    engine, sessions = _sessions(_settings(args), must_exist=True)
     with sessions.begin() as session:
         rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
                  "artifact_sha256": r.artifact_sha256, "registered_at": _iso(r.created_at)}
@@ -265,7 +309,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_alerts(args) -> int:
-    engine, sessions = _sessions(_settings(args))
+    engine, sessions = _sessions(_settings(args), must_exist=True)
     with sessions.begin() as session:
         events = [json.loads(a.cloudevent) for a in repo.alerts(session, args.model_id, args.limit)]
     engine.dispose()
@@ -283,7 +327,7 @@ def cmd_alerts(args) -> int:
 
 
 def cmd_retrain_list(args) -> int:
-    engine, sessions = _sessions(_settings(args))
+    engine, sessions = _sessions(_settings(args), must_exist=True)
     with sessions.begin() as session:
         rows = [json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome}
                 for r in repo.retrain_requests(session, args.model_id)]
@@ -299,7 +343,7 @@ def cmd_retrain_list(args) -> int:
 
 def cmd_retrain_close(args) -> int:
     from storage.errors import NotFound
-    engine, sessions = _sessions(_settings(args))
+    engine, sessions = _sessions(_settings(args), must_exist=True)
     with sessions.begin() as session:
         if repo.close_retrain_request(session, args.request_id, args.outcome) is None:
             raise NotFound(f"no retrain request {args.request_id!r}")
@@ -419,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UndertowError as exc:
         print(f"undertow: error: {exc}", file=sys.stderr)
+        return 2
+    except (OperationalError, InterfaceError) as exc:
+        # Connection refused, database or directory missing, authentication:
+        # the driver's first line says which.
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        print(f"undertow: error: database unavailable: {reason}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
                       StrictInt, StrictStr, ValidationError)
 
+from models.ids import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
 from storage.errors import InvalidEvent
 
 MAX_ID_LENGTH = 200
@@ -27,14 +28,24 @@ def _parse_rfc3339(value: object) -> datetime:
         raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None or "T" not in value.upper():
         raise ValueError(f"{value!r} needs a date, a time and a UTC offset (e.g. 'Z')")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is year 0 in UTC
+        raise ValueError(f"{value!r} is outside the representable range in UTC") from None
 
 
 EventTime = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
-Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-# allow_inf_nan=False on the models rejects NaN, Infinity and overflowing numbers.
-FeatureValue = StrictInt | StrictFloat | StrictStr | None
-Target = StrictInt | StrictFloat | StrictStr
+# Every string that reaches the database or a header: no NUL or other control
+# characters (PostgreSQL rejects NUL in text; the others only hide in logs).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Text = Annotated[StrictStr, Field(pattern=_PRINTABLE)]
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=_PRINTABLE)]
+ModelId = Annotated[StrictStr, Field(max_length=MODEL_ID_MAX_LENGTH, pattern=MODEL_ID_PATTERN)]
+# Integers must convert to a finite float (the stages compute in float64);
+# allow_inf_nan=False on the models rejects NaN, Infinity and overflowing floats.
+Integer = Annotated[StrictInt, Field(ge=-10**308, le=10**308)]
+FeatureValue = Integer | StrictFloat | Text | None
+Target = Integer | StrictFloat | Text
 Probability = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
 
 
@@ -42,7 +53,7 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     event_id: Identifier
-    model_id: Identifier
+    model_id: ModelId
     ts: EventTime
 
     @property
@@ -51,10 +62,10 @@ class _Event(BaseModel):
 
 
 class PredictionEvent(_Event):
-    model_version: Identifier | None = None
-    features: dict[Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)], FeatureValue]
+    model_version: ModelId | None = None
+    features: dict[Identifier, FeatureValue]
     prediction: Target
-    scores: dict[StrictStr, Probability] | None = None
+    scores: dict[Identifier, Probability] | None = None
 
 
 class LabelEvent(_Event):
@@ -69,9 +80,42 @@ def _parse(model: type[_Event], value: bytes | None, max_bytes: int) -> _Event:
     try:
         return model.model_validate_json(value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidEvent(f"{model.__name__}: {problems}") from None
+        raise InvalidEvent(f"{model.__name__}: {describe(exc.errors())}") from None
+
+
+# Names pydantic gives the members of a union in an error's location.
+_UNION_MEMBERS = {"constrained-int", "constrained-str", "int", "float", "str", "none", "bool"}
+
+
+def describe(errors: list[dict], limit: int = 5) -> str:
+    """One line for pydantic's errors: one problem per field, in words a producer understands.
+
+    A value that fails every member of a union (number, string or null)
+    gives one message: the member whose type matched and whose constraint
+    failed, else the list of accepted types.
+    """
+    by_field: dict[str, list[dict]] = {}
+    for error in errors:
+        loc = ".".join(str(part) for part in error["loc"] if part not in _UNION_MEMBERS) or "<root>"
+        by_field.setdefault(loc, []).append(error)
+    problems = []
+    for loc, group in list(by_field.items())[:limit]:
+        constrained = [e for e in group if not e["type"].endswith("_type") and e["type"] != "finite_number"]
+        error = (constrained or group)[0]
+        if len(group) > 1 and not constrained:
+            message = "must be a finite number, a string or null" if any(
+                e["type"] == "finite_number" for e in group) else "must be a number, a string or null"
+        elif error["type"] == "string_pattern_mismatch":
+            pattern = error.get("ctx", {}).get("pattern")
+            message = ("must not contain control characters (NUL, newline, ...)" if pattern == _PRINTABLE
+                       else f"must match {pattern}")
+        elif error["type"] in ("less_than_equal", "greater_than_equal") and abs(error["input"]) > 10**308:
+            message = "integer too large to be a finite float"
+        else:
+            message = error["msg"]
+        problems.append(f"{loc}: {message}")
+    more = len(by_field) - limit
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
 
 
 def parse_prediction(value: bytes | None, max_bytes: int) -> PredictionEvent:

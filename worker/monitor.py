@@ -5,24 +5,26 @@ import gc
 import logging
 import threading
 import time
+from collections import deque
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import KafkaError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 from storage import db, repo
 from storage.errors import StaleOffsets
-from worker.batch import build_batch
+from worker.batch import Batch, build_batch
 from worker.checkpoint import Checkpoint
 from worker.concept import ConceptStage
 from worker.data_drift import DataDriftStage
 from worker.ingest import IngestStage
 from worker.merge import CoPartitionMerger
+from worker.positions import LogPositions, PartitionTracker
 from worker.retrain_policy import RetrainPolicy
 from worker.settings import Settings
 from worker.topics import Topics, ensure_topics
-from worker.transport import (OutboxRelay, TransientError, log_end_offsets, make_admin, make_consumer,
-                              make_producer)
+from worker.transport import (OutboxRelay, TransientError, dead_letter, log_end_offsets, make_admin,
+                              make_consumer, make_producer)
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +32,13 @@ MAX_BACKOFF_S = 30.0
 ASSIGNMENT_TIMEOUT_S = 60.0
 
 
-class PartitionTracker(ConsumerRebalanceListener):
-    """Seeks newly assigned partitions to their stored offsets.
-
-    Runs on kafka-python's IO thread, so it stays quick: one read through the
-    engine's pool (never the main loop's session), then seeks. The main loop
-    validates the positions against the log afterwards.
-    """
-
-    def __init__(self, engine, group_id: str):
-        self.engine = engine
-        self.group_id = group_id
-        self.consumer: KafkaConsumer | None = None
-        self.lock = threading.Lock()
-        self.expected: dict[tuple[str, int], int | None] = {}
-        self.unchecked: set[tuple[str, int]] = set()
-        self.generation = 0
-
-    def on_partitions_revoked(self, revoked):
-        with self.lock:
-            for tp in revoked:
-                self.expected.pop((tp.topic, tp.partition), None)
-                self.unchecked.discard((tp.topic, tp.partition))
-            self.generation += 1
-
-    def on_partitions_assigned(self, assigned):
-        keys = [(tp.topic, tp.partition) for tp in assigned]
-        with self.engine.connect() as conn:
-            stored = repo.load_offsets(conn, self.group_id, keys)
-        with self.lock:
-            for tp in assigned:
-                key = (tp.topic, tp.partition)
-                offset = stored.get(key)
-                if offset is None:
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, offset)
-                self.expected[key] = offset
-                self.unchecked.add(key)
-            self.generation += 1
-        log.info("assigned %s; stored offsets %s", sorted(keys), stored)
+def _is_transient(exc: BaseException) -> bool:
+    """Broker or database unavailable (retry from the stored offsets), or not (the data's fault)."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return False  # the database rejects this data: retrying cannot help
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return False  # a value the driver cannot send (e.g. NUL in text for PostgreSQL)
+    return isinstance(exc, (SQLAlchemyError, KafkaError, TransientError, StaleOffsets, OSError))
 
 
 class Monitor:
@@ -98,27 +67,30 @@ class Monitor:
         # batch; CPython's default generation-0 threshold (700) runs the
         # collector thousands of times per batch. Measured: parsing 2x faster.
         gc.set_threshold(100_000, 20, 20)
-        db.migrate(self.engine)
-        admin = make_admin(self.settings)
-        try:
-            ensure_topics(admin, self.topics, self._partitions)
-        finally:
-            admin.close()
-        producer = make_producer(self.settings)
-        tracker = PartitionTracker(self.engine, self.group_id)
-        consumer = make_consumer(self.settings, self.group_id)
-        tracker.consumer = consumer
-        consumer.subscribe([self.topics.predictions, self.topics.labels], listener=tracker)
-        relay = OutboxRelay(self.sessions, producer)
-        checkpoint = Checkpoint(self.sessions, consumer, self.group_id, relay)
-        try:
-            return self._loop(consumer, tracker, checkpoint, relay, until_idle)
-        finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=10)
-            self.engine.dispose()
+        with db.single_writer_lock(self.settings.db_url, "monitor"):
+            db.migrate(self.engine)
+            admin = make_admin(self.settings)
+            try:
+                ensure_topics(admin, self.topics, self._partitions)
+                producer = make_producer(self.settings)
+                tracker = PartitionTracker(self.engine, self.group_id)
+                consumer = make_consumer(self.settings, self.group_id)
+                tracker.consumer = consumer
+                consumer.subscribe([self.topics.predictions, self.topics.labels], listener=tracker)
+                positions = LogPositions(self.sessions, self.group_id, admin,
+                                         lambda keys: log_end_offsets(self.settings, keys))
+                relay = OutboxRelay(self.sessions, producer)
+                checkpoint = Checkpoint(self.sessions, consumer, tracker, relay, positions.topic_ids)
+                try:
+                    return self._loop(consumer, tracker, positions, checkpoint, relay, until_idle)
+                finally:
+                    consumer.close(autocommit=False)
+                    producer.close(timeout=10)
+            finally:
+                admin.close()
+                self.engine.dispose()
 
-    def _loop(self, consumer, tracker, checkpoint, relay, until_idle) -> int:
+    def _loop(self, consumer, tracker, positions, checkpoint, relay, until_idle) -> int:
         started = last_activity = time.monotonic()
         backoff = 0.0
         ever_assigned = rewind_needed = False
@@ -130,7 +102,8 @@ class Monitor:
         while not self._stop.is_set():
             try:
                 if rewind_needed:
-                    self._rewind(consumer, tracker)
+                    self._reset_stages()
+                    tracker.rewind()
                     rewind_needed = False
                 if backoff:
                     relay.publish_pending()
@@ -138,7 +111,6 @@ class Monitor:
                                         max_records=self.settings.batch_max_records)
                 with tracker.lock:
                     unchecked, tracker.unchecked = tracker.unchecked, set()
-                    expected = dict(tracker.expected)
                     rebalanced = generation != tracker.generation
                     generation = tracker.generation
                 if rebalanced:
@@ -150,26 +122,33 @@ class Monitor:
                         with tracker.lock:
                             tracker.unchecked |= unchecked  # still to be checked after the rewind
                         continue
+                moved = set()
                 if unchecked:
                     ever_assigned = True
                     last_activity = time.monotonic()
-                    reseeked = self._check_positions(consumer, unchecked, expected)
-                    records = {tp: r for tp, r in records.items() if (tp.topic, tp.partition) not in reseeked}
                     merger.forget(unchecked)  # freshly seeked: whatever we knew of them is void
+                    moved |= positions.check_assigned(consumer, tracker, unchecked)
+                moved |= positions.check_log_ends(consumer, tracker)
+                if moved:
+                    merger.forget(moved)
+                    records = {tp: r for tp, r in records.items() if (tp.topic, tp.partition) not in moved}
+                with tracker.lock:
+                    if generation != tracker.generation:
+                        merger.clear()
+                        rewind_needed = True  # reassigned while checking: start over from stored offsets
+                        continue
+                    expected = dict(tracker.expected)
                 merger.add(self._owned_records(records, expected, merger))
                 released = merger.release(lambda key: self._caught_up(consumer, key, expected),
                                           self.settings.batch_max_records)
                 if released:
-                    batch = build_batch(released, self.topics, self.settings.max_event_bytes)
-                    checkpoint.commit(batch, expected, self._apply)
-                    with tracker.lock:
-                        for tp, offset in batch.next_offsets.items():
-                            if tp in tracker.expected:
-                                tracker.expected[tp] = offset
+                    self._commit(released, expected, checkpoint)
                 if records or released:
                     last_activity = time.monotonic()
                 backoff = 0.0
-            except (SQLAlchemyError, KafkaError, TransientError, StaleOffsets, OSError) as exc:
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
                 backoff = min(MAX_BACKOFF_S, max(0.2, backoff * 2))
                 log.warning("batch failed (%s: %s); rewinding to stored offsets, retry in %.1fs",
                             type(exc).__name__, exc, backoff)
@@ -196,21 +175,56 @@ class Monitor:
             log.warning("outbox not fully flushed at exit (sent on next start): %s", exc)
         return 0
 
+    def _commit(self, records: list, expected: dict, checkpoint: Checkpoint) -> None:
+        """Validate, process and commit records in order; isolate a record that cannot be processed.
+
+        A failure that is not transient (a data or integrity error from the
+        database, or any error a stage raises on the record's content) would
+        fail the same way on every retry. The records are then split in
+        halves, each committed on its own, until the one record that fails
+        is found: it goes to the dead-letter topic with stage ``process``
+        and the error, and everything else commits. Transient errors
+        propagate (the loop retries from the stored offsets).
+        """
+        pending = deque([records])
+        while pending:
+            part = pending.popleft()
+            batch = build_batch(part, self.topics, self.settings.max_event_bytes,
+                                self.settings.max_clock_skew_seconds)
+            try:
+                checkpoint.commit(batch, expected, self._apply)
+                continue
+            except Exception as exc:  # noqa: BLE001 - anything not transient is the records' doing
+                if _is_transient(exc):
+                    raise
+                self._reset_stages()  # the failed attempt may have changed cached state
+                error = exc
+            if len(part) > 1:
+                if len(part) == len(records):
+                    log.warning("a batch of %d records failed (%s: %s); isolating the record that causes it",
+                                len(part), type(error).__name__, error)
+                middle = len(part) // 2
+                pending.extendleft([part[middle:], part[:middle]])
+                continue
+            record = part[0]
+            log.error("%s[%d]@%d: processing failed (%s: %s); dead-lettering the record and going on",
+                      record.topic, record.partition, record.offset, type(error).__name__, error,
+                      exc_info=error)
+            letter = dead_letter(record, "process", error)
+            checkpoint.commit(Batch(dead_letters=[letter],
+                                    next_offsets={(record.topic, record.partition): record.offset + 1}),
+                              expected, self._apply)
+
     def _apply(self, session, batch) -> None:
         for stage in self.stages:
             stage.apply(session, batch)
 
     @staticmethod
     def _owned_records(records, expected, merger):
-        """Records of partitions we still own, with position anomalies logged.
+        """Records of partitions we still own; a jump from where the partition was left is logged.
 
-        kafka-python drops fetched data that predates a seek, so the first
-        record of a partition is normally at the stored offset. If it is
-        below, the broker answered "offset out of range" and the consumer
-        reset to the log start: the stored offset is beyond the log end (the
-        topic was recreated, e.g. an in-memory broker restarted) and the new
-        log is read from its start. If it is above, records were deleted
-        (retention) or are control records; the gap is logged.
+        A first record above the expected offset means records in between no
+        longer exist (retention, compaction) or were control records.
         """
         owned = {}
         for tp, recs in records.items():
@@ -221,35 +235,10 @@ class Monitor:
             if start is None:
                 start = expected[key]
             if start is not None and recs and recs[0].offset != start:
-                level = logging.WARNING if recs[0].offset < start else logging.INFO
-                log.log(level, "%s[%d]: stored offset %d, but the log continues at %d%s", tp.topic, tp.partition,
-                        start, recs[0].offset,
-                        " (stored offset beyond the log end: topic recreated?); reading the new log"
-                        if recs[0].offset < start else "; the records in between no longer exist")
+                log.info("%s[%d]: expected offset %d, but the log continues at %d", tp.topic, tp.partition,
+                         start, recs[0].offset)
             owned[tp] = recs
         return owned
-
-    def _check_positions(self, consumer, keys, expected) -> set[tuple[str, int]]:
-        """Move partitions whose stored offset is below the log start to the start.
-
-        Only the start is checked up front: Tansu's ListOffsets(latest)
-        under-reports the log end, so an offset beyond the end is detected from
-        the broker's out-of-range reset instead (see ``_owned_records``).
-        """
-        tps = [TopicPartition(t, p) for t, p in keys if expected.get((t, p)) is not None]
-        if not tps:
-            return set()
-        first = consumer.beginning_offsets(tps)
-        reseeked = set()
-        for tp in tps:
-            stored = expected[(tp.topic, tp.partition)]
-            if stored < first[tp]:
-                log.warning("%s[%d]: stored offset %d is below the log start %d: records %d..%d were deleted "
-                            "before the monitor read them; continuing from %d",
-                            tp.topic, tp.partition, stored, first[tp], stored, first[tp] - 1, first[tp])
-                consumer.seek(tp, first[tp])
-                reseeked.add((tp.topic, tp.partition))
-        return reseeked
 
     @staticmethod
     def _caught_up(consumer, key: tuple[str, int], expected) -> bool:
@@ -275,22 +264,3 @@ class Monitor:
             reset = getattr(stage, "reset", None)
             if reset:
                 reset()
-
-    def _rewind(self, consumer, tracker) -> None:
-        """After a failed batch: back to the stored offsets, drop cached state."""
-        self._reset_stages()
-        with tracker.lock:
-            keys = list(tracker.expected)
-        with self.engine.connect() as conn:
-            stored = repo.load_offsets(conn, self.group_id, keys)
-        with tracker.lock:
-            for key in keys:
-                if key not in tracker.expected:
-                    continue  # revoked meanwhile; the new owner seeks it
-                tp = TopicPartition(*key)
-                offset = stored.get(key)
-                tracker.expected[key] = offset
-                if offset is None:
-                    consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, offset)

@@ -51,6 +51,10 @@ class Settings(BaseModel):
     join_max_pending: int = Field(default=200_000, ge=100)
     # Joined pairs kept per model as training data (the newest ones).
     pairs_retention: int = Field(default=100_000, ge=100)
+    # Events dated further ahead of the monitor's clock are dead-lettered:
+    # one event from the year 2999 would otherwise move the event-time
+    # watermark and expire every waiting label.
+    max_clock_skew_seconds: float = Field(default=3600, gt=0)
     batch_max_records: int = Field(default=2000, ge=1)
     poll_timeout_ms: int = Field(default=500, ge=10)
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
-from storage.errors import ConfigError, UndertowError
+from storage.errors import UndertowError
 from worker.settings import Settings
 from worker.topics import Topics
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 # The full original stays in the source topic at the offset the headers name.
 DEAD_LETTER_MAX_VALUE = 512 * 1024
 FETCH_MAX_WAIT_MS = 100
+METADATA_MAX_AGE_MS = 10_000
 
 
 class TransientError(UndertowError):
@@ -31,11 +33,15 @@ def client_options(settings: Settings) -> dict:
     return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","), **settings.kafka_options}
 
 
+class BrokerUnavailable(TransientError):
+    """No broker answered at the bootstrap address."""
+
+
 def _connect(factory, settings: Settings, **options):
     try:
         return factory(**client_options(settings), **options)
     except KafkaTimeoutError:
-        raise ConfigError(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers}") from None
+        raise BrokerUnavailable(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers}") from None
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
@@ -58,7 +64,11 @@ def make_consumer(settings: Settings, group_id: str, **options) -> KafkaConsumer
         # while the others wait behind it; 500 ms (the default) stalls a backlog.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         # Short timeouts: group joins take ~3 s on Tansu instead of ~23 s.
-        session_timeout_ms=6000, heartbeat_interval_ms=1000, **options)
+        session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        # A consumer never creates topics (a missing one means a broker that
+        # lost its data, or a typo), and sees partitions added to its topics
+        # within METADATA_MAX_AGE_MS (the group then rebalances).
+        allow_auto_create_topics=False, metadata_max_age_ms=METADATA_MAX_AGE_MS, **options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +137,26 @@ class OutboxRelay:
                 raise TransientError(f"outbox publish failed: {failed}")
 
 
-def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeout_s: float = 5.0) -> dict:
-    """The high watermark of each partition, from fetch responses.
+def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeout_s: float = 5.0,
+                    topics: list[str] = ()) -> dict:
+    """The high watermark of each partition (and of every partition of ``topics``), from fetch responses.
 
     Tansu's ListOffsets(latest) can return the base offset of the last batch
     instead of the log end, so the watermark that fetches report is used.
-    Partitions whose watermark is not known by the deadline are left out.
+    Partitions whose watermark is not known by the deadline are left out;
+    an unreachable broker raises BrokerUnavailable within about ``timeout_s``.
     """
-    import time
-    from kafka import TopicPartition
-    consumer = KafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False,
-                             max_poll_records=1, request_timeout_ms=5000)
+    consumer = _connect(KafkaConsumer, settings, group_id=None, enable_auto_commit=False, max_poll_records=1,
+                        request_timeout_ms=5000, allow_auto_create_topics=False,
+                        bootstrap_timeout_ms=int(timeout_s * 1000))
     try:
-        tps = [TopicPartition(t, p) for t, p in partitions]
+        wanted = set(partitions)
+        for topic in topics:
+            wanted.update((topic, p) for p in consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(t, p) for t, p in sorted(wanted)]
+        known: dict = {}
+        if not tps:
+            return known
         consumer.assign(tps)
         consumer.seek_to_end(*tps)
         deadline = time.monotonic() + timeout_s

@@ -55,7 +55,9 @@ def test_status_reports_counts_offsets_and_lag(env):
     (model,) = status["models"]
     assert (model["model_id"], model["predictions"], model["labels"]) == ("housing", 300, 300)
     stored = {(p["topic"], p["partition"]): p for p in status["partitions"]}
-    assert sum(p["stored_offset"] for p in stored.values()) == 600
+    # every partition of the input topics, read or not
+    assert set(stored) == {(t, p) for t in (env.topics.predictions, env.topics.labels) for p in range(3)}
+    assert sum(p["stored_offset"] or 0 for p in stored.values()) == 600
     assert all(p["lag"] == 0 for p in stored.values())
     (join,) = status["label_join"]
     assert join["joined"] == 300 and join["pending_predictions"] == 0
