@@ -50,6 +50,16 @@ def _postgres_url() -> str | None:
     return url if url.startswith("postgresql") else None
 
 
+def requires_postgres(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL (runs in the PostgreSQL pass: UNDERTOW_DB_URL=postgresql+psycopg://...)")
+
+
+def requires_sqlite(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("a SQLite fault")
+
+
 @pytest.fixture
 def new_db_url(tmp_path):
     """Makes fresh databases: SQLite files, or new schemas when UNDERTOW_DB_URL is PostgreSQL."""
@@ -99,33 +109,64 @@ class Env:
         self.topics = Topics(self.prefix)
         self.settings = load_settings({"kafka_bootstrap_servers": self.bootstrap, "db_url": db_url,
                                        "topic_prefix": self.prefix, "group_id": self.group_id}, environ={})
-        admin = make_admin(self.settings)
-        ensure_topics(admin, self.topics, partitions)
-        admin.close()
-        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        self.create_topics(partitions)
+        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, enable_idempotence=False,
+                                      max_in_flight_requests_per_connection=1)
         self.engine = db.make_engine(db_url)
         db.migrate(self.engine)
+
+    def create_topics(self, partitions: int = 3) -> None:
+        admin = make_admin(self.settings)
+        try:
+            ensure_topics(admin, self.topics, partitions)
+        finally:
+            admin.close()
+
+    def counts(self) -> tuple[int, int, int]:
+        """(predictions, labels, duplicates) over every model."""
+        return tuple(int(self.scalar(f"SELECT COALESCE(SUM({column}), 0) FROM model_stats"))
+                     for column in ("predictions", "labels", "duplicates"))
+
+    def status(self) -> dict:
+        """``undertow status --json`` as a user runs it."""
+        import json
+        done = subprocess.run([sys.executable, "-m", "worker.cli", "status", "--json", *self.cli_args()], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def cli_args(self) -> list[str]:
         return ["--bootstrap-servers", self.bootstrap, "--db-url", self.db_url,
                 "--topic-prefix", self.prefix, "--group-id", self.group_id]
 
-    def start_monitor(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "monitor", *self.cli_args(), *extra],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def start_monitor(self, *extra: str, env: dict | None = None, db_url: str | None = None,
+                      log_level: str = "WARNING") -> subprocess.Popen:
+        """The monitor as the CLI runs it; its output goes to a file (``log_of``), never a pipe that could fill."""
+        args = self.cli_args() if db_url is None else [*self.cli_args(), "--db-url", db_url]
+        log_file = tempfile.NamedTemporaryFile(prefix="monitor-", suffix=".log", delete=False)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "--log-level", log_level, "monitor", *args, *extra],
+            cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+        proc.log_path = log_file.name
+        return proc
 
-    def drain(self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None) -> subprocess.CompletedProcess:
-        """Run the monitor until its input has been idle for ``idle`` seconds."""
-        proc = self.start_monitor("--until-idle", str(idle), env=env)
+    @staticmethod
+    def log_of(proc: subprocess.Popen, tail: int = 3000) -> str:
+        return Path(proc.log_path).read_text(errors="replace")[-tail:]
+
+    def drain(self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None,
+              db_url: str | None = None) -> str:
+        """Run the monitor until its input has been idle for ``idle`` seconds; its log."""
+        proc = self.start_monitor("--until-idle", str(idle), env=env, db_url=db_url)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
-            raise AssertionError(f"monitor did not drain within {timeout}s: {err.decode()[-3000:]}") from None
-        assert proc.returncode == 0, err.decode()[-3000:]
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            proc.wait()
+            raise AssertionError(f"monitor did not drain within {timeout}s: {self.log_of(proc)}") from None
+        assert proc.returncode == 0, self.log_of(proc)
+        return self.log_of(proc, tail=100_000)
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = b"m", headers=None):
         return self.producer.send(topic, key=key, value=value, headers=headers or [])
@@ -213,7 +254,7 @@ class Env:
                 before = progress()
                 wait_for(lambda: progress() > before or proc.poll() is not None, 90,
                          "the restarted monitor to make progress")
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert proc.poll() is None, self.log_of(proc)
                 time.sleep(rng.uniform(0.0, 1.5))  # a random moment to crash at, not synchronisation
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()

@@ -124,6 +124,10 @@ class EmbeddedBroker:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def poll(self) -> int | None:
         """The broker's exit code, or None while it runs."""
         return None if self._process is None else self._process.poll()

@@ -224,7 +224,7 @@ def cmd_demo(args) -> int:
         admin = make_admin(settings)
         ensure_topics(admin, topics, 3)
         admin.close()
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5, enable_idempotence=False)
         quarter = args.events // 4
         pairs = [*stream.events(2 * quarter), *stream.events(quarter, start_index=2 * quarter, shift=1.5),
                  *stream.events(args.events - 3 * quarter, start_index=3 * quarter, shift=1.5, concept_shift=1.0)]
@@ -278,6 +278,8 @@ def cmd_models_register(args) -> int:
         reference = load_reference(args.reference, args.target, args.prediction_column)
     except ProfileError as exc:
         raise ProfileError(f"--reference: {exc}") from None
+    if args.artifact:
+        registry.check_model_file(Path(args.artifact))  # before the database is created or touched
     engine, sessions = _sessions(settings)
     with sessions.begin() as session:
         row = registry.register(

@@ -49,7 +49,12 @@ def make_admin(settings: Settings) -> KafkaAdminClient:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
+    # Not idempotent: an idempotent producer's id dies with a broker that
+    # loses its state (Tansu is memory-only), and the producer then fails
+    # for good. Outbox records carry deterministic ids, so a retry's duplicate
+    # is dropped by subscribers; one request in flight keeps them in order.
     return _connect(KafkaProducer, settings, client_id="undertow-producer", acks="all", linger_ms=5,
+                    enable_idempotence=False, max_in_flight_requests_per_connection=1,
                     delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
 
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -100,3 +101,66 @@ def test_cli_register_and_list(tmp_path, db_url, reference_csv):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
     bad = cli("models", "register", "--model-id", "m", "--reference", str(reference_csv), "--hop", "5000")
     assert bad.returncode == 2 and "hop must not exceed" in bad.stderr
+
+
+def _register_cli(tmp_path, db_url, reference_csv, *flags):
+    return subprocess.run([sys.executable, "-m", "worker.cli", "models", "register", "--db-url", db_url,
+                           "--artifacts-dir", str(tmp_path / "store"), "--reference", str(reference_csv), *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.joblib"
+    joblib.dump(LinearRegression().fit(np.arange(10).reshape(-1, 1), np.arange(10)), path)
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model-id", "../../evil"], "--model-id '../../evil' must start with a letter or digit"),
+    (["--model-id", "/abs/path"], "--model-id '/abs/path' must start with a letter or digit"),
+    (["--model-id", "b", "--version", "../a/1"], "--version '../a/1' must start with a letter or digit"),
+    (["--model-id", "m" * 300], "(at most 128 characters)"),
+    (["--model-id", "m", "--window-size", "10"], "--window-size: Input should be greater than or equal to 50"),
+])
+def test_register_refuses_unsafe_ids_and_names_the_flag(tmp_path, db_url, reference_csv, model_file, flags,
+                                                        message):
+    """Issue 7, case 6: ids become path components; nothing is written outside the artifact store."""
+    before = sorted(p for p in tmp_path.rglob("*"))
+    done = _register_cli(tmp_path, db_url, reference_csv, "--artifact", str(model_file), *flags)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("undertow: error: ") and message in line
+    assert sorted(p for p in tmp_path.rglob("*") if not p.name.startswith("undertow")) == before
+
+
+def test_an_existing_artifact_is_never_overwritten(engine, tmp_path, reference_csv, model_file):
+    ref = load_reference(reference_csv, target="y", prediction="pred")
+    with db.make_session_factory(engine).begin() as s:
+        row = registry.register(s, model_id="a", version="1", profile=ref.profile, artifacts_dir=tmp_path / "store",
+                                artifact=model_file)
+    original = registry.sha256_file(Path(row.artifact_path))
+    other = tmp_path / "other" / "model.joblib"
+    other.parent.mkdir()
+    joblib.dump(LinearRegression().fit([[0], [1]], [1, 0]), other)
+    with pytest.raises(registry.RegistryError, match="never overwritten"):
+        registry.store_artifact(other, tmp_path / "store", "a", "1")
+    assert registry.sha256_file(Path(row.artifact_path)) == original
+    assert registry.store_artifact(model_file, tmp_path / "store", "a", "1") == Path(row.artifact_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a pickle at all", "is not a joblib model file"),
+    (None, "holds a dict, which has no predict()"),
+])
+def test_an_artifact_must_be_a_model(tmp_path, db_url, reference_csv, content, message):
+    path = tmp_path / "artifact.bin"
+    if content is None:
+        joblib.dump({"weights": [1, 2]}, path)
+    else:
+        path.write_bytes(content)
+    done = _register_cli(tmp_path, db_url, reference_csv, "--model-id", "m", "--artifact", str(path))
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert message in line
+    assert not (tmp_path / "store").exists()

@@ -1,12 +1,16 @@
 """The command line as a user runs it: broker, topics, status."""
 import json
 import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 from kafka.admin import NewTopic
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, requires_sqlite, wait_for
 from worker.broker import free_port
 from worker.transport import make_admin
 
@@ -70,3 +74,82 @@ def test_monitor_without_a_reachable_broker_fails_with_one_line(tmp_path):
                 f"sqlite:///{tmp_path / 'x.db'}", timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("undertow: error: no Kafka broker reachable")
+
+
+def test_status_answers_quickly_and_quietly_with_the_broker_down(tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    from storage import db
+    engine = db.make_engine(url)
+    db.migrate(engine)
+    engine.dispose()
+    started = time.monotonic()
+    done = _cli("--log-level", "WARNING", "status", "--db-url", url, "--bootstrap-servers",
+                f"127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 15  # ~3 s probe plus interpreter start-up
+    assert done.returncode == 0, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "lag unknown" in done.stderr
+    assert "models:" in done.stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["alerts"], ["models", "list"], ["retrain", "list"]])
+def test_reading_commands_refuse_a_missing_database_instead_of_creating_it(tmp_path, command):
+    missing = tmp_path / "nowhere.db"
+    done = _cli(*command, "--db-url", f"sqlite:///{missing}", "--bootstrap-servers", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"undertow: error: no database at {missing}: nothing has been recorded there yet "
+        "(check --db-url / UNDERTOW_DB_URL)"]
+    assert not missing.exists()
+
+
+def test_database_connection_errors_are_one_line(tmp_path):
+    refused = _cli("alerts", "--db-url", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("undertow: error: database unavailable: ") and "refused" in line
+    no_dir = _cli("models", "register", "--model-id", "m", "--reference", str(REPO / "README.md"),
+                  "--db-url", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    assert no_dir.returncode == 2 and len(no_dir.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_monitor_on_the_same_sqlite_file_is_refused(env):
+    requires_sqlite(env.db_url)
+    first = env.start_monitor(log_level="INFO")
+    try:
+        wait_for(lambda: first.poll() is not None or "assigned" in env.log_of(first, tail=100_000), 60,
+                 "the first monitor to be assigned its partitions")
+        second = subprocess.run([sys.executable, "-m", "worker.cli", "monitor", *env.cli_args()], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        (line,) = second.stderr.strip().splitlines()
+        assert "another monitor already runs on" in line and "use PostgreSQL" in line
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+
+
+def test_a_broker_killed_with_sigkill_takes_its_tansu_process_with_it():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "broker", "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == f"bootstrap servers: 127.0.0.1:{port}"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (tansu,) = [int(pid) for pid in children]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_for(lambda: not Path(f"/proc/{tansu}").exists() or "Z" in _state(tansu), 15,
+                 "the orphaned broker binary to exit")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "gone"
