@@ -1,7 +1,7 @@
 """Detection quality of Undertow's data-drift checks against a plain KS / chi-square baseline.
 
 Seven seeded synthetic streams (four independent N(0, 1) features x0..x3, a
-categorical ``region``, prediction = x @ weights, as ``worker.sample``), each
+categorical ``region``, prediction = x @ weights, as ``worker.dev.sample``), each
 with a known change point (event 20,000). The reference is 5,000 rows of the
 pre-change distribution drawn with a different seed. Every stream is drawn
 ``--seeds`` times (default 5); the table aggregates over the seeds.
@@ -63,13 +63,13 @@ from datetime import timedelta
 import numpy as np
 from scipy.stats import chisquare, ks_2samp
 
+from models.drift.config import DriftConfig
 from models.profile import PREDICTION_FEATURE, build_profile
 from models.reference import error_sample
-from models.registry import DriftConfig
-from worker.concept import ErrorStreamMonitor
-from worker.data_drift import ModelVersionMonitor
-from worker.events import PredictionEvent
-from worker.sample import REGION_SHARES, REGIONS, START, rfc3339
+from worker.dev.sample import REGION_SHARES, REGIONS, START, rfc3339
+from worker.monitor.concept import ErrorStreamMonitor
+from worker.monitor.data_drift import ModelVersionMonitor
+from worker.runtime.events import PredictionEvent
 
 N_FEATURES = 4
 NUMERIC = [f"x{i}" for i in range(N_FEATURES)]

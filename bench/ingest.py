@@ -43,12 +43,12 @@ from sqlalchemy.exc import OperationalError
 from models import registry
 from models.reference import load_reference
 from storage import db
-from worker.broker import EmbeddedBroker
-from worker.monitor import Monitor
-from worker.sample import SampleStream, encode, write_reference_csv
-from worker.settings import load_settings
-from worker.topics import Topics, ensure_topics
-from worker.transport import FETCH_MAX_WAIT_MS, make_admin
+from worker.dev.broker import EmbeddedBroker
+from worker.dev.sample import SampleStream, encode, write_reference_csv
+from worker.monitor.service import Monitor
+from worker.runtime.settings import MonitorSettings, load_settings
+from worker.runtime.topics import Topics, ensure_topics
+from worker.runtime.transport import FETCH_MAX_WAIT_MS, make_admin
 
 MODELS = 8
 POLL_S = 0.05
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "db_url": f"sqlite:///{Path(tmp) / 'bench.db'}",
             "topic_prefix": f"bench-{run_id}.",
             "group_id": f"bench-{run_id}",
-        }, environ={})
+        }, MonitorSettings)
         topics = Topics(settings.topic_prefix)
         admin = make_admin(settings)
         ensure_topics(admin, topics, args.partitions)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -48,14 +47,11 @@ from sqlalchemy import text
 from models import registry
 from models.reference import load_reference
 from storage import db, repo
-from worker.batch import build_batch
-from worker.concept import ConceptStage
-from worker.data_drift import DataDriftStage
-from worker.ingest import IngestStage
-from worker.retrain_policy import RetrainPolicy
-from worker.sample import SampleStream, encode, write_reference_csv
-from worker.settings import Settings
-from worker.topics import Topics
+from worker.dev.sample import SampleStream, encode, write_reference_csv
+from worker.monitor.service import monitor_service
+from worker.runtime.batch import build_batch
+from worker.runtime.settings import MonitorSettings
+from worker.runtime.topics import Topics
 
 MODEL_ID = "housing"
 BATCH_RECORDS = 2000
@@ -179,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     gc.set_threshold(100_000, 20, 20)  # as Monitor.run
     checkpoints = sorted({c for c in CHECKPOINTS if c < args.predictions} | {args.predictions})
-    settings = Settings(duplicate_horizon=DUPLICATE_HORIZON, join_ttl_seconds=JOIN_TTL_SECONDS,
-                        join_max_pending=JOIN_MAX_PENDING, pairs_retention=PAIRS_RETENTION,
-                        batch_max_records=BATCH_RECORDS, topic_prefix="bench.")
+    settings = MonitorSettings(duplicate_horizon=DUPLICATE_HORIZON, join_ttl_seconds=JOIN_TTL_SECONDS,
+                               join_max_pending=JOIN_MAX_PENDING, pairs_retention=PAIRS_RETENTION,
+                               batch_max_records=BATCH_RECORDS, topic_prefix="bench.")
     topics = Topics(settings.topic_prefix)
 
     with tempfile.TemporaryDirectory(prefix="undertow-memory-") as tmp:
@@ -190,14 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         db.migrate(engine)
         sessions = db.make_session_factory(engine)
         register_reference(sessions, Path(tmp))
-        # Exactly the stages of worker.monitor.Monitor.__init__.
-        policy = RetrainPolicy(topics.retrain)
-        stages = [
-            IngestStage(settings.duplicate_horizon),
-            DataDriftStage(topics.alerts, policy),
-            ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
-                         settings.pairs_retention),
-        ]
+        # Exactly the monitor's parser and stages.
+        service = monitor_service(settings)
+        stages = service.stages
         expected: dict[tuple[str, int], int | None] = {}
         rows: list[dict] = []
         rows.append(measure(engine, db_path, 0, 0, 0.0, False, args.collect_at_checkpoints))
@@ -213,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         def process(batch_records: list[ConsumerRecord]) -> None:
             nonlocal work
             t0 = time.perf_counter()
-            batch = build_batch(batch_records, topics, settings.max_event_bytes, settings.max_clock_skew_seconds)
+            batch = build_batch(batch_records, service.parse)
             moves = {tp: (expected.get(tp), offset) for tp, offset in batch.next_offsets.items()}
             with sessions.begin() as session:
                 for stage in stages:
@@ -246,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_report(rows: list[dict], args, wall: float, settings: Settings) -> None:
+def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings) -> None:
     records_total = rows[-1]["predictions"] + rows[-1]["labels"]
     print(f"# Bounded state over {rows[-1]['predictions']:,} predictions + {rows[-1]['labels']:,} labels "
           f"(SQLite, no Kafka)\n")

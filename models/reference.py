@@ -7,9 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from models.dataset import read_table
-from models.profile import PREDICTION_FEATURE, ProfileError, ReferenceProfile, build_profile
+from models.drift import errors as drift_errors
+from models.profile import (
+    PREDICTION_FEATURE,
+    ProfileError,
+    ReferenceProfile,
+    build_profile,
+)
 from models.registry import sha256_file
-
 
 ERROR_SAMPLE_SIZE = 5000
 
@@ -23,13 +28,11 @@ class Reference:
 
 
 def errors(target: list, prediction: list) -> np.ndarray:
-    """Per-row error: |y - p| for numbers, 0/1 misclassification otherwise (rows missing either are skipped)."""
-    pairs = [(y, p) for y, p in zip(target, prediction) if y is not None and p is not None]
-    if not pairs:
+    """Per-row error (``models.drift.errors``); rows missing either are skipped."""
+    values = drift_errors.errors(target, prediction)
+    if values.size == 0:
         raise ProfileError("no row has both a target and a prediction")
-    if all(isinstance(y, (int, float)) and isinstance(p, (int, float)) for y, p in pairs):
-        return np.array([abs(float(y) - float(p)) for y, p in pairs])
-    return np.array([float(str(y) != str(p)) for y, p in pairs])
+    return values
 
 
 def baseline_error(target: list, prediction: list) -> tuple[float, float]:

@@ -13,12 +13,11 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.drift.config import DriftConfig
 from models.ids import check_id
 from models.profile import ReferenceProfile
 from storage.errors import ArtifactIntegrityError, NotFound, UndertowError
@@ -29,48 +28,6 @@ STAGES = ("candidate", "champion", "archived", "rejected")
 
 class RegistryError(UndertowError):
     """A registration that cannot be done as asked (duplicate version, bad rule)."""
-
-
-class DriftConfig(BaseModel):
-    """Window and alert rules of one model version (defaults chosen in bench/detection.py)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    window_size: int = Field(default=1000, ge=50, le=1_000_000)   # predictions per count window
-    hop: int | None = Field(default=None, ge=1)                   # evaluate the last window_size every hop
-    window_seconds: float | None = Field(default=None, gt=0)      # tumbling event-time windows instead
-    max_window_rows: int = Field(default=100_000, ge=100)         # cap of an event-time window's sample
-    min_window_rows: int = Field(default=100, ge=10)              # smaller event-time windows are not judged
-    psi_moderate: float = Field(default=0.1, gt=0)
-    psi_significant: float = Field(default=0.25, gt=0)
-    alpha: float = Field(default=0.01, gt=0, lt=1)                # significance needed besides the effect size
-    dataset_share: float = Field(default=0.5, gt=0, le=1)         # share of drifted inputs for dataset drift
-    end_after: int = Field(default=2, ge=1)                       # stable windows that end an episode
-    # Concept drift on the error stream, in units of the baseline error's sd.
-    ph_delta: float = Field(default=0.25, ge=0)                   # Page-Hinkley tolerance
-    ph_threshold: float = Field(default=50.0, gt=0)               # Page-Hinkley alarm level
-    cusum_k: float = Field(default=0.5, gt=0)                     # half the shift CUSUM detects fastest
-    cusum_false_alarm_every: float = Field(default=1_000_000, gt=10)  # labels per false alarm (CUSUM's ARL0)
-    rolling_window: int = Field(default=500, ge=10)               # labels in the rolling mean
-    rolling_step: int = Field(default=50, ge=1)                   # labels between rolling evaluations
-    rolling_sigmas: float = Field(default=4.0, gt=0)              # standard errors above the baseline mean
-    # Retraining.
-    retrain_on_data_drift: bool = True                            # significant dataset drift asks too
-    retrain_cooldown_seconds: float = Field(default=86_400, ge=0)  # event time between requests of a model
-    retrain_data_policy: Literal["rolling", "all"] = "rolling"
-    retrain_window_pairs: int = Field(default=50_000, ge=100)     # labelled pairs of the rolling policy
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "DriftConfig":
-        if self.psi_significant < self.psi_moderate:
-            raise ValueError("psi_significant must be at least psi_moderate")
-        if self.hop is not None and self.hop > self.window_size:
-            raise ValueError("hop must not exceed window_size")
-        if self.rolling_step > self.rolling_window:
-            raise ValueError("rolling_step must not exceed rolling_window")
-        if self.hop is not None and self.window_seconds is not None:
-            raise ValueError("choose count windows (hop) or event-time windows (window_seconds), not both")
-        return self
 
 
 def sha256_file(path: Path) -> str:

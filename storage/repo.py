@@ -10,9 +10,22 @@ from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
-from storage.tables import (Alert, ConceptState, ConsumerOffset, DeadLetterStats, DriftState, JoinStats,
-                            LabelledPair, ModelStats, OutboxMessage, PartitionGap, PendingEvent, RetrainRequest, SeenEvent,
-                            WindowResult)
+from storage.tables import (
+    Alert,
+    ConceptState,
+    ConsumerOffset,
+    DeadLetterStats,
+    DriftState,
+    JoinStats,
+    LabelledPair,
+    ModelStats,
+    OutboxMessage,
+    PartitionGap,
+    PendingEvent,
+    RetrainRequest,
+    SeenEvent,
+    WindowResult,
+)
 
 TopicPartitionKey = tuple[str, int]
 

@@ -5,9 +5,9 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from storage import db
-from worker.broker import EmbeddedBroker
-from worker.settings import load_settings
-from worker.topics import Topics, ensure_topics
-from worker.transport import make_admin
+from worker.dev.broker import EmbeddedBroker
+from worker.runtime.settings import MonitorSettings, load_settings
+from worker.runtime.topics import Topics, ensure_topics
+from worker.runtime.transport import make_admin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ class Env:
         self.group_id = f"g{uuid.uuid4().hex[:10]}"
         self.topics = Topics(self.prefix)
         self.settings = load_settings({"kafka_bootstrap_servers": self.bootstrap, "db_url": db_url,
-                                       "topic_prefix": self.prefix, "group_id": self.group_id}, environ={})
+                                       "topic_prefix": self.prefix, "group_id": self.group_id}, MonitorSettings)
         self.create_topics(partitions)
         self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, enable_idempotence=False,
                                       max_in_flight_requests_per_connection=1)
@@ -199,7 +199,7 @@ class Env:
 
         ``rate`` paces the records per second (pacing the producer, not synchronisation).
         """
-        from worker.sample import encode
+        from worker.dev.sample import encode
         topics = {"prediction": self.topics.predictions, "label": self.topics.labels}
         sent, start, futures = 0, time.monotonic(), []
         for kind, event in items:
@@ -230,7 +230,7 @@ class Env:
         """Register a champion for ``model_id`` profiled from ``stream``'s pre-drift distribution."""
         from models import registry
         from models.reference import load_reference
-        from worker.sample import write_reference_csv
+        from worker.dev.sample import write_reference_csv
         path = Path(tempfile.mkdtemp()) / "reference.csv"
         write_reference_csv(stream, path, rows)
         reference = load_reference(path, target="target", prediction="prediction")

@@ -11,8 +11,8 @@ import pytest
 from kafka.admin import NewTopic
 
 from tests.conftest import REPO, requires_sqlite, wait_for
-from worker.broker import free_port
-from worker.transport import make_admin
+from worker.dev.broker import free_port
+from worker.runtime.transport import make_admin
 
 
 def _cli(*args, timeout=60):
@@ -50,7 +50,7 @@ def test_topics_create_refuses_predictions_and_labels_that_are_not_co_partitione
 
 
 def test_status_reports_counts_offsets_and_lag(env):
-    from worker.sample import SampleStream
+    from worker.dev.sample import SampleStream
     env.send_events(SampleStream(seed=41).events(300))
     env.drain(idle=2.0)
     done = _cli("status", "--json", *env.cli_args())

@@ -8,11 +8,11 @@ import pytest
 from river.drift import PageHinkley as RiverPageHinkley
 from sqlalchemy import text
 
+from models.drift.config import DriftConfig
+from models.drift.detectors import Cusum, PageHinkley, RollingMean
 from models.reference import error_sample
-from models.registry import DriftConfig
-from worker.concept import ErrorStreamMonitor
-from worker.detectors import Cusum, PageHinkley, RollingMean
-from worker.sample import SampleStream
+from worker.dev.sample import SampleStream
+from worker.monitor.concept import ErrorStreamMonitor
 
 
 def _errors(rng, n: int, change: int | None, shift: float) -> np.ndarray:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from worker.sample import SampleStream
+from worker.dev.sample import SampleStream
 
 
 def _alerts(env) -> list[dict]:

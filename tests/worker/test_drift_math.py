@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
+from models.drift.config import DriftConfig
+from models.drift.stats import FeatureEvaluator, ks_against_sorted
+from models.drift.windows import WindowState
 from models.profile import build_profile
-from models.registry import DriftConfig
-from worker.drift_stats import FeatureEvaluator, ks_against_sorted
-from worker.windows import WindowState
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.1, 0.5])
@@ -36,7 +36,7 @@ def test_numeric_evaluator_psi_and_missing_bucket():
 def test_categorical_evaluator_buckets_known_other_and_unseen():
     values = ["a"] * 60 + ["b"] * 40 + [f"rare{i}" for i in range(5)]
     profile = build_profile({"c": values}).features["c"]
-    from worker.drift_stats import CategoricalEncoder
+    from models.drift.stats import CategoricalEncoder
     encoder = CategoricalEncoder(profile.model_copy(update={"categories": ["a", "b"],
                                                             "other_categories": ["rare0"]}))
     assert [encoder.encode(v) for v in ("a", "b", "rare0", "never")] == [0, 1, 2, 3]

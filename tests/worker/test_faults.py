@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import Env, requires_postgres, requires_sqlite, wait_for
 from tests.forwarder import TcpForwarder
-from worker.broker import EmbeddedBroker
-from worker.sample import SampleStream
+from worker.dev.broker import EmbeddedBroker
+from worker.dev.sample import SampleStream
 
 SMALL_BATCHES = {"UNDERTOW_BATCH_MAX_RECORDS": "200"}
 

@@ -17,11 +17,12 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import text
 
-from storage import db
 from tests.conftest import Env
-from worker.batch import build_batch
-from worker.monitor import Monitor
-from worker.sample import SampleStream, encode
+from worker.dev.sample import SampleStream, encode
+from worker.monitor.service import monitor_service
+from worker.runtime.batch import build_batch
+from worker.runtime.service import ServiceRunner
+from worker.runtime.topics import Topics
 
 pytestmark = pytest.mark.postgres
 
@@ -64,16 +65,13 @@ def _records(topics):
 def _run(env: Env) -> dict:
     env.register_reference(SampleStream(seed=2, model_id="housing"), model_id="housing", window_size=500)
     env.register_reference(SampleStream(seed=3, model_id="stable"), model_id="stable", window_seconds=600.0)
-    monitor = Monitor(env.settings)
-    records = _records(monitor.topics)
-    expected: dict = {}
+    runner = ServiceRunner(env.settings, monitor_service(env.settings, clock=lambda: 2_000_000_000))
+    records = _records(Topics(env.settings.topic_prefix))
     for start in range(0, len(records), BATCH):
-        batch = build_batch(records[start:start + BATCH], monitor.topics, env.settings.max_event_bytes,
-                            env.settings.max_clock_skew_seconds, now=2_000_000_000)
-        with monitor.sessions.begin() as session:
-            monitor._apply(session, batch)
-        expected.update(batch.next_offsets)
-    monitor.engine.dispose()
+        batch = build_batch(records[start:start + BATCH], runner.service.parse)
+        with runner.sessions.begin() as session:
+            runner.apply(session, batch)
+    runner.engine.dispose()
     with env.engine.connect() as conn:
         alerts = [json.loads(row[0]) for row in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY id"))]
         windows = [dict(row._mapping) for row in conn.execute(text(

@@ -7,9 +7,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from worker.events import LabelEvent, PredictionEvent
-from worker.monitor import Monitor
-from worker.sample import SampleStream
+from worker.dev.sample import SampleStream
+from worker.monitor.service import Monitor
+from worker.runtime.events import LabelEvent, PredictionEvent
 
 pytestmark = pytest.mark.postgres
 
@@ -108,6 +108,9 @@ def test_hostile_corpus_is_dead_lettered_and_cannot_poison_state(env):
 class _FailOn:
     """A stage that fails on the content of one event: a real database error, or a bug."""
 
+    def reset(self) -> None:
+        pass
+
     def __init__(self, integrity_error_on: str, value_error_on: str):
         self.integrity_error_on = integrity_error_on
         self.value_error_on = value_error_on
@@ -127,7 +130,7 @@ def test_a_record_that_fails_permanently_is_isolated_and_dead_lettered(env):
     env.send_events(pairs)
     bad_integrity, bad_value = pairs[123][0]["event_id"], pairs[777][1]["event_id"]
     monitor = Monitor(env.settings.model_copy(update={"batch_max_records": 500}))
-    monitor.stages.append(_FailOn(bad_integrity, bad_value))
+    monitor.service.stages.append(_FailOn(bad_integrity, bad_value))
 
     assert monitor.run(until_idle=2.0) == 0
 

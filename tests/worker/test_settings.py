@@ -2,23 +2,45 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from storage.errors import ConfigError
 from tests.conftest import REPO
-from worker.settings import load_settings
+from worker.runtime.settings import MonitorSettings, Settings, load_settings
 
 
-def test_environment_then_flags():
-    env = {"UNDERTOW_DB_URL": "sqlite:///x.db", "UNDERTOW_TOPIC_PREFIX": "a.",
-           "UNDERTOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "UNDERTOW_MAX_EVENT_BYTES": "4096"}
-    settings = load_settings({"topic_prefix": "b.", "db_url": None}, environ=env)
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No UNDERTOW_* variables and no .env file but the test's own."""
+    import os
+    for name in list(os.environ):
+        if name.startswith("UNDERTOW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_environment_then_flags(clean_env):
+    for name, value in {"UNDERTOW_DB_URL": "sqlite:///x.db", "UNDERTOW_TOPIC_PREFIX": "a.",
+                        "UNDERTOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "UNDERTOW_MAX_EVENT_BYTES": "4096",
+                        "UNDERTOW_KAFKA_SSL_CHECK_HOSTNAME": "false"}.items():
+        clean_env.setenv(name, value)
+    settings = load_settings({"topic_prefix": "b.", "db_url": None}, MonitorSettings)
     assert settings.db_url == "sqlite:///x.db"
     assert settings.topic_prefix == "b."
     assert settings.max_event_bytes == 4096
-    assert settings.kafka_options == {"security_protocol": "SASL_SSL"}
+    assert settings.kafka_options == {"security_protocol": "SASL_SSL", "ssl_check_hostname": False}
     assert settings.group_for("monitor") == "undertow-monitor"
-    with pytest.raises(Exception):
-        settings.db_url = "changed"  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.db_url = "changed"
+
+
+def test_passwords_are_secrets_and_a_dotenv_file_is_read(clean_env, tmp_path):
+    (tmp_path / ".env").write_text("UNDERTOW_KAFKA_SASL_PLAIN_PASSWORD=hunter2\nUNDERTOW_GROUP_ID=from-dotenv\n")
+    settings = load_settings({}, Settings)
+    assert settings.group_id == "from-dotenv"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    assert settings.kafka_options["sasl_plain_password"] == "hunter2"  # only where the client needs it
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -26,10 +48,11 @@ def test_environment_then_flags():
     ({"kafka_bootstrap_servers": "127.0.0.1:99999"}, "not host:port"),
     ({"db_url": "::::"}, "DB_URL"),
     ({"topic_prefix": "bad prefix!"}, "TOPIC_PREFIX"),
+    ({"kafka_security_protocol": "TLS"}, "UNDERTOW_KAFKA_SECURITY_PROTOCOL"),
 ])
-def test_bad_settings_are_one_line_config_errors(overrides, fragment):
+def test_bad_settings_are_one_line_config_errors(clean_env, overrides, fragment):
     with pytest.raises(ConfigError) as info:
-        load_settings(overrides, environ={})
+        load_settings(overrides)
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 

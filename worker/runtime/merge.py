@@ -1,12 +1,67 @@
-"""Deterministic interleaving of co-partitioned predictions and labels."""
+"""Between the poll and processing: an intake decides which fetched records are processed next.
+
+``FifoIntake`` releases them as polled; ``CoPartitionMerger`` interleaves
+two co-partitioned topics deterministically (the monitor's predictions and
+labels). Records not yet released are not committed: a crash re-reads them.
+"""
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+class Intake(Protocol):
+    def add(self, records_by_tp) -> None: ...
+
+    def release(self, caught_up: Callable[[Key], bool], limit: int) -> list: ...
+
+    def next_fetch(self, key: Key) -> int | None: ...
+
+    def forget(self, keys) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class FifoIntake:
+    """Releases records in the order they were polled, up to ``limit`` at a time."""
+
+    def __init__(self):
+        self._records: deque = deque()
+        self._next_fetch: dict[Key, int] = {}
+
+    def add(self, records_by_tp) -> None:
+        for tp, records in records_by_tp.items():
+            self._records.extend(records)
+            if records:
+                self._next_fetch[(tp.topic, tp.partition)] = records[-1].offset + 1
+
+    def release(self, caught_up: Callable[[Key], bool], limit: int) -> list:
+        return [self._records.popleft() for _ in range(min(limit, len(self._records)))]
+
+    def next_fetch(self, key: Key) -> int | None:
+        return self._next_fetch.get(key)
+
+    def forget(self, keys) -> None:
+        keys = set(keys)
+        self._records = deque(r for r in self._records if (r.topic, r.partition) not in keys)
+        for key in keys:
+            self._next_fetch.pop(key, None)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._next_fetch.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 class CoPartitionMerger:

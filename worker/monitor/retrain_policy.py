@@ -6,10 +6,10 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from models.registry import DriftConfig
+from models.drift.config import DriftConfig
 from storage import repo
 from storage.tables import RetrainRequest
-from worker import cloudevents
+from worker.runtime import cloudevents
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from kafka.structs import OffsetAndMetadata
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
-from worker.batch import Batch
-from worker.positions import Key, PartitionTracker
-from worker.transport import OutboxRelay
+from worker.runtime.batch import Batch
+from worker.runtime.positions import Key, PartitionTracker
+from worker.runtime.topics import DEAD_LETTER_SUFFIX
+from worker.runtime.transport import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,10 @@ class Checkpoint:
     1. One database transaction: first the next offset of every partition in
        the batch is compare-and-set from the offset the batch was read from
        (a monitor that lost the partition to another fails here, before it
-       writes anything); then ``apply`` writes the new state and any outbox
-       rows (dead letters, alerts, retrain requests). Either all of it
-       commits or none of it.
+       writes anything); then the batch's dead letters go to the outbox and
+       are counted per source topic; then ``apply`` writes the new state and
+       any outbox rows of its own (alerts, retrain requests). Either all of
+       it commits or none of it.
     2. The offsets the batch was read from (``expected``) and the tracker's
        stored offsets move to the new ones.
     3. The same offsets are committed to Kafka, only so that standard lag
@@ -51,6 +53,10 @@ class Checkpoint:
         moves = {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
+            for letter in batch.dead_letters:
+                repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
+                repo.add_dead_letter(session, letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
+                                     dict(letter.headers).get("undertow.error.message", b"").decode())
             apply(session, batch)
         expected.update(batch.next_offsets)
         with self._tracker.lock:

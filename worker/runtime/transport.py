@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
 from storage.errors import UndertowError
-from worker.settings import Settings
-from worker.topics import Topics
+from worker.runtime.settings import ServiceSettings, Settings
+from worker.runtime.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def make_producer(settings: Settings) -> KafkaProducer:
                     delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
 
 
-def make_consumer(settings: Settings, group_id: str, **options) -> KafkaConsumer:
+def make_consumer(settings: ServiceSettings, group_id: str, **options) -> KafkaConsumer:
     return _connect(
         KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=settings.batch_max_records,

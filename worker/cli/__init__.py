@@ -14,7 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from storage import db, repo
 from storage.errors import UndertowError
-from worker.settings import load_settings
+from worker.runtime.settings import MonitorSettings, Settings, load_settings
 
 log = logging.getLogger("undertow")
 
@@ -28,9 +28,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-id", help="consumer group (UNDERTOW_GROUP_ID, default undertow-monitor)")
 
 
-def _settings(args):
+def _settings(args, cls=Settings):
     keys = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id")
-    return load_settings({k: getattr(args, k, None) for k in keys})
+    return load_settings({k: getattr(args, k, None) for k in keys}, cls)
 
 
 def _install_stop_handlers(stop) -> None:
@@ -43,7 +43,8 @@ def _install_stop_handlers(stop) -> None:
 
 def cmd_broker(args) -> int:
     import threading
-    from worker.broker import EmbeddedBroker
+
+    from worker.dev.broker import EmbeddedBroker
     stopping = threading.Event()
     _install_stop_handlers(stopping.set)
     with EmbeddedBroker(args.host, args.port) as broker:
@@ -57,8 +58,8 @@ def cmd_broker(args) -> int:
 
 
 def cmd_topics_create(args) -> int:
-    from worker.topics import Topics, ensure_topics
-    from worker.transport import make_admin
+    from worker.runtime.topics import Topics, ensure_topics
+    from worker.runtime.transport import make_admin
     settings = _settings(args)
     admin = make_admin(settings)
     try:
@@ -71,8 +72,8 @@ def cmd_topics_create(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from worker.monitor import Monitor
-    monitor = Monitor(_settings(args), partitions=args.partitions)
+    from worker.monitor.service import Monitor
+    monitor = Monitor(_settings(args, MonitorSettings), partitions=args.partitions)
     _install_stop_handlers(monitor.request_stop)
     return monitor.run(until_idle=args.until_idle)
 
@@ -133,8 +134,8 @@ def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
     With the broker down this answers within about BROKER_PROBE_TIMEOUT_S,
     lag unknown, and says so in one line.
     """
-    from worker.topics import Topics
-    from worker.transport import TransientError, log_end_offsets
+    from worker.runtime.topics import Topics
+    from worker.runtime.transport import TransientError, log_end_offsets
     topics = Topics(settings.topic_prefix)
     group = settings.group_for("monitor")
     kafka_log = logging.getLogger("kafka")
@@ -204,17 +205,18 @@ def cmd_status(args) -> int:
 def cmd_demo(args) -> int:
     """Broker, topics, a registered reference, a drifting sample stream, the monitor drained, then status."""
     from kafka import KafkaProducer
-    from worker.broker import EmbeddedBroker
-    from worker.monitor import Monitor
-    from worker.sample import SampleStream, encode, write_reference_csv
-    from worker.topics import Topics, ensure_topics
-    from worker.transport import make_admin
+
+    from worker.dev.broker import EmbeddedBroker
+    from worker.dev.sample import SampleStream, encode, write_reference_csv
+    from worker.monitor.service import Monitor
+    from worker.runtime.topics import Topics, ensure_topics
+    from worker.runtime.transport import make_admin
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="undertow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker() as broker:
         common = ["--bootstrap-servers", broker.bootstrap_servers, "--db-url", f"sqlite:///{workdir / 'undertow.db'}",
                   "--artifacts-dir", str(workdir / "artifacts")]
-        settings = _settings(build_parser().parse_args(["status", *common]))
+        settings = _settings(build_parser().parse_args(["status", *common]), MonitorSettings)
         print(f"embedded broker on {broker.bootstrap_servers}; state in {workdir / 'undertow.db'}")
         stream = SampleStream(seed=7)
         write_reference_csv(stream, workdir / "reference.csv")
@@ -259,11 +261,12 @@ def _sessions(settings, must_exist: bool = False):
 
 
 def cmd_models_register(args) -> int:
+    from pydantic import ValidationError
+
     from models import registry
     from models.ids import check_id
     from models.profile import ProfileError
     from models.reference import load_reference
-    from pydantic import ValidationError
     settings = _settings(args)
     # Everything the user typed is checked before anything is read or written.
     check_id(args.model_id, "--model-id")

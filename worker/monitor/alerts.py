@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from storage import repo
 from storage.tables import Alert
-from worker import cloudevents
+from worker.runtime import cloudevents
 
 log = logging.getLogger(__name__)
 

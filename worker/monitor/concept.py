@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from collections import defaultdict
-
 from typing import Any
 
 import numpy as np
@@ -15,39 +14,21 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from models import registry
-from models.registry import DriftConfig
+from models.drift.config import DriftConfig
+from models.drift.detectors import Cusum, PageHinkley, RollingMean
+from models.drift.errors import prediction_error, score_loss
 from storage import repo
 from storage.tables import PendingEvent
-from worker import cloudevents
-from worker.alerts import record_alert
-from worker.batch import Batch
-from worker.detectors import Cusum, PageHinkley, RollingMean
-from worker.events import LabelEvent, PredictionEvent
-from worker.retrain_policy import RetrainPolicy
+from worker.monitor.alerts import record_alert
+from worker.monitor.retrain_policy import RetrainPolicy
+from worker.runtime import cloudevents
+from worker.runtime.batch import Batch
+from worker.runtime.events import LabelEvent, PredictionEvent
 
 log = logging.getLogger(__name__)
 
 _PREDICTION_FIELDS = {"features", "prediction", "scores"}
 _JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than json.dumps on floats
-
-
-def prediction_error(prediction, label) -> tuple[float, str]:
-    """|label - prediction| for numbers, 0/1 misclassification for class labels.
-
-    >>> prediction_error(2.0, 2.5), prediction_error("cat", "dog"), prediction_error(1, 1)
-    ((0.5, 'absolute_error'), (1.0, 'misclassification'), (0.0, 'absolute_error'))
-    """
-    numeric = (int, float)
-    if prediction.__class__ in numeric and label.__class__ in numeric:
-        return abs(float(label) - float(prediction)), "absolute_error"
-    return float(str(prediction) != str(label)), "misclassification"
-
-
-def score_loss(scores: dict | None, label) -> float | None:
-    """Log loss of the probability given to the true class, where scores were sent."""
-    if not scores:
-        return None
-    return -math.log(max(float(scores.get(str(label), 0.0)), 1e-15))
 
 
 class ErrorStreamMonitor:

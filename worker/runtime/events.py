@@ -8,8 +8,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat,
-                      StrictInt, StrictStr, ValidationError)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from models.ids import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
 from storage.errors import InvalidEvent

@@ -5,7 +5,12 @@ import logging
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    TopicPartition,
+)
 
 from storage import repo
 from storage.tables import PartitionGap

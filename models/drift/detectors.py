@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from river.drift import PageHinkley as RiverPageHinkley
 
 
 class PageHinkley:
-    """River's Page-Hinkley test (increases only) on standardised errors.
+    """Page-Hinkley test for an increase of the mean, on standardised errors.
 
-    ``delta`` and ``threshold`` are in baseline standard deviations.
+    The same test as river's ``PageHinkley(mode="up", alpha=1)``, step for
+    step (``tests/models/test_detectors.py`` checks it against river on the
+    same streams), with its state in plain fields. ``delta`` and
+    ``threshold`` are in baseline standard deviations. After an alarm the
+    next update starts afresh.
 
     >>> import random
     >>> rng = random.Random(7)
@@ -36,34 +39,46 @@ class PageHinkley:
         self.delta = delta
         self.threshold = threshold
         self.min_instances = min_instances
-        self._ph = RiverPageHinkley(min_instances=min_instances, delta=delta, threshold=threshold,
-                                    alpha=1.0, mode="up")
+        self.reset()
+
+    def reset(self) -> None:
+        self._n = 0.0
+        self._mean = 0.0
+        self._sum_increase = 0.0
+        self._sum_decrease = 0.0
+        self._min_increase = math.inf
+        self._max_decrease = -1.0
+        self._drift_detected = False
 
     def update(self, z: float) -> None:
-        self._ph.update(z)
+        if self._drift_detected:
+            self.reset()
+        self._n += 1.0
+        self._mean += (1.0 / self._n) * (z - self._mean)
+        deviation = z - self._mean
+        self._sum_increase = self._sum_increase + deviation - self.delta
+        self._sum_decrease = self._sum_decrease + deviation + self.delta
+        self._min_increase = min(self._min_increase, self._sum_increase)
+        self._max_decrease = max(self._max_decrease, self._sum_decrease)
+        if self._n >= self.min_instances:
+            self._drift_detected = self._sum_increase - self._min_increase > self.threshold
 
     @property
     def drift_detected(self) -> bool:
-        return self._ph.drift_detected
-
-    def reset(self) -> None:
-        self._ph._reset()
+        return self._drift_detected
 
     @property
     def statistic(self) -> float:
-        return self._ph._sum_increase - self._ph._min_increase
+        return self._sum_increase - self._min_increase
 
     def state(self) -> list[float]:
-        ph = self._ph
-        return [ph._x_mean.n, ph._x_mean.get(), ph._sum_increase, ph._sum_decrease,
-                _finite_or(ph._min_increase, 1e308), ph._max_decrease, float(ph._drift_detected)]
+        return [self._n, self._mean, self._sum_increase, self._sum_decrease,
+                _finite_or(self._min_increase, 1e308), self._max_decrease, float(self._drift_detected)]
 
     def load(self, state: list[float]) -> "PageHinkley":
-        ph = self._ph
-        ph._reset()
-        n, mean, ph._sum_increase, ph._sum_decrease, ph._min_increase, ph._max_decrease, detected = state
-        ph._x_mean.n, ph._x_mean._mean = n, mean
-        ph._drift_detected = bool(detected)
+        (self._n, self._mean, self._sum_increase, self._sum_decrease, self._min_increase, self._max_decrease,
+         detected) = state
+        self._drift_detected = bool(detected)
         return self
 
 

@@ -1,4 +1,4 @@
-"""The ingest stage: duplicate filtering, per-model counts and dead letters."""
+"""The ingest stage: duplicate filtering and per-model counts."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,9 +7,8 @@ from sqlalchemy.orm import Session
 
 from storage import repo
 from storage.repo import SeenKey
-from worker.batch import Batch
-from worker.events import PredictionEvent
-from worker.topics import DEAD_LETTER_SUFFIX
+from worker.runtime.batch import Batch
+from worker.runtime.events import PredictionEvent
 
 
 class IngestStage:
@@ -26,13 +25,12 @@ class IngestStage:
             raise ValueError("duplicate_horizon must be at least 1")
         self.duplicate_horizon = duplicate_horizon
 
+    def reset(self) -> None:
+        """Nothing cached: every read goes to the database."""
+
     def apply(self, session: Session, batch: Batch) -> None:
         batch.events = self._first_occurrences(session, batch.events)
         self._count(session, batch)
-        for letter in batch.dead_letters:
-            repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
-            source = letter.topic.removesuffix(DEAD_LETTER_SUFFIX)
-            repo.add_dead_letter(session, source, dict(letter.headers).get("undertow.error.message", b"").decode())
         for (topic, partition), next_offset in batch.next_offsets.items():
             repo.expire_seen(session, topic, partition, next_offset - self.duplicate_horizon)
 

@@ -1,0 +1,59 @@
+"""The drift rules of one model version: windows, severity bands, detectors, retraining.
+
+One definition serves the registry (stored as JSON with the version), the
+monitor and the command line, whose ``models register`` flags are generated
+from these fields: name, type, default and the description as help.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DriftConfig(BaseModel):
+    """Window and alert rules of one model version (defaults chosen in bench/detection.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_size: int = Field(default=1000, ge=50, le=1_000_000, description="predictions per window")
+    hop: int | None = Field(default=None, ge=1,
+                            description="evaluate the last window-size predictions every HOP (hopping windows)")
+    window_seconds: float | None = Field(default=None, gt=0,
+                                         description="tumbling event-time windows of this many seconds instead")
+    max_window_rows: int = Field(default=100_000, ge=100, description="cap of an event-time window's sample")
+    min_window_rows: int = Field(default=100, ge=10, description="event-time windows smaller than this are not judged")
+    psi_moderate: float = Field(default=0.1, gt=0, description="PSI from which a feature drifts moderately")
+    psi_significant: float = Field(default=0.25, gt=0, description="PSI from which drift is significant")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="p-value below which a shift is not noise")
+    dataset_share: float = Field(default=0.5, gt=0, le=1, description="share of drifted inputs for dataset drift")
+    end_after: int = Field(default=2, ge=1, description="stable windows in a row that end an episode")
+    # Concept drift on the error stream, in units of the baseline error's sd.
+    ph_delta: float = Field(default=0.25, ge=0, description="Page-Hinkley tolerance, in baseline error sd")
+    ph_threshold: float = Field(default=50.0, gt=0, description="Page-Hinkley alarm level, in baseline error sd")
+    cusum_k: float = Field(default=0.5, gt=0, description="CUSUM reference value, in baseline error sd")
+    cusum_false_alarm_every: float = Field(default=1_000_000, gt=10,
+                                           description="CUSUM threshold for one false alarm per this many labels")
+    rolling_window: int = Field(default=500, ge=10, description="labels in the rolling mean error")
+    rolling_step: int = Field(default=50, ge=1, description="labels between rolling evaluations")
+    rolling_sigmas: float = Field(default=4.0, gt=0, description="standard errors above the baseline mean")
+    # Retraining.
+    retrain_on_data_drift: bool = Field(default=True,
+                                        description="significant dataset drift asks for retraining too")
+    retrain_cooldown_seconds: float = Field(default=86_400, ge=0,
+                                            description="event time between retrain requests of a model")
+    retrain_data_policy: Literal["rolling", "all"] = Field(default="rolling",
+                                                           description="labelled pairs the trainer uses")
+    retrain_window_pairs: int = Field(default=50_000, ge=100, description="labelled pairs of the rolling policy")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DriftConfig":
+        if self.psi_significant < self.psi_moderate:
+            raise ValueError("psi_significant must be at least psi_moderate")
+        if self.hop is not None and self.hop > self.window_size:
+            raise ValueError("hop must not exceed window_size")
+        if self.rolling_step > self.rolling_window:
+            raise ValueError("rolling_step must not exceed rolling_window")
+        if self.hop is not None and self.window_seconds is not None:
+            raise ValueError("choose count windows (hop) or event-time windows (window_seconds), not both")
+        return self

@@ -1,0 +1,37 @@
+"""The one definition of a prediction's error, for the baseline at registration and for live labels."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ABSOLUTE_ERROR, MISCLASSIFICATION = "absolute_error", "misclassification"
+_NUMBERS = (int, float)
+
+
+def prediction_error(prediction, label) -> tuple[float, str]:
+    """|label - prediction| for numbers, 0/1 misclassification for class labels.
+
+    >>> prediction_error(2.0, 2.5), prediction_error("cat", "dog"), prediction_error(1, 1)
+    ((0.5, 'absolute_error'), (1.0, 'misclassification'), (0.0, 'absolute_error'))
+    """
+    if prediction.__class__ in _NUMBERS and label.__class__ in _NUMBERS:
+        return abs(float(label) - float(prediction)), ABSOLUTE_ERROR
+    return float(str(prediction) != str(label)), MISCLASSIFICATION
+
+
+def errors(targets: list, predictions: list) -> np.ndarray:
+    """Per-row errors of a table; rows missing the target or the prediction are skipped.
+
+    >>> errors([1.0, None, "a"], [1.5, 2.0, "b"]).tolist()
+    [0.5, 1.0]
+    """
+    return np.array([prediction_error(p, y)[0] for y, p in zip(targets, predictions)
+                     if y is not None and p is not None], dtype=float)
+
+
+def score_loss(scores: dict | None, label) -> float | None:
+    """Log loss of the probability given to the true class, where scores were sent."""
+    if not scores:
+        return None
+    return -math.log(max(float(scores.get(str(label), 0.0)), 1e-15))

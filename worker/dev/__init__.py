@@ -1,0 +1,1 @@
+"""Development tooling: the embedded broker and sample streams. Not used by the services."""

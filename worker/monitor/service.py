@@ -1,0 +1,91 @@
+"""The monitor service: predictions and labels in, state in SQL, alerts and retrain requests out."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kafka import KafkaAdminClient
+
+from storage.errors import InvalidEvent
+from worker.monitor.concept import ConceptStage
+from worker.monitor.data_drift import DataDriftStage
+from worker.monitor.ingest import IngestStage
+from worker.monitor.retrain_policy import RetrainPolicy
+from worker.runtime.events import (
+    LabelEvent,
+    PredictionEvent,
+    parse_label,
+    parse_prediction,
+)
+from worker.runtime.merge import CoPartitionMerger
+from worker.runtime.service import Service, ServiceRunner
+from worker.runtime.settings import MonitorSettings
+from worker.runtime.topics import Topics, ensure_topics
+
+# Held-back records are bounded by what kafka-python has fetched ahead (up to
+# one 1 MiB fetch per partition, a few thousand records); this is a backstop.
+MERGER_MAX_BUFFERED = 50_000
+
+
+class EventParser:
+    """A prediction or label record to its event, or InvalidEvent saying why not.
+
+    Besides the event contract: the record key must be the model id (the
+    join relies on co-partitioning), and the event may be dated at most
+    ``max_clock_skew`` seconds after ``clock()``: event time drives
+    watermarks, windows and join expiry, and one event from the far future
+    would move them for good.
+    """
+
+    def __init__(self, topics: Topics, max_event_bytes: int, max_clock_skew: float,
+                 clock: Callable[[], float] = time.time):
+        self.topics = topics
+        self.max_event_bytes = max_event_bytes
+        self.max_clock_skew = max_clock_skew
+        self.clock = clock
+
+    def __call__(self, record) -> PredictionEvent | LabelEvent:
+        parse = parse_prediction if record.topic == self.topics.predictions else parse_label
+        event = parse(record.value, self.max_event_bytes)
+        if record.key != event.model_id.encode():
+            raise InvalidEvent(
+                f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
+                "keyed by model_id so predictions and labels of a model share a partition")
+        now = self.clock()
+        if event.epoch > now + self.max_clock_skew:
+            raise InvalidEvent(
+                f"ts {event.ts.isoformat()} is more than {self.max_clock_skew:g} s ahead of the monitor's clock "
+                f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}); see UNDERTOW_MAX_CLOCK_SKEW_SECONDS")
+        return event
+
+
+def monitor_service(settings: MonitorSettings, partitions: int = 3,
+                    clock: Callable[[], float] = time.time) -> Service:
+    """The monitor as a service of the shared runtime: its topics, parser and stages."""
+    topics = Topics(settings.topic_prefix)
+    policy = RetrainPolicy(topics.retrain)
+
+    def prepare(admin: KafkaAdminClient) -> None:
+        ensure_topics(admin, topics, partitions)
+
+    return Service(
+        name="monitor",
+        topics=[topics.predictions, topics.labels],
+        parse=EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock),
+        stages=[
+            IngestStage(settings.duplicate_horizon),
+            DataDriftStage(topics.alerts, policy),
+            ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
+                         settings.pairs_retention),
+        ],
+        make_intake=lambda: CoPartitionMerger(topics.predictions, topics.labels, max_buffered=MERGER_MAX_BUFFERED),
+        prepare=prepare,
+    )
+
+
+class Monitor(ServiceRunner):
+    """The monitor, ready to ``run()``."""
+
+    def __init__(self, settings: MonitorSettings, partitions: int = 3):
+        super().__init__(settings, monitor_service(settings, partitions))
+        self.topics = Topics(settings.topic_prefix)

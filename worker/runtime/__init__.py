@@ -1,0 +1,2 @@
+"""What every consuming service shares: the exactly-once consume loop, the checkpoint, positions,
+transport, topics, settings and the event contracts."""

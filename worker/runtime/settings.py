@@ -1,0 +1,143 @@
+"""Settings: one frozen object per service, built at start-up and passed down.
+
+Read (pydantic-settings) from ``UNDERTOW_*`` environment variables and an
+optional ``.env`` file in the working directory, overridden by command-line
+flags. ``Settings`` holds what every command needs (broker, database,
+artifacts, topics, Kafka security); ``ServiceSettings`` adds the consume
+loop's knobs; each service has its own subclass. Kafka security options are
+typed fields named ``UNDERTOW_KAFKA_<OPTION>`` (kafka-python's option
+names); passwords are secrets that never appear in ``repr`` or logs.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from storage.errors import ConfigError
+
+ENV_PREFIX = "UNDERTOW_"
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
+_KAFKA_PREFIX = "kafka_"
+
+
+class Settings(BaseSettings):
+    """What every command needs: where the broker, the database and the artifacts are."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8",
+                                      # ignore: a .env file serves every service, each reads its own
+                                      frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    db_url: str = "sqlite:///undertow.db"
+    artifacts_dir: Path = Path("./artifacts")
+    topic_prefix: str = "undertow."
+    group_id: str | None = None
+    # Kafka security, passed to kafka-python under the name after "kafka_".
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_plain_username: str | None = None
+    kafka_sasl_plain_password: SecretStr | None = None
+    kafka_sasl_kerberos_service_name: str | None = None
+    kafka_sasl_kerberos_domain_name: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_password: SecretStr | None = None
+    kafka_ssl_crlfile: Path | None = None
+    kafka_ssl_ciphers: str | None = None
+    kafka_ssl_check_hostname: bool | None = None
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("no bootstrap server given")
+        for server in servers:
+            match = _HOST_PORT.match(server)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("db_url")
+    @classmethod
+    def _check_db_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _TOPIC_CHARS.match(value) or len(value) > 180:
+            raise ValueError("may only hold letters, digits, '.', '_' and '-' (at most 180)")
+        return value
+
+    @property
+    def kafka_options(self) -> dict[str, Any]:
+        """The security options that are set, as kafka-python takes them (secrets revealed)."""
+        options = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.startswith(_KAFKA_PREFIX) and name != "kafka_bootstrap_servers" and value is not None:
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                options[name[len(_KAFKA_PREFIX):]] = str(value) if isinstance(value, Path) else value
+        return options
+
+    def group_for(self, service: str) -> str:
+        return self.group_id or f"undertow-{service}"
+
+
+class ServiceSettings(Settings):
+    """A consuming service: the consume loop's knobs."""
+
+    batch_max_records: int = Field(default=2000, ge=1)
+    poll_timeout_ms: int = Field(default=500, ge=10)
+
+
+class MonitorSettings(ServiceSettings):
+    # Records larger than this are dead-lettered before they are parsed.
+    max_event_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Event ids remembered per source partition, in records: a retry that
+    # arrives within this many records of the original is counted once.
+    duplicate_horizon: int = Field(default=1_000_000, ge=1)
+    # Join buffer per model: predictions wait this long (event time) for their
+    # label and labels for their prediction, at most join_max_pending of each.
+    join_ttl_seconds: float = Field(default=7 * 86_400, gt=0)
+    join_max_pending: int = Field(default=200_000, ge=100)
+    # Joined pairs kept per model as training data (the newest ones).
+    pairs_retention: int = Field(default=100_000, ge=100)
+    # Events dated further ahead of the monitor's clock are dead-lettered:
+    # one event from the year 2999 would otherwise move the event-time
+    # watermark and expire every waiting label.
+    max_clock_skew_seconds: float = Field(default=3600, gt=0)
+
+
+SettingsType = TypeVar("SettingsType", bound=Settings)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  cls: type[SettingsType] = Settings) -> SettingsType:
+    """Settings from the environment and ``.env``, then ``overrides`` (flags; None means unset).
+
+    Raises ConfigError with one line naming each problem's variable.
+    """
+    values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
