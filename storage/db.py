@@ -4,18 +4,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import ConfigError
-from storage.tables import Base, SchemaVersion
 
 log = logging.getLogger(__name__)
 
@@ -110,49 +108,55 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-# Ordered, append-only. Each step creates or alters what its version added;
-# never edit a released step, add a new one.
-def _create(*names: str) -> Callable[[Connection], None]:
-    def step(conn: Connection) -> None:
-        for name in names:
-            Base.metadata.tables[name].create(conn, checkfirst=True)
-
-    return step
+# The hand-written migrations before Alembic numbered versions 1 to 4 in a
+# table ``schema_version``; such a database is stamped with the revision that
+# has the same schema, then upgraded like any other.
+LEGACY_REVISIONS = {3: "0001", 4: "0002"}
+_ADVISORY_LOCK = 7243061
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def _add_column(conn: Connection, table: str, column: str, sql_type: str) -> None:
-    if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
-        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+def alembic_config():
+    from alembic.config import Config
+    config = Config(str(Path(__file__).resolve().parent / "alembic.ini"))
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
 
 
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "spine: offsets, model counts, duplicate horizon, outbox, dead letters",
-     _create("consumer_offsets", "model_stats", "seen_events", "outbox", "dead_letter_stats")),
-    (2, "data drift: model registry, window state and results, alerts",
-     _create("model_versions", "drift_state", "window_results", "alerts")),
-    (3, "concept drift: join buffer, labelled pairs, detector state, retrain requests",
-     lambda conn: (_add_column(conn, "model_versions", "baseline_errors", "TEXT"),
-                   _create("join_pending", "labelled_pairs", "join_stats", "concept_state",
-                           "retrain_requests")(conn))),
-    (4, "faults: topic ids beside stored offsets, partition gaps",
-     lambda conn: (_add_column(conn, "consumer_offsets", "topic_id", "VARCHAR(64)"),
-                   _create("partition_gaps")(conn))),
-]
+def migrate(engine: Engine) -> str:
+    """Bring the schema to Alembic's head; safe to run from several processes at once.
 
-
-def migrate(engine: Engine) -> int:
-    """Bring the schema to the newest version; safe to run from several processes."""
+    On PostgreSQL a transaction-level advisory lock makes concurrent
+    start-ups migrate one after the other (the second finds nothing to do);
+    SQLite's ``BEGIN IMMEDIATE`` does the same. Returns the revision.
+    """
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    config = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7243061)"))
-        SchemaVersion.__table__.create(conn, checkfirst=True)
-        current = conn.execute(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())).scalar()
-        current = current or 0
-        for version, description, step in MIGRATIONS:
-            if version > current:
-                log.info("migrating schema to version %d: %s", version, description)
-                step(conn)
-                conn.execute(SchemaVersion.__table__.insert().values(
-                    version=version, description=description, applied_at=time.time()))
-                current = version
-    return current
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})"))
+        _adopt_legacy_schema(conn, config)
+        before = MigrationContext.configure(conn).get_current_revision()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+        if after != before:
+            log.info("database schema migrated from revision %s to %s", before, after)
+        return after
+
+
+def _adopt_legacy_schema(conn: Connection, config) -> None:
+    from alembic import command
+    names = set(inspect(conn).get_table_names())
+    if "schema_version" not in names or "alembic_version" in names:
+        return
+    legacy = conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar() or 0
+    if legacy not in LEGACY_REVISIONS:
+        raise ConfigError(f"database schema version {legacy} predates 3 (the oldest one that upgrades in place); "
+                          "migrate it with the release that created it first")
+    revision = LEGACY_REVISIONS[legacy]
+    log.info("adopting hand-written schema version %d as Alembic revision %s", legacy, revision)
+    config.attributes["connection"] = conn
+    command.stamp(config, revision)
+    conn.execute(text("DROP TABLE schema_version"))

@@ -13,14 +13,6 @@ class Base(DeclarativeBase):
     pass
 
 
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-
-    version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    description: Mapped[str] = mapped_column(String(200))
-    applied_at: Mapped[float] = mapped_column(Float)
-
-
 class ConsumerOffset(Base):
     """Next offset to read per partition: the truth the consumer seeks to."""
 

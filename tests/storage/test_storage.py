@@ -1,23 +1,66 @@
 """Storage against a real database (SQLite, or PostgreSQL via UNDERTOW_DB_URL)."""
 import pytest
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
 from storage import db, repo
 from storage.errors import ConfigError, StaleOffsets
 from storage.repo import SeenKey
-from storage.tables import ModelStats, SchemaVersion
+from storage.tables import Base, ModelStats
 
 pytestmark = pytest.mark.postgres
 
 
-def test_migrate_is_idempotent_and_records_versions(engine):
-    assert db.migrate(engine) == db.MIGRATIONS[-1][0]
-    assert db.migrate(engine) == db.MIGRATIONS[-1][0]
-    sessions = db.make_session_factory(engine)
-    with sessions.begin() as session:
-        versions = list(session.scalars(select(SchemaVersion.version)))
-    assert versions == [v for v, _, _ in db.MIGRATIONS]
-    assert {"consumer_offsets", "seen_events", "outbox"} <= set(inspect(engine).get_table_names())
+HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+LEGACY = Path(__file__).resolve().parent.parent / "data"
+
+
+def _schema_differences(engine) -> list:
+    with engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+
+
+def test_migrate_is_idempotent_and_matches_the_tables(engine):
+    assert db.migrate(engine) == HEAD
+    assert db.migrate(engine) == HEAD
+    assert {"consumer_offsets", "seen_events", "outbox", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert _schema_differences(engine) == []
+
+
+def test_a_database_of_the_last_hand_written_schema_upgrades_in_place(db_url):
+    """Offsets, counts and detector state of a version-3 database survive the move to Alembic."""
+    engine = db.make_engine(db_url)
+    ddl = (LEGACY / f"legacy_v3_{engine.dialect.name}.sql").read_text()
+    with engine.begin() as conn:
+        for statement in ddl.split(";\n"):
+            body = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
+            if body:
+                conn.exec_driver_sql(body)
+        conn.exec_driver_sql("INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+                             "VALUES ('undertow-monitor', 'undertow.predictions', 0, 12345)")
+        conn.exec_driver_sql("INSERT INTO model_stats (model_id, predictions, labels, duplicates) "
+                             "VALUES ('housing', 12000, 11000, 7)")
+        conn.exec_driver_sql(
+            "INSERT INTO concept_state (model_id, version, labels, error_sum, in_episode, episodes, "
+            "silenced_alarms, calm_evaluations, detectors) VALUES ('housing', '1', 11000, 4321.5, FALSE, 1, 2, 0, "
+            "'{\"page_hinkley\": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}')")
+    try:
+        assert db.migrate(engine) == HEAD
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT next_offset, topic_id FROM consumer_offsets").one() == (12345, None)
+            assert conn.exec_driver_sql("SELECT predictions, labels, duplicates FROM model_stats").one() == (
+                12000, 11000, 7)
+            assert conn.exec_driver_sql("SELECT labels, error_sum, detectors FROM concept_state").one() == (
+                11000, 4321.5, '{"page_hinkley": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}')
+        tables = set(inspect(engine).get_table_names())
+        assert "schema_version" not in tables and "partition_gaps" in tables
+        assert _schema_differences(engine) == []
+    finally:
+        engine.dispose()
 
 
 def test_bad_url_is_a_config_error():
