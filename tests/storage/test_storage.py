@@ -1,11 +1,11 @@
 """Storage against a real database (SQLite, or PostgreSQL via UNDERTOW_DB_URL)."""
-import pytest
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect
 
 from storage import db, repo
 from storage.errors import ConfigError, StaleOffsets

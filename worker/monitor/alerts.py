@@ -1,24 +1,26 @@
 """Recording an alert: its row for `undertow alerts` and its outbox message, in the caller's transaction."""
 from __future__ import annotations
 
-import json
 import logging
 
 from sqlalchemy.orm import Session
 
 from storage import repo
-from storage.tables import Alert
-from worker.runtime import cloudevents
+from storage.tables import Alert as AlertRow
+from worker.runtime import cloudevents, output_events
+from worker.runtime.output_events import Alert
 
 log = logging.getLogger(__name__)
 
 
-def record_alert(session: Session, alerts_topic: str, event: dict) -> None:
-    data = event["data"]
-    log.info("alert %s %s@%s %s: %s (%s)", event["type"], data["model_id"], data["model_version"],
-             data.get("feature") or data.get("detector") or "", data["severity"], data["episode"])
-    repo.add_alert(session, Alert(
-        id=event["id"], model_id=data["model_id"], version=data["model_version"], type=event["type"],
-        feature=data.get("feature"), severity=data["severity"], event_ts=cloudevents.epoch(event["time"]),
-        cloudevent=json.dumps(event)))
-    repo.enqueue(session, alerts_topic, data["model_id"].encode(), cloudevents.encode(event), cloudevents.HEADERS)
+def record_alert(session: Session, alerts_topic: str, event: Alert) -> None:
+    data = event.data
+    subject = getattr(data, "feature", None) or getattr(data, "detector", "")
+    log.info("alert %s %s@%s %s: %s (%s)", event.type, data.model_id, data.model_version, subject,
+             data.severity, data.episode)
+    value = output_events.encode(event)
+    repo.add_alert(session, AlertRow(
+        id=event.id, model_id=data.model_id, version=data.model_version, type=event.type,
+        feature=getattr(data, "feature", None), severity=data.severity, event_ts=cloudevents.epoch(event.time),
+        cloudevent=value.decode()))
+    repo.enqueue(session, alerts_topic, data.model_id.encode(), value, output_events.HEADERS)

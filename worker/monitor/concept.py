@@ -24,6 +24,7 @@ from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
 from worker.runtime.events import LabelEvent, PredictionEvent
+from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ErrorStreamMonitor:
             for name, numbers in json.loads(state.detectors).items():
                 self.detectors[name].load(numbers)
 
-    def update(self, error: float, metric: str, label_ts: float) -> dict | None:
+    def update(self, error: float, metric: str, label_ts: float) -> ConceptDriftAlert | None:
         """Feed one error; returns the concept alert (CloudEvent) if an episode starts."""
         self.labels += 1
         self.error_sum += error
@@ -98,21 +99,20 @@ class ErrorStreamMonitor:
         self.episodes += 1
         return self._alert(fired[0], metric, label_ts)
 
-    def _alert(self, name: str, metric: str, label_ts: float) -> dict:
+    def _alert(self, name: str, metric: str, label_ts: float) -> ConceptDriftAlert:
         detector = self.detectors[name]
         threshold = {"page_hinkley": self.config.ph_threshold, "cusum": getattr(detector, "h", None),
                      "rolling_mean": getattr(detector, "threshold", None)}[name]
         value = detector.value if name == "rolling_mean" else detector.statistic
         recent = self.detectors["rolling_mean"].mean
-        data = {"model_id": self.model_id, "model_version": self.version, "detector": name, "metric": metric,
-                "value": value, "threshold": threshold, "unit": "baseline_sd",
-                "baseline": {"mean": self.mean, "sd": self.sd},
-                "recent_mean_error": None if recent is None else self.mean + self.sd * recent,
-                "detected_at": cloudevents.rfc3339(label_ts), "label_count": self.labels,
-                "severity": "significant", "episode": "started"}
-        return cloudevents.cloudevent(
-            id=cloudevents.event_id(self.model_id, self.version, "concept", name, self.labels),
-            type="undertow.drift.concept", subject=self.model_id, time=label_ts, data=data)
+        data = ConceptDrift(
+            model_id=self.model_id, model_version=self.version, detector=name, metric=metric, value=value,
+            threshold=threshold, unit="baseline_sd", baseline=Baseline(mean=self.mean, sd=self.sd),
+            recent_mean_error=None if recent is None else self.mean + self.sd * recent,
+            detected_at=cloudevents.rfc3339(label_ts), label_count=self.labels, severity="significant",
+            episode="started")
+        return ConceptDriftAlert(id=cloudevents.event_id(self.model_id, self.version, "concept", name, self.labels),
+                                 subject=self.model_id, time=cloudevents.rfc3339(label_ts), data=data)
 
     def state_values(self) -> dict:
         return {"labels": self.labels, "error_sum": self.error_sum, "in_episode": self.in_episode,
@@ -269,7 +269,7 @@ class ConceptStage:
                 json.loads(row.baseline_errors) if row.baseline_errors else None)
         return self._monitors[key]
 
-    def _raise(self, session: Session, alert: dict, config: DriftConfig) -> None:
+    def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig) -> None:
         record_alert(session, self.alerts_topic, alert)
         self.policy.consider(session, alert, config, reason="concept drift")
 

@@ -23,6 +23,7 @@ from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
 from worker.runtime.events import PredictionEvent
+from worker.runtime.output_events import Alert, DataDrift, DataDriftAlert, DatasetDrift, DatasetDriftAlert, Window
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ModelVersionMonitor:
         ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
         return out, ts
 
-    def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[dict]]:
+    def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[Alert]]:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
         results, alerts, drifted = [], [], []
         small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
@@ -87,11 +88,10 @@ class ModelVersionMonitor:
                 "missing_share": stats.missing_share, "severity": level})
             if level != STABLE and name != PREDICTION_FEATURE:
                 drifted.append(name)
-            alert = self._transition(name, level, window, {
-                "feature": name, "psi": stats.psi, "ks_statistic": _finite(stats.ks_statistic),
-                "ks_pvalue": _finite(stats.ks_pvalue), "chi2_statistic": _finite(stats.chi2_statistic),
-                "chi2_pvalue": _finite(stats.chi2_pvalue), "missing_share": stats.missing_share},
-                "undertow.drift.data")
+            alert = self._transition(name, level, window, DataDriftAlert, DataDrift, dict(
+                feature=name, psi=stats.psi, ks_statistic=_finite(stats.ks_statistic),
+                ks_pvalue=_finite(stats.ks_pvalue), chi2_statistic=_finite(stats.chi2_statistic),
+                chi2_pvalue=_finite(stats.chi2_pvalue), missing_share=stats.missing_share))
             if alert:
                 alerts.append(alert)
         inputs = [c for c in self.columns if c != PREDICTION_FEATURE]
@@ -101,27 +101,26 @@ class ModelVersionMonitor:
         dataset_level = STABLE
         if inputs and not small and share >= self.config.dataset_share:
             dataset_level = SIGNIFICANT if significant_share >= self.config.dataset_share else MODERATE
-        alert = self._transition(DATASET, dataset_level, window, {
-            "drifted_share": share, "drifted_features": drifted, "threshold": self.config.dataset_share},
-            "undertow.drift.dataset")
+        alert = self._transition(DATASET, dataset_level, window, DatasetDriftAlert, DatasetDrift, dict(
+            drifted_share=share, drifted_features=drifted, threshold=self.config.dataset_share))
         if alert:
             alerts.append(alert)
         return results, alerts
 
-    def _transition(self, name: str, level: str, window: ClosedWindow, numbers: dict, kind: str) -> dict | None:
+    def _transition(self, name: str, level: str, window: ClosedWindow, event_type: type[Alert],
+                    data_type: type[DataDrift | DatasetDrift], numbers: dict) -> Alert | None:
         state, change = next_episode(self.episodes.get(name, [STABLE, 0]), level, self.config.end_after)
         self.episodes[name] = state
         if change is None:
             return None
-        reported = level if change != "ended" else STABLE
-        data = {"model_id": self.model_id, "model_version": self.version, "severity": reported,
-                "episode": change, **numbers,
-                "window": {"index": window.index, "start_ts": cloudevents.rfc3339(window.start_ts),
-                           "end_ts": cloudevents.rfc3339(window.end_ts), "n": int(window.rows.shape[0])}}
-        detector = "data" if kind == "undertow.drift.data" else "dataset"
-        return cloudevents.cloudevent(
-            id=cloudevents.event_id(self.model_id, self.version, detector, name, window.index),
-            type=kind, subject=self.model_id, time=window.end_ts, data=data)
+        data = data_type(
+            model_id=self.model_id, model_version=self.version, severity=level if change != "ended" else STABLE,
+            episode=change, **numbers,
+            window=Window(index=window.index, start_ts=cloudevents.rfc3339(window.start_ts),
+                          end_ts=cloudevents.rfc3339(window.end_ts), n=int(window.rows.shape[0])))
+        detector = "data" if event_type is DataDriftAlert else "dataset"
+        return event_type(id=cloudevents.event_id(self.model_id, self.version, detector, name, window.index),
+                          subject=self.model_id, time=cloudevents.rfc3339(window.end_ts), data=data)
 
     def state_columns(self) -> dict:
         return self.window.to_columns()
@@ -168,7 +167,7 @@ class DataDriftStage:
                 for alert in alerts:
                     record_alert(session, self.alerts_topic, alert)
                     if (self.policy is not None and monitor.config.retrain_on_data_drift
-                            and alert["type"] == "undertow.drift.dataset" and alert["data"]["severity"] == SIGNIFICANT):
+                            and isinstance(alert, DatasetDriftAlert) and alert.data.severity == SIGNIFICANT):
                         self.policy.consider(session, alert, monitor.config, reason="data drift")
             repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes),
                                   exists=monitor.stored)

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 
 from models.drift.config import DriftConfig
 from storage import repo
-from storage.tables import RetrainRequest
-from worker.runtime import cloudevents
+from storage.tables import RetrainRequest as RetrainRequestRow
+from worker.runtime import cloudevents, output_events
+from worker.runtime.output_events import Alert, AllData, RetrainRequest, RetrainRequested, RollingData
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +29,28 @@ class RetrainPolicy:
     def __init__(self, retrain_topic: str):
         self.retrain_topic = retrain_topic
 
-    def consider(self, session: Session, alert: dict, config: DriftConfig, reason: str) -> str | None:
-        data = alert["data"]
-        model_id, version = data["model_id"], data["model_version"]
-        trigger_ts = cloudevents.epoch(alert["time"])
+    def consider(self, session: Session, alert: Alert, config: DriftConfig, reason: str) -> str | None:
+        model_id, version = alert.data.model_id, alert.data.model_version
+        trigger_ts = cloudevents.epoch(alert.time)
         if repo.open_retrain_request(session, model_id) is not None:
-            log.info("%s: retrain already requested; alert %s only counts", model_id, alert["id"])
+            log.info("%s: retrain already requested; alert %s only counts", model_id, alert.id)
             return None
         last = repo.last_retrain_request(session, model_id)
         if last is not None and trigger_ts - last.created_ts < config.retrain_cooldown_seconds:
             log.info("%s: retrain cooldown until %s; alert %s only counts", model_id,
-                     cloudevents.rfc3339(last.created_ts + config.retrain_cooldown_seconds), alert["id"])
+                     cloudevents.rfc3339(last.created_ts + config.retrain_cooldown_seconds), alert.id)
             return None
-        request_id = cloudevents.event_id(model_id, version, "retrain", alert["id"])
-        policy = {"kind": config.retrain_data_policy}
-        if config.retrain_data_policy == "rolling":
-            policy["max_pairs"] = config.retrain_window_pairs
-        event = cloudevents.cloudevent(
-            id=request_id, type="undertow.retrain.requested", subject=model_id, time=trigger_ts,
-            data={"request_id": request_id, "model_id": model_id, "model_version": version, "reason": reason,
-                  "alert_ids": [alert["id"]], "data_policy": policy})
-        session.add(RetrainRequest(request_id=request_id, model_id=model_id, version=version, status="open",
-                                   created_ts=trigger_ts, alert_ids=json.dumps([alert["id"]]),
-                                   cloudevent=json.dumps(event)))
-        repo.enqueue(session, self.retrain_topic, model_id.encode(), cloudevents.encode(event), cloudevents.HEADERS)
+        request_id = cloudevents.event_id(model_id, version, "retrain", alert.id)
+        policy = (RollingData(max_pairs=config.retrain_window_pairs) if config.retrain_data_policy == "rolling"
+                  else AllData())
+        event = RetrainRequested(
+            id=request_id, subject=model_id, time=alert.time,
+            data=RetrainRequest(request_id=request_id, model_id=model_id, model_version=version, reason=reason,
+                                alert_ids=[alert.id], data_policy=policy))
+        session.add(RetrainRequestRow(request_id=request_id, model_id=model_id, version=version, status="open",
+                                      created_ts=trigger_ts, alert_ids=json.dumps([alert.id]),
+                                      cloudevent=output_events.encode(event).decode()))
+        repo.enqueue(session, self.retrain_topic, model_id.encode(), output_events.encode(event),
+                     output_events.HEADERS)
         log.info("%s: retrain requested (%s) after %s", model_id, request_id, reason)
         return request_id

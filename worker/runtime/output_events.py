@@ -1,0 +1,181 @@
+"""What Undertow publishes: one frozen pydantic model per CloudEvent type.
+
+Every event is a CloudEvents 1.0 envelope whose literal ``type`` selects the
+model of its ``data``, so :func:`parse_event` turns any Undertow event into
+its model through one discriminated union. Subscribers in other languages get
+the same contract as JSON Schemas in ``schemas/`` (regenerate them with
+``python -m worker.runtime.output_events schemas``; a test fails when they
+disagree with these models).
+
+>>> alert = DataDriftAlert(id="1", subject="housing", time="2026-11-01T00:00:00.000Z", data=DataDrift(
+...     model_id="housing", model_version="3", severity="significant", episode="started", feature="MedInc",
+...     psi=0.41, ks_statistic=0.22, ks_pvalue=1e-9, chi2_statistic=None, chi2_pvalue=None, missing_share=0.0,
+...     window=Window(index=17, start_ts="2026-11-01T00:00:00.000Z", end_ts="2026-11-01T00:10:00.000Z", n=1000)))
+>>> parse_event(encode(alert)) == alert
+True
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from storage.errors import InvalidEvent
+
+CONTENT_TYPE = "application/cloudevents+json"
+HEADERS = [("content-type", CONTENT_TYPE.encode())]
+MONITOR_SOURCE = "/undertow/monitor"
+
+Severity = Literal["stable", "moderate", "significant"]
+Episode = Literal["started", "changed", "ended"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Window(_Frozen):
+    index: int
+    start_ts: str = Field(description="RFC 3339, UTC")
+    end_ts: str = Field(description="RFC 3339, UTC")
+    n: int = Field(description="rows in the window")
+
+
+class _DriftData(_Frozen):
+    model_id: str
+    model_version: str
+    severity: Severity
+    episode: Episode
+
+
+class DataDrift(_DriftData):
+    feature: str = Field(description="feature name, or __prediction__ for the model's output")
+    psi: float
+    ks_statistic: float | None = Field(description="numeric features only")
+    ks_pvalue: float | None
+    chi2_statistic: float | None = Field(description="categorical features only")
+    chi2_pvalue: float | None
+    missing_share: float
+    window: Window
+
+
+class DatasetDrift(_DriftData):
+    drifted_share: float = Field(description="share of input features at moderate or significant")
+    drifted_features: list[str]
+    threshold: float
+    window: Window
+
+
+class Baseline(_Frozen):
+    mean: float
+    sd: float
+
+
+class ConceptDrift(_DriftData):
+    detector: Literal["page_hinkley", "cusum", "rolling_mean"]
+    metric: Literal["absolute_error", "misclassification"]
+    value: float
+    threshold: float | None
+    unit: Literal["baseline_sd"]
+    baseline: Baseline = Field(description="validation error of the version at registration")
+    recent_mean_error: float | None
+    detected_at: str = Field(description="event time of the label that fired, RFC 3339")
+    label_count: int
+
+
+class RollingData(_Frozen):
+    kind: Literal["rolling"] = "rolling"
+    max_pairs: int = Field(description="train on at most the newest labelled pairs")
+
+
+class AllData(_Frozen):
+    kind: Literal["all"] = "all"
+
+
+DataPolicy = Annotated[RollingData | AllData, Field(discriminator="kind")]
+
+
+class RetrainRequest(_Frozen):
+    request_id: str
+    model_id: str
+    model_version: str
+    reason: str
+    alert_ids: list[str]
+    data_policy: DataPolicy
+
+
+class _CloudEvent(_Frozen):
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(description="deterministic: a re-published event is a duplicate by (source, id)")
+    source: str = MONITOR_SOURCE
+    subject: str = Field(description="the model id")
+    time: str = Field(description="event time, RFC 3339, UTC")
+    datacontenttype: Literal["application/json"] = "application/json"
+
+
+class DataDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.data"] = "undertow.drift.data"
+    data: DataDrift
+
+
+class DatasetDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.dataset"] = "undertow.drift.dataset"
+    data: DatasetDrift
+
+
+class ConceptDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.concept"] = "undertow.drift.concept"
+    data: ConceptDrift
+
+
+class RetrainRequested(_CloudEvent):
+    type: Literal["undertow.retrain.requested"] = "undertow.retrain.requested"
+    data: RetrainRequest
+
+
+Alert = DataDriftAlert | DatasetDriftAlert | ConceptDriftAlert
+UndertowEvent = Annotated[Union[DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested],
+                          Field(discriminator="type")]
+_EVENT = TypeAdapter(UndertowEvent)
+EVENT_TYPES = (DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested)
+
+
+def encode(event: _CloudEvent) -> bytes:
+    """Compact JSON with sorted keys: the same event always gives the same bytes."""
+    return json.dumps(event.model_dump(mode="json"), separators=(",", ":"), sort_keys=True,
+                      allow_nan=False).encode()
+
+
+def parse_event(value: bytes | str) -> UndertowEvent:
+    """Any Undertow CloudEvent into its model; InvalidEvent says what does not fit."""
+    try:
+        return _EVENT.validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "event"
+        raise InvalidEvent(f"not an Undertow event: {where}: {first['msg']}") from None
+
+
+def json_schemas() -> dict[str, dict]:
+    """File name → JSON Schema: one per event type, and the union of all."""
+    schemas = {f"{model.model_fields['type'].default}.json": model.model_json_schema() for model in EVENT_TYPES}
+    schemas["undertow.event.json"] = _EVENT.json_schema()
+    return schemas
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = directory / name
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas")):
+        print(path)
