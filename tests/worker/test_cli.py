@@ -87,7 +87,8 @@ def test_status_answers_quickly_and_quietly_with_the_broker_down(tmp_path):
                 f"127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 15  # ~3 s probe plus interpreter start-up
     assert done.returncode == 0, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "lag unknown" in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "broker unreachable" in line and "lag unknown" in line
     assert "models:" in done.stdout
 
 
@@ -153,3 +154,34 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_drift_rule_flags_come_from_the_configuration_model():
+    from models.drift.config import DriftConfig
+    from worker.cli import build_parser
+    from worker.cli.drift_flags import drift_config_from
+    args = build_parser().parse_args([
+        "models", "register", "--model-id", "m", "--reference", "r.csv", "--window-size", "500",
+        "--no-retrain-on-data-drift", "--retrain-data-policy", "all", "--psi-significant", "0.3"])
+    config = drift_config_from(args)
+    assert config == DriftConfig(window_size=500, retrain_on_data_drift=False, retrain_data_policy="all",
+                                 psi_significant=0.3)
+    register = _cli("models", "register", "--help").stdout
+    for name, field in DriftConfig.model_fields.items():  # every rule has its flag and help
+        flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
+        assert flag in register and field.description.split()[0] in register
+    bad = _cli("models", "register", "--model-id", "m", "--reference", "r.csv", "--psi-moderate", "0.5")
+    assert (bad.returncode, bad.stderr.strip()) == (2, "undertow: error: psi_significant must be at least psi_moderate")
+    small = _cli("models", "register", "--model-id", "m", "--reference", "r.csv", "--window-size", "5")
+    assert small.stderr.strip() == "undertow: error: --window-size: Input should be greater than or equal to 50"
+    choice = _cli("models", "register", "--model-id", "m", "--reference", "r.csv", "--retrain-data-policy", "x")
+    assert choice.returncode == 2 and "invalid choice: 'x'" in choice.stderr
+
+
+def test_a_normal_exit_prints_no_client_errors(env):
+    from worker.dev.sample import SampleStream
+    env.send_events(SampleStream(seed=42).events(200))
+    done = _cli("monitor", "--until-idle", "2", *env.cli_args(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "every input partition is consumed: exiting" in done.stderr
+    assert [line for line in done.stderr.splitlines() if " ERROR " in line or "Traceback" in line] == []

@@ -118,8 +118,8 @@ class _FailOn:
     def apply(self, session, batch) -> None:
         for _, event in batch.events:
             if isinstance(event, PredictionEvent) and event.event_id == self.integrity_error_on:
-                insert = text("INSERT INTO schema_version (version, description, applied_at) VALUES (1, 'x', 0)")
-                session.execute(insert)  # version 1 exists: a primary-key violation
+                insert = text("INSERT INTO alembic_version (version_num) SELECT version_num FROM alembic_version")
+                session.execute(insert)  # the revision is there already: a primary-key violation
             if isinstance(event, LabelEvent) and event.event_id == self.value_error_on:
                 raise ValueError("this stage cannot handle the event")
 

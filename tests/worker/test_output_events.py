@@ -7,7 +7,11 @@ from pydantic import ValidationError
 
 from storage.errors import InvalidEvent
 from worker.runtime import output_events
-from worker.runtime.output_events import ConceptDriftAlert, RetrainRequested, parse_event
+from worker.runtime.output_events import (
+    ConceptDriftAlert,
+    RetrainRequested,
+    parse_event,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden_monitor.json"

@@ -23,7 +23,14 @@ from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
 from worker.runtime.events import PredictionEvent
-from worker.runtime.output_events import Alert, DataDrift, DataDriftAlert, DatasetDrift, DatasetDriftAlert, Window
+from worker.runtime.output_events import (
+    Alert,
+    DataDrift,
+    DataDriftAlert,
+    DatasetDrift,
+    DatasetDriftAlert,
+    Window,
+)
 
 log = logging.getLogger(__name__)
 

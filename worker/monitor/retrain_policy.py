@@ -10,7 +10,13 @@ from models.drift.config import DriftConfig
 from storage import repo
 from storage.tables import RetrainRequest as RetrainRequestRow
 from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import Alert, AllData, RetrainRequest, RetrainRequested, RollingData
+from worker.runtime.output_events import (
+    Alert,
+    AllData,
+    RetrainRequest,
+    RetrainRequested,
+    RollingData,
+)
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import Cancelled, KafkaError, KafkaTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_MAX_VALUE = 512 * 1024
 FETCH_MAX_WAIT_MS = 100
 METADATA_MAX_AGE_MS = 10_000
+
+
+class _CancelledOnClose(logging.Filter):
+    """kafka-python 3 logs a metadata refresh that a closing client cancels at ERROR; it is a normal close."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Metadata refresh: failed %s" and record.args
+                    and isinstance(record.args[0], Cancelled))
+
+
+logging.getLogger("kafka.cluster").addFilter(_CancelledOnClose())
 
 
 class TransientError(UndertowError):

@@ -1,0 +1,34 @@
+"""``undertow alerts``: the drift alerts the monitor published, newest first."""
+from __future__ import annotations
+
+import json
+
+from storage import repo
+from worker.cli.common import add_connection_flags, open_sessions, settings_from
+
+
+def cmd_alerts(args) -> int:
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        events = [json.loads(a.cloudevent) for a in repo.alerts(session, args.model_id, args.limit)]
+    engine.dispose()
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        d = e["data"]
+        subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")
+        numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", "value")
+                            if isinstance(d.get(k), (int, float)))
+        print(f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
+              f"{d['severity']} ({d['episode']})  {numbers}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("alerts", help="list drift alerts, newest first")
+    add_connection_flags(p)
+    p.add_argument("--model-id")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alerts)

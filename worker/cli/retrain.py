@@ -1,0 +1,48 @@
+"""``undertow retrain``: the retrain requests, and closing one by hand."""
+from __future__ import annotations
+
+import json
+
+from storage import repo
+from storage.errors import NotFound
+from worker.cli.common import add_connection_flags, open_sessions, settings_from
+
+
+def cmd_retrain_list(args) -> int:
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        rows = [json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome}
+                for r in repo.retrain_requests(session, args.model_id)]
+    engine.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for r in [] if args.json else rows:
+        d = r["data"]
+        print(f"{r['time']}  {d['request_id']}  {d['model_id']}@{d['model_version']}  {r['status']}  "
+              f"{d['reason']}  policy={d['data_policy']}  alerts={','.join(d['alert_ids'])}")
+    return 0
+
+
+def cmd_retrain_close(args) -> int:
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        if repo.close_retrain_request(session, args.request_id, args.outcome) is None:
+            raise NotFound(f"no retrain request {args.request_id!r}")
+    engine.dispose()
+    print(f"closed {args.request_id}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("retrain", help="retrain requests")
+    retrain_sub = p.add_subparsers(dest="retrain_command", required=True)
+    p = retrain_sub.add_parser("list", help="retrain requests, oldest first")
+    add_connection_flags(p)
+    p.add_argument("--model-id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrain_list)
+    p = retrain_sub.add_parser("close", help="close an open request (the trainer does this after it ran)")
+    add_connection_flags(p)
+    p.add_argument("--request-id", required=True)
+    p.add_argument("--outcome", default="closed by operator")
+    p.set_defaults(func=cmd_retrain_close)

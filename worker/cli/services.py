@@ -1,0 +1,67 @@
+"""Commands that run something: the embedded broker, topic creation, the monitor."""
+from __future__ import annotations
+
+import logging
+
+from worker.cli.common import add_connection_flags, install_stop_handlers, settings_from
+from worker.runtime.settings import MonitorSettings
+
+log = logging.getLogger("undertow")
+
+
+def cmd_broker(args) -> int:
+    import threading
+
+    from worker.dev.broker import EmbeddedBroker
+    stopping = threading.Event()
+    install_stop_handlers(stopping.set)
+    with EmbeddedBroker(args.host, args.port) as broker:
+        print(f"bootstrap servers: {broker.bootstrap_servers}", flush=True)
+        while not stopping.wait(0.2):
+            code = broker.poll()
+            if code is not None:
+                log.error("broker exited with %s", code)
+                return 1
+    return 0
+
+
+def cmd_topics_create(args) -> int:
+    from worker.runtime.topics import Topics, ensure_topics
+    from worker.runtime.transport import make_admin
+    settings = settings_from(args)
+    admin = make_admin(settings)
+    try:
+        counts = ensure_topics(admin, Topics(settings.topic_prefix), args.partitions)
+    finally:
+        admin.close()
+    for name, n in sorted(counts.items()):
+        print(f"{name}\t{n} partitions")
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from worker.monitor.service import Monitor
+    monitor = Monitor(settings_from(args, MonitorSettings), partitions=args.partitions)
+    install_stop_handlers(monitor.request_stop)
+    return monitor.run(until_idle=args.until_idle)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="manage topics")
+    topics_sub = p.add_subparsers(dest="topics_command", required=True)
+    p = topics_sub.add_parser("create", help="create the topics (idempotent)")
+    add_connection_flags(p)
+    p.add_argument("--partitions", type=int, default=3)
+    p.set_defaults(func=cmd_topics_create)
+
+    p = sub.add_parser("monitor", help="run the drift monitor")
+    add_connection_flags(p)
+    p.add_argument("--until-idle", type=float, metavar="SECONDS",
+                   help="exit once the input topics have given nothing for this long")
+    p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")
+    p.set_defaults(func=cmd_monitor)

@@ -1,0 +1,137 @@
+"""``undertow status``: what the monitor has done, read from the database, beside the broker's log ends."""
+from __future__ import annotations
+
+import json
+import logging
+
+from storage import repo
+from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+
+log = logging.getLogger("undertow")
+
+
+def collect_status(settings) -> dict:
+    engine, sessions = open_sessions(settings, must_exist=True)
+    with sessions.begin() as session:
+        models = [{"model_id": m.model_id, "predictions": m.predictions, "labels": m.labels,
+                   "duplicates": m.duplicates, "first_event_ts": iso(m.first_event_ts),
+                   "last_event_ts": iso(m.last_event_ts)} for m in repo.model_stats(session)]
+        offsets = {(o.group_id, o.topic, o.partition): {
+            "group_id": o.group_id, "topic": o.topic, "partition": o.partition, "stored_offset": o.next_offset,
+            "end_offset": None, "lag": None, "gaps": 0, "last_gap": None} for o in repo.all_offsets(session)}
+        for gap in repo.partition_gaps(session):
+            row = offsets.get((gap.group_id, gap.topic, gap.partition))
+            if row is not None:
+                row["gaps"] += 1
+                row["last_gap"] = {"kind": gap.kind, "detail": gap.detail, "detected_at": iso(gap.detected_at)}
+        dead = [{"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
+                for d in repo.dead_letter_stats(session)]
+        windows: dict[tuple[str, str], dict] = {}
+        for r in repo.latest_window_results(session):
+            w = windows.setdefault((r.model_id, r.version), {
+                "model_id": r.model_id, "version": r.version, "window_index": r.window_index,
+                "start_ts": iso(r.start_ts), "end_ts": iso(r.end_ts), "n": r.n, "features": {}})
+            w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
+                                        "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
+                                        "severity": r.severity}
+        joins = [{"model_id": j.model_id, "pending_predictions": j.pending_predictions,
+                  "pending_labels": j.pending_labels, "joined": j.joined,
+                  "expired_predictions": j.expired_predictions, "expired_labels": j.expired_labels,
+                  "evicted_predictions": j.evicted_predictions, "evicted_labels": j.evicted_labels}
+                 for j in repo.all_join_stats(session)]
+        concept = [{"model_id": c.model_id, "version": c.version, "labels": c.labels,
+                    "mean_error": c.error_sum / c.labels if c.labels else None, "in_episode": c.in_episode,
+                    "episodes": c.episodes, "silenced_alarms": c.silenced_alarms}
+                   for c in repo.all_concept_states(session)]
+        requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
+                     "status": r.status, "requested_at": iso(r.created_ts)}
+                    for r in repo.retrain_requests(session) if r.status == "open"]
+    engine.dispose()
+    partitions, reachable = _with_log_ends(settings, offsets)
+    return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
+            "concept": concept, "open_retrain_requests": requests, "partitions": partitions, "dead_letters": dead,
+            "broker_reachable": reachable}
+
+
+BROKER_PROBE_TIMEOUT_S = 3.0
+
+
+def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
+    """Stored offsets beside the log ends, plus every input partition the monitor never stored.
+
+    With the broker down this answers within about BROKER_PROBE_TIMEOUT_S,
+    lag unknown, and says so in one line.
+    """
+    from worker.runtime.topics import Topics
+    from worker.runtime.transport import TransientError, log_end_offsets
+    topics = Topics(settings.topic_prefix)
+    group = settings.group_for("monitor")
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # the client logs every failed connection attempt
+    try:
+        ends = log_end_offsets(settings, [(o["topic"], o["partition"]) for o in offsets.values()],
+                               timeout_s=BROKER_PROBE_TIMEOUT_S, topics=[topics.predictions, topics.labels])
+        reachable = True
+    except TransientError as exc:
+        log.warning("broker unreachable at %s: log ends and lag unknown (%s)", settings.kafka_bootstrap_servers, exc)
+        ends, reachable = {}, False
+    finally:
+        kafka_log.setLevel(level)
+    for topic, partition in ends:
+        if topic in (topics.predictions, topics.labels) and (group, topic, partition) not in offsets:
+            offsets[(group, topic, partition)] = {
+                "group_id": group, "topic": topic, "partition": partition, "stored_offset": None,
+                "end_offset": None, "lag": None, "gaps": 0, "last_gap": None}
+    for o in offsets.values():
+        end = ends.get((o["topic"], o["partition"]))
+        if end is not None:
+            o["end_offset"] = end
+            stored = o["stored_offset"] or 0
+            # A stored offset beyond the end: the log started again; the monitor moves to its start.
+            o["lag"] = end - stored if end >= stored else None
+            o["beyond_log_end"] = end < stored
+    return sorted(offsets.values(), key=lambda o: (o["group_id"], o["topic"], o["partition"])), reachable
+
+
+def cmd_status(args) -> int:
+    status = collect_status(settings_from(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print("models:")
+    for m in status["models"] or [{"model_id": "(none yet)"}]:
+        print("  " + "  ".join(f"{k}={v}" for k, v in m.items()))
+    for w in status["last_windows"]:
+        print(f"last window of {w['model_id']}@{w['version']}: #{w['window_index']} n={w['n']} "
+              f"{w['start_ts']} .. {w['end_ts']}")
+        for name, f in w["features"].items():
+            ks = "" if f["ks_statistic"] is None else f"  ks={f['ks_statistic']:.3f} (p={f['ks_pvalue']:.2g})"
+            print(f"    {name:<20} psi={f['psi']:.3f}{ks}  missing={f['missing_share']:.2%}  {f['severity']}")
+    for j in status["label_join"]:
+        print(f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
+              f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
+              f"evicted={j['evicted_predictions']}/{j['evicted_labels']}")
+    for c in status["concept"]:
+        mean = "-" if c["mean_error"] is None else f"{c['mean_error']:.4g}"
+        print(f"concept drift of {c['model_id']}@{c['version']}: labels={c['labels']} mean error={mean} "
+              f"{'IN EPISODE' if c['in_episode'] else 'stable'} episodes={c['episodes']}")
+    for r in status["open_retrain_requests"]:
+        print(f"open retrain request {r['request_id']} for {r['model_id']}@{r['version']} since {r['requested_at']}")
+    print("partitions:")
+    for o in status["partitions"]:
+        lag = "?" if o["lag"] is None else o["lag"]
+        note = "  (stored offset beyond the log end: the log started again)" if o.get("beyond_log_end") else ""
+        gaps = f"  gaps={o['gaps']} (last: {o['last_gap']['detail']})" if o["gaps"] else ""
+        print(f"  {o['topic']}[{o['partition']}]  stored={o['stored_offset']}  end={o['end_offset']}  "
+              f"lag={lag}{note}{gaps}")
+    for d in status["dead_letters"]:
+        print(f"dead letters from {d['source_topic']}: {d['count']} (last: {d['last_error']})")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("status", help="per model counts, per partition offsets and lag")
+    add_connection_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
