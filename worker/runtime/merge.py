@@ -87,6 +87,7 @@ class CoPartitionMerger:
         self.max_buffered = max_buffered
         self._buffers: dict[tuple[str, int], deque] = {}
         self._waiting_since: dict[int, float] = {}
+        self._released_unmerged: set[int] = set()
         self._next_fetch: dict[tuple[str, int], int] = {}
 
     def add(self, records_by_tp) -> None:
@@ -108,6 +109,7 @@ class CoPartitionMerger:
     def clear(self) -> None:
         self._buffers.clear()
         self._waiting_since.clear()
+        self._released_unmerged.clear()
         self._next_fetch.clear()
 
     def buffered(self, key: tuple[str, int]) -> int:
@@ -129,16 +131,23 @@ class CoPartitionMerger:
             while len(released) < limit and (a or b):
                 if a and b:
                     take_a = (a[0].timestamp, 0, a[0].offset) <= (b[0].timestamp, 1, b[0].offset)
+                    self._waiting_since.pop(number, None)
                 else:
                     other = (second, number) if a else (first, number)
-                    if not caught_up(other):
+                    if caught_up(other):
+                        self._waiting_since.pop(number, None)
+                    else:
+                        # The wait ends for everything buffered now, not for one record at a time.
                         since = self._waiting_since.setdefault(number, now)
                         if now - since < self.max_wait_s and len(a) + len(b) < self.max_buffered:
                             break
-                        log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
-                                 "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
+                        if number not in self._released_unmerged:
+                            self._released_unmerged.add(number)
+                            log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
+                                     "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
                     take_a = bool(a)
-                self._waiting_since.pop(number, None)
+                if number not in self._waiting_since:
+                    self._released_unmerged.discard(number)
                 source = a if take_a else b
                 released.append(source.popleft())
         return released

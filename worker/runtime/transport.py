@@ -136,20 +136,25 @@ class OutboxRelay:
                         for m in repo.pending_outbox(session, self._chunk)]
             if not rows:
                 return published
-            futures = [(row_id, self._producer.send(topic, key=key, value=value, headers=headers))
-                       for row_id, topic, key, value, headers in rows]
+            futures, failed = [], None
+            for row_id, topic, key, value, headers in rows:
+                try:  # send() raises some errors itself (a record too large, metadata timeout)
+                    futures.append((row_id, self._producer.send(topic, key=key, value=value, headers=headers)))
+                except KafkaError as exc:
+                    failed = f"outbox row {row_id} to {topic}: {exc}"
             self._producer.flush()
-            acked, failed = [], None
+            acked = []
             for row_id, future in futures:
                 try:
                     future.get(timeout=0)
                     acked.append(row_id)
                 except KafkaError as exc:
-                    failed = exc
+                    failed = f"outbox row {row_id}: {exc}"
             with self._sessions.begin() as session:
                 repo.delete_outbox(session, acked)
             published += len(acked)
             if failed is not None:
+                # What was acknowledged is gone from the outbox; the rest stays for the next attempt.
                 raise TransientError(f"outbox publish failed: {failed}")
 
 

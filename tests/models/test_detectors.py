@@ -1,0 +1,54 @@
+"""Our Page-Hinkley against river's, step for step, on the same streams: the reference it is tested against."""
+import json
+
+import numpy as np
+import pytest
+from river.drift import PageHinkley as RiverPageHinkley
+
+from models.drift.detectors import PageHinkley
+
+
+def _streams():
+    rng = np.random.default_rng(11)
+    yield "stationary", rng.normal(size=20_000)
+    yield "abrupt", np.r_[rng.normal(size=5000), rng.normal(1.5, size=5000)]
+    yield "gradual", rng.normal(size=20_000) + np.clip(np.arange(20_000) - 8000, 0, None) / 6000
+    yield "skewed", np.abs(rng.standard_t(3, size=20_000)) - 1.0
+    yield "recurring", rng.normal(size=20_000) + 2.0 * ((np.arange(20_000) // 2500) % 2)
+
+
+@pytest.mark.parametrize("delta, threshold, min_instances", [(0.25, 50.0, 30), (0.05, 10.0, 5), (0.0, 3.0, 30)])
+def test_page_hinkley_alarms_where_river_does(delta, threshold, min_instances):
+    alarms = 0
+    for name, stream in _streams():
+        ours = PageHinkley(delta=delta, threshold=threshold, min_instances=min_instances)
+        river = RiverPageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, alpha=1.0, mode="up")
+        for i, z in enumerate(stream):
+            ours.update(float(z))
+            river.update(float(z))
+            assert ours.drift_detected == river.drift_detected, (name, i)
+            alarms += ours.drift_detected
+    assert alarms >= 3  # the comparison covered alarms and the restarts after them, not only quiet streams
+
+
+def test_page_hinkley_finds_the_abrupt_change_and_its_state_survives_json():
+    rng = np.random.default_rng(3)
+    stream = np.r_[rng.normal(size=4000), rng.normal(2.0, size=2000)]
+    first, alarms = PageHinkley(), []
+    for z in stream[:3000]:
+        first.update(float(z))
+    second = PageHinkley().load(json.loads(json.dumps(first.state())))
+    for i, z in enumerate(stream[3000:], start=3000):
+        first.update(float(z))
+        second.update(float(z))
+        assert first.state() == second.state()
+        if second.drift_detected:
+            alarms.append(i)
+    assert alarms and 4000 <= alarms[0] < 4100
+
+
+def test_page_hinkley_rejects_parameters_that_cannot_work():
+    with pytest.raises(ValueError, match="threshold > 0"):
+        PageHinkley(threshold=0)
+    with pytest.raises(ValueError, match="delta >= 0"):
+        PageHinkley(delta=-1)

@@ -1,0 +1,92 @@
+"""The monitor's rules on their own, against a real database: the retrain cooldown and the join's bounds."""
+import json
+
+import pytest
+from sqlalchemy import select
+
+from models.drift.config import DriftConfig
+from storage import db, repo
+from storage.tables import OutboxMessage, PendingEvent
+from worker.monitor.concept import ConceptStage
+from worker.monitor.retrain_policy import RetrainPolicy
+from worker.runtime import cloudevents
+from worker.runtime.batch import Batch, Position
+from worker.runtime.events import parse_label, parse_prediction
+from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
+
+pytestmark = pytest.mark.postgres
+T0 = 1_800_000_000.0
+
+
+def _alert(at: float, n: int) -> ConceptDriftAlert:
+    return ConceptDriftAlert(id=f"alert-{n}", subject="m", time=cloudevents.rfc3339(at), data=ConceptDrift(
+        model_id="m", model_version="1", severity="significant", episode="started", detector="cusum",
+        metric="absolute_error", value=9.0, threshold=5.0, unit="baseline_sd", baseline=Baseline(mean=1, sd=1),
+        recent_mean_error=2.0, detected_at=cloudevents.rfc3339(at), label_count=n))
+
+
+def test_retrain_requests_wait_for_the_open_one_and_for_the_cooldown(engine):
+    sessions = db.make_session_factory(engine)
+    policy, config = RetrainPolicy("retrain"), DriftConfig(retrain_cooldown_seconds=3600)
+    with sessions.begin() as session:
+        first = policy.consider(session, _alert(T0, 1), config, reason="concept drift")
+        assert first is not None
+        assert policy.consider(session, _alert(T0 + 7200, 2), config, reason="concept drift") is None  # still open
+        repo.close_retrain_request(session, first, "retrained")
+        assert policy.consider(session, _alert(T0 + 3599, 3), config, reason="concept drift") is None  # cooldown
+        second = policy.consider(session, _alert(T0 + 3600, 4), config, reason="concept drift")
+        assert second not in (None, first)
+    with sessions() as session:
+        sent = [json.loads(m.value) for m in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+    assert [e["data"]["alert_ids"] for e in sent] == [["alert-1"], ["alert-4"]]
+    assert [e["data"]["data_policy"] for e in sent] == [{"kind": "rolling", "max_pairs": 50_000}] * 2
+
+
+def _prediction(n: int, at: float):
+    raw = {"event_id": f"e{n}", "model_id": "m", "ts": cloudevents.rfc3339(at), "features": {"x": 1.0},
+           "prediction": 1.0}
+    return parse_prediction(json.dumps(raw).encode(), 4096)
+
+
+def _label(n: int, at: float):
+    raw = {"event_id": f"e{n}", "model_id": "m", "ts": cloudevents.rfc3339(at), "label": 2.0}
+    return parse_label(json.dumps(raw).encode(), 4096)
+
+
+def _apply(sessions, stage, events) -> None:
+    batch = Batch(events=[(Position("t", 0, i), e) for i, e in enumerate(events)])
+    with sessions.begin() as session:
+        stage.apply(session, batch)
+
+
+def _join(sessions) -> tuple[dict, set]:
+    with sessions() as session:
+        stats = repo.join_stats(session, "m")
+        numbers = {k: getattr(stats, k) for k in ("pending_predictions", "pending_labels", "joined",
+                                                   "expired_predictions", "expired_labels", "evicted_predictions")}
+        waiting = {(p.kind, p.event_id) for p in session.scalars(select(PendingEvent))}
+    return numbers, waiting
+
+
+def test_the_join_evicts_the_oldest_beyond_its_cap_and_expires_by_event_time(engine):
+    sessions = db.make_session_factory(engine)
+    stage = ConceptStage("alerts", RetrainPolicy("retrain"), join_ttl_seconds=100, join_max_pending=5,
+                         pairs_retention=1000)
+    _apply(sessions, stage, [_prediction(n, T0 + n) for n in range(8)])
+    numbers, waiting = _join(sessions)
+    assert numbers["pending_predictions"] == 5 and numbers["evicted_predictions"] == 3
+    assert waiting == {("prediction", f"e{n}") for n in range(3, 8)}  # the oldest three went
+
+    _apply(sessions, stage, [_label(1, T0 + 20), _label(6, T0 + 21)])  # e1 was evicted: its label waits
+    numbers, waiting = _join(sessions)
+    assert numbers["joined"] == 1 and numbers["pending_labels"] == 1 and ("label", "e1") in waiting
+    assert ("prediction", "e6") not in waiting
+
+    _apply(sessions, stage, [_prediction(100, T0 + 110)])  # the watermark passes T0 + 10 + ttl
+    numbers, waiting = _join(sessions)
+    assert waiting == {("label", "e1"), ("prediction", "e100")}  # T0 + 20 is still within the ttl
+    assert numbers["expired_predictions"] == 4 and numbers["pending_predictions"] == 1
+    _apply(sessions, stage, [_prediction(101, T0 + 121)])
+    numbers, waiting = _join(sessions)
+    assert numbers["expired_labels"] == 1 and numbers["pending_labels"] == 0
+    assert waiting == {("prediction", "e100"), ("prediction", "e101")}
