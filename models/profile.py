@@ -101,6 +101,15 @@ def _numeric(values: list) -> bool:
     return True
 
 
+def feature_kinds(columns: dict[str, list]) -> dict[str, str]:
+    """Each column's kind as profiles give it: ``numeric`` or ``categorical``.
+
+    >>> feature_kinds({"x": [1.0, None, 2], "c": ["a", 1.0]})
+    {'x': 'numeric', 'c': 'categorical'}
+    """
+    return {name: "numeric" if _numeric(values) else "categorical" for name, values in columns.items()}
+
+
 def build_profile(columns: dict[str, list]) -> ReferenceProfile:
     """Profile every column; numbers are numeric, anything else categorical.
 

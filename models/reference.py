@@ -17,6 +17,7 @@ from models.profile import (
 from models.registry import sha256_file
 
 ERROR_SAMPLE_SIZE = 5000
+TEST_SET_MAX_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Reference:
     data_sha256: str
     baseline_error: tuple[float, float] | None
     error_sample: list[float] | None = None  # sorted, at most ERROR_SAMPLE_SIZE
+    # Rows with their targets (and the model's predictions): the version's test set for the gate.
+    test_set: dict | None = None
 
 
 def errors(target: list, prediction: list) -> np.ndarray:
@@ -66,4 +69,12 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
         return Reference(build_profile(features), sha256_file(Path(path)), None)
     values = errors(columns[target], columns[prediction])
     return Reference(build_profile(features), sha256_file(Path(path)), (float(values.mean()), float(values.std())),
-                     error_sample(values))
+                     error_sample(values), _test_set(columns, target, prediction))
+
+
+def _test_set(columns: dict[str, list], target: str, prediction: str) -> dict:
+    names = [name for name in columns if name not in (target, prediction)]
+    keep = [i for i, (y, p) in enumerate(zip(columns[target], columns[prediction])) if y is not None and p is not None]
+    keep = [keep[i] for i in np.unique(np.linspace(0, len(keep) - 1, min(len(keep), TEST_SET_MAX_ROWS)).astype(int))]
+    return {"features": [{name: columns[name][i] for name in names} for i in keep],
+            "targets": [columns[target][i] for i in keep], "predictions": [columns[prediction][i] for i in keep]}

@@ -1,8 +1,15 @@
-"""The model registry: versions, champion alias, verified artifacts, drift rules.
+"""The model registry: versions and their stages, the champion and its history, verified artifacts.
+
+Stages: ``candidate`` (registered, not serving), ``champion`` (one per
+model), ``archived`` (was champion), ``rejected`` (failed the gate). Every
+change of champion appends to ``champion_history`` (which version, since
+when, who changed it, why), so "what was serving at time t" has an answer.
 
 Artifacts are copied into the artifact store under
-``<artifacts_dir>/<model_id>/<version>/`` and their SHA-256 recorded; an
-artifact whose bytes do not match is never loaded.
+``<artifacts_dir>/<model_id>/<version>/`` and their SHA-256 recorded in the
+same transaction; a file written by a transaction that rolls back is
+removed again, and an artifact whose bytes do not match the registry is
+never loaded. Functions here never commit: the caller owns the session.
 """
 from __future__ import annotations
 
@@ -14,14 +21,14 @@ import shutil
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from models.drift.config import DriftConfig
 from models.ids import check_id
 from models.profile import ReferenceProfile
 from storage.errors import ArtifactIntegrityError, NotFound, UndertowError
-from storage.tables import ModelVersion
+from storage.tables import ChampionChange, ModelVersion
 
 STAGES = ("candidate", "champion", "archived", "rejected")
 
@@ -56,7 +63,8 @@ def check_model_file(path: Path) -> None:
         raise RegistryError(f"--artifact {str(path)!r} holds a {type(model).__name__}, which has no predict()")
 
 
-def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: str) -> Path:
+def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: str,
+                   session: Session | None = None) -> Path:
     """Copy ``source`` to ``<artifacts_dir>/<model_id>/<version>/``; never overwrite, never leave it.
 
     The ids are checked against the id pattern, and the target must resolve
@@ -83,7 +91,29 @@ def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: st
         raise RegistryError(f"{target} was written concurrently; an artifact is never overwritten") from None
     finally:
         temporary.unlink(missing_ok=True)
+    if session is not None:
+        _remove_on_rollback(session, target)
     return target
+
+
+_WRITTEN = "undertow.artifacts_written"
+
+
+def _remove_on_rollback(session: Session, path: Path) -> None:
+    """The file belongs to the transaction: gone if it rolls back, kept once it commits."""
+    session.info.setdefault(_WRITTEN, []).append(path)
+    if not event.contains(session, "after_rollback", _discard_written):
+        event.listen(session, "after_rollback", _discard_written)
+        event.listen(session, "after_commit", _keep_written)
+
+
+def _discard_written(session: Session) -> None:
+    for path in session.info.pop(_WRITTEN, []):
+        Path(path).unlink(missing_ok=True)
+
+
+def _keep_written(session: Session) -> None:
+    session.info.pop(_WRITTEN, None)
 
 
 def _next_version(session: Session, model_id: str) -> str:
@@ -92,7 +122,7 @@ def _next_version(session: Session, model_id: str) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def _environment() -> dict:
+def environment() -> dict:
     import numpy
     import sklearn
     return {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
@@ -101,9 +131,10 @@ def _environment() -> dict:
 def register(session: Session, *, model_id: str, profile: ReferenceProfile, artifacts_dir: Path,
              version: str | None = None, artifact: Path | None = None, drift_config: DriftConfig | None = None,
              baseline_error: tuple[float, float] | None = None, error_sample: list[float] | None = None,
-             data_sha256: str | None = None,
-             card: dict | None = None, stage: str = "champion") -> ModelVersion:
-    """Add a model version; as champion, the previous champion is archived."""
+             data_sha256: str | None = None, card: dict | None = None, stage: str = "champion",
+             task: str | None = None, test_set: dict | None = None, run_id: str | None = None,
+             actor: str = "operator", reason: str = "registered", request_id: str | None = None) -> ModelVersion:
+    """Add a model version; as champion, the previous champion is archived and the history records it."""
     if stage not in STAGES:
         raise RegistryError(f"unknown stage {stage!r}")
     check_id(model_id, "--model-id")
@@ -113,33 +144,93 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
     artifact_path = artifact_sha = None
     if artifact is not None:
         check_model_file(artifact)
-        target = store_artifact(artifact, Path(artifacts_dir), model_id, version)
+        target = store_artifact(artifact, Path(artifacts_dir), model_id, version, session)
         artifact_path, artifact_sha = str(target), sha256_file(target)
-    if stage == "champion":
-        for previous in session.scalars(select(ModelVersion).where(
-                ModelVersion.model_id == model_id, ModelVersion.stage == "champion")):
-            previous.stage = "archived"
-    card = {
+    generated = {
         "model_details": {"model_id": model_id, "version": version, "registered_at": time.time(),
-                          "artifact_sha256": artifact_sha},
+                          "artifact_sha256": artifact_sha, "task": task},
         "training_data": {"rows": profile.rows, "sha256": data_sha256, "features": sorted(profile.features)},
         "evaluation": {"baseline_error_mean": baseline_error[0] if baseline_error else None,
                        "baseline_error_std": baseline_error[1] if baseline_error else None},
-        "environment": _environment(),
-        **(card or {}),
+        "environment": environment(),
     }
+    for key, value in (card or {}).items():  # the caller's sections extend the generated ones
+        generated[key] = generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) \
+            else value
     row = ModelVersion(
-        model_id=model_id, version=version, stage=stage, created_at=time.time(),
+        model_id=model_id, version=version, stage="candidate", created_at=time.time(),
         profile=profile.model_dump_json(), drift_config=(drift_config or DriftConfig()).model_dump_json(),
         feature_schema=json.dumps({name: f.kind for name, f in profile.features.items()}),
-        model_card=json.dumps(card, default=str), artifact_path=artifact_path, artifact_sha256=artifact_sha,
+        model_card=json.dumps(generated, default=str), artifact_path=artifact_path, artifact_sha256=artifact_sha,
         data_sha256=data_sha256,
         baseline_error_mean=baseline_error[0] if baseline_error else None,
         baseline_error_std=baseline_error[1] if baseline_error else None,
-        baseline_errors=json.dumps(error_sample) if error_sample else None)
+        baseline_errors=json.dumps(error_sample) if error_sample else None,
+        task=task, test_set=json.dumps(test_set) if test_set else None, run_id=run_id)
     session.add(row)
     session.flush()
+    if stage == "champion":
+        _make_champion(session, row, "registered", actor, reason, request_id, run_id)
+    else:
+        row.stage = stage
     return row
+
+
+def promote(session: Session, model_id: str, version: str, *, actor: str, reason: str,
+            request_id: str | None = None, run_id: str | None = None) -> ModelVersion:
+    """Make ``version`` the champion; the current one is archived."""
+    row = get_version(session, model_id, version)
+    if row.stage == "champion":
+        raise RegistryError(f"{model_id} version {version} is already the champion")
+    _make_champion(session, row, "promoted", actor, reason, request_id, run_id)
+    return row
+
+
+def rollback(session: Session, model_id: str, *, actor: str, reason: str) -> ModelVersion:
+    """Restore the champion before the current one (by the history), archiving the current one."""
+    changes = history(session, model_id)
+    if not changes:
+        raise NotFound(f"model {model_id!r} has no champion history")
+    previous = changes[-1].previous_version
+    if previous is None:
+        raise RegistryError(f"{model_id} version {changes[-1].version} was the first champion: "
+                            "there is nothing to roll back to")
+    row = get_version(session, model_id, previous)
+    _make_champion(session, row, "rolled_back", actor, reason, None, None)
+    return row
+
+
+def reject(session: Session, row: ModelVersion) -> None:
+    if row.stage == "champion":
+        raise RegistryError(f"{row.model_id} version {row.version} is the champion; it cannot be rejected")
+    row.stage = "rejected"
+
+
+def _make_champion(session: Session, row: ModelVersion, action: str, actor: str, reason: str,
+                   request_id: str | None, run_id: str | None) -> None:
+    current = session.scalars(select(ModelVersion).where(
+        ModelVersion.model_id == row.model_id, ModelVersion.stage == "champion").with_for_update()).all()
+    for previous in current:
+        previous.stage = "archived"
+    row.stage = "champion"
+    seq = session.scalar(select(func.coalesce(func.max(ChampionChange.seq), 0)).where(
+        ChampionChange.model_id == row.model_id)) + 1
+    session.add(ChampionChange(model_id=row.model_id, seq=seq, version=row.version,
+                               previous_version=current[0].version if current else None, changed_at=time.time(),
+                               action=action, actor=actor, reason=reason, request_id=request_id, run_id=run_id))
+    session.flush()
+
+
+def history(session: Session, model_id: str) -> list[ChampionChange]:
+    return list(session.scalars(select(ChampionChange).where(ChampionChange.model_id == model_id)
+                                .order_by(ChampionChange.seq)))
+
+
+def champion_at(session: Session, model_id: str, at: float) -> str | None:
+    """The version that was champion at time ``at`` (seconds since the epoch), by the history."""
+    return session.scalar(select(ChampionChange.version).where(
+        ChampionChange.model_id == model_id, ChampionChange.changed_at <= at).order_by(
+        ChampionChange.seq.desc()).limit(1))
 
 
 def champions(session: Session, model_ids: list[str]) -> dict[str, str]:
@@ -168,6 +259,8 @@ def load_artifact(row: ModelVersion):
     if not row.artifact_path:
         raise NotFound(f"model {row.model_id!r} version {row.version!r} has no artifact")
     path = Path(row.artifact_path)
+    if not path.is_file():
+        raise ArtifactIntegrityError(f"{path}: the artifact of {row.model_id} version {row.version} is missing")
     actual = sha256_file(path)
     if actual != row.artifact_sha256:
         raise ArtifactIntegrityError(

@@ -332,3 +332,26 @@ def close_retrain_request(session: Session, request_id: str, outcome: str) -> Re
     if request is not None:
         request.status, request.outcome = "closed", outcome
     return request
+
+
+def count_pairs(session: Session, model_id: str, predicted_from: float | None = None) -> int:
+    query = select(func.count()).select_from(LabelledPair).where(LabelledPair.model_id == model_id)
+    if predicted_from is not None:
+        query = query.where(LabelledPair.prediction_ts >= predicted_from)
+    return int(session.scalar(query))
+
+
+def newest_pairs(session: Session, model_id: str, limit: int | None,
+                 predicted_from: float | None = None) -> list[LabelledPair]:
+    """The newest labelled pairs by prediction time (at most ``limit``), oldest first."""
+    query = select(LabelledPair).where(LabelledPair.model_id == model_id)
+    if predicted_from is not None:
+        query = query.where(LabelledPair.prediction_ts >= predicted_from)
+    query = query.order_by(LabelledPair.prediction_ts.desc(), LabelledPair.seq.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return list(reversed(session.scalars(query).all()))
+
+
+def alert(session: Session, alert_id: str) -> Alert | None:
+    return session.get(Alert, alert_id)

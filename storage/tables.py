@@ -122,6 +122,10 @@ class ModelVersion(Base):
     baseline_error_std: Mapped[float | None] = mapped_column(Float)
     # Sorted sample of reference errors (JSON), to calibrate the detectors. Added in schema version 3.
     baseline_errors: Mapped[str | None] = mapped_column(Text)
+    task: Mapped[str | None] = mapped_column(String(20))  # regression | classification
+    # Held-out rows with their targets (JSON {"features": [...], "targets": [...]}): the version's own test set.
+    test_set: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))  # the training run that made it
 
     __table_args__ = (Index("ix_model_versions_stage", "model_id", "stage"),)
 
@@ -263,3 +267,48 @@ class RetrainRequest(Base):
     outcome: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_retrain_requests_model", "model_id", "status"),)
+
+
+class ChampionChange(Base):
+    """Append-only history of a model's champion: which version, since when, who changed it and why."""
+
+    __tablename__ = "champion_history"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(200))
+    previous_version: Mapped[str | None] = mapped_column(String(200))
+    changed_at: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(20))  # registered | promoted | rolled_back
+    actor: Mapped[str] = mapped_column(String(200))  # operator | trainer
+    reason: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class TrainingRun(Base):
+    """One training run: what caused it, the data, parameters, metrics, durations, the gate and the outcome."""
+
+    __tablename__ = "training_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)  # one run per retrain request
+    model_id: Mapped[str] = mapped_column(String(200))
+    champion_version: Mapped[str | None] = mapped_column(String(200))
+    candidate_version: Mapped[str | None] = mapped_column(String(200))
+    # accepted -> waiting (for data after the change) -> running -> promoted | rejected | gave_up | failed
+    status: Mapped[str] = mapped_column(String(20))
+    trigger: Mapped[str] = mapped_column(Text)         # JSON: reason, alert ids, change time, data policy
+    accepted_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    wait_until: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[str] = mapped_column(Text, default="{}")
+    metrics: Mapped[str] = mapped_column(Text, default="{}")
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    durations: Mapped[str] = mapped_column(Text, default="{}")
+    environment: Mapped[str] = mapped_column(Text, default="{}")
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_training_runs_status", "status"), Index("ix_training_runs_model", "model_id"))

@@ -114,6 +114,7 @@ class Env:
                                       max_in_flight_requests_per_connection=1)
         self.engine = db.make_engine(db_url)
         db.migrate(self.engine)
+        self.artifacts_dir = Path(tempfile.mkdtemp(prefix="artifacts-"))
 
     def create_topics(self, partitions: int = 3) -> None:
         admin = make_admin(self.settings)
@@ -135,17 +136,24 @@ class Env:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    def cli_args(self) -> list[str]:
-        return ["--bootstrap-servers", self.bootstrap, "--db-url", self.db_url,
-                "--topic-prefix", self.prefix, "--group-id", self.group_id]
+    def cli_args(self, group: str | None = None) -> list[str]:
+        return ["--bootstrap-servers", self.bootstrap, "--db-url", self.db_url, "--topic-prefix", self.prefix,
+                "--group-id", group or self.group_id, "--artifacts-dir", str(self.artifacts_dir)]
 
     def start_monitor(self, *extra: str, env: dict | None = None, db_url: str | None = None,
                       log_level: str = "WARNING") -> subprocess.Popen:
         """The monitor as the CLI runs it; its output goes to a file (``log_of``), never a pipe that could fill."""
-        args = self.cli_args() if db_url is None else [*self.cli_args(), "--db-url", db_url]
-        log_file = tempfile.NamedTemporaryFile(prefix="monitor-", suffix=".log", delete=False)
+        return self.start_service("monitor", *extra, env=env, db_url=db_url, log_level=log_level)
+
+    def start_trainer(self, *extra: str, env: dict | None = None, log_level: str = "INFO") -> subprocess.Popen:
+        return self.start_service("trainer", *extra, env=env, log_level=log_level, group=self.group_id + "-trainer")
+
+    def start_service(self, command: str, *extra: str, env: dict | None = None, db_url: str | None = None,
+                      log_level: str = "WARNING", group: str | None = None) -> subprocess.Popen:
+        args = self.cli_args(group) if db_url is None else [*self.cli_args(group), "--db-url", db_url]
+        log_file = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".log", delete=False)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", log_level, "monitor", *args, *extra],
+            [sys.executable, "-m", "worker.cli", "--log-level", log_level, command, *args, *extra],
             cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT)
         log_file.close()
         proc.log_path = log_file.name

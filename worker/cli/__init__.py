@@ -8,14 +8,14 @@ import sys
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from storage.errors import UndertowError
-from worker.cli import alerts, demo, models, retrain, services, status
+from worker.cli import alerts, demo, models, retrain, runs, services, status, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="undertow", description="Drift monitor for models in production.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (services, status, models, alerts, retrain, demo):
+    for group in (services, train, status, models, runs, alerts, retrain, demo):
         group.add_parsers(sub)
     return parser
 

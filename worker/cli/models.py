@@ -1,4 +1,4 @@
-"""``undertow models``: register a version with its reference profile and drift rules, list versions."""
+"""``undertow models``: register, list, show, promote, roll back, the champion history, model cards."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ def cmd_models_register(args) -> int:
             session, model_id=args.model_id, version=args.version, profile=reference.profile,
             artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
             drift_config=config, baseline_error=reference.baseline_error, error_sample=reference.error_sample,
-            data_sha256=reference.data_sha256,
+            data_sha256=reference.data_sha256, test_set=reference.test_set,
             card={"intended_use": {"description": args.description}} if args.description else None)
         summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage,
                    "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
@@ -55,6 +55,130 @@ def cmd_models_list(args) -> int:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     return 0
 
+def cmd_models_show(args) -> int:
+    from models import registry
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
+        shown = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": row.task,
+                 "registered_at": iso(row.created_at), "artifact_path": row.artifact_path,
+                 "artifact_sha256": row.artifact_sha256, "data_sha256": row.data_sha256, "run_id": row.run_id,
+                 "features": json.loads(row.feature_schema), "baseline_error_mean": row.baseline_error_mean,
+                 "baseline_error_std": row.baseline_error_std, "drift_config": json.loads(row.drift_config),
+                 "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0}
+    engine.dispose()
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _champion(session, model_id: str) -> str:
+    from models import registry
+    from storage.errors import NotFound
+    version = registry.champions(session, [model_id]).get(model_id)
+    if version is None:
+        raise NotFound(f"model {model_id!r} has no champion")
+    return version
+
+
+def _change(args, action: str) -> int:
+    """Promote or roll back in one transaction with the model event in the outbox; then try to publish it."""
+    from models import registry
+    from worker.runtime import cloudevents, output_events
+    from worker.runtime.output_events import ModelChange, ModelPromoted
+    from worker.runtime.signing import signed_headers
+    from worker.runtime.topics import Topics
+    settings = settings_from(args)
+    engine, sessions = open_sessions(settings, must_exist=True)
+    with sessions.begin() as session:
+        previous = _champion(session, args.model_id)
+        if action == "promoted":
+            row = registry.promote(session, args.model_id, args.version, actor="operator", reason=args.reason)
+        else:
+            row = registry.rollback(session, args.model_id, actor="operator", reason=args.reason)
+        (change,) = registry.history(session, args.model_id)[-1:]
+        event = ModelPromoted(
+            id=cloudevents.event_id(args.model_id, row.version, action, change.seq), subject=args.model_id,
+            time=cloudevents.rfc3339(change.changed_at), data=ModelChange(
+                model_id=args.model_id, model_version=row.version, previous_version=previous, action=action,
+                actor="operator", reason=args.reason, request_id=None, run_id=None, gate=None))
+        value = output_events.encode(event)
+        from storage import repo
+        repo.enqueue(session, Topics(settings.topic_prefix).models, args.model_id.encode(), value,
+                     signed_headers(output_events.HEADERS, value, settings.signing_key))
+    published = _try_publish(settings, sessions)
+    engine.dispose()
+    print(f"{args.model_id}: version {row.version} is champion ({action}; was {previous}); the event is "
+          + ("published" if published else "in the outbox: a running service publishes it"))
+    return 0
+
+
+def _try_publish(settings, sessions) -> bool:
+    import logging
+
+    from worker.runtime.transport import OutboxRelay, TransientError, make_producer
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # an unreachable broker is reported in one line below
+    try:
+        producer = make_producer(settings)
+    except TransientError:
+        return False
+    finally:
+        kafka_log.setLevel(level)
+    try:
+        OutboxRelay(sessions, producer).publish_pending()
+        return True
+    except TransientError:
+        return False
+    finally:
+        producer.close(timeout=5)
+
+
+def cmd_models_promote(args) -> int:
+    return _change(args, "promoted")
+
+
+def cmd_models_rollback(args) -> int:
+    return _change(args, "rolled_back")
+
+
+def cmd_models_history(args) -> int:
+    from models import registry
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        rows = [{"at": iso(c.changed_at), "version": c.version, "previous_version": c.previous_version,
+                 "action": c.action, "actor": c.actor, "reason": c.reason, "request_id": c.request_id,
+                 "run_id": c.run_id} for c in registry.history(session, args.model_id)]
+        at = None
+        if args.at:
+            from worker.runtime.cloudevents import epoch
+            at = registry.champion_at(session, args.model_id, epoch(args.at))
+    engine.dispose()
+    if args.at:
+        print(at if at is not None else f"no champion at {args.at}")
+        return 0 if at is not None else 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for r in [] if args.json else rows:
+        print(f"{r['at']}  {r['action']:<11} {r['version']:<6} (was {r['previous_version']})  by {r['actor']}: "
+              f"{r['reason']}" + (f"  [request {r['request_id']}, {r['run_id']}]" if r["request_id"] else ""))
+    return 0
+
+
+def cmd_models_card(args) -> int:
+    from models import registry
+    from models.card import markdown, model_card
+    from storage.tables import TrainingRun
+    engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    with sessions.begin() as session:
+        row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
+        run = session.get(TrainingRun, row.run_id) if row.run_id else None
+        card = model_card(row, run, registry.history(session, args.model_id))
+    engine.dispose()
+    print(json.dumps(card, indent=2, default=str) if args.format == "json" else markdown(card), end="")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("models", help="the model registry")
     models_sub = p.add_subparsers(dest="models_command", required=True)
@@ -75,3 +199,31 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_list)
+    p = models_sub.add_parser("show", help="one version (default: the champion)")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--version")
+    p.set_defaults(func=cmd_models_show)
+    p = models_sub.add_parser("promote", help="make a version the champion (recorded in the history)")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--reason", required=True, help="why, for the history")
+    p.set_defaults(func=cmd_models_promote)
+    p = models_sub.add_parser("rollback", help="restore the previous champion (recorded in the history)")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--reason", required=True, help="why, for the history")
+    p.set_defaults(func=cmd_models_rollback)
+    p = models_sub.add_parser("history", help="every change of champion: when, which version, who, why")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--at", help="only the version that was champion at this RFC 3339 time")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_history)
+    p = models_sub.add_parser("card", help="the model card of a version (default: the champion)")
+    add_connection_flags(p)
+    p.add_argument("model_id", metavar="MODEL_ID")
+    p.add_argument("--version")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    p.set_defaults(func=cmd_models_card)

@@ -73,3 +73,15 @@ def write_reference_csv(stream: SampleStream, path, n: int = 5000) -> None:
         writer.writerow([*stream.names, "region", "prediction", "target"])
         for i in range(n):
             writer.writerow([*(f"{v:.6f}" for v in x[i]), regions[i], f"{prediction[i]:.6f}", f"{label[i]:.6f}"])
+
+
+def write_training_csv(stream: SampleStream, path, n: int = 5000) -> None:
+    """Labelled training data for ``undertow train``: features, an event time and the target."""
+    import csv
+    x, regions, _, label = stream.rows(n)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*stream.names, "region", "ts", "target"])
+        for i in range(n):
+            ts = rfc3339(START - timedelta(seconds=n - i))
+            writer.writerow([*(f"{v:.6f}" for v in x[i]), regions[i], ts, f"{label[i]:.6f}"])

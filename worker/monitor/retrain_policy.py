@@ -17,6 +17,7 @@ from worker.runtime.output_events import (
     RetrainRequested,
     RollingData,
 )
+from worker.runtime.signing import signed_headers
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ class RetrainPolicy:
     through the outbox in the same transaction as the alert.
     """
 
-    def __init__(self, retrain_topic: str):
+    def __init__(self, retrain_topic: str, signing_key=None):
         self.retrain_topic = retrain_topic
+        self.signing_key = signing_key
 
     def consider(self, session: Session, alert: Alert, config: DriftConfig, reason: str) -> str | None:
         model_id, version = alert.data.model_id, alert.data.model_version
@@ -56,7 +58,8 @@ class RetrainPolicy:
         session.add(RetrainRequestRow(request_id=request_id, model_id=model_id, version=version, status="open",
                                       created_ts=trigger_ts, alert_ids=json.dumps([alert.id]),
                                       cloudevent=output_events.encode(event).decode()))
-        repo.enqueue(session, self.retrain_topic, model_id.encode(), output_events.encode(event),
-                     output_events.HEADERS)
+        value = output_events.encode(event)
+        repo.enqueue(session, self.retrain_topic, model_id.encode(), value,
+                     signed_headers(output_events.HEADERS, value, self.signing_key))
         log.info("%s: retrain requested (%s) after %s", model_id, request_id, reason)
         return request_id

@@ -10,6 +10,7 @@ from storage.errors import InvalidEvent
 from worker.monitor.concept import ConceptStage
 from worker.monitor.data_drift import DataDriftStage
 from worker.monitor.ingest import IngestStage
+from worker.monitor.model_events import ModelEventsStage
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime.events import (
     LabelEvent,
@@ -18,8 +19,10 @@ from worker.runtime.events import (
     parse_prediction,
 )
 from worker.runtime.merge import CoPartitionMerger
+from worker.runtime.output_events import ModelPromoted, ModelRejected, parse_event
 from worker.runtime.service import Service, ServiceRunner
 from worker.runtime.settings import MonitorSettings
+from worker.runtime.signing import verify
 from worker.runtime.topics import Topics, ensure_topics
 
 # Held-back records are bounded by what kafka-python has fetched ahead (up to
@@ -38,13 +41,20 @@ class EventParser:
     """
 
     def __init__(self, topics: Topics, max_event_bytes: int, max_clock_skew: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, signing_key=None):
         self.topics = topics
         self.max_event_bytes = max_event_bytes
         self.max_clock_skew = max_clock_skew
         self.clock = clock
+        self.signing_key = signing_key
 
-    def __call__(self, record) -> PredictionEvent | LabelEvent:
+    def __call__(self, record) -> PredictionEvent | LabelEvent | ModelPromoted | ModelRejected:
+        if record.topic == self.topics.models:
+            verify(record, self.signing_key)
+            event = parse_event(record.value or b"")
+            if not isinstance(event, (ModelPromoted, ModelRejected)):
+                raise InvalidEvent(f"{event.type} does not belong on {record.topic}")
+            return event
         parse = parse_prediction if record.topic == self.topics.predictions else parse_label
         event = parse(record.value, self.max_event_bytes)
         if record.key != event.model_id.encode():
@@ -63,16 +73,18 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
                     clock: Callable[[], float] = time.time) -> Service:
     """The monitor as a service of the shared runtime: its topics, parser and stages."""
     topics = Topics(settings.topic_prefix)
-    policy = RetrainPolicy(topics.retrain)
+    policy = RetrainPolicy(topics.retrain, settings.signing_key)
 
     def prepare(admin: KafkaAdminClient) -> None:
         ensure_topics(admin, topics, partitions)
 
     return Service(
         name="monitor",
-        topics=[topics.predictions, topics.labels],
-        parse=EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock),
+        topics=[topics.predictions, topics.labels, topics.models],
+        parse=EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock,
+                          settings.signing_key),
         stages=[
+            ModelEventsStage(),
             IngestStage(settings.duplicate_horizon),
             DataDriftStage(topics.alerts, policy),
             ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,

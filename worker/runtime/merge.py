@@ -77,7 +77,8 @@ class CoPartitionMerger:
     last reported); after ``max_wait_s``, or once ``max_buffered`` records of
     the partition wait, it is released anyway, in arrival order (logged).
     Records that are not released are not committed: a crash re-reads them.
-    (Partitions are never paused to hold data back: pausing made Tansu stop
+    Records of any other subscribed topic (the monitor's model events) are
+    released first, as they arrive. (Partitions are never paused to hold data back: pausing made Tansu stop
     answering fetches for the other partition.)
     """
 
@@ -86,6 +87,7 @@ class CoPartitionMerger:
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
         self._buffers: dict[tuple[str, int], deque] = {}
+        self._passthrough = FifoIntake()
         self._waiting_since: dict[int, float] = {}
         self._released_unmerged: set[int] = set()
         self._next_fetch: dict[tuple[str, int], int] = {}
@@ -93,20 +95,26 @@ class CoPartitionMerger:
     def add(self, records_by_tp) -> None:
         for tp, records in records_by_tp.items():
             key = (tp.topic, tp.partition)
+            if tp.topic not in self.topics:
+                self._passthrough.add({tp: records})
+                continue
             self._buffers.setdefault(key, deque()).extend(records)
             if records:
                 self._next_fetch[key] = records[-1].offset + 1
 
     def next_fetch(self, key: tuple[str, int]) -> int | None:
         """Offset after the last record added for a partition (None: nothing since the last clear)."""
-        return self._next_fetch.get(key)
+        return self._next_fetch.get(key) if key[0] in self.topics else self._passthrough.next_fetch(key)
 
     def forget(self, keys) -> None:
+        keys = list(keys)
+        self._passthrough.forget(keys)
         for key in keys:
             self._buffers.pop(key, None)
             self._next_fetch.pop(key, None)
 
     def clear(self) -> None:
+        self._passthrough.clear()
         self._buffers.clear()
         self._waiting_since.clear()
         self._released_unmerged.clear()
@@ -117,14 +125,14 @@ class CoPartitionMerger:
         return len(buffer) if buffer else 0
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._buffers.values())
+        return len(self._passthrough) + sum(len(b) for b in self._buffers.values())
 
     def release(self, caught_up: Callable[[tuple[str, int]], bool], limit: int,
                 now: float | None = None) -> list:
         """Up to ``limit`` records, in merge order."""
         now = time.monotonic() if now is None else now
         first, second = self.topics
-        released: list = []
+        released: list = self._passthrough.release(caught_up, limit)
         for number in sorted({p for _, p in self._buffers}):
             a = self._buffers.get((first, number)) or deque()
             b = self._buffers.get((second, number)) or deque()

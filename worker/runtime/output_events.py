@@ -28,6 +28,7 @@ from storage.errors import InvalidEvent
 CONTENT_TYPE = "application/cloudevents+json"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 MONITOR_SOURCE = "/undertow/monitor"
+REGISTRY_SOURCE = "/undertow/registry"
 
 Severity = Literal["stable", "moderate", "significant"]
 Episode = Literal["started", "changed", "ended"]
@@ -107,6 +108,31 @@ class RetrainRequest(_Frozen):
     data_policy: DataPolicy
 
 
+GateNumbers = dict[str, float | int | str | None]
+
+
+class ModelChange(_Frozen):
+    model_id: str
+    model_version: str = Field(description="the champion from now on")
+    previous_version: str | None
+    action: Literal["promoted", "rolled_back"]
+    actor: str = Field(description="trainer, or operator for the command line")
+    reason: str
+    request_id: str | None = Field(description="the retrain request behind it, if any")
+    run_id: str | None
+    gate: GateNumbers | None = Field(description="the gate's numbers for both models on the same pairs")
+
+
+class ModelRejection(_Frozen):
+    model_id: str
+    model_version: str = Field(description="the rejected candidate")
+    champion_version: str
+    reasons: list[str]
+    request_id: str | None
+    run_id: str
+    gate: GateNumbers
+
+
 class _CloudEvent(_Frozen):
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(description="deterministic: a re-published event is a duplicate by (source, id)")
@@ -136,11 +162,24 @@ class RetrainRequested(_CloudEvent):
     data: RetrainRequest
 
 
+class ModelPromoted(_CloudEvent):
+    type: Literal["undertow.model.promoted"] = "undertow.model.promoted"
+    source: str = REGISTRY_SOURCE
+    data: ModelChange
+
+
+class ModelRejected(_CloudEvent):
+    type: Literal["undertow.model.rejected"] = "undertow.model.rejected"
+    source: str = REGISTRY_SOURCE
+    data: ModelRejection
+
+
 Alert = DataDriftAlert | DatasetDriftAlert | ConceptDriftAlert
-UndertowEvent = Annotated[Union[DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested],
-                          Field(discriminator="type")]
+ModelEvent = ModelPromoted | ModelRejected
+UndertowEvent = Annotated[Union[DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested,
+                                ModelPromoted, ModelRejected], Field(discriminator="type")]
 _EVENT = TypeAdapter(UndertowEvent)
-EVENT_TYPES = (DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested)
+EVENT_TYPES = (DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted, ModelRejected)
 
 
 def encode(event: _CloudEvent) -> bytes:

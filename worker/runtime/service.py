@@ -83,6 +83,10 @@ class Service:
     make_intake: Callable[[], Intake] = FifoIntake
     prepare: Callable[[KafkaAdminClient], None] | None = None  # e.g. create the topics, at start-up
     on_idle: list[Callable[[], None]] = field(default_factory=list)  # after every loop turn
+    # Work that must not run inside the poll loop (a long training would cost
+    # the group membership): run in a thread until the event is set.
+    background: Callable[[threading.Event], None] | None = None
+    busy: Callable[[], bool] | None = None  # ``until_idle`` waits while this says work is pending
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -138,14 +142,39 @@ class ServiceRunner:
                 relay = OutboxRelay(self.sessions, producer)
                 checkpoint = Checkpoint(self.sessions, consumer, tracker, relay, positions.topic_ids)
                 loop = _Loop(self, consumer, tracker, positions, checkpoint, relay)
+                background = self._start_background()
                 try:
                     return loop.run(until_idle)
                 finally:
+                    self._stop_background(background)
                     consumer.close(autocommit=False)
                     producer.close(timeout=10)
             finally:
                 admin.close()
                 self.engine.dispose()
+
+
+    BACKGROUND_JOIN_S = 10.0
+
+    def _start_background(self) -> tuple[threading.Thread, threading.Event] | None:
+        if self.service.background is None:
+            return None
+        stop = threading.Event()
+        thread = threading.Thread(target=self.service.background, args=(stop,), daemon=True,
+                                  name=f"undertow-{self.service.name}-background")
+        thread.start()
+        return thread, stop
+
+    def _stop_background(self, background) -> None:
+        """Ask the background work to stop; what it cannot finish soon is picked up again at the next start."""
+        if background is None:
+            return
+        thread, stop = background
+        stop.set()
+        thread.join(self.BACKGROUND_JOIN_S)
+        if thread.is_alive():
+            log.warning("background work of %s still running after %.0fs: it resumes at the next start",
+                        self.service.name, self.BACKGROUND_JOIN_S)
 
 
 class _Loop:
@@ -325,6 +354,10 @@ class _Loop:
         """0 once idle for ``until_idle`` with every input partition consumed; 1 if never assigned."""
         now = time.monotonic()
         if self.ever_assigned and now - self.last_activity >= until_idle:
+            busy = self.runner.service.busy
+            if busy is not None and busy():
+                self.last_activity = now
+                return None
             lagging = self._lagging_partitions()
             if not lagging:
                 log.info("no input for %.1fs and every input partition is consumed: exiting", until_idle)

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     kafka_ssl_ciphers: str | None = None
     kafka_ssl_check_hostname: bool | None = None
 
+    # HMAC-SHA256 key of control events (retrain requests, model events): with it
+    # set, producers sign them and consumers dead-letter unsigned or forged ones.
+    signing_key: SecretStr | None = None
+    # Optional mirror of training runs and versions to MLflow (pip install 'undertow[mlflow]').
+    mlflow_tracking_uri: str | None = None
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -123,6 +129,24 @@ class MonitorSettings(ServiceSettings):
     # one event from the year 2999 would otherwise move the event-time
     # watermark and expire every waiting label.
     max_clock_skew_seconds: float = Field(default=3600, gt=0)
+
+
+class TrainerSettings(ServiceSettings):
+    # Data: the newest labelled pairs are held out (at least gate_min_holdout),
+    # after a gap of older pairs that neither side sees.
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    gap_fraction: float = Field(default=0.02, ge=0, lt=0.5)
+    min_train_pairs: int = Field(default=1000, ge=50)
+    # After a concept drift: how long (wall clock) to wait for enough labelled
+    # pairs predicted after the change, and how often to look.
+    max_wait_seconds: float = Field(default=6 * 3600, ge=0)
+    wait_check_seconds: float = Field(default=30, gt=0)
+    # The gate (models/gate.py).
+    gate_min_holdout: int = Field(default=500, ge=30)
+    gate_min_gain: float = 0.0
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    gate_resamples: int = Field(default=1000, ge=100)
+    gate_tolerance: float = Field(default=0.10, ge=0)
 
 
 SettingsType = TypeVar("SettingsType", bound=Settings)

@@ -1,0 +1,40 @@
+"""The monitor's view of promotions and rollbacks on ``undertow.models``.
+
+The champion itself is read from the registry with every batch (the same
+database, the source of truth), so predictions without a version follow a
+promotion or a rollback from the next batch on, with the new version's
+reference, windows and detectors; predictions naming a version keep theirs.
+This stage takes the model events out of the batch before the other stages
+see it, and logs each change; forged ones never get here (the parser
+dead-letters them when a signing key is set).
+"""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from worker.runtime.batch import Batch
+from worker.runtime.output_events import ModelPromoted, ModelRejected
+
+log = logging.getLogger(__name__)
+
+
+class ModelEventsStage:
+    def reset(self) -> None:
+        """Nothing cached."""
+
+    def apply(self, session: Session, batch: Batch) -> None:
+        kept = []
+        for position, event in batch.events:
+            if isinstance(event, ModelPromoted):
+                d = event.data
+                log.info("model %s: champion is now version %s (%s by %s: %s); from %s[%d]@%d", d.model_id,
+                         d.model_version, d.action, d.actor, d.reason, position.topic, position.partition,
+                         position.offset)
+            elif isinstance(event, ModelRejected):
+                log.info("model %s: candidate %s rejected; champion stays %s", event.data.model_id,
+                         event.data.model_version, event.data.champion_version)
+            else:
+                kept.append((position, event))
+        batch.events = kept

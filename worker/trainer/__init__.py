@@ -1,0 +1,1 @@
+"""The trainer service: retrain requests in, evaluated candidates and model events out."""

@@ -1,0 +1,364 @@
+"""Training runs, outside the poll loop: wait for data, fit a candidate, judge it, promote or reject.
+
+A run goes accepted → (waiting →) running → promoted | rejected | gave_up |
+failed. Each step is its own transaction, and the last one does everything
+the outcome means at once, compare-and-set on the run's status and attempt:
+the candidate version and its artifact, the promotion (or rejection), the
+model event in the outbox, the retrain request closed, the run's record.
+A process that dies while training leaves the run ``running``; the next
+start (or, on PostgreSQL with several trainers, the lease running out) sets
+it back to ``accepted`` and it is trained again, so it ends exactly once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from models import candidate as candidates
+from models import gate, registry, runs, training
+from models.drift.config import DriftConfig
+from models.profile import PREDICTION_FEATURE
+from storage import db, repo
+from storage.errors import UndertowError
+from storage.tables import ModelVersion, TrainingRun
+from worker.runtime import cloudevents, output_events
+from worker.runtime.output_events import (
+    ModelChange,
+    ModelPromoted,
+    ModelRejected,
+    ModelRejection,
+)
+from worker.runtime.settings import TrainerSettings
+from worker.runtime.signing import signed_headers
+from worker.runtime.topics import Topics
+from worker.runtime.transport import OutboxRelay, TransientError, make_producer
+
+log = logging.getLogger(__name__)
+
+# A run ``running`` for longer than this is taken to be orphaned (its trainer died).
+RUN_LEASE_SECONDS = 2 * 3600
+
+
+@dataclass
+class Plan:
+    """What a run trains on, read in one transaction, used outside any."""
+
+    run_id: str
+    attempt: int
+    model_id: str
+    request_id: str | None
+    champion_version: str
+    champion_task: str | None
+    schema: dict[str, str]
+    champion_model: object | None
+    champion_sha256: str | None
+    champion_test_set: dict | None
+    drift_config: str
+    champion_card: dict
+    rows: list[dict]
+    targets: list
+    times: list[float]
+    recorded_predictions: list
+    event_ids: list[str]
+    predicted_from: float | None
+    timings: dict = field(default_factory=dict)
+
+
+class TrainingWorker:
+    def __init__(self, settings: TrainerSettings, clock=time.time):
+        self.settings = settings
+        self.clock = clock
+        self.topics = Topics(settings.topic_prefix)
+        self.engine = db.make_engine(settings.db_url)
+        self.sessions = db.make_session_factory(self.engine)
+        self.rules = gate.GateRules(min_holdout=settings.gate_min_holdout, min_gain=settings.gate_min_gain,
+                                    confidence=settings.gate_confidence, resamples=settings.gate_resamples,
+                                    tolerance=settings.gate_tolerance)
+        self._next_check: dict[str, float] = {}
+        self._relay: OutboxRelay | None = None
+
+    # -- the thread ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Train due runs until ``stop`` is set (the service runner's background thread)."""
+        producer = None
+        try:
+            self.recover(orphans_only=db.sqlite_path(self.settings.db_url) is None)
+            producer = make_producer(self.settings)
+            self._relay = OutboxRelay(self.sessions, producer)
+            while not stop.is_set():
+                try:
+                    worked = self.step()
+                except (SQLAlchemyError, TransientError, OSError) as exc:
+                    log.warning("training step failed (%s); retrying", exc)
+                    worked = False
+                if not worked:
+                    stop.wait(1.0)
+        except Exception:  # noqa: BLE001 - the thread must say why it ended
+            log.exception("the training thread stopped")
+            raise
+        finally:
+            if producer is not None:
+                producer.close(timeout=5)
+
+    def busy(self) -> bool:
+        with self.sessions() as session:
+            return bool(runs.list_runs(session, status=runs.ACTIVE))
+
+    def recover(self, orphans_only: bool) -> int:
+        """Runs left ``running`` by a trainer that died go back to ``accepted``.
+
+        With SQLite one trainer runs per database (a file lock), so every
+        ``running`` run is an orphan; on PostgreSQL only those past the lease.
+        """
+        with self.sessions.begin() as session:
+            query = update(TrainingRun).where(TrainingRun.status == "running")
+            if orphans_only:
+                query = query.where(TrainingRun.started_at < self.clock() - RUN_LEASE_SECONDS)
+            count = session.execute(query.values(status="accepted", outcome="resumed after the trainer stopped")
+                                    .execution_options(synchronize_session=False)).rowcount
+        if count:
+            log.warning("%d training run(s) interrupted by a stop or crash: training them again", count)
+        return count
+
+    def step(self) -> bool:
+        """Process the oldest due run; False when none is due."""
+        now = self.clock()
+        with self.sessions() as session:
+            due = [r.run_id for r in runs.list_runs(session, status=("accepted", "waiting"))
+                   if self._next_check.get(r.run_id, 0) <= now]
+        if not due:
+            return False
+        self.process(due[0])
+        return True
+
+    # -- one run ------------------------------------------------------------------------------------
+
+    def process(self, run_id: str) -> str:
+        """Move one run on as far as it can go now; its status afterwards."""
+        with self.sessions.begin() as session:
+            run = runs.get_run(session, run_id)
+            if run.status not in ("accepted", "waiting"):
+                return run.status
+            try:
+                plan = self._plan(session, run)
+            except UndertowError as exc:
+                self._end_without_candidate(session, run, "failed", str(exc))
+                return run.status
+            if plan is None:
+                return run.status
+        try:
+            outcome = self._train_and_judge(plan)
+        except UndertowError as exc:
+            log.error("run %s failed: %s", run_id, exc)
+            with self.sessions.begin() as session:
+                run = session.get(TrainingRun, run_id)
+                if run.status == "running" and run.attempts == plan.attempt:
+                    self._end_without_candidate(session, run, "failed", str(exc))
+            return "failed"
+        try:
+            with self.sessions.begin() as session:
+                status = self._commit(session, plan, outcome)
+        finally:
+            shutil.rmtree(outcome["artifact"].parent, ignore_errors=True)  # the registry has its own copy
+        self._publish()
+        if self.settings.mlflow_tracking_uri:
+            with self.sessions() as session:
+                runs.mirror_to_mlflow(self.settings.mlflow_tracking_uri, runs.as_dict(runs.get_run(session, run_id)))
+        return status
+
+    def _plan(self, session: Session, run: TrainingRun) -> Plan | None:
+        champion = _champion(session, run.model_id)
+        trigger = json.loads(run.trigger)
+        predicted_from = trigger.get("change_detected_at")
+        policy = trigger.get("data_policy", {"kind": "rolling", "max_pairs": None})
+        have = repo.count_pairs(session, run.model_id, predicted_from)
+        limit = policy.get("max_pairs") if policy.get("kind") == "rolling" else None
+        usable = min(have, limit) if limit else have
+        needed = self.pairs_needed()
+        if usable < needed:
+            since = "" if predicted_from is None else f" predicted after the change ({cloudevents.rfc3339(predicted_from)})"
+            if self.clock() < (run.wait_until or 0):
+                run.status = "waiting"
+                run.outcome = f"waiting for {needed} labelled pairs{since}: {usable} so far"
+                self._next_check[run.run_id] = self.clock() + self.settings.wait_check_seconds
+                log.info("run %s: %s", run.run_id, run.outcome)
+                return None
+            self._end_without_candidate(session, run, "gave_up", f"only {usable} labelled pairs{since} by the "
+                                        f"deadline; {needed} are needed for training and a held-out part")
+            return None
+        pairs = repo.newest_pairs(session, run.model_id, limit, predicted_from)
+        model = registry.load_artifact(champion) if champion.artifact_path else None  # SHA-256 checked first
+        run.status, run.started_at, run.attempts = "running", self.clock(), run.attempts + 1
+        run.champion_version = champion.version
+        run.outcome = None
+        schema = {k: v for k, v in json.loads(champion.feature_schema).items() if k != PREDICTION_FEATURE}
+        log.info("run %s: training a candidate for %s on %d pairs (attempt %d)", run.run_id, run.model_id,
+                 len(pairs), run.attempts)
+        return Plan(
+            run_id=run.run_id, attempt=run.attempts, model_id=run.model_id, request_id=run.request_id,
+            champion_version=champion.version, champion_task=champion.task, schema=schema, champion_model=model,
+            champion_sha256=champion.artifact_sha256,
+            champion_test_set=json.loads(champion.test_set) if champion.test_set else None,
+            drift_config=champion.drift_config, champion_card=json.loads(champion.model_card or "{}"),
+            rows=[json.loads(p.features) for p in pairs], targets=[json.loads(p.label) for p in pairs],
+            times=[p.prediction_ts for p in pairs], recorded_predictions=[json.loads(p.prediction) for p in pairs],
+            event_ids=[p.event_id for p in pairs], predicted_from=predicted_from)
+
+    def pairs_needed(self) -> int:
+        s = self.settings
+        return max(math.ceil(s.min_train_pairs / (1 - s.holdout_fraction - s.gap_fraction)),
+                   math.ceil((s.min_train_pairs + s.gate_min_holdout) / (1 - s.gap_fraction)))
+
+    def _train_and_judge(self, plan: Plan) -> dict:
+        started = time.perf_counter()
+        task = plan.champion_task or training.infer_task(plan.targets)
+        split = training.split_by_time(plan.times, self.settings.holdout_fraction, self.settings.gap_fraction,
+                                       self.settings.gate_min_holdout)
+        pipeline = plan.champion_model if plan.champion_model is not None else \
+            training.default_pipeline(plan.schema, task)
+        built = candidates.build_version(pipeline, plan.rows, plan.targets, plan.schema, task, split)
+        held_rows = [plan.rows[i] for i in split.holdout]
+        held_targets = [plan.targets[i] for i in split.holdout]
+        if plan.champion_model is not None:  # the champion re-scored on the same rows
+            champion_predictions = training.predict(plan.champion_model, held_rows, plan.schema, task)
+        else:  # what it answered in production
+            champion_predictions = [plan.recorded_predictions[i] for i in split.holdout]
+        champion_errors = training.row_errors(champion_predictions, held_targets)
+        own_test, own_test_note = None, "the champion has no test set"
+        if plan.predicted_from is not None:
+            own_test_note = ("not applied: the request follows a concept change, so the champion's test set "
+                             "carries the old concept's labels")
+        elif plan.champion_test_set:
+            test = plan.champion_test_set
+            if plan.champion_model is not None:
+                champion_own = candidates.test_set_errors(plan.champion_model, test, plan.schema, task)
+            elif test.get("predictions") is not None:
+                champion_own = training.row_errors(test["predictions"], test["targets"])
+            else:
+                champion_own = None
+            if champion_own is not None:
+                candidate_own = candidates.test_set_errors(built.model, test, plan.schema, task)
+                own_test = (float(champion_own.mean()), float(candidate_own.mean()))
+        artifact = candidates.dump_model(built.model)
+        started_gate = time.perf_counter()
+        decision = gate.judge(champion_errors, built.holdout_errors, self.rules,
+                              champion_sha256=plan.champion_sha256, candidate_sha256=registry.sha256_file(artifact),
+                              own_test=own_test, own_test_note=own_test_note, seed=int(hashlib.sha256(plan.run_id.encode()).hexdigest()[:8], 16))
+        times = np.asarray(plan.times)
+        data = {"pairs": len(plan.rows), "train_rows": int(split.train.size), "gap_rows": split.gap,
+                "holdout_rows": int(split.holdout.size),
+                "train_from": cloudevents.rfc3339(float(times[split.train].min())),
+                "train_to": cloudevents.rfc3339(float(times[split.train].max())),
+                "holdout_from": cloudevents.rfc3339(float(times[split.holdout].min())),
+                "holdout_to": cloudevents.rfc3339(float(times[split.holdout].max())),
+                "predicted_from": None if plan.predicted_from is None else cloudevents.rfc3339(plan.predicted_from),
+                "sha256": _data_hash(plan)}
+        return {"built": built, "task": task, "artifact": artifact, "decision": decision, "data": data,
+                "durations": {**built.durations, "gate_seconds": time.perf_counter() - started_gate,
+                              "total_seconds": time.perf_counter() - started},
+                "params": {"pipeline": "champion clone" if plan.champion_model is not None else "default recipe",
+                           "estimator": type(built.model.steps[-1][1]).__name__
+                           if hasattr(built.model, "steps") else type(built.model).__name__,
+                           "holdout_fraction": self.settings.holdout_fraction,
+                           "gap_fraction": self.settings.gap_fraction, "task": task, **self.rules.model_dump()}}
+
+    def _commit(self, session: Session, plan: Plan, outcome: dict) -> str:
+        run = session.get(TrainingRun, plan.run_id, with_for_update=True)
+        if run is None or run.status != "running" or run.attempts != plan.attempt:
+            log.warning("run %s was finished elsewhere meanwhile: this attempt's result is dropped", plan.run_id)
+            return run.status if run else "missing"
+        built, decision = outcome["built"], outcome["decision"]
+        champion = _champion(session, plan.model_id)
+        if champion.version != plan.champion_version:
+            decision = gate.GateDecision(False, [f"the champion changed to {champion.version} during training"],
+                                         decision.numbers)
+        card = {"model_details": {"algorithm": outcome["params"]["estimator"]},
+                "intended_use": plan.champion_card.get("intended_use", {}),
+                "training_data": {k: outcome["data"][k] for k in ("train_from", "train_to", "train_rows")},
+                "evaluation": {"gate": decision.numbers, "holdout": built.metrics}}
+        row = registry.register(
+            session, model_id=plan.model_id, profile=built.profile,
+            artifacts_dir=Path(self.settings.artifacts_dir), artifact=outcome["artifact"],
+            drift_config=DriftConfig.model_validate_json(plan.drift_config), baseline_error=built.baseline_error,
+            error_sample=built.error_sample, data_sha256=outcome["data"]["sha256"], card=card, stage="candidate",
+            task=outcome["task"], test_set=built.test_set, run_id=plan.run_id, actor="trainer",
+            reason="trained on request", request_id=plan.request_id)
+        numbers = decision.numbers
+        if decision.passed:
+            reason = (f"gate passed: error {numbers['champion_mean_error']:.4g} -> {numbers['candidate_mean_error']:.4g},"
+                      f" improvement {numbers['improvement_low']:.4g}..{numbers['improvement_high']:.4g} "
+                      f"({numbers['confidence']:.0%}) on {numbers['holdout_pairs']} held-out pairs")
+            registry.promote(session, plan.model_id, row.version, actor="trainer", reason=reason,
+                             request_id=plan.request_id, run_id=plan.run_id)
+            event = ModelPromoted(
+                id=cloudevents.event_id(plan.model_id, row.version, "promoted", plan.run_id), subject=plan.model_id,
+                time=cloudevents.rfc3339(self.clock()), data=ModelChange(
+                    model_id=plan.model_id, model_version=row.version, previous_version=plan.champion_version,
+                    action="promoted", actor="trainer", reason=reason, request_id=plan.request_id,
+                    run_id=plan.run_id, gate=numbers))
+            status = "promoted"
+        else:
+            reason = "gate failed: " + "; ".join(decision.reasons)
+            registry.reject(session, row)
+            event = ModelRejected(
+                id=cloudevents.event_id(plan.model_id, row.version, "rejected", plan.run_id), subject=plan.model_id,
+                time=cloudevents.rfc3339(self.clock()), data=ModelRejection(
+                    model_id=plan.model_id, model_version=row.version, champion_version=plan.champion_version,
+                    reasons=decision.reasons, request_id=plan.request_id, run_id=plan.run_id, gate=numbers))
+            status = "rejected"
+        self._enqueue(session, event)
+        if plan.request_id:
+            repo.close_retrain_request(session, plan.request_id, f"{status}: {reason}")
+        run.candidate_version = row.version
+        runs.finish(run, status, reason, params=outcome["params"],
+                    metrics={"candidate": built.metrics, "gate": numbers}, data=outcome["data"],
+                    durations=outcome["durations"])
+        log.info("run %s: candidate %s@%s %s (%s)", plan.run_id, plan.model_id, row.version, status, reason)
+        return status
+
+    def _end_without_candidate(self, session: Session, run: TrainingRun, status: str, reason: str) -> None:
+        runs.finish(run, status, reason)
+        if run.request_id:
+            repo.close_retrain_request(session, run.request_id, f"{status}: {reason}")
+        log.warning("run %s for %s ended %s: %s", run.run_id, run.model_id, status, reason)
+
+    def _enqueue(self, session: Session, event) -> None:
+        value = output_events.encode(event)
+        repo.enqueue(session, self.topics.models, event.data.model_id.encode(), value,
+                     signed_headers(output_events.HEADERS, value, self.settings.signing_key))
+
+    def _publish(self) -> None:
+        if self._relay is None:
+            return
+        try:
+            self._relay.publish_pending()
+        except (TransientError, OperationalError) as exc:
+            log.warning("model event not published yet (%s); the outbox keeps it", exc)
+
+
+def _champion(session: Session, model_id: str) -> ModelVersion:
+    row = session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id,
+                                                     ModelVersion.stage == "champion")).first()
+    if row is None:
+        raise registry.RegistryError(f"model {model_id!r} has no champion to retrain")
+    return row
+
+
+def _data_hash(plan: Plan) -> str:
+    digest = hashlib.sha256()
+    for event_id, target in zip(plan.event_ids, plan.targets):
+        digest.update(f"{event_id}\x1f{target}\x1e".encode())
+    return digest.hexdigest()
