@@ -5,9 +5,11 @@ failed. Each step is its own transaction, and the last one does everything
 the outcome means at once, compare-and-set on the run's status and attempt:
 the candidate version and its artifact, the promotion (or rejection), the
 model event in the outbox, the retrain request closed, the run's record.
-A process that dies while training leaves the run ``running``; the next
-start (or, on PostgreSQL with several trainers, the lease running out) sets
-it back to ``accepted`` and it is trained again, so it ends exactly once.
+A process that dies while training leaves the run ``running``; it is set
+back to ``accepted`` and trained again, so it ends exactly once: with
+SQLite (one trainer per database) at the next start, with PostgreSQL as
+soon as any trainer sees that no live process holds the run's lock
+(``RunLock``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,8 +49,61 @@ from worker.runtime.transport import OutboxRelay, TransientError, make_producer
 
 log = logging.getLogger(__name__)
 
-# A run ``running`` for longer than this is taken to be orphaned (its trainer died).
-RUN_LEASE_SECONDS = 2 * 3600
+RECOVER_EVERY_S = 10.0
+
+
+class RunLock:
+    """Held while a run trains, so other trainers can tell a running run from an orphaned one.
+
+    On PostgreSQL a session-level advisory lock on a connection of its own:
+    the server releases it when the process dies, however it dies. With
+    SQLite one trainer runs per database file (a file lock), so there is
+    nothing to tell apart.
+    """
+
+    def __init__(self, engine, run_id: str):
+        self.engine = engine
+        self.key = int(hashlib.sha256(run_id.encode()).hexdigest()[:15], 16)
+        self.conn = None
+
+    @property
+    def _postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def acquire(self) -> bool:
+        if not self._postgres:
+            return True
+        self.conn = self.engine.connect()
+        got = self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+        self.conn.commit()  # the lock is the session's: it outlives the transaction
+        if not got:
+            self.conn.close()
+            self.conn = None
+        return bool(got)
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            self.conn.commit()
+            self.conn.close()
+        except SQLAlchemyError:
+            self.conn.invalidate()  # never hand a connection that may hold the lock back to the pool
+        self.conn = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether a live process holds the lock (always True with SQLite: the one trainer is this one)."""
+        if not self._postgres:
+            return False
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+
+class _Taken(Exception):
+    """Another trainer claimed the run first."""
 
 
 @dataclass
@@ -87,6 +142,7 @@ class TrainingWorker:
                                     confidence=settings.gate_confidence, resamples=settings.gate_resamples,
                                     tolerance=settings.gate_tolerance)
         self._next_check: dict[str, float] = {}
+        self._training: set[str] = set()  # runs this process trains right now
         self._relay: OutboxRelay | None = None
 
     # -- the thread ---------------------------------------------------------------------------------
@@ -95,11 +151,14 @@ class TrainingWorker:
         """Train due runs until ``stop`` is set (the service runner's background thread)."""
         producer = None
         try:
-            self.recover(orphans_only=db.sqlite_path(self.settings.db_url) is None)
             producer = make_producer(self.settings)
             self._relay = OutboxRelay(self.sessions, producer)
+            recovered_at = -RECOVER_EVERY_S
             while not stop.is_set():
                 try:
+                    if time.monotonic() - recovered_at >= RECOVER_EVERY_S:
+                        self.recover()
+                        recovered_at = time.monotonic()
                     worked = self.step()
                 except (SQLAlchemyError, TransientError, OSError) as exc:
                     log.warning("training step failed (%s); retrying", exc)
@@ -117,21 +176,16 @@ class TrainingWorker:
         with self.sessions() as session:
             return bool(runs.list_runs(session, status=runs.ACTIVE))
 
-    def recover(self, orphans_only: bool) -> int:
-        """Runs left ``running`` by a trainer that died go back to ``accepted``.
-
-        With SQLite one trainer runs per database (a file lock), so every
-        ``running`` run is an orphan; on PostgreSQL only those past the lease.
-        """
+    def recover(self) -> int:
+        """Runs left ``running`` by a trainer that died go back to ``accepted``."""
         with self.sessions.begin() as session:
-            query = update(TrainingRun).where(TrainingRun.status == "running")
-            if orphans_only:
-                query = query.where(TrainingRun.started_at < self.clock() - RUN_LEASE_SECONDS)
-            count = session.execute(query.values(status="accepted", outcome="resumed after the trainer stopped")
-                                    .execution_options(synchronize_session=False)).rowcount
-        if count:
-            log.warning("%d training run(s) interrupted by a stop or crash: training them again", count)
-        return count
+            orphans = [r for r in runs.list_runs(session, status=("running",))
+                       if r.run_id not in self._training and not RunLock(self.engine, r.run_id).held_elsewhere()]
+            for run in orphans:
+                run.status, run.outcome = "accepted", "resumed: the trainer that ran it stopped"
+        for run in orphans:
+            log.warning("run %s was interrupted (its trainer stopped): training it again", run.run_id)
+        return len(orphans)
 
     def step(self) -> bool:
         """Process the oldest due run; False when none is due."""
@@ -148,36 +202,50 @@ class TrainingWorker:
 
     def process(self, run_id: str) -> str:
         """Move one run on as far as it can go now; its status afterwards."""
-        with self.sessions.begin() as session:
-            run = runs.get_run(session, run_id)
-            if run.status not in ("accepted", "waiting"):
-                return run.status
-            try:
-                plan = self._plan(session, run)
-            except UndertowError as exc:
-                self._end_without_candidate(session, run, "failed", str(exc))
-                return run.status
-            if plan is None:
-                return run.status
+        lock = RunLock(self.engine, run_id)
         try:
-            outcome = self._train_and_judge(plan)
-        except UndertowError as exc:
-            log.error("run %s failed: %s", run_id, exc)
             with self.sessions.begin() as session:
-                run = session.get(TrainingRun, run_id)
-                if run.status == "running" and run.attempts == plan.attempt:
+                run = runs.get_run(session, run_id)
+                if run.status not in ("accepted", "waiting"):
+                    return run.status
+                try:
+                    plan = self._plan(session, run)
+                except UndertowError as exc:
                     self._end_without_candidate(session, run, "failed", str(exc))
-            return "failed"
+                    return run.status
+                if plan is None:
+                    return run.status
+                if not lock.acquire():  # before the claim commits, so no one takes the run for an orphan
+                    raise _Taken
+                self._training.add(run_id)
+        except _Taken:
+            return "running"
         try:
-            with self.sessions.begin() as session:
-                status = self._commit(session, plan, outcome)
+            status = self._finish(plan)
         finally:
-            shutil.rmtree(outcome["artifact"].parent, ignore_errors=True)  # the registry has its own copy
+            self._training.discard(run_id)
+            lock.release()
         self._publish()
         if self.settings.mlflow_tracking_uri:
             with self.sessions() as session:
                 runs.mirror_to_mlflow(self.settings.mlflow_tracking_uri, runs.as_dict(runs.get_run(session, run_id)))
         return status
+
+    def _finish(self, plan: Plan) -> str:
+        try:
+            outcome = self._train_and_judge(plan)
+        except UndertowError as exc:
+            log.error("run %s failed: %s", plan.run_id, exc)
+            with self.sessions.begin() as session:
+                run = session.get(TrainingRun, plan.run_id)
+                if run.status == "running" and run.attempts == plan.attempt:
+                    self._end_without_candidate(session, run, "failed", str(exc))
+            return "failed"
+        try:
+            with self.sessions.begin() as session:
+                return self._commit(session, plan, outcome)
+        finally:
+            shutil.rmtree(outcome["artifact"].parent, ignore_errors=True)  # the registry has its own copy
 
     def _plan(self, session: Session, run: TrainingRun) -> Plan | None:
         champion = _champion(session, run.model_id)
