@@ -245,7 +245,7 @@ class Env:
         with db.make_session_factory(self.engine).begin() as session:
             registry.register(session, model_id=model_id, profile=reference.profile, artifacts_dir=path.parent,
                               drift_config=registry.DriftConfig(**config), baseline_error=reference.baseline_error,
-                              error_sample=reference.error_sample,
+                              error_sample=reference.error_sample, test_set=reference.test_set,
                               data_sha256=reference.data_sha256)
 
     def run_with_kills(self, produce: Callable[[], None], seed: int, min_kills: int = 3, max_kills: int = 5,

@@ -98,6 +98,8 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         assert data["train_to"] < data["holdout_from"]
         assert env.scalar("SELECT stage FROM model_versions WHERE version = '2'") == "champion"
         assert env.scalar("SELECT status FROM retrain_requests") == "closed"
+        listed = _cli(env, "retrain", "list").stdout
+        assert "closed" in listed and "[promoted: gate passed" in listed
         (event,) = [parse_event(r.value) for r in env.read_all(env.topics.models, 1)]
         assert event.type == "undertow.model.promoted" and event.data.model_version == "2"
         assert event.data.gate["improvement_low"] > 0 and event.data.gate["holdout_pairs"] >= 300
@@ -250,3 +252,41 @@ def test_with_a_signing_key_forged_control_events_are_dead_lettered_and_change_n
     trainer = env.start_trainer("--until-idle", "2", env={**key, "UNDERTOW_MAX_WAIT_SECONDS": "0"})
     assert trainer.wait(timeout=120) == 0, env.log_of(trainer)
     assert env.scalar("SELECT count(*) FROM training_runs WHERE request_id IS NOT NULL") == 1
+
+
+def test_a_run_waits_for_enough_pairs_then_gives_up_saying_why(env):
+    _train_v1(env)
+    _stationary(env, 200)
+    value, _ = _request("r-short")
+    env.send(env.topics.retrain, value, key=b"housing")
+    env.flush()
+    trainer = env.start_trainer(env={**TRAINER_ENV, "UNDERTOW_MAX_WAIT_SECONDS": "4"})
+    try:
+        wait_for(lambda: env.scalar("SELECT status FROM training_runs WHERE request_id = 'r-short'") == "waiting"
+                 or trainer.poll() is not None, 60, "the run to wait")
+        listed = _cli(env, "runs", "list").stdout
+        assert "waiting" in listed and "labelled pairs: 200 so far" in listed
+        wait_for(lambda: _finished(env) or trainer.poll() is not None, 60, "the run to give up")
+    finally:
+        _stop(trainer)
+    run = _finished(env)
+    assert run["status"] == "gave_up" and "only 200 labelled pairs by the deadline" in run["outcome"]
+
+
+def test_a_champion_registered_without_an_artifact_is_retrained_with_the_default_recipe(env):
+    env.register_reference(SampleStream(seed=2))  # models register: a reference with targets, no artifact
+    _stationary(env)
+    value, _ = _request("r-registered")
+    env.send(env.topics.retrain, value, key=b"housing")
+    env.flush()
+    trainer = env.start_trainer(env=TRAINER_ENV)
+    try:
+        wait_for(lambda: _finished(env) or trainer.poll() is not None, 120, "the request to be judged")
+    finally:
+        _stop(trainer)
+    run = _finished(env)
+    gate_numbers = json.loads(env.scalar("SELECT metrics FROM training_runs WHERE request_id = 'r-registered'"))
+    assert run["status"] in ("promoted", "rejected"), run
+    assert gate_numbers["gate"]["champion_sha256"] is None and "champion_own_test_error" in gate_numbers["gate"]
+    assert json.loads(env.scalar("SELECT params FROM training_runs WHERE request_id = 'r-registered'"))[
+        "pipeline"] == "default recipe"

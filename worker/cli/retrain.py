@@ -9,17 +9,25 @@ from worker.cli.common import add_connection_flags, open_sessions, settings_from
 
 
 def cmd_retrain_list(args) -> int:
+    from models import runs
+    from storage.tables import TrainingRun
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
-        rows = [json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome}
-                for r in repo.retrain_requests(session, args.model_id)]
+        rows = []
+        for r in repo.retrain_requests(session, args.model_id):
+            run = session.get(TrainingRun, runs.run_id_for(r.request_id))
+            rows.append(json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome, "run": None if run is None
+                        else {"run_id": run.run_id, "status": run.status, "detail": run.outcome}})
     engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
     for r in [] if args.json else rows:
         d = r["data"]
+        run = r["run"]
+        state = r["outcome"] if r["status"] == "closed" else (
+            "not picked up by a trainer yet" if run is None else f"{run['status']}: {run['detail'] or ''}")
         print(f"{r['time']}  {d['request_id']}  {d['model_id']}@{d['model_version']}  {r['status']}  "
-              f"{d['reason']}  policy={d['data_policy']}  alerts={','.join(d['alert_ids'])}")
+              f"{d['reason']}  policy={d['data_policy']}  alerts={','.join(d['alert_ids'])}  [{state}]")
     return 0
 
 
