@@ -310,10 +310,10 @@ def concept_alarms(errors: list[float], mean: float, sd: float, sample: list[flo
     for i, error in enumerate(errors):
         if i == CONCEPT_CHANGE:
             in_episode_at_change = ours.in_episode
-        alert = ours.update(error, "absolute_error", float(i))
-        if alert is not None:
-            alarms[CONCEPT_DETECTORS[0]].append(i)
-            first_detector[i] = alert["data"]["detector"]
+        for alert in ours.update(error, "absolute_error", float(i)):
+            if alert.data.episode == "started":
+                alarms[CONCEPT_DETECTORS[0]].append(i)
+                first_detector[i] = alert.data.detector
     seconds = time.perf_counter() - t0
     for detector, name in ((ph, CONCEPT_DETECTORS[1]), (adwin, CONCEPT_DETECTORS[2])):
         for i, error in enumerate(errors):

@@ -32,11 +32,24 @@ class DriftConfig(BaseModel):
     ph_delta: float = Field(default=0.25, ge=0, description="Page-Hinkley tolerance, in baseline error sd")
     ph_threshold: float = Field(default=50.0, gt=0, description="Page-Hinkley alarm level, in baseline error sd")
     cusum_k: float = Field(default=0.5, gt=0, description="CUSUM reference value, in baseline error sd")
-    cusum_false_alarm_every: float = Field(default=1_000_000, gt=10,
+    cusum_false_alarm_every: float = Field(default=10_000_000, gt=10,
                                            description="CUSUM threshold for one false alarm per this many labels")
     rolling_window: int = Field(default=500, ge=10, description="labels in the rolling mean error")
     rolling_step: int = Field(default=50, ge=1, description="labels between rolling evaluations")
-    rolling_sigmas: float = Field(default=4.0, gt=0, description="standard errors above the baseline mean")
+    rolling_sigmas: float = Field(default=4.5, gt=0, description="standard errors above the baseline mean")
+    rolling_long_window: int = Field(default=2000, ge=10, description="labels in the long rolling mean error "
+                                                                       "(slow, gradual changes)")
+    production_baseline_labels: int = Field(default=1000, ge=0,
+                                            description="first labels of a version that set its production "
+                                                        "baseline (0: use the validation estimate)")
+    production_refine_labels: int = Field(default=10_000, ge=0, description="labels the production baseline "
+                                          "keeps learning from while no episode is open")
+    deployment_gap_margin: float = Field(default=0.05, ge=0, description="relative excess of production over "
+                                                                          "validation error worth one alert")
+    pt_bucket_seconds: float = Field(default=60.0, gt=0, description="prediction-time bucket of the "
+                                                                       "prediction-time CUSUM")
+    pt_horizon_buckets: int = Field(default=720, ge=2, le=100_000,
+                                    description="buckets it keeps: labels of older predictions are left out")
     # Retraining.
     retrain_on_data_drift: bool = Field(default=True,
                                         description="significant dataset drift asks for retraining too")

@@ -160,13 +160,15 @@ class Cusum:
     """
 
     def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = 5.0,
-                 reference_z: np.ndarray | None = None):
+                 reference_z: np.ndarray | None = None, h: float | None = None):
         if clip <= k:
             raise ValueError("clip must exceed k")
         self.k = k
         self.false_alarm_every = false_alarm_every
         self.clip = clip
-        if reference_z is not None and len(reference_z) >= 100:
+        if h is not None:  # calibrated before (kept with the state)
+            self.h = h
+        elif reference_z is not None and len(reference_z) >= 100:
             self.h = cusum_threshold_for(reference_z, k, false_alarm_every, clip)
         else:
             self.h = cusum_threshold(k, false_alarm_every)
@@ -199,6 +201,106 @@ class Cusum:
         return self
 
 
+class PredictionTimeCusum:
+    """Upper CUSUM in prediction time: each label counts at its prediction's time, however late it comes.
+
+    With label delays that vary, labels arrive in an order that mixes
+    predictions made before and after a change, and a CUSUM in arrival order
+    keeps being pulled back by late labels of the old regime. Here each
+    standardised error ``z`` adds ``z - k`` to the bucket of its prediction
+    time (``bucket_seconds`` wide, the newest ``horizon`` buckets kept); the
+    statistic is the largest suffix sum, ``W = max(0, max_v sum_{b >= v} c_b)``:
+    a CUSUM over prediction time in which late labels land where they
+    belong. The maximising bucket estimates when the change began. After an
+    alarm it starts again from the newest bucket: labels of predictions made
+    before the alarm no longer count. Labels of predictions older than the
+    horizon are left out (``too_late`` counts them).
+
+    >>> import random
+    >>> rng = random.Random(3)
+    >>> labels = sorted((i + rng.uniform(0, 1200), i, rng.gauss(0, 1) + (1.5 if i >= 2000 else 0.0))
+    ...                 for i in range(4000))   # one prediction a second, labels 0-20 min late
+    >>> pt = PredictionTimeCusum(k=0.5, h=10.0, bucket_seconds=60, horizon=120)
+    >>> alarm = None
+    >>> for arrived, predicted, z in labels:
+    ...     pt.update(z, prediction_ts=float(predicted))
+    ...     if pt.drift_detected and alarm is None:
+    ...         alarm, started = arrived, pt.change_ts
+    >>> 2000 < alarm < 2400, 1900 <= started <= 2100
+    (True, True)
+    """
+
+    def __init__(self, k: float = 0.5, h: float = 15.0, bucket_seconds: float = 60.0, horizon: int = 1440,
+                 clip: float = 5.0):
+        if k <= 0 or h <= 0 or bucket_seconds <= 0 or horizon < 2 or clip <= k:
+            raise ValueError("k > 0, h > 0, bucket_seconds > 0, horizon >= 2 and clip > k are required")
+        self.k = k
+        self.h = h
+        self.bucket_seconds = bucket_seconds
+        self.horizon = horizon
+        self.clip = clip
+        self.reset()
+
+    def reset(self, floor: int | None = None) -> None:
+        self._suffix = np.zeros(self.horizon)  # suffix sums, index 0 = bucket ``_first``
+        self._first: int | None = None if floor is None else floor - self.horizon + 1
+        self._floor = floor                    # buckets before it no longer count (after an alarm)
+        self._detected = False
+        self.too_late = 0
+
+    def update(self, z: float, prediction_ts: float) -> None:
+        if self._detected:
+            self.reset(floor=self._newest)
+        bucket = int(prediction_ts // self.bucket_seconds)
+        if self._first is None:
+            self._first = bucket - self.horizon + 1
+        if bucket >= self._first + self.horizon:  # time moved on: drop the oldest buckets
+            shift = bucket - (self._first + self.horizon - 1)
+            if shift >= self.horizon:
+                self._suffix[:] = 0.0
+            else:
+                self._suffix[:-shift] = self._suffix[shift:]
+                self._suffix[-shift:] = 0.0
+            self._first += shift
+        if bucket < self._first or (self._floor is not None and bucket < self._floor):
+            self.too_late += 1
+            return
+        index = bucket - self._first
+        self._suffix[: index + 1] += min(max(z, -self.clip), self.clip) - self.k
+        self._detected = self.statistic > self.h
+
+    @property
+    def _newest(self) -> int:
+        return self._first + self.horizon - 1
+
+    @property
+    def statistic(self) -> float:
+        return max(0.0, float(self._suffix.max()))
+
+    @property
+    def change_ts(self) -> float | None:
+        """Start of the bucket where the largest suffix begins (None while the statistic is 0)."""
+        if self._first is None or self.statistic <= 0:
+            return None
+        return (self._first + int(self._suffix.argmax())) * self.bucket_seconds
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    def state(self) -> list[float]:
+        first = math.nan if self._first is None else float(self._first)
+        floor = math.nan if self._floor is None else float(self._floor)
+        return [first, floor, float(self._detected), float(self.too_late), *self._suffix.tolist()]
+
+    def load(self, state: list[float]) -> "PredictionTimeCusum":
+        self._first = None if math.isnan(state[0]) else int(state[0])
+        self._floor = None if math.isnan(state[1]) else int(state[1])
+        self._detected, self.too_late = bool(state[2]), int(state[3])
+        self._suffix = np.array(state[4:], dtype=float)
+        return self
+
+
 class RollingMean:
     """Mean error over the last ``window`` labels against baseline mean + ``sigmas`` standard errors.
 
@@ -217,19 +319,25 @@ class RollingMean:
     (True, 0.4)
     """
 
-    def __init__(self, window: int = 500, step: int = 50, sigmas: float = 3.0):
+    def __init__(self, window: int = 500, step: int = 50, sigmas: float = 3.0, baseline_labels: int | None = None):
         if window < 2 or not 1 <= step <= window or sigmas <= 0:
             raise ValueError("window >= 2, 1 <= step <= window and sigmas > 0 are required")
         self.window = window
         self.step = step
         self.sigmas = sigmas
-        self.threshold = sigmas / math.sqrt(window)  # in baseline sd, around a baseline of 0
-        self.calm_level = 1 / math.sqrt(window)      # one standard error: "back to normal"
+        self.set_baseline_labels(baseline_labels)
         self._values = np.zeros(window)
         self._count = 0
         self._detected = False
         self.evaluated = False  # whether the last update evaluated the window
         self.value: float | None = None
+
+    def set_baseline_labels(self, baseline_labels: int | None) -> None:
+        """The standard error of the window mean, and of the baseline mean when that was estimated
+        from ``baseline_labels`` labels: an estimated baseline is itself off by about that much."""
+        standard_error = math.sqrt(1 / self.window + (1 / baseline_labels if baseline_labels else 0.0))
+        self.threshold = self.sigmas * standard_error  # in baseline sd, around a baseline of 0
+        self.calm_level = standard_error               # one standard error: "back to normal"
 
     def update(self, z: float) -> None:
         self._values[self._count % self.window] = z

@@ -13,6 +13,7 @@ from models.drift.detectors import Cusum, PageHinkley, RollingMean
 from models.reference import error_sample
 from worker.dev.sample import SampleStream
 from worker.monitor.concept import ErrorStreamMonitor
+from worker.runtime import cloudevents
 
 
 def _errors(rng, n: int, change: int | None, shift: float) -> np.ndarray:
@@ -29,7 +30,7 @@ def _run(errors, baseline) -> tuple[list[int], list[int]]:
     river = RiverPageHinkley()
     our_alerts, river_alarms = [], []
     for i, e in enumerate(errors):
-        if ours.update(float(e), "absolute_error", float(i)) is not None:
+        if any(a.data.episode == "started" for a in ours.update(float(e), "absolute_error", float(i))):
             our_alerts.append(i)
         river.update(float(e))
         if river.drift_detected:
@@ -172,3 +173,62 @@ def test_sigkill_with_labels_gives_the_uninterrupted_state(make_env):
     for sql in queries:
         assert _rows(crashed, sql) == _rows(uninterrupted, sql), sql
     assert len(_rows(uninterrupted, queries[4])) == 1
+
+
+def _production_stream(n: int, seed: int, gap: float, shifts: dict[int, float]):
+    """Half-normal errors ``gap`` above a validation sample; ``shifts``: prediction index -> added level in
+    validation sd; one prediction a second, labels after lognormal delays (median 5 min), in arrival order."""
+    rng = np.random.default_rng(seed)
+    validation = np.abs(rng.normal(0, 1, 5000))
+    level = np.zeros(n)
+    for start, shift in shifts.items():
+        level[start:] += shift
+    errors = np.abs(rng.normal(0, 1, n)) * (1 + gap) + level * validation.std()
+    predicted = np.arange(n, dtype=float)
+    arrived = predicted + rng.lognormal(np.log(300), 1.0, n)
+    order = np.argsort(arrived, kind="stable")
+    return validation, [(float(errors[i]), float(arrived[i]), float(predicted[i])) for i in order]
+
+
+def _alerts(validation, labels, monitor=None):
+    monitor = monitor or ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()),
+                                            float(validation.std()), error_sample=error_sample(validation))
+    out = []
+    for error, arrived, predicted in labels:
+        out += [(a.data.episode, predicted, a) for a in monitor.update(error, "absolute_error", arrived, predicted)]
+    return out, monitor
+
+
+def test_production_10_percent_above_validation_gives_one_deployment_gap_and_no_concept_alert():
+    for seed in (1, 2):
+        validation, labels = _production_stream(100_000, seed, gap=0.10, shifts={})
+        alerts, _ = _alerts(validation, labels)
+        assert [episode for episode, _, _ in alerts] == ["deployment_gap"], alerts
+        gap = alerts[0][2].data
+        assert gap.detector == "production_baseline" and gap.unit == "error" and gap.value > gap.threshold
+
+
+def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_one_episode():
+    validation, labels = _production_stream(100_000, 3, gap=0.08,
+                                            shifts={25_000: 0.5, 50_000: 1.0, 75_000: 2.0})
+    alerts, monitor = _alerts(validation, labels)
+    raised = [(episode, predicted) for episode, predicted, _ in alerts if episode in ("started", "escalated")]
+    for change in (50_000, 75_000):
+        assert any(change <= predicted < change + 2000 for _, predicted in raised), (change, raised)
+    assert raised[0][0] == "started" and all(e == "escalated" for e, _ in raised[1:]) and monitor.episodes == 1
+    started = next(a for e, _, a in alerts if e == "started").data
+    estimated = cloudevents.epoch(started.change_started_at)  # prediction time, here seconds since 1970
+    assert abs(estimated - raised[0][1]) < 3600
+
+
+def test_the_monitor_state_round_trips_mid_episode():
+    from types import SimpleNamespace
+    validation, labels = _production_stream(30_000, 4, gap=0.0, shifts={10_000: 1.5, 20_000: 2.0})
+    whole, _ = _alerts(validation, labels)
+    first, monitor = _alerts(validation, labels[:15_000])
+    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                  state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
+                                  error_sample=error_sample(validation))
+    second, _ = _alerts(validation, labels[15_000:], restored)
+    assert [a.id for _, _, a in whole] == [a.id for _, _, a in first + second]
+    assert len(whole) >= 2

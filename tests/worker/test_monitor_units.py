@@ -22,7 +22,7 @@ def _alert(at: float, n: int) -> ConceptDriftAlert:
     return ConceptDriftAlert(id=f"alert-{n}", subject="m", time=cloudevents.rfc3339(at), data=ConceptDrift(
         model_id="m", model_version="1", severity="significant", episode="started", detector="cusum",
         metric="absolute_error", value=9.0, threshold=5.0, unit="baseline_sd", baseline=Baseline(mean=1, sd=1),
-        recent_mean_error=2.0, detected_at=cloudevents.rfc3339(at), label_count=n))
+        recent_mean_error=2.0, detected_at=cloudevents.rfc3339(at), label_count=n, change_started_at=None))
 
 
 def test_retrain_requests_wait_for_the_open_one_and_for_the_cooldown(engine):

@@ -14,7 +14,12 @@ from kafka import KafkaProducer
 from tests.conftest import REPO, wait_for
 from worker.dev.sample import SampleStream, write_training_csv
 from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import AllData, RetrainRequest, RetrainRequested, parse_event
+from worker.runtime.output_events import (
+    AllData,
+    RetrainRequest,
+    RetrainRequested,
+    parse_event,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -93,8 +98,10 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         alert = json.loads(env.scalar("SELECT cloudevent FROM alerts WHERE id = :id",
                                       id=request["data"]["alert_ids"][0]))
         assert alert["type"] == "undertow.drift.concept"
-        # trained and judged only on pairs predicted after the change was detected, newest held out
-        assert data["predicted_from"] == alert["data"]["detected_at"] <= data["train_from"]
+        # trained and judged only on pairs predicted after the change began (the prediction-time CUSUM's
+        # estimate: the stream changes at its prediction 3000, 00:50:00), newest held out
+        assert data["predicted_from"] == alert["data"]["change_started_at"] <= data["train_from"]
+        assert "2026-11-01T00:49:00" <= alert["data"]["change_started_at"] <= "2026-11-01T00:51:00"
         assert data["train_to"] < data["holdout_from"]
         assert env.scalar("SELECT stage FROM model_versions WHERE version = '2'") == "champion"
         assert env.scalar("SELECT status FROM retrain_requests") == "closed"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
-from models.drift.detectors import Cusum, PageHinkley, RollingMean
+from models.drift.detectors import Cusum, PageHinkley, PredictionTimeCusum, RollingMean
 from models.drift.errors import prediction_error, score_loss
 from storage import repo
 from storage.tables import PendingEvent
@@ -29,96 +29,274 @@ from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAle
 log = logging.getLogger(__name__)
 
 _PREDICTION_FIELDS = {"features", "prediction", "scores"}
-_JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than json.dumps on floats
+_JSON = TypeAdapter(Any)
+REFINE_EVERY = 1000  # labels between refinements of a production baseline  # pydantic's JSON encoder: several times faster than json.dumps on floats
 
 
 class ErrorStreamMonitor:
-    """Detectors and the drift episode of one model version's error stream.
+    """Detectors and drift episodes of one model version's error stream.
 
-    Errors enter in baseline standard deviations. The first detector to fire
-    starts an episode and raises the one concept alert of that episode; while
-    it lasts, further alarms are counted, not alerted. The episode ends when
-    the rolling mean error has stayed within one standard error of the
-    baseline for a whole window of evaluations (and at least a window of
-    labels has passed); then all detectors start afresh. (Promoting a new model
-    version also starts afresh: detectors are per version.)
+    1. **Production baseline.** The version's first ``production_baseline_labels``
+       errors estimate its production level and spread; the detectors are
+       silent meanwhile. If production is worse than the validation estimate
+       by more than ``deployment_gap_margin`` (relative, and significant at
+       2 standard errors), one ``deployment_gap`` alert says so. From then on
+       errors enter the detectors in units of the *production* baseline, and
+       the CUSUM thresholds are calibrated on those production errors (allowing
+       for the baseline being an estimate), so a
+       stationary stream stays silent whatever its level. (With
+       ``production_baseline_labels = 0`` the validation baseline is used.)
+    2. **Change detection.** Page-Hinkley, CUSUM and the rolling mean in
+       label-arrival order, and a CUSUM in prediction time (labels counted
+       at their prediction's time, however late they come). The first to
+       fire starts an episode: one ``started`` alert, with the estimated
+       start of the change in prediction time.
+    3. **Escalation.** Inside an episode the next ``rolling_window`` errors
+       estimate the episode's own level; an upper CUSUM against that level
+       raises an ``escalated`` alert when the error rises significantly
+       again, and then the level is estimated anew. An episode cannot hide
+       a second, larger change.
+    4. **End.** The episode ends (an ``ended`` alert) once the rolling mean
+       has stayed within one standard error of the baseline for a whole
+       window of evaluations, at least a window of labels after it began;
+       then every detector starts afresh. A new version has its own monitor.
     """
 
     def __init__(self, model_id: str, version: str, config: DriftConfig, mean: float, sd: float, state=None,
                  error_sample: list[float] | None = None):
         self.model_id, self.version, self.config = model_id, version, config
-        self.mean = mean
-        self.sd = max(sd, 1e-9, abs(mean) * 1e-6)  # a perfect validation score must not divide by zero
-        reference_z = None if not error_sample else (np.array(error_sample) - mean) / self.sd
-        self.detectors = {
-            "page_hinkley": PageHinkley(config.ph_delta, config.ph_threshold),
-            "cusum": Cusum(config.cusum_k, config.cusum_false_alarm_every, reference_z=reference_z),
-            "rolling_mean": RollingMean(config.rolling_window, config.rolling_step, config.rolling_sigmas),
-        }
+        self.validation = (mean, _floored_sd(mean, sd))
         self.stored = state is not None
         self.labels, self.error_sum, self.in_episode = 0, 0.0, False
         self.episode_started_label: int | None = None
         self.episodes, self.silenced_alarms, self.calm_evaluations = 0, 0, 0
+        blob = json.loads(state.detectors) if state is not None else {}
+        if blob and "detectors" not in blob:  # state written before the production baseline existed
+            blob = {"detectors": blob, "production": {"mean": mean, "sd": sd, "errors": None}}
+        production = blob.get("production") or (
+            {"mean": mean, "sd": sd, "errors": None} if config.production_baseline_labels == 0
+            else {"mean": None, "sd": None, "errors": []})
+        self.collected: list[float] | None = production["errors"]  # None once the baseline is set
+        self.baseline_labels: int | None = production.get("labels")  # what a production baseline rests on
+        # Cautious learning: while no episode is open the production baseline keeps learning from
+        # further labels, up to production_refine_labels, so its estimate (and the thresholds that
+        # allow for its error) tighten; sums of the errors since the baseline began.
+        self.refine = production.get("refine")
+        self.validation_sample = error_sample
+        self.cusum_h: float | None = production.get("cusum_h")
+        if production["mean"] is None:
+            self.mean, self.sd = self.validation
+        else:
+            self.mean, self.sd = production["mean"], _floored_sd(production["mean"], production["sd"])
+        self._build_detectors(error_sample)
+        episode = blob.get("episode") or {}
+        self.level_z: list[float] = episode.get("level_z", [])
+        self.level: float | None = episode.get("level")
+        self.level_from: float | None = episode.get("level_from")  # prediction time the level is measured from
+        self.escalation: Cusum | None = None
+        self.escalation_pt: PredictionTimeCusum | None = None
+        if self.level is not None:
+            self._start_escalation()
+            self.escalation.load(episode["escalation"])
+            self.escalation_pt.load(episode["escalation_pt"])
         if state is not None:
             self.labels, self.error_sum, self.in_episode = state.labels, state.error_sum, state.in_episode
             self.episode_started_label, self.episodes = state.episode_started_label, state.episodes
             self.silenced_alarms, self.calm_evaluations = state.silenced_alarms, state.calm_evaluations
-            for name, numbers in json.loads(state.detectors).items():
+            for name, numbers in blob["detectors"].items():
                 self.detectors[name].load(numbers)
 
-    def update(self, error: float, metric: str, label_ts: float) -> ConceptDriftAlert | None:
-        """Feed one error; returns the concept alert (CloudEvent) if an episode starts."""
+    def _build_detectors(self, reference_errors: list[float] | None) -> None:
+        """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors, then kept.
+
+        A production baseline is estimated from a few labels, so it is off by about one standard
+        error; the thresholds allow for that (calibrated as if the errors sat 1.28 standard errors
+        above it: the promised false-alarm rate then holds for 9 baselines in 10).
+        """
+        c = self.config
+        estimated_from = self.baseline_labels
+        reference_z = None if not reference_errors else (np.array(reference_errors) - self.mean) / self.sd
+        if reference_z is not None and estimated_from:
+            reference_z = reference_z + 2.0 / math.sqrt(estimated_from)
+        cusum = Cusum(c.cusum_k, c.cusum_false_alarm_every, reference_z=reference_z, h=self.cusum_h)
+        self.cusum_h = cusum.h
+        self.detectors = {
+            "page_hinkley": PageHinkley(c.ph_delta, c.ph_threshold),
+            "cusum": cusum,
+            "rolling_mean": RollingMean(c.rolling_window, c.rolling_step, c.rolling_sigmas, estimated_from),
+            # Slow, gradual changes: a mean over a longer window notices a smaller shift.
+            "rolling_mean_long": RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_sigmas,
+                                             estimated_from),
+            # At the arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
+            # stream, so the promised false-alarm rate holds.
+            "prediction_time_cusum": PredictionTimeCusum(c.cusum_k, cusum.h, c.pt_bucket_seconds,
+                                                         c.pt_horizon_buckets),
+        }
+
+    def _start_escalation(self) -> None:
+        """Upper CUSUMs (arrival order and prediction time) against the episode's own level."""
+        c = self.config
+        self.level = float(np.mean(self.level_z))
+        self.escalation = Cusum(c.cusum_k, c.cusum_false_alarm_every,
+                                reference_z=np.array(self.level_z) - self.level if len(self.level_z) >= 100 else None)
+        self.escalation_pt = PredictionTimeCusum(c.cusum_k, self.escalation.h, c.pt_bucket_seconds,
+                                                 c.pt_horizon_buckets)
+
+    def update(self, error: float, metric: str, label_ts: float,
+               prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
+        """Feed one error (at its label's and its prediction's event time); the alerts it raises."""
         self.labels += 1
         self.error_sum += error
+        if self.collected is not None:
+            return self._collect_baseline(error, metric, label_ts)
+        if self.refine is not None and not self.in_episode:
+            self._refine_baseline(error)
         z = (error - self.mean) / self.sd
         fired = []
         for name, detector in self.detectors.items():
-            detector.update(z)
+            if name == "prediction_time_cusum":
+                detector.update(z, label_ts if prediction_ts is None else prediction_ts)
+            else:
+                detector.update(z)
             if detector.drift_detected:
                 fired.append(name)
-        rolling = self.detectors["rolling_mean"]
         if self.in_episode:
             self.silenced_alarms += len(fired)
-            # Hysteresis: the episode ends only once the rolling mean has stayed
-            # within one standard error of the baseline for a whole window of
-            # evaluations; a drift sitting near the threshold would otherwise
-            # start episode after episode.
-            if rolling.evaluated:
-                self.calm_evaluations = self.calm_evaluations + 1 if rolling.value <= rolling.calm_level else 0
-            if (self.calm_evaluations >= math.ceil(rolling.window / rolling.step)
-                    and self.labels - self.episode_started_label >= rolling.window):
-                log.info("%s@%s: concept drift episode ended after %d labels", self.model_id, self.version,
-                         self.labels - self.episode_started_label)
-                self.in_episode, self.episode_started_label, self.calm_evaluations = False, None, 0
-                for detector in self.detectors.values():
-                    detector.reset()
-            return None
+            return self._during_episode(z, metric, label_ts, label_ts if prediction_ts is None else prediction_ts)
         if not fired:
-            return None
+            return []
         self.in_episode, self.episode_started_label = True, self.labels
         self.episodes += 1
-        return self._alert(fired[0], metric, label_ts)
-
-    def _alert(self, name: str, metric: str, label_ts: float) -> ConceptDriftAlert:
+        self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
+        name = fired[0]
         detector = self.detectors[name]
-        threshold = {"page_hinkley": self.config.ph_threshold, "cusum": getattr(detector, "h", None),
-                     "rolling_mean": getattr(detector, "threshold", None)}[name]
-        value = detector.value if name == "rolling_mean" else detector.statistic
+        change = self.detectors["prediction_time_cusum"].change_ts
+        self.level_from = change if change is not None else (label_ts if prediction_ts is None else prediction_ts)
+        if isinstance(detector, RollingMean):
+            value, threshold = detector.value, detector.threshold
+        else:
+            value, threshold = detector.statistic, getattr(detector, "h", self.config.ph_threshold)
+        return [self._alert(name, "started", value, threshold, metric, label_ts)]
+
+    def _collect_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
+        self.collected.append(error)
+        if len(self.collected) < self.config.production_baseline_labels:
+            return []
+        errors = np.array(self.collected)
+        self.collected, self.baseline_labels = None, errors.size
+        if self.config.production_refine_labels > errors.size:
+            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
+        mean, sd = float(errors.mean()), float(errors.std())
+        validation_mean, validation_sd = self.validation
+        # Calibrate on the production errors, and on the (larger) validation sample standardised by its own
+        # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
+        thresholds = []
+        if self.validation_sample and len(self.validation_sample) >= 100:
+            self.mean, self.sd, self.cusum_h = validation_mean, validation_sd, None
+            self._build_detectors(self.validation_sample)
+            thresholds.append(self.cusum_h)
+        self.mean, self.sd, self.cusum_h = mean, _floored_sd(mean, sd), None
+        self._build_detectors(errors.tolist())
+        self.cusum_h = max([self.cusum_h, *thresholds])
+        self._build_detectors(None)
+        log.info("%s@%s: production baseline from %d labels: error %.4g (sd %.4g); validation %.4g", self.model_id,
+                 self.version, errors.size, mean, sd, validation_mean)
+        gap = mean - validation_mean
+        standard_error = self.sd / math.sqrt(errors.size)
+        if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > 2 * standard_error:
+            return [self._alert("production_baseline", "deployment_gap", mean,
+                                validation_mean * (1 + self.config.deployment_gap_margin), metric, label_ts,
+                                unit="error", baseline=self.validation, severity="moderate")]
+        return []
+
+    def _refine_baseline(self, error: float) -> None:
+        n, total, squares = self.refine
+        n, total, squares = n + 1, total + error, squares + error * error
+        self.refine = [n, total, squares]
+        if n % REFINE_EVERY:
+            return
+        self.mean = total / n
+        self.sd = _floored_sd(self.mean, math.sqrt(max(squares / n - self.mean ** 2, 0.0)))
+        self.baseline_labels = n
+        for name in ("rolling_mean", "rolling_mean_long"):
+            self.detectors[name].set_baseline_labels(n)
+        if n >= self.config.production_refine_labels:
+            self.refine = None
+            log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
+                     self.version, n, self.mean, self.sd)
+
+    def _during_episode(self, z: float, metric: str, label_ts: float,
+                        prediction_ts: float) -> list[ConceptDriftAlert]:
+        alerts = []
+        if self.level is None:
+            # The episode's level from predictions made after the change began: late labels of
+            # earlier predictions would pull it down and make the next rise look like an escalation.
+            if self.level_from is None or prediction_ts >= self.level_from:
+                self.level_z.append(z)
+            if len(self.level_z) >= self.config.rolling_window:
+                self._start_escalation()
+        else:
+            self.escalation.update(z - self.level)
+            self.escalation_pt.update(z - self.level, prediction_ts)
+            fired = self.escalation if self.escalation.drift_detected else (
+                self.escalation_pt if self.escalation_pt.drift_detected else None)
+            if fired is not None:
+                change = self.escalation_pt.change_ts
+                alerts.append(self._alert("escalation_cusum", "escalated", fired.statistic, fired.h, metric,
+                                          label_ts, change=change))
+                self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
+                self.level_from = change if change is not None else prediction_ts
+        rolling = self.detectors["rolling_mean"]
+        # Hysteresis: the episode ends only once the rolling mean has stayed within one standard
+        # error of the baseline for a whole window of evaluations; a drift sitting near the
+        # threshold would otherwise start episode after episode.
+        if rolling.evaluated:
+            self.calm_evaluations = self.calm_evaluations + 1 if rolling.value <= rolling.calm_level else 0
+        if (self.calm_evaluations >= math.ceil(rolling.window / rolling.step)
+                and self.labels - self.episode_started_label >= rolling.window):
+            log.info("%s@%s: concept drift episode ended after %d labels", self.model_id, self.version,
+                     self.labels - self.episode_started_label)
+            alerts.append(self._alert("rolling_mean", "ended", rolling.value, rolling.calm_level, metric, label_ts,
+                                      severity="stable"))
+            self.in_episode, self.episode_started_label, self.calm_evaluations = False, None, 0
+            self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
+            self._build_detectors(None)
+        return alerts
+
+    def _alert(self, name: str, episode: str, value: float, threshold: float | None, metric: str, label_ts: float,
+               unit: str = "baseline_sd", baseline: tuple[float, float] | None = None,
+               severity: str = "significant", change: float | None = None) -> ConceptDriftAlert:
         recent = self.detectors["rolling_mean"].mean
+        if episode == "started":
+            change = self.detectors["prediction_time_cusum"].change_ts
+        mean, sd = baseline or (self.mean, self.sd)
         data = ConceptDrift(
             model_id=self.model_id, model_version=self.version, detector=name, metric=metric, value=value,
-            threshold=threshold, unit="baseline_sd", baseline=Baseline(mean=self.mean, sd=self.sd),
+            threshold=threshold, unit=unit, baseline=Baseline(mean=mean, sd=sd),
             recent_mean_error=None if recent is None else self.mean + self.sd * recent,
-            detected_at=cloudevents.rfc3339(label_ts), label_count=self.labels, severity="significant",
-            episode="started")
-        return ConceptDriftAlert(id=cloudevents.event_id(self.model_id, self.version, "concept", name, self.labels),
-                                 subject=self.model_id, time=cloudevents.rfc3339(label_ts), data=data)
+            detected_at=cloudevents.rfc3339(label_ts), label_count=self.labels, severity=severity, episode=episode,
+            change_started_at=None if change is None else cloudevents.rfc3339(change))
+        return ConceptDriftAlert(
+            id=cloudevents.event_id(self.model_id, self.version, "concept", name if episode == "started" else episode,
+                                    self.labels),
+            subject=self.model_id, time=cloudevents.rfc3339(label_ts), data=data)
 
     def state_values(self) -> dict:
+        production = {"mean": None if self.collected is not None else self.mean,
+                      "sd": None if self.collected is not None else self.sd, "errors": self.collected,
+                      "cusum_h": self.cusum_h, "labels": self.baseline_labels, "refine": self.refine}
+        episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
+                   "escalation": None if self.escalation is None else self.escalation.state(),
+                   "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
         return {"labels": self.labels, "error_sum": self.error_sum, "in_episode": self.in_episode,
                 "episode_started_label": self.episode_started_label, "episodes": self.episodes,
                 "silenced_alarms": self.silenced_alarms, "calm_evaluations": self.calm_evaluations,
-                "detectors": json.dumps({name: d.state() for name, d in self.detectors.items()})}
+                "detectors": json.dumps({"detectors": {name: d.state() for name, d in self.detectors.items()},
+                                         "production": production, "episode": episode})}
+
+
+def _floored_sd(mean: float, sd: float) -> float:
+    return max(sd, 1e-9, abs(mean) * 1e-6)  # a perfect score must not divide by zero
 
 
 class ConceptStage:
@@ -166,8 +344,7 @@ class ConceptStage:
                     continue
                 touched.add((model_id, pair["version"]))
                 metric = "misclassification" if pair["metric"] == "misclassification" else "absolute_error"
-                alert = monitor.update(pair["error"], metric, pair["label_ts"])
-                if alert is not None:
+                for alert in monitor.update(pair["error"], metric, pair["label_ts"], pair["prediction_ts"]):
                     self._raise(session, alert, monitor.config)
         for key in touched:
             monitor = self._monitors[key]
@@ -271,7 +448,8 @@ class ConceptStage:
 
     def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig) -> None:
         record_alert(session, self.alerts_topic, alert)
-        self.policy.consider(session, alert, config, reason="concept drift")
+        if alert.data.episode in ("started", "escalated"):
+            self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
 
 
 def _stored(rows: dict[str, PendingEvent], event_id: str, consumed: list) -> dict | None:

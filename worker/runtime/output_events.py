@@ -76,15 +76,21 @@ class Baseline(_Frozen):
 
 
 class ConceptDrift(_DriftData):
-    detector: Literal["page_hinkley", "cusum", "rolling_mean"]
+    episode: Literal["started", "escalated", "ended", "deployment_gap"] = Field(
+        description="started: a change; escalated: a further rise inside the episode; ended: back to the "
+                    "baseline; deployment_gap: production error above the validation estimate (once)")
+    detector: Literal["page_hinkley", "cusum", "rolling_mean", "rolling_mean_long", "prediction_time_cusum",
+                      "escalation_cusum", "production_baseline"]
     metric: Literal["absolute_error", "misclassification"]
     value: float
     threshold: float | None
-    unit: Literal["baseline_sd"]
-    baseline: Baseline = Field(description="validation error of the version at registration")
+    unit: Literal["baseline_sd", "error"] = Field(description="baseline_sd: standardised by the baseline; "
+                                                              "error: in the metric's own units")
+    baseline: Baseline = Field(description="the production baseline (validation for deployment_gap)")
     recent_mean_error: float | None
     detected_at: str = Field(description="event time of the label that fired, RFC 3339")
     label_count: int
+    change_started_at: str | None = Field(description="estimated prediction time at which the change began")
 
 
 class RollingData(_Frozen):

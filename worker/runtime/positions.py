@@ -114,6 +114,7 @@ class LogPositions:
         self._admin = admin
         self._log_ends = log_ends  # (keys) -> {key: log end}, from a fresh consumer
         self._confirmed_at: dict[Key, float] = {}
+        self._seen_short: dict[Key, int] = {}  # partitions whose position a fresh consumer found beyond the log end
         self.topic_ids: dict[str, str] = {}
 
     def check_assigned(self, consumer: KafkaConsumer, tracker: PartitionTracker, keys: set[Key]) -> set[Key]:
@@ -158,13 +159,23 @@ class LogPositions:
         for key in suspects:
             self._confirmed_at[key] = now
         # The high watermark can be older than the position (a seek since the
-        # last fetch): ask again with a consumer that has no history.
+        # last fetch): ask again with a consumer that has no history, and move
+        # only when a second look, CONFIRM_INTERVAL_S later, says the same (a
+        # log end read while the log was being appended to can be one batch
+        # short, and moving on that would re-read a batch as duplicates).
         ends = self._log_ends(list(suspects))
         moved = set()
         for key, position in suspects.items():
             end = ends.get(key)
             if end is None or end >= position:
+                self._seen_short.pop(key, None)
                 continue
+            if self._seen_short.get(key) != position:
+                self._seen_short[key] = position
+                log.info("%s[%d]: position %d is beyond the log end %d; checking again in %.0fs", *key, position,
+                         end, CONFIRM_INTERVAL_S)
+                continue
+            del self._seen_short[key]
             stored = owned[key]
             start = consumer.beginning_offsets([TopicPartition(*key)])[TopicPartition(*key)]
             self._move(tracker, key, stored, start, "log_reset",
@@ -172,6 +183,26 @@ class LogPositions:
                        f"truncated or started again (a broker restarted without its data?); reading it from {start}")
             moved.add(key)
         return moved
+
+    def follow_topic_ids(self, consumer: KafkaConsumer, topics) -> None:
+        """Take the topic ids the consumer's metadata has now, so offsets are stored with the id of the
+        log they were read from. (kafka-python keeps them in its cluster metadata, which has no public
+        accessor; without them a log recreated while the monitor runs would be stored under the old id,
+        and the next assignment would read it again from its start.)"""
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        if cluster is None or not hasattr(cluster, "topic_id"):
+            return
+        for topic in topics:
+            topic_id = cluster.topic_id(topic)
+            if topic_id is not None and set(str(topic_id)) - {"0", "-"}:
+                self.topic_ids[topic] = str(topic_id)
+
+    def moved_back(self, tracker: PartitionTracker, key: Key, stored: int, offset: int) -> None:
+        """The consumer reads ``key`` from ``offset``, below the stored offset: the log started again."""
+        self.topic_ids.update(self._current_topic_ids([key[0]]))
+        self._move(tracker, key, stored, offset, "log_reset",
+                   f"the client went back from the stored offset {stored} to {offset}: the log was truncated or "
+                   f"the topic recreated (a broker restarted without its data?); reading it from {offset}")
 
     def _current_topic_ids(self, topics: list[str]) -> dict[str, str]:
         ids = {}

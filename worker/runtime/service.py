@@ -223,6 +223,7 @@ class _Loop:
         unchecked = self._follow_assignment()
         if unchecked is None:
             return
+        self.positions.follow_topic_ids(self.consumer, self.runner.service.topics)
         records = self._check_positions(records, unchecked)
         expected = self._expected_offsets()
         if expected is None:
@@ -286,9 +287,17 @@ class _Loop:
             key = (tp.topic, tp.partition)
             if key not in expected:
                 continue  # revoked during the poll
+            stored = expected[key]
+            if stored is not None and recs and recs[0].offset < stored:
+                # The client moved itself back below what was committed: kafka-python resets a
+                # position on its own when a topic was recreated or its log truncated. Record it as a
+                # reset of the log (with the topic's new id) and read on from there.
+                self.positions.moved_back(self.tracker, key, stored, recs[0].offset)
+                self.intake.forget([key])
+                continue
             start = self.intake.next_fetch(key)
             if start is None:
-                start = expected[key]
+                start = stored
             if start is not None and recs and recs[0].offset != start:
                 log.info("%s[%d]: expected offset %d, but the log continues at %d", tp.topic, tp.partition,
                          start, recs[0].offset)

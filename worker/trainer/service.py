@@ -66,7 +66,7 @@ class AcceptStage:
                 continue
             trigger = {"reason": request.reason, "alert_ids": request.alert_ids, "requested_at": event.time,
                        "request_version": request.model_version, "data_policy": request.data_policy.model_dump(),
-                       "change_detected_at": _change_detected_at(session, request.alert_ids)}
+                       "change_at": _change_at(session, request.alert_ids)}
             champion = registry.champions(session, [request.model_id]).get(request.model_id)
             run = runs.new_run(session, run_id=run_id, model_id=request.model_id, champion_version=champion,
                                trigger=trigger, request_id=request.request_id)
@@ -75,12 +75,17 @@ class AcceptStage:
                      request.reason)
 
 
-def _change_detected_at(session: Session, alert_ids: list[str]) -> float | None:
-    """Label event time at which a concept alert behind the request fired (None for data drift)."""
+def _change_at(session: Session, alert_ids: list[str]) -> float | None:
+    """When the change behind a concept alert began, in prediction time (None for data drift).
+
+    The prediction-time CUSUM's estimate where the alert has one; else the
+    event time at which it was detected (later than the change: safe, if wasteful).
+    """
     for alert_id in alert_ids:
         row = repo.alert(session, alert_id)
         if row is not None and row.type == "undertow.drift.concept":
-            return cloudevents.epoch(json.loads(row.cloudevent)["data"]["detected_at"])
+            data = json.loads(row.cloudevent)["data"]
+            return cloudevents.epoch(data.get("change_started_at") or data["detected_at"])
     return None
 
 

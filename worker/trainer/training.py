@@ -250,7 +250,7 @@ class TrainingWorker:
     def _plan(self, session: Session, run: TrainingRun) -> Plan | None:
         champion = _champion(session, run.model_id)
         trigger = json.loads(run.trigger)
-        predicted_from = trigger.get("change_detected_at")
+        predicted_from = trigger.get("change_at")
         policy = trigger.get("data_policy", {"kind": "rolling", "max_pairs": None})
         have = repo.count_pairs(session, run.model_id, predicted_from)
         limit = policy.get("max_pairs") if policy.get("kind") == "rolling" else None
