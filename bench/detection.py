@@ -36,7 +36,7 @@ monitored stream of |y - prediction| errors, with the change point at its
 event 50,000 (the stationary stream puts the drift positions past its end).
 Every event has a label. The same error stream feeds
 
-* Undertow: ``worker.concept.ErrorStreamMonitor`` with ``DriftConfig()``
+* Undertow: ``worker.monitor.concept.ErrorStreamMonitor`` with ``DriftConfig()``
   defaults, ``update(error, "absolute_error", i)``; an alarm is a returned
   alert (the start of an episode); the detector named in it fired first;
 * river ``PageHinkley()`` and river ``ADWIN()`` with their default parameters
