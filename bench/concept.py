@@ -13,9 +13,12 @@ Error streams as a monitor sees them in production, per seed:
   successive changes of growing size (+0.5, +1.0, +2.0 sd at 25, 50, 75 %);
   gradual (0 to +1.5 sd over 20 % of the stream from 40 %); recurring
   (+1.5 sd during 40-55 % and 70-85 %);
-* regression (|error| of a normal residual) and classification (0/1
+* regression (|error| of a normal residual), classification (0/1
   misclassification, 10 % validation error rate; the same changes in sd
-  units of the 0/1 error).
+  units of the 0/1 error), and a scored classifier (calibrated scores of a
+  binary model; the concept moves by labels contradicting the scores, the
+  same changes in sd units of the log loss; Undertow watches the 0/1 error
+  and the log loss, river the log loss).
 
 Undertow: ``ErrorStreamMonitor`` with ``DriftConfig()`` defaults, the validation
 baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_ts)``;
@@ -49,7 +52,8 @@ from worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
-DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()")
+DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched")
+MATCHED_THRESHOLDS = (50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
 
 
 @dataclass(frozen=True)
@@ -98,20 +102,65 @@ def stream(shape: Shape, task: str, n: int, seed: int):
         validation = np.abs(rng.normal(0, 1, VALIDATION_ROWS))
         sd = validation.std()
         errors = np.abs(rng.normal(0, 1, n)) * (1 + gap) + shape.shift(u) * sd
-    else:
+    elif task == "classification":
         rate = 0.10
         sd = np.sqrt(rate * (1 - rate))
         validation = (rng.random(VALIDATION_ROWS) < rate).astype(float)
         p = np.clip(rate * (1 + gap) + shape.shift(u) * sd, 0, 1)
         errors = (rng.random(n) < p).astype(float)
+    else:
+        return _scored_stream(shape, n, rng, gap, u)
     predicted = np.arange(n, dtype=float)
     arrived = predicted + rng.lognormal(np.log(DELAY_MEDIAN_S), DELAY_SIGMA, n)
-    return validation, errors, predicted, arrived, gap
+    return validation, errors, predicted, arrived, gap, None
 
 
-def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig) -> dict:
+def _scored_stream(shape: Shape, n: int, rng, gap: float, u: np.ndarray):
+    """A calibrated binary model: score p of the positive class; a share f of labels drawn against the
+    scores (q = p + f (1 - 2p)) raises the expected log loss linearly in f, so f is set from the wanted
+    shift in log-loss sd and the production gap."""
+    scores = rng.beta(1, 4, n)
+
+    def loss_of(p, y):
+        return -np.log(np.where(y, p, 1 - p))
+    v_scores = rng.beta(1, 4, VALIDATION_ROWS)
+    v_labels = rng.random(VALIDATION_ROWS) < v_scores
+    v_loss = loss_of(v_scores, v_labels)
+    validation = ((v_scores >= 0.5) != v_labels).astype(float)
+    slope = float(np.mean((1 - 2 * v_scores) * (np.log(1 - v_scores) - np.log(v_scores))))
+    flip = (gap * v_loss.mean() + shape.shift(u) * v_loss.std()) / slope
+    labels = rng.random(n) < np.clip(scores + flip * (1 - 2 * scores), 0, 1)
+    errors = ((scores >= 0.5) != labels).astype(float)
+    predicted = np.arange(n, dtype=float)
+    arrived = predicted + rng.lognormal(np.log(DELAY_MEDIAN_S), DELAY_SIGMA, n)
+    return validation, errors, predicted, arrived, gap, loss_of(scores, labels)
+
+
+def matched_threshold(task: str, n: int, seeds: int) -> float:
+    """The smallest PageHinkley threshold with no alarm on the stationary streams of every seed: river's
+    detector at the false-alarm rate Undertow promises, for the comparison of delays at equal cost."""
+    from river.drift import PageHinkley
+    streams = [stream(SHAPES[0], task, n, 1000 * seed + 7) for seed in range(seeds)]
+    for threshold in MATCHED_THRESHOLDS:
+        quiet = True
+        for _, errors, _, arrived, _, losses in streams:
+            detector = PageHinkley(threshold=threshold)
+            watched = errors if losses is None else losses
+            for i in np.argsort(arrived, kind="stable"):
+                detector.update(float(watched[i]))
+                if detector.drift_detected:
+                    quiet = False
+                    break
+            if not quiet:
+                break
+        if quiet:
+            return threshold
+    return MATCHED_THRESHOLDS[-1]
+
+
+def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: float) -> dict:
     from river.drift import ADWIN, PageHinkley
-    validation, errors, predicted, arrived, gap = stream(shape, task, n, seed)
+    validation, errors, predicted, arrived, gap, losses = stream(shape, task, n, seed)
     order = np.argsort(arrived, kind="stable")
     metric = "absolute_error" if task == "regression" else "misclassification"
     ours = ErrorStreamMonitor("bench", "1", config, float(validation.mean()), float(validation.std()),
@@ -121,14 +170,19 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig) -> dict
     gaps = 0
     started = time.perf_counter()
     for i in order:
-        for alert in ours.update(float(errors[i]), metric, float(arrived[i]), float(predicted[i])):
+        alerts = ours.update(float(errors[i]), metric, float(arrived[i]), float(predicted[i]))
+        if losses is not None:
+            alerts += ours.update_log_loss(float(losses[i]), float(arrived[i]), float(predicted[i]))
+        for alert in alerts:
             if alert.data.episode in ("started", "escalated"):
                 alarms[DETECTORS[0]].append(float(arrived[i]))
             gaps += alert.data.episode == "deployment_gap"
     seconds = time.perf_counter() - started
-    for detector, name in ((ph, DETECTORS[1]), (adwin, DETECTORS[2])):
+    watched = errors if losses is None else losses
+    for detector, name in ((ph, DETECTORS[1]), (adwin, DETECTORS[2]), (PageHinkley(threshold=matched),
+                                                                       DETECTORS[3])):
         for i in order:
-            detector.update(float(errors[i]))
+            detector.update(float(watched[i]))
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
     changes = [c * n for c in shape.changes]
@@ -168,9 +222,12 @@ def main() -> None:
           "(total over seeds) | /10k labels | alarms per change |")
     print("|---|---|---|---|---|---:|---:|---:|")
     notes = []
-    for task in ("regression", "classification"):
+    for task in ("regression", "classification", "scored classification (log loss)"):
+        matched = matched_threshold(task, args.labels, args.seeds)
+        notes.append(f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched}), the smallest "
+                     f"threshold without a false alarm on the stationary streams of these seeds")
         for shape in SHAPES:
-            runs = [run(shape, task, args.labels, 1000 * seed + 7, config) for seed in range(args.seeds)]
+            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched) for seed in range(args.seeds)]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
             for name in DETECTORS:
                 per = [r["detectors"][name] for r in runs]

@@ -232,3 +232,41 @@ def test_the_monitor_state_round_trips_mid_episode():
     second, _ = _alerts(validation, labels[15_000:], restored)
     assert [a.id for _, _, a in whole] == [a.id for _, _, a in first + second]
     assert len(whole) >= 2
+
+
+def _scored_stream(n: int, seed: int, change: int, flip: float):
+    """A calibrated binary classifier's (0/1 error, log loss) per label; from ``change`` on a share ``flip``
+    of the labels contradicts the scores (the concept moved), in arrival order after lognormal delays."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(1, 4, n)                         # score of the positive class
+    q = np.where(np.arange(n) >= change, p + flip * (1 - 2 * p), p)
+    y = rng.random(n) < q
+    errors = ((p >= 0.5) != y).astype(float)
+    losses = -np.log(np.where(y, p, 1 - p))
+    predicted = np.arange(n, dtype=float)
+    arrived = predicted + rng.lognormal(np.log(300), 1.0, n)
+    order = np.argsort(arrived, kind="stable")
+    validation = ((rng.random(5000) < p[:5000]) != (p[:5000] >= 0.5)).astype(float)
+    return validation, [(float(errors[i]), float(losses[i]), float(arrived[i]), float(predicted[i])) for i in order]
+
+
+def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline_and_alerts():
+    from types import SimpleNamespace
+    validation, labels = _scored_stream(40_000, 5, change=30_000, flip=0.15)
+    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    alerts = []
+    for i, (error, loss, arrived, predicted) in enumerate(labels):
+        if i == 20_000:  # the log-loss monitor's state travels inside the version's state
+            monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                         state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
+                                         error_sample=error_sample(validation))
+        alerts += [(a, predicted) for a in monitor.update(error, "misclassification", arrived, predicted)]
+        alerts += [(a, predicted) for a in monitor.update_log_loss(loss, arrived, predicted)]
+    loss_alerts = [(a, predicted) for a, predicted in alerts if a.data.metric == "log_loss"]
+    assert loss_alerts, "the log loss rose by a fifth and nothing fired"
+    first, at = loss_alerts[0]
+    assert first.data.episode == "started" and at >= 30_000  # silent on the stationary part, its baseline set
+    assert all(a.data.episode != "deployment_gap" for a, _ in loss_alerts)  # no validation estimate to compare
+    ids = [a.id for a, _ in alerts]
+    assert len(ids) == len(set(ids))  # the two streams never share an alert id

@@ -46,6 +46,21 @@ def cmd_monitor(args) -> int:
     return monitor.run(until_idle=args.until_idle)
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from models.ids import check_id
+    from worker.cli.common import _CONNECTION_FLAGS
+    from worker.runtime.settings import ServerSettings, load_settings
+    from worker.server.app import create_app
+    settings = load_settings({**{k: getattr(args, k, None) for k in _CONNECTION_FLAGS},
+                              "host": args.host, "port": args.port}, ServerSettings)
+    app = create_app(settings, check_id(args.model_id))
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False)
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
     p.add_argument("--host", default="127.0.0.1")
@@ -65,3 +80,10 @@ def add_parsers(sub) -> None:
                    help="exit once the input topics have given nothing for this long")
     p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("serve", help="serve a model's champion over HTTP, emitting prediction events")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True, help="the registered model to serve")
+    p.add_argument("--host", help="address to listen on (UNDERTOW_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (UNDERTOW_PORT, default 8000)")
+    p.set_defaults(func=cmd_serve)

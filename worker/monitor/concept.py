@@ -7,6 +7,7 @@ import json
 import logging
 import math
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,19 @@ class ErrorStreamMonitor:
        has stayed within one standard error of the baseline for a whole
        window of evaluations, at least a window of labels after it began;
        then every detector starts afresh. A new version has its own monitor.
+    5. **Log loss.** Where a classifier sends its scores, the log loss of the
+       true class is a second stream with the same rules (``update_log_loss``):
+       it moves before the 0/1 error does when the model grows unsure or
+       confidently wrong. No validation estimate exists for it, so its
+       baseline is production's first labels (at least 1,000) and it has no
+       ``deployment_gap``; its alerts say ``metric: log_loss``.
     """
 
-    def __init__(self, model_id: str, version: str, config: DriftConfig, mean: float, sd: float, state=None,
-                 error_sample: list[float] | None = None):
-        self.model_id, self.version, self.config = model_id, version, config
-        self.validation = (mean, _floored_sd(mean, sd))
+    def __init__(self, model_id: str, version: str, config: DriftConfig, mean: float | None, sd: float | None,
+                 state=None, error_sample: list[float] | None = None, stream: str = "error"):
+        self.model_id, self.version, self.config, self.stream = model_id, version, config, stream
+        # None where no validation estimate exists (log loss): the production baseline alone counts.
+        self.validation = None if mean is None else (mean, _floored_sd(mean, sd))
         self.stored = state is not None
         self.labels, self.error_sum, self.in_episode = 0, 0.0, False
         self.episode_started_label: int | None = None
@@ -74,7 +82,7 @@ class ErrorStreamMonitor:
         if blob and "detectors" not in blob:  # state written before the production baseline existed
             blob = {"detectors": blob, "production": {"mean": mean, "sd": sd, "errors": None}}
         production = blob.get("production") or (
-            {"mean": mean, "sd": sd, "errors": None} if config.production_baseline_labels == 0
+            {"mean": mean, "sd": sd, "errors": None} if config.production_baseline_labels == 0 and mean is not None
             else {"mean": None, "sd": None, "errors": []})
         self.collected: list[float] | None = production["errors"]  # None once the baseline is set
         self.baseline_labels: int | None = production.get("labels")  # what a production baseline rests on
@@ -85,7 +93,7 @@ class ErrorStreamMonitor:
         self.validation_sample = error_sample
         self.cusum_h: float | None = production.get("cusum_h")
         if production["mean"] is None:
-            self.mean, self.sd = self.validation
+            self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
             self.mean, self.sd = production["mean"], _floored_sd(production["mean"], production["sd"])
         self._build_detectors(error_sample)
@@ -105,6 +113,21 @@ class ErrorStreamMonitor:
             self.silenced_alarms, self.calm_evaluations = state.silenced_alarms, state.calm_evaluations
             for name, numbers in blob["detectors"].items():
                 self.detectors[name].load(numbers)
+        loss_state = blob.get("log_loss")
+        self.log_loss: ErrorStreamMonitor | None = None if loss_state is None else self._log_loss_monitor(
+            SimpleNamespace(**loss_state))
+
+    def _log_loss_monitor(self, state=None) -> "ErrorStreamMonitor":
+        config = self.config.model_copy(update={
+            "production_baseline_labels": max(self.config.production_baseline_labels, 1000)})
+        return ErrorStreamMonitor(self.model_id, self.version, config, None, None, state, stream="log_loss")
+
+    def update_log_loss(self, loss: float, label_ts: float,
+                        prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
+        """Feed the log loss of one labelled prediction whose scores were sent; the alerts it raises."""
+        if self.log_loss is None:
+            self.log_loss = self._log_loss_monitor()
+        return self.log_loss.update(loss, "log_loss", label_ts, prediction_ts)
 
     def _build_detectors(self, reference_errors: list[float] | None) -> None:
         """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors, then kept.
@@ -187,20 +210,23 @@ class ErrorStreamMonitor:
         if self.config.production_refine_labels > errors.size:
             self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
         mean, sd = float(errors.mean()), float(errors.std())
-        validation_mean, validation_sd = self.validation
         # Calibrate on the production errors, and on the (larger) validation sample standardised by its own
         # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         thresholds = []
-        if self.validation_sample and len(self.validation_sample) >= 100:
-            self.mean, self.sd, self.cusum_h = validation_mean, validation_sd, None
+        if self.validation is not None and self.validation_sample and len(self.validation_sample) >= 100:
+            self.mean, self.sd, self.cusum_h = *self.validation, None
             self._build_detectors(self.validation_sample)
             thresholds.append(self.cusum_h)
         self.mean, self.sd, self.cusum_h = mean, _floored_sd(mean, sd), None
         self._build_detectors(errors.tolist())
         self.cusum_h = max([self.cusum_h, *thresholds])
         self._build_detectors(None)
-        log.info("%s@%s: production baseline from %d labels: error %.4g (sd %.4g); validation %.4g", self.model_id,
-                 self.version, errors.size, mean, sd, validation_mean)
+        log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
+                 self.model_id, self.version, self.stream, errors.size, mean, sd,
+                 "unknown" if self.validation is None else f"{self.validation[0]:.4g}")
+        if self.validation is None:
+            return []
+        validation_mean = self.validation[0]
         gap = mean - validation_mean
         standard_error = self.sd / math.sqrt(errors.size)
         if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > 2 * standard_error:
@@ -276,8 +302,9 @@ class ErrorStreamMonitor:
             recent_mean_error=None if recent is None else self.mean + self.sd * recent,
             detected_at=cloudevents.rfc3339(label_ts), label_count=self.labels, severity=severity, episode=episode,
             change_started_at=None if change is None else cloudevents.rfc3339(change))
+        kind = "concept" if self.stream == "error" else f"concept_{self.stream}"
         return ConceptDriftAlert(
-            id=cloudevents.event_id(self.model_id, self.version, "concept", name if episode == "started" else episode,
+            id=cloudevents.event_id(self.model_id, self.version, kind, name if episode == "started" else episode,
                                     self.labels),
             subject=self.model_id, time=cloudevents.rfc3339(label_ts), data=data)
 
@@ -288,11 +315,14 @@ class ErrorStreamMonitor:
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
+        blob = {"detectors": {name: d.state() for name, d in self.detectors.items()},
+                "production": production, "episode": episode}
+        if self.log_loss is not None:
+            blob["log_loss"] = self.log_loss.state_values()
         return {"labels": self.labels, "error_sum": self.error_sum, "in_episode": self.in_episode,
                 "episode_started_label": self.episode_started_label, "episodes": self.episodes,
                 "silenced_alarms": self.silenced_alarms, "calm_evaluations": self.calm_evaluations,
-                "detectors": json.dumps({"detectors": {name: d.state() for name, d in self.detectors.items()},
-                                         "production": production, "episode": episode})}
+                "detectors": json.dumps(blob)}
 
 
 def _floored_sd(mean: float, sd: float) -> float:
@@ -344,7 +374,10 @@ class ConceptStage:
                     continue
                 touched.add((model_id, pair["version"]))
                 metric = "misclassification" if pair["metric"] == "misclassification" else "absolute_error"
-                for alert in monitor.update(pair["error"], metric, pair["label_ts"], pair["prediction_ts"]):
+                alerts = monitor.update(pair["error"], metric, pair["label_ts"], pair["prediction_ts"])
+                if pair["score_loss"] is not None and metric == "misclassification":
+                    alerts += monitor.update_log_loss(pair["score_loss"], pair["label_ts"], pair["prediction_ts"])
+                for alert in alerts:
                     self._raise(session, alert, monitor.config)
         for key in touched:
             monitor = self._monitors[key]

@@ -81,7 +81,7 @@ class ConceptDrift(_DriftData):
                     "baseline; deployment_gap: production error above the validation estimate (once)")
     detector: Literal["page_hinkley", "cusum", "rolling_mean", "rolling_mean_long", "prediction_time_cusum",
                       "escalation_cusum", "production_baseline"]
-    metric: Literal["absolute_error", "misclassification"]
+    metric: Literal["absolute_error", "misclassification", "log_loss"]
     value: float
     threshold: float | None
     unit: Literal["baseline_sd", "error"] = Field(description="baseline_sd: standardised by the baseline; "

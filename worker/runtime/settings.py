@@ -149,6 +149,21 @@ class TrainerSettings(ServiceSettings):
     gate_tolerance: float = Field(default=0.10, ge=0)
 
 
+class ServerSettings(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_batch_rows: int = Field(default=1000, ge=1)
+    # Events wait here for the producer; beyond it they are dropped (counted).
+    event_queue_size: int = Field(default=100_000, ge=1)
+    # Records handed to the producer and not yet acknowledged (kafka-python 3 has no buffer bound).
+    producer_max_pending: int = Field(default=100_000, ge=1)
+    producer_max_block_ms: int = Field(default=1000, ge=1)
+    # The registry's champion is checked this often, besides every model event.
+    registry_check_seconds: float = Field(default=10.0, gt=0)
+    shutdown_flush_seconds: float = Field(default=10.0, gt=0)
+
+
 SettingsType = TypeVar("SettingsType", bound=Settings)
 
 

@@ -69,6 +69,20 @@ def make_producer(settings: Settings) -> KafkaProducer:
                     delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
 
 
+def make_event_producer(settings: Settings, max_block_ms: int) -> KafkaProducer:
+    """The serving endpoint's producer of prediction and label events: a short block on missing metadata."""
+    return _connect(KafkaProducer, settings, client_id="undertow-server", acks=1, linger_ms=5,
+                    max_block_ms=max_block_ms, request_timeout_ms=10_000,
+                    delivery_timeout_ms=60_000, reconnect_backoff_max_ms=1000)
+
+
+def make_tail_consumer(settings: Settings, client_id: str) -> KafkaConsumer:
+    """A consumer outside any group, for following a topic from its end (the server's model events)."""
+    return _connect(KafkaConsumer, settings, group_id=None, client_id=client_id, enable_auto_commit=False,
+                    auto_offset_reset="latest", fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+                    allow_auto_create_topics=False, metadata_max_age_ms=METADATA_MAX_AGE_MS)
+
+
 def make_consumer(settings: ServiceSettings, group_id: str, **options) -> KafkaConsumer:
     return _connect(
         KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,

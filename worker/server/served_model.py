@@ -1,0 +1,95 @@
+"""One loaded model version as the endpoint serves it: the model, its request schema, a warm-up.
+
+A ``ServedModel`` is immutable: a promotion builds a new one and the
+endpoint swaps one reference, so a request that took the old one finishes
+on it and names it in its answer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model, model_validator
+
+from models import registry, training
+from worker.runtime.events import Text
+
+MAX_BATCH_ROWS = 1000
+_NUMBER = Annotated[StrictFloat | StrictInt, Field(ge=-1e308, le=1e308)]
+_CATEGORY = Text | StrictInt
+
+
+def request_model(model_id: str, version: str, schema: dict[str, str],
+                  max_rows: int = MAX_BATCH_ROWS) -> type[BaseModel]:
+    """The ``/predict`` body for this version: ``{"features": row}`` or ``{"instances": [row, ...]}``.
+
+    Every feature of the schema is required (``null`` means missing, which
+    the pipeline imputes); unknown features, strings for numbers and
+    non-finite numbers are refused, and the error names the feature.
+    """
+    fields: dict[str, Any] = {
+        f"f{i}": ((_NUMBER if kind == "numeric" else _CATEGORY) | None, Field(..., alias=name))
+        for i, (name, kind) in enumerate(schema.items())}
+    row = create_model(f"Row_{model_id}_{version}".replace("-", "_").replace(".", "_"),
+                       __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                                             populate_by_name=False), **fields)
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        features: row | None = None  # type: ignore[valid-type]
+        instances: list[row] | None = Field(default=None, min_length=1, max_length=max_rows)  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def _one_form(self) -> "PredictRequest":
+            if (self.features is None) == (self.instances is None):
+                raise ValueError('send one row as {"features": {...}} or a batch as {"instances": [{...}, ...]}')
+            return self
+
+        def rows(self) -> list[dict]:
+            parsed = [self.features] if self.features is not None else self.instances
+            return [r.model_dump(by_alias=True) for r in parsed]
+
+    return PredictRequest
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_id: str
+    version: str
+    task: str
+    schema: dict[str, str]
+    model: Any = field(repr=False)
+    artifact_sha256: str
+    request: type[BaseModel] = field(repr=False)
+
+    def predict(self, rows: list[dict]) -> tuple[list, list[dict[str, float]] | None]:
+        """Predictions as event values and, for classifiers that give probabilities, the scores per class."""
+        predictions = training.predict(self.model, rows, self.schema, self.task)
+        if self.task != "classification" or not hasattr(self.model, "predict_proba"):
+            return predictions, None
+        probabilities = self.model.predict_proba(training.to_frame(rows, self.schema))
+        classes = [str(c) for c in self.model.classes_]
+        return predictions, [{c: min(max(float(p), 0.0), 1.0) for c, p in zip(classes, row)}
+                             for row in probabilities]
+
+
+def load_served(row: registry.ModelVersion, max_rows: int = MAX_BATCH_ROWS) -> ServedModel:
+    """Load a version (its SHA-256 checked against the registry first) and answer one prediction with it.
+
+    The warm-up row is the first of the version's own test set where it has
+    one, else a row of missing values: a model that cannot answer it is not
+    served.
+    """
+    # Columns such as __prediction__ are profiled for drift, not fed to the model.
+    schema = {name: kind for name, kind in json.loads(row.feature_schema or "{}").items()
+              if not name.startswith("__")}
+    if not schema:
+        raise registry.RegistryError(f"model {row.model_id} version {row.version} has no feature schema")
+    model = registry.load_artifact(row)
+    served = ServedModel(row.model_id, row.version, row.task or "regression", schema, model, row.artifact_sha256,
+                         request_model(row.model_id, row.version, schema, max_rows))
+    test_set = json.loads(row.test_set) if row.test_set else None
+    warm_row = test_set["features"][0] if test_set and test_set.get("features") else {name: None for name in schema}
+    served.predict([{name: warm_row.get(name) for name in schema}])
+    return served
