@@ -11,7 +11,7 @@ from worker.runtime.settings import Settings, load_settings
 
 log = logging.getLogger("undertow")
 
-_CONNECTION_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id")
+_CONNECTION_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id", "metrics_port")
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,12 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts-dir", help="artifact store (UNDERTOW_ARTIFACTS_DIR, default ./artifacts)")
     parser.add_argument("--topic-prefix", help="topic prefix (UNDERTOW_TOPIC_PREFIX, default 'undertow.')")
     parser.add_argument("--group-id", help="consumer group (UNDERTOW_GROUP_ID, default undertow-monitor)")
+
+
+def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus /metrics on this port (UNDERTOW_METRICS_PORT; "
+                             "UNDERTOW_METRICS_HOST, default 127.0.0.1)")
 
 
 def settings_from(args: argparse.Namespace, cls: type[Settings] = Settings) -> Settings:

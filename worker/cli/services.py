@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.cli.common import add_connection_flags, install_stop_handlers, settings_from
+from worker.cli.common import add_connection_flags, add_metrics_flag, install_stop_handlers, settings_from
 from worker.runtime.settings import MonitorSettings
 
 log = logging.getLogger("undertow")
@@ -79,6 +79,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
                    help="exit once the input topics have given nothing for this long")
     p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")
+    add_metrics_flag(p)
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("serve", help="serve a model's champion over HTTP, emitting prediction events")

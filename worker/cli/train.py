@@ -6,7 +6,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from worker.cli.common import add_connection_flags, open_sessions, settings_from
+from worker.cli.common import add_connection_flags, add_metrics_flag, open_sessions, settings_from
 from worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 
@@ -95,6 +95,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("trainer", help="run the trainer: answer retrain requests with gated candidates")
     add_connection_flags(p)
+    add_metrics_flag(p)
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
                    help="exit once no request came for this long and no run is pending")
     p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")

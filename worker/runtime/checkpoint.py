@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from kafka import KafkaConsumer, TopicPartition
@@ -41,8 +42,10 @@ class Checkpoint:
     """
 
     def __init__(self, sessions: sessionmaker[Session], consumer: KafkaConsumer, tracker: PartitionTracker,
-                 relay: OutboxRelay, topic_ids: Mapping[str, str]):
+                 relay: OutboxRelay, topic_ids: Mapping[str, str],
+                 on_commit: Callable[[Batch, float], None] | None = None):
         self._sessions = sessions
+        self._on_commit = on_commit  # after step 1 only: a replayed batch is never counted twice
         self._consumer = consumer
         self._tracker = tracker
         self._relay = relay
@@ -51,6 +54,8 @@ class Checkpoint:
     def commit(self, batch: Batch, expected: dict[Key, int | None],
                apply: Callable[[Session, Batch], None]) -> None:
         moves = {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}
+        started = time.perf_counter()
+        consumed = Batch(events=list(batch.events), dead_letters=batch.dead_letters)  # before stages take some out
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
             for letter in batch.dead_letters:
@@ -58,6 +63,8 @@ class Checkpoint:
                 repo.add_dead_letter(session, letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
                                      dict(letter.headers).get("undertow.error.message", b"").decode())
             apply(session, batch)
+        if self._on_commit is not None:
+            self._on_commit(consumed, time.perf_counter() - started)
         expected.update(batch.next_offsets)
         with self._tracker.lock:
             for key, (old, new) in moves.items():

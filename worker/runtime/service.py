@@ -48,6 +48,7 @@ from storage.errors import StaleOffsets
 from worker.runtime.batch import Batch, build_batch
 from worker.runtime.checkpoint import Checkpoint
 from worker.runtime.merge import FifoIntake, Intake
+from worker.runtime.metrics import DatabaseCollector, ServiceMetrics
 from worker.runtime.positions import Key, LogPositions, PartitionTracker
 from worker.runtime.settings import ServiceSettings
 from worker.runtime.transport import (
@@ -140,12 +141,16 @@ class ServiceRunner:
                 positions = LogPositions(self.sessions, self.group_id, admin,
                                          lambda keys: log_end_offsets(self.settings, keys))
                 relay = OutboxRelay(self.sessions, producer)
-                checkpoint = Checkpoint(self.sessions, consumer, tracker, relay, positions.topic_ids)
+                metrics, metrics_server = self._serve_metrics()
+                checkpoint = Checkpoint(self.sessions, consumer, tracker, relay, positions.topic_ids,
+                                        on_commit=None if metrics is None else metrics.committed)
                 loop = _Loop(self, consumer, tracker, positions, checkpoint, relay)
                 background = self._start_background()
                 try:
                     return loop.run(until_idle)
                 finally:
+                    if metrics_server is not None:
+                        metrics_server.shutdown()
                     self._stop_background(background)
                     consumer.close(autocommit=False)
                     producer.close(timeout=10)
@@ -155,6 +160,15 @@ class ServiceRunner:
 
 
     BACKGROUND_JOIN_S = 10.0
+
+    def _serve_metrics(self):
+        if self.settings.metrics_port is None:
+            return None, None
+        topics = list(self.service.topics)
+        metrics = ServiceMetrics(self.service.name, topics)
+        database = DatabaseCollector(self.engine, self.service.name, self.group_id, lambda keys: log_end_offsets(self.settings, keys),
+                                     topics)
+        return metrics, metrics.serve(self.settings.metrics_port, self.settings.metrics_host, database)
 
     def _start_background(self) -> tuple[threading.Thread, threading.Event] | None:
         if self.service.background is None:

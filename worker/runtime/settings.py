@@ -111,6 +111,9 @@ class ServiceSettings(Settings):
 
     batch_max_records: int = Field(default=2000, ge=1)
     poll_timeout_ms: int = Field(default=500, ge=10)
+    # Prometheus /metrics of the service (off unless a port is given); 0.0.0.0 in a container.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class MonitorSettings(ServiceSettings):

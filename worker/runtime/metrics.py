@@ -1,0 +1,204 @@
+"""Prometheus metrics of a consuming service (monitor, trainer), served on ``--metrics-port``.
+
+Two kinds, kept apart so that nothing is counted twice:
+
+* **This process's work**, counted when a batch *commits* (a replayed batch
+  was never counted): events consumed by topic and kind, dead letters by
+  stage and reason, batch processing time, the event time of the last
+  processed event per topic.
+* **What the database holds** (lag against the stored offsets, open
+  episodes, the join buffer, alerts, retrain requests, training runs):
+  read at scrape time by ``DatabaseCollector`` and exported by **one**
+  process per database: on PostgreSQL the one holding an advisory lock,
+  on SQLite the single writer. Two monitors scraped side by side therefore
+  never double-count the shared state.
+
+Names follow the Prometheus conventions: ``undertow_`` prefix, base units,
+``_total`` counters, bounded labels, pre-initialised.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from worker.runtime.batch import Batch
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_EXPORTER_LOCK = 0x756E6D65  # PostgreSQL advisory lock key: the one exporter of database metrics
+
+
+def event_kind(event) -> str:
+    """prediction, label, or the CloudEvent type's last part (retrain.requested, model.promoted, ...)."""
+    kind = getattr(event, "type", None)
+    if isinstance(kind, str):
+        return kind.removeprefix("undertow.")
+    return type(event).__name__.removesuffix("Event").lower()
+
+
+class ServiceMetrics:
+    def __init__(self, service: str, topics: Iterable[str]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("undertow_events_consumed", "valid events committed, by topic and kind",
+                                ["topic", "kind"], registry=r)
+        self.dead_letters = Counter("undertow_dead_letters", "records dead-lettered, by stage and reason",
+                                    ["stage", "reason"], registry=r)
+        self.batch_seconds = Histogram("undertow_batch_duration_seconds", "time to process and commit a batch",
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.last_event = Gauge("undertow_last_event_timestamp_seconds",
+                                "event time of the last committed event, by topic", ["topic"], registry=r)
+        self.service = service
+        for topic in topics:
+            self.last_event.labels(topic)
+            for suffix, kind in (("predictions", "prediction"), ("labels", "label")):
+                if topic.endswith(suffix):
+                    self.consumed.labels(topic, kind)
+        for stage in ("validate", "process"):
+            self.dead_letters.labels(stage, "InvalidEvent")
+
+    def committed(self, batch: Batch, seconds: float) -> None:
+        tally: Tally = Tally()
+        newest: dict[str, float] = {}
+        for position, event in batch.events:
+            tally[(position.topic, event_kind(event))] += 1
+            ts = getattr(event, "epoch", None)
+            if ts is not None:
+                newest[position.topic] = max(newest.get(position.topic, ts), ts)
+        for (topic, kind), n in tally.items():
+            self.consumed.labels(topic, kind).inc(n)
+        for topic, ts in newest.items():
+            self.last_event.labels(topic).set(ts)
+        for letter in batch.dead_letters:
+            headers = dict(letter.headers)
+            self.dead_letters.labels(headers.get("undertow.error.stage", b"?").decode(),
+                                     headers.get("undertow.error.class", b"?").decode()).inc()
+        self.batch_seconds.observe(seconds)
+
+    def serve(self, port: int, host: str, database: "DatabaseCollector | None" = None):
+        """Serve /metrics from a thread; returns the HTTP server (``shutdown()`` it at exit)."""
+        if database is not None:
+            self.registry.register(database)
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        log.info("%s metrics on http://%s:%d/metrics", self.service, host, port)
+        return server
+
+
+class DatabaseCollector(Collector):
+    """Scrape-time gauges and counters from the shared database, exported by one process per database."""
+
+    SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests"),
+                "trainer": ("training_runs",)}
+
+    def __init__(self, engine: Engine, service: str, group_id: str,
+                 log_ends: Callable[[list[tuple[str, int]]], dict], topics: list[str]):
+        self.engine, self.group_id, self.log_ends, self.topics = engine, group_id, log_ends, topics
+        self.sections = self.SECTIONS.get(service, ())  # each table's numbers come from one service
+        self._lock_key = _EXPORTER_LOCK + sum(service.encode())
+        self._lock_connection = None
+
+    def _exporter(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True  # SQLite: one writer, one process
+        if self._lock_connection is None:
+            conn = self.engine.connect()
+            if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}).scalar():
+                conn.commit()
+                self._lock_connection = conn  # held for the life of the process
+            else:
+                conn.close()
+        return self._lock_connection is not None
+
+    def describe(self):
+        return []  # collected lazily: the database may be away at registration
+
+    def collect(self):
+        try:
+            if not self._exporter():
+                return
+            with self.engine.connect() as conn:
+                yield from self._collect(conn)
+        except Exception as exc:  # noqa: BLE001 - a scrape must never take the service down
+            log.warning("database metrics unavailable: %s", exc)
+
+    def _collect(self, conn):
+        started = time.perf_counter()
+        offsets = conn.execute(text("SELECT topic, partition, next_offset FROM consumer_offsets "
+                                    "WHERE group_id = :g"), {"g": self.group_id}).all()
+        lag = GaugeMetricFamily("undertow_consumer_lag", "records behind the log end, by partition (stored "
+                                "offsets, all members of the group)", labels=["topic", "partition"])
+        ends = self.log_ends([(t, p) for t, p, _ in offsets if t in self.topics]) if offsets else {}
+        for topic, partition, offset in offsets:
+            if (topic, partition) in ends:
+                lag.add_metric([topic, str(partition)], max(ends[(topic, partition)] - offset, 0))
+        yield lag
+        yield from self._tables(conn)
+        scrape = GaugeMetricFamily("undertow_database_scrape_duration_seconds", "time to read these metrics")
+        scrape.add_metric([], time.perf_counter() - started)
+        yield scrape
+
+    def _tables(self, conn):
+        tables = set(self.engine.dialect.get_table_names(conn)) & set(self.sections)
+        if "model_stats" in tables:
+            predictions, labels, duplicates = conn.execute(text(
+                "SELECT COALESCE(SUM(predictions), 0), COALESCE(SUM(labels), 0), COALESCE(SUM(duplicates), 0) "
+                "FROM model_stats")).one()
+            family = CounterMetricFamily("undertow_duplicates", "events seen before, counted once")
+            family.add_metric([], duplicates)
+            yield family
+        if "join_stats" in tables:
+            pending = GaugeMetricFamily("undertow_join_pending", "events waiting for their partner", labels=["kind"])
+            row = conn.execute(text("SELECT COALESCE(SUM(pending_predictions), 0), "
+                                    "COALESCE(SUM(pending_labels), 0) FROM join_stats")).one()
+            pending.add_metric(["prediction"], row[0])
+            pending.add_metric(["label"], row[1])
+            yield pending
+        if "concept_state" in tables:
+            episodes = GaugeMetricFamily("undertow_open_episodes", "drift episodes not ended", labels=["kind"])
+            episodes.add_metric(["concept"], conn.execute(text(
+                "SELECT count(*) FROM concept_state WHERE in_episode")).scalar())
+            data_open = 0
+            for (blob,) in conn.execute(text("SELECT episodes FROM drift_state")):
+                data_open += sum(1 for severity, _ in json.loads(blob or "{}").values() if severity != "stable")
+            episodes.add_metric(["data"], data_open)
+            yield episodes
+        if "alerts" in tables:
+            alerts = CounterMetricFamily("undertow_alerts", "alerts recorded, by type and detector",
+                                         labels=["type", "detector"])
+            tally: Tally = Tally()
+            for kind, cloudevent in conn.execute(text("SELECT type, cloudevent FROM alerts")):
+                tally[(kind, json.loads(cloudevent)["data"].get("detector", "window"))] += 1
+            for (kind, detector), n in sorted(tally.items()):
+                alerts.add_metric([kind, detector], n)
+            yield alerts
+        if "retrain_requests" in tables:
+            requests = GaugeMetricFamily("undertow_retrain_requests", "retrain requests, by status",
+                                         labels=["status"])
+            counts = dict(conn.execute(text("SELECT status, count(*) FROM retrain_requests GROUP BY status")).all())
+            for status in ("open", "closed"):
+                requests.add_metric([status], counts.get(status, 0))
+            yield requests
+        if "training_runs" in tables:
+            runs = GaugeMetricFamily("undertow_training_runs", "training runs, by status (promoted and rejected "
+                                     "are the gate's decisions)", labels=["status"])
+            seconds = GaugeMetricFamily("undertow_training_run_duration_seconds_sum",
+                                        "wall time of finished runs, by status", labels=["status"])
+            counts = {status: (n, total) for status, n, total in conn.execute(text(
+                "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs "
+                "GROUP BY status")).all()}
+            for status in ("waiting", "running", "promoted", "rejected", "gave_up", "failed", "registered"):
+                n, total = counts.get(status, (0, 0.0))
+                runs.add_metric([status], n)
+                seconds.add_metric([status], total or 0.0)
+            yield runs
+            yield seconds
