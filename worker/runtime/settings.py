@@ -157,6 +157,8 @@ class ServerSettings(Settings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_batch_rows: int = Field(default=1000, ge=1)
+    # OpenMP threads inside one prediction: requests already run in parallel on the thread pool.
+    model_threads: int = Field(default=1, ge=1)
     # Events wait here for the producer; beyond it they are dropped (counted).
     event_queue_size: int = Field(default=100_000, ge=1)
     # Records handed to the producer and not yet acknowledged (kafka-python 3 has no buffer bound).

@@ -64,7 +64,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             settings.event_queue_size, settings.producer_max_pending, metrics.dropped, metrics.emitted).start()
         follower = PromotionFollower(settings, model_id, slot, make_session_factory(engine), topics.models,
                                      metrics.swapped, settings.registry_check_seconds,
-                                     settings.max_batch_rows).start()
+                                     settings.max_batch_rows, settings.model_threads).start()
         app.state.emitter = emitter
         try:
             yield

@@ -41,9 +41,10 @@ class ModelSlot:
 class PromotionFollower:
     def __init__(self, settings: Settings, model_id: str, slot: ModelSlot, sessions: sessionmaker[Session],
                  topic: str, on_swap: Callable[[str, str], None], check_seconds: float = 10.0,
-                 max_rows: int = 1000):
+                 max_rows: int = 1000, threads: int = 1):
         self.settings, self.model_id, self.slot, self.sessions = settings, model_id, slot, sessions
         self.topic, self.on_swap, self.check_seconds, self.max_rows = topic, on_swap, check_seconds, max_rows
+        self.threads = threads
         self._failed: set[tuple[str, str | None]] = set()  # (version, sha256) that would not load
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="undertow-follower", daemon=True)
@@ -68,7 +69,7 @@ class PromotionFollower:
             if key in self._failed:
                 return False
             try:
-                served = load_served(row, self.max_rows)
+                served = load_served(row, self.max_rows, self.threads)
             except Exception as exc:  # noqa: BLE001 - whatever a model does on load, the old one keeps serving
                 self._failed.add(key)
                 log.error("model %s version %s could not be served (%s: %s); still serving %s", self.model_id,
