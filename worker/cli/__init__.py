@@ -8,14 +8,14 @@ import sys
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from storage.errors import UndertowError
-from worker.cli import alerts, demo, models, retrain, runs, services, status, train
+from worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="undertow", description="Drift monitor for models in production.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (services, train, status, models, runs, alerts, retrain, demo):
+    for group in (services, train, status, models, runs, alerts, report, retrain, demo):
         group.add_parsers(sub)
     return parser
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's requests, one line each
     logging.getLogger("alembic").setLevel(logging.WARNING)  # storage.db logs the revisions it applies
     try:
         return args.func(args)

@@ -107,7 +107,9 @@ def load_served(row: registry.ModelVersion, max_rows: int = MAX_BATCH_ROWS, thre
     if not schema:
         raise registry.RegistryError(f"model {row.model_id} version {row.version} has no feature schema")
     model = registry.load_artifact(row)
-    served = ServedModel(row.model_id, row.version, row.task or "regression", schema, model, row.artifact_sha256,
+    # Versions registered from elsewhere may not say their task: a model with classes_ classifies.
+    task = row.task or ("classification" if hasattr(model, "classes_") else "regression")
+    served = ServedModel(row.model_id, row.version, task, schema, model, row.artifact_sha256,
                          request_model(row.model_id, row.version, schema, max_rows), threads)
     test_set = json.loads(row.test_set) if row.test_set else None
     warm_row = test_set["features"][0] if test_set and test_set.get("features") else {name: None for name in schema}

@@ -1,0 +1,21 @@
+"""``undertow report``: the HTML drift report of one model."""
+from __future__ import annotations
+
+from worker.cli.common import add_connection_flags, settings_from
+
+
+def cmd_report(args) -> int:
+    from models.ids import check_id
+    from worker.report.build import write_report
+    settings = settings_from(args)
+    path = write_report(settings.db_url, check_id(args.model_id), args.out)
+    print(f"report of {args.model_id}: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML drift report of a model")
+    add_connection_flags(p)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    p.set_defaults(func=cmd_report)

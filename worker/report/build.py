@@ -1,0 +1,233 @@
+"""``undertow report``: one self-contained HTML page of a model's drift, from the stored state.
+
+The figures are matplotlib SVG (Agg, text as text) inlined in a Jinja2
+template: no script, no stylesheet or font from the network, nothing to
+install to view it. Every figure is drawn from aggregated numbers (window
+results, bucketed errors, the reference profile, a sample of recent
+values), so the file stays small however long the stream was.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from models import registry
+from models.drift.config import DriftConfig
+from models.profile import ReferenceProfile
+from storage import db
+from storage.errors import NotFound
+from storage.tables import TrainingRun
+
+RECENT_VALUES = 2000   # newest labelled predictions shown as "recent"
+ERROR_BUCKETS = 150    # points of the error-over-time curve
+
+
+def write_report(db_url: str, model_id: str, out: str | Path) -> Path:
+    """Build the report of ``model_id`` from the database at ``db_url`` into ``out``; its path."""
+    import jinja2
+    engine = db.make_engine(db_url, must_exist=True)
+    try:
+        with db.make_session_factory(engine)() as session:
+            data = gather(session, model_id)
+    finally:
+        engine.dispose()
+    figures = {"distributions": distributions_figure(data), "psi": psi_figure(data), "error": error_figure(data)}
+    template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+        resources.files("worker.report").joinpath("report.html.j2").read_text())
+    html = template.render(model_id=model_id, generated=_iso(datetime.now(timezone.utc).timestamp()),
+                           figures=figures, **data)
+    path = Path(out)
+    path.write_text(html, encoding="utf-8")
+    return path.resolve()
+
+
+def gather(session: Session, model_id: str) -> dict:
+    versions = registry.list_versions(session, model_id)
+    if not versions:
+        raise NotFound(f"model {model_id!r} is not registered")
+    champion = next((v for v in versions if v.stage == "champion"), versions[-1])
+    runs = {r.candidate_version: r for r in session.scalars(select(TrainingRun).where(
+        TrainingRun.model_id == model_id))}
+    version_rows = []
+    for v in versions:
+        run = runs.get(v.version)
+        metrics = json.loads(run.metrics) if run is not None else {}
+        version_rows.append({"version": v.version, "stage": v.stage, "created": _iso(v.created_at),
+                             "sha256": v.artifact_sha256 or "", "gate": metrics.get("gate"),
+                             "run_status": run.status if run else None, "outcome": run.outcome if run else None,
+                             "card": json.dumps(json.loads(v.model_card or "{}"), indent=2)})
+    windows = session.execute(text(
+        "SELECT version, window_index, feature, end_ts, psi, severity FROM window_results WHERE model_id = :m "
+        "ORDER BY end_ts"), {"m": model_id}).all()
+    pairs = session.execute(text(
+        "SELECT prediction_ts, error, version, features FROM labelled_pairs WHERE model_id = :m "
+        "ORDER BY prediction_ts"), {"m": model_id}).all()
+    alerts = [json.loads(c) for (c,) in session.execute(text(
+        "SELECT cloudevent FROM alerts WHERE model_id = :m ORDER BY event_ts"), {"m": model_id})]
+    config = DriftConfig.model_validate_json(champion.drift_config)
+    baselines = {}
+    for v in versions:
+        state = session.execute(text("SELECT detectors FROM concept_state WHERE model_id = :m AND version = :v"),
+                                {"m": model_id, "v": v.version}).scalar()
+        production = (json.loads(state).get("production") or {}) if state else {}
+        mean = production.get("mean") if production.get("mean") is not None else v.baseline_error_mean
+        sd = production.get("sd") if production.get("sd") is not None else v.baseline_error_std
+        if mean is not None and sd is not None:
+            labels = production.get("labels") or 0
+            baselines[v.version] = (mean, mean + config.rolling_sigmas * sd * math.sqrt(
+                1 / config.rolling_window + (1 / labels if labels else 0.0)))
+    recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
+    return {"versions": version_rows, "champion": champion.version,
+            "profile": ReferenceProfile.model_validate_json(champion.profile), "windows": windows, "pairs": pairs,
+            "recent": recent, "baselines": baselines, "config": config,
+            "alerts": [_alert_row(a) for a in alerts], "alert_events": alerts,
+            "episodes": _episodes(alerts)}
+
+
+def _alert_row(event: dict) -> dict:
+    d = event["data"]
+    what = d.get("feature") or d.get("detector") or ""
+    detail = (f"PSI {d['psi']:.3f}" if "psi" in d else f"{d['value']:.3g} (threshold {d['threshold']:.3g})"
+              if d.get("threshold") is not None else "")
+    return {"time": event["time"], "type": event["type"].removeprefix("undertow."), "version": d["model_version"],
+            "what": what, "severity": d["severity"], "episode": d["episode"], "detail": detail}
+
+
+def _episodes(alerts: list[dict]) -> list[dict]:
+    """Started ... ended spans per feature (data) or per stream (concept)."""
+    open_: dict[tuple, dict] = {}
+    spans = []
+    for event in alerts:
+        d = event["data"]
+        key = (event["type"], d["model_version"], d.get("feature") or d.get("metric"))
+        if d["episode"] == "started":
+            open_[key] = {"type": event["type"].removeprefix("undertow."), "version": d["model_version"],
+                          "what": key[2], "started": event["time"], "ended": None, "alerts": 1}
+            spans.append(open_[key])
+        elif key in open_:
+            open_[key]["alerts"] += 1
+            if d["episode"] == "ended":
+                open_.pop(key)["ended"] = event["time"]
+    return spans
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined in HTML
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
+                                "axes.spines.right": False})
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def distributions_figure(data: dict) -> str:
+    """Per feature, the reference distribution against the recent one (the chapter's 17.7)."""
+    plt = _pyplot()
+    features = list(data["profile"].features.items())
+    cols = 3
+    rows = max(1, math.ceil(len(features) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(features):]:
+        ax.set_visible(False)
+    for ax, (name, profile) in zip(axes.flat, features):
+        values = [r.get(name) for r in data["recent"] if r.get(name) is not None]
+        if profile.kind == "numeric":
+            reference = np.array(profile.ks_sample, dtype=float)
+            recent = np.array([v for v in values if isinstance(v, (int, float))], dtype=float)
+            both = np.concatenate([reference, recent]) if recent.size else reference
+            bins = np.linspace(np.percentile(both, 0.5), np.percentile(both, 99.5), 30)
+            ax.hist(reference, bins=bins, density=True, alpha=0.55, label="reference", color="#4c72b0")
+            if recent.size:
+                ax.hist(recent, bins=bins, density=True, alpha=0.55, label="recent", color="#dd8452")
+        else:
+            categories = profile.categories[:8]
+            counts = np.array([sum(1 for v in values if str(v) == c) for c in categories], dtype=float)
+            x = np.arange(len(categories))
+            ax.bar(x - 0.2, profile.shares[:len(categories)], 0.4, label="reference", color="#4c72b0")
+            if counts.sum():
+                ax.bar(x + 0.2, counts / max(len(values), 1), 0.4, label="recent", color="#dd8452")
+            ax.set_xticks(x, categories, rotation=30, ha="right")
+        ax.set_title(name)
+    axes.flat[0].legend(frameon=False)
+    fig.suptitle(f"reference (training) against the newest {min(len(data['recent']), RECENT_VALUES):,} "
+                 f"labelled predictions")
+    return _svg(fig)
+
+
+def psi_figure(data: dict) -> str:
+    """PSI per window and feature over time, with the 0.1 and 0.25 bands."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    config = data["config"]
+    ax.axhspan(config.psi_moderate, config.psi_significant, color="#f3d9a4", alpha=0.5, label="moderate")
+    ax.axhspan(config.psi_significant, max([config.psi_significant * 2] + [w.psi for w in data["windows"]]) * 1.05,
+               color="#f2b5a7", alpha=0.5, label="significant")
+    by_feature: dict[str, list] = {}
+    for w in data["windows"]:
+        by_feature.setdefault(w.feature, []).append((w.end_ts, w.psi))
+    for feature, points in sorted(by_feature.items()):
+        times = [datetime.fromtimestamp(t, timezone.utc) for t, _ in points]
+        ax.plot(times, [p for _, p in points], marker=".", linewidth=1, label=feature)
+    ax.set_ylabel("PSI")
+    ax.set_title("population stability index per window (bands at 0.1 and 0.25)")
+    ax.legend(frameon=False, fontsize=7, ncol=4, loc="upper left")
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def error_figure(data: dict) -> str:
+    """The error over prediction time with each version's baseline and alert threshold, and the alarms
+    (the chapter's 17.8)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    pairs = data["pairs"]
+    if pairs:
+        times = np.array([p[0] for p in pairs])
+        errors = np.array([p[1] for p in pairs])
+        versions = [p[2] for p in pairs]
+        edges = np.linspace(0, len(pairs), min(ERROR_BUCKETS, len(pairs)) + 1).astype(int)
+        centres = [datetime.fromtimestamp(times[a:b].mean(), timezone.utc) for a, b in zip(edges, edges[1:])]
+        means = [errors[a:b].mean() for a, b in zip(edges, edges[1:])]
+        ax.plot(centres, means, color="#333333", linewidth=1.2, label="mean error (bucketed)")
+        for version, (baseline, threshold) in data["baselines"].items():
+            own = [t for t, v in zip(times, versions) if v == version]
+            if not own:
+                continue
+            span = [datetime.fromtimestamp(min(own), timezone.utc), datetime.fromtimestamp(max(own), timezone.utc)]
+            ax.plot(span, [baseline] * 2, color="#4c72b0", linestyle="--", linewidth=1)
+            ax.plot(span, [threshold] * 2, color="#c44e52", linestyle=":", linewidth=1)
+            ax.annotate(f"v{version}", (span[0], baseline), fontsize=7, color="#4c72b0")
+        ax.plot([], [], color="#4c72b0", linestyle="--", label="baseline")
+        ax.plot([], [], color="#c44e52", linestyle=":", label="rolling-mean threshold")
+    for event in data["alert_events"]:
+        d = event["data"]
+        if event["type"] == "undertow.drift.concept" and d["episode"] in ("started", "escalated"):
+            when = d.get("change_started_at") or d["detected_at"]
+            ax.axvline(datetime.fromisoformat(when.replace("Z", "+00:00")), color="#c44e52", alpha=0.6)
+    ax.plot([], [], color="#c44e52", alpha=0.6, label="concept alarm (estimated start)")
+    ax.set_ylabel("error")
+    ax.set_title("prediction error over prediction time")
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
