@@ -80,11 +80,6 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The broker process (tests pause it with SIGSTOP to play an unreachable broker)."""
-        return None if self._process is None else self._process.pid
-
     def start(self) -> "EmbeddedBroker":
         binary = _tansu_binary()
         self._workdir = tempfile.mkdtemp(prefix="undertow-broker-")
