@@ -1,4 +1,15 @@
-"""Severity bands and drift episodes of one feature: the rules that decide when an alert is sent."""
+"""Severity bands and drift episodes of one feature: the rules that decide when an alert is sent.
+
+The rule (hysteresis): a window's band is read with the upper thresholds
+(``psi_moderate``, ``psi_significant``; PSI decides, a p-value at or above
+``alpha`` vetoes noise). An episode **starts** when a stable feature enters
+a band, and **escalates** when it reaches a band above its peak so far
+(moderate to significant, once). The level only comes down after
+``end_after`` windows in a row below the *lower* threshold of its band
+(``psi_exit_ratio`` times it), silently; the episode **ends** once that
+brings it back to stable. A drift hovering around a threshold therefore
+costs a subscriber at most two alerts (started, escalated) until it ends.
+"""
 from __future__ import annotations
 
 import math
@@ -7,10 +18,13 @@ from models.drift.config import DriftConfig
 from models.drift.stats import FeatureStats
 
 STABLE, MODERATE, SIGNIFICANT = "stable", "moderate", "significant"
+_RANK = {STABLE: 0, MODERATE: 1, SIGNIFICANT: 2}
 
 
-def severity(stats: FeatureStats, config: DriftConfig) -> str:
-    """Effect size (PSI) decides the band; a p-value only vetoes noise.
+def severity(stats: FeatureStats, config: DriftConfig, moderate: float | None = None,
+             significant: float | None = None, scale: float = 1.0) -> str:
+    """Effect size (PSI) decides the band; a p-value only vetoes noise. Thresholds default to the config's
+    (times ``scale``: the lower thresholds of the hysteresis).
 
     >>> s = FeatureStats(1000, 0.3, 0.2, 1e-9, 50.0, 1e-8, 0.0)
     >>> severity(s, DriftConfig()), severity(FeatureStats(1000, 0.3, 0.2, 0.2, 5.0, 0.3, 0.0), DriftConfig())
@@ -19,33 +33,46 @@ def severity(stats: FeatureStats, config: DriftConfig) -> str:
     pvalues = [p for p in (stats.ks_pvalue, stats.chi2_pvalue) if p is not None and not math.isnan(p)]
     if not pvalues or min(pvalues) >= config.alpha:
         return STABLE
-    if stats.psi >= config.psi_significant:
+    moderate = (config.psi_moderate if moderate is None else moderate) * scale
+    significant = (config.psi_significant if significant is None else significant) * scale
+    if stats.psi >= significant:
         return SIGNIFICANT
-    if stats.psi >= config.psi_moderate:
+    if stats.psi >= moderate:
         return MODERATE
     return STABLE
 
 
-def next_episode(state: list, new_severity: str, end_after: int) -> tuple[list, str | None]:
-    """Episode bookkeeping of one feature: [severity, stable windows in a row].
+def next_episode(state: list, upper: str, lower: str, end_after: int) -> tuple[list, str | None]:
+    """Episode bookkeeping of one feature: ``[level, calm windows, peak]``.
 
-    Returns the new state and "started", "changed", "ended" or None (no alert).
+    ``upper`` is the window's band by the upper thresholds, ``lower`` by the
+    lower ones. Returns the new state and "started", "escalated", "ended" or
+    None (no alert).
 
-    >>> s, t = next_episode([STABLE, 0], SIGNIFICANT, 2); t
+    >>> s, t = next_episode([STABLE, 0, STABLE], MODERATE, MODERATE, 2); t
     'started'
-    >>> s, t = next_episode(s, SIGNIFICANT, 2); t is None
-    True
-    >>> s, t = next_episode(s, STABLE, 2); t is None   # one calm window does not end it
-    True
-    >>> s, t = next_episode(s, STABLE, 2); t, s
-    ('ended', ['stable', 0])
+    >>> s, t = next_episode(s, SIGNIFICANT, SIGNIFICANT, 2); t
+    'escalated'
+    >>> s, t = next_episode(s, MODERATE, SIGNIFICANT, 2); t, s   # under 0.25, above 0.2: still significant
+    (None, ['significant', 0, 'significant'])
+    >>> s, t = next_episode(s, MODERATE, MODERATE, 2); s, t = next_episode(s, MODERATE, MODERATE, 2); t, s
+    (None, ['moderate', 0, 'significant'])
+    >>> s, t = next_episode(s, SIGNIFICANT, SIGNIFICANT, 2); t   # back up: not above its peak, no alert
+    >>> s, t = next_episode(s, STABLE, STABLE, 2); s, t = next_episode(s, STABLE, STABLE, 2); t, s
+    ('ended', ['stable', 0, 'stable'])
     """
-    current, calm = state
-    if current == STABLE:
-        return ([new_severity, 0], "started") if new_severity != STABLE else ([STABLE, 0], None)
-    if new_severity == STABLE:
+    level, calm = state[0], state[1]
+    peak = state[2] if len(state) > 2 else level  # states written before the hysteresis
+    if level == STABLE:
+        return ([upper, 0, upper], "started") if upper != STABLE else ([STABLE, 0, STABLE], None)
+    if _RANK[upper] > _RANK[level]:
+        escalated = _RANK[upper] > _RANK[peak]
+        return [upper, 0, upper if escalated else peak], "escalated" if escalated else None
+    if _RANK[lower] < _RANK[level]:
         calm += 1
-        return ([STABLE, 0], "ended") if calm >= end_after else ([current, calm], None)
-    if new_severity != current:
-        return [new_severity, 0], "changed"
-    return [current, 0], None
+        if calm < end_after:
+            return [level, calm, peak], None
+        if lower == STABLE:
+            return [STABLE, 0, STABLE], "ended"
+        return [lower, 0, peak], None
+    return [level, 0, peak], None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -134,8 +135,12 @@ class OutboxRelay:
 
     A crash between publish and delete re-sends the row with the same bytes
     (and so the same event id): delivery is at least once, subscribers drop
-    duplicates by id.
+    duplicates by id. Within one process the relays take turns (a class-wide
+    lock): the trainer's loop and its training thread each have one, and
+    both reading the same pending row before either deleted it sent it twice.
     """
+
+    _publishing = threading.Lock()
 
     def __init__(self, sessions: sessionmaker[Session], producer: KafkaProducer, chunk: int = 500):
         self._sessions = sessions
@@ -143,6 +148,10 @@ class OutboxRelay:
         self._chunk = chunk
 
     def publish_pending(self) -> int:
+        with OutboxRelay._publishing:
+            return self._publish_pending()
+
+    def _publish_pending(self) -> int:
         published = 0
         while True:
             with self._sessions.begin() as session:
