@@ -9,7 +9,12 @@ JSON numbers (never pickles):
   so a window's KS statistic needs no re-sorting of the reference;
 - categorical: the shares of the most frequent categories, an "other" bucket
   for the rest of the training categories, and a zero-share "unseen" bucket
-  for categories never seen in training.
+  for categories never seen in training;
+- multivariate (two numeric inputs or more): a PCA of the standardised
+  numeric inputs keeping 65 % of the variance (NannyML's default), and the
+  mean and spread of a row's reconstruction error on held-out reference rows:
+  a change in how the features move together shows up there even when every
+  marginal stays put.
 """
 from __future__ import annotations
 
@@ -52,10 +57,61 @@ class CategoricalProfile(BaseModel):
     other_categories: list[str] = []
 
 
+class MultivariateProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    features: list[str]
+    means: list[float]
+    scales: list[float]
+    components: list[list[float]]   # kept principal axes, rows of unit length
+    error_mean: float               # per-row reconstruction error on held-out reference rows
+    error_sd: float
+
+    def row_errors(self, rows: np.ndarray) -> np.ndarray:
+        """Euclidean reconstruction error of each row (columns in ``features`` order; NaN = the mean)."""
+        z = (rows - np.array(self.means)) / np.array(self.scales)
+        z = np.where(np.isnan(z), 0.0, z)
+        axes = np.array(self.components)
+        return np.linalg.norm(z - (z @ axes.T) @ axes, axis=1)
+
+
 class ReferenceProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     rows: int
     features: dict[str, NumericProfile | CategoricalProfile]
+    multivariate: MultivariateProfile | None = None
+
+
+MULTIVARIATE_VARIANCE = 0.65
+MULTIVARIATE_MIN_ROWS = 200
+
+
+def profile_multivariate(columns: dict[str, list]) -> MultivariateProfile | None:
+    """PCA of the numeric inputs fitted on half the rows, its error measured on the other half.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=2000)
+    >>> p = profile_multivariate({"a": list(x), "b": list(x + rng.normal(0, 0.3, 2000)), "c": list(rng.normal(size=2000))})
+    >>> len(p.components), 0 < p.error_mean < 1
+    (1, True)
+    """
+    names = [n for n, v in columns.items() if n != PREDICTION_FEATURE and _numeric(v)]
+    if len(names) < 2:
+        return None
+    data = np.array([[np.nan if _is_missing(v) else float(v) for v in columns[n]] for n in names], dtype=float).T
+    if data.shape[0] < MULTIVARIATE_MIN_ROWS:
+        return None
+    means, scales = np.nanmean(data, axis=0), np.nanstd(data, axis=0)
+    scales = np.where(scales > 0, scales, 1.0)
+    z = np.where(np.isnan(data), 0.0, (data - means) / scales)
+    fit, held = z[0::2], z[1::2]
+    _, singular, axes = np.linalg.svd(fit - fit.mean(axis=0), full_matrices=False)
+    explained = np.cumsum(singular ** 2) / np.sum(singular ** 2)
+    keep = min(int(np.searchsorted(explained, MULTIVARIATE_VARIANCE) + 1), len(names) - 1)
+    axes = axes[:keep]
+    errors = np.linalg.norm(held - (held @ axes.T) @ axes, axis=1)
+    return MultivariateProfile(features=names, means=means.tolist(), scales=scales.tolist(),
+                               components=axes.tolist(), error_mean=float(errors.mean()),
+                               error_sd=float(errors.std()))
 
 
 def _is_missing(value) -> bool:
@@ -128,4 +184,4 @@ def build_profile(columns: dict[str, list]) -> ReferenceProfile:
             features[name] = profile_numeric(values) if _numeric(values) else profile_categorical(values)
         except ProfileError as exc:
             raise ProfileError(f"column {name!r}: {exc}") from None
-    return ReferenceProfile(rows=rows.pop(), features=features)
+    return ReferenceProfile(rows=rows.pop(), features=features, multivariate=profile_multivariate(columns))

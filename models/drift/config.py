@@ -27,7 +27,22 @@ class DriftConfig(BaseModel):
     psi_significant: float = Field(default=0.25, gt=0, description="PSI from which drift is significant")
     alpha: float = Field(default=0.01, gt=0, lt=1, description="p-value below which a shift is not noise")
     dataset_share: float = Field(default=0.5, gt=0, le=1, description="share of drifted inputs for dataset drift")
-    end_after: int = Field(default=2, ge=1, description="stable windows in a row that end an episode")
+    end_after: int = Field(default=2, ge=1, description="windows in a row below the lower threshold that bring "
+                                                          "a drift down a band (or end it)")
+    psi_exit_ratio: float = Field(default=0.8, gt=0, le=1, description="lower threshold of each band, as a share "
+                                                                       "of the upper one (hysteresis)")
+    prediction_psi_moderate: float = Field(default=0.1, gt=0, description="PSI from which the model's output "
+                                                                          "drifts moderately")
+    prediction_psi_significant: float = Field(default=0.25, gt=0, description="PSI from which the output's "
+                                                                              "drift is significant")
+    evidence_k: float = Field(default=0.5, gt=0, description="reference value of the per-feature CUSUM over "
+                                                             "windows (z of each window's p-value)")
+    evidence_false_alarm_windows: float = Field(default=20_000, gt=10, description="that CUSUM's threshold: one "
+                                                "false alarm per this many windows of a feature")
+    multivariate_sigmas: float = Field(default=6.0, gt=0, description="standard errors of the PCA reconstruction "
+                                                                      "error above the reference that flag a window")
+    estimate_margin: float = Field(default=0.05, ge=0, description="drop of the estimated accuracy (absolute) "
+                                                                   "below the validation accuracy worth an alert")
     # Concept drift on the error stream, in units of the baseline error's sd.
     ph_delta: float = Field(default=0.25, ge=0, description="Page-Hinkley tolerance, in baseline error sd")
     ph_threshold: float = Field(default=50.0, gt=0, description="Page-Hinkley alarm level, in baseline error sd")
@@ -63,6 +78,8 @@ class DriftConfig(BaseModel):
     def _consistent(self) -> "DriftConfig":
         if self.psi_significant < self.psi_moderate:
             raise ValueError("psi_significant must be at least psi_moderate")
+        if self.prediction_psi_significant < self.prediction_psi_moderate:
+            raise ValueError("prediction_psi_significant must be at least prediction_psi_moderate")
         if self.hop is not None and self.hop > self.window_size:
             raise ValueError("hop must not exceed window_size")
         if self.rolling_step > self.rolling_window:

@@ -83,6 +83,7 @@ class FeatureStats:
     chi2_statistic: float
     chi2_pvalue: float
     missing_share: float
+    chi2_dof: int = 0
 
 
 class CategoricalEncoder:
@@ -153,5 +154,5 @@ def evaluate_window(evaluators: list[FeatureEvaluator], rows: np.ndarray) -> lis
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
     return [FeatureStats(n=n, psi=value, ks_statistic=d if i in ks_p or d is None else math.nan,
                          ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),
-                         chi2_statistic=chi2, chi2_pvalue=float(chi2_p[i]), missing_share=missing)
-            for i, (n, value, d, _, chi2, _, missing) in enumerate(stats)]
+                         chi2_statistic=chi2, chi2_pvalue=float(chi2_p[i]), missing_share=missing, chi2_dof=dof)
+            for i, (n, value, d, _, chi2, dof, missing) in enumerate(stats)]

@@ -28,7 +28,7 @@ def test_the_schemas_in_the_repository_are_the_models_schemas():
 def test_every_recorded_event_parses_into_its_model_and_encodes_to_the_same_bytes():
     golden = json.loads(GOLDEN.read_text())
     events = golden["alerts"] + golden["retrain_requests"]
-    assert {e["type"] for e in events} == {"undertow.drift.data", "undertow.drift.concept",
+    assert {e["type"] for e in events} == {"undertow.drift.data", "undertow.drift.prediction", "undertow.drift.concept",
                                            "undertow.retrain.requested"}
     for raw in events:
         event = parse_event(json.dumps(raw))

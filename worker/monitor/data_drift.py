@@ -12,9 +12,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from models import registry
+from scipy.stats import chi2 as chi2_distribution
+from scipy.stats import norm
+
 from models.drift.config import DriftConfig
+from models.drift.detectors import cusum_threshold
 from models.drift.episodes import MODERATE, SIGNIFICANT, STABLE, next_episode, severity
-from models.drift.stats import FeatureEvaluator, evaluate_window
+from models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
 from models.drift.windows import ClosedWindow, WindowState
 from models.profile import PREDICTION_FEATURE, NumericProfile, ReferenceProfile
 from storage import repo
@@ -29,12 +33,36 @@ from worker.runtime.output_events import (
     DataDriftAlert,
     DatasetDrift,
     DatasetDriftAlert,
+    MultivariateDrift,
+    MultivariateDriftAlert,
+    PerformanceEstimate,
+    PerformanceEstimateAlert,
+    PredictionDriftAlert,
     Window,
 )
 
 log = logging.getLogger(__name__)
 
 DATASET = "__dataset__"
+MULTIVARIATE = "__multivariate__"
+PERFORMANCE = "__performance__"
+CONFIDENCE = "__confidence__"    # a buffer column: the score the model gave its own prediction
+EVIDENCE = "__evidence__"        # per-feature CUSUM of the windows' z, kept with the episodes
+MIN_SCORED_ROWS = 100
+
+
+def window_z(stats: FeatureStats, reference_rows: int) -> float:
+    """A window's test as a standard normal score, uniform p-values under no drift: the two-sample KS
+    p-value of a numeric feature; for a categorical one the chi-square against the reference shares,
+    deflated by 1 + n/reference rows (the shares are estimates too; the plain statistic runs high)."""
+    if stats.ks_pvalue is not None and not math.isnan(stats.ks_pvalue):
+        p = stats.ks_pvalue
+    elif stats.chi2_dof > 0:
+        p = float(chi2_distribution.sf(stats.chi2_statistic / (1 + stats.n / max(reference_rows, 1)),
+                                       stats.chi2_dof))
+    else:
+        return 0.0
+    return float(min(max(norm.isf(max(p, 1e-300)), -3.0), 8.0))
 
 
 def _finite(value: float | None) -> float | None:
@@ -45,7 +73,7 @@ class ModelVersionMonitor:
     """Encoding, window and episodes of one model version."""
 
     def __init__(self, model_id: str, version: str, profile: ReferenceProfile, config: DriftConfig,
-                 state=None):
+                 state=None, accuracy: float | None = None):
         self.model_id, self.version, self.config = model_id, version, config
         self.stored = state is not None
         self.columns = sorted(name for name in profile.features if name != PREDICTION_FEATURE)
@@ -54,18 +82,32 @@ class ModelVersionMonitor:
         self.evaluators = [FeatureEvaluator(profile.features[name]) for name in self.columns]
         self._encoders = [None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode
                           for name, ev in zip(self.columns, self.evaluators)]
+        self.reference_rows = profile.rows
+        self.multivariate = profile.multivariate
+        self._multivariate_columns = None if self.multivariate is None else [
+            self.columns.index(name) for name in self.multivariate.features]
+        # Classifiers with a validation accuracy get a confidence column for the performance estimate,
+        # unless a window was stored before it existed (its buffer is one column narrower).
+        self.accuracy = accuracy
+        width = len(self.columns) + (accuracy is not None)
+        if state is not None and state.buffer_ts:
+            width = len(state.buffer) // len(state.buffer_ts)
+        self.scored = accuracy is not None and width == len(self.columns) + 1
         if state is None:
-            self.window = WindowState(config, len(self.columns))
+            self.window = WindowState(config, width)
             self.episodes: dict[str, list] = {}
         else:
-            self.window = WindowState.from_columns(config, len(self.columns), state)
+            self.window = WindowState.from_columns(config, width if self.scored or not state.buffer_ts
+                                                   else len(self.columns), state)
             self.episodes = json.loads(state.episodes)
+        self.evidence: dict[str, float] = self.episodes.pop(EVIDENCE, {})
+        self._evidence_h = cusum_threshold(config.evidence_k, config.evidence_false_alarm_windows)
 
     def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column)."""
         nan, numbers = math.nan, (int, float)
         features = [event.features for event in events]
-        out = np.empty((len(events), len(self.columns)))
+        out = np.empty((len(events), len(self.columns) + self.scored))
         for j, (name, encoder) in enumerate(zip(self.columns, self._encoders)):
             if name == PREDICTION_FEATURE:
                 values = [event.prediction for event in events]
@@ -78,56 +120,119 @@ class ModelVersionMonitor:
                     out[:, j] = [v if v.__class__ in numbers else nan for v in values]
             else:
                 out[:, j] = [encoder(v) for v in values]
+        if self.scored:
+            out[:, -1] = [(e.scores or {}).get(str(e.prediction), nan) for e in events]
         ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
         return out, ts
 
     def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[Alert]]:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
+        c = self.config
         results, alerts, drifted = [], [], []
-        small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
-        for name, stats in zip(self.columns, evaluate_window(self.evaluators, window.rows)):
-            level = STABLE if small else severity(stats, self.config)
+        small = window.rows.shape[0] < (c.min_window_rows if c.window_seconds else 1)
+        features = window.rows[:, :len(self.columns)]
+        for name, stats in zip(self.columns, evaluate_window(self.evaluators, features)):
+            thresholds = ((c.prediction_psi_moderate, c.prediction_psi_significant) if name == PREDICTION_FEATURE
+                          else (c.psi_moderate, c.psi_significant))
+            upper = STABLE if small else severity(stats, c, *thresholds)
+            lower = STABLE if small else severity(stats, c, *thresholds, scale=c.psi_exit_ratio)
+            rule = "window"
+            if name != PREDICTION_FEATURE and not small:
+                # Evidence summed over windows: a drift too gradual for one window's PSI shows here first.
+                evidence = max(0.0, self.evidence.get(name, 0.0) + window_z(stats, self.reference_rows)
+                               - c.evidence_k)
+                if evidence > self._evidence_h:
+                    evidence = 0.0
+                    if upper == STABLE:
+                        upper, rule = MODERATE, "cumulative"
+                self.evidence[name] = evidence
             results.append({
                 "model_id": self.model_id, "version": self.version, "window_index": window.index,
                 "feature": name, "start_ts": window.start_ts, "end_ts": window.end_ts, "n": stats.n,
                 "psi": stats.psi, "ks_statistic": _finite(stats.ks_statistic), "ks_pvalue": _finite(stats.ks_pvalue),
                 "chi2_statistic": stats.chi2_statistic, "chi2_pvalue": stats.chi2_pvalue,
-                "missing_share": stats.missing_share, "severity": level})
-            if level != STABLE and name != PREDICTION_FEATURE:
+                "missing_share": stats.missing_share, "severity": upper})
+            if upper != STABLE and name != PREDICTION_FEATURE:
                 drifted.append(name)
-            alert = self._transition(name, level, window, DataDriftAlert, DataDrift, dict(
+            alert_type = PredictionDriftAlert if name == PREDICTION_FEATURE else DataDriftAlert
+            alert = self._transition(name, upper, lower, window, alert_type, DataDrift, dict(
                 feature=name, psi=stats.psi, ks_statistic=_finite(stats.ks_statistic),
                 ks_pvalue=_finite(stats.ks_pvalue), chi2_statistic=_finite(stats.chi2_statistic),
-                chi2_pvalue=_finite(stats.chi2_pvalue), missing_share=stats.missing_share))
+                chi2_pvalue=_finite(stats.chi2_pvalue), missing_share=stats.missing_share, rule=rule))
             if alert:
                 alerts.append(alert)
-        inputs = [c for c in self.columns if c != PREDICTION_FEATURE]
+        inputs = [name for name in self.columns if name != PREDICTION_FEATURE]
         share = len(drifted) / len(inputs) if inputs else 0.0
         significant_share = len([r for r in results if r["severity"] == SIGNIFICANT
                                  and r["feature"] != PREDICTION_FEATURE]) / len(inputs) if inputs else 0.0
         dataset_level = STABLE
-        if inputs and not small and share >= self.config.dataset_share:
-            dataset_level = SIGNIFICANT if significant_share >= self.config.dataset_share else MODERATE
-        alert = self._transition(DATASET, dataset_level, window, DatasetDriftAlert, DatasetDrift, dict(
-            drifted_share=share, drifted_features=drifted, threshold=self.config.dataset_share))
+        if inputs and not small and share >= c.dataset_share:
+            dataset_level = SIGNIFICANT if significant_share >= c.dataset_share else MODERATE
+        alert = self._transition(DATASET, dataset_level, dataset_level, window, DatasetDriftAlert, DatasetDrift,
+                                 dict(drifted_share=share, drifted_features=drifted, threshold=c.dataset_share))
         if alert:
             alerts.append(alert)
+        if not small:
+            alerts += [a for a in (self._multivariate_check(window), self._performance_estimate(window)) if a]
         return results, alerts
 
-    def _transition(self, name: str, level: str, window: ClosedWindow, event_type: type[Alert],
-                    data_type: type[DataDrift | DatasetDrift], numbers: dict) -> Alert | None:
-        state, change = next_episode(self.episodes.get(name, [STABLE, 0]), level, self.config.end_after)
+    def _multivariate_check(self, window: ClosedWindow) -> Alert | None:
+        """Mean PCA reconstruction error of the window against the reference, in standard errors."""
+        if self.multivariate is None:
+            return None
+        mv, c = self.multivariate, self.config
+        errors = mv.row_errors(window.rows[:, self._multivariate_columns])
+        z = (float(errors.mean()) - mv.error_mean) / (mv.error_sd / math.sqrt(errors.size))
+        upper = SIGNIFICANT if z > c.multivariate_sigmas else STABLE
+        lower = SIGNIFICANT if z > c.multivariate_sigmas * c.psi_exit_ratio else STABLE
+        self.episodes.setdefault(MULTIVARIATE, [STABLE, 0, STABLE])
+        alert = self._transition(MULTIVARIATE, upper, lower, window, MultivariateDriftAlert, MultivariateDrift, dict(
+            features=mv.features, value=float(errors.mean()), reference=mv.error_mean, z=z,
+            threshold=c.multivariate_sigmas))
+        self.episodes[MULTIVARIATE] = self.episodes[MULTIVARIATE][:3] + [z]
+        return alert
+
+    def _performance_estimate(self, window: ClosedWindow) -> Alert | None:
+        """Confidence-based accuracy (NannyML's CBPE for accuracy): with calibrated scores, the chance that a
+        prediction is right is the score it was given; the window's mean is the accuracy to expect."""
+        if not self.scored:
+            return None
+        confidence = window.rows[:, -1]
+        confidence = confidence[~np.isnan(confidence)]
+        if confidence.size < MIN_SCORED_ROWS:
+            return None
+        c = self.config
+        estimate = float(confidence.mean())
+        spread = math.sqrt(float((confidence * (1 - confidence)).mean()) / confidence.size)
+        gap = max(c.estimate_margin, 3 * spread)
+        upper = SIGNIFICANT if estimate < self.accuracy - gap else STABLE
+        lower = SIGNIFICANT if estimate < self.accuracy - gap * c.psi_exit_ratio else STABLE
+        self.episodes.setdefault(PERFORMANCE, [STABLE, 0, STABLE])
+        alert = self._transition(PERFORMANCE, upper, lower, window, PerformanceEstimateAlert, PerformanceEstimate,
+                                 dict(value=estimate, reference=self.accuracy, threshold=self.accuracy - gap,
+                                      scored_rows=int(confidence.size)))
+        self.episodes[PERFORMANCE] = self.episodes[PERFORMANCE][:3] + [estimate]
+        return alert
+
+    def _transition(self, name: str, upper: str, lower: str, window: ClosedWindow, event_type: type[Alert],
+                    data_type: type, numbers: dict) -> Alert | None:
+        state, change = next_episode(self.episodes.get(name, [STABLE, 0, STABLE])[:3], upper, lower,
+                                     self.config.end_after)
         self.episodes[name] = state
         if change is None:
             return None
         data = data_type(
-            model_id=self.model_id, model_version=self.version, severity=level if change != "ended" else STABLE,
+            model_id=self.model_id, model_version=self.version, severity=state[0] if change != "ended" else STABLE,
             episode=change, **numbers,
             window=Window(index=window.index, start_ts=cloudevents.rfc3339(window.start_ts),
                           end_ts=cloudevents.rfc3339(window.end_ts), n=int(window.rows.shape[0])))
-        detector = "data" if event_type is DataDriftAlert else "dataset"
+        detector = {DataDriftAlert: "data", PredictionDriftAlert: "data", DatasetDriftAlert: "dataset",
+                    MultivariateDriftAlert: "multivariate", PerformanceEstimateAlert: "performance"}[event_type]
         return event_type(id=cloudevents.event_id(self.model_id, self.version, detector, name, window.index),
                           subject=self.model_id, time=cloudevents.rfc3339(window.end_ts), data=data)
+
+    def episodes_json(self) -> str:
+        return json.dumps({**self.episodes, EVIDENCE: self.evidence})
 
     def state_columns(self) -> dict:
         return self.window.to_columns()
@@ -176,7 +281,7 @@ class DataDriftStage:
                     if (self.policy is not None and monitor.config.retrain_on_data_drift
                             and isinstance(alert, DatasetDriftAlert) and alert.data.severity == SIGNIFICANT):
                         self.policy.consider(session, alert, monitor.config, reason="data drift")
-            repo.save_drift_state(session, *key, monitor.state_columns(), json.dumps(monitor.episodes),
+            repo.save_drift_state(session, *key, monitor.state_columns(), monitor.episodes_json(),
                                   exists=monitor.stored)
             monitor.stored = True
 
@@ -186,8 +291,11 @@ class DataDriftStage:
             row = session.get(registry.ModelVersion, (model_id, version))
             if row is None:
                 return None
+            accuracy = (1.0 - row.baseline_error_mean if row.task == "classification"
+                        and row.baseline_error_mean is not None else None)
             monitor = ModelVersionMonitor(
                 model_id, version, ReferenceProfile.model_validate_json(row.profile),
-                DriftConfig.model_validate_json(row.drift_config), repo.drift_state(session, model_id, version))
+                DriftConfig.model_validate_json(row.drift_config), repo.drift_state(session, model_id, version),
+                accuracy)
             self._monitors[(model_id, version)] = monitor
         return monitor

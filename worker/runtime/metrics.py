@@ -169,7 +169,8 @@ class DatabaseCollector(Collector):
                 "SELECT count(*) FROM concept_state WHERE in_episode")).scalar())
             data_open = 0
             for (blob,) in conn.execute(text("SELECT episodes FROM drift_state")):
-                data_open += sum(1 for severity, _ in json.loads(blob or "{}").values() if severity != "stable")
+                data_open += sum(1 for name, state in json.loads(blob or "{}").items()
+                                 if isinstance(state, list) and state[0] != "stable")
             episodes.add_metric(["data"], data_open)
             yield episodes
         if "alerts" in tables:

@@ -31,7 +31,8 @@ MONITOR_SOURCE = "/undertow/monitor"
 REGISTRY_SOURCE = "/undertow/registry"
 
 Severity = Literal["stable", "moderate", "significant"]
-Episode = Literal["started", "changed", "ended"]
+# "changed" is no longer sent (the hysteresis sends started, escalated, ended); kept so old events parse.
+Episode = Literal["started", "escalated", "changed", "ended"]
 
 
 class _Frozen(BaseModel):
@@ -54,12 +55,34 @@ class _DriftData(_Frozen):
 
 class DataDrift(_DriftData):
     feature: str = Field(description="feature name, or __prediction__ for the model's output")
+    rule: Literal["window", "cumulative"] = Field(
+        default="window", description="window: this window's PSI band; cumulative: evidence summed over windows "
+                                      "(a CUSUM of the windows' test statistics) for drift too gradual for one")
     psi: float
     ks_statistic: float | None = Field(description="numeric features only")
     ks_pvalue: float | None
     chi2_statistic: float | None = Field(description="categorical features only")
     chi2_pvalue: float | None
     missing_share: float
+    window: Window
+
+
+class MultivariateDrift(_DriftData):
+    features: list[str] = Field(description="the numeric features of the check")
+    value: float = Field(description="mean PCA reconstruction error of the window")
+    reference: float = Field(description="its mean on the reference data")
+    z: float = Field(description="standard errors above the reference")
+    threshold: float
+    window: Window
+
+
+class PerformanceEstimate(_DriftData):
+    estimated: Literal[True] = Field(default=True, description="always an estimate: no label was used")
+    metric: Literal["accuracy"] = "accuracy"
+    value: float = Field(description="accuracy the window's calibrated scores imply (confidence-based)")
+    reference: float = Field(description="the version's validation accuracy")
+    threshold: float
+    scored_rows: int
     window: Window
 
 
@@ -153,6 +176,21 @@ class DataDriftAlert(_CloudEvent):
     data: DataDrift
 
 
+class PredictionDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.prediction"] = "undertow.drift.prediction"
+    data: DataDrift
+
+
+class MultivariateDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.multivariate"] = "undertow.drift.multivariate"
+    data: MultivariateDrift
+
+
+class PerformanceEstimateAlert(_CloudEvent):
+    type: Literal["undertow.performance.estimated"] = "undertow.performance.estimated"
+    data: PerformanceEstimate
+
+
 class DatasetDriftAlert(_CloudEvent):
     type: Literal["undertow.drift.dataset"] = "undertow.drift.dataset"
     data: DatasetDrift
@@ -180,12 +218,15 @@ class ModelRejected(_CloudEvent):
     data: ModelRejection
 
 
-Alert = DataDriftAlert | DatasetDriftAlert | ConceptDriftAlert
+Alert = (DataDriftAlert | PredictionDriftAlert | DatasetDriftAlert | MultivariateDriftAlert
+         | PerformanceEstimateAlert | ConceptDriftAlert)
 ModelEvent = ModelPromoted | ModelRejected
-UndertowEvent = Annotated[Union[DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested,
-                                ModelPromoted, ModelRejected], Field(discriminator="type")]
+UndertowEvent = Annotated[Union[DataDriftAlert, PredictionDriftAlert, DatasetDriftAlert, MultivariateDriftAlert,
+                                PerformanceEstimateAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted,
+                                ModelRejected], Field(discriminator="type")]
 _EVENT = TypeAdapter(UndertowEvent)
-EVENT_TYPES = (DataDriftAlert, DatasetDriftAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted, ModelRejected)
+EVENT_TYPES = (DataDriftAlert, PredictionDriftAlert, DatasetDriftAlert, MultivariateDriftAlert,
+               PerformanceEstimateAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted, ModelRejected)
 
 
 def encode(event: _CloudEvent) -> bytes:

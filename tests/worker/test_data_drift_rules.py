@@ -1,0 +1,137 @@
+"""The data-drift rules on windows fed straight to a version's monitor: hysteresis (a drift hovering around
+a threshold costs at most two alerts), prediction drift as its own event, evidence over windows for gradual
+drift, the multivariate check, and the performance estimate before labels."""
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from models.drift.config import DriftConfig
+from models.profile import build_profile
+from worker.monitor.data_drift import ModelVersionMonitor
+from worker.runtime.events import PredictionEvent
+
+START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def _monitor(reference: dict, accuracy: float | None = None, **config) -> ModelVersionMonitor:
+    return ModelVersionMonitor("m", "1", build_profile(reference), DriftConfig(**config), accuracy=accuracy)
+
+
+def _events(rows: list[dict], predictions, scores=None, start: int = 0) -> list[PredictionEvent]:
+    return [PredictionEvent(event_id=f"e{start + i}", model_id="m",
+                            ts=(START + timedelta(seconds=start + i)).isoformat(),
+                            features=row, prediction=p, scores=None if scores is None else scores[i])
+            for i, (row, p) in enumerate(zip(rows, predictions))]
+
+
+def _feed(monitor, events) -> list:
+    alerts = []
+    rows, ts = monitor.encode(events)
+    for window in monitor.window.add(rows, ts):
+        alerts += monitor.evaluate(window)[1]
+    return alerts
+
+
+def _normal_rows(rng, n, shift=0.0, names=("x0", "x1", "x2", "x3")):
+    return [dict(zip(names, map(float, v))) for v in rng.normal(size=(n, len(names))) + np.eye(len(names))[0] * shift]
+
+
+def test_a_drift_hovering_around_the_significant_threshold_costs_at_most_two_alerts_until_it_ends():
+    rng = np.random.default_rng(1)
+    reference = _normal_rows(rng, 5000)
+    monitor = _monitor({k: [r[k] for r in reference] for k in reference[0]})
+    alerts, counted = [], 0
+    for i in range(30):  # PSI of x0 alternates around 0.25 (about 0.19 and 0.33)
+        rows = _normal_rows(rng, 1000, shift=0.43 if i % 2 else 0.6)
+        alerts += _feed(monitor, _events(rows, [0.0] * 1000, start=i * 1000))
+        counted = i
+    x0 = [a.data.episode for a in alerts if getattr(a.data, "feature", None) == "x0"]
+    assert counted == 29 and x0[:1] == ["started"] and len(x0) <= 2, x0
+    for i in range(3):  # back to the reference: the episode ends
+        alerts += _feed(monitor, _events(_normal_rows(rng, 1000), [0.0] * 1000, start=(30 + i) * 1000))
+    x0 = [a.data.episode for a in alerts if getattr(a.data, "feature", None) == "x0"]
+    assert x0[-1] == "ended" and len(x0) <= 3
+
+
+def test_the_models_output_drifting_is_a_prediction_drift_event_with_its_own_thresholds():
+    rng = np.random.default_rng(2)
+    reference = _normal_rows(rng, 5000)
+    columns = {k: [r[k] for r in reference] for k in reference[0]} | {"__prediction__": list(rng.normal(size=5000))}
+    monitor = _monitor(columns, prediction_psi_moderate=0.5, prediction_psi_significant=0.8)
+    shifted = _feed(monitor, _events(_normal_rows(rng, 1000), list(rng.normal(0.6, 1, 1000))))
+    assert shifted == []  # PSI about 0.35: below this model's own prediction thresholds
+    alerts = _feed(monitor, _events(_normal_rows(rng, 1000), list(rng.normal(1.5, 1, 1000)), start=1000))
+    assert [(a.type, a.data.feature) for a in alerts] == [("undertow.drift.prediction", "__prediction__")]
+
+
+def test_gradual_drift_is_found_by_evidence_over_windows_before_any_one_window_shows_it():
+    rng = np.random.default_rng(3)
+    reference = _normal_rows(rng, 5000)
+    columns = {k: [r[k] for r in reference] for k in reference[0]}
+    first = {}
+    for rule, config in (("with evidence", {}), ("window only", {"evidence_k": 9.0})):
+        monitor, stream = _monitor(columns, **config), np.random.default_rng(30)
+        for i in range(60):  # x0's mean moves 0.01 sd per window
+            alerts = _feed(monitor, _events(_normal_rows(stream, 1000, shift=0.01 * i), [0.0] * 1000, start=i * 1000))
+            x0 = [a.data for a in alerts if getattr(a.data, "feature", None) == "x0"]
+            if x0:
+                first[rule] = (i, x0[0].rule)
+                break
+    assert first["with evidence"][1] == "cumulative" and first["window only"][1] == "window"
+    assert first["with evidence"][0] + 5 <= first["window only"][0], first
+
+
+def _correlated(rng, n, rho):
+    x0 = rng.normal(size=n)
+    x1 = rho * x0 + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
+    return [{"x0": float(a), "x1": float(b), "x2": float(c)} for a, b, c in zip(x0, x1, rng.normal(size=n))]
+
+
+def test_a_correlation_only_drift_is_found_by_the_multivariate_check_and_stationary_data_stays_silent():
+    rng = np.random.default_rng(4)
+    reference = _correlated(rng, 5000, 0.8)
+    monitor = _monitor({k: [r[k] for r in reference] for k in reference[0]})
+    quiet = []
+    for i in range(100):  # 100,000 stationary predictions
+        quiet += _feed(monitor, _events(_correlated(rng, 1000, 0.8), [0.0] * 1000, start=i * 1000))
+    assert quiet == []
+    flipped = _feed(monitor, _events(_correlated(rng, 1000, -0.8), [0.0] * 1000, start=100_000))
+    assert [a.type for a in flipped] == ["undertow.drift.multivariate"]  # the marginals did not move
+    assert flipped[0].data.z > 6 and flipped[0].data.features == ["x0", "x1", "x2"]
+
+
+def test_the_performance_estimate_flags_a_classifier_losing_accuracy_under_covariate_shift_before_labels():
+    rng = np.random.default_rng(5)
+
+    def scored(n, shift):
+        x = rng.normal(shift, 1, n)
+        p = 1 / (1 + np.exp(-3 * x))     # calibrated: the true P(class "1")
+        predicted = np.where(p >= 0.5, "1", "0")
+        confidence = np.where(p >= 0.5, p, 1 - p)
+        realised = float(np.mean(predicted == np.where(rng.random(n) < p, "1", "0")))  # labels, hours later
+        return ([{"x": float(v)} for v in x], list(predicted),
+                [{"1": float(q), "0": float(1 - q)} for q in p], realised)
+    rows, _, _, accuracy = scored(5000, 1.5)  # validation: far from the boundary, about 0.94
+    monitor = _monitor({"x": [r["x"] for r in rows]}, accuracy=accuracy)
+    rows, predicted, scores, _ = scored(1000, 1.5)
+    assert _feed(monitor, _events(rows, predicted, scores)) == []
+    rows, predicted, scores, realised = scored(1000, 0.0)  # shifted onto the boundary: about 0.75
+    alerts = [a for a in _feed(monitor, _events(rows, predicted, scores, start=1000))
+              if a.type == "undertow.performance.estimated"]
+    assert len(alerts) == 1 and alerts[0].data.estimated is True
+    assert abs(alerts[0].data.value - realised) < 0.03 and alerts[0].data.value < accuracy - 0.05
+
+
+@pytest.mark.parametrize("width", ["legacy", "new"])
+def test_a_window_stored_before_the_confidence_column_still_loads(width):
+    from types import SimpleNamespace
+    rng = np.random.default_rng(6)
+    reference = _normal_rows(rng, 2000)
+    profile = build_profile({k: [r[k] for r in reference] for k in reference[0]})
+    columns = 4 + (width == "new")
+    state = SimpleNamespace(buffer=np.zeros((10, columns)).tobytes(), buffer_ts=np.zeros(10).tobytes(),
+                            next_window=0, window_start_ts=None, since_evaluation=0, late_events=0,
+                            episodes="{}")
+    monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(), state, accuracy=0.9)
+    assert monitor.scored == (width == "new") and monitor.window.rows.shape == (10, columns)
