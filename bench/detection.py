@@ -48,7 +48,11 @@ predictions late, in prediction time; false alarms per 10,000 pre-change
 events (all events for the stationary stream); repeated alarms = alarms
 after the first post-change one.
 
-    .venv/bin/python bench/detection.py [--seeds N] [--concept-seeds N] [--only data|concept]
+The third section (``bench/drift_rules.py``) measures the alert rules:
+flapping, gradual drift, correlation-only drift and accuracy estimated
+before labels, against per-window KS with Bonferroni and PSI > 0.2.
+
+    .venv/bin/python bench/detection.py [--seeds N] [--concept-seeds N] [--only data|rules|concept]
 """
 from __future__ import annotations
 
@@ -450,11 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="realisations of every data-drift stream (default 5)")
     parser.add_argument("--concept-seeds", type=int, default=5,
                         help="realisations of every concept-drift stream (default 5)")
-    parser.add_argument("--only", choices=("data", "concept"), help="run one section only")
+    parser.add_argument("--only", choices=("data", "rules", "concept"), help="run one section only")
     args = parser.parse_args(argv)
-    if args.only != "concept":
+    if args.only in (None, "data"):
         data_section(args.seeds)
-    if args.only != "data":
+    if args.only in (None, "rules"):
+        import drift_rules  # the alert rules: flapping, gradual, correlation-only, accuracy before labels
+        print()
+        drift_rules.main(args.seeds)
+    if args.only in (None, "concept"):
         concept_section(args.concept_seeds)
     return 0
 

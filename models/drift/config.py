@@ -35,10 +35,9 @@ class DriftConfig(BaseModel):
                                                                           "drifts moderately")
     prediction_psi_significant: float = Field(default=0.25, gt=0, description="PSI from which the output's "
                                                                               "drift is significant")
-    evidence_k: float = Field(default=0.5, gt=0, description="reference value of the per-feature CUSUM over "
-                                                             "windows (z of each window's p-value)")
-    evidence_false_alarm_windows: float = Field(default=20_000, gt=10, description="that CUSUM's threshold: one "
-                                                "false alarm per this many windows of a feature")
+    evidence_false_alarm_windows: float = Field(default=20_000, gt=10, description="evidence over windows "
+                                                "(moving sums of the windows' z): at most one false alarm per "
+                                                "this many windows of a feature")
     multivariate_sigmas: float = Field(default=6.0, gt=0, description="standard errors of the PCA reconstruction "
                                                                       "error above the reference that flag a window")
     estimate_margin: float = Field(default=0.05, ge=0, description="drop of the estimated accuracy (absolute) "

@@ -70,7 +70,7 @@ def test_gradual_drift_is_found_by_evidence_over_windows_before_any_one_window_s
     reference = _normal_rows(rng, 5000)
     columns = {k: [r[k] for r in reference] for k in reference[0]}
     first = {}
-    for rule, config in (("with evidence", {}), ("window only", {"evidence_k": 9.0})):
+    for rule, config in (("with evidence", {}), ("window only", {"evidence_false_alarm_windows": 1e300})):
         monitor, stream = _monitor(columns, **config), np.random.default_rng(30)
         for i in range(60):  # x0's mean moves 0.01 sd per window
             alerts = _feed(monitor, _events(_normal_rows(stream, 1000, shift=0.01 * i), [0.0] * 1000, start=i * 1000))

@@ -77,9 +77,12 @@ class Timeline:
                     self.say("champion", f"version {version} is champion ({action} by {actor})")
 
     def _alert(self, kind: str, data: dict) -> None:
-        if kind == "undertow.drift.data":
-            self.say("data", f"data drift: {data['feature']} {data['severity']} ({data.get('episode')}), "
-                             f"PSI {data['psi']:.2f}")
+        if kind in ("undertow.drift.data", "undertow.drift.prediction"):
+            what = "prediction drift" if kind.endswith("prediction") else f"data drift: {data['feature']}"
+            self.say("data", f"{what} {data['severity']} ({data.get('episode')}), PSI {data['psi']:.2f}")
+        elif kind == "undertow.drift.multivariate":
+            self.say("data", f"multivariate drift ({data['episode']}): reconstruction error {data['z']:.1f} "
+                             f"standard errors above the reference")
         elif kind == "undertow.drift.dataset":
             self.say("data", f"dataset drift: {data.get('drifted_share', 0):.0%} of the inputs drifted")
         elif kind == "undertow.drift.concept":
@@ -301,7 +304,10 @@ def _summary(conn, text, sender: Sender, timeline: Timeline) -> list[tuple[str, 
              and e[1] == "concept" and "started" in e[2]]
     return [("predictions answered", f"{sender.sent:,} ({', '.join(f'version {v}: {c:,}' for v, c in sender.versions.items())})"),
             ("windows evaluated", f"{windows}"),
-            ("data-drift alerts", f"{alerts.get('undertow.drift.data', 0)} (+{alerts.get('undertow.drift.dataset', 0)} dataset)"),
+            ("data-drift alerts", f"{alerts.get('undertow.drift.data', 0)} on inputs, "
+                                  f"{alerts.get('undertow.drift.prediction', 0)} on the prediction, "
+                                  f"{alerts.get('undertow.drift.multivariate', 0)} multivariate, "
+                                  f"{alerts.get('undertow.drift.dataset', 0)} dataset"),
             ("concept-drift alerts", f"{alerts.get('undertow.drift.concept', 0)}"),
             ("retrain requests", f"{conn.execute(text('SELECT count(*) FROM retrain_requests')).scalar()}"),
             ("gate", gate[-1][2] if gate else "no decision"),

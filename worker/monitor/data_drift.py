@@ -16,11 +16,10 @@ from scipy.stats import chi2 as chi2_distribution
 from scipy.stats import norm
 
 from models.drift.config import DriftConfig
-from models.drift.detectors import cusum_threshold
 from models.drift.episodes import MODERATE, SIGNIFICANT, STABLE, next_episode, severity
 from models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
 from models.drift.windows import ClosedWindow, WindowState
-from models.profile import PREDICTION_FEATURE, NumericProfile, ReferenceProfile
+from models.profile import KS_SAMPLE_SIZE, PREDICTION_FEATURE, NumericProfile, ReferenceProfile
 from storage import repo
 from worker.monitor.alerts import record_alert
 from worker.monitor.retrain_policy import RetrainPolicy
@@ -47,7 +46,8 @@ DATASET = "__dataset__"
 MULTIVARIATE = "__multivariate__"
 PERFORMANCE = "__performance__"
 CONFIDENCE = "__confidence__"    # a buffer column: the score the model gave its own prediction
-EVIDENCE = "__evidence__"        # per-feature CUSUM of the windows' z, kept with the episodes
+EVIDENCE = "__evidence__"        # per feature, the newest windows' z, kept with the episodes
+EVIDENCE_SCALES = (1, 2, 4, 8)   # windows summed: a drift too slow for one window adds up over several
 MIN_SCORED_ROWS = 100
 
 
@@ -100,8 +100,10 @@ class ModelVersionMonitor:
             self.window = WindowState.from_columns(config, width if self.scored or not state.buffer_ts
                                                    else len(self.columns), state)
             self.episodes = json.loads(state.episodes)
-        self.evidence: dict[str, float] = self.episodes.pop(EVIDENCE, {})
-        self._evidence_h = cusum_threshold(config.evidence_k, config.evidence_false_alarm_windows)
+        self.evidence: dict[str, list[float]] = {
+            name: z if isinstance(z, list) else [] for name, z in self.episodes.pop(EVIDENCE, {}).items()}
+        # Each scale's sum / sqrt(scale) is standard normal without drift: split the false-alarm budget.
+        self._evidence_t = float(norm.isf(1 / (len(EVIDENCE_SCALES) * config.evidence_false_alarm_windows)))
 
     def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column)."""
@@ -139,13 +141,16 @@ class ModelVersionMonitor:
             rule = "window"
             if name != PREDICTION_FEATURE and not small:
                 # Evidence summed over windows: a drift too gradual for one window's PSI shows here first.
-                evidence = max(0.0, self.evidence.get(name, 0.0) + window_z(stats, self.reference_rows)
-                               - c.evidence_k)
-                if evidence > self._evidence_h:
-                    evidence = 0.0
+                # Every window is tested against the same reference sample, so the windows' z share its
+                # sampling error: correlation n / (n + reference), which the sums' spread must include.
+                rho = stats.n / (stats.n + min(self.reference_rows, KS_SAMPLE_SIZE))
+                recent = ([window_z(stats, self.reference_rows)] + self.evidence.get(name, []))[:EVIDENCE_SCALES[-1]]
+                if max(sum(recent[:m]) / math.sqrt(m + m * (m - 1) * rho) for m in EVIDENCE_SCALES
+                       if m <= len(recent)) > self._evidence_t:
+                    recent = []  # re-armed: the windows that raised it do not raise it again
                     if upper == STABLE:
                         upper, rule = MODERATE, "cumulative"
-                self.evidence[name] = evidence
+                self.evidence[name] = recent
             results.append({
                 "model_id": self.model_id, "version": self.version, "window_index": window.index,
                 "feature": name, "start_ts": window.start_ts, "end_ts": window.end_ts, "n": stats.n,
