@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import logging
 
+from sqlalchemy import select
+
 from storage import repo
+from storage.tables import DriftState
 from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
 
 log = logging.getLogger("undertow")
@@ -43,13 +46,22 @@ def collect_status(settings) -> dict:
                     "mean_error": c.error_sum / c.labels if c.labels else None, "in_episode": c.in_episode,
                     "episodes": c.episodes, "silenced_alarms": c.silenced_alarms}
                    for c in repo.all_concept_states(session)]
+        checks = []
+        for state in session.scalars(select(DriftState)):
+            episodes = json.loads(state.episodes or "{}")
+            row = {"model_id": state.model_id, "version": state.version}
+            for key, label in (("__multivariate__", "multivariate_z"), ("__performance__", "estimated_accuracy")):
+                if isinstance(episodes.get(key), list) and len(episodes[key]) > 3:
+                    row[label] = {"value": episodes[key][3], "severity": episodes[key][0]}
+            if len(row) > 2:
+                checks.append(row)
         requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
                      "status": r.status, "requested_at": iso(r.created_ts)}
                     for r in repo.retrain_requests(session) if r.status == "open"]
     engine.dispose()
     partitions, reachable = _with_log_ends(settings, offsets)
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
-            "concept": concept, "open_retrain_requests": requests, "partitions": partitions, "dead_letters": dead,
+            "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions, "dead_letters": dead,
             "broker_reachable": reachable}
 
 
@@ -108,6 +120,14 @@ def cmd_status(args) -> int:
         for name, f in w["features"].items():
             ks = "" if f["ks_statistic"] is None else f"  ks={f['ks_statistic']:.3f} (p={f['ks_pvalue']:.2g})"
             print(f"    {name:<20} psi={f['psi']:.3f}{ks}  missing={f['missing_share']:.2%}  {f['severity']}")
+    for c in status["data_checks"]:
+        parts = []
+        if "multivariate_z" in c:
+            parts.append(f"multivariate z={c['multivariate_z']['value']:.2f} ({c['multivariate_z']['severity']})")
+        if "estimated_accuracy" in c:
+            parts.append(f"estimated accuracy={c['estimated_accuracy']['value']:.3f} "
+                         f"({c['estimated_accuracy']['severity']}, no labels used)")
+        print(f"last window checks of {c['model_id']}@{c['version']}: " + "; ".join(parts))
     for j in status["label_join"]:
         print(f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
               f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
