@@ -87,7 +87,11 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
     monitor, trainer = env.start_monitor(), env.start_trainer(env=TRAINER_ENV)
     try:
         stream = SampleStream(seed=5)
-        env.send_events([*stream.events(3000), *stream.events(7000, start_index=3000, concept_shift=SHIFT)])
+        # Version 1's predictions name it, as `undertow serve` does: those still unprocessed when version 2
+        # is promoted must not count for version 2 (under load the monitor lags the stream by thousands).
+        first = [({**p, "model_version": "1"}, label) for p, label in
+                 [*stream.events(3000), *stream.events(7000, start_index=3000, concept_shift=SHIFT)]]
+        env.send_events(first)
         wait_for(lambda: _finished(env) or monitor.poll() is not None or trainer.poll() is not None, 240,
                  "the retrain request to be trained and judged")
         run = _finished(env)
@@ -117,12 +121,11 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         wait_for(lambda: (env.scalar("SELECT labels FROM concept_state WHERE version = '2'") or 0) >= 3000, 120,
                  "version 2 to receive the new labels")
         assert env.scalar("SELECT count(*) FROM window_results WHERE version = '2'") > 0
-        # Predictions of version 1 still unprocessed at the promotion are counted for version 2 (no version
-        # named: they belong to the champion when processed), so only alerts on the new stream's labels count.
-        new_stream_from = later[0][1]["ts"]
         concept = [json.loads(row[0])["data"] for row in _rows(
             env, "SELECT cloudevent FROM alerts WHERE version = '2' AND type = 'undertow.drift.concept'")]
-        assert [a for a in concept if a["detected_at"] >= new_stream_from] == [], concept
+        # Version 2 sees only its own predictions: no drift. (A deployment_gap may come: its holdout of a few
+        # hundred post-change pairs can flatter it, and saying so once is what that alert is for.)
+        assert [a for a in concept if a["episode"] != "deployment_gap"] == [], concept
 
         done = _cli(env, "models", "rollback", "--model-id", "housing", "--reason", "test")
         assert done.returncode == 0, done.stderr
