@@ -197,3 +197,17 @@ def test_outbox_relay_deletes_what_was_acknowledged_and_keeps_what_failed(env):
     finally:
         big.close()
     assert env.scalar("SELECT count(*) FROM outbox") == 0
+
+
+def test_kafka_pythons_read_of_a_socket_closed_under_it_is_not_logged_but_real_read_errors_are(caplog):
+    import logging
+
+    import worker.runtime.transport  # noqa: F401 - installs the filter
+    log = logging.getLogger("kafka.net.transport")
+    with caplog.at_level(logging.ERROR, logger="kafka.net.transport"):
+        for error in (AttributeError("'NoneType' object has no attribute 'recv'"), ConnectionResetError("reset")):
+            try:
+                raise error
+            except BaseException:
+                log.exception("%s: Error receiving network data closing socket", "conn")
+    assert [str(r.exc_info[1]) for r in caplog.records] == ["reset"]

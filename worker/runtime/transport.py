@@ -37,6 +37,19 @@ class _CancelledOnClose(logging.Filter):
 logging.getLogger("kafka.cluster").addFilter(_CancelledOnClose())
 
 
+class _SocketClosedUnderRead(logging.Filter):
+    """kafka-python 3 closes a connection's socket from the closing thread while its I/O thread may still be
+    reading it; the read then fails on ``None.recv`` and is logged at ERROR with a traceback, although the
+    connection is handled as closed. That one record, and only that one, is a normal close."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, AttributeError) and "'NoneType' object has no attribute 'recv'" in str(error))
+
+
+logging.getLogger("kafka.net.transport").addFilter(_SocketClosedUnderRead())
+
+
 class TransientError(UndertowError):
     """Broker or database unavailable: retried with backoff, position kept."""
 
