@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from models import registry  # noqa: E402
 from storage import db  # noqa: E402
-from worker.dev.broker import EmbeddedBroker  # noqa: E402
+from worker.dev.broker import EmbeddedBroker, free_port  # noqa: E402
 from worker.dev.sample import SampleStream, write_training_csv  # noqa: E402
 from worker.server.served_model import load_served  # noqa: E402
 
@@ -43,12 +42,6 @@ def _cli(*args: str) -> str:
     if done.returncode:
         raise SystemExit(done.stderr)
     return done.stdout
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -90,7 +83,7 @@ def main() -> None:
         engine = db.make_engine(f"sqlite:///{work}/u.db")
         with db.make_session_factory(engine)() as session:
             served = load_served(registry.get_version(session, "housing", "1"))  # one OpenMP thread, as served
-        port = _port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "serve",
                                    "--model-id", "housing", "--port", str(port), *connection], cwd=REPO,
                                   env={**os.environ, "UNDERTOW_MAX_BATCH_ROWS": "1000"})

@@ -2,7 +2,7 @@
 import httpx
 
 from tests.conftest import wait_for
-from tests.worker.test_server import _free_port
+from worker.dev.broker import free_port
 from worker.dev.sample import SampleStream
 
 
@@ -27,7 +27,7 @@ def test_monitor_and_trainer_metrics_count_what_was_sent(env):
     env.send_events(pairs[:100], labels=False)         # 100 retries of predictions already sent
     env.send(env.topics.predictions, b"{not json")     # one bad record
     env.flush()
-    port, trainer_port = _free_port(), _free_port()
+    port, trainer_port = free_port(), free_port()
     monitor = env.start_monitor("--metrics-port", str(port))
     trainer = env.start_trainer("--metrics-port", str(trainer_port))
     predictions, labels = env.topics.predictions, env.topics.labels

@@ -5,7 +5,6 @@ never served, and a paused broker costs events (counted), not answers."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,18 +17,13 @@ import pytest
 
 from tests.conftest import REPO, wait_for
 from tests.worker.test_trainer import _cli, _train_v1
+from worker.dev.broker import free_port
 from worker.dev.sample import SampleStream
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     def __init__(self, env, bootstrap: str | None = None, extra_env: dict | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = env.cli_args()
         if bootstrap is not None:

@@ -11,7 +11,9 @@ from worker.runtime.settings import Settings, load_settings
 
 log = logging.getLogger("undertow")
 
-_CONNECTION_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id", "metrics_port")
+# Flags that override settings; a command without one of them leaves it to the environment.
+_SETTINGS_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id", "metrics_port",
+                   "host", "port")
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +33,7 @@ def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace, cls: type[Settings] = Settings) -> Settings:
     """Flags over environment over ``.env`` over defaults, validated once."""
-    return load_settings({k: getattr(args, k, None) for k in _CONNECTION_FLAGS}, cls)
+    return load_settings({k: getattr(args, k, None) for k in _SETTINGS_FLAGS}, cls)
 
 
 def open_sessions(settings: Settings, must_exist: bool = False):

@@ -136,7 +136,7 @@ def cmd_demo(args) -> int:
 
     from storage import db
     from worker.cli import main
-    from worker.dev.broker import EmbeddedBroker
+    from worker.dev.broker import EmbeddedBroker, free_port
     from worker.report.build import write_report
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="undertow-demo-"))
@@ -151,7 +151,7 @@ def cmd_demo(args) -> int:
     after = n - sum(p[1] for p in phases)
     started = time.monotonic()
     with EmbeddedBroker() as broker:
-        port = _free_port()
+        port = free_port()
         common = ["--bootstrap-servers", broker.bootstrap_servers, "--db-url", f"sqlite:///{workdir / 'undertow.db'}",
                   "--artifacts-dir", str(workdir / "artifacts")]
         print(f"Undertow demo: {data.name}; embedded broker on {broker.bootstrap_servers}; state in {workdir}",
@@ -285,13 +285,6 @@ def _processed(engine) -> int:
     from sqlalchemy import text
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT COALESCE(SUM(predictions), 0) FROM model_stats")).scalar())
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _summary(conn, text, sender: Sender, timeline: Timeline) -> list[tuple[str, str]]:

@@ -50,11 +50,9 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from models.ids import check_id
-    from worker.cli.common import _CONNECTION_FLAGS
-    from worker.runtime.settings import ServerSettings, load_settings
+    from worker.runtime.settings import ServerSettings
     from worker.server.app import create_app
-    settings = load_settings({**{k: getattr(args, k, None) for k in _CONNECTION_FLAGS},
-                              "host": args.host, "port": args.port}, ServerSettings)
+    settings = settings_from(args, ServerSettings)
     app = create_app(settings, check_id(args.model_id))
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False)

@@ -97,8 +97,7 @@ class ModelVersionMonitor:
             self.window = WindowState(config, width)
             self.episodes: dict[str, list] = {}
         else:
-            self.window = WindowState.from_columns(config, width if self.scored or not state.buffer_ts
-                                                   else len(self.columns), state)
+            self.window = WindowState.from_columns(config, width, state)
             self.episodes = json.loads(state.episodes)
         self.evidence: dict[str, list[float]] = {
             name: z if isinstance(z, list) else [] for name, z in self.episodes.pop(EVIDENCE, {}).items()}
@@ -190,7 +189,6 @@ class ModelVersionMonitor:
         z = (float(errors.mean()) - mv.error_mean) / (mv.error_sd / math.sqrt(errors.size))
         upper = SIGNIFICANT if z > c.multivariate_sigmas else STABLE
         lower = SIGNIFICANT if z > c.multivariate_sigmas * c.psi_exit_ratio else STABLE
-        self.episodes.setdefault(MULTIVARIATE, [STABLE, 0, STABLE])
         alert = self._transition(MULTIVARIATE, upper, lower, window, MultivariateDriftAlert, MultivariateDrift, dict(
             features=mv.features, value=float(errors.mean()), reference=mv.error_mean, z=z,
             threshold=c.multivariate_sigmas))
@@ -212,7 +210,6 @@ class ModelVersionMonitor:
         gap = max(c.estimate_margin, 3 * spread)
         upper = SIGNIFICANT if estimate < self.accuracy - gap else STABLE
         lower = SIGNIFICANT if estimate < self.accuracy - gap * c.psi_exit_ratio else STABLE
-        self.episodes.setdefault(PERFORMANCE, [STABLE, 0, STABLE])
         alert = self._transition(PERFORMANCE, upper, lower, window, PerformanceEstimateAlert, PerformanceEstimate,
                                  dict(value=estimate, reference=self.accuracy, threshold=self.accuracy - gap,
                                       scored_rows=int(confidence.size)))

@@ -55,7 +55,9 @@ class Checkpoint:
                apply: Callable[[Session, Batch], None]) -> None:
         moves = {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}
         started = time.perf_counter()
-        consumed = Batch(events=list(batch.events), dead_letters=batch.dead_letters)  # before stages take some out
+        # What was consumed, before the stages take some events out; copied only when someone counts it.
+        consumed = None if self._on_commit is None else Batch(events=list(batch.events),
+                                                              dead_letters=batch.dead_letters)
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
             for letter in batch.dead_letters:

@@ -150,9 +150,7 @@ class DatabaseCollector(Collector):
     def _tables(self, conn):
         tables = set(self.engine.dialect.get_table_names(conn)) & set(self.sections)
         if "model_stats" in tables:
-            predictions, labels, duplicates = conn.execute(text(
-                "SELECT COALESCE(SUM(predictions), 0), COALESCE(SUM(labels), 0), COALESCE(SUM(duplicates), 0) "
-                "FROM model_stats")).one()
+            duplicates = conn.execute(text("SELECT COALESCE(SUM(duplicates), 0) FROM model_stats")).scalar()
             family = CounterMetricFamily("undertow_duplicates", "events seen before, counted once")
             family.add_metric([], duplicates)
             yield family

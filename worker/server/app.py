@@ -14,7 +14,6 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from storage.db import make_engine, make_session_factory
+from worker.runtime import cloudevents
 from worker.runtime.events import Identifier, Target
 from worker.runtime.settings import ServerSettings
 from worker.runtime.topics import Topics
@@ -44,10 +44,6 @@ class LabelIn(BaseModel):
 class LabelsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
@@ -113,7 +109,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             raise HTTPException(503, f"no version of {model_id} is loaded yet")
         rows = parse(served.request, await read_body(request)).rows()
         predictions, scores = await run_in_threadpool(served.predict, rows)
-        ts = _now()
+        ts = cloudevents.rfc3339(time.time())
         answers = []
         for i, (row, prediction) in enumerate(zip(rows, predictions)):
             event_id = uuid.uuid4().hex
@@ -130,7 +126,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
     @app.post("/labels", status_code=202, summary="ground truth of earlier predictions, by event id")
     async def labels(request: Request) -> dict:
         body = parse(LabelsRequest, await read_body(request))
-        ts = _now()
+        ts = cloudevents.rfc3339(time.time())
         for item in body.labels:
             event = {"event_id": item.event_id, "model_id": model_id, "ts": ts, "label": item.label}
             request.app.state.emitter.emit("label", topics.labels, key, json.dumps(event).encode())
@@ -150,12 +146,8 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        metrics.queued.set(request_queue_size(app))
+        emitter = getattr(app.state, "emitter", None)
+        metrics.queued.set(0 if emitter is None else emitter.queued)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def request_queue_size(app: FastAPI) -> int:
-    emitter = getattr(app.state, "emitter", None)
-    return 0 if emitter is None else emitter.queued
