@@ -1,32 +1,47 @@
 """Ingest throughput of the monitor, as a ratio to raw kafka-python in the same run.
 
-One embedded Tansu broker, one predictions topic with N synthetic events,
-read twice:
+One embedded Tansu broker, a predictions topic with N synthetic events (and
+with ``--labels`` a labels topic with every prediction's label), read twice:
 
 * baseline: a bare KafkaConsumer (no group, all partitions assigned, from the
   beginning) that polls and ``json.loads`` every value; rate from the first
   poll to the last record;
 * monitor: ``worker.monitor.Monitor`` in a background thread, exactly as the
-  service runs it (validation, duplicate filter, counts, DB-owned offsets).
-  The main thread polls ``SUM(model_stats.predictions)`` every 50 ms, so the
-  group join is not timed: rate = (N - count at first sight) / (t_last - t_first).
+  service runs it (validation, duplicate filter, counts, join, drift checks,
+  DB-owned offsets). The main thread polls the committed counts in
+  ``model_stats`` every 50 ms, so the group join is not timed:
+  rate = (records - count at first sight) / (t_last - t_first).
+
+With ``--labels`` every prediction's label follows it after a lognormal
+number of records (median 200, a heavy tail to tens of thousands: some are
+late), dated that many seconds after the prediction, on the co-partitioned
+labels topic; rates count predictions and labels.
 
 With ``--drift`` (the default) every model id m0..m7 gets a registered
-reference (``worker.sample.write_reference_csv``, other seed, same feature
-count) before the monitor starts, so the data-drift stage windows and
-evaluates every prediction; ``--no-drift`` measures the ingest spine alone.
-The number of ``window_results`` rows written shows that drift checks ran.
+champion with a reference (``worker.dev.sample.write_reference_csv``, other
+seed, same feature count) and a baseline error before the monitor starts, so
+the data-drift stage windows and evaluates every prediction and the concept
+stage feeds every joined pair to its detectors; ``--no-drift`` measures the
+ingest spine alone. The number of ``window_results`` rows written shows that
+drift checks ran.
+
+``--db-url`` runs the monitor on that database (PostgreSQL: a fresh schema,
+dropped afterwards) instead of a new SQLite file. The run prints where the
+monitor's time went, in microseconds per record (``Monitor.step_seconds``).
 
 Absolute rates depend on the machine; the ratio monitor/raw, measured on the
 same topic, broker and interpreter, is the number to compare across changes.
 
-    .venv/bin/python bench/ingest.py [--events N] [--features F] [--partitions P] [--no-drift]
+    .venv/bin/python bench/ingest.py [--events N] [--features F] [--partitions P] [--labels]
+                                     [--no-drift] [--db-url URL]
 """
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
+import math
 import platform
 import resource
 import sys
@@ -34,17 +49,21 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from fresh_database import fresh_database
 from models import registry
 from models.reference import load_reference
 from storage import db
 from worker.dev.broker import EmbeddedBroker
-from worker.dev.sample import SampleStream, encode, write_reference_csv
+from worker.dev.sample import SampleStream, encode, rfc3339, write_reference_csv
 from worker.monitor.service import Monitor
 from worker.runtime.settings import MonitorSettings, load_settings
 from worker.runtime.topics import Topics, ensure_topics
@@ -54,13 +73,31 @@ MODELS = 8
 POLL_S = 0.05
 
 
-def produce(servers: str, topic: str, n: int, features: int) -> None:
+def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1) -> int:
+    """Write the stream; the number of records written."""
     producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
-    for i, (prediction, _label) in enumerate(SampleStream(n_features=features, seed=1).events(n)):
-        prediction["model_id"] = model_id = f"m{i % MODELS}"
-        producer.send(topic, key=model_id.encode(), value=encode(prediction))
+    rng = np.random.default_rng(seed)
+    due: list[tuple[int, int, dict]] = []  # (prediction index it follows, tiebreak, label event)
+    written = 0
+    for i, (prediction, label) in enumerate(SampleStream(n_features=features, seed=seed).events(n)):
+        prediction["model_id"] = label["model_id"] = model_id = f"m{i % MODELS}"
+        producer.send(topics.predictions, key=model_id.encode(), value=encode(prediction))
+        written += 1
+        if labels:
+            delay = int(rng.lognormal(mean=math.log(200), sigma=1.5))
+            label["ts"] = rfc3339(datetime.fromisoformat(prediction["ts"]) + timedelta(seconds=delay))
+            heapq.heappush(due, (i + delay, i, label))
+            while due and due[0][0] <= i:
+                event = heapq.heappop(due)[2]
+                producer.send(topics.labels, key=event["model_id"].encode(), value=encode(event))
+                written += 1
+    while due:
+        event = heapq.heappop(due)[2]
+        producer.send(topics.labels, key=event["model_id"].encode(), value=encode(event))
+        written += 1
     producer.flush()
     producer.close()
+    return written
 
 
 def register_references(db_url: str, workdir: Path, features: int) -> None:
@@ -91,12 +128,12 @@ def drift_output(db_url: str) -> tuple[int, int]:
     return windows, alerts
 
 
-def raw_consume(servers: str, topic: str, partitions: int, n: int) -> float:
-    """Records/s of a bare consumer reading and decoding the whole topic."""
+def raw_consume(servers: str, topics: list[str], partitions: int, n: int) -> float:
+    """Records/s of a bare consumer reading and decoding the whole topics."""
     # Same fetch settings as the monitor's consumer, so only the monitor's own work differs.
     consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
                              max_poll_records=2000, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     read, started = 0, time.perf_counter()
@@ -113,26 +150,29 @@ def raw_consume(servers: str, topic: str, partitions: int, n: int) -> float:
         consumer.close()
 
 
-def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float]:
-    """Records/s of the monitor from its first committed batch to its last; records and seconds timed."""
+def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, dict[str, float]]:
+    """Records/s of the monitor from its first committed batch to its last; records and seconds timed,
+    and the monitor's seconds per step in that time."""
     monitor = Monitor(settings, partitions=partitions)
     result: dict[str, object] = {}
     thread = threading.Thread(target=lambda: result.setdefault("rc", monitor.run(until_idle=2.0)), daemon=True)
     thread.start()
     # A plain engine: the library's SQLite engine opens BEGIN IMMEDIATE, which would block the writer.
-    reader = create_engine(settings.db_url, connect_args={"timeout": 30})
+    reader = create_engine(settings.db_url, connect_args={"timeout": 30} if settings.db_url.startswith("sqlite") else {})
     first, deadline = None, time.monotonic() + 600
     try:
         while True:
             now = time.perf_counter()
             try:
                 with reader.connect() as conn:
-                    done = conn.execute(text("SELECT COALESCE(SUM(predictions), 0) FROM model_stats")).scalar()
+                    done = conn.execute(text("SELECT COALESCE(SUM(predictions + labels), 0) FROM model_stats")).scalar()
             except OperationalError:  # no such table yet: the monitor has not migrated
                 done = 0
             if done and first is None:
                 first = (now, done)
+                steps_first = dict(monitor.step_seconds)
             if done >= n:
+                steps = {k: v - steps_first.get(k, 0.0) for k, v in monitor.step_seconds.items()}
                 break
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"monitor stopped at {done} of {n} records (rc={result.get('rc')})")
@@ -144,24 +184,39 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float]:
     t_first, n_first = first
     if now == t_first:
         raise RuntimeError("all records were committed before the first observation: use more --events")
-    return (n - n_first) / (now - t_first), n - n_first, now - t_first
+    return (n - n_first) / (now - t_first), n - n_first, now - t_first, steps
+
+
+def per_record(step_seconds: dict[str, float], records: int) -> list[tuple[str, str]]:
+    """Microseconds per record by step, and the rest of the wall time (waiting on the broker, the other
+    thread); the checkpoint's own share is what its stages did not use."""
+    stages = {k: v for k, v in step_seconds.items() if k not in ("poll", "intake", "validate", "checkpoint")}
+    rows = [(name, step_seconds.get(name, 0.0)) for name in ("poll", "intake", "validate")]
+    rows += sorted(stages.items())
+    rows.append(("transaction + offsets + publish", step_seconds.get("checkpoint", 0.0) - sum(stages.values())))
+    total = sum(seconds for _, seconds in rows)
+    return [(f"  us/record {name}", f"{seconds / records * 1e6:.1f}") for name, seconds in rows] + [
+        ("  us/record total", f"{total / records * 1e6:.1f}")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=100_000, help="predictions")
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--labels", action="store_true", help="every prediction gets its label, some late")
     parser.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
                         help="register references so drift checks run (default: on)")
+    parser.add_argument("--db-url", help="the monitor's database (default: a new SQLite file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    with tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp, EmbeddedBroker() as broker, \
+            fresh_database(args.db_url, Path(tmp)) as db_url:
         run_id = uuid.uuid4().hex[:8]
         settings = load_settings({
             "kafka_bootstrap_servers": broker.bootstrap_servers,
-            "db_url": f"sqlite:///{Path(tmp) / 'bench.db'}",
+            "db_url": db_url,
             "topic_prefix": f"bench-{run_id}.",
             "group_id": f"bench-{run_id}",
         }, MonitorSettings)
@@ -169,24 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         admin = make_admin(settings)
         ensure_topics(admin, topics, args.partitions)
         admin.close()
-        produce(broker.bootstrap_servers, topics.predictions, args.events, args.features)
-        raw = raw_consume(broker.bootstrap_servers, topics.predictions, args.partitions, args.events)
+        records = produce(broker.bootstrap_servers, topics, args.events, args.features, args.labels)
+        inputs = [topics.predictions, topics.labels] if args.labels else [topics.predictions]
+        raw = raw_consume(broker.bootstrap_servers, inputs, args.partitions, records)
         if args.drift:
-            register_references(settings.db_url, Path(tmp), args.features)
-        mon, timed, window = monitor_rate(settings, args.partitions, args.events)
-        window_rows, alerts = drift_output(settings.db_url)
+            register_references(db_url, Path(tmp), args.features)
+        mon, timed, window, steps = monitor_rate(settings, args.partitions, records)
+        window_rows, alerts = drift_output(db_url)
 
-    rows = [("events", f"{args.events}"), ("features", f"{args.features}"),
-            ("partitions", f"{args.partitions}"), ("drift checks", "on" if args.drift else "off"),
-            ("python", platform.python_version()),
+    rows = [("predictions", f"{args.events}"), ("labels", f"{records - args.events}"),
+            ("features", f"{args.features}"), ("partitions", f"{args.partitions}"),
+            ("drift checks", "on" if args.drift else "off"),
+            ("database", make_url(db_url).get_backend_name()), ("python", platform.python_version()),
             ("raw consume+decode records/s", f"{raw:,.0f}"), ("monitor records/s", f"{mon:,.0f}"),
             ("monitor timed records / s", f"{timed} / {window:.2f}"),
             ("ratio monitor/raw", f"{mon / raw:.3f}"),
             ("window_results rows", f"{window_rows}"), ("drift alerts", f"{alerts}")]
+    rows += per_record(steps, timed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     rows.append(("peak RSS MiB", f"{peak / (1024 ** 2 if sys.platform == 'darwin' else 1024):.1f}"))
     for key, value in rows:
-        print(f"{key:<28}  {value:>14}")
+        print(f"{key:<34}  {value:>14}")
     return 0
 
 

@@ -17,8 +17,10 @@ arrive, so their predictions must leave the join buffer by expiry.
 
 Bounds exercised (small settings, so they bind within the run):
 
-* ``seen_events``: duplicate horizon in records per source partition;
-* ``join_pending``: join TTL in event time, and the join_max_pending cap;
+* ``seen_blocks`` (and the duplicate filters in memory): duplicate horizon in
+  records per source partition, one block per batch and partition;
+* ``join_pending`` (and the join buffer's index in memory): join TTL in event
+  time, and the join_max_pending cap;
 * ``labelled_pairs``: pairs_retention;
 * ``drift_state`` / ``concept_state``: one row per model version.
 
@@ -62,8 +64,8 @@ DUPLICATE_HORIZON = 200_000
 JOIN_TTL_SECONDS = 3 * 3600
 JOIN_MAX_PENDING = 50_000
 PAIRS_RETENTION = 100_000
-CHECKPOINTS = (100_000, 250_000, 500_000, 750_000, 1_000_000)
-TABLES = ("seen_events", "join_pending", "labelled_pairs", "window_results", "drift_state", "concept_state",
+CHECKPOINTS = (100_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000, 2_500_000)
+TABLES = ("seen_blocks", "join_pending", "labelled_pairs", "window_results", "drift_state", "concept_state",
           "outbox", "alerts", "retrain_requests")
 GROUP = "bench-memory"
 
@@ -289,8 +291,8 @@ def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings)
     lost = last["predictions"] - last["labels"]
     features = 6  # x0..x3, region, __prediction__
     print(f"\nSettings: duplicate_horizon={settings.duplicate_horizon:,} records per source partition (one "
-          f"predictions and one labels partition here, so seen_events <= {2 * settings.duplicate_horizon:,} plus one "
-          f"batch); join_ttl_seconds={settings.join_ttl_seconds:,.0f} of event time (events are 1 s apart, labels "
+          f"predictions and one labels partition here, so the filters hold <= {2 * settings.duplicate_horizon:,} keys "
+          f"plus one batch, in seen_blocks of one batch each); join_ttl_seconds={settings.join_ttl_seconds:,.0f} of event time (events are 1 s apart, labels "
           f"carry prediction time + 3,600 s, so the watermark runs ~{3600 - LABEL_LAG:,} s ahead of the newest "
           f"prediction and a prediction without label expires ~{settings.join_ttl_seconds - 3600 + LABEL_LAG:,.0f} "
           f"predictions after it was made); join_max_pending={settings.join_max_pending:,} per kind; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from sqlalchemy import Connection, and_, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -23,7 +22,7 @@ from storage.tables import (
     PartitionGap,
     PendingEvent,
     RetrainRequest,
-    SeenEvent,
+    SeenBlock,
     WindowResult,
 )
 
@@ -77,10 +76,10 @@ def advance_offsets(session: Session, group_id: str,
             session.execute(ConsumerOffset.__table__.insert().values(
                 group_id=group_id, topic=topic, partition=partition, **values))
             continue
-        result = session.execute(update(ConsumerOffset).where(
-            ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
-            ConsumerOffset.partition == partition, ConsumerOffset.next_offset == expected,
-        ).values(**values).execution_options(synchronize_session=False))
+        table = ConsumerOffset.__table__
+        result = session.execute(update(table).where(
+            table.c.group_id == group_id, table.c.topic == topic, table.c.partition == partition,
+            table.c.next_offset == expected).values(**values))
         if result.rowcount != 1:
             raise StaleOffsets(f"{topic}[{partition}] is no longer at offset {expected}")
 
@@ -96,37 +95,23 @@ def partition_gaps(session: Session, group_id: str | None = None) -> list[Partit
     return list(session.scalars(query))
 
 
-class SeenKey(NamedTuple):
-    kind: str
-    model_id: str
-    event_id: str
+def seen_blocks(session: Session, topic: str, partition: int) -> list[tuple[int, int, str]]:
+    """(first offset, next offset, keys) of a source partition's duplicate-filter blocks, in write order."""
+    return [tuple(row) for row in session.execute(
+        select(SeenBlock.first_offset, SeenBlock.next_offset, SeenBlock.keys).where(
+            SeenBlock.topic == topic, SeenBlock.partition == partition).order_by(SeenBlock.id))]
 
 
-def already_seen(session: Session, keys: Iterable[SeenKey]) -> set[SeenKey]:
-    """The subset of ``keys`` inside the duplicate horizon."""
-    by_group: dict[tuple[str, str], list[str]] = {}
-    for k in keys:
-        by_group.setdefault((k.kind, k.model_id), []).append(k.event_id)
-    found: set[SeenKey] = set()
-    for (kind, model_id), ids in by_group.items():
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i:i + _IN_CHUNK]
-            rows = session.execute(select(SeenEvent.event_id).where(
-                SeenEvent.kind == kind, SeenEvent.model_id == model_id, SeenEvent.event_id.in_(chunk)))
-            found.update(SeenKey(kind, model_id, eid) for (eid,) in rows)
-    return found
+def add_seen_block(session: Session, topic: str, partition: int, first_offset: int, next_offset: int,
+                   keys: str) -> None:
+    session.execute(SeenBlock.__table__.insert().values(topic=topic, partition=partition, first_offset=first_offset,
+                                                        next_offset=next_offset, keys=keys))
 
 
-def remember_seen(session: Session, rows: list[dict]) -> None:
-    """Insert seen-event rows: dicts with kind, model_id, event_id, topic, partition, offset."""
-    if rows:
-        # Core executemany: the ORM's bulk path costs ~10 us per row in Python.
-        session.execute(SeenEvent.__table__.insert(), rows)
-
-
-def expire_seen(session: Session, topic: str, partition: int, below_offset: int) -> None:
-    session.execute(delete(SeenEvent).where(
-        SeenEvent.topic == topic, SeenEvent.partition == partition, SeenEvent.offset < below_offset,
+def expire_seen_blocks(session: Session, topic: str, partition: int, below_offset: int) -> None:
+    """Delete the blocks whose every offset is below ``below_offset``."""
+    session.execute(delete(SeenBlock).where(
+        SeenBlock.topic == topic, SeenBlock.partition == partition, SeenBlock.next_offset <= below_offset,
     ).execution_options(synchronize_session=False))
 
 
@@ -192,8 +177,9 @@ def save_drift_state(session: Session, model_id: str, version: str, columns: dic
     """Write a model version's window state without reading the old buffer back."""
     values = {**columns, "episodes": episodes}
     if exists:
-        session.execute(update(DriftState).where(DriftState.model_id == model_id, DriftState.version == version)
-                        .values(**values).execution_options(synchronize_session=False))
+        table = DriftState.__table__  # Core: the ORM's bulk-update path costs more than the write
+        session.execute(update(table).where(table.c.model_id == model_id, table.c.version == version)
+                        .values(**values))
     else:
         session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version, **values))
 
@@ -225,48 +211,34 @@ def alerts(session: Session, model_id: str | None = None, limit: int = 1000) -> 
     return list(session.scalars(query))
 
 
-def pending_events(session: Session, model_id: str, event_ids: list[str]) -> dict[tuple[str, str], PendingEvent]:
-    """Waiting predictions and labels of a model among ``event_ids``, by (kind, event_id)."""
-    found: dict[tuple[str, str], PendingEvent] = {}
-    for i in range(0, len(event_ids), _IN_CHUNK):
-        rows = session.scalars(select(PendingEvent).where(
-            PendingEvent.model_id == model_id, PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])))
-        found.update(((row.kind, row.event_id), row) for row in rows)
+def pending_index(session: Session, model_id: str) -> list[tuple[int, str, str, str | None, float]]:
+    """(seq, kind, event_id, version, ts) of every waiting prediction and label of a model."""
+    return [tuple(row) for row in session.execute(select(
+        PendingEvent.seq, PendingEvent.kind, PendingEvent.event_id, PendingEvent.version, PendingEvent.ts).where(
+        PendingEvent.model_id == model_id))]
+
+
+def pending_payloads(session: Session, model_id: str, seqs: list[int]) -> dict[int, str]:
+    """The stored JSON of waiting events, by seq."""
+    found: dict[int, str] = {}
+    for i in range(0, len(seqs), _IN_CHUNK):
+        rows = session.execute(select(PendingEvent.seq, PendingEvent.payload).where(
+            PendingEvent.model_id == model_id, PendingEvent.seq.in_(seqs[i:i + _IN_CHUNK])))
+        found.update((seq, payload) for seq, payload in rows)
     return found
 
 
 def add_pending(session: Session, rows: list[dict]) -> None:
+    """Rows with model_id, seq, kind, event_id, version, ts and payload."""
     if rows:
         session.execute(PendingEvent.__table__.insert(), rows)
 
 
-def remove_pending(session: Session, model_id: str, kind: str, event_ids: list[str]) -> None:
-    for i in range(0, len(event_ids), _IN_CHUNK):
+def remove_pending(session: Session, model_id: str, seqs: list[int]) -> None:
+    for i in range(0, len(seqs), _IN_CHUNK):
         session.execute(delete(PendingEvent).where(
-            PendingEvent.model_id == model_id, PendingEvent.kind == kind,
-            PendingEvent.event_id.in_(event_ids[i:i + _IN_CHUNK])).execution_options(synchronize_session=False))
-
-
-def expire_pending(session: Session, model_id: str, before_ts: float) -> dict[str, int]:
-    """Delete waiting events older than ``before_ts``; how many of each kind."""
-    rows = session.execute(delete(PendingEvent).where(
-        PendingEvent.model_id == model_id, PendingEvent.ts < before_ts,
-    ).returning(PendingEvent.kind).execution_options(synchronize_session=False))
-    counts = {"prediction": 0, "label": 0}
-    for (kind,) in rows:
-        counts[kind] += 1
-    return counts
-
-
-def evict_oldest_pending(session: Session, model_id: str, kind: str, count: int) -> int:
-    """Drop the ``count`` oldest (by event time) pending events of a kind."""
-    if count <= 0:
-        return 0
-    ids = list(session.scalars(select(PendingEvent.event_id).where(
-        PendingEvent.model_id == model_id, PendingEvent.kind == kind).order_by(
-        PendingEvent.ts, PendingEvent.event_id).limit(count)))
-    remove_pending(session, model_id, kind, ids)
-    return len(ids)
+            PendingEvent.model_id == model_id, PendingEvent.seq.in_(seqs[i:i + _IN_CHUNK]),
+        ).execution_options(synchronize_session=False))
 
 
 def join_stats(session: Session, model_id: str) -> JoinStats:
@@ -303,9 +275,9 @@ def all_concept_states(session: Session) -> list[ConceptState]:
 
 def save_concept_state(session: Session, model_id: str, version: str, values: dict, exists: bool) -> None:
     if exists:
-        session.execute(update(ConceptState).where(
-            ConceptState.model_id == model_id, ConceptState.version == version,
-        ).values(**values).execution_options(synchronize_session=False))
+        table = ConceptState.__table__
+        session.execute(update(table).where(table.c.model_id == model_id, table.c.version == version)
+                        .values(**values))
     else:
         session.execute(ConceptState.__table__.insert().values(model_id=model_id, version=version, **values))
 

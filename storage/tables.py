@@ -62,23 +62,25 @@ class ModelStats(Base):
     last_event_ts: Mapped[float | None] = mapped_column(Float)
 
 
-class SeenEvent(Base):
-    """Duplicate horizon: ids of recently processed events.
+class SeenBlock(Base):
+    """Duplicate horizon: the keys of the events one batch took from one source partition.
 
-    Rows older than the horizon (in records per source partition) are expired,
-    so the table is bounded by horizon x partitions.
+    One row per batch and partition: the changelog of the monitor's
+    in-memory duplicate filter, which is restored from it. A block is deleted
+    once all its offsets are more than the horizon (in records per source
+    partition) behind, so the table holds about horizon x partitions keys.
     """
 
-    __tablename__ = "seen_events"
+    __tablename__ = "seen_blocks"
 
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(250))
     partition: Mapped[int] = mapped_column(Integer)
-    offset: Mapped[int] = mapped_column(BigInteger)
+    first_offset: Mapped[int] = mapped_column(BigInteger)
+    next_offset: Mapped[int] = mapped_column(BigInteger)  # after the block's last record
+    keys: Mapped[str] = mapped_column(Text)  # one "kind<TAB>model_id<TAB>event_id" per line
 
-    __table_args__ = (Index("ix_seen_events_position", "topic", "partition", "offset"),)
+    __table_args__ = (Index("ix_seen_blocks_partition", "topic", "partition", "next_offset"),)
 
 
 class OutboxMessage(Base):
@@ -191,18 +193,22 @@ class Alert(Base):
 
 
 class PendingEvent(Base):
-    """Join buffer: a prediction waiting for its label, or a label for its prediction."""
+    """Join buffer: a prediction waiting for its label, or a label for its prediction.
+
+    Keyed by a sequence number per model, in arrival order, so rows are
+    appended at the end of the table's index; the event id is looked up in
+    the monitor's memory, restored from here (``JoinBuffer``).
+    """
 
     __tablename__ = "join_pending"
 
     model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # prediction | label
-    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # prediction | label
+    event_id: Mapped[str] = mapped_column(String(200))
     version: Mapped[str | None] = mapped_column(String(200))
     ts: Mapped[float] = mapped_column(Float)
-    payload: Mapped[str] = mapped_column(Text)  # JSON of the event's own fields
-
-    __table_args__ = (Index("ix_join_pending_age", "model_id", "kind", "ts"),)
+    payload: Mapped[str] = mapped_column(Text)  # JSON of the event as it came
 
 
 class LabelledPair(Base):

@@ -9,7 +9,6 @@ from sqlalchemy import inspect
 
 from storage import db, repo
 from storage.errors import ConfigError, StaleOffsets
-from storage.repo import SeenKey
 from storage.tables import Base, ModelStats
 
 pytestmark = pytest.mark.postgres
@@ -27,7 +26,7 @@ def _schema_differences(engine) -> list:
 def test_migrate_is_idempotent_and_matches_the_tables(engine):
     assert db.migrate(engine) == HEAD
     assert db.migrate(engine) == HEAD
-    assert {"consumer_offsets", "seen_events", "outbox", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert {"consumer_offsets", "seen_blocks", "outbox", "alembic_version"} <= set(inspect(engine).get_table_names())
     assert _schema_differences(engine) == []
 
 
@@ -87,20 +86,6 @@ def test_offsets_compare_and_set_fences_a_stale_writer(engine):
         assert repo.load_offsets(conn, "g", [("t", 0), ("t", 1)]) == {("t", 0): 25}
     with sessions.begin() as s:
         assert s.get(ModelStats, "m") is None  # rolled back with the failed offset move
-
-
-def test_duplicate_horizon_remembers_and_expires(engine):
-    sessions = db.make_session_factory(engine)
-    rows = [{"kind": "prediction", "model_id": "m", "event_id": f"e{i}", "topic": "t", "partition": 0,
-             "offset": i} for i in range(10)]
-    with sessions.begin() as s:
-        repo.remember_seen(s, rows)
-    keys = [SeenKey("prediction", "m", f"e{i}") for i in range(12)] + [SeenKey("label", "m", "e1")]
-    with sessions.begin() as s:
-        assert repo.already_seen(s, keys) == set(keys[:10])
-        repo.expire_seen(s, "t", 0, below_offset=6)
-    with sessions.begin() as s:
-        assert repo.already_seen(s, keys) == set(keys[6:10])
 
 
 def test_outbox_round_trip_keeps_bytes_and_headers(engine):

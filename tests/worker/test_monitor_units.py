@@ -1,4 +1,4 @@
-"""The monitor's rules on their own, against a real database: the retrain cooldown and the join's bounds."""
+"""The monitor's rules on their own, against a real database: the retrain cooldown, the join's bounds, the duplicate filter."""
 import json
 
 import pytest
@@ -8,6 +8,7 @@ from models.drift.config import DriftConfig
 from storage import db, repo
 from storage.tables import OutboxMessage, PendingEvent
 from worker.monitor.concept import ConceptStage
+from worker.monitor.duplicates import DuplicateFilter
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch, Position
@@ -53,7 +54,9 @@ def _label(n: int, at: float):
     return parse_label(json.dumps(raw).encode(), 4096)
 
 
-def _apply(sessions, stage, events) -> None:
+def _apply(sessions, stage, events, restore: bool = False) -> None:
+    if restore:
+        stage.reset()  # as after a restart: the join buffer comes back from the database
     batch = Batch(events=[(Position("t", 0, i), e) for i, e in enumerate(events)])
     with sessions.begin() as session:
         stage.apply(session, batch)
@@ -68,25 +71,44 @@ def _join(sessions) -> tuple[dict, set]:
     return numbers, waiting
 
 
-def test_the_join_evicts_the_oldest_beyond_its_cap_and_expires_by_event_time(engine):
+@pytest.mark.parametrize("restore", [False, True], ids=["in-memory", "restored-each-batch"])
+def test_the_join_evicts_the_oldest_beyond_its_cap_and_expires_by_event_time(engine, restore):
     sessions = db.make_session_factory(engine)
     stage = ConceptStage("alerts", RetrainPolicy("retrain"), join_ttl_seconds=100, join_max_pending=5,
                          pairs_retention=1000)
-    _apply(sessions, stage, [_prediction(n, T0 + n) for n in range(8)])
+    _apply(sessions, stage, [_prediction(n, T0 + n) for n in range(8)], restore)
     numbers, waiting = _join(sessions)
     assert numbers["pending_predictions"] == 5 and numbers["evicted_predictions"] == 3
     assert waiting == {("prediction", f"e{n}") for n in range(3, 8)}  # the oldest three went
 
-    _apply(sessions, stage, [_label(1, T0 + 20), _label(6, T0 + 21)])  # e1 was evicted: its label waits
+    _apply(sessions, stage, [_label(1, T0 + 20), _label(6, T0 + 21)], restore)  # e1 was evicted: its label waits
     numbers, waiting = _join(sessions)
     assert numbers["joined"] == 1 and numbers["pending_labels"] == 1 and ("label", "e1") in waiting
     assert ("prediction", "e6") not in waiting
 
-    _apply(sessions, stage, [_prediction(100, T0 + 110)])  # the watermark passes T0 + 10 + ttl
+    _apply(sessions, stage, [_prediction(100, T0 + 110)], restore)  # the watermark passes T0 + 10 + ttl
     numbers, waiting = _join(sessions)
     assert waiting == {("label", "e1"), ("prediction", "e100")}  # T0 + 20 is still within the ttl
     assert numbers["expired_predictions"] == 4 and numbers["pending_predictions"] == 1
-    _apply(sessions, stage, [_prediction(101, T0 + 121)])
+    _apply(sessions, stage, [_prediction(101, T0 + 121)], restore)
     numbers, waiting = _join(sessions)
     assert numbers["expired_labels"] == 1 and numbers["pending_labels"] == 0
     assert waiting == {("prediction", "e100"), ("prediction", "e101")}
+
+
+def test_duplicate_filter_is_restored_from_its_blocks_and_expires_whole_blocks(engine):
+    sessions = db.make_session_factory(engine)
+    keys = [f"prediction\tm\te{i}" for i in range(10)]
+    with sessions.begin() as s:
+        live = DuplicateFilter.restore(s, "t", 0)
+        assert live.take(s, keys[:5], 0, 5) == [True] * 5
+        assert live.take(s, keys[3:10] + ["label\tm\te1", keys[9]], 5, 14) == [False, False] + [True] * 6 + [False]
+    with sessions.begin() as s:
+        restored = DuplicateFilter.restore(s, "t", 0)
+        assert restored.take(s, keys + ["prediction\tm\tnew"], 14, 25) == [False] * 10 + [True]
+        restored.expire(s, below_offset=6)  # the first block (offsets 0-4) is wholly behind
+    with sessions.begin() as s:
+        again = DuplicateFilter.restore(s, "t", 0)
+        assert again.take(s, keys, 25, 35) == [True] * 5 + [False] * 5
+        assert len(repo.seen_blocks(s, "t", 0)) == 3
+        assert repo.seen_blocks(s, "t", 1) == []

@@ -19,8 +19,8 @@ from models.drift.config import DriftConfig
 from models.drift.detectors import Cusum, PageHinkley, PredictionTimeCusum, RollingMean
 from models.drift.errors import prediction_error, score_loss
 from storage import repo
-from storage.tables import PendingEvent
 from worker.monitor.alerts import record_alert
+from worker.monitor.join_buffer import JoinBuffer, Waiting
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
@@ -29,9 +29,8 @@ from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAle
 
 log = logging.getLogger(__name__)
 
-_PREDICTION_FIELDS = {"features", "prediction", "scores"}
-_JSON = TypeAdapter(Any)
-REFINE_EVERY = 1000  # labels between refinements of a production baseline  # pydantic's JSON encoder: several times faster than json.dumps on floats
+_JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than json.dumps on floats
+REFINE_EVERY = 1000  # labels between refinements of a production baseline
 
 
 class ErrorStreamMonitor:
@@ -332,8 +331,8 @@ def _floored_sd(mean: float, sd: float) -> float:
 class ConceptStage:
     """Joins labels to predictions per model and runs the error-stream detectors.
 
-    The join buffer lives in the database (``join_pending``): a prediction
-    waits for its label, a label for its prediction, each until it is
+    The join buffer (``JoinBuffer``: in memory, restored from and written to
+    ``join_pending`` in each batch's transaction): a prediction waits for its label, a label for its prediction, each until it is
     ``join_ttl_seconds`` of event time behind the newest event of the model
     seen so far (then it is expired and counted). Expiry is decided event by
     event, so a replay with other batch boundaries joins the same pairs. At
@@ -352,14 +351,16 @@ class ConceptStage:
         self.join_max_pending = join_max_pending
         self.pairs_retention = pairs_retention
         self._monitors: dict[tuple[str, str], ErrorStreamMonitor | None] = {}
+        self._buffers: dict[str, JoinBuffer] = {}
 
     def reset(self) -> None:
         self._monitors.clear()
+        self._buffers.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
         by_model: dict[str, list] = defaultdict(list)
-        for _, event in batch.events:
-            by_model[event.model_id].append(event)
+        for position, event in batch.events:
+            by_model[event.model_id].append((position, event))
         if not by_model:
             return
         champion = registry.champions(session, sorted(by_model))
@@ -385,59 +386,42 @@ class ConceptStage:
             monitor.stored = True
 
     def _join(self, session: Session, model_id: str, events: list, champion: str | None) -> list[dict]:
-        ids = list({e.event_id for e in events})
-        stored = repo.pending_events(session, model_id, ids)
-        stored_predictions = {eid: row for (kind, eid), row in stored.items() if kind == "prediction"}
-        stored_labels = {eid: row for (kind, eid), row in stored.items() if kind == "label"}
-        new_predictions: dict[str, dict] = {}
-        new_labels: dict[str, dict] = {}
-        consumed = {"prediction": [], "label": []}
-        expired = {"prediction": 0, "label": 0}
-        pairs: list[dict] = []
+        buffer = self._buffers.get(model_id)
+        if buffer is None:
+            buffer = self._buffers[model_id] = JoinBuffer.restore(session, model_id)
         stats = repo.join_stats(session, model_id)
         watermark = stats.watermark_ts
-        for event in events:
+        matches: list[tuple[str, Waiting, Waiting]] = []
+        taken: list[Waiting] = []
+        expired = {"prediction": 0, "label": 0}
+        for position, event in events:
             epoch = event.epoch
-            watermark = epoch if watermark is None else max(watermark, epoch)
+            watermark = epoch if watermark is None or epoch > watermark else watermark
             eid = event.event_id
             if isinstance(event, PredictionEvent):
-                if eid in stored_predictions or eid in new_predictions:
-                    continue  # a retry beyond the duplicate horizon, still waiting
+                kind, other = "prediction", "label"
                 version = event.model_version or champion
-                prediction = {"version": version, "ts": epoch,
-                              "payload": {"features": event.features, "prediction": event.prediction,
-                                          "scores": event.scores},
-                              "json": event.model_dump_json(include=_PREDICTION_FIELDS)}
-                label = new_labels.pop(eid, None) or _stored(stored_labels, eid, consumed["label"])
-                if label is not None and label["ts"] < watermark - self.join_ttl_seconds:
-                    label = None  # expired: decided per event, so batch boundaries cannot change a join
-                    expired["label"] += 1
-                if label is None:
-                    new_predictions[eid] = prediction
-                else:
-                    pairs.append(_pair(eid, prediction, label))
+                fields = {"features": event.features, "prediction": event.prediction, "scores": event.scores}
             elif isinstance(event, LabelEvent):
-                if eid in stored_labels or eid in new_labels:
-                    continue
-                label = {"ts": epoch, "payload": {"label": event.label}, "json": event.model_dump_json(include={"label"})}
-                prediction = new_predictions.pop(eid, None) or _stored(stored_predictions, eid,
-                                                                        consumed["prediction"])
-                if prediction is not None and prediction["ts"] < watermark - self.join_ttl_seconds:
-                    prediction = None  # expired
-                    expired["prediction"] += 1
-                if prediction is None:
-                    new_labels[eid] = label
-                else:
-                    pairs.append(_pair(eid, prediction, label))
-        for kind, ids_ in consumed.items():
-            repo.remove_pending(session, model_id, kind, ids_)
-        repo.add_pending(session, [
-            {"model_id": model_id, "kind": "prediction", "event_id": eid, "version": p["version"], "ts": p["ts"],
-             "payload": p["json"]} for eid, p in new_predictions.items()] + [
-            {"model_id": model_id, "kind": "label", "event_id": eid, "version": None, "ts": lab["ts"],
-             "payload": lab["json"]} for eid, lab in new_labels.items()])
-        stats.pending_predictions += len(new_predictions) - len(consumed["prediction"])
-        stats.pending_labels += len(new_labels) - len(consumed["label"])
+                kind, other, version, fields = "label", "prediction", None, {"label": event.label}
+            else:
+                continue
+            if buffer.waits(kind, eid):
+                continue  # a retry beyond the duplicate horizon, still waiting
+            partner = buffer.take(other, eid)
+            if partner is not None and partner.ts < watermark - self.join_ttl_seconds:
+                partner = None  # expired: decided per event, so batch boundaries cannot change a join
+                expired[other] += 1
+            if partner is not None:
+                taken.append(partner)
+            if partner is None:
+                payload = position.value.decode() if position.value else event.model_dump_json(include=set(fields))
+                buffer.add(kind, eid, version, epoch, fields, payload)
+            else:
+                this = Waiting(-1, version, epoch, fields, None)  # joined on arrival: never stored
+                matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
+        buffer.load_fields(session, taken)
+        pairs = [_pair(eid, prediction, label) for eid, prediction, label in matches]
         stats.expired_predictions += expired["prediction"]
         stats.expired_labels += expired["label"]
         first_seq = stats.joined
@@ -452,18 +436,17 @@ class ConceptStage:
             "score_loss": p["score_loss"]} for i, p in enumerate(pairs)])
         if pairs:
             repo.trim_pairs(session, model_id, stats.joined - self.pairs_retention)
-        self._bound(session, stats, watermark)
+        if watermark is not None:
+            self._bound(buffer, stats, watermark)
+        stats.pending_predictions = buffer.pending("prediction")
+        stats.pending_labels = buffer.pending("label")
+        buffer.flush(session)
         return pairs
 
-    def _bound(self, session: Session, stats, watermark: float | None) -> None:
-        """Expire by event time, then evict beyond the row cap; both are counted."""
-        if watermark is None:
-            return
-        expired_by_kind = repo.expire_pending(session, stats.model_id, watermark - self.join_ttl_seconds)
-        for kind, expired in expired_by_kind.items():
-            pending = getattr(stats, f"pending_{kind}s") - expired
-            evicted = repo.evict_oldest_pending(session, stats.model_id, kind, pending - self.join_max_pending)
-            setattr(stats, f"pending_{kind}s", pending - evicted)
+    def _bound(self, buffer: JoinBuffer, stats, watermark: float) -> None:
+        """Expire by event time, then evict beyond the cap; both are counted."""
+        for kind, expired in buffer.expire(watermark - self.join_ttl_seconds).items():
+            evicted = buffer.evict_oldest(kind, buffer.pending(kind) - self.join_max_pending)
             setattr(stats, f"expired_{kind}s", getattr(stats, f"expired_{kind}s") + expired)
             setattr(stats, f"evicted_{kind}s", getattr(stats, f"evicted_{kind}s") + evicted)
 
@@ -485,18 +468,10 @@ class ConceptStage:
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
 
 
-def _stored(rows: dict[str, PendingEvent], event_id: str, consumed: list) -> dict | None:
-    row = rows.pop(event_id, None)
-    if row is None:
-        return None
-    consumed.append(event_id)
-    return {"version": row.version, "ts": row.ts, "payload": json.loads(row.payload)}
-
-
-def _pair(event_id: str, prediction: dict, label: dict) -> dict:
-    p, lab = prediction["payload"], label["payload"]
+def _pair(event_id: str, prediction: Waiting, label: Waiting) -> dict:
+    p, lab = prediction.fields, label.fields
     error, metric = prediction_error(p["prediction"], lab["label"])
-    return {"event_id": event_id, "version": prediction["version"], "prediction_ts": prediction["ts"],
-            "label_ts": label["ts"], "features": p["features"], "prediction": p["prediction"],
+    return {"event_id": event_id, "version": prediction.version, "prediction_ts": prediction.ts,
+            "label_ts": label.ts, "features": p["features"], "prediction": p["prediction"],
             "label": lab["label"], "error": error, "metric": metric,
             "score_loss": score_loss(p.get("scores"), lab["label"])}

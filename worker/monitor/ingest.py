@@ -6,7 +6,7 @@ from collections import defaultdict
 from sqlalchemy.orm import Session
 
 from storage import repo
-from storage.repo import SeenKey
+from worker.monitor.duplicates import DuplicateFilter
 from worker.runtime.batch import Batch
 from worker.runtime.events import PredictionEvent
 
@@ -15,44 +15,56 @@ class IngestStage:
     """Writes the counting state of a batch and removes duplicates from it.
 
     A duplicate is an event whose (kind, model_id, event_id) was processed
-    within the last ``duplicate_horizon`` records of its source partition.
+    within the last ``duplicate_horizon`` records of its source partition
+    (events are keyed by model id, so a model's events share a partition).
     After ``apply`` the batch holds only first occurrences, so later stages
-    see each event once.
+    see each event once. The filters live in memory (``DuplicateFilter``,
+    one per source partition) and are restored from SQL after ``reset``.
     """
 
     def __init__(self, duplicate_horizon: int):
         if duplicate_horizon < 1:
             raise ValueError("duplicate_horizon must be at least 1")
         self.duplicate_horizon = duplicate_horizon
+        self._filters: dict[tuple[str, int], DuplicateFilter] = {}
 
     def reset(self) -> None:
-        """Nothing cached: every read goes to the database."""
+        """Drop the filters: the next batch restores them from the database."""
+        self._filters.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
         batch.events = self._first_occurrences(session, batch.events)
         self._count(session, batch)
         for (topic, partition), next_offset in batch.next_offsets.items():
-            repo.expire_seen(session, topic, partition, next_offset - self.duplicate_horizon)
+            self._filter(session, topic, partition).expire(session, next_offset - self.duplicate_horizon)
+
+    def _filter(self, session: Session, topic: str, partition: int) -> DuplicateFilter:
+        found = self._filters.get((topic, partition))
+        if found is None:
+            found = self._filters[(topic, partition)] = DuplicateFilter.restore(session, topic, partition)
+        return found
 
     def _first_occurrences(self, session: Session, events: list) -> list:
-        if not events:
-            return events
-        keys = [SeenKey("prediction" if isinstance(event, PredictionEvent) else "label", event.model_id,
-                        event.event_id) for _, event in events]
-        seen = repo.already_seen(session, keys)
-        fresh, rows, duplicates = [], [], defaultdict(int)
-        for key, (position, event) in zip(keys, events):
-            if key in seen:
-                duplicates[event.model_id] += 1
-                continue
-            seen.add(key)
-            fresh.append((position, event))
-            rows.append({"kind": key.kind, "model_id": key.model_id, "event_id": key.event_id,
-                         "topic": position.topic, "partition": position.partition, "offset": position.offset})
-        repo.remember_seen(session, rows)
+        by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i, (position, _) in enumerate(events):
+            by_partition[(position.topic, position.partition)].append(i)
+        first = [True] * len(events)
+        duplicates: dict[str, int] = defaultdict(int)
+        for (topic, partition), indices in by_partition.items():
+            keys = []
+            for i in indices:
+                event = events[i][1]
+                kind = "prediction" if isinstance(event, PredictionEvent) else "label"
+                keys.append(f"{kind}\t{event.model_id}\t{event.event_id}")
+            taken = self._filter(session, topic, partition).take(
+                session, keys, events[indices[0]][0].offset, events[indices[-1]][0].offset + 1)
+            for i, is_first in zip(indices, taken):
+                if not is_first:
+                    first[i] = False
+                    duplicates[events[i][1].model_id] += 1
         for model_id, n in duplicates.items():
             repo.add_model_counts(session, model_id, duplicates=n)
-        return fresh
+        return [item for item, keep in zip(events, first) if keep] if duplicates else events
 
     @staticmethod
     def _count(session: Session, batch: Batch) -> None:

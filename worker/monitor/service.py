@@ -43,19 +43,20 @@ class EventParser:
     def __init__(self, topics: Topics, max_event_bytes: int, max_clock_skew: float,
                  clock: Callable[[], float] = time.time, signing_key=None):
         self.topics = topics
+        self._models, self._predictions = topics.models, topics.predictions  # looked up per record
         self.max_event_bytes = max_event_bytes
         self.max_clock_skew = max_clock_skew
         self.clock = clock
         self.signing_key = signing_key
 
     def __call__(self, record) -> PredictionEvent | LabelEvent | ModelPromoted | ModelRejected:
-        if record.topic == self.topics.models:
+        if record.topic == self._models:
             verify(record, self.signing_key)
             event = parse_event(record.value or b"")
             if not isinstance(event, (ModelPromoted, ModelRejected)):
                 raise InvalidEvent(f"{event.type} does not belong on {record.topic}")
             return event
-        parse = parse_prediction if record.topic == self.topics.predictions else parse_label
+        parse = parse_prediction if record.topic == self._predictions else parse_label
         event = parse(record.value, self.max_event_bytes)
         if record.key != event.model_id.encode():
             raise InvalidEvent(

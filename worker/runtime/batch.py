@@ -17,6 +17,7 @@ class Position:
     topic: str
     partition: int
     offset: int
+    value: bytes | None = None  # the record's value, for stages that store the event as it came
 
 
 @dataclass
@@ -44,6 +45,6 @@ def build_batch(records, parse: Callable[[Any], Any]) -> Batch:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             batch.dead_letters.append(dead_letter(record, "validate", exc))
         else:
-            batch.events.append((Position(record.topic, record.partition, record.offset), event))
+            batch.events.append((Position(record.topic, record.partition, record.offset, record.value), event))
         batch.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return batch

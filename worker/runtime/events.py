@@ -6,6 +6,7 @@ or raise InvalidEvent with a message that says what is wrong.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Annotated
 
 from pydantic import (
@@ -64,9 +65,9 @@ class _Event(BaseModel):
     model_id: ModelId
     ts: EventTime
 
-    @property
+    @cached_property
     def epoch(self) -> float:
-        return self.ts.timestamp()
+        return self.ts.timestamp()  # read by every stage: computed once
 
 
 class PredictionEvent(_Event):

@@ -136,23 +136,31 @@ class CoPartitionMerger:
         for number in sorted({p for _, p in self._buffers}):
             a = self._buffers.get((first, number)) or deque()
             b = self._buffers.get((second, number)) or deque()
+            # Nothing is fetched during a release: whether a partition is caught up is asked once.
+            other_caught_up: dict[tuple[str, int], bool] = {}
             while len(released) < limit and (a or b):
                 if a and b:
                     take_a = (a[0].timestamp, 0, a[0].offset) <= (b[0].timestamp, 1, b[0].offset)
                     self._waiting_since.pop(number, None)
                 else:
                     other = (second, number) if a else (first, number)
-                    if caught_up(other):
+                    if other not in other_caught_up:
+                        other_caught_up[other] = caught_up(other)
+                    if other_caught_up[other]:
                         self._waiting_since.pop(number, None)
-                    else:
-                        # The wait ends for everything buffered now, not for one record at a time.
-                        since = self._waiting_since.setdefault(number, now)
-                        if now - since < self.max_wait_s and len(a) + len(b) < self.max_buffered:
-                            break
-                        if number not in self._released_unmerged:
-                            self._released_unmerged.add(number)
-                            log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
-                                     "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
+                        self._released_unmerged.discard(number)
+                        # The other side is empty and caught up: the rest of this side goes in order.
+                        source = a or b
+                        released.extend(source.popleft() for _ in range(min(limit - len(released), len(source))))
+                        continue
+                    # The wait ends for everything buffered now, not for one record at a time.
+                    since = self._waiting_since.setdefault(number, now)
+                    if now - since < self.max_wait_s and len(a) + len(b) < self.max_buffered:
+                        break
+                    if number not in self._released_unmerged:
+                        self._released_unmerged.add(number)
+                        log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
+                                 "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
                     take_a = bool(a)
                 if number not in self._waiting_since:
                     self._released_unmerged.discard(number)

@@ -1,0 +1,136 @@
+"""A model's join buffer: held in memory, written to SQL as a changelog once per batch."""
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from storage import repo
+
+KINDS = ("prediction", "label")
+
+
+@dataclass(slots=True)
+class Waiting:
+    """One event waiting for its other half."""
+
+    seq: int             # its row in ``join_pending``: arrival order per model
+    version: str | None
+    ts: float
+    fields: dict | None  # the event's own fields; None once they are in SQL only
+    payload: str | None  # their JSON, until written to ``join_pending``
+
+
+class JoinBuffer:
+    """The predictions and labels of one model that wait for their other half.
+
+    Kafka Streams' and Quix's state stores, in small: the buffer is restored
+    from ``join_pending`` when the model is first seen after a start, a
+    rebalance or a failed batch. Memory holds the index (event ids, versions
+    and times); an event's payload stays in SQL once written, and is read
+    back for the events that join. A batch works in memory, and ``flush``
+    writes what changed, in the batch's transaction: one DELETE for the rows
+    that left (joined, expired, evicted) and one INSERT for the rows that
+    arrived and still wait, appended in arrival order (``seq``). An event
+    that arrives and leaves within one batch never touches SQL. If the
+    transaction fails, memory is ahead of SQL: the owner drops the buffer and
+    it is restored.
+
+    Expiry and eviction go oldest first by (event time, event id), from a
+    heap per kind whose stale entries (events that joined) are skipped and
+    compacted away.
+    """
+
+    def __init__(self, model_id: str, rows: Iterable[tuple[int, str, str, str | None, float]] = ()):
+        self.model_id = model_id
+        self._waiting: dict[str, dict[str, Waiting]] = {kind: {} for kind in KINDS}
+        self._heaps: dict[str, list[tuple[float, str]]] = {kind: [] for kind in KINDS}
+        self._added: dict[str, set[str]] = {kind: set() for kind in KINDS}  # not in SQL yet
+        self._removed: list[int] = []                                     # seqs in SQL, to delete
+        self._next_seq = 0
+        for seq, kind, event_id, version, ts in rows:
+            self._waiting[kind][event_id] = Waiting(seq, version, ts, None, None)
+            self._heaps[kind].append((ts, event_id))
+            self._next_seq = max(self._next_seq, seq + 1)
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+
+    @classmethod
+    def restore(cls, session: Session, model_id: str) -> "JoinBuffer":
+        return cls(model_id, repo.pending_index(session, model_id))
+
+    def waits(self, kind: str, event_id: str) -> bool:
+        return event_id in self._waiting[kind]
+
+    def pending(self, kind: str) -> int:
+        return len(self._waiting[kind])
+
+    def add(self, kind: str, event_id: str, version: str | None, ts: float, fields: dict, payload: str) -> None:
+        self._waiting[kind][event_id] = Waiting(self._next_seq, version, ts, fields, payload)
+        self._next_seq += 1
+        self._added[kind].add(event_id)
+        heapq.heappush(self._heaps[kind], (ts, event_id))
+
+    def take(self, kind: str, event_id: str) -> Waiting | None:
+        """Remove a waiting event and return it (None if it does not wait)."""
+        waiting = self._waiting[kind].pop(event_id, None)
+        if waiting is not None:
+            if event_id in self._added[kind]:
+                self._added[kind].discard(event_id)
+            else:
+                self._removed.append(waiting.seq)
+        return waiting
+
+    def expire(self, before_ts: float) -> dict[str, int]:
+        """Remove the events older than ``before_ts``; how many of each kind."""
+        counts = {}
+        for kind in KINDS:
+            heap, n = self._heaps[kind], 0
+            while heap and heap[0][0] < before_ts:
+                n += self._pop_oldest(kind) is not None
+            counts[kind] = n
+        return counts
+
+    def evict_oldest(self, kind: str, count: int) -> int:
+        """Remove the ``count`` oldest events of a kind; how many there were."""
+        n = 0
+        while n < count and self._heaps[kind]:
+            n += self._pop_oldest(kind) is not None
+        return n
+
+    def _pop_oldest(self, kind: str) -> Waiting | None:
+        ts, event_id = heapq.heappop(self._heaps[kind])
+        waiting = self._waiting[kind].get(event_id)
+        if waiting is None or waiting.ts != ts:
+            return None  # joined (or re-added later) since it was pushed
+        return self.take(kind, event_id)
+
+    def load_fields(self, session: Session, taken: list[Waiting]) -> None:
+        """Read the fields of taken events that are in SQL only, before ``flush`` deletes their rows."""
+        missing = {w.seq: w for w in taken if w.fields is None}
+        if missing:
+            for seq, payload in repo.pending_payloads(session, self.model_id, list(missing)).items():
+                missing[seq].fields = json.loads(payload)
+
+    def flush(self, session: Session) -> None:
+        """Write the changes since the last flush (in the caller's transaction)."""
+        repo.remove_pending(session, self.model_id, self._removed)
+        self._removed = []
+        rows = []
+        for kind in KINDS:
+            waiting = self._waiting[kind]
+            for event_id in self._added[kind]:
+                w = waiting[event_id]
+                rows.append({"model_id": self.model_id, "seq": w.seq, "kind": kind, "event_id": event_id,
+                             "version": w.version, "ts": w.ts, "payload": w.payload})
+                w.fields = w.payload = None  # in SQL now: memory keeps the index only, and stays small
+            self._added[kind] = set()
+            heap = self._heaps[kind]
+            if len(heap) > 2 * len(waiting) + 1000:  # mostly joined events: rebuild from what waits
+                self._heaps[kind] = [(w.ts, event_id) for event_id, w in waiting.items()]
+                heapq.heapify(self._heaps[kind])
+        rows.sort(key=lambda row: row["seq"])
+        repo.add_pending(session, rows)
