@@ -110,9 +110,9 @@ def add_seen_block(session: Session, topic: str, partition: int, first_offset: i
 
 def expire_seen_blocks(session: Session, topic: str, partition: int, below_offset: int) -> None:
     """Delete the blocks whose every offset is below ``below_offset``."""
-    session.execute(delete(SeenBlock).where(
-        SeenBlock.topic == topic, SeenBlock.partition == partition, SeenBlock.next_offset <= below_offset,
-    ).execution_options(synchronize_session=False))
+    table = SeenBlock.__table__
+    session.execute(delete(table).where(table.c.topic == topic, table.c.partition == partition,
+                                        table.c.next_offset <= below_offset))
 
 
 def add_model_counts(session: Session, model_id: str, *, predictions: int = 0, labels: int = 0,
@@ -235,10 +235,9 @@ def add_pending(session: Session, rows: list[dict]) -> None:
 
 
 def remove_pending(session: Session, model_id: str, seqs: list[int]) -> None:
+    table = PendingEvent.__table__
     for i in range(0, len(seqs), _IN_CHUNK):
-        session.execute(delete(PendingEvent).where(
-            PendingEvent.model_id == model_id, PendingEvent.seq.in_(seqs[i:i + _IN_CHUNK]),
-        ).execution_options(synchronize_session=False))
+        session.execute(delete(table).where(table.c.model_id == model_id, table.c.seq.in_(seqs[i:i + _IN_CHUNK])))
 
 
 def join_stats(session: Session, model_id: str) -> JoinStats:
@@ -260,9 +259,8 @@ def add_pairs(session: Session, rows: list[dict]) -> None:
 
 
 def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:
-    session.execute(delete(LabelledPair).where(
-        LabelledPair.model_id == model_id, LabelledPair.seq < keep_from_seq,
-    ).execution_options(synchronize_session=False))
+    table = LabelledPair.__table__  # Core: the ORM's bulk-delete path costs more than the delete
+    session.execute(delete(table).where(table.c.model_id == model_id, table.c.seq < keep_from_seq))
 
 
 def concept_state(session: Session, model_id: str, version: str) -> ConceptState | None:

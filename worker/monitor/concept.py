@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy.orm import Session
 
 from models import registry
@@ -30,6 +30,8 @@ from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAle
 log = logging.getLogger(__name__)
 
 _JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than json.dumps on floats
+# Detector state, every batch: as json.dumps writes it (Infinity and NaN included), faster.
+_STATE_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
 REFINE_EVERY = 1000  # labels between refinements of a production baseline
 
 
@@ -321,7 +323,7 @@ class ErrorStreamMonitor:
         return {"labels": self.labels, "error_sum": self.error_sum, "in_episode": self.in_episode,
                 "episode_started_label": self.episode_started_label, "episodes": self.episodes,
                 "silenced_alarms": self.silenced_alarms, "calm_evaluations": self.calm_evaluations,
-                "detectors": json.dumps(blob)}
+                "detectors": _STATE_JSON.dump_json(blob).decode()}
 
 
 def _floored_sd(mean: float, sd: float) -> float:
@@ -421,19 +423,13 @@ class ConceptStage:
                 this = Waiting(-1, version, epoch, fields, None)  # joined on arrival: never stored
                 matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
         buffer.load_fields(session, taken)
-        pairs = [_pair(eid, prediction, label) for eid, prediction, label in matches]
+        pairs = [_pair(model_id, stats.joined + i, eid, prediction, label)
+                 for i, (eid, prediction, label) in enumerate(matches)]
         stats.expired_predictions += expired["prediction"]
         stats.expired_labels += expired["label"]
-        first_seq = stats.joined
         stats.joined += len(pairs)
         stats.watermark_ts = watermark
-        repo.add_pairs(session, [{
-            "model_id": model_id, "seq": first_seq + i, "event_id": p["event_id"], "version": p["version"],
-            "prediction_ts": p["prediction_ts"], "label_ts": p["label_ts"],
-            "features": _JSON.dump_json(p["features"]).decode(),
-            "prediction": _JSON.dump_json(p["prediction"]).decode(), "label": _JSON.dump_json(p["label"]).decode(),
-            "error": p["error"],
-            "score_loss": p["score_loss"]} for i, p in enumerate(pairs)])
+        repo.add_pairs(session, pairs)
         if pairs:
             repo.trim_pairs(session, model_id, stats.joined - self.pairs_retention)
         if watermark is not None:
@@ -468,10 +464,11 @@ class ConceptStage:
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
 
 
-def _pair(event_id: str, prediction: Waiting, label: Waiting) -> dict:
-    p, lab = prediction.fields, label.fields
-    error, metric = prediction_error(p["prediction"], lab["label"])
-    return {"event_id": event_id, "version": prediction.version, "prediction_ts": prediction.ts,
-            "label_ts": label.ts, "features": p["features"], "prediction": p["prediction"],
-            "label": lab["label"], "error": error, "metric": metric,
-            "score_loss": score_loss(p.get("scores"), lab["label"])}
+def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting) -> dict:
+    """A ``labelled_pairs`` row, with the error (and, for scores, the log loss) the detectors take."""
+    p, target = prediction.fields, label.fields["label"]
+    error, metric = prediction_error(p["prediction"], target)
+    return {"model_id": model_id, "seq": seq, "event_id": event_id, "version": prediction.version,
+            "prediction_ts": prediction.ts, "label_ts": label.ts, "features": _JSON.dump_json(p["features"]).decode(),
+            "prediction": _JSON.dump_json(p["prediction"]).decode(), "label": _JSON.dump_json(target).decode(),
+            "error": error, "metric": metric, "score_loss": score_loss(p.get("scores"), target)}
