@@ -165,7 +165,7 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
             now = time.perf_counter()
             try:
                 with reader.connect() as conn:
-                    done = conn.execute(text("SELECT COALESCE(SUM(predictions + labels), 0) FROM model_stats")).scalar()
+                    done = int(conn.execute(text("SELECT COALESCE(SUM(predictions + labels), 0) FROM model_stats")).scalar())
             except OperationalError:  # no such table yet: the monitor has not migrated
                 done = 0
             if done and first is None:

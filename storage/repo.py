@@ -5,7 +5,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Connection, and_, delete, func, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
@@ -30,6 +30,28 @@ TopicPartitionKey = tuple[str, int]
 
 # SQLite's default limit on bound parameters is 32766; stay far below it.
 _IN_CHUNK = 2000
+
+
+def insert_many(session: Session, table: Table, rows: list[dict]) -> None:
+    """Insert rows (dicts with the columns to fill) in one executemany, or one COPY with psycopg.
+
+    psycopg's COPY writes a batch's rows in one round trip with no SQL to
+    build per row: several times faster than an INSERT of many VALUES.
+    """
+    if not rows:
+        return
+    columns = [column.name for column in table.columns if column.name in rows[0]]
+    connection = session.connection()
+    if connection.dialect.driver != "psycopg":  # SQLite, or PostgreSQL through another driver
+        connection.execute(table.insert(), rows)
+        return
+    from psycopg import sql  # installed wherever the psycopg driver is
+
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[name] for name in columns])
 
 
 def load_offsets(conn: Connection | Session, group_id: str,
@@ -185,8 +207,7 @@ def save_drift_state(session: Session, model_id: str, version: str, columns: dic
 
 
 def add_window_results(session: Session, rows: list[dict]) -> None:
-    if rows:
-        session.execute(WindowResult.__table__.insert(), rows)
+    insert_many(session, WindowResult.__table__, rows)
 
 
 def latest_window_results(session: Session) -> list[WindowResult]:
@@ -230,8 +251,7 @@ def pending_payloads(session: Session, model_id: str, seqs: list[int]) -> dict[i
 
 def add_pending(session: Session, rows: list[dict]) -> None:
     """Rows with model_id, seq, kind, event_id, version, ts and payload."""
-    if rows:
-        session.execute(PendingEvent.__table__.insert(), rows)
+    insert_many(session, PendingEvent.__table__, rows)
 
 
 def remove_pending(session: Session, model_id: str, seqs: list[int]) -> None:
@@ -254,8 +274,7 @@ def all_join_stats(session: Session) -> list[JoinStats]:
 
 
 def add_pairs(session: Session, rows: list[dict]) -> None:
-    if rows:
-        session.execute(LabelledPair.__table__.insert(), rows)
+    insert_many(session, LabelledPair.__table__, rows)
 
 
 def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:

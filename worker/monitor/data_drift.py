@@ -12,7 +12,8 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from models import registry
-from scipy.stats import chi2 as chi2_distribution
+# chi2.sf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call (per feature and window)
+from scipy.special import chdtrc, ndtri
 from scipy.stats import norm
 
 from models.drift.config import DriftConfig
@@ -58,11 +59,10 @@ def window_z(stats: FeatureStats, reference_rows: int) -> float:
     if stats.ks_pvalue is not None and not math.isnan(stats.ks_pvalue):
         p = stats.ks_pvalue
     elif stats.chi2_dof > 0:
-        p = float(chi2_distribution.sf(stats.chi2_statistic / (1 + stats.n / max(reference_rows, 1)),
-                                       stats.chi2_dof))
+        p = float(chdtrc(stats.chi2_dof, stats.chi2_statistic / (1 + stats.n / max(reference_rows, 1))))
     else:
         return 0.0
-    return float(min(max(norm.isf(max(p, 1e-300)), -3.0), 8.0))
+    return float(min(max(-ndtri(max(p, 1e-300)), -3.0), 8.0))
 
 
 def _finite(value: float | None) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from storage.errors import InvalidEvent
 from worker.runtime.transport import DeadLetter, dead_letter
@@ -12,8 +12,7 @@ from worker.runtime.transport import DeadLetter, dead_letter
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):  # one per record: a tuple is made several times faster than a frozen dataclass
     topic: str
     partition: int
     offset: int
