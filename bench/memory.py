@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -189,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         sessions = db.make_session_factory(engine)
         register_reference(sessions, Path(tmp))
         # Exactly the monitor's parser and stages.
-        service = monitor_service(settings)
+        # Event time runs one second per prediction from 2026-11-01: a long run dates events after today,
+        # which the parser's clock-skew check would refuse; the run is about state, not clocks.
+        service = monitor_service(settings, clock=lambda: math.inf)
         stages = service.stages
         expected: dict[tuple[str, int], int | None] = {}
         rows: list[dict] = []

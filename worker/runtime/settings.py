@@ -121,7 +121,7 @@ class MonitorSettings(ServiceSettings):
     max_event_bytes: int = Field(default=256 * 1024, ge=1024)
     # Event ids remembered per source partition, in records: a retry that
     # arrives within this many records of the original is counted once.
-    duplicate_horizon: int = Field(default=200_000, ge=1)
+    duplicate_horizon: int = Field(default=1_000_000, ge=1)
     # Join buffer per model: predictions wait this long (event time) for their
     # label and labels for their prediction, at most join_max_pending of each.
     join_ttl_seconds: float = Field(default=7 * 86_400, gt=0)
