@@ -170,9 +170,9 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
                 done = 0
             if done and first is None:
                 first = (now, done)
-                steps_first = dict(monitor.step_seconds)
+                steps_first = dict(getattr(monitor, "step_seconds", {}))  # absent before the timings existed
             if done >= n:
-                steps = {k: v - steps_first.get(k, 0.0) for k, v in monitor.step_seconds.items()}
+                steps = {k: v - steps_first.get(k, 0.0) for k, v in getattr(monitor, "step_seconds", {}).items()}
                 break
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"monitor stopped at {done} of {n} records (rc={result.get('rc')})")
@@ -188,8 +188,8 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
 
 
 def per_record(step_seconds: dict[str, float], records: int) -> list[tuple[str, str]]:
-    """Microseconds per record by step, and the rest of the wall time (waiting on the broker, the other
-    thread); the checkpoint's own share is what its stages did not use."""
+    """Microseconds per record by step (empty for a monitor without ``step_seconds``); the checkpoint's own
+    share is what its stages did not use."""
     stages = {k: v for k, v in step_seconds.items() if k not in ("poll", "intake", "validate", "checkpoint")}
     rows = [(name, step_seconds.get(name, 0.0)) for name in ("poll", "intake", "validate")]
     rows += sorted(stages.items())
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             ("monitor timed records / s", f"{timed} / {window:.2f}"),
             ("ratio monitor/raw", f"{mon / raw:.3f}"),
             ("window_results rows", f"{window_rows}"), ("drift alerts", f"{alerts}")]
-    rows += per_record(steps, timed)
+    rows += per_record(steps, timed) if steps else []
+    rows.append(("  us/record wall (1 / rate)", f"{1e6 / mon:.1f}"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     rows.append(("peak RSS MiB", f"{peak / (1024 ** 2 if sys.platform == 'darwin' else 1024):.1f}"))
     for key, value in rows:

@@ -53,6 +53,7 @@ from storage import db, repo
 from worker.dev.sample import SampleStream, encode, write_reference_csv
 from worker.monitor.service import monitor_service
 from worker.runtime.batch import build_batch
+from worker.runtime.service import GarbagePacer
 from worker.runtime.settings import MonitorSettings
 from worker.runtime.topics import Topics
 
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         work = 0.0  # seconds in build_batch + stages + commit
 
+        garbage = GarbagePacer()  # as Monitor.run paces full collections
+        gc.freeze()
+
         def process(batch_records: list[ConsumerRecord]) -> None:
             nonlocal work
             t0 = time.perf_counter()
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     stage.apply(session, batch)
                 repo.advance_offsets(session, GROUP, moves)
             expected.update(batch.next_offsets)
+            garbage.processed(len(batch_records))
             work += time.perf_counter() - t0
 
         for record, is_prediction in records(args.predictions, topics, args.seed):
