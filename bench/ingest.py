@@ -73,34 +73,34 @@ MODELS = 8
 POLL_S = 0.05
 
 
-def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1) -> int:
-    """Write the stream; the number of records written."""
+def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1,
+            models: int = MODELS) -> int:
+    """Write the stream, keyed by model id m0..m<models-1> in turn; the number of records written."""
     producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
     rng = np.random.default_rng(seed)
     due: list[tuple[int, int, dict]] = []  # (prediction index it follows, tiebreak, label event)
     written = 0
-    for i, (prediction, label) in enumerate(SampleStream(n_features=features, seed=seed).events(n)):
-        prediction["model_id"] = label["model_id"] = model_id = f"m{i % MODELS}"
-        producer.send(topics.predictions, key=model_id.encode(), value=encode(prediction))
+
+    def send(topic: str, event: dict) -> None:
+        nonlocal written
+        producer.send(topic, key=event["model_id"].encode(), value=encode(event))
         written += 1
+
+    for i, (prediction, label) in enumerate(SampleStream(n_features=features, seed=seed).events(n)):
+        prediction["model_id"] = label["model_id"] = f"m{i % models}"
+        send(topics.predictions, prediction)
         if labels:
             delay = int(rng.lognormal(mean=math.log(200), sigma=1.5))
             label["ts"] = rfc3339(datetime.fromisoformat(prediction["ts"]) + timedelta(seconds=delay))
             heapq.heappush(due, (i + delay, i, label))
-            while due and due[0][0] <= i:
-                event = heapq.heappop(due)[2]
-                producer.send(topics.labels, key=event["model_id"].encode(), value=encode(event))
-                written += 1
-    while due:
-        event = heapq.heappop(due)[2]
-        producer.send(topics.labels, key=event["model_id"].encode(), value=encode(event))
-        written += 1
+        while due and (due[0][0] <= i or i == n - 1):
+            send(topics.labels, heapq.heappop(due)[2])
     producer.flush()
     producer.close()
     return written
 
 
-def register_references(db_url: str, workdir: Path, features: int) -> None:
+def register_references(db_url: str, workdir: Path, features: int, models: int = MODELS) -> None:
     """A champion version with a reference profile for every model id the producer writes to."""
     csv_path = workdir / "reference.csv"
     write_reference_csv(SampleStream(n_features=features, seed=2), csv_path)
@@ -109,10 +109,10 @@ def register_references(db_url: str, workdir: Path, features: int) -> None:
     db.migrate(engine)
     sessions = db.make_session_factory(engine)
     with sessions.begin() as session:
-        for i in range(MODELS):
+        for i in range(models):
             registry.register(session, model_id=f"m{i}", profile=reference.profile,
-                              artifacts_dir=workdir / "artifacts", baseline_error=reference.baseline_error, error_sample=reference.error_sample,
-                              data_sha256=reference.data_sha256)
+                              artifacts_dir=workdir / "artifacts", baseline_error=reference.baseline_error,
+                              error_sample=reference.error_sample, data_sha256=reference.data_sha256)
     engine.dispose()
 
 

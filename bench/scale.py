@@ -30,15 +30,11 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka import KafkaProducer
 from sqlalchemy import create_engine, text
 
 from fresh_database import fresh_database
-from models import registry
-from models.reference import load_reference
-from storage import db
+from ingest import produce, register_references
 from worker.dev.broker import EmbeddedBroker
-from worker.dev.sample import SampleStream, encode, write_reference_csv
 from worker.runtime.settings import MonitorSettings, load_settings
 from worker.runtime.topics import Topics, ensure_topics
 from worker.runtime.transport import make_admin
@@ -71,28 +67,12 @@ class Phase:
         self.processes: list[subprocess.Popen] = []
 
     def produce(self, n: int) -> dict[str, int]:
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=20, batch_size=256 * 1024)
-        sent: dict[str, int] = {}
-        for i, (prediction, _) in enumerate(SampleStream(n_features=FEATURES, seed=1).events(n)):
-            prediction["model_id"] = model_id = f"m{i % self.models}"
-            producer.send(self.topics.predictions, key=model_id.encode(), value=encode(prediction))
-            sent[model_id] = sent.get(model_id, 0) + 1
-        producer.flush()
-        producer.close()
-        return sent
+        """The stream (ingest.py's, predictions only); how many predictions each model got."""
+        produce(self.bootstrap, self.topics, n, FEATURES, labels=False, models=self.models)
+        return {f"m{m}": len(range(m, n, self.models)) for m in range(self.models)}
 
     def register(self) -> None:
-        csv_path = self.workdir / f"reference-{self.settings.topic_prefix}csv"
-        write_reference_csv(SampleStream(n_features=FEATURES, seed=2), csv_path)
-        reference = load_reference(csv_path, target="target", prediction="prediction")
-        engine = db.make_engine(self.db_url)
-        db.migrate(engine)
-        with db.make_session_factory(engine).begin() as session:
-            for i in range(self.models):
-                registry.register(session, model_id=f"m{i}", profile=reference.profile,
-                                  artifacts_dir=self.workdir / "artifacts", baseline_error=reference.baseline_error,
-                                  error_sample=reference.error_sample, data_sha256=reference.data_sha256)
-        engine.dispose()
+        register_references(self.db_url, self.workdir, FEATURES, self.models)
 
     def start_monitor(self) -> subprocess.Popen:
         log = open(self.workdir / f"monitor-{len(self.processes)}-{self.settings.topic_prefix}log", "w")

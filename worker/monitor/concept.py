@@ -333,8 +333,9 @@ def _floored_sd(mean: float, sd: float) -> float:
 class ConceptStage:
     """Joins labels to predictions per model and runs the error-stream detectors.
 
-    The join buffer (``JoinBuffer``: in memory, restored from and written to
-    ``join_pending`` in each batch's transaction): a prediction waits for its label, a label for its prediction, each until it is
+    In the join buffer (``JoinBuffer``: in memory, restored from and written
+    to ``join_pending`` in each batch's transaction) a prediction waits for
+    its label, a label for its prediction, each until it is
     ``join_ttl_seconds`` of event time behind the newest event of the model
     seen so far (then it is expired and counted). Expiry is decided event by
     event, so a replay with other batch boundaries joins the same pairs. At
@@ -414,12 +415,11 @@ class ConceptStage:
             if partner is not None and partner.ts < watermark - self.join_ttl_seconds:
                 partner = None  # expired: decided per event, so batch boundaries cannot change a join
                 expired[other] += 1
-            if partner is not None:
-                taken.append(partner)
             if partner is None:
                 payload = position.value.decode() if position.value else event.model_dump_json(include=set(fields))
                 buffer.add(kind, eid, version, epoch, fields, payload)
             else:
+                taken.append(partner)
                 this = Waiting(-1, version, epoch, fields, None)  # joined on arrival: never stored
                 matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
         buffer.load_fields(session, taken)

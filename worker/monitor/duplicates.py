@@ -32,10 +32,10 @@ class DuplicateFilter:
 
     def __init__(self, topic: str, partition: int, blocks: Iterable[tuple[int, int, str]] = ()):
         self.topic, self.partition = topic, partition
-        self._blocks: deque[tuple[int, np.ndarray]] = deque()  # (next offset, fingerprints), oldest first
-        self._sorted = np.empty(0, dtype=np.int64)
-        for _, next_offset, keys in blocks:
-            self._remember(next_offset, _fingerprints(keys.split("\n") if keys else []))
+        # (next offset, fingerprints), oldest first; the sorted array is built once, not block by block
+        self._blocks: deque[tuple[int, np.ndarray]] = deque(
+            (next_offset, _fingerprints(keys.split("\n") if keys else [])) for _, next_offset, keys in blocks)
+        self._sorted = np.sort(np.concatenate([f for _, f in self._blocks] or [np.empty(0, dtype=np.int64)]))
 
     @classmethod
     def restore(cls, session: Session, topic: str, partition: int) -> "DuplicateFilter":
