@@ -252,7 +252,8 @@ class Env:
                        env: dict | None = None) -> int:
         """Run ``produce`` in a thread while the monitor is SIGKILLed at random moments, then drain."""
         rng = random.Random(seed)
-        producer = threading.Thread(target=produce)
+        sent: list[int] = []  # records produced, once the producer is done
+        producer = threading.Thread(target=lambda: sent.append(produce()))
         producer.start()
         kills, proc = 0, None
         progress = lambda: self.scalar("SELECT COALESCE(SUM(predictions + labels + duplicates), 0) FROM model_stats")
@@ -260,7 +261,9 @@ class Env:
             while kills < min_kills or (producer.is_alive() and kills < max_kills):
                 proc = self.start_monitor(env=env)
                 before = progress()
-                wait_for(lambda: progress() > before or proc.poll() is not None, 90,
+                # Or nothing is left: a monitor that keeps up may have processed every record before its kill
+                # while the producer thread was still closing.
+                wait_for(lambda: progress() > before or proc.poll() is not None or (sent and before >= sent[0]), 90,
                          "the restarted monitor to make progress")
                 assert proc.poll() is None, self.log_of(proc)
                 time.sleep(rng.uniform(0.0, 1.5))  # a random moment to crash at, not synchronisation

@@ -92,13 +92,13 @@ def test_duplicate_event_ids_are_counted_once(env):
     assert _counts(env) == (2, 1, 3)
 
 
-def _produce_stream(env, n: int, models: int = 6, rate: float | None = None):
+def _produce_stream(env, n: int, models: int = 6, rate: float | None = None) -> int:
     """n distinct predictions and their labels across models, every 50th prediction sent twice."""
     def pairs():
         for i, (prediction, label) in enumerate(SampleStream(seed=3).events(n)):
             prediction["model_id"] = label["model_id"] = f"model-{i % models}"
             yield prediction, label
-    env.send_events(pairs(), rate=rate, duplicate_every=50)
+    return env.send_events(pairs(), rate=rate, duplicate_every=50)
 
 
 @pytest.mark.postgres
