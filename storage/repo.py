@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Table, and_, delete, func, select, update
+from sqlalchemy import Connection, Float, Table, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets
@@ -33,25 +34,44 @@ _IN_CHUNK = 2000
 
 
 def insert_many(session: Session, table: Table, rows: list[dict]) -> None:
-    """Insert rows (dicts with the columns to fill) in one executemany, or one COPY with psycopg.
+    """Insert rows (dicts with the columns to fill, the same in every row); see ``insert_values``."""
+    if rows:
+        columns = [column.name for column in table.columns if column.name in rows[0]]
+        insert_values(session, table, columns, [[row[name] for name in columns] for row in rows])
+
+
+def insert_values(session: Session, table: Table, columns: list[str], rows: list[list]) -> None:
+    """Insert rows (value lists, in the order of ``columns``) in one executemany, or one COPY with psycopg.
 
     psycopg's COPY writes a batch's rows in one round trip with no SQL to
-    build per row: several times faster than an INSERT of many VALUES.
+    build per row: several times faster than an INSERT of many VALUES. On
+    SQLite the lists go straight to the driver's executemany, converted
+    column by column (floats: numpy scalars to float): the compiled
+    statement's per-row parameter handling had cost as much as the insert.
     """
     if not rows:
         return
-    columns = [column.name for column in table.columns if column.name in rows[0]]
     connection = session.connection()
-    if connection.dialect.driver != "psycopg":  # SQLite, or PostgreSQL through another driver
-        connection.execute(table.insert(), rows)
-        return
-    from psycopg import sql  # installed wherever the psycopg driver is
+    dialect = connection.dialect
+    if dialect.driver == "psycopg":
+        from psycopg import sql  # installed wherever the psycopg driver is
 
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
-    with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row([row[name] for name in columns])
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    elif dialect.paramstyle == "qmark":
+        converted = [list(row) for row in rows]
+        for i, name in enumerate(columns):
+            convert = table.c[name].type.bind_processor(dialect)
+            if convert is not None:
+                for row in converted:
+                    row[i] = convert(row[i])
+        statement = str(table.insert().compile(dialect=dialect, column_keys=columns))
+        connection.exec_driver_sql(statement, [tuple(row) for row in converted])
+    else:  # PostgreSQL through another driver
+        connection.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
 
 
 def load_offsets(conn: Connection | Session, group_id: str,
@@ -137,19 +157,51 @@ def expire_seen_blocks(session: Session, topic: str, partition: int, below_offse
                                         table.c.next_offset <= below_offset))
 
 
+class ModelCounts(NamedTuple):
+    """What one batch adds to a model's counters."""
+
+    model_id: str
+    predictions: int = 0
+    labels: int = 0
+    duplicates: int = 0
+    min_ts: float | None = None
+    max_ts: float | None = None
+
+
 def add_model_counts(session: Session, model_id: str, *, predictions: int = 0, labels: int = 0,
                      duplicates: int = 0, min_ts: float | None = None, max_ts: float | None = None) -> None:
-    stats = session.get(ModelStats, model_id)
-    if stats is None:
-        stats = ModelStats(model_id=model_id, predictions=0, labels=0, duplicates=0)
-        session.add(stats)
-    stats.predictions += predictions
-    stats.labels += labels
-    stats.duplicates += duplicates
-    if min_ts is not None:
-        stats.first_event_ts = min_ts if stats.first_event_ts is None else min(stats.first_event_ts, min_ts)
-    if max_ts is not None:
-        stats.last_event_ts = max_ts if stats.last_event_ts is None else max(stats.last_event_ts, max_ts)
+    add_model_counts_many(session, [ModelCounts(model_id, predictions, labels, duplicates, min_ts, max_ts)])
+
+
+def add_model_counts_many(session: Session, counts: list[ModelCounts]) -> None:
+    """Add to the counters of several models (distinct ids) in one statement, without reading them first.
+
+    One executemany UPDATE; only when it touched fewer rows than models (a
+    model seen for the first time) are the missing ones looked up and
+    inserted.
+    """
+    if not counts:
+        return
+    table = ModelStats.__table__
+    lo, hi = bindparam("b_min_ts", type_=Float), bindparam("b_max_ts", type_=Float)
+    statement = update(table).where(table.c.model_id == bindparam("b_model_id")).values(
+        predictions=table.c.predictions + bindparam("b_predictions"),
+        labels=table.c.labels + bindparam("b_labels"),
+        duplicates=table.c.duplicates + bindparam("b_duplicates"),
+        first_event_ts=case((table.c.first_event_ts.is_(None), lo), (lo < table.c.first_event_ts, lo),
+                            else_=table.c.first_event_ts),
+        last_event_ts=case((table.c.last_event_ts.is_(None), hi), (hi > table.c.last_event_ts, hi),
+                           else_=table.c.last_event_ts))
+    updated = session.execute(statement, [
+        {"b_model_id": c.model_id, "b_predictions": c.predictions, "b_labels": c.labels,
+         "b_duplicates": c.duplicates, "b_min_ts": c.min_ts, "b_max_ts": c.max_ts} for c in counts]).rowcount
+    if updated == len(counts):
+        return
+    existing = set(session.scalars(select(table.c.model_id).where(
+        table.c.model_id.in_([c.model_id for c in counts]))))
+    session.execute(insert(table), [
+        {"model_id": c.model_id, "predictions": c.predictions, "labels": c.labels, "duplicates": c.duplicates,
+         "first_event_ts": c.min_ts, "last_event_ts": c.max_ts} for c in counts if c.model_id not in existing])
 
 
 def model_stats(session: Session) -> list[ModelStats]:
@@ -249,15 +301,42 @@ def pending_payloads(session: Session, model_id: str, seqs: list[int]) -> dict[i
     return found
 
 
-def add_pending(session: Session, rows: list[dict]) -> None:
-    """Rows with model_id, seq, kind, event_id, version, ts and payload."""
-    insert_many(session, PendingEvent.__table__, rows)
+PENDING_COLUMNS = ["model_id", "seq", "kind", "event_id", "version", "ts", "payload"]
+
+
+def add_pending(session: Session, rows: list[list]) -> None:
+    """Rows of values in the order of ``PENDING_COLUMNS``."""
+    insert_values(session, PendingEvent.__table__, PENDING_COLUMNS, rows)
 
 
 def remove_pending(session: Session, model_id: str, seqs: list[int]) -> None:
     table = PendingEvent.__table__
     for i in range(0, len(seqs), _IN_CHUNK):
         session.execute(delete(table).where(table.c.model_id == model_id, table.c.seq.in_(seqs[i:i + _IN_CHUNK])))
+
+
+JOIN_COUNTERS = ("pending_predictions", "pending_labels", "joined", "expired_predictions", "expired_labels",
+                 "evicted_predictions", "evicted_labels")
+
+
+def load_join_stats(session: Session, model_id: str) -> dict:
+    """A model's join statistics as column values; a row of zeros is written for a new model."""
+    table = JoinStats.__table__
+    row = session.execute(select(table).where(table.c.model_id == model_id)).mappings().first()
+    if row is not None:
+        return dict(row)
+    values = {"model_id": model_id, **dict.fromkeys(JOIN_COUNTERS, 0), "watermark_ts": None}
+    session.execute(insert(table).values(**values))
+    return values
+
+
+def save_join_stats(session: Session, rows: list[dict]) -> None:
+    """Write the join statistics of several models (rows from ``load_join_stats``) in one statement."""
+    if rows:
+        table = JoinStats.__table__
+        session.execute(update(table).where(table.c.model_id == bindparam("b_model_id")), [
+            {"b_model_id": row["model_id"], "watermark_ts": row["watermark_ts"],
+             **{name: row[name] for name in JOIN_COUNTERS}} for row in rows])
 
 
 def join_stats(session: Session, model_id: str) -> JoinStats:

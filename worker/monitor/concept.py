@@ -97,7 +97,9 @@ class ErrorStreamMonitor:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
             self.mean, self.sd = production["mean"], _floored_sd(production["mean"], production["sd"])
-        self._build_detectors(error_sample)
+        # While the production baseline is collected the detectors are silent, and are rebuilt (and
+        # calibrated) once it is set: calibrating the placeholders would be wasted.
+        self._build_detectors(error_sample if self.collected is None else None)
         episode = blob.get("episode") or {}
         self.level_z: list[float] = episode.get("level_z", [])
         self.level: float | None = episode.get("level")
@@ -368,8 +370,10 @@ class ConceptStage:
             return
         champion = registry.champions(session, sorted(by_model))
         touched: set[tuple[str, str]] = set()
+        joined_models = []
         for model_id, events in by_model.items():
             pairs = self._join(session, model_id, events, champion.get(model_id))
+            joined_models.append(model_id)
             for pair in pairs:
                 if pair["version"] is None:
                     continue
@@ -383,6 +387,7 @@ class ConceptStage:
                     alerts += monitor.update_log_loss(pair["score_loss"], pair["label_ts"], pair["prediction_ts"])
                 for alert in alerts:
                     self._raise(session, alert, monitor.config)
+        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in joined_models])
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)
@@ -392,8 +397,8 @@ class ConceptStage:
         buffer = self._buffers.get(model_id)
         if buffer is None:
             buffer = self._buffers[model_id] = JoinBuffer.restore(session, model_id)
-        stats = repo.join_stats(session, model_id)
-        watermark = stats.watermark_ts
+        stats = buffer.stats
+        watermark = stats["watermark_ts"]
         matches: list[tuple[str, Waiting, Waiting]] = []
         taken: list[Waiting] = []
         expired = {"prediction": 0, "label": 0}
@@ -402,11 +407,9 @@ class ConceptStage:
             watermark = epoch if watermark is None or epoch > watermark else watermark
             eid = event.event_id
             if isinstance(event, PredictionEvent):
-                kind, other = "prediction", "label"
-                version = event.model_version or champion
-                fields = {"features": event.features, "prediction": event.prediction, "scores": event.scores}
+                kind, other, version = "prediction", "label", event.model_version or champion
             elif isinstance(event, LabelEvent):
-                kind, other, version, fields = "label", "prediction", None, {"label": event.label}
+                kind, other, version = "label", "prediction", None
             else:
                 continue
             if buffer.waits(kind, eid):
@@ -416,35 +419,35 @@ class ConceptStage:
                 partner = None  # expired: decided per event, so batch boundaries cannot change a join
                 expired[other] += 1
             if partner is None:
-                payload = position.value.decode() if position.value else event.model_dump_json(include=set(fields))
-                buffer.add(kind, eid, version, epoch, fields, payload)
+                payload = position.value.decode() if position.value else event.model_dump_json()
+                buffer.add(kind, eid, version, epoch, event, payload)
             else:
                 taken.append(partner)
-                this = Waiting(-1, version, epoch, fields, None)  # joined on arrival: never stored
+                this = Waiting(-1, version, epoch, event, None)  # joined on arrival: never stored
                 matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
         buffer.load_fields(session, taken)
-        pairs = [_pair(model_id, stats.joined + i, eid, prediction, label)
+        pairs = [_pair(model_id, stats["joined"] + i, eid, prediction, label)
                  for i, (eid, prediction, label) in enumerate(matches)]
-        stats.expired_predictions += expired["prediction"]
-        stats.expired_labels += expired["label"]
-        stats.joined += len(pairs)
-        stats.watermark_ts = watermark
+        stats["expired_predictions"] += expired["prediction"]
+        stats["expired_labels"] += expired["label"]
+        stats["joined"] += len(pairs)
+        stats["watermark_ts"] = watermark
         repo.add_pairs(session, pairs)
         if pairs:
-            repo.trim_pairs(session, model_id, stats.joined - self.pairs_retention)
+            repo.trim_pairs(session, model_id, stats["joined"] - self.pairs_retention)
         if watermark is not None:
-            self._bound(buffer, stats, watermark)
-        stats.pending_predictions = buffer.pending("prediction")
-        stats.pending_labels = buffer.pending("label")
+            self._bound(buffer, watermark)
+        stats["pending_predictions"] = buffer.pending("prediction")
+        stats["pending_labels"] = buffer.pending("label")
         buffer.flush(session)
         return pairs
 
-    def _bound(self, buffer: JoinBuffer, stats, watermark: float) -> None:
+    def _bound(self, buffer: JoinBuffer, watermark: float) -> None:
         """Expire by event time, then evict beyond the cap; both are counted."""
         for kind, expired in buffer.expire(watermark - self.join_ttl_seconds).items():
             evicted = buffer.evict_oldest(kind, buffer.pending(kind) - self.join_max_pending)
-            setattr(stats, f"expired_{kind}s", getattr(stats, f"expired_{kind}s") + expired)
-            setattr(stats, f"evicted_{kind}s", getattr(stats, f"evicted_{kind}s") + evicted)
+            buffer.stats[f"expired_{kind}s"] += expired
+            buffer.stats[f"evicted_{kind}s"] += evicted
 
     def _monitor(self, session: Session, model_id: str, version: str) -> ErrorStreamMonitor | None:
         key = (model_id, version)
@@ -466,9 +469,14 @@ class ConceptStage:
 
 def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting) -> dict:
     """A ``labelled_pairs`` row, with the error (and, for scores, the log loss) the detectors take."""
-    p, target = prediction.fields, label.fields["label"]
+    p, target = _fields(prediction.fields), _fields(label.fields)["label"]
     error, metric = prediction_error(p["prediction"], target)
     return {"model_id": model_id, "seq": seq, "event_id": event_id, "version": prediction.version,
             "prediction_ts": prediction.ts, "label_ts": label.ts, "features": _JSON.dump_json(p["features"]).decode(),
             "prediction": _JSON.dump_json(p["prediction"]).decode(), "label": _JSON.dump_json(target).decode(),
             "error": error, "metric": metric, "score_loss": score_loss(p.get("scores"), target)}
+
+
+def _fields(fields: PredictionEvent | LabelEvent | dict) -> dict:
+    """The event's fields: the event itself while in memory, its stored JSON once read back."""
+    return fields if isinstance(fields, dict) else fields.__dict__

@@ -33,8 +33,8 @@ class IngestStage:
         self._filters.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
-        batch.events = self._first_occurrences(session, batch.events)
-        self._count(session, batch)
+        batch.events, duplicates = self._first_occurrences(session, batch.events)
+        self._count(session, batch, duplicates)
         for (topic, partition), next_offset in batch.next_offsets.items():
             self._filter(session, topic, partition).expire(session, next_offset - self.duplicate_horizon)
 
@@ -44,7 +44,8 @@ class IngestStage:
             found = self._filters[(topic, partition)] = DuplicateFilter.restore(session, topic, partition)
         return found
 
-    def _first_occurrences(self, session: Session, events: list) -> list:
+    def _first_occurrences(self, session: Session, events: list) -> tuple[list, dict[str, int]]:
+        """The events without duplicates, and how many duplicates each model had."""
         by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, (position, _) in enumerate(events):
             by_partition[(position.topic, position.partition)].append(i)
@@ -62,12 +63,10 @@ class IngestStage:
                 if not is_first:
                     first[i] = False
                     duplicates[events[i][1].model_id] += 1
-        for model_id, n in duplicates.items():
-            repo.add_model_counts(session, model_id, duplicates=n)
-        return [item for item, keep in zip(events, first) if keep] if duplicates else events
+        return ([item for item, keep in zip(events, first) if keep] if duplicates else events), duplicates
 
     @staticmethod
-    def _count(session: Session, batch: Batch) -> None:
+    def _count(session: Session, batch: Batch, duplicates: dict[str, int]) -> None:
         per_model: dict[str, list] = {}
         for _, event in batch.events:
             epoch = event.epoch
@@ -77,5 +76,8 @@ class IngestStage:
                 entry[2] = epoch
             elif epoch > entry[3]:
                 entry[3] = epoch
-        for model_id, (predictions, labels, lo, hi) in per_model.items():
-            repo.add_model_counts(session, model_id, predictions=predictions, labels=labels, min_ts=lo, max_ts=hi)
+        counts = [repo.ModelCounts(model_id, predictions, labels, duplicates.get(model_id, 0), lo, hi)
+                  for model_id, (predictions, labels, lo, hi) in per_model.items()]
+        counts += [repo.ModelCounts(model_id, duplicates=n) for model_id, n in duplicates.items()
+                   if model_id not in per_model]
+        repo.add_model_counts_many(session, counts)

@@ -5,6 +5,7 @@ import heapq
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -20,7 +21,7 @@ class Waiting:
     seq: int             # its row in ``join_pending``: arrival order per model
     version: str | None
     ts: float
-    fields: dict | None  # the event's own fields; None once they are in SQL only
+    fields: Any          # the event (or, read back from SQL, its JSON as a dict); None once in SQL only
     payload: str | None  # their JSON, until written to ``join_pending``
 
 
@@ -44,8 +45,11 @@ class JoinBuffer:
     compacted away.
     """
 
-    def __init__(self, model_id: str, rows: Iterable[tuple[int, str, str, str | None, float]] = ()):
+    def __init__(self, model_id: str, rows: Iterable[tuple[int, str, str, str | None, float]] = (),
+                 stats: dict | None = None):
         self.model_id = model_id
+        # The model's join_stats row, kept with the buffer it describes and written with it.
+        self.stats = stats if stats is not None else {}
         self._waiting: dict[str, dict[str, Waiting]] = {kind: {} for kind in KINDS}
         self._heaps: dict[str, list[tuple[float, str]]] = {kind: [] for kind in KINDS}
         self._added: dict[str, set[str]] = {kind: set() for kind in KINDS}  # not in SQL yet
@@ -60,7 +64,7 @@ class JoinBuffer:
 
     @classmethod
     def restore(cls, session: Session, model_id: str) -> "JoinBuffer":
-        return cls(model_id, repo.pending_index(session, model_id))
+        return cls(model_id, repo.pending_index(session, model_id), repo.load_join_stats(session, model_id))
 
     def waits(self, kind: str, event_id: str) -> bool:
         return event_id in self._waiting[kind]
@@ -68,7 +72,7 @@ class JoinBuffer:
     def pending(self, kind: str) -> int:
         return len(self._waiting[kind])
 
-    def add(self, kind: str, event_id: str, version: str | None, ts: float, fields: dict, payload: str) -> None:
+    def add(self, kind: str, event_id: str, version: str | None, ts: float, fields: Any, payload: str) -> None:
         self._waiting[kind][event_id] = Waiting(self._next_seq, version, ts, fields, payload)
         self._next_seq += 1
         self._added[kind].add(event_id)
@@ -120,17 +124,17 @@ class JoinBuffer:
         repo.remove_pending(session, self.model_id, self._removed)
         self._removed = []
         rows = []
+        model_id = self.model_id
         for kind in KINDS:
             waiting = self._waiting[kind]
             for event_id in self._added[kind]:
                 w = waiting[event_id]
-                rows.append({"model_id": self.model_id, "seq": w.seq, "kind": kind, "event_id": event_id,
-                             "version": w.version, "ts": w.ts, "payload": w.payload})
+                rows.append([model_id, w.seq, kind, event_id, w.version, w.ts, w.payload])
                 w.fields = w.payload = None  # in SQL now: memory keeps the index only, and stays small
             self._added[kind] = set()
             heap = self._heaps[kind]
             if len(heap) > 2 * len(waiting) + 1000:  # mostly joined events: rebuild from what waits
                 self._heaps[kind] = [(w.ts, event_id) for event_id, w in waiting.items()]
                 heapq.heapify(self._heaps[kind])
-        rows.sort(key=lambda row: row["seq"])
+        rows.sort(key=lambda row: row[1])  # by seq: appended in arrival order
         repo.add_pending(session, rows)

@@ -6,7 +6,6 @@ or raise InvalidEvent with a message that says what is wrong.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import Annotated
 
 from pydantic import (
@@ -58,16 +57,28 @@ Target = Integer | StrictFloat | Text
 Probability = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
 
 
+class _Epoch:
+    """``ts`` in seconds since the epoch, computed on first use and then kept in the instance.
+
+    Read by every stage for every event: ``functools.cached_property`` takes
+    a lock per first read on Python 3.11, several times the computation.
+    """
+
+    def __get__(self, event, owner=None) -> float:
+        if event is None:
+            return self  # type: ignore[return-value]
+        value = event.__dict__["epoch"] = event.ts.timestamp()  # the instance's entry shadows this descriptor
+        return value
+
+
 class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, ignored_types=(_Epoch,))
 
     event_id: Identifier
     model_id: ModelId
     ts: EventTime
 
-    @cached_property
-    def epoch(self) -> float:
-        return self.ts.timestamp()  # read by every stage: computed once
+    epoch = _Epoch()
 
 
 class PredictionEvent(_Event):
