@@ -357,10 +357,12 @@ class ConceptStage:
         self.pairs_retention = pairs_retention
         self._monitors: dict[tuple[str, str], ErrorStreamMonitor | None] = {}
         self._buffers: dict[str, JoinBuffer] = {}
+        self._recent_models: set[str] = set()  # buffers that keep the last batch's fields
 
     def reset(self) -> None:
         self._monitors.clear()
         self._buffers.clear()
+        self._recent_models.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
         by_model: dict[str, list] = defaultdict(list)
@@ -388,6 +390,11 @@ class ConceptStage:
                 for alert in alerts:
                     self._raise(session, alert, monitor.config)
         repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in joined_models])
+        # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
+        for model_id in self._recent_models.difference(joined_models):
+            if model_id in self._buffers:
+                self._buffers[model_id].forget_recent()
+        self._recent_models = set(joined_models)
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)

@@ -32,7 +32,10 @@ class JoinBuffer:
     from ``join_pending`` when the model is first seen after a start, a
     rebalance or a failed batch. Memory holds the index (event ids, versions
     and times); an event's payload stays in SQL once written, and is read
-    back for the events that join. A batch works in memory, and ``flush``
+    back for the events that join. Events written by the last flush keep
+    their fields in memory until the owner calls ``forget_recent`` (after
+    the next batch), so a partner that arrives one batch later, the common
+    case, joins without a read. A batch works in memory, and ``flush``
     writes what changed, in the batch's transaction: one DELETE for the rows
     that left (joined, expired, evicted) and one INSERT for the rows that
     arrived and still wait, appended in arrival order (``seq``). An event
@@ -54,6 +57,7 @@ class JoinBuffer:
         self._heaps: dict[str, list[tuple[float, str]]] = {kind: [] for kind in KINDS}
         self._added: dict[str, set[str]] = {kind: set() for kind in KINDS}  # not in SQL yet
         self._removed: list[int] = []                                     # seqs in SQL, to delete
+        self._recent: list[Waiting] = []  # written by the last flush, their fields still in memory
         self._next_seq = 0
         for seq, kind, event_id, version, ts in rows:
             self._waiting[kind][event_id] = Waiting(seq, version, ts, None, None)
@@ -112,6 +116,12 @@ class JoinBuffer:
             return None  # joined (or re-added later) since it was pushed
         return self.take(kind, event_id)
 
+    def forget_recent(self) -> None:
+        """Keep only the index of the events the last flush wrote: their fields are in SQL."""
+        for w in self._recent:
+            w.fields = None
+        self._recent = []
+
     def load_fields(self, session: Session, taken: list[Waiting]) -> None:
         """Read the fields of taken events that are in SQL only, before ``flush`` deletes their rows."""
         missing = {w.seq: w for w in taken if w.fields is None}
@@ -123,6 +133,7 @@ class JoinBuffer:
         """Write the changes since the last flush (in the caller's transaction)."""
         repo.remove_pending(session, self.model_id, self._removed)
         self._removed = []
+        self.forget_recent()
         rows = []
         model_id = self.model_id
         for kind in KINDS:
@@ -130,7 +141,8 @@ class JoinBuffer:
             for event_id in self._added[kind]:
                 w = waiting[event_id]
                 rows.append([model_id, w.seq, kind, event_id, w.version, w.ts, w.payload])
-                w.fields = w.payload = None  # in SQL now: memory keeps the index only, and stays small
+                w.payload = None
+                self._recent.append(w)
             self._added[kind] = set()
             heap = self._heaps[kind]
             if len(heap) > 2 * len(waiting) + 1000:  # mostly joined events: rebuild from what waits
