@@ -440,7 +440,7 @@ class ConceptStage:
         stats["joined"] += len(pairs)
         stats["watermark_ts"] = watermark
         repo.add_pairs(session, pairs)
-        if pairs:
+        if pairs and stats["joined"] > self.pairs_retention:  # none to trim before: skip the statement
             repo.trim_pairs(session, model_id, stats["joined"] - self.pairs_retention)
         if watermark is not None:
             self._bound(buffer, watermark)
