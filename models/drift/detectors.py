@@ -133,7 +133,7 @@ def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, s
     low, high = 0.0, 1.0
     while run_length(high) < arl and high < 1e4:
         high *= 2
-    while high - low > 1e-4 * high:  # h to 0.01 %: the run length to about 0.1 %, and a solve less per halving
+    for _ in range(40):
         mid = (low + high) / 2
         low, high = (mid, high) if run_length(mid) < arl else (low, mid)
     return high
