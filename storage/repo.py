@@ -7,7 +7,19 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Float, Table, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from storage.errors import StaleOffsets

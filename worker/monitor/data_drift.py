@@ -11,6 +11,7 @@ import operator
 from collections import defaultdict
 
 import numpy as np
+
 # chi2.sf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call (per feature and window)
 from scipy.special import chdtrc, ndtri
 from sqlalchemy.orm import Session
@@ -20,7 +21,12 @@ from models.drift.config import DriftConfig
 from models.drift.episodes import MODERATE, SIGNIFICANT, STABLE, next_episode, severity
 from models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
 from models.drift.windows import ClosedWindow, WindowState
-from models.profile import KS_SAMPLE_SIZE, PREDICTION_FEATURE, NumericProfile, ReferenceProfile
+from models.profile import (
+    KS_SAMPLE_SIZE,
+    PREDICTION_FEATURE,
+    NumericProfile,
+    ReferenceProfile,
+)
 from storage import repo
 from worker.monitor.alerts import record_alert
 from worker.monitor.retrain_policy import RetrainPolicy
