@@ -75,14 +75,14 @@ def insert_values(session: Session, table: Table, columns: list[str], rows: list
             for row in rows:
                 copy.write_row(row)
     elif dialect.paramstyle == "qmark":
-        converted = [list(row) for row in rows]
-        for i, name in enumerate(columns):
-            convert = table.c[name].type.bind_processor(dialect)
-            if convert is not None:
-                for row in converted:
+        converters = [(i, convert) for i, name in enumerate(columns)
+                      if (convert := table.c[name].type.bind_processor(dialect)) is not None]
+        if converters:  # column by column: a call per value only where the type asks for one
+            rows = [list(row) for row in rows]
+            for i, convert in converters:
+                for row in rows:
                     row[i] = convert(row[i])
-        connection.exec_driver_sql(_insert_sql(table, tuple(columns), dialect),
-                                   [tuple(row) for row in converted])
+        connection.exec_driver_sql(_insert_sql(table, tuple(columns), dialect), [tuple(row) for row in rows])
     else:  # PostgreSQL through another driver
         connection.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
 
@@ -267,15 +267,16 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
 def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str,
                      exists: bool) -> None:
     """Write a model version's window state without reading the old buffer back."""
-    table = DriftState.__table__  # Core: the ORM's bulk-update path costs more than the write
     if exists:
         session.execute(_UPDATE_DRIFT_STATE, {"b_model_id": model_id, "b_version": version, **columns,
                                               "episodes": episodes})
     else:
-        session.execute(table.insert().values(model_id=model_id, version=version, episodes=episodes, **columns))
+        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version,
+                                                             episodes=episodes, **columns))
 
 
-_UPDATE_DRIFT_STATE = update(DriftState.__table__).where(  # built once: it is written every batch
+# Core, built once (it runs every batch): the ORM's bulk-update path costs more than the write.
+_UPDATE_DRIFT_STATE = update(DriftState.__table__).where(
     DriftState.__table__.c.model_id == bindparam("b_model_id"), DriftState.__table__.c.version == bindparam("b_version"))
 
 

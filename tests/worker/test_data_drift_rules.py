@@ -135,3 +135,22 @@ def test_a_window_stored_before_the_confidence_column_still_loads(width):
                             episodes="{}")
     monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(), state, accuracy=0.9)
     assert monitor.scored == (width == "new") and monitor.window.rows.shape == (10, columns)
+
+
+@pytest.mark.parametrize("names", [("colour",), ("colour", "x0"), ("colour", "x0", "x1", "x2")],
+                         ids=["categorical only", "one numeric", "several numeric"])
+def test_encoding_takes_any_mix_of_feature_kinds_and_counts_nulls_strings_and_absent_values_as_missing(names):
+    rng = np.random.default_rng(8)
+    reference = [{name: str(rng.choice(["red", "blue"])) if name == "colour" else float(rng.normal())
+                  for name in names} for _ in range(500)]
+    monitor = _monitor({k: [r[k] for r in reference] for k in names})
+    clean = [{name: "red" if name == "colour" else 0.5 for name in names}] * 3
+    messy = [dict(clean[0]), {**clean[0], names[-1]: None}, {k: v for k, v in clean[0].items() if k != names[-1]}]
+    if len(names) > 1:
+        messy.append({**clean[0], names[-1]: "oops"})  # a string in a numeric column counts as missing
+    rows, _ = monitor.encode(_events(clean, [1.0] * len(clean)))
+    assert not np.isnan(rows[:, :len(names)]).any()
+    rows, _ = monitor.encode(_events(messy, [1.0] * len(messy)))
+    last = monitor.columns.index(names[-1])
+    assert not np.isnan(rows[0, :len(names)]).any()
+    assert np.isnan(rows[1:, last]).all()

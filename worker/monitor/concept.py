@@ -372,10 +372,8 @@ class ConceptStage:
             return
         champion = registry.champions(session, sorted(by_model))
         touched: set[tuple[str, str]] = set()
-        joined_models = []
         for model_id, events in by_model.items():
             pairs = self._join(session, model_id, events, champion.get(model_id))
-            joined_models.append(model_id)
             for pair in pairs:
                 if pair["version"] is None:
                     continue
@@ -389,12 +387,12 @@ class ConceptStage:
                     alerts += monitor.update_log_loss(pair["score_loss"], pair["label_ts"], pair["prediction_ts"])
                 for alert in alerts:
                     self._raise(session, alert, monitor.config)
-        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in joined_models])
+        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in by_model])
         # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
-        for model_id in self._recent_models.difference(joined_models):
+        for model_id in self._recent_models.difference(by_model):
             if model_id in self._buffers:
                 self._buffers[model_id].forget_recent()
-        self._recent_models = set(joined_models)
+        self._recent_models = set(by_model)
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)

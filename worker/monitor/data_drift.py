@@ -91,7 +91,9 @@ class ModelVersionMonitor:
         self.reference_rows = profile.rows
         self._numeric_columns = [j for j, (name, encoder) in enumerate(zip(self.columns, self._encoders))
                                  if encoder is None and name != PREDICTION_FEATURE]
-        self._numeric_values = operator.itemgetter(*(self.columns[j] for j in self._numeric_columns))
+        # One getter for all of them (itemgetter needs at least one name, and gives a tuple from two on).
+        self._numeric_values = operator.itemgetter(*(self.columns[j] for j in self._numeric_columns)) if len(
+            self._numeric_columns) >= 2 else None
         self.multivariate = profile.multivariate
         self._multivariate_columns = None if self.multivariate is None else [
             self.columns.index(name) for name in self.multivariate.features]
@@ -142,7 +144,7 @@ class ModelVersionMonitor:
         """The numeric input columns in one pass over the rows, when every row has them all as numbers
         (or null); the columns it filled. Otherwise nothing: ``encode`` goes column by column."""
         columns = self._numeric_columns
-        if len(columns) < 2:
+        if self._numeric_values is None:
             return set()
         try:
             out[:, columns] = np.fromiter(itertools.chain.from_iterable(map(self._numeric_values, features)),
