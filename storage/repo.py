@@ -239,8 +239,12 @@ def dead_letter_stats(session: Session) -> list[DeadLetterStats]:
     return list(session.scalars(select(DeadLetterStats).order_by(DeadLetterStats.source_topic)))
 
 
+OUTBOX_WRITTEN = "undertow.outbox_written"  # a key of Session.info
+
+
 def enqueue(session: Session, topic: str, key: bytes | None, value: bytes | None,
             headers: list[tuple[str, bytes]] = ()) -> None:
+    session.info[OUTBOX_WRITTEN] = True  # the checkpoint publishes after a transaction that wrote here
     session.add(OutboxMessage(topic=topic, key=key, value=value, created_at=time.time(),
                               headers=json.dumps([[n, v.hex()] for n, v in headers])))
 

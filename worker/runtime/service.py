@@ -182,6 +182,7 @@ class ServiceRunner:
                     if metrics_server is not None:
                         metrics_server.shutdown()
                     self._stop_background(background)
+                    checkpoint.close()
                     consumer.close(autocommit=False)
                     producer.close(timeout=10)
             finally:
