@@ -242,7 +242,12 @@ class PredictionTimeCusum:
         self.reset()
 
     def reset(self, floor: int | None = None) -> None:
-        self._suffix = np.zeros(self.horizon)  # suffix sums, index 0 = bucket ``_first``
+        # Kept as prefix sums P_v = sum_{b < v} c_b and the total T, so suffix_v = T - P_v and
+        # W = T - min(P): a label for the newest bucket (most of them) is O(1), a late one touches
+        # only the buckets after its own.
+        self._prefix = np.zeros(self.horizon)  # index 0 = bucket ``_first``
+        self._total = 0.0
+        self._min, self._argmin = 0.0, 0        # min(P) and its first index
         self._first: int | None = None if floor is None else floor - self.horizon + 1
         self._floor = floor                    # buckets before it no longer count (after an alarm)
         self._detected = False
@@ -255,19 +260,39 @@ class PredictionTimeCusum:
         if self._first is None:
             self._first = bucket - self.horizon + 1
         if bucket >= self._first + self.horizon:  # time moved on: drop the oldest buckets
-            shift = bucket - (self._first + self.horizon - 1)
-            if shift >= self.horizon:
-                self._suffix[:] = 0.0
-            else:
-                self._suffix[:-shift] = self._suffix[shift:]
-                self._suffix[-shift:] = 0.0
-            self._first += shift
+            self._drop_oldest(bucket - (self._first + self.horizon - 1))
         if bucket < self._first or (self._floor is not None and bucket < self._floor):
             self.too_late += 1
             return
         index = bucket - self._first
-        self._suffix[: index + 1] += min(max(z, -self.clip), self.clip) - self.k
-        self._detected = self.statistic > self.h
+        step = min(max(z, -self.clip), self.clip) - self.k
+        self._total += step
+        if index < self.horizon - 1:
+            tail = self._prefix[index + 1:]
+            tail += step
+            if step < 0:
+                at = int(tail.argmin())
+                if tail[at] < self._min:
+                    self._min, self._argmin = float(tail[at]), index + 1 + at
+            elif self._argmin > index:  # the minimum rose: it may now lie anywhere
+                self._find_min()
+        self._detected = self._total - self._min > self.h
+
+    def _drop_oldest(self, shift: int) -> None:
+        if shift >= self.horizon:
+            self._prefix[:] = 0.0
+            self._total = 0.0
+        else:
+            dropped = self._prefix[shift]
+            self._prefix[:-shift] = self._prefix[shift:] - dropped
+            self._total -= dropped
+            self._prefix[-shift:] = self._total  # empty buckets: every remaining count lies before them
+        self._first += shift
+        self._find_min()
+
+    def _find_min(self) -> None:
+        self._argmin = int(self._prefix.argmin())
+        self._min = float(self._prefix[self._argmin])
 
     @property
     def _newest(self) -> int:
@@ -275,29 +300,33 @@ class PredictionTimeCusum:
 
     @property
     def statistic(self) -> float:
-        return max(0.0, float(self._suffix.max()))
+        return max(0.0, self._total - self._min)
 
     @property
     def change_ts(self) -> float | None:
         """Start of the bucket where the largest suffix begins (None while the statistic is 0)."""
         if self._first is None or self.statistic <= 0:
             return None
-        return (self._first + int(self._suffix.argmax())) * self.bucket_seconds
+        return (self._first + self._argmin) * self.bucket_seconds
 
     @property
     def drift_detected(self) -> bool:
         return self._detected
 
     def state(self) -> list[float]:
+        """First bucket, floor, alarm, too-late count, then the suffix sums W_v (the stored format)."""
         first = math.nan if self._first is None else float(self._first)
         floor = math.nan if self._floor is None else float(self._floor)
-        return [first, floor, float(self._detected), float(self.too_late), *self._suffix.tolist()]
+        return [first, floor, float(self._detected), float(self.too_late), *(self._total - self._prefix).tolist()]
 
     def load(self, state: list[float]) -> "PredictionTimeCusum":
         self._first = None if math.isnan(state[0]) else int(state[0])
         self._floor = None if math.isnan(state[1]) else int(state[1])
         self._detected, self.too_late = bool(state[2]), int(state[3])
-        self._suffix = np.array(state[4:], dtype=float)
+        suffix = np.array(state[4:], dtype=float)
+        self._total = float(suffix[0])
+        self._prefix = self._total - suffix
+        self._find_min()
         return self
 
 
