@@ -28,14 +28,17 @@ MAX_ID_LENGTH = 200
 def _parse_rfc3339(value: object) -> datetime:
     # pydantic alone would also take epoch numbers and dates without a zone;
     # the contract says RFC 3339 with an offset, so insist on it.
-    if not isinstance(value, str):
+    if value.__class__ is not str:
         raise ValueError("must be an RFC 3339 string")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None or "T" not in value.upper():
+    zone = parsed.tzinfo
+    if zone is None or ("T" not in value and "t" not in value):
         raise ValueError(f"{value!r} needs a date, a time and a UTC offset (e.g. 'Z')")
+    if zone is timezone.utc:  # "Z" (most producers): already UTC, no conversion to pay per event
+        return parsed
     try:
         return parsed.astimezone(timezone.utc)
     except OverflowError:  # 0001-01-01T00:00+01:00 is year 0 in UTC
