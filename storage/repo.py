@@ -359,10 +359,16 @@ def load_join_stats(session: Session, model_id: str) -> dict:
 def save_join_stats(session: Session, rows: list[dict]) -> None:
     """Write the join statistics of several models (rows from ``load_join_stats``) in one statement."""
     if rows:
-        table = JoinStats.__table__
-        session.execute(update(table).where(table.c.model_id == bindparam("b_model_id")), [
+        session.execute(_UPDATE_JOIN_STATS, [
             {"b_model_id": row["model_id"], "watermark_ts": row["watermark_ts"],
              **{name: row[name] for name in JOIN_COUNTERS}} for row in rows])
+
+
+# Built once, like the drift state's: they run every batch.
+_UPDATE_JOIN_STATS = update(JoinStats.__table__).where(JoinStats.__table__.c.model_id == bindparam("b_model_id"))
+_UPDATE_CONCEPT_STATE = update(ConceptState.__table__).where(
+    ConceptState.__table__.c.model_id == bindparam("b_model_id"),
+    ConceptState.__table__.c.version == bindparam("b_version"))
 
 
 def join_stats(session: Session, model_id: str) -> JoinStats:
@@ -397,9 +403,7 @@ def all_concept_states(session: Session) -> list[ConceptState]:
 
 def save_concept_state(session: Session, model_id: str, version: str, values: dict, exists: bool) -> None:
     if exists:
-        table = ConceptState.__table__
-        session.execute(update(table).where(table.c.model_id == model_id, table.c.version == version)
-                        .values(**values))
+        session.execute(_UPDATE_CONCEPT_STATE, {"b_model_id": model_id, "b_version": version, **values})
     else:
         session.execute(ConceptState.__table__.insert().values(model_id=model_id, version=version, **values))
 
