@@ -74,28 +74,31 @@ MODELS = 8
 POLL_S = 0.05
 
 
-def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1,
-            models: int = MODELS) -> int:
-    """Write the stream, keyed by model id m0..m<models-1> in turn; the number of records written."""
-    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
+def stream(n: int, features: int, labels: bool, seed: int = 1, models: int = MODELS):
+    """The benchmark's events in the order they are written: ("prediction" | "label", event) pairs, keyed by
+    model id m0..m<models-1> in turn; each label after a lognormal number of predictions (median 200)."""
     rng = np.random.default_rng(seed)
     due: list[tuple[int, int, dict]] = []  # (prediction index it follows, tiebreak, label event)
-    written = 0
-
-    def send(topic: str, event: dict) -> None:
-        nonlocal written
-        producer.send(topic, key=event["model_id"].encode(), value=encode(event))
-        written += 1
-
     for i, (prediction, label) in enumerate(SampleStream(n_features=features, seed=seed).events(n)):
         prediction["model_id"] = label["model_id"] = f"m{i % models}"
-        send(topics.predictions, prediction)
+        yield "prediction", prediction
         if labels:
             delay = int(rng.lognormal(mean=math.log(200), sigma=1.5))
             label["ts"] = rfc3339(datetime.fromisoformat(prediction["ts"]) + timedelta(seconds=delay))
             heapq.heappush(due, (i + delay, i, label))
         while due and (due[0][0] <= i or i == n - 1):
-            send(topics.labels, heapq.heappop(due)[2])
+            yield "label", heapq.heappop(due)[2]
+
+
+def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1,
+            models: int = MODELS) -> int:
+    """Write the stream (``stream``) to the topics; the number of records written."""
+    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
+    written = 0
+    for kind, event in stream(n, features, labels, seed, models):
+        topic = topics.predictions if kind == "prediction" else topics.labels
+        producer.send(topic, key=event["model_id"].encode(), value=encode(event))
+        written += 1
     producer.flush()
     producer.close()
     return written
