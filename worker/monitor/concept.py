@@ -21,6 +21,7 @@ from models.drift.errors import prediction_error, score_loss
 from storage import repo
 from worker.monitor.alerts import record_alert
 from worker.monitor.join_buffer import JoinBuffer, Waiting
+from worker.monitor.model_events import batch_champions
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
@@ -370,7 +371,7 @@ class ConceptStage:
             by_model[event.model_id].append((position, event))
         if not by_model:
             return
-        champion = registry.champions(session, sorted(by_model))
+        champion = batch_champions(session, batch)
         touched: set[tuple[str, str]] = set()
         for model_id, events in by_model.items():
             pairs = self._join(session, model_id, events, champion.get(model_id))

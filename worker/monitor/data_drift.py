@@ -29,6 +29,7 @@ from models.profile import (
 )
 from storage import repo
 from worker.monitor.alerts import record_alert
+from worker.monitor.model_events import batch_champions
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
@@ -290,8 +291,7 @@ class DataDriftStage:
         predictions = [(position, e) for position, e in batch.events if isinstance(e, PredictionEvent)]
         if not predictions:
             return
-        model_ids = sorted({event.model_id for _, event in predictions})
-        champion = registry.champions(session, model_ids)
+        champion = batch_champions(session, batch)
         groups: dict[tuple[str, str], list[PredictionEvent]] = defaultdict(list)
         for _, event in predictions:
             version = event.model_version or champion.get(event.model_id)

@@ -1,9 +1,10 @@
 """The monitor's view of promotions and rollbacks on ``undertow.models``.
 
-The champion itself is read from the registry with every batch (the same
-database, the source of truth), so predictions without a version follow a
-promotion or a rollback from the next batch on, with the new version's
-reference, windows and detectors; predictions naming a version keep theirs.
+The champion itself is read from the registry once per batch
+(``batch_champions``: the same database, the source of truth), so
+predictions without a version follow a promotion or a rollback from the
+next batch on, with the new version's reference, windows and detectors;
+predictions naming a version keep theirs.
 This stage takes the model events out of the batch before the other stages
 see it, and logs each change; forged ones never get here (the parser
 dead-letters them when a signing key is set).
@@ -14,6 +15,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
+from models import registry
 from worker.runtime.batch import Batch
 from worker.runtime.output_events import ModelPromoted, ModelRejected
 
@@ -38,3 +40,13 @@ class ModelEventsStage:
             else:
                 kept.append((position, event))
         batch.events = kept
+
+
+def batch_champions(session: Session, batch: Batch) -> dict[str, str]:
+    """The champion version of every model in the batch, read once per batch and shared by the stages:
+    on PostgreSQL each statement sees the latest commit, so two reads could see a promotion in between."""
+    champions = batch.shared.get("champions")
+    if champions is None:
+        champions = batch.shared["champions"] = registry.champions(
+            session, sorted({event.model_id for _, event in batch.events}))
+    return champions

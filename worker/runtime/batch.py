@@ -29,6 +29,8 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # (topic, partition) -> offset of the next record to read after this batch
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # What a stage read or computed for this batch that later stages reuse (the monitor: the champions).
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.events) + len(self.dead_letters)
