@@ -176,6 +176,35 @@ def test_checkpoint_refuses_offsets_another_consumer_moved_before_the_stage_runs
     assert env.scalar("SELECT count(*) FROM outbox") == 0
 
 
+def test_checkpoint_reads_the_outbox_after_writing_to_it_or_once_the_check_is_due(parts, monkeypatch):
+    """A batch that wrote no outbox rows does not read the outbox until ``OUTBOX_CHECK_S`` has passed;
+    rows another writer left (a training thread whose publish failed) are published then."""
+    env, sessions, tracker, checkpoint = parts
+    topic, out = env.topics.predictions, env.topics.alerts
+    tracker.expected[(topic, 0)] = None
+    expected = {(topic, 0): None}
+
+    def quiet(session, batch):  # a stage that writes no outbox rows
+        return None
+
+    monkeypatch.setattr(Checkpoint, "OUTBOX_CHECK_S", 3600.0)
+    checkpoint.commit(build_batch([_record(topic, 0, 0, 1, b'{"n": 0}')], _parse), expected, quiet)
+    with sessions.begin() as session:
+        repo.enqueue(session, out, b"m", b"left by another writer")
+    checkpoint.commit(build_batch([_record(topic, 0, 1, 2, b'{"n": 1}')], _parse), expected, quiet)
+    assert env.scalar("SELECT count(*) FROM outbox") == 1
+    checkpoint.commit(build_batch([_record(topic, 0, 2, 3, b'{"n": 2}')], _parse), expected, _Recorded(out))
+    assert env.scalar("SELECT count(*) FROM outbox") == 0  # this batch wrote a row: both went out
+    with sessions.begin() as session:
+        repo.enqueue(session, out, b"m", b"left again")
+    monkeypatch.setattr(Checkpoint, "OUTBOX_CHECK_S", 0.0)
+    checkpoint.commit(build_batch([_record(topic, 0, 3, 4, b'{"n": 3}')], _parse), expected, quiet)
+    assert env.scalar("SELECT count(*) FROM outbox") == 0
+    assert sorted(r.value for r in env.read_all(out, 3)) == [b"left again", b"left by another writer",
+                                                             b'{"offset": 2}']
+    assert _stored_offsets(sessions) == {(topic, 0): 4}
+
+
 def test_outbox_relay_deletes_what_was_acknowledged_and_keeps_what_failed(env):
     sessions = db.make_session_factory(env.engine)
     out = env.topics.alerts
