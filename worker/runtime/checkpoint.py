@@ -105,7 +105,7 @@ class Checkpoint:
             return
         try:
             self._consumer.commit(owned)
-        except KafkaError as exc:
+        except Exception as exc:  # noqa: BLE001 - informational, and it runs in a finally: never mask why the loop ended
             _log_failed_commit(owned, exc)
 
 
