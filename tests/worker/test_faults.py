@@ -45,6 +45,17 @@ def stop_cleanly(env: Env, proc) -> None:
     assert proc.wait(timeout=30) == 0, env.log_of(proc)
 
 
+def retried_through_the_fault(env: Env, proc, failures: int = 2):
+    """A condition for ``wait_for``: the monitor logged ``failures`` more failed attempts (it backs off and
+    retries) than it had when the fault began. The fault lasts until the monitor has really met it."""
+    before = failed_attempts(env, proc)
+    return lambda: failed_attempts(env, proc) >= before + failures
+
+
+def failed_attempts(env: Env, proc) -> int:
+    return env.log_of(proc, tail=10**8).count("batch failed")
+
+
 def through(forwarder: TcpForwarder, db_url: str) -> str:
     return make_url(db_url).set(port=forwarder.port).render_as_string(hide_password=False)
 
@@ -120,8 +131,9 @@ def test_postgres_connection_cut_mid_stream(broker, db_url):
         env.send_events(events(4000, seed=1))
         monitor = env.start_monitor(env=SMALL_BATCHES, db_url=through(forwarder, db_url))
         wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, 60, "the monitor to be mid-stream")
+        retried = retried_through_the_fault(env, monitor)
         forwarder.cut()
-        time.sleep(20)  # the outage's duration
+        wait_for(retried, 90, "the monitor to fail and retry twice during the outage")
         forwarder.restore()
         wait_for(lambda: env.counts()[:2] == (4000, 4000), 120, "every event after the outage")
         stop_cleanly(env, monitor)
@@ -139,11 +151,12 @@ def test_sqlite_locked_longer_than_the_busy_timeout(broker, db_url):
         env.send_events(events(4000, seed=1))
         monitor = env.start_monitor(env=SMALL_BATCHES, db_url=db_url + "?timeout=1")
         wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, 60, "the monitor to be mid-stream")
+        retried = retried_through_the_fault(env, monitor)
         locker = sqlite3.connect(make_url(db_url).database, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         processed = "SELECT SUM(predictions) + SUM(labels) FROM model_stats"
         before = locker.execute(processed).fetchone()
-        time.sleep(5)  # five busy timeouts
+        wait_for(retried, 60, "the monitor to run into the lock (1 s busy timeout) and retry twice")
         assert locker.execute(processed).fetchone() == before  # nothing got past the lock...
         locker.execute("ROLLBACK")
         locker.close()
@@ -166,10 +179,11 @@ def test_one_of_two_monitors_killed_during_a_database_outage(broker, db_url):
         first = env.start_monitor(env=SMALL_BATCHES, db_url=url)
         second = env.start_monitor(env=SMALL_BATCHES, db_url=url)
         wait_for(lambda: 0 < sum(env.counts()[:2]) < 12000, 60, "the monitors to be mid-stream")
+        retried = retried_through_the_fault(env, second)
         forwarder.cut()
         first.send_signal(signal.SIGKILL)
         first.wait()
-        time.sleep(15)  # the outage's duration
+        wait_for(retried, 90, "the survivor to fail and retry twice during the outage")
         forwarder.restore()
         wait_for(lambda: env.counts()[:2] == (6000, 6000), 180, "the survivor to take over every partition")
         stop_cleanly(env, second)

@@ -391,8 +391,7 @@ class ConceptStage:
         repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in by_model])
         # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
         for model_id in self._recent_models.difference(by_model):
-            if model_id in self._buffers:
-                self._buffers[model_id].forget_recent()
+            self._buffers[model_id].forget_recent()
         self._recent_models = set(by_model)
         for key in touched:
             monitor = self._monitors[key]

@@ -142,8 +142,9 @@ class ModelVersionMonitor:
         return out, ts
 
     def _encode_numeric(self, features: list[dict], out: np.ndarray) -> set[int]:
-        """The numeric input columns in one pass over the rows, when every row has them all as numbers
-        (or null); the columns it filled. Otherwise nothing: ``encode`` goes column by column."""
+        """The numeric input columns in one pass over the rows, when every row has them all as numbers;
+        the columns it filled. Otherwise (a missing feature, a null, a string) nothing: ``encode`` goes
+        column by column and turns those into NaN."""
         columns = self._numeric_columns
         if self._numeric_values is None:
             return set()
