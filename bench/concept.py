@@ -52,7 +52,8 @@ from worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
-DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched")
+DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched",
+             "oracle (knows change, shape, baseline)")
 MATCHED_THRESHOLDS = (50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
 
 
@@ -158,7 +159,39 @@ def matched_threshold(task: str, n: int, seeds: int) -> float:
     return MATCHED_THRESHOLDS[-1]
 
 
-def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: float) -> dict:
+def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per change, in label arrival order: the likelihood-ratio z of a detector that knows the change's
+    time and shape (the shift it adds, up to the next change) and the level before it (estimated on the
+    10,000 predictions before it). With the threshold set by the stationary streams, no detector that has
+    to find out when and how the error moved can be expected to alarm earlier at the same false alarms."""
+    u = np.arange(n) / n
+    out = []
+    for j, c in enumerate(shape.changes):
+        start = int(c * n)
+        end = int(shape.changes[j + 1] * n) if j + 1 < len(shape.changes) else n
+        before = watched[max(0, start - 10_000):start]
+        weight = np.zeros(n)
+        weight[start:end] = shape.shift(u[start:end]) - shape.shift(u[start - 1:start])[0]
+        w = weight[order]
+        numerator = np.cumsum(w * (watched[order] - before.mean()) / before.std())
+        spread = np.sqrt(np.cumsum(w ** 2))
+        out.append(np.divide(numerator, spread, out=np.full(n, -np.inf), where=spread > 0))
+    return out
+
+
+def oracle_threshold(shape: Shape, task: str, n: int, seeds: int) -> list[float]:
+    """Per change: the largest oracle statistic on the stationary streams of these seeds (zero false alarms)."""
+    highs = []
+    for seed in range(seeds):
+        _, errors, _, arrived, _, losses = stream(SHAPES[0], task, n, 1000 * seed + 7)
+        watched = errors if losses is None else losses
+        z = oracle_statistics(shape, watched, np.argsort(arrived, kind="stable"), n)
+        highs.append([float(np.max(s)) for s in z])
+    return [max(h[j] for h in highs) for j in range(len(shape.changes))]
+
+
+def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: float,
+        oracle: list[float]) -> dict:
     from river.drift import ADWIN, PageHinkley
     validation, errors, predicted, arrived, gap, losses = stream(shape, task, n, seed)
     order = np.argsort(arrived, kind="stable")
@@ -185,6 +218,10 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             detector.update(float(watched[i]))
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
+    for z, threshold in zip(oracle_statistics(shape, watched, order, n), oracle):
+        above = np.flatnonzero(z > threshold)
+        if above.size:
+            alarms[DETECTORS[4]].append(float(arrived[order[above[0]]]))
     changes = [c * n for c in shape.changes]
     floors = [float(np.sort(arrived[int(c):])[FLOOR_LABELS - 1]) - c for c in changes]
     result = {"gap": gap, "deployment_gaps": gaps, "labels_per_s": n / seconds, "floors": floors, "detectors": {}}
@@ -227,7 +264,9 @@ def main() -> None:
         notes.append(f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched}), the smallest "
                      f"threshold without a false alarm on the stationary streams of these seeds")
         for shape in SHAPES:
-            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched) for seed in range(args.seeds)]
+            oracle = oracle_threshold(shape, task, args.labels, args.seeds) if shape.changes else []
+            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle)
+                    for seed in range(args.seeds)]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
             for name in DETECTORS:
                 per = [r["detectors"][name] for r in runs]

@@ -34,17 +34,37 @@ def psi(expected: np.ndarray, actual: np.ndarray, floor: float = PSI_FLOOR) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_statistic(reference: np.ndarray, window: np.ndarray) -> tuple[float, int]:
-    """Two-sample KS statistic against an already sorted ``reference``, and the effective size."""
+def ks_statistic(reference: np.ndarray, window: np.ndarray) -> tuple[float, int, float]:
+    """Two-sample KS statistic against an already sorted ``reference``, the effective size, and the
+    Mann-Whitney rank-sum z of the window against the reference (NaN if either is empty).
+
+    Both come from the same two ``searchsorted`` calls: the rank-sum counts the reference values below
+    each window value (ties as half). For a shift of location it is the more powerful test (KS's
+    asymptotic efficiency against it is about 0.64 on normal data), KS the one for changes of shape.
+
+    >>> from scipy.stats import mannwhitneyu, norm
+    >>> rng = np.random.default_rng(1)
+    >>> ref, window = np.sort(rng.normal(size=5000)), rng.normal(0.2, size=1000)
+    >>> d, effective, z = ks_statistic(ref, window)
+    >>> round(z, 3), effective
+    (7.114, 833)
+    >>> p = mannwhitneyu(window, ref, method="asymptotic", use_continuity=False).pvalue
+    >>> round(float(norm.isf(p / 2)), 3)
+    7.114
+    """
     w = np.sort(window)
     n, m = w.size, reference.size
     if n == 0 or m == 0:
-        return math.nan, 0
-    below_or_at = np.searchsorted(reference, w, side="right") / m
-    below = np.searchsorted(reference, w, side="left") / m
+        return math.nan, 0, math.nan
+    below_or_at = np.searchsorted(reference, w, side="right")
+    below = np.searchsorted(reference, w, side="left")
     steps = np.arange(1, n + 1) / n
-    d = float(max(np.max(steps - below_or_at), np.max(below - (steps - 1 / n)), 0.0))
-    return d, round(m * n / (m + n))
+    d = float(max(np.max(steps - below_or_at / m), np.max(below / m - (steps - 1 / n)), 0.0))
+    # U = pairs (window value above reference value) + half the ties; its null spread without ties,
+    # which ties only narrow (so z errs low).
+    u = (float(below_or_at.sum()) + float(below.sum())) / 2
+    rank_z = (u - n * m / 2) / math.sqrt(n * m * (n + m + 1) / 12)
+    return d, round(m * n / (m + n)), rank_z
 
 
 def ks_against_sorted(reference: np.ndarray, window: np.ndarray) -> tuple[float, float]:
@@ -57,7 +77,7 @@ def ks_against_sorted(reference: np.ndarray, window: np.ndarray) -> tuple[float,
     >>> d, p = ks_against_sorted(ref, rng.normal(1.0, size=1000)); d > 0.3 and p < 1e-9
     True
     """
-    d, effective = ks_statistic(reference, window)
+    d, effective, _ = ks_statistic(reference, window)
     # As scipy's ks_2samp(method="asymp"): the one-sample KS distribution at the effective size.
     return (d, float(kstwo.sf(d, effective))) if effective else (math.nan, math.nan)
 
@@ -84,6 +104,7 @@ class FeatureStats:
     chi2_pvalue: float
     missing_share: float
     chi2_dof: int = 0
+    rank_z: float | None = None   # Mann-Whitney z against the reference (numeric features)
 
 
 class CategoricalEncoder:
@@ -123,20 +144,21 @@ class FeatureEvaluator:
             self.encoder = CategoricalEncoder(profile)
 
     def statistics(self, column: np.ndarray) -> tuple:
-        """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share); p-values come later."""
+        """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share, rank-sum z); p-values
+        come later."""
         missing = np.isnan(column)
         present = column[~missing]
         bins = self.expected.size - 1
         if self.encoder is None:
             counts = np.bincount(np.searchsorted(self._edges, present, side="left"), minlength=bins)
-            ks_d, ks_n = ks_statistic(self._ks_sample, present)
+            ks_d, ks_n, rank_z = ks_statistic(self._ks_sample, present)
         else:
             counts = np.bincount(present.astype(np.int64), minlength=bins)
-            ks_d, ks_n = None, 0
+            ks_d, ks_n, rank_z = None, 0, None
         counts = np.append(counts, missing.sum()).astype(float)
         chi2_statistic, dof = chi_square_statistic(self.expected, counts)
         return (column.size, psi(self.expected, counts / column.size), ks_d, ks_n, chi2_statistic, dof,
-                float(missing.mean()))
+                float(missing.mean()), rank_z)
 
     def evaluate(self, column: np.ndarray) -> FeatureStats:
         return evaluate_window([self], column.reshape(-1, 1))[0]
@@ -154,5 +176,6 @@ def evaluate_window(evaluators: list[FeatureEvaluator], rows: np.ndarray) -> lis
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
     return [FeatureStats(n=n, psi=value, ks_statistic=d if i in ks_p or d is None else math.nan,
                          ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),
-                         chi2_statistic=chi2, chi2_pvalue=float(chi2_p[i]), missing_share=missing, chi2_dof=dof)
-            for i, (n, value, d, _, chi2, dof, missing) in enumerate(stats)]
+                         chi2_statistic=chi2, chi2_pvalue=float(chi2_p[i]), missing_share=missing, chi2_dof=dof,
+                         rank_z=rank_z)
+            for i, (n, value, d, _, chi2, dof, missing, rank_z) in enumerate(stats)]

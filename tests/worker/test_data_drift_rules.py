@@ -82,6 +82,65 @@ def test_gradual_drift_is_found_by_evidence_over_windows_before_any_one_window_s
     assert first["with evidence"][0] + 5 <= first["window only"][0], first
 
 
+def _first_alarms(monitor, matrix: np.ndarray, after: int = 0) -> tuple[int | None, int | None, int]:
+    """Windows ending after ``after`` of Undertow's first x0 episode and of KS-Bonferroni's first x0 alarm
+    (any KS p-value below 0.01 / features), and Undertow's episodes started on any feature."""
+    names = [f"x{j}" for j in range(matrix.shape[1])]
+    ours = ks = None
+    started = 0
+    for i in range(matrix.shape[0] // 1000):
+        rows, ts = monitor.encode(_events([dict(zip(names, map(float, r))) for r in matrix[i * 1000:(i + 1) * 1000]],
+                                          [0.0] * 1000, start=i * 1000))
+        for window in monitor.window.add(rows, ts):
+            results, alerts = monitor.evaluate(window)
+            started += sum(1 for a in alerts if a.data.episode == "started")
+            end = (window.index + 1) * 1000
+            if end <= after:
+                continue
+            if ours is None and any(getattr(a.data, "feature", None) == "x0" for a in alerts):
+                ours = end
+            if ks is None and any(r["feature"] == "x0" and r["ks_pvalue"] < 0.01 / len(names) for r in results):
+                ks = end
+    return ours, ks, started
+
+
+def test_gradual_drift_is_found_no_later_than_ks_bonferroni_and_stationary_data_raises_fewer_false_alarms():
+    ours, theirs, false_ours, false_theirs = [], [], 0, 0
+    for seed in range(5):
+        rng = np.random.default_rng(100 + seed)
+        reference = rng.normal(size=(5000, 4))
+        columns = {f"x{j}": list(reference[:, j]) for j in range(4)}
+        ramp = rng.normal(size=(40_000, 4))
+        ramp[:, 0] += np.clip((np.arange(40_000) - 20_000) / 20_000, 0, 1) * 0.5  # to +0.5 sd over 20,000
+        a, b, _ = _first_alarms(_monitor(columns), ramp, after=20_000)
+        ours.append(a)
+        theirs.append(b)
+        monitor = _monitor(columns)
+        stationary = rng.normal(size=(50_000, 4))
+        _, _, false_ours_here = _first_alarms(monitor, stationary)
+        false_ours += false_ours_here
+        false_theirs += sum(1 for i in range(50) if any(  # KS-Bonferroni's alarmed windows, any feature
+            _ks_p(monitor, stationary[i * 1000:(i + 1) * 1000, j], j) < 0.01 / 4 for j in range(4)))
+    assert None not in ours and np.median(ours) <= np.median(theirs), (ours, theirs)
+    assert false_ours <= false_theirs, (false_ours, false_theirs)
+
+
+def _ks_p(monitor, column: np.ndarray, j: int) -> float:
+    return monitor.evaluators[j].evaluate(column).ks_pvalue
+
+
+def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_per_feature():
+    rng = np.random.default_rng(9)
+    reference = rng.normal(size=(2000, 8))
+    two = _monitor({f"x{j}": list(reference[:, j]) for j in range(2)})
+    eight = _monitor({f"x{j}": list(reference[:, j]) for j in range(8)})
+    from scipy.special import ndtr
+    # One false alarm per 100 windows of the model: split over 4 moving sums and the input features.
+    assert 4 * 2 * 100 * float(ndtr(-two._evidence_t)) == pytest.approx(1)
+    assert 4 * 8 * 100 * float(ndtr(-eight._evidence_t)) == pytest.approx(1)
+    assert eight._evidence_t > two._evidence_t
+
+
 def _correlated(rng, n, rho):
     x0 = rng.normal(size=n)
     x1 = rho * x0 + np.sqrt(1 - rho ** 2) * rng.normal(size=n)

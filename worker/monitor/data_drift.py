@@ -12,8 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 
-# chi2.sf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call (per feature and window)
-from scipy.special import chdtrc, ndtri
+# chi2.sf, norm.cdf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call (per feature and window)
+from scipy.special import chdtrc, ndtr, ndtri
 from sqlalchemy.orm import Session
 
 from models import registry
@@ -60,11 +60,15 @@ MIN_SCORED_ROWS = 100
 
 
 def window_z(stats: FeatureStats, reference_rows: int) -> float:
-    """A window's test as a standard normal score, uniform p-values under no drift: the two-sample KS
-    p-value of a numeric feature; for a categorical one the chi-square against the reference shares,
+    """A window's test as a standard normal score, uniform p-values under no drift. A numeric feature has
+    two tests of the window against the reference sample: Mann-Whitney's rank sum, the stronger one when
+    the location moves (as in most gradual drifts), and KS for any change of shape; the smaller p-value,
+    doubled (Bonferroni), counts. A categorical feature: the chi-square against the reference shares,
     deflated by 1 + n/reference rows (the shares are estimates too; the plain statistic runs high)."""
     if stats.ks_pvalue is not None and not math.isnan(stats.ks_pvalue):
         p = stats.ks_pvalue
+        if stats.rank_z is not None and math.isfinite(stats.rank_z):
+            p = min(1.0, 2 * min(p, 2 * float(ndtr(-abs(stats.rank_z)))))
     elif stats.chi2_dof > 0:
         p = float(chdtrc(stats.chi2_dof, stats.chi2_statistic / (1 + stats.n / max(reference_rows, 1))))
     else:
@@ -113,8 +117,10 @@ class ModelVersionMonitor:
             self.episodes = json.loads(state.episodes)
         self.evidence: dict[str, list[float]] = {
             name: z if isinstance(z, list) else [] for name, z in self.episodes.pop(EVIDENCE, {}).items()}
-        # Each scale's sum / sqrt(scale) is standard normal without drift: split the false-alarm budget.
-        self._evidence_t = float(-ndtri(1 / (len(EVIDENCE_SCALES) * config.evidence_false_alarm_windows)))
+        # Each scale's sum / sqrt(scale) is standard normal without drift: the model's false-alarm budget is
+        # split over its input features and the scales (Bonferroni), so it holds whatever the feature count.
+        inputs = max(1, sum(1 for name in self.columns if name != PREDICTION_FEATURE))
+        self._evidence_t = float(-ndtri(1 / (len(EVIDENCE_SCALES) * inputs * config.evidence_false_alarm_windows)))
 
     def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column)."""
