@@ -318,18 +318,24 @@ class PredictionTimeCusum:
         return self._detected
 
     def state(self) -> list[float]:
-        """First bucket, floor, alarm, too-late count, then the suffix sums W_v (the stored format)."""
+        """First bucket, floor, alarm, too-late count, the total, then the prefix sums P_v: the numbers
+        the updates work on, so a restore continues bit for bit where the saved detector was (suffix
+        sums, the format before, are T - P_v: recomputing P_v from them can be off in the last bit)."""
         first = math.nan if self._first is None else float(self._first)
         floor = math.nan if self._floor is None else float(self._floor)
-        return [first, floor, float(self._detected), float(self.too_late), *(self._total - self._prefix).tolist()]
+        return [first, floor, float(self._detected), float(self.too_late), self._total, *self._prefix.tolist()]
 
     def load(self, state: list[float]) -> "PredictionTimeCusum":
         self._first = None if math.isnan(state[0]) else int(state[0])
         self._floor = None if math.isnan(state[1]) else int(state[1])
         self._detected, self.too_late = bool(state[2]), int(state[3])
-        suffix = np.array(state[4:], dtype=float)
-        self._total = float(suffix[0])
-        self._prefix = self._total - suffix
+        if len(state) == 4 + self.horizon:  # written before: the suffix sums W_v, W_0 being the total
+            suffix = np.array(state[4:], dtype=float)
+            self._total = float(suffix[0])
+            self._prefix = self._total - suffix
+        else:
+            self._total = float(state[4])
+            self._prefix = np.array(state[5:], dtype=float)
         self._find_min()
         return self
 

@@ -121,3 +121,39 @@ def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
         if i == 3000:
             fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).load(fast.state())
     assert alarms >= 2
+
+
+def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
+    """Crash equivalence compares stored state exactly: a detector saved and restored (through JSON, as the
+    monitor stores it) every few labels must reach the very numbers of one that never was."""
+    import json
+
+    from models.drift.detectors import PredictionTimeCusum
+    rng = np.random.default_rng(4)
+    kept = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    now = 0.0
+    for i in range(5000):
+        now += rng.exponential(2.0) + (4000.0 if i % 1700 == 1699 else 0.0)
+        z = rng.normal(1.0 if i >= 3000 else 0.0) * 0.1 + rng.random() * 1e-3  # values that round
+        ts = now - rng.lognormal(np.log(30.0), 2.0)
+        kept.update(z, prediction_ts=ts)
+        restored.update(z, prediction_ts=ts)
+        if i % 7 == 0:
+            restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).load(
+                json.loads(json.dumps(restored.state())))
+        assert restored.statistic == kept.statistic and restored.drift_detected == kept.drift_detected
+    assert restored.state() == kept.state()
+
+
+def test_prediction_time_cusum_still_loads_the_suffix_sums_it_stored_before():
+    from models.drift.detectors import PredictionTimeCusum
+    rng = np.random.default_rng(5)
+    detector = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20)
+    for i in range(500):
+        detector.update(rng.normal(0.8), prediction_ts=i * 5.0 - rng.uniform(0, 300))
+    state = detector.state()
+    legacy = state[:4] + [state[4] - p for p in state[5:]]  # the old format: suffix sums W_v = T - P_v
+    loaded = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20).load(legacy)
+    assert loaded.statistic == pytest.approx(detector.statistic, abs=1e-9) and loaded.statistic > 0
+    assert loaded.change_ts == detector.change_ts

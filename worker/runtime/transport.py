@@ -83,11 +83,19 @@ def make_producer(settings: Settings) -> KafkaProducer:
                     delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
 
 
-def make_event_producer(settings: Settings, max_block_ms: int) -> KafkaProducer:
-    """The serving endpoint's producer of prediction and label events: a short block on missing metadata."""
+def make_event_producer(settings: Settings, max_block_ms: int, max_pending: int) -> KafkaProducer:
+    """The serving endpoint's producer of prediction and label events: a short block on missing metadata.
+
+    kafka-python 3's sender busy-loops while a connection is paused at its in-flight limit (the node is
+    not ready yet shows no connection delay, so it polls with a zero timeout): with the broker stalled it
+    spun on the GIL and a prediction took 20 times as long. The emitter keeps at most ``max_pending``
+    records unacknowledged, one request holds at least one, so an in-flight limit above that is never
+    reached. acks=1 already rules out idempotence, which would cap the limit at 5; it is said here.
+    """
     return _connect(KafkaProducer, settings, client_id="undertow-server", acks=1, linger_ms=5,
                     max_block_ms=max_block_ms, request_timeout_ms=10_000,
-                    delivery_timeout_ms=60_000, reconnect_backoff_max_ms=1000)
+                    delivery_timeout_ms=60_000, reconnect_backoff_max_ms=1000, enable_idempotence=False,
+                    max_in_flight_requests_per_connection=max_pending + 1)
 
 
 def make_tail_consumer(settings: Settings, client_id: str) -> KafkaConsumer:

@@ -56,7 +56,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.db_url, must_exist=True)
         emitter = EventEmitter(
-            lambda: make_event_producer(settings, settings.producer_max_block_ms),
+            lambda: make_event_producer(settings, settings.producer_max_block_ms, settings.producer_max_pending),
             settings.event_queue_size, settings.producer_max_pending, metrics.dropped, metrics.emitted).start()
         follower = PromotionFollower(settings, model_id, slot, make_session_factory(engine), topics.models,
                                      metrics.swapped, settings.registry_check_seconds,
