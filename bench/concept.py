@@ -24,7 +24,12 @@ Undertow: ``ErrorStreamMonitor`` with ``DriftConfig()`` defaults, the validation
 baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_ts)``;
 its alarms are ``started`` and ``escalated`` alerts (``deployment_gap`` is counted
 apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
-raw errors in arrival order; every ``drift_detected`` is an alarm.
+raw errors in arrival order; every ``drift_detected`` is an alarm. The
+oracle knows each change's time and shape and the level before it, and alarms
+when the likelihood ratio of that alternative, on the labels arrived so far,
+exceeds the highest value it reached on the stationary streams of the same
+seeds: a bound no detector that must find the change can be expected to beat
+at zero false alarms.
 
 Per change: delay = alarm (label arrival time) minus the change's prediction
 time, for the first alarm at or after the change and before the next one; the
