@@ -25,11 +25,13 @@ baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_
 its alarms are ``started`` and ``escalated`` alerts (``deployment_gap`` is counted
 apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
 raw errors in arrival order; every ``drift_detected`` is an alarm. The
-oracle knows each change's time and shape and the level before it, and alarms
-when the likelihood ratio of that alternative, on the labels arrived so far,
-exceeds the highest value it reached on the stationary streams of the same
-seeds: a bound no detector that must find the change can be expected to beat
-at zero false alarms.
+oracle is told each change's time and shape and the level before it, and
+alarms when the weighted sum of the arrived errors against that shift (the
+likelihood ratio's statistic for a mean shift of normal errors) exceeds the
+highest value it reached on the stationary streams of the same seeds: a
+yardstick for what knowing the change is worth, not a proven bound (its
+score is not optimal for 0/1 errors or log loss, and its threshold is fitted
+to these seeds).
 
 Per change: delay = alarm (label arrival time) minus the change's prediction
 time, for the first alarm at or after the change and before the next one; the
@@ -165,10 +167,10 @@ def matched_threshold(task: str, n: int, seeds: int) -> float:
 
 
 def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int) -> list[np.ndarray]:
-    """Per change, in label arrival order: the likelihood-ratio z of a detector that knows the change's
-    time and shape (the shift it adds, up to the next change) and the level before it (estimated on the
-    10,000 predictions before it). With the threshold set by the stationary streams, no detector that has
-    to find out when and how the error moved can be expected to alarm earlier at the same false alarms."""
+    """Per change, in label arrival order: the standardised weighted sum of the arrived errors of a
+    detector told the change's time and shape (the shift it adds, up to the next change) and the level
+    before it (estimated on the 10,000 predictions before it): the likelihood ratio's statistic for a
+    mean shift of normal errors."""
     u = np.arange(n) / n
     out = []
     for j, c in enumerate(shape.changes):

@@ -35,7 +35,7 @@ class DriftConfig(BaseModel):
                                                                           "drifts moderately")
     prediction_psi_significant: float = Field(default=0.25, gt=0, description="PSI from which the output's "
                                                                               "drift is significant")
-    evidence_false_alarm_windows: float = Field(default=100, gt=10, description="evidence over windows "
+    evidence_false_alarm_windows: float = Field(default=250, gt=10, description="evidence over windows "
                                                 "(moving sums of the windows' z): at most one false alarm per "
                                                 "this many windows of a model, over all its input features")
     multivariate_sigmas: float = Field(default=6.0, gt=0, description="standard errors of the PCA reconstruction "

@@ -333,9 +333,12 @@ class PredictionTimeCusum:
             suffix = np.array(state[4:], dtype=float)
             self._total = float(suffix[0])
             self._prefix = self._total - suffix
-        else:
+        elif len(state) == 5 + self.horizon:
             self._total = float(state[4])
             self._prefix = np.array(state[5:], dtype=float)
+        else:
+            raise ValueError(f"a prediction-time CUSUM state of {len(state)} numbers does not fit a horizon of "
+                             f"{self.horizon} buckets ({4 + self.horizon} or {5 + self.horizon} expected)")
         self._find_min()
         return self
 

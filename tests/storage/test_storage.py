@@ -62,6 +62,34 @@ def test_a_database_of_the_last_hand_written_schema_upgrades_in_place(db_url):
         engine.dispose()
 
 
+def test_stored_evidence_budgets_are_rescaled_to_the_model_so_alert_rates_stay(db_url):
+    """Revision 0005: a budget per feature (20,000, the old default) becomes one per model (20,000 / 4 inputs)."""
+    import json
+
+    from alembic import command
+    engine = db.make_engine(db_url)
+    config = db.alembic_config()
+    profile = json.dumps({"rows": 10, "features": {"a": {}, "b": {}, "c": {}, "d": {}, "__prediction__": {}}})
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0004")
+            conn.exec_driver_sql(
+                "INSERT INTO model_versions (model_id, version, stage, created_at, profile, drift_config, "
+                "feature_schema, model_card) VALUES ('m', '1', 'champion', 0, %s, %s, '{}', '{}')"
+                % (_quote(profile), _quote(json.dumps({"window_size": 1000, "evidence_false_alarm_windows": 20000}))))
+        assert db.migrate(engine) == HEAD
+        with engine.connect() as conn:
+            stored = json.loads(conn.exec_driver_sql("SELECT drift_config FROM model_versions").scalar_one())
+        assert stored == {"window_size": 1000, "evidence_false_alarm_windows": 5000.0}
+    finally:
+        engine.dispose()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def test_bad_url_is_a_config_error():
     with pytest.raises(ConfigError, match="invalid database URL"):
         db.make_engine("not a url")

@@ -135,9 +135,9 @@ def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_
     two = _monitor({f"x{j}": list(reference[:, j]) for j in range(2)})
     eight = _monitor({f"x{j}": list(reference[:, j]) for j in range(8)})
     from scipy.special import ndtr
-    # One false alarm per 100 windows of the model: split over 4 moving sums and the input features.
-    assert 4 * 2 * 100 * float(ndtr(-two._evidence_t)) == pytest.approx(1)
-    assert 4 * 8 * 100 * float(ndtr(-eight._evidence_t)) == pytest.approx(1)
+    # One false alarm per 250 windows of the model: split over 4 moving sums and the input features.
+    assert 4 * 2 * 250 * float(ndtr(-two._evidence_t)) == pytest.approx(1)
+    assert 4 * 8 * 250 * float(ndtr(-eight._evidence_t)) == pytest.approx(1)
     assert eight._evidence_t > two._evidence_t
 
 
