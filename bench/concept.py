@@ -43,6 +43,7 @@ change: alarms from the first change on, divided by the number of changes.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -144,11 +145,17 @@ def _scored_stream(shape: Shape, n: int, rng, gap: float, u: np.ndarray):
     return validation, errors, predicted, arrived, gap, loss_of(scores, labels)
 
 
+@functools.lru_cache(maxsize=1)
+def stationary_streams(task: str, n: int, seeds: int) -> list[tuple]:
+    """The stationary stream of every seed, on which the matched and the oracle's thresholds are set."""
+    return [stream(SHAPES[0], task, n, 1000 * seed + 7) for seed in range(seeds)]
+
+
 def matched_threshold(task: str, n: int, seeds: int) -> float:
     """The smallest PageHinkley threshold with no alarm on the stationary streams of every seed: river's
     detector at the false-alarm rate Undertow promises, for the comparison of delays at equal cost."""
     from river.drift import PageHinkley
-    streams = [stream(SHAPES[0], task, n, 1000 * seed + 7) for seed in range(seeds)]
+    streams = stationary_streams(task, n, seeds)
     for threshold in MATCHED_THRESHOLDS:
         quiet = True
         for _, errors, _, arrived, _, losses in streams:
@@ -189,8 +196,7 @@ def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: i
 def oracle_threshold(shape: Shape, task: str, n: int, seeds: int) -> list[float]:
     """Per change: the largest oracle statistic on the stationary streams of these seeds (zero false alarms)."""
     highs = []
-    for seed in range(seeds):
-        _, errors, _, arrived, _, losses = stream(SHAPES[0], task, n, 1000 * seed + 7)
+    for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
         watched = errors if losses is None else losses
         z = oracle_statistics(shape, watched, np.argsort(arrived, kind="stable"), n)
         highs.append([float(np.max(s)) for s in z])

@@ -34,7 +34,7 @@ def psi(expected: np.ndarray, actual: np.ndarray, floor: float = PSI_FLOOR) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_statistic(reference: np.ndarray, window: np.ndarray) -> tuple[float, int, float]:
+def ks_and_rank_sum(reference: np.ndarray, window: np.ndarray) -> tuple[float, int, float]:
     """Two-sample KS statistic against an already sorted ``reference``, the effective size, and the
     Mann-Whitney rank-sum z of the window against the reference (NaN if either is empty).
 
@@ -45,7 +45,7 @@ def ks_statistic(reference: np.ndarray, window: np.ndarray) -> tuple[float, int,
     >>> from scipy.stats import mannwhitneyu, norm
     >>> rng = np.random.default_rng(1)
     >>> ref, window = np.sort(rng.normal(size=5000)), rng.normal(0.2, size=1000)
-    >>> d, effective, z = ks_statistic(ref, window)
+    >>> d, effective, z = ks_and_rank_sum(ref, window)
     >>> round(z, 3), effective
     (7.114, 833)
     >>> p = mannwhitneyu(window, ref, method="asymptotic", use_continuity=False).pvalue
@@ -77,7 +77,7 @@ def ks_against_sorted(reference: np.ndarray, window: np.ndarray) -> tuple[float,
     >>> d, p = ks_against_sorted(ref, rng.normal(1.0, size=1000)); d > 0.3 and p < 1e-9
     True
     """
-    d, effective, _ = ks_statistic(reference, window)
+    d, effective, _ = ks_and_rank_sum(reference, window)
     # As scipy's ks_2samp(method="asymp"): the one-sample KS distribution at the effective size.
     return (d, float(kstwo.sf(d, effective))) if effective else (math.nan, math.nan)
 
@@ -151,7 +151,7 @@ class FeatureEvaluator:
         bins = self.expected.size - 1
         if self.encoder is None:
             counts = np.bincount(np.searchsorted(self._edges, present, side="left"), minlength=bins)
-            ks_d, ks_n, rank_z = ks_statistic(self._ks_sample, present)
+            ks_d, ks_n, rank_z = ks_and_rank_sum(self._ks_sample, present)
         else:
             counts = np.bincount(present.astype(np.int64), minlength=bins)
             ks_d, ks_n, rank_z = None, 0, None
