@@ -24,8 +24,14 @@ Undertow: ``ErrorStreamMonitor`` with ``DriftConfig()`` defaults, the validation
 baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_ts)``;
 its alarms are ``started`` and ``escalated`` alerts (``deployment_gap`` is counted
 apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
-raw errors in arrival order; every ``drift_detected`` is an alarm. The
-oracle is told each change's time and shape and the level before it, and
+raw errors in arrival order; every ``drift_detected`` is an alarm; "matched",
+the same detectors at the false-alarm rate Undertow keeps (PageHinkley's
+smallest threshold, ADWIN's largest delta, that raise no alarm on the
+stationary streams of these seeds). Two yardsticks no one can run: the
+CUSUM told the step's size and the level before it, not its time (a
+prediction-time CUSUM with k at half the step, the optimal detector of a
+known step at an unknown time, its threshold the highest value it reached on
+the stationary streams; steps only). The oracle is told each change's time and shape and the level before it, and
 alarms when the weighted sum of the arrived errors against that shift (the
 likelihood ratio's statistic for a mean shift of normal errors) exceeds the
 highest value it reached on the stationary streams of the same seeds: a
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -61,8 +68,10 @@ DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
 DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched",
+             "river ADWIN, matched", "CUSUM told the step and the level, not the time",
              "oracle (knows change, shape, baseline)")
 MATCHED_THRESHOLDS = (50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
+MATCHED_DELTAS = (0.002, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 1e-6, 1e-7, 1e-8)
 
 
 @dataclass(frozen=True)
@@ -151,26 +160,30 @@ def stationary_streams(task: str, n: int, seeds: int) -> list[tuple]:
     return [stream(SHAPES[0], task, n, 1000 * seed + 7) for seed in range(seeds)]
 
 
+def _quiet(make, task: str, n: int, seeds: int) -> bool:
+    """Whether the detector ``make()`` raises no alarm on the stationary stream of any seed (in arrival order)."""
+    for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
+        detector = make()
+        watched = errors if losses is None else losses
+        for i in np.argsort(arrived, kind="stable"):
+            detector.update(float(watched[i]))
+            if detector.drift_detected:
+                return False
+    return True
+
+
 def matched_threshold(task: str, n: int, seeds: int) -> float:
     """The smallest PageHinkley threshold with no alarm on the stationary streams of every seed: river's
     detector at the false-alarm rate Undertow promises, for the comparison of delays at equal cost."""
     from river.drift import PageHinkley
-    streams = stationary_streams(task, n, seeds)
-    for threshold in MATCHED_THRESHOLDS:
-        quiet = True
-        for _, errors, _, arrived, _, losses in streams:
-            detector = PageHinkley(threshold=threshold)
-            watched = errors if losses is None else losses
-            for i in np.argsort(arrived, kind="stable"):
-                detector.update(float(watched[i]))
-                if detector.drift_detected:
-                    quiet = False
-                    break
-            if not quiet:
-                break
-        if quiet:
-            return threshold
-    return MATCHED_THRESHOLDS[-1]
+    return next((t for t in MATCHED_THRESHOLDS if _quiet(functools.partial(PageHinkley, threshold=t), task, n, seeds)),
+                MATCHED_THRESHOLDS[-1])
+
+
+def matched_delta(task: str, n: int, seeds: int) -> float:
+    """The largest ADWIN delta (confidence) with no alarm on the stationary streams of every seed."""
+    from river.drift import ADWIN
+    return next((d for d in MATCHED_DELTAS if _quiet(functools.partial(ADWIN, delta=d), task, n, seeds)), MATCHED_DELTAS[-1])
 
 
 def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int) -> list[np.ndarray]:
@@ -203,8 +216,64 @@ def oracle_threshold(shape: Shape, task: str, n: int, seeds: int) -> list[float]
     return [max(h[j] for h in highs) for j in range(len(shape.changes))]
 
 
-def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: float,
-        oracle: list[float]) -> dict:
+def step_sizes(shape: Shape, task: str, n: int) -> list[float | None]:
+    """Per change: the step in sd of the level before it (measured on the first seed's stream, 10,000
+    predictions either side), or None where the change is no step (gradual)."""
+    u = np.arange(n) / n
+    _, errors, _, _, _, losses = stream(shape, task, n, 7)
+    watched = errors if losses is None else losses
+    sizes = []
+    for c in shape.changes:
+        start = int(c * n)
+        after = shape.shift(u[start:start + 10_000])
+        if not np.allclose(after, after[0]):
+            sizes.append(None)
+            continue
+        before = watched[start - 10_000:start]
+        sizes.append(float((watched[start:start + 10_000].mean() - before.mean()) / before.std()))
+    return sizes
+
+
+def step_cusum_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int,
+                          sizes: list[float | None]) -> list[np.ndarray]:
+    """Per step change, in label arrival order: the statistic of a prediction-time CUSUM told the step's size
+    (k = half of it) and the level before it (estimated on the 10,000 predictions before it), but not when
+    it comes: it watches from 10,000 predictions before the change. The detector that is optimal for a
+    known step at an unknown time (Moustakides 1986), with label delays handled in prediction time; empty
+    for a gradual change, whose best detector is no CUSUM."""
+    from models.drift.detectors import PredictionTimeCusum
+    out = []
+    for c, size in zip(shape.changes, sizes):
+        if size is None:
+            out.append(np.zeros(0))
+            continue
+        start = int(c * n)
+        before = watched[start - 10_000:start]
+        mean, sd = before.mean(), before.std()
+        cusum = PredictionTimeCusum(k=size / 2, h=math.inf, bucket_seconds=60.0, horizon=720, clip=max(5.0, size))
+        statistic = np.zeros(n)
+        for m, i in enumerate(order):
+            if start - 10_000 <= i < start + 10_000:
+                cusum.update((watched[i] - mean) / sd, float(i))
+                statistic[m] = cusum.statistic
+            elif m:
+                statistic[m] = statistic[m - 1]
+        out.append(statistic)
+    return out
+
+
+def step_cusum_threshold(shape: Shape, task: str, n: int, seeds: int, sizes: list[float | None]) -> list[float]:
+    """Per step change: the largest statistic of that CUSUM on the stationary streams of these seeds."""
+    highs = []
+    for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
+        watched = errors if losses is None else losses
+        statistics = step_cusum_statistics(shape, watched, np.argsort(arrived, kind="stable"), n, sizes)
+        highs.append([float(np.max(s)) if s.size else math.inf for s in statistics])
+    return [max(h[j] for h in highs) for j in range(len(shape.changes))]
+
+
+def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: tuple[float, float],
+        oracle: list[float], step_oracle: tuple[list, list[float]]) -> dict:
     from river.drift import ADWIN, PageHinkley
     validation, errors, predicted, arrived, gap, losses = stream(shape, task, n, seed)
     order = np.argsort(arrived, kind="stable")
@@ -225,16 +294,23 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             gaps += alert.data.episode == "deployment_gap"
     seconds = time.perf_counter() - started
     watched = errors if losses is None else losses
-    for detector, name in ((ph, DETECTORS[1]), (adwin, DETECTORS[2]), (PageHinkley(threshold=matched),
-                                                                       DETECTORS[3])):
+    for detector, name in ((ph, DETECTORS[1]), (adwin, DETECTORS[2]), (PageHinkley(threshold=matched[0]),
+                                                                       DETECTORS[3]),
+                           (ADWIN(delta=matched[1]), DETECTORS[4])):
         for i in order:
             detector.update(float(watched[i]))
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
+    sizes, thresholds = step_oracle
+    for statistic, threshold, c in zip(step_cusum_statistics(shape, watched, order, n, sizes), thresholds,
+                                       shape.changes):
+        above = np.flatnonzero((statistic > threshold) & (arrived[order] >= c * n)) if statistic.size else []
+        if len(above):
+            alarms[DETECTORS[5]].append(float(arrived[order[above[0]]]))
     for z, threshold in zip(oracle_statistics(shape, watched, order, n), oracle):
         above = np.flatnonzero(z > threshold)
         if above.size:
-            alarms[DETECTORS[4]].append(float(arrived[order[above[0]]]))
+            alarms[DETECTORS[6]].append(float(arrived[order[above[0]]]))
     changes = [c * n for c in shape.changes]
     floors = [float(np.sort(arrived[int(c):])[FLOOR_LABELS - 1]) - c for c in changes]
     result = {"gap": gap, "deployment_gaps": gaps, "labels_per_s": n / seconds, "floors": floors, "detectors": {}}
@@ -273,12 +349,15 @@ def main() -> None:
     print("|---|---|---|---|---|---:|---:|---:|")
     notes = []
     for task in ("regression", "classification", "scored classification (log loss)"):
-        matched = matched_threshold(task, args.labels, args.seeds)
-        notes.append(f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched}), the smallest "
-                     f"threshold without a false alarm on the stationary streams of these seeds")
+        matched = matched_threshold(task, args.labels, args.seeds), matched_delta(task, args.labels, args.seeds)
+        notes.append(f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched[0]}), the smallest "
+                     f"threshold, and river ADWIN, matched = ADWIN(delta={matched[1]:g}), the largest delta, "
+                     f"without a false alarm on the stationary streams of these seeds")
         for shape in SHAPES:
             oracle = oracle_threshold(shape, task, args.labels, args.seeds) if shape.changes else []
-            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle)
+            sizes = step_sizes(shape, task, args.labels) if shape.changes else []
+            step_oracle = sizes, step_cusum_threshold(shape, task, args.labels, args.seeds, sizes)
+            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, step_oracle)
                     for seed in range(args.seeds)]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
             for name in DETECTORS:

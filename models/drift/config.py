@@ -53,6 +53,8 @@ class DriftConfig(BaseModel):
     rolling_sigmas: float = Field(default=4.5, gt=0, description="standard errors above the baseline mean")
     rolling_long_window: int = Field(default=2000, ge=10, description="labels in the long rolling mean error "
                                                                        "(slow, gradual changes)")
+    rolling_long_sigmas: float = Field(default=4.0, gt=0, description="standard errors above the "
+                                              "baseline mean for the long rolling mean (its mean is less skewed)")
     production_baseline_labels: int = Field(default=1000, ge=0,
                                             description="first labels of a version that set its production "
                                                         "baseline (0: use the validation estimate)")

@@ -208,6 +208,45 @@ def test_production_10_percent_above_validation_gives_one_deployment_gap_and_no_
         assert gap.detector == "production_baseline" and gap.unit == "error" and gap.value > gap.threshold
 
 
+def test_a_classifier_gap_too_small_for_the_first_labels_is_alerted_once_as_the_baseline_refines():
+    # 10 % above a 10 % error rate is about one standard error on 1,000 labels: not significant there,
+    # clearly so on the labels the baseline keeps learning from.
+    rng = np.random.default_rng(11)
+    validation = np.zeros(5000)
+    validation[:500] = 1.0  # exactly 10 %
+    errors = (rng.random(60_000) < 0.11).astype(float)
+    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    alerts = [(i, a.data) for i, e in enumerate(errors)
+              for a in monitor.update(float(e), "misclassification", float(i), float(i))]
+    assert [a.episode for _, a in alerts] == ["deployment_gap"], alerts
+    at, gap = alerts[0]
+    assert 1000 < at <= 10_000 and gap.value > gap.threshold and gap.metric == "misclassification"
+
+
+def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_false_alarms_before_it():
+    validation, labels = _production_stream(40_000, 6, gap=0.1, shifts={25_000: 0.5})
+    alerts, monitor = _alerts(validation, labels)
+    started = [(predicted, a.data) for episode, predicted, a in alerts if episode == "started"]
+    assert len(started) == 1 and 25_000 <= started[0][0] < 26_500, started
+    assert started[0][1].detector == "prediction_time_cusum" and started[0][1].threshold == monitor.small_cusum_h
+
+
+def test_state_written_before_the_small_cusum_existed_still_loads():
+    from types import SimpleNamespace
+    validation, labels = _production_stream(5_000, 7, gap=0.0, shifts={})
+    _, monitor = _alerts(validation, labels)
+    state = monitor.state_values()
+    blob = json.loads(state["detectors"])
+    del blob["detectors"]["prediction_time_cusum_small"], blob["production"]["small_cusum_h"]
+    del blob["production"]["gap_pending"]
+    old = SimpleNamespace(**{**state, "detectors": json.dumps(blob)})
+    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                  state=old, error_sample=error_sample(validation))
+    assert restored.small_cusum_h > restored.cusum_h > 0 and not restored.gap_pending
+    assert restored.update(1.0, "absolute_error", 5_001.0, 5_000.0) == []
+
+
 def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_one_episode():
     validation, labels = _production_stream(100_000, 3, gap=0.08,
                                             shifts={25_000: 0.5, 50_000: 1.0, 75_000: 2.0})

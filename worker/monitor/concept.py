@@ -43,15 +43,19 @@ class ErrorStreamMonitor:
        errors estimate its production level and spread; the detectors are
        silent meanwhile. If production is worse than the validation estimate
        by more than ``deployment_gap_margin`` (relative, and significant at
-       2 standard errors), one ``deployment_gap`` alert says so. From then on
+       2 standard errors), one ``deployment_gap`` alert says so; a gap not
+       yet significant is tested again at each refinement of the baseline
+       (at 2.5 standard errors, for the repeated looks). From then on
        errors enter the detectors in units of the *production* baseline, and
        the CUSUM thresholds are calibrated on those production errors (allowing
        for the baseline being an estimate), so a
        stationary stream stays silent whatever its level. (With
        ``production_baseline_labels = 0`` the validation baseline is used.)
-    2. **Change detection.** Page-Hinkley, CUSUM and the rolling mean in
-       label-arrival order, and a CUSUM in prediction time (labels counted
-       at their prediction's time, however late they come). The first to
+    2. **Change detection.** Page-Hinkley, CUSUM and the rolling means in
+       label-arrival order, and two CUSUMs in prediction time (labels counted
+       at their prediction's time, however late they come), one tuned to a
+       step of 2k and one to a step of k, each at its own calibrated
+       threshold. The first to
        fire starts an episode: one ``started`` alert, with the estimated
        start of the change in prediction time.
     3. **Escalation.** Inside an episode the next ``rolling_window`` errors
@@ -92,8 +96,11 @@ class ErrorStreamMonitor:
         # further labels, up to production_refine_labels, so its estimate (and the thresholds that
         # allow for its error) tighten; sums of the errors since the baseline began.
         self.refine = production.get("refine")
+        # A gap too small to be significant on the first labels is tested again as the baseline refines.
+        self.gap_pending: bool = production.get("gap_pending", False)
         self.validation_sample = error_sample
         self.cusum_h: float | None = production.get("cusum_h")
+        self.small_cusum_h: float | None = production.get("small_cusum_h")
         if production["mean"] is None:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
@@ -147,17 +154,22 @@ class ErrorStreamMonitor:
             reference_z = reference_z + 2.0 / math.sqrt(estimated_from)
         cusum = Cusum(c.cusum_k, c.cusum_false_alarm_every, reference_z=reference_z, h=self.cusum_h)
         self.cusum_h = cusum.h
+        small = Cusum(c.cusum_k / 2, c.cusum_false_alarm_every, reference_z=reference_z, h=self.small_cusum_h)
+        self.small_cusum_h = small.h
         self.detectors = {
             "page_hinkley": PageHinkley(c.ph_delta, c.ph_threshold),
             "cusum": cusum,
             "rolling_mean": RollingMean(c.rolling_window, c.rolling_step, c.rolling_sigmas, estimated_from),
-            # Slow, gradual changes: a mean over a longer window notices a smaller shift.
-            "rolling_mean_long": RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_sigmas,
+            # Slow, gradual changes: a mean over a longer window notices a smaller shift, and is nearer
+            # normal (less skewed by 0/1 or heavy-tailed errors), so a lower threshold keeps its false alarms.
+            "rolling_mean_long": RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_long_sigmas,
                                              estimated_from),
             # At the arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
             # stream, so the promised false-alarm rate holds.
             "prediction_time_cusum": PredictionTimeCusum(c.cusum_k, cusum.h, c.pt_bucket_seconds,
                                                          c.pt_horizon_buckets),
+            "prediction_time_cusum_small": PredictionTimeCusum(c.cusum_k / 2, small.h, c.pt_bucket_seconds,
+                                                               c.pt_horizon_buckets),
         }
 
     def _start_escalation(self) -> None:
@@ -176,12 +188,12 @@ class ErrorStreamMonitor:
         self.error_sum += error
         if self.collected is not None:
             return self._collect_baseline(error, metric, label_ts)
-        if self.refine is not None and not self.in_episode:
-            self._refine_baseline(error)
+        gap_alerts = self._refine_baseline(error, metric, label_ts) if (
+            self.refine is not None and not self.in_episode) else []
         z = (error - self.mean) / self.sd
         fired = []
         for name, detector in self.detectors.items():
-            if name == "prediction_time_cusum":
+            if name.startswith("prediction_time_cusum"):
                 detector.update(z, label_ts if prediction_ts is None else prediction_ts)
             else:
                 detector.update(z)
@@ -191,7 +203,7 @@ class ErrorStreamMonitor:
             self.silenced_alarms += len(fired)
             return self._during_episode(z, metric, label_ts, label_ts if prediction_ts is None else prediction_ts)
         if not fired:
-            return []
+            return gap_alerts
         self.in_episode, self.episode_started_label = True, self.labels
         self.episodes += 1
         self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
@@ -203,7 +215,8 @@ class ErrorStreamMonitor:
             value, threshold = detector.value, detector.threshold
         else:
             value, threshold = detector.statistic, getattr(detector, "h", self.config.ph_threshold)
-        return [self._alert(name, "started", value, threshold, metric, label_ts)]
+        reported = "prediction_time_cusum" if name.startswith("prediction_time_cusum") else name
+        return [*gap_alerts, self._alert(reported, "started", value, threshold, metric, label_ts)]
 
     def _collect_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         self.collected.append(error)
@@ -218,42 +231,54 @@ class ErrorStreamMonitor:
         # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         thresholds = []
         if self.validation is not None and self.validation_sample and len(self.validation_sample) >= 100:
-            self.mean, self.sd, self.cusum_h = *self.validation, None
+            self.mean, self.sd, self.cusum_h, self.small_cusum_h = *self.validation, None, None
             self._build_detectors(self.validation_sample)
-            thresholds.append(self.cusum_h)
-        self.mean, self.sd, self.cusum_h = mean, _floored_sd(mean, sd), None
+            thresholds.append((self.cusum_h, self.small_cusum_h))
+        self.mean, self.sd, self.cusum_h, self.small_cusum_h = mean, _floored_sd(mean, sd), None, None
         self._build_detectors(errors.tolist())
-        self.cusum_h = max([self.cusum_h, *thresholds])
+        self.cusum_h = max([self.cusum_h, *(h for h, _ in thresholds)])
+        self.small_cusum_h = max([self.small_cusum_h, *(h for _, h in thresholds)])
         self._build_detectors(None)
         log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
                  self.model_id, self.version, self.stream, errors.size, mean, sd,
                  "unknown" if self.validation is None else f"{self.validation[0]:.4g}")
+        alerts = self._deployment_gap(errors.size, 2.0, metric, label_ts)
+        self.gap_pending = not alerts and self.validation is not None and self.refine is not None
+        return alerts
+
+    def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
+        """One alert if the production baseline exceeds the validation estimate by the margin, significantly."""
         if self.validation is None:
             return []
         validation_mean = self.validation[0]
-        gap = mean - validation_mean
-        standard_error = self.sd / math.sqrt(errors.size)
-        if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > 2 * standard_error:
-            return [self._alert("production_baseline", "deployment_gap", mean,
+        gap = self.mean - validation_mean
+        if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > sigmas * self.sd / math.sqrt(labels):
+            return [self._alert("production_baseline", "deployment_gap", self.mean,
                                 validation_mean * (1 + self.config.deployment_gap_margin), metric, label_ts,
                                 unit="error", baseline=self.validation, severity="moderate")]
         return []
 
-    def _refine_baseline(self, error: float) -> None:
+    def _refine_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         n, total, squares = self.refine
         n, total, squares = n + 1, total + error, squares + error * error
         self.refine = [n, total, squares]
         if n % REFINE_EVERY:
-            return
+            return []
         self.mean = total / n
         self.sd = _floored_sd(self.mean, math.sqrt(max(squares / n - self.mean ** 2, 0.0)))
         self.baseline_labels = n
         for name in ("rolling_mean", "rolling_mean_long"):
             self.detectors[name].set_baseline_labels(n)
+        alerts = []
+        if self.gap_pending:
+            # Tested again at every refinement: 2.5 standard errors allow for the repeated looks.
+            alerts = self._deployment_gap(n, 2.5, metric, label_ts)
+            self.gap_pending = not alerts
         if n >= self.config.production_refine_labels:
-            self.refine = None
+            self.refine, self.gap_pending = None, False
             log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
                      self.version, n, self.mean, self.sd)
+        return alerts
 
     def _during_episode(self, z: float, metric: str, label_ts: float,
                         prediction_ts: float) -> list[ConceptDriftAlert]:
@@ -315,7 +340,8 @@ class ErrorStreamMonitor:
     def state_values(self) -> dict:
         production = {"mean": None if self.collected is not None else self.mean,
                       "sd": None if self.collected is not None else self.sd, "errors": self.collected,
-                      "cusum_h": self.cusum_h, "labels": self.baseline_labels, "refine": self.refine}
+                      "cusum_h": self.cusum_h, "small_cusum_h": self.small_cusum_h, "labels": self.baseline_labels,
+                      "refine": self.refine, "gap_pending": self.gap_pending}
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
