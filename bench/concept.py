@@ -27,11 +27,13 @@ apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
 raw errors in arrival order; every ``drift_detected`` is an alarm; "matched",
 the same detectors at the false-alarm rate Undertow keeps (PageHinkley's
 smallest threshold, ADWIN's largest delta, that raise no alarm on the
-stationary streams of these seeds). Two yardsticks no one can run: the
-CUSUM told the step's size and the level before it, not its time (a
-prediction-time CUSUM with k at half the step, the optimal detector of a
-known step at an unknown time, its threshold the highest value it reached on
-the stationary streams; steps only). The oracle is told each change's time and shape and the level before it, and
+stationary streams of these seeds). Two yardsticks no one can run. One is
+told the change's size (a step's height, a ramp's slope) and the level
+before it, not its time: on a step the prediction-time CUSUM with k at half
+the step (the optimal detector of a known step at an unknown time), on a
+ramp the likelihood ratio of the known slope maximised over start times;
+its threshold is the highest value it reached on the stationary streams.
+The oracle is told each change's time and shape and the level before it, and
 alarms when the weighted sum of the arrived errors against that shift (the
 likelihood ratio's statistic for a mean shift of normal errors) exceeds the
 highest value it reached on the stationary streams of the same seeds: a
@@ -68,7 +70,7 @@ DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
 DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched",
-             "river ADWIN, matched", "CUSUM told the step and the level, not the time",
+             "river ADWIN, matched", "told the size and the level, not the time",
              "oracle (knows change, shape, baseline)")
 MATCHED_THRESHOLDS = (50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
 MATCHED_DELTAS = (0.002, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 1e-6, 1e-7, 1e-8)
@@ -216,59 +218,69 @@ def oracle_threshold(shape: Shape, task: str, n: int, seeds: int) -> list[float]
     return [max(h[j] for h in highs) for j in range(len(shape.changes))]
 
 
-def step_sizes(shape: Shape, task: str, n: int) -> list[float | None]:
-    """Per change: the step in sd of the level before it (measured on the first seed's stream, 10,000
-    predictions either side), or None where the change is no step (gradual)."""
+def change_sizes(shape: Shape, task: str, n: int) -> list[tuple[str, float]]:
+    """Per change, measured on the first seed's stream against the level of the 10,000 predictions before
+    it, in that level's sd: ("step", its size) or ("ramp", its slope per prediction)."""
     u = np.arange(n) / n
     _, errors, _, _, _, losses = stream(shape, task, n, 7)
     watched = errors if losses is None else losses
     sizes = []
     for c in shape.changes:
         start = int(c * n)
-        after = shape.shift(u[start:start + 10_000])
-        if not np.allclose(after, after[0]):
-            sizes.append(None)
-            continue
-        before = watched[start - 10_000:start]
-        sizes.append(float((watched[start:start + 10_000].mean() - before.mean()) / before.std()))
+        before, after = watched[start - 10_000:start], watched[start:start + 10_000]
+        rise = (after.mean() - before.mean()) / before.std()
+        shift = shape.shift(u[start:start + 10_000])
+        sizes.append(("step", float(rise)) if np.allclose(shift, shift[0]) else ("ramp", float(rise / 4999.5)))
     return sizes
 
 
-def step_cusum_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int,
-                          sizes: list[float | None]) -> list[np.ndarray]:
-    """Per step change, in label arrival order: the statistic of a prediction-time CUSUM told the step's size
-    (k = half of it) and the level before it (estimated on the 10,000 predictions before it), but not when
-    it comes: it watches from 10,000 predictions before the change. The detector that is optimal for a
-    known step at an unknown time (Moustakides 1986), with label delays handled in prediction time; empty
-    for a gradual change, whose best detector is no CUSUM."""
+def told_size_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int,
+                         sizes: list[tuple[str, float]]) -> list[np.ndarray]:
+    """Per change, in label arrival order: the statistic of a detector told the change's size and the level
+    before it (estimated on the 10,000 predictions before it) but not when it comes; it watches from
+    10,000 predictions before the change. A step: the prediction-time CUSUM with k at half the step, the
+    optimal detector of a known step at an unknown time (Moustakides 1986). A ramp: the likelihood ratio
+    of the known slope, maximised over start times a minute apart."""
     from models.drift.detectors import PredictionTimeCusum
     out = []
-    for c, size in zip(shape.changes, sizes):
-        if size is None:
-            out.append(np.zeros(0))
-            continue
+    for c, (kind, size) in zip(shape.changes, sizes):
         start = int(c * n)
         before = watched[start - 10_000:start]
         mean, sd = before.mean(), before.std()
-        cusum = PredictionTimeCusum(k=size / 2, h=math.inf, bucket_seconds=60.0, horizon=720, clip=max(5.0, size))
+        window = (order >= start - 10_000) & (order < start + 10_000)
+        at = np.flatnonzero(window)
+        t = order[at].astype(float)
+        z = (watched[order[at]] - mean) / sd
+        best = np.zeros(at.size)
+        if kind == "step":
+            cusum = PredictionTimeCusum(k=size / 2, h=math.inf, bucket_seconds=60.0, horizon=720, clip=max(5.0, size))
+            for j in range(at.size):
+                cusum.update(float(z[j]), float(t[j]))
+                best[j] = cusum.statistic
+        else:
+            for tau in np.arange(start - 10_000, start + 10_000, 60.0):
+                d = np.maximum(t - tau, 0.0)
+                np.maximum(best, np.cumsum(size * d * z - 0.5 * (size * d) ** 2), out=best)
         statistic = np.zeros(n)
-        for m, i in enumerate(order):
-            if start - 10_000 <= i < start + 10_000:
-                cusum.update((watched[i] - mean) / sd, float(i))
-                statistic[m] = cusum.statistic
-            elif m:
-                statistic[m] = statistic[m - 1]
-        out.append(statistic)
+        statistic[at] = best
+        out.append(_carry_forward(statistic, at))
     return out
 
 
-def step_cusum_threshold(shape: Shape, task: str, n: int, seeds: int, sizes: list[float | None]) -> list[float]:
-    """Per step change: the largest statistic of that CUSUM on the stationary streams of these seeds."""
+def _carry_forward(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values`` set at positions ``at``; every other position takes the value at the last of them before it."""
+    filled = np.zeros(values.size, dtype=int)
+    filled[at] = at
+    return values[np.maximum.accumulate(filled)]
+
+
+def told_size_threshold(shape: Shape, task: str, n: int, seeds: int, sizes: list[tuple[str, float]]) -> list[float]:
+    """Per change: the largest statistic of that detector on the stationary streams of these seeds."""
     highs = []
     for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
         watched = errors if losses is None else losses
-        statistics = step_cusum_statistics(shape, watched, np.argsort(arrived, kind="stable"), n, sizes)
-        highs.append([float(np.max(s)) if s.size else math.inf for s in statistics])
+        statistics = told_size_statistics(shape, watched, np.argsort(arrived, kind="stable"), n, sizes)
+        highs.append([float(np.max(s)) for s in statistics])
     return [max(h[j] for h in highs) for j in range(len(shape.changes))]
 
 
@@ -302,10 +314,10 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
     sizes, thresholds = step_oracle
-    for statistic, threshold, c in zip(step_cusum_statistics(shape, watched, order, n, sizes), thresholds,
+    for statistic, threshold, c in zip(told_size_statistics(shape, watched, order, n, sizes), thresholds,
                                        shape.changes):
-        above = np.flatnonzero((statistic > threshold) & (arrived[order] >= c * n)) if statistic.size else []
-        if len(above):
+        above = np.flatnonzero((statistic > threshold) & (arrived[order] >= c * n))
+        if above.size:
             alarms[DETECTORS[5]].append(float(arrived[order[above[0]]]))
     for z, threshold in zip(oracle_statistics(shape, watched, order, n), oracle):
         above = np.flatnonzero(z > threshold)
@@ -355,8 +367,8 @@ def main() -> None:
                      f"without a false alarm on the stationary streams of these seeds")
         for shape in SHAPES:
             oracle = oracle_threshold(shape, task, args.labels, args.seeds) if shape.changes else []
-            sizes = step_sizes(shape, task, args.labels) if shape.changes else []
-            step_oracle = sizes, step_cusum_threshold(shape, task, args.labels, args.seeds, sizes)
+            sizes = change_sizes(shape, task, args.labels) if shape.changes else []
+            step_oracle = sizes, told_size_threshold(shape, task, args.labels, args.seeds, sizes)
             runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, step_oracle)
                     for seed in range(args.seeds)]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
