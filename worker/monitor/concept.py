@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
-from models.drift.detectors import Cusum, PageHinkley, PredictionTimeCusum, RollingMean
+from models.drift.detectors import Cusum, PageHinkley, PredictionTimeCusum, RollingMean, cusum_threshold
 from models.drift.errors import prediction_error, score_loss
 from storage import repo
 from worker.monitor.alerts import record_alert
@@ -101,6 +101,12 @@ class ErrorStreamMonitor:
         self.validation_sample = error_sample
         self.cusum_h: float | None = production.get("cusum_h")
         self.small_cusum_h: float | None = production.get("small_cusum_h")
+        if self.cusum_h is not None and self.small_cusum_h is None:
+            # State written before the k/2 CUSUM existed: its threshold from the calibrated one, scaled as
+            # the normal-theory thresholds of the two reference values are (calibrating it on the validation
+            # sample against the production level would set it too low when production is worse).
+            k, every = self.config.cusum_k, self.config.cusum_false_alarm_every
+            self.small_cusum_h = self.cusum_h * cusum_threshold(k / 2, every) / cusum_threshold(k, every)
         if production["mean"] is None:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
@@ -144,8 +150,8 @@ class ErrorStreamMonitor:
         """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors, then kept.
 
         A production baseline is estimated from a few labels, so it is off by about one standard
-        error; the thresholds allow for that (calibrated as if the errors sat 1.28 standard errors
-        above it: the promised false-alarm rate then holds for 9 baselines in 10).
+        error; the thresholds allow for that (calibrated as if the errors sat 2 standard errors
+        above it: the promised false-alarm rate then holds for about 39 baselines in 40).
         """
         c = self.config
         estimated_from = self.baseline_labels
@@ -205,18 +211,28 @@ class ErrorStreamMonitor:
         if not fired:
             return gap_alerts
         self.in_episode, self.episode_started_label = True, self.labels
+        self.gap_pending = False  # a gap measured across a change would be the change's, not the deployment's
         self.episodes += 1
         self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
         name = fired[0]
         detector = self.detectors[name]
-        change = self.detectors["prediction_time_cusum"].change_ts
+        change = self._change_ts(name)
         self.level_from = change if change is not None else (label_ts if prediction_ts is None else prediction_ts)
         if isinstance(detector, RollingMean):
             value, threshold = detector.value, detector.threshold
         else:
             value, threshold = detector.statistic, getattr(detector, "h", self.config.ph_threshold)
         reported = "prediction_time_cusum" if name.startswith("prediction_time_cusum") else name
-        return [*gap_alerts, self._alert(reported, "started", value, threshold, metric, label_ts)]
+        return [*gap_alerts, self._alert(reported, "started", value, threshold, metric, label_ts, change=change)]
+
+    def _change_ts(self, fired: str) -> float | None:
+        """When the change began, in prediction time: the estimate of the prediction-time CUSUM that fired,
+        else of the one for steps of 2k, else of the one for steps of k (None while all sit at 0)."""
+        first = [fired] if fired.startswith("prediction_time_cusum") else []
+        for name in (*first, "prediction_time_cusum", "prediction_time_cusum_small"):
+            if self.detectors[name].change_ts is not None:
+                return self.detectors[name].change_ts
+        return None
 
     def _collect_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         self.collected.append(error)
@@ -247,12 +263,17 @@ class ErrorStreamMonitor:
         return alerts
 
     def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
-        """One alert if the production baseline exceeds the validation estimate by the margin, significantly."""
+        """One alert if the production baseline exceeds the validation estimate by more than the margin (a
+        practical difference) and by ``sigmas`` standard errors of the difference (not chance; the standard
+        error counts the validation estimate's own, from its sample, beside the production baseline's)."""
         if self.validation is None:
             return []
-        validation_mean = self.validation[0]
+        validation_mean, validation_sd = self.validation
         gap = self.mean - validation_mean
-        if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > sigmas * self.sd / math.sqrt(labels):
+        variance = self.sd ** 2 / labels
+        if self.validation_sample:
+            variance += validation_sd ** 2 / len(self.validation_sample)
+        if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > sigmas * math.sqrt(variance):
             return [self._alert("production_baseline", "deployment_gap", self.mean,
                                 validation_mean * (1 + self.config.deployment_gap_margin), metric, label_ts,
                                 unit="error", baseline=self.validation, severity="moderate")]
@@ -322,8 +343,6 @@ class ErrorStreamMonitor:
                unit: str = "baseline_sd", baseline: tuple[float, float] | None = None,
                severity: str = "significant", change: float | None = None) -> ConceptDriftAlert:
         recent = self.detectors["rolling_mean"].mean
-        if episode == "started":
-            change = self.detectors["prediction_time_cusum"].change_ts
         mean, sd = baseline or (self.mean, self.sd)
         data = ConceptDrift(
             model_id=self.model_id, model_version=self.version, detector=name, metric=metric, value=value,
