@@ -52,3 +52,28 @@ def test_page_hinkley_rejects_parameters_that_cannot_work():
         PageHinkley(threshold=0)
     with pytest.raises(ValueError, match="delta >= 0"):
         PageHinkley(delta=-1)
+
+
+def _simulated_arl(rng, steps: np.ndarray, probabilities: np.ndarray, k: float, h: float, runs: int = 1500) -> float:
+    """Mean run length to S > h of ``runs`` CUSUMs driven by i.i.d. draws from ``steps``."""
+    s, alive, length, t = np.zeros(runs), np.ones(runs, bool), np.zeros(runs), 0
+    while alive.any():
+        t += 1
+        s = np.maximum(0.0, s + rng.choice(steps, size=runs, p=probabilities) - k)
+        hit = alive & (s > h)
+        length[hit], alive = t, alive & ~hit
+    return float(length.mean())
+
+
+@pytest.mark.parametrize("rate", [0.116, 0.2])
+@pytest.mark.parametrize("k", [0.25, 0.5])
+def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rate, k):
+    from models.drift.detectors import cusum_threshold_for
+    sd = np.sqrt(rate * (1 - rate))
+    steps, probabilities = np.array([-rate / sd, (1 - rate) / sd]), np.array([1 - rate, rate])
+    sample = np.repeat(steps, (np.array([1 - rate, rate]) * 5000).round().astype(int))
+    h = cusum_threshold_for(sample, k, 5000, clip=5.0)
+    arl = _simulated_arl(np.random.default_rng(3), steps, probabilities, k, h)
+    assert 0.85 * 5000 < arl < 1.15 * 5000, (h, arl)
+    # At the monitor's rate the threshold stays in proportion (bisection on a biased lattice found 770).
+    assert cusum_threshold_for(sample, k, 1e7, clip=5.0) < 3 * h
