@@ -329,3 +329,21 @@ def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline
     assert all(a.data.episode != "deployment_gap" for a, _ in loss_alerts)  # no validation estimate to compare
     ids = [a.id for a, _ in alerts]
     assert len(ids) == len(set(ids))  # the two streams never share an alert id
+
+
+@pytest.mark.parametrize("rate", [0.116, 0.2])
+def test_a_classifier_state_from_before_the_small_cusum_gets_a_threshold_near_a_calibrated_one(rate):
+    from types import SimpleNamespace
+    rng = np.random.default_rng(2)
+    validation, errors = (rng.random(5000) < rate).astype(float), (rng.random(3000) < rate).astype(float)
+    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    for i, e in enumerate(errors):
+        monitor.update(float(e), "misclassification", float(i), float(i))
+    state = monitor.state_values()
+    blob = json.loads(state["detectors"])
+    del blob["detectors"]["prediction_time_cusum_small"], blob["production"]["small_cusum_h"]
+    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                  state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                                  error_sample=error_sample(validation))
+    assert 0.9 * monitor.small_cusum_h <= restored.small_cusum_h <= 1.2 * monitor.small_cusum_h

@@ -102,11 +102,7 @@ class ErrorStreamMonitor:
         self.cusum_h: float | None = production.get("cusum_h")
         self.small_cusum_h: float | None = production.get("small_cusum_h")
         if self.cusum_h is not None and self.small_cusum_h is None:
-            # State written before the k/2 CUSUM existed: its threshold from the calibrated one, scaled as
-            # the normal-theory thresholds of the two reference values are (calibrating it on the validation
-            # sample against the production level would set it too low when production is worse).
-            k, every = self.config.cusum_k, self.config.cusum_false_alarm_every
-            self.small_cusum_h = self.cusum_h * cusum_threshold(k / 2, every) / cusum_threshold(k, every)
+            self.small_cusum_h = self._small_threshold_for_old_state(production.get("labels"))
         if production["mean"] is None:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
@@ -138,6 +134,24 @@ class ErrorStreamMonitor:
         config = self.config.model_copy(update={
             "production_baseline_labels": max(self.config.production_baseline_labels, 1000)})
         return ErrorStreamMonitor(self.model_id, self.version, config, None, None, state, stream="log_loss")
+
+    def _small_threshold_for_old_state(self, baseline_labels: int | None) -> float:
+        """The k/2 CUSUM's threshold for state written before it existed (the production errors are gone).
+
+        The calibrated k threshold scaled as the normal-theory thresholds of the two reference values are,
+        and at least the calibration on the validation sample against its own level, with the same
+        allowance for an estimated baseline (0/1 errors need more than the normal ratio gives; calibrating
+        against the production level instead would set it too low when production is worse).
+        """
+        k, every = self.config.cusum_k, self.config.cusum_false_alarm_every
+        scaled = self.cusum_h * cusum_threshold(k / 2, every) / cusum_threshold(k, every)
+        if self.validation is None or not self.validation_sample or len(self.validation_sample) < 100:
+            return scaled
+        mean, sd = self.validation
+        reference_z = (np.array(self.validation_sample) - mean) / sd
+        if baseline_labels:
+            reference_z = reference_z + 2.0 / math.sqrt(baseline_labels)
+        return max(scaled, Cusum(k / 2, every, reference_z=reference_z).h)
 
     def update_log_loss(self, loss: float, label_ts: float,
                         prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
