@@ -210,13 +210,13 @@ def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: i
     return out
 
 
-def oracle_threshold(shape: Shape, task: str, n: int, seeds: int) -> list[float]:
-    """Per change: the largest oracle statistic on the stationary streams of these seeds (zero false alarms)."""
+def stationary_highs(statistics, shape: Shape, task: str, n: int, seeds: int) -> list[float]:
+    """Per change: the largest value ``statistics(watched, arrival order)`` reaches on the stationary streams
+    of these seeds, the threshold of a yardstick with no false alarm there."""
     highs = []
     for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
         watched = errors if losses is None else losses
-        z = oracle_statistics(shape, watched, np.argsort(arrived, kind="stable"), n)
-        highs.append([float(np.max(s)) for s in z])
+        highs.append([float(np.max(s)) for s in statistics(watched, np.argsort(arrived, kind="stable"))])
     return [max(h[j] for h in highs) for j in range(len(shape.changes))]
 
 
@@ -276,18 +276,8 @@ def _carry_forward(values: np.ndarray, at: np.ndarray) -> np.ndarray:
     return values[np.maximum.accumulate(filled)]
 
 
-def told_size_threshold(shape: Shape, task: str, n: int, seeds: int, sizes: list[tuple[str, float]]) -> list[float]:
-    """Per change: the largest statistic of that detector on the stationary streams of these seeds."""
-    highs = []
-    for _, errors, _, arrived, _, losses in stationary_streams(task, n, seeds):
-        watched = errors if losses is None else losses
-        statistics = told_size_statistics(shape, watched, np.argsort(arrived, kind="stable"), n, sizes)
-        highs.append([float(np.max(s)) for s in statistics])
-    return [max(h[j] for h in highs) for j in range(len(shape.changes))]
-
-
 def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: tuple[float, float],
-        oracle: list[float], step_oracle: tuple[list, list[float]]) -> dict:
+        oracle: list[float], told: tuple[list, list[float]]) -> dict:
     from river.drift import ADWIN, PageHinkley
     validation, errors, predicted, arrived, gap, losses = stream(shape, task, n, seed)
     order = np.argsort(arrived, kind="stable")
@@ -315,7 +305,7 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             detector.update(float(watched[i]))
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
-    sizes, thresholds = step_oracle
+    sizes, thresholds = told
     for statistic, threshold, c in zip(told_size_statistics(shape, watched, order, n, sizes), thresholds,
                                        shape.changes):
         above = np.flatnonzero((statistic > threshold) & (arrived[order] >= c * n))
@@ -373,10 +363,12 @@ def main() -> None:
                      + ("" if not (math.isnan(threshold) or math.isnan(delta)) else
                         " (NOT QUIET: none tried was; the strictest is used)"))
         for shape in SHAPES:
-            oracle = oracle_threshold(shape, task, args.labels, args.seeds) if shape.changes else []
+            oracle = stationary_highs(functools.partial(oracle_statistics, shape, n=args.labels),
+                                      shape, task, args.labels, args.seeds)
             sizes = change_sizes(shape, task, args.labels) if shape.changes else []
-            step_oracle = sizes, told_size_threshold(shape, task, args.labels, args.seeds, sizes)
-            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, step_oracle)
+            told = sizes, stationary_highs(functools.partial(told_size_statistics, shape, n=args.labels, sizes=sizes),
+                                           shape, task, args.labels, args.seeds)
+            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, told)
                     for seed in range(args.seeds)]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
             for name in DETECTORS:

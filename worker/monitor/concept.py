@@ -147,10 +147,7 @@ class ErrorStreamMonitor:
         scaled = self.cusum_h * cusum_threshold(k / 2, every) / cusum_threshold(k, every)
         if self.validation is None or not self.validation_sample or len(self.validation_sample) < 100:
             return scaled
-        mean, sd = self.validation
-        reference_z = (np.array(self.validation_sample) - mean) / sd
-        if baseline_labels:
-            reference_z = reference_z + 2.0 / math.sqrt(baseline_labels)
+        reference_z = _reference_z(self.validation_sample, *self.validation, baseline_labels)
         return max(scaled, Cusum(k / 2, every, reference_z=reference_z).h)
 
     def update_log_loss(self, loss: float, label_ts: float,
@@ -169,9 +166,8 @@ class ErrorStreamMonitor:
         """
         c = self.config
         estimated_from = self.baseline_labels
-        reference_z = None if not reference_errors else (np.array(reference_errors) - self.mean) / self.sd
-        if reference_z is not None and estimated_from:
-            reference_z = reference_z + 2.0 / math.sqrt(estimated_from)
+        reference_z = None if not reference_errors else _reference_z(reference_errors, self.mean, self.sd,
+                                                                       estimated_from)
         cusum = Cusum(c.cusum_k, c.cusum_false_alarm_every, reference_z=reference_z, h=self.cusum_h)
         self.cusum_h = cusum.h
         small = Cusum(c.cusum_k / 2, c.cusum_false_alarm_every, reference_z=reference_z, h=self.small_cusum_h)
@@ -211,17 +207,18 @@ class ErrorStreamMonitor:
         gap_alerts = self._refine_baseline(error, metric, label_ts) if (
             self.refine is not None and not self.in_episode) else []
         z = (error - self.mean) / self.sd
+        predicted_at = label_ts if prediction_ts is None else prediction_ts
         fired = []
         for name, detector in self.detectors.items():
-            if name.startswith("prediction_time_cusum"):
-                detector.update(z, label_ts if prediction_ts is None else prediction_ts)
+            if isinstance(detector, PredictionTimeCusum):
+                detector.update(z, predicted_at)
             else:
                 detector.update(z)
             if detector.drift_detected:
                 fired.append(name)
         if self.in_episode:
             self.silenced_alarms += len(fired)
-            return self._during_episode(z, metric, label_ts, label_ts if prediction_ts is None else prediction_ts)
+            return self._during_episode(z, metric, label_ts, predicted_at)
         if not fired:
             return gap_alerts
         self.in_episode, self.episode_started_label = True, self.labels
@@ -231,7 +228,7 @@ class ErrorStreamMonitor:
         name = fired[0]
         detector = self.detectors[name]
         change = self._change_ts(name)
-        self.level_from = change if change is not None else (label_ts if prediction_ts is None else prediction_ts)
+        self.level_from = change if change is not None else predicted_at
         if isinstance(detector, RollingMean):
             value, threshold = detector.value, detector.threshold
         else:
@@ -386,6 +383,12 @@ class ErrorStreamMonitor:
                 "episode_started_label": self.episode_started_label, "episodes": self.episodes,
                 "silenced_alarms": self.silenced_alarms, "calm_evaluations": self.calm_evaluations,
                 "detectors": _STATE_JSON.dump_json(blob).decode()}
+
+
+def _reference_z(errors, mean: float, sd: float, estimated_from: int | None) -> np.ndarray:
+    """Reference errors in baseline units, raised by the 2 standard errors an estimated baseline may be off by."""
+    z = (np.array(errors) - mean) / sd
+    return z + 2.0 / math.sqrt(estimated_from) if estimated_from else z
 
 
 def _floored_sd(mean: float, sd: float) -> float:
