@@ -22,7 +22,7 @@ class Waiting:
     version: str | None
     ts: float
     fields: Any          # the event (or, read back from SQL, its JSON as a dict); None once in SQL only
-    payload: str | None  # their JSON, until written to ``join_pending``
+    payload: str | None  # their JSON, until written to ``join_pending`` (or taken before it was)
 
 
 class JoinBuffer:
@@ -55,7 +55,8 @@ class JoinBuffer:
         self.stats = stats if stats is not None else {}
         self._waiting: dict[str, dict[str, Waiting]] = {kind: {} for kind in KINDS}
         self._heaps: dict[str, list[tuple[float, str]]] = {kind: [] for kind in KINDS}
-        self._added: dict[str, set[str]] = {kind: set() for kind in KINDS}  # not in SQL yet
+        # Arrivals since the last flush, in arrival (= seq) order; those taken meanwhile have no payload.
+        self._added: list[tuple[str, str, Waiting]] = []
         self._removed: list[int] = []                                     # seqs in SQL, to delete
         self._recent: list[Waiting] = []  # written by the last flush, their fields still in memory
         self._next_seq = 0
@@ -77,17 +78,17 @@ class JoinBuffer:
         return len(self._waiting[kind])
 
     def add(self, kind: str, event_id: str, version: str | None, ts: float, fields: Any, payload: str) -> None:
-        self._waiting[kind][event_id] = Waiting(self._next_seq, version, ts, fields, payload)
+        waiting = self._waiting[kind][event_id] = Waiting(self._next_seq, version, ts, fields, payload)
         self._next_seq += 1
-        self._added[kind].add(event_id)
+        self._added.append((kind, event_id, waiting))
         heapq.heappush(self._heaps[kind], (ts, event_id))
 
     def take(self, kind: str, event_id: str) -> Waiting | None:
         """Remove a waiting event and return it (None if it does not wait)."""
         waiting = self._waiting[kind].pop(event_id, None)
         if waiting is not None:
-            if event_id in self._added[kind]:
-                self._added[kind].discard(event_id)
+            if waiting.payload is not None:  # arrived since the last flush: not in SQL, never to be written
+                waiting.payload = None
             else:
                 self._removed.append(waiting.seq)
         return waiting
@@ -134,19 +135,16 @@ class JoinBuffer:
         repo.remove_pending(session, self.model_id, self._removed)
         self._removed = []
         self.forget_recent()
-        rows = []
         model_id = self.model_id
+        written = [added for added in self._added if added[2].payload is not None]  # still waiting
+        rows = [[model_id, w.seq, kind, event_id, w.version, w.ts, w.payload] for kind, event_id, w in written]
+        self._recent = [w for _, _, w in written]
+        for w in self._recent:
+            w.payload = None
+        self._added = []
         for kind in KINDS:
-            waiting = self._waiting[kind]
-            for event_id in self._added[kind]:
-                w = waiting[event_id]
-                rows.append([model_id, w.seq, kind, event_id, w.version, w.ts, w.payload])
-                w.payload = None
-                self._recent.append(w)
-            self._added[kind] = set()
-            heap = self._heaps[kind]
+            waiting, heap = self._waiting[kind], self._heaps[kind]
             if len(heap) > 2 * len(waiting) + 1000:  # mostly joined events: rebuild from what waits
                 self._heaps[kind] = [(w.ts, event_id) for event_id, w in waiting.items()]
                 heapq.heapify(self._heaps[kind])
-        rows.sort(key=lambda row: row[1])  # by seq: appended in arrival order
         repo.add_pending(session, rows)

@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class ModelEventsStage:
+    def __init__(self, models_topic: str):
+        self.models_topic = models_topic
+
     def reset(self) -> None:
         """Nothing cached."""
 
     def apply(self, session: Session, batch: Batch) -> None:
+        if all(topic != self.models_topic for topic, _ in batch.next_offsets):
+            return  # the common batch: predictions and labels only, no event to look at
         kept = []
         for position, event in batch.events:
             if isinstance(event, ModelPromoted):

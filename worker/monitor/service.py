@@ -85,7 +85,7 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
         parse=EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock,
                           settings.signing_key),
         stages=[
-            ModelEventsStage(),
+            ModelEventsStage(topics.models),
             IngestStage(settings.duplicate_horizon),
             DataDriftStage(topics.alerts, policy),
             ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
