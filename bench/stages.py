@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=60_000, help="predictions")
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--labels", action="store_true", help="every prediction gets its label, some late")
-    parser.add_argument("--batch", type=int, default=2000, help="records per batch (the service's default)")
+    parser.add_argument("--batch", type=int, default=5000, help="records per batch (the service's default)")
     parser.add_argument("--db-url", help="the monitor's database (default: a new SQLite file)")
     args = parser.parse_args(argv)
 

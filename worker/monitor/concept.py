@@ -34,6 +34,7 @@ _JSON = TypeAdapter(Any)  # pydantic's JSON encoder: several times faster than j
 # Detector state, every batch: as json.dumps writes it (Infinity and NaN included), faster.
 _STATE_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
 REFINE_EVERY = 1000  # labels between refinements of a production baseline
+TREND_SIGMAS = 2.5  # the newest labels this far above the baseline's: a change, not more of the baseline
 
 
 class ErrorStreamMonitor:
@@ -251,9 +252,11 @@ class ErrorStreamMonitor:
             return []
         errors = np.array(self.collected)
         self.collected, self.baseline_labels = None, errors.size
-        if self.config.production_refine_labels > errors.size:
-            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
         mean, sd = float(errors.mean()), float(errors.std())
+        if self.config.production_refine_labels > errors.size:
+            # Labels, their sum and sum of squares; then the first labels' count and mean, to tell a
+            # change under way (the newest labels above the first) from the deployment's level.
+            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum()), int(errors.size), mean]
         # Calibrate on the production errors, and on the (larger) validation sample standardised by its own
         # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         thresholds = []
@@ -291,10 +294,24 @@ class ErrorStreamMonitor:
         return []
 
     def _refine_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
-        n, total, squares = self.refine
+        n, total, squares, *first = self.refine
         n, total, squares = n + 1, total + error, squares + error * error
-        self.refine = [n, total, squares]
+        self.refine = [n, total, squares, *first]
         if n % REFINE_EVERY:
+            return []
+        # The labels since the last refinement against the first ones (state from before this rule: against
+        # all before them). A deployment's level is there from its first label; if the newest are clearly
+        # higher, a change is under way, and taking it in would report it as a gap and hide it from the
+        # detectors. The baseline then stays as it was and stops refining.
+        before, mean_before = self.baseline_labels, self.mean
+        newest = n - before
+        first_n, first_mean = first if first else (before, mean_before)
+        if (newest > 0 and (total - mean_before * before) / newest - first_mean
+                > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
+            self.refine, self.gap_pending = None, False
+            log.info("%s@%s: the newest %d labels of the production baseline are above its first %d: a change, "
+                     "not the deployment's level; the baseline stays at %.4g", self.model_id, self.version,
+                     newest, first_n, self.mean)
             return []
         self.mean = total / n
         self.sd = _floored_sd(self.mean, math.sqrt(max(squares / n - self.mean ** 2, 0.0)))

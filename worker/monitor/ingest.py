@@ -51,14 +51,14 @@ class IngestStage:
             by_partition[(position.topic, position.partition)].append(i)
         first = [True] * len(events)
         duplicates: dict[str, int] = defaultdict(int)
+        every_key = [f"{'prediction' if event.__class__ is PredictionEvent else 'label'}\t{event.model_id}"
+                     f"\t{event.event_id}" for _, event in events]
         for (topic, partition), indices in by_partition.items():
-            keys = []
-            for i in indices:
-                event = events[i][1]
-                kind = "prediction" if isinstance(event, PredictionEvent) else "label"
-                keys.append(f"{kind}\t{event.model_id}\t{event.event_id}")
+            keys = every_key if len(indices) == len(events) else [every_key[i] for i in indices]
             taken = self._filter(session, topic, partition).take(
                 session, keys, events[indices[0]][0].offset, events[indices[-1]][0].offset + 1)
+            if all(taken):
+                continue
             for i, is_first in zip(indices, taken):
                 if not is_first:
                     first[i] = False
@@ -70,8 +70,10 @@ class IngestStage:
         per_model: dict[str, list] = {}
         for _, event in batch.events:
             epoch = event.epoch
-            entry = per_model.setdefault(event.model_id, [0, 0, epoch, epoch])
-            entry[0 if isinstance(event, PredictionEvent) else 1] += 1
+            entry = per_model.get(event.model_id)
+            if entry is None:
+                entry = per_model[event.model_id] = [0, 0, epoch, epoch]
+            entry[0 if event.__class__ is PredictionEvent else 1] += 1
             if epoch < entry[2]:
                 entry[2] = epoch
             elif epoch > entry[3]:

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
 class ServiceSettings(Settings):
     """A consuming service: the consume loop's knobs."""
 
-    batch_max_records: int = Field(default=2000, ge=1)
+    batch_max_records: int = Field(default=5000, ge=1)
     poll_timeout_ms: int = Field(default=500, ge=10)
     # Prometheus /metrics of the service (off unless a port is given); 0.0.0.0 in a container.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
