@@ -132,11 +132,11 @@ def drift_output(db_url: str) -> tuple[int, int]:
     return windows, alerts
 
 
-def raw_consume(servers: str, topics: list[str], partitions: int, n: int) -> float:
-    """Records/s of a bare consumer reading and decoding the whole topics."""
-    # Same fetch settings as the monitor's consumer, so only the monitor's own work differs.
+def raw_consume(servers: str, topics: list[str], partitions: int, n: int, max_records: int) -> float:
+    """Records/s of a bare consumer reading and decoding the whole topics, ``max_records`` per poll."""
+    # Same fetch settings and poll size as the monitor's consumer, so only the monitor's own work differs.
     consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                             max_poll_records=2000, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+                             max_poll_records=max_records, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
     tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -233,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         # Before the monitor the better of two reads (the first can be slowed by the broker's cold start),
         # and one read after it: this machine's speed drifts by 10-20 % within a minute, so the baseline
         # is their mean, bracketing the monitor's run.
-        raw_before = max(raw_consume(broker.bootstrap_servers, inputs, args.partitions, records) for _ in range(2))
+        poll = settings.batch_max_records
+        raw_before = max(raw_consume(broker.bootstrap_servers, inputs, args.partitions, records, poll)
+                         for _ in range(2))
         if args.drift:
             register_references(db_url, Path(tmp), args.features)
         mon, timed, window, steps = monitor_rate(settings, args.partitions, records)
-        raw_after = raw_consume(broker.bootstrap_servers, inputs, args.partitions, records)
+        raw_after = raw_consume(broker.bootstrap_servers, inputs, args.partitions, records, poll)
         raw = (raw_before + raw_after) / 2
         window_rows, alerts = drift_output(db_url)
 

@@ -198,8 +198,7 @@ def evaluate_window(evaluators: list[FeatureEvaluator], rows: np.ndarray) -> lis
     one call per window instead of two per feature.
     """
     stats = [evaluator.statistics(rows[:, i]) for i, evaluator in enumerate(evaluators)]
-    ks_p = {i: p for i, p in zip([i for i, s in enumerate(stats) if s[3]],
-                                  ks_sf([(s[2], s[3]) for s in stats if s[3]]))}
+    ks_p = dict(zip([i for i, s in enumerate(stats) if s[3]], ks_sf([(s[2], s[3]) for s in stats if s[3]])))
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
     return [FeatureStats(n=n, psi=value, ks_statistic=d if i in ks_p or d is None else math.nan,
                          ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),

@@ -267,8 +267,8 @@ def test_state_written_before_the_first_labels_were_kept_still_refines():
     _, monitor = _alerts(validation, labels[:3_500])
     state = monitor.state_values()
     blob = json.loads(state["detectors"])
-    assert len(blob["production"]["refine"]) == 5
-    blob["production"]["refine"] = blob["production"]["refine"][:3]  # as written before the trend rule
+    assert blob["production"]["first_labels"][0] == 1_000
+    del blob["production"]["first_labels"]  # as written before the trend rule
     old = SimpleNamespace(**{**state, "detectors": json.dumps(blob)})
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                   state=old, error_sample=error_sample(validation))

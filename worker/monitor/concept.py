@@ -97,6 +97,9 @@ class ErrorStreamMonitor:
         # further labels, up to production_refine_labels, so its estimate (and the thresholds that
         # allow for its error) tighten; sums of the errors since the baseline began.
         self.refine = production.get("refine")
+        # The first labels of the production baseline (count, mean): a refinement compares the newest with
+        # them. Its own key, so state written here still loads in versions before it. None in older state.
+        self.first_labels: list | None = production.get("first_labels")
         # A gap too small to be significant on the first labels is tested again as the baseline refines.
         self.gap_pending: bool = production.get("gap_pending", False)
         self.validation_sample = error_sample
@@ -254,9 +257,8 @@ class ErrorStreamMonitor:
         self.collected, self.baseline_labels = None, errors.size
         mean, sd = float(errors.mean()), float(errors.std())
         if self.config.production_refine_labels > errors.size:
-            # Labels, their sum and sum of squares; then the first labels' count and mean, to tell a
-            # change under way (the newest labels above the first) from the deployment's level.
-            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum()), int(errors.size), mean]
+            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
+            self.first_labels = [int(errors.size), mean]
         # Calibrate on the production errors, and on the (larger) validation sample standardised by its own
         # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         thresholds = []
@@ -294,9 +296,9 @@ class ErrorStreamMonitor:
         return []
 
     def _refine_baseline(self, error: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
-        n, total, squares, *first = self.refine
+        n, total, squares = self.refine
         n, total, squares = n + 1, total + error, squares + error * error
-        self.refine = [n, total, squares, *first]
+        self.refine = [n, total, squares]
         if n % REFINE_EVERY:
             return []
         # The labels since the last refinement against the first ones (state from before this rule: against
@@ -305,7 +307,7 @@ class ErrorStreamMonitor:
         # detectors. The baseline then stays as it was and stops refining.
         before, mean_before = self.baseline_labels, self.mean
         newest = n - before
-        first_n, first_mean = first if first else (before, mean_before)
+        first_n, first_mean = self.first_labels or (before, mean_before)
         if (newest > 0 and (total - mean_before * before) / newest - first_mean
                 > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
             self.refine, self.gap_pending = None, False
@@ -388,7 +390,7 @@ class ErrorStreamMonitor:
         production = {"mean": None if self.collected is not None else self.mean,
                       "sd": None if self.collected is not None else self.sd, "errors": self.collected,
                       "cusum_h": self.cusum_h, "small_cusum_h": self.small_cusum_h, "labels": self.baseline_labels,
-                      "refine": self.refine, "gap_pending": self.gap_pending}
+                      "refine": self.refine, "first_labels": self.first_labels, "gap_pending": self.gap_pending}
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}

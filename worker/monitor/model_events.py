@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelEventsStage:
+    """Takes the model events (records of ``models_topic``) out of a batch and logs them. A batch that
+    read no partition of that topic (``Batch.next_offsets``, which ``build_batch`` fills for every record)
+    has none, and is passed on without looking at its events."""
+
     def __init__(self, models_topic: str):
         self.models_topic = models_topic
 
