@@ -178,14 +178,14 @@ def run_undertow(stream, profile, events) -> tuple[Alarms, Alarms, list[float]]:
             results, alerts = monitor.evaluate(window)
             if stream.drifted and end > CHANGE:
                 drifted_psi += [r["psi"] for r in results if r["feature"] == stream.drifted]
-            for alert in alerts:
-                data = alert["data"]
-                if data["episode"] != "started":
+            for alert in alerts:  # CloudEvent models since the alerts became typed
+                data = alert.data
+                if data.episode != "started":
                     continue
-                if alert["type"] == "undertow.drift.dataset":
+                if alert.type == "undertow.drift.dataset":
                     datasets.add("__dataset__", end)
-                elif data["feature"] != PREDICTION_FEATURE:
-                    features.add(data["feature"], end)
+                elif alert.type == "undertow.drift.data":  # per input feature (not prediction, multivariate)
+                    features.add(data.feature, end)
     return features, datasets, drifted_psi
 
 
