@@ -306,9 +306,9 @@ class ErrorStreamMonitor:
         # higher, a change is under way, and taking it in would report it as a gap and hide it from the
         # detectors. The baseline then stays as it was and stops refining.
         before, mean_before = self.baseline_labels, self.mean
-        newest = n - before
+        newest = n - before  # at least one: n has grown past the labels the baseline rests on
         first_n, first_mean = self.first_labels or (before, mean_before)
-        if (newest > 0 and (total - mean_before * before) / newest - first_mean
+        if ((total - mean_before * before) / newest - first_mean
                 > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
             self.refine, self.gap_pending = None, False
             log.info("%s@%s: the newest %d labels of the production baseline are above its first %d: a change, "
