@@ -6,8 +6,8 @@ from sqlalchemy import select
 
 from models.drift.config import DriftConfig
 from storage import db, repo
-from storage.tables import OutboxMessage, PendingEvent
-from worker.monitor.concept import ConceptStage
+from storage.tables import LabelledPair, OutboxMessage, PendingEvent
+from worker.monitor.concept import ConceptStage, Pair
 from worker.monitor.duplicates import DuplicateFilter
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
@@ -112,3 +112,8 @@ def test_duplicate_filter_is_restored_from_its_blocks_and_expires_whole_blocks(e
         assert again.take(s, keys, 25, 35) == [True] * 5 + [False] * 5
         assert len(repo.seen_blocks(s, "t", 0)) == 3
         assert repo.seen_blocks(s, "t", 1) == []
+
+
+def test_a_pair_holds_the_labelled_pairs_columns_in_order_then_its_metric():
+    # The insert takes a pair as it is, less its metric: a column added or moved must move here too.
+    assert Pair._fields == (*(column.name for column in LabelledPair.__table__.columns), "metric")
