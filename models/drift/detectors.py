@@ -333,20 +333,24 @@ class PredictionTimeCusum:
         self.too_late = 0
 
     def update(self, z: float, prediction_ts: float) -> None:
+        # Called twice per label: locals and no builtin calls on the common path, which is O(1).
         if self._detected:
             self.reset(floor=self._newest)
         bucket = int(prediction_ts // self.bucket_seconds)
-        if self._first is None:
-            self._first = bucket - self.horizon + 1
-        if bucket >= self._first + self.horizon:  # time moved on: drop the oldest buckets
-            self._drop_oldest(bucket - (self._first + self.horizon - 1))
-        if bucket < self._first or (self._floor is not None and bucket < self._floor):
+        horizon, first = self.horizon, self._first
+        if first is None:
+            first = self._first = bucket - horizon + 1
+        elif bucket >= first + horizon:  # time moved on: drop the oldest buckets
+            self._drop_oldest(bucket - (first + horizon - 1))
+            first = self._first
+        if bucket < first or (self._floor is not None and bucket < self._floor):
             self.too_late += 1
             return
-        index = bucket - self._first
-        step = min(max(z, -self.clip), self.clip) - self.k
+        index = bucket - first
+        clip = self.clip
+        step = (clip if z > clip else -clip if z < -clip else z) - self.k
         self._total += step
-        if index < self.horizon - 1:
+        if index < horizon - 1:
             tail = self._prefix[index + 1:]
             tail += step
             if step < 0:

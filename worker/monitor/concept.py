@@ -188,6 +188,11 @@ class ErrorStreamMonitor:
             "prediction_time_cusum_small": PredictionTimeCusum(c.cusum_k / 2, small.h, c.pt_bucket_seconds,
                                                                c.pt_horizon_buckets),
         }
+        # Split once here, not per label; arrival order first, as the names above (the first to fire is reported).
+        self._in_arrival_order = [(name, d) for name, d in self.detectors.items()
+                                  if not isinstance(d, PredictionTimeCusum)]
+        self._in_prediction_time = [(name, d) for name, d in self.detectors.items()
+                                    if isinstance(d, PredictionTimeCusum)]
 
     def _start_escalation(self) -> None:
         """Upper CUSUMs (arrival order and prediction time) against the episode's own level."""
@@ -210,11 +215,12 @@ class ErrorStreamMonitor:
         z = (error - self.mean) / self.sd
         predicted_at = label_ts if prediction_ts is None else prediction_ts
         fired = []
-        for name, detector in self.detectors.items():
-            if isinstance(detector, PredictionTimeCusum):
-                detector.update(z, predicted_at)
-            else:
-                detector.update(z)
+        for name, detector in self._in_arrival_order:
+            detector.update(z)
+            if detector.drift_detected:
+                fired.append(name)
+        for name, detector in self._in_prediction_time:
+            detector.update(z, predicted_at)
             if detector.drift_detected:
                 fired.append(name)
         if self.in_episode:
