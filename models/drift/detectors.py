@@ -108,8 +108,10 @@ def cusum_threshold(k: float, arl: float) -> float:
     return (low + high) / 2
 
 
-def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, states: int = 150) -> float:
-    """Decision interval h for an in-control ARL, for errors distributed like ``sample``.
+def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, states: int = 150,
+                        at_least: float = 0.0) -> float:
+    """Decision interval h for an in-control ARL, for errors distributed like ``sample`` (and at least
+    ``at_least``: a threshold that must also hold for other errors; one chain solve where it does here).
 
     Brook and Evans' Markov-chain ARL of the discretised CUSUM, with the
     transition probabilities taken from the empirical distribution of the
@@ -129,29 +131,30 @@ def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, s
     values, counts = np.unique(z, return_counts=True)
     if values.size <= DISCRETE_VALUES:
         return _solve_h(lambda h: _lattice_run_length(values, counts / z.size, k, h, states), arl,
-                        cusum_threshold(k, arl))
+                        cusum_threshold(k, arl), at_least)
+    offsets = np.arange(1 - states, states) + 0.5
+    toeplitz = np.arange(states)[None, :] - np.arange(states)[:, None] + states - 1
 
     def run_length(h: float) -> float:
         width = h / (states - 0.5)
-        levels = np.arange(states) * width
-        bounds = (np.arange(states) + 0.5) * width  # upper edge of each state
-        # P(next state <= j | current i) = P(z <= bounds[j] - levels[i] + k)
-        cdf = np.searchsorted(z, bounds[None, :] - levels[:, None] + k, side="right") / z.size
+        # P(next state <= j | current i) = P(z <= (j + 0.5) * width - i * width + k): a function of
+        # j - i alone, so 2 * states - 1 lookups fill the matrix
+        cdf = (np.searchsorted(z, offsets * width + k, side="right") / z.size)[toeplitz]
         q = np.diff(np.concatenate([np.zeros((states, 1)), cdf], axis=1), axis=1)
         try:
             return float(np.linalg.solve(np.eye(states) - q, np.ones(states))[0])
         except np.linalg.LinAlgError:
             return math.inf
 
-    return _solve_h(run_length, arl, cusum_threshold(k, arl))
+    return _solve_h(run_length, arl, cusum_threshold(k, arl), at_least)
 
 
 DISCRETE_VALUES = 64  # samples with at most this many distinct values get the lattice chain
 
 
-def _solve_h(run_length, arl: float, guess: float, rel_tol: float = 1e-4) -> float:
+def _solve_h(run_length, arl: float, guess: float, at_least: float = 0.0, rel_tol: float = 1e-4) -> float:
     """The h whose run length reaches ``arl``, to ``rel_tol``: the upper end of a bracket whose lower end
-    falls short.
+    falls short; ``at_least`` itself if its run length reaches ``arl`` already.
 
     log ARL is nearly linear in h, so regula falsi on it (Illinois: a stalled end's value is halved)
     needs 6-18 chain solves where bisection to machine precision needed 45. The chain's ARL is a step
@@ -167,8 +170,13 @@ def _solve_h(run_length, arl: float, guess: float, rel_tol: float = 1e-4) -> flo
     # One BLAS thread: on 150x150 solves a second one only spins (measured: the same wall time at twice
     # the CPU, taken from the monitor's other work and from the broker beside it). Same result either way.
     with threadpool_limits(limits=1, user_api="blas"):
-        high, f_high = max(guess, 1e-3), excess(max(guess, 1e-3))
         low, f_low = 0.0, -math.inf
+        if at_least > 0:
+            f_low = excess(at_least)
+            if f_low >= 0:
+                return at_least
+            low, guess = at_least, max(guess, at_least * 1.05)
+        high, f_high = max(guess, 1e-3), excess(max(guess, 1e-3))
         while f_high < 0:  # bracket upwards in steps of 1.5x from the guess
             if high >= 1e4:
                 return high
@@ -218,6 +226,10 @@ def _lattice_run_length(values: np.ndarray, probabilities: np.ndarray, k: float,
         return math.inf
 
 
+DEFAULT_CLIP = 5.0  # standardised errors beyond it count as it: one wild error cannot raise an alarm alone
+MIN_CALIBRATION_SAMPLE = 100  # fewer reference errors than this say too little: normal theory sets h
+
+
 class Cusum:
     """One-sided (upper) CUSUM on standardised errors: S = max(0, S + z - k), alarm at S > h.
 
@@ -238,7 +250,7 @@ class Cusum:
     True
     """
 
-    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = 5.0,
+    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = DEFAULT_CLIP,
                  reference_z: np.ndarray | None = None, h: float | None = None):
         if clip <= k:
             raise ValueError("clip must exceed k")
@@ -247,7 +259,7 @@ class Cusum:
         self.clip = clip
         if h is not None:  # calibrated before (kept with the state)
             self.h = h
-        elif reference_z is not None and len(reference_z) >= 100:
+        elif reference_z is not None and len(reference_z) >= MIN_CALIBRATION_SAMPLE:
             self.h = cusum_threshold_for(reference_z, k, false_alarm_every, clip)
         else:
             self.h = cusum_threshold(k, false_alarm_every)
@@ -310,7 +322,7 @@ class PredictionTimeCusum:
     """
 
     def __init__(self, k: float = 0.5, h: float = 15.0, bucket_seconds: float = 60.0, horizon: int = 1440,
-                 clip: float = 5.0):
+                 clip: float = DEFAULT_CLIP):
         if k <= 0 or h <= 0 or bucket_seconds <= 0 or horizon < 2 or clip <= k:
             raise ValueError("k > 0, h > 0, bucket_seconds > 0, horizon >= 2 and clip > k are required")
         self.k = k

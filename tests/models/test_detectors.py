@@ -77,3 +77,20 @@ def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rat
     assert 0.85 * 5000 < arl < 1.15 * 5000, (h, arl)
     # At the monitor's rate the threshold stays in proportion (bisection on a biased lattice found 770).
     assert cusum_threshold_for(sample, k, 1e7, clip=5.0) < 3 * h
+
+
+@pytest.mark.parametrize("k", [0.25, 0.5])
+def test_a_threshold_for_two_samples_holds_for_both_and_costs_one_solve_where_the_first_suffices(k):
+    from models.drift.detectors import cusum_threshold_for
+    rng = np.random.default_rng(5)
+    light, heavy = np.abs(rng.normal(size=2000)), rng.lognormal(0.0, 1.0, size=2000)
+    light, heavy = (light - light.mean()) / light.std(), (heavy - heavy.mean()) / heavy.std()
+    own_light = cusum_threshold_for(light, k, 1e6, clip=5.0)
+    own_heavy = cusum_threshold_for(heavy, k, 1e6, clip=5.0)
+    assert own_heavy > own_light  # a heavier tail needs a higher threshold for the same false-alarm rate
+    # Already enough for the light sample: returned as it is.
+    assert cusum_threshold_for(light, k, 1e6, clip=5.0, at_least=own_heavy) == own_heavy
+    # Not enough for the heavy one: its own threshold, found from there (the chain's ARL wobbles by a
+    # few per cent with h, so a bracket started elsewhere may settle a little apart).
+    both = cusum_threshold_for(heavy, k, 1e6, clip=5.0, at_least=own_light)
+    assert both == pytest.approx(own_heavy, rel=0.01)

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
-from models.drift.detectors import Cusum, PageHinkley, PredictionTimeCusum, RollingMean, cusum_threshold
+from models.drift.detectors import (DEFAULT_CLIP, MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum,
+                                    RollingMean, cusum_threshold, cusum_threshold_for)
 from models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
 from storage import repo
 from worker.monitor.alerts import record_alert
@@ -262,17 +263,15 @@ class ErrorStreamMonitor:
         if self.config.production_refine_labels > errors.size:
             self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
             self.first_labels = [int(errors.size), mean]
-        # Calibrate on the production errors, and on the (larger) validation sample standardised by its own
-        # level: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
-        thresholds = []
+        # Calibrate on the (larger) validation sample standardised by its own level, and on the production
+        # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
+        self.mean, self.sd = mean, _floored_sd(mean, sd)
+        samples = [_reference_z(errors, self.mean, self.sd, errors.size)]
         if self.validation is not None and self.validation_sample and len(self.validation_sample) >= 100:
-            self.mean, self.sd, self.cusum_h, self.small_cusum_h = *self.validation, None, None
-            self._build_detectors(self.validation_sample)
-            thresholds.append((self.cusum_h, self.small_cusum_h))
-        self.mean, self.sd, self.cusum_h, self.small_cusum_h = mean, _floored_sd(mean, sd), None, None
-        self._build_detectors(errors.tolist())
-        self.cusum_h = max([self.cusum_h, *(h for h, _ in thresholds)])
-        self.small_cusum_h = max([self.small_cusum_h, *(h for _, h in thresholds)])
+            samples.insert(0, _reference_z(self.validation_sample, *self.validation, errors.size))
+        self.cusum_h = _threshold_for_all(samples, self.config.cusum_k, self.config.cusum_false_alarm_every)
+        self.small_cusum_h = _threshold_for_all(samples, self.config.cusum_k / 2,
+                                                self.config.cusum_false_alarm_every)
         self._build_detectors(None)
         log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
                  self.model_id, self.version, self.stream, errors.size, mean, sd,
@@ -411,6 +410,16 @@ def _reference_z(errors, mean: float, sd: float, estimated_from: int | None) -> 
     """Reference errors in baseline units, raised by the 2 standard errors an estimated baseline may be off by."""
     z = (np.array(errors) - mean) / sd
     return z + 2.0 / math.sqrt(estimated_from) if estimated_from else z
+
+
+def _threshold_for_all(samples: list[np.ndarray], k: float, every: float) -> float:
+    """A CUSUM threshold that keeps its false-alarm rate for errors distributed like each sample: the
+    largest of theirs. From the second sample on, one chain solve where the threshold so far holds."""
+    h = 0.0
+    for z in samples:
+        h = (cusum_threshold_for(z, k, every, DEFAULT_CLIP, at_least=h) if len(z) >= MIN_CALIBRATION_SAMPLE
+             else max(h, cusum_threshold(k, every)))
+    return h
 
 
 def _floored_sd(mean: float, sd: float) -> float:
