@@ -460,8 +460,8 @@ class ConceptStage:
 
     def apply(self, session: Session, batch: Batch) -> None:
         by_model: dict[str, list] = defaultdict(list)
-        for position, event in batch.events:
-            by_model[event.model_id].append((position, event))
+        for item in batch.events:  # (position, event): the batch's own tuples, not new ones
+            by_model[item[1].model_id].append(item)
         if not by_model:
             return
         champion = batch_champions(session, batch)

@@ -308,12 +308,12 @@ class DataDriftStage:
         self._monitors.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
-        predictions = [(position, e) for position, e in batch.events if isinstance(e, PredictionEvent)]
+        predictions = [event for _, event in batch.events if isinstance(event, PredictionEvent)]
         if not predictions:
             return
         champion = batch_champions(session, batch)
         groups: dict[tuple[str, str], list[PredictionEvent]] = defaultdict(list)
-        for _, event in predictions:
+        for event in predictions:
             version = event.model_version or champion.get(event.model_id)
             if version is not None:
                 groups[(event.model_id, version)].append(event)
