@@ -384,12 +384,12 @@ def all_join_stats(session: Session) -> list[JoinStats]:
     return list(session.scalars(select(JoinStats).order_by(JoinStats.model_id)))
 
 
+_PAIR_COLUMNS = [column.name for column in LabelledPair.__table__.columns]
+
+
 def add_pairs(session: Session, rows: list[tuple]) -> None:
     """Insert joined pairs: value tuples in the order of ``labelled_pairs``' columns."""
     insert_values(session, LabelledPair.__table__, _PAIR_COLUMNS, rows)
-
-
-_PAIR_COLUMNS = [column.name for column in LabelledPair.__table__.columns]
 
 
 def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:

@@ -230,6 +230,15 @@ DEFAULT_CLIP = 5.0  # standardised errors beyond it count as it: one wild error 
 MIN_CALIBRATION_SAMPLE = 100  # fewer reference errors than this say too little: normal theory sets h
 
 
+def cusum_threshold_from(reference_z: np.ndarray | None, k: float, arl: float, clip: float = DEFAULT_CLIP,
+                         at_least: float = 0.0) -> float:
+    """h for errors distributed like ``reference_z`` where there are enough of them, else under normal
+    errors; at least ``at_least`` (a threshold that must also hold for other errors)."""
+    if reference_z is not None and len(reference_z) >= MIN_CALIBRATION_SAMPLE:
+        return cusum_threshold_for(reference_z, k, arl, clip, at_least=at_least)
+    return max(at_least, cusum_threshold(k, arl))
+
+
 class Cusum:
     """One-sided (upper) CUSUM on standardised errors: S = max(0, S + z - k), alarm at S > h.
 
@@ -257,12 +266,8 @@ class Cusum:
         self.k = k
         self.false_alarm_every = false_alarm_every
         self.clip = clip
-        if h is not None:  # calibrated before (kept with the state)
-            self.h = h
-        elif reference_z is not None and len(reference_z) >= MIN_CALIBRATION_SAMPLE:
-            self.h = cusum_threshold_for(reference_z, k, false_alarm_every, clip)
-        else:
-            self.h = cusum_threshold(k, false_alarm_every)
+        # h given: calibrated before (kept with the state)
+        self.h = h if h is not None else cusum_threshold_from(reference_z, k, false_alarm_every, clip)
         self._sum = 0.0
         self._detected = False
 

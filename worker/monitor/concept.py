@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
-from models.drift.detectors import (DEFAULT_CLIP, MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum,
-                                    RollingMean, cusum_threshold, cusum_threshold_for)
+from models.drift.detectors import (MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum, RollingMean,
+                                    cusum_threshold, cusum_threshold_from)
 from models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
 from storage import repo
 from worker.monitor.alerts import record_alert
@@ -147,7 +147,8 @@ class ErrorStreamMonitor:
         """
         k, every = self.config.cusum_k, self.config.cusum_false_alarm_every
         scaled = self.cusum_h * cusum_threshold(k / 2, every) / cusum_threshold(k, every)
-        if self.validation is None or not self.validation_sample or len(self.validation_sample) < 100:
+        if (self.validation is None or not self.validation_sample
+                or len(self.validation_sample) < MIN_CALIBRATION_SAMPLE):
             return scaled
         reference_z = _reference_z(self.validation_sample, *self.validation, baseline_labels)
         return max(scaled, Cusum(k / 2, every, reference_z=reference_z).h)
@@ -267,7 +268,8 @@ class ErrorStreamMonitor:
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         self.mean, self.sd = mean, _floored_sd(mean, sd)
         samples = [_reference_z(errors, self.mean, self.sd, errors.size)]
-        if self.validation is not None and self.validation_sample and len(self.validation_sample) >= 100:
+        if (self.validation is not None and self.validation_sample
+                and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE):
             samples.insert(0, _reference_z(self.validation_sample, *self.validation, errors.size))
         self.cusum_h = _threshold_for_all(samples, self.config.cusum_k, self.config.cusum_false_alarm_every)
         self.small_cusum_h = _threshold_for_all(samples, self.config.cusum_k / 2,
@@ -417,8 +419,7 @@ def _threshold_for_all(samples: list[np.ndarray], k: float, every: float) -> flo
     largest of theirs. From the second sample on, one chain solve where the threshold so far holds."""
     h = 0.0
     for z in samples:
-        h = (cusum_threshold_for(z, k, every, DEFAULT_CLIP, at_least=h) if len(z) >= MIN_CALIBRATION_SAMPLE
-             else max(h, cusum_threshold(k, every)))
+        h = cusum_threshold_from(z, k, every, at_least=h)
     return h
 
 
