@@ -1,6 +1,6 @@
 """Concept-drift detection under production conditions: Undertow against river's PageHinkley and ADWIN.
 
-    .venv/bin/python bench/concept.py [--seeds 3] [--labels 100000]
+    .venv/bin/python bench/concept.py [--seeds 3] [--labels 100000] [--shapes stationary gradual ...]
 
 Error streams as a monitor sees them in production, per seed:
 
@@ -345,7 +345,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=100_000)
+    parser.add_argument("--shapes", nargs="+", metavar="NAME", choices=[shape.name.split()[0] for shape in SHAPES],
+                        help="only these streams (first word of the name), e.g. --shapes stationary")
     args = parser.parse_args()
+    shapes = [shape for shape in SHAPES if not args.shapes or shape.name.split()[0] in args.shapes]
     config = DriftConfig()
     started = time.perf_counter()
     print("| task | stream | detector | delay per change (median over seeds) | label floor | false alarms "
@@ -362,7 +365,7 @@ def main() -> None:
                      f"without a false alarm on the stationary streams of these seeds"
                      + ("" if not (math.isnan(threshold) or math.isnan(delta)) else
                         " (NOT QUIET: none tried was; the strictest is used)"))
-        for shape in SHAPES:
+        for shape in shapes:
             oracle = stationary_highs(functools.partial(oracle_statistics, shape, n=args.labels),
                                       shape, task, args.labels, args.seeds)
             sizes = change_sizes(shape, task, args.labels) if shape.changes else []

@@ -276,6 +276,44 @@ def test_state_written_before_the_first_labels_were_kept_still_refines():
     assert restored.baseline_labels == 4_000 and restored.refine is not None
 
 
+def test_the_cusum_thresholds_tighten_once_the_baseline_settles_and_a_restart_mid_refinement_changes_nothing():
+    from types import SimpleNamespace
+
+    from worker.monitor.concept import _reference_z, _threshold_for_all
+    validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
+    _, monitor = _alerts(validation, labels[:5_000])
+    set_at = (monitor.cusum_h, monitor.small_cusum_h)
+    first = np.array([error for error, _, _ in labels[:1_000]])
+    assert monitor.calibration_errors == first.tolist()  # kept, in the state, while the baseline refines
+    state = monitor.state_values()
+    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                  state=SimpleNamespace(**state), error_sample=error_sample(validation))
+    for m in (monitor, restored):
+        assert _alerts(validation, labels[5_000:], m)[0] == []
+    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.calibration_errors is None
+    assert restored.state_values() == monitor.state_values()
+    # Calibrated again on the same samples, with the allowance of 10,000 labels (2 standard errors: 0.02 sd,
+    # not 0.063): lower thresholds, and the detectors use them.
+    samples = [_reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), 10_000),
+               _reference_z(first, float(first.mean()), float(first.std()), 10_000)]
+    expected = (_threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7))
+    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(expected, rel=1e-9)
+    assert monitor.cusum_h < 0.95 * set_at[0] and monitor.small_cusum_h < 0.9 * set_at[1], (set_at, expected)
+    assert monitor.detectors["cusum"].h == monitor.detectors["prediction_time_cusum"].h == monitor.cusum_h
+    assert monitor.detectors["prediction_time_cusum_small"].h == monitor.small_cusum_h
+
+
+def test_a_baseline_that_stops_refining_on_a_change_keeps_its_thresholds():
+    # 0.2 sd from prediction 1,200: too small for the detectors yet, clear to the refinement's trend rule.
+    validation, labels = _production_stream(3_000, 9, gap=0.0, shifts={1_200: 0.2})
+    _, monitor = _alerts(validation, labels[:1_500])
+    set_at = (monitor.cusum_h, monitor.small_cusum_h)
+    alerts, _ = _alerts(validation, labels[1_500:], monitor)
+    assert alerts == [] and monitor.refine is None and monitor.calibration_errors is None
+    assert monitor.baseline_labels == 1_000
+    assert (monitor.cusum_h, monitor.small_cusum_h) == set_at
+
+
 def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_false_alarms_before_it():
     validation, labels = _production_stream(40_000, 6, gap=0.1, shifts={25_000: 0.5})
     alerts, monitor = _alerts(validation, labels)

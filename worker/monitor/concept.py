@@ -47,7 +47,8 @@ class ErrorStreamMonitor:
        (at 2.5 standard errors, for the repeated looks). From then on
        errors enter the detectors in units of the *production* baseline, and
        the CUSUM thresholds are calibrated on those production errors (allowing
-       for the baseline being an estimate), so a
+       for the baseline being an estimate, and calibrated again for the smaller
+       allowance once it settles on ``production_refine_labels``), so a
        stationary stream stays silent whatever its level. (With
        ``production_baseline_labels = 0`` the validation baseline is used.)
     2. **Change detection.** Page-Hinkley, CUSUM and the rolling means in
@@ -101,6 +102,9 @@ class ErrorStreamMonitor:
         # A gap too small to be significant on the first labels is tested again as the baseline refines.
         self.gap_pending: bool = production.get("gap_pending", False)
         self.validation_sample = error_sample
+        # The production baseline's first errors, kept while it refines: when it settles the CUSUM
+        # thresholds are calibrated on them again, with the smaller allowance its many labels earn.
+        self.calibration_errors: list[float] | None = production.get("calibration_errors")
         self.cusum_h: float | None = production.get("cusum_h")
         self.small_cusum_h: float | None = production.get("small_cusum_h")
         if self.cusum_h is not None and self.small_cusum_h is None:
@@ -161,7 +165,8 @@ class ErrorStreamMonitor:
         return self.log_loss.update(loss, "log_loss", label_ts, prediction_ts)
 
     def _build_detectors(self, reference_errors: list[float] | None) -> None:
-        """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors, then kept.
+        """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors (and again when
+        the baseline settles), then kept.
 
         A production baseline is estimated from a few labels, so it is off by about one standard
         error; the thresholds allow for that (calibrated as if the errors sat 2 standard errors
@@ -267,13 +272,9 @@ class ErrorStreamMonitor:
         # Calibrate on the (larger) validation sample standardised by its own level, and on the production
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         self.mean, self.sd = mean, _floored_sd(mean, sd)
-        samples = [_reference_z(errors, self.mean, self.sd, errors.size)]
-        if (self.validation is not None and self.validation_sample
-                and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE):
-            samples.insert(0, _reference_z(self.validation_sample, *self.validation, errors.size))
-        self.cusum_h = _threshold_for_all(samples, self.config.cusum_k, self.config.cusum_false_alarm_every)
-        self.small_cusum_h = _threshold_for_all(samples, self.config.cusum_k / 2,
-                                                self.config.cusum_false_alarm_every)
+        self._calibrate(errors, errors.size)
+        if self.refine is not None:
+            self.calibration_errors = errors.tolist()
         self._build_detectors(None)
         log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
                  self.model_id, self.version, self.stream, errors.size, mean, sd,
@@ -281,6 +282,19 @@ class ErrorStreamMonitor:
         alerts = self._deployment_gap(errors.size, 2.0, metric, label_ts)
         self.gap_pending = not alerts and self.validation is not None and self.refine is not None
         return alerts
+
+    def _calibrate(self, errors: np.ndarray, labels: int) -> None:
+        """The CUSUM thresholds for a production baseline resting on ``labels`` labels: the larger of those
+        for its first ``errors`` and for the validation sample, each standardised by its own level and
+        spread (the shape of the errors; where the baseline may lie is the allowance's business)."""
+        mean = float(errors.mean())
+        samples = [_reference_z(errors, mean, _floored_sd(mean, float(errors.std())), labels)]
+        if (self.validation is not None and self.validation_sample
+                and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE):
+            samples.insert(0, _reference_z(self.validation_sample, *self.validation, labels))
+        self.cusum_h = _threshold_for_all(samples, self.config.cusum_k, self.config.cusum_false_alarm_every)
+        self.small_cusum_h = _threshold_for_all(samples, self.config.cusum_k / 2,
+                                                self.config.cusum_false_alarm_every)
 
     def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         """One alert if the production baseline exceeds the validation estimate by more than the margin (a
@@ -314,7 +328,7 @@ class ErrorStreamMonitor:
         first_n, first_mean = self.first_labels or (before, mean_before)
         if ((total - mean_before * before) / newest - first_mean
                 > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
-            self.refine, self.gap_pending = None, False
+            self.refine, self.gap_pending, self.calibration_errors = None, False, None
             log.info("%s@%s: the newest %d labels of the production baseline are above its first %d: a change, "
                      "not the deployment's level; the baseline stays at %.4g", self.model_id, self.version,
                      newest, first_n, self.mean)
@@ -331,9 +345,21 @@ class ErrorStreamMonitor:
             self.gap_pending = not alerts
         if n >= self.config.production_refine_labels:
             self.refine, self.gap_pending = None, False
+            if self.calibration_errors is not None:
+                self._settle_thresholds(np.array(self.calibration_errors), n)
             log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
                      self.version, n, self.mean, self.sd)
         return alerts
+
+    def _settle_thresholds(self, errors: np.ndarray, labels: int) -> None:
+        """Calibrate the CUSUMs again for a baseline of ``labels`` labels, keeping their sums: the allowance
+        for an estimated baseline shrinks with the square root of its labels (two standard errors: 0.063
+        baseline sd on 1,000 labels, 0.02 on 10,000), and with it the threshold a small shift must reach."""
+        self._calibrate(errors, labels)
+        self.calibration_errors = None
+        for name, h in (("cusum", self.cusum_h), ("prediction_time_cusum", self.cusum_h),
+                        ("prediction_time_cusum_small", self.small_cusum_h)):
+            self.detectors[name].h = h
 
     def _during_episode(self, z: float, metric: str, label_ts: float,
                         prediction_ts: float) -> list[ConceptDriftAlert]:
@@ -394,7 +420,8 @@ class ErrorStreamMonitor:
         production = {"mean": None if self.collected is not None else self.mean,
                       "sd": None if self.collected is not None else self.sd, "errors": self.collected,
                       "cusum_h": self.cusum_h, "small_cusum_h": self.small_cusum_h, "labels": self.baseline_labels,
-                      "refine": self.refine, "first_labels": self.first_labels, "gap_pending": self.gap_pending}
+                      "refine": self.refine, "first_labels": self.first_labels, "gap_pending": self.gap_pending,
+                      "calibration_errors": self.calibration_errors}
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
