@@ -86,28 +86,27 @@ def _canonical(event: dict) -> str:
     return json.dumps(event, separators=(",", ":"), sort_keys=True)
 
 
-def _near(value):
-    """``value`` with every float as ``pytest.approx`` of it (relative 1e-9). A CUSUM threshold comes out of a
-    LAPACK solve, whose last bits depend on the BLAS kernel the CPU selects (20.53249852906896 on one
-    machine, 20.532498529451477 on another); nine digits still catch any change of behaviour."""
+def _floats_as(value, replace):
+    """``value`` (parsed JSON) with every float as ``replace(it)``."""
     if isinstance(value, float):
-        return pytest.approx(value, rel=1e-9, abs=0.0)
+        return replace(value)
     if isinstance(value, dict):
-        return {key: _near(item) for key, item in value.items()}
+        return {key: _floats_as(item, replace) for key, item in value.items()}
     if isinstance(value, list):
-        return [_near(item) for item in value]
+        return [_floats_as(item, replace) for item in value]
     return value
+
+
+def _near(value):
+    """Every float as ``pytest.approx`` of it (relative 1e-9). A CUSUM threshold comes out of a LAPACK solve,
+    whose last bits depend on the BLAS kernel the CPU selects (20.53249852906896 on one machine,
+    20.532498529451477 on another); nine digits still catch any change of behaviour."""
+    return _floats_as(value, lambda x: pytest.approx(x, rel=1e-9, abs=0.0))
 
 
 def _typed(value):
-    """``value`` with every float as the word "float": what is an int and what a float must not change."""
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, dict):
-        return {key: _typed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_typed(item) for item in value]
-    return value
+    """Every float as the word "float": what is an int and what a float must not change."""
+    return _floats_as(value, lambda x: "float")
 
 
 def test_the_stream_gives_the_recorded_alerts_and_window_results(env):
