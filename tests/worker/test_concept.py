@@ -283,17 +283,17 @@ def test_the_cusum_thresholds_tighten_once_the_baseline_settles_and_a_restart_mi
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
     _, monitor = _alerts(validation, labels[:5_000])
     set_at = (monitor.cusum_h, monitor.small_cusum_h)
-    first = np.array([error for error, _, _ in labels[:1_000]])
-    assert monitor.calibration_errors == first.tolist()  # kept, in the state, while the baseline refines
     state = monitor.state_values()
+    assert len(json.loads(state["detectors"])["production"]["settled_thresholds"]) == 2  # not the errors
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                   state=SimpleNamespace(**state), error_sample=error_sample(validation))
     for m in (monitor, restored):
         assert _alerts(validation, labels[5_000:], m)[0] == []
-    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.calibration_errors is None
+    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.settled_thresholds is None
     assert restored.state_values() == monitor.state_values()
-    # Calibrated again on the same samples, with the allowance of 10,000 labels (2 standard errors: 0.02 sd,
-    # not 0.063): lower thresholds, and the detectors use them.
+    # Calibrated on the first 1,000 errors and the validation sample, as when the baseline was set, with the
+    # allowance of 10,000 labels (2 standard errors: 0.02 sd, not 0.063): lower, and the detectors use them.
+    first = np.array([error for error, _, _ in labels[:1_000]])
     samples = [_reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), 10_000),
                _reference_z(first, float(first.mean()), float(first.std()), 10_000)]
     expected = (_threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7))
@@ -303,15 +303,17 @@ def test_the_cusum_thresholds_tighten_once_the_baseline_settles_and_a_restart_mi
     assert monitor.detectors["prediction_time_cusum_small"].h == monitor.small_cusum_h
 
 
-def test_a_baseline_that_stops_refining_on_a_change_keeps_its_thresholds():
-    # 0.2 sd from prediction 1,200: too small for the detectors yet, clear to the refinement's trend rule.
-    validation, labels = _production_stream(3_000, 9, gap=0.0, shifts={1_200: 0.2})
-    _, monitor = _alerts(validation, labels[:1_500])
-    set_at = (monitor.cusum_h, monitor.small_cusum_h)
-    alerts, _ = _alerts(validation, labels[1_500:], monitor)
-    assert alerts == [] and monitor.refine is None and monitor.calibration_errors is None
-    assert monitor.baseline_labels == 1_000
-    assert (monitor.cusum_h, monitor.small_cusum_h) == set_at
+@pytest.mark.parametrize(("baseline", "refine", "settles_on"), [(1_000, 10_000, 10_000), (1_500, 10_000, 10_000),
+                                                                 (1_000, 2_500, 3_000), (2_000, 2_001, 3_000)])
+def test_the_baseline_settles_on_the_labels_its_thresholds_were_calibrated_for(baseline, refine, settles_on):
+    validation, labels = _production_stream(settles_on + 1_000, 10, gap=0.0, shifts={})
+    config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)
+    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    for count, (error, arrived, predicted) in enumerate(labels[:settles_on], start=1):
+        monitor.update(error, "absolute_error", arrived, predicted)
+        assert (monitor.settled_thresholds is None) == (count < baseline or count == settles_on)
+    assert monitor.refine is None and monitor.baseline_labels == settles_on
 
 
 def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_false_alarms_before_it():

@@ -101,7 +101,7 @@ def _near(value):
     """Every float as ``pytest.approx`` of it (relative 1e-9). A CUSUM threshold comes out of a LAPACK solve,
     whose last bits depend on the BLAS kernel the CPU selects (20.53249852906896 on one machine,
     20.532498529451477 on another); nine digits still catch any change of behaviour."""
-    return _floats_as(value, lambda x: pytest.approx(x, rel=1e-9, abs=0.0))
+    return _floats_as(value, lambda x: pytest.approx(x, rel=1e-9, abs=0.0, nan_ok=True))
 
 
 def _typed(value):

@@ -102,9 +102,9 @@ class ErrorStreamMonitor:
         # A gap too small to be significant on the first labels is tested again as the baseline refines.
         self.gap_pending: bool = production.get("gap_pending", False)
         self.validation_sample = error_sample
-        # The production baseline's first errors, kept while it refines: when it settles the CUSUM
-        # thresholds are calibrated on them again, with the smaller allowance its many labels earn.
-        self.calibration_errors: list[float] | None = production.get("calibration_errors")
+        # The CUSUM thresholds (k, k/2) for when the baseline settles, with the smaller allowance its many
+        # labels earn: calibrated with the first ones, on the same errors, while those are at hand.
+        self.settled_thresholds: list[float] | None = production.get("settled_thresholds")
         self.cusum_h: float | None = production.get("cusum_h")
         self.small_cusum_h: float | None = production.get("small_cusum_h")
         if self.cusum_h is not None and self.small_cusum_h is None:
@@ -272,9 +272,9 @@ class ErrorStreamMonitor:
         # Calibrate on the (larger) validation sample standardised by its own level, and on the production
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         self.mean, self.sd = mean, _floored_sd(mean, sd)
-        self._calibrate(errors, errors.size)
+        self.cusum_h, self.small_cusum_h = self._thresholds(errors, errors.size)
         if self.refine is not None:
-            self.calibration_errors = errors.tolist()
+            self.settled_thresholds = list(self._thresholds(errors, self._settles_on(errors.size)))
         self._build_detectors(None)
         log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
                  self.model_id, self.version, self.stream, errors.size, mean, sd,
@@ -283,18 +283,24 @@ class ErrorStreamMonitor:
         self.gap_pending = not alerts and self.validation is not None and self.refine is not None
         return alerts
 
-    def _calibrate(self, errors: np.ndarray, labels: int) -> None:
-        """The CUSUM thresholds for a production baseline resting on ``labels`` labels: the larger of those
-        for its first ``errors`` and for the validation sample, each standardised by its own level and
-        spread (the shape of the errors; where the baseline may lie is the allowance's business)."""
+    def _thresholds(self, errors: np.ndarray, labels: int) -> tuple[float, float]:
+        """The CUSUM thresholds (k, k/2) for a production baseline resting on ``labels`` labels: the larger
+        of those for its first ``errors`` and, where there is one, for the validation sample, each
+        standardised by its own level and spread (the shape of the errors; where the baseline may lie is
+        the allowance's business: two standard errors, 0.063 baseline sd on 1,000 labels, 0.02 on 10,000)."""
         mean = float(errors.mean())
         samples = [_reference_z(errors, mean, _floored_sd(mean, float(errors.std())), labels)]
         if (self.validation is not None and self.validation_sample
                 and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE):
             samples.insert(0, _reference_z(self.validation_sample, *self.validation, labels))
-        self.cusum_h = _threshold_for_all(samples, self.config.cusum_k, self.config.cusum_false_alarm_every)
-        self.small_cusum_h = _threshold_for_all(samples, self.config.cusum_k / 2,
-                                                self.config.cusum_false_alarm_every)
+        every = self.config.cusum_false_alarm_every
+        return (_threshold_for_all(samples, self.config.cusum_k, every),
+                _threshold_for_all(samples, self.config.cusum_k / 2, every))
+
+    def _settles_on(self, labels: int) -> int:
+        """How many labels a baseline set on ``labels`` rests on when it settles: refinements come every
+        ``REFINE_EVERY`` labels, and the first at or past ``production_refine_labels`` is the last."""
+        return REFINE_EVERY * math.ceil(max(self.config.production_refine_labels, labels + 1) / REFINE_EVERY)
 
     def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         """One alert if the production baseline exceeds the validation estimate by more than the margin (a
@@ -328,7 +334,7 @@ class ErrorStreamMonitor:
         first_n, first_mean = self.first_labels or (before, mean_before)
         if ((total - mean_before * before) / newest - first_mean
                 > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
-            self.refine, self.gap_pending, self.calibration_errors = None, False, None
+            self.refine, self.gap_pending, self.settled_thresholds = None, False, None
             log.info("%s@%s: the newest %d labels of the production baseline are above its first %d: a change, "
                      "not the deployment's level; the baseline stays at %.4g", self.model_id, self.version,
                      newest, first_n, self.mean)
@@ -345,18 +351,18 @@ class ErrorStreamMonitor:
             self.gap_pending = not alerts
         if n >= self.config.production_refine_labels:
             self.refine, self.gap_pending = None, False
-            if self.calibration_errors is not None:
-                self._settle_thresholds(np.array(self.calibration_errors), n)
+            if self.settled_thresholds is not None:
+                self._settle_thresholds()
             log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
                      self.version, n, self.mean, self.sd)
         return alerts
 
-    def _settle_thresholds(self, errors: np.ndarray, labels: int) -> None:
-        """Calibrate the CUSUMs again for a baseline of ``labels`` labels, keeping their sums: the allowance
-        for an estimated baseline shrinks with the square root of its labels (two standard errors: 0.063
-        baseline sd on 1,000 labels, 0.02 on 10,000), and with it the threshold a small shift must reach."""
-        self._calibrate(errors, labels)
-        self.calibration_errors = None
+    def _settle_thresholds(self) -> None:
+        """The CUSUMs take the thresholds for the settled baseline and keep their sums: the allowance for an
+        estimated baseline shrinks with the square root of its labels, and with it the threshold a small
+        shift must reach."""
+        self.cusum_h, self.small_cusum_h = self.settled_thresholds
+        self.settled_thresholds = None
         for name, h in (("cusum", self.cusum_h), ("prediction_time_cusum", self.cusum_h),
                         ("prediction_time_cusum_small", self.small_cusum_h)):
             self.detectors[name].h = h
@@ -421,7 +427,7 @@ class ErrorStreamMonitor:
                       "sd": None if self.collected is not None else self.sd, "errors": self.collected,
                       "cusum_h": self.cusum_h, "small_cusum_h": self.small_cusum_h, "labels": self.baseline_labels,
                       "refine": self.refine, "first_labels": self.first_labels, "gap_pending": self.gap_pending,
-                      "calibration_errors": self.calibration_errors}
+                      "settled_thresholds": self.settled_thresholds}
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
