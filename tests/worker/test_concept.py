@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -299,7 +300,7 @@ def test_the_cusum_thresholds_tighten_once_the_baseline_settles_and_a_restart_mi
     expected = (_threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7))
     assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(expected, rel=1e-9)
     assert monitor.cusum_h < 0.95 * set_at[0] and monitor.small_cusum_h < 0.9 * set_at[1], (set_at, expected)
-    assert monitor.detectors["cusum"].h == monitor.detectors["prediction_time_cusum"].h == monitor.cusum_h
+    assert monitor.detectors["prediction_time_cusum"].h == monitor.cusum_h
     assert monitor.detectors["prediction_time_cusum_small"].h == monitor.small_cusum_h
 
 
@@ -340,6 +341,59 @@ def test_state_written_before_the_small_cusum_existed_still_loads():
     # Scaled from the calibrated k CUSUM's threshold: near what calibration gives, not below it by the gap.
     assert restored.small_cusum_h == pytest.approx(monitor.small_cusum_h, rel=0.1) and not restored.gap_pending
     assert restored.update(1.0, "absolute_error", 5_001.0, 5_000.0) == []
+
+
+def test_state_with_the_arrival_order_cusum_of_before_loads_and_goes_on_as_state_without_it():
+    from types import SimpleNamespace
+    validation, labels = _production_stream(6_000, 12, gap=0.1, shifts={4_000: 1.0})
+    _, monitor = _alerts(validation, labels[:3_000])
+    state = monitor.state_values()
+    blob = json.loads(state["detectors"])
+    assert "cusum" not in blob["detectors"]
+    blob["detectors"]["cusum"] = [3.5, 0.0]  # as written while it existed
+    old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                             error_sample=error_sample(validation))
+    alerts, _ = _alerts(validation, labels[3_000:], old)
+    assert [episode for episode, _, _ in alerts][:1] == ["started"]
+    assert alerts == _alerts(validation, labels[3_000:], monitor)[0] and old.state_values() == monitor.state_values()
+
+
+def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():
+    from scipy import stats
+    # 0/1 errors at 10 %: the window mean's exact upper tail (binomial) at the normal 4.7 sd's probability.
+    skewness = 0.8 / math.sqrt(0.09)
+    for window, sigmas in ((500, 4.7), (2000, 4.5)):
+        rolling = RollingMean(window=window, step=50, sigmas=sigmas, skewness=skewness)
+        count = stats.binom.isf(stats.norm.sf(sigmas), window, 0.1)
+        exact = (count - 0.1 * window) / math.sqrt(window * 0.09)
+        assert rolling.threshold * math.sqrt(window) == pytest.approx(exact, abs=0.06)
+        assert rolling.threshold > RollingMean(window=window, step=50, sigmas=sigmas).threshold
+    assert RollingMean(window=500, sigmas=4.7, skewness=-1.0).threshold == RollingMean(window=500, sigmas=4.7).threshold
+
+
+def test_a_classifier_s_rolling_means_allow_for_its_skewed_errors_and_old_state_keeps_normal_ones():
+    from types import SimpleNamespace
+    rng = np.random.default_rng(4)
+    validation, errors = (rng.random(5000) < 0.1).astype(float), (rng.random(3000) < 0.1).astype(float)
+    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    for i, e in enumerate(errors):
+        monitor.update(float(e), "misclassification", float(i), float(i))
+    first = errors[:1000]
+    expected = float(np.mean((first - first.mean()) ** 3) / first.std() ** 3)
+    assert monitor.skewness == pytest.approx(expected) and 2.0 < monitor.skewness < 3.4
+    assert monitor.detectors["rolling_mean"].skewness == monitor.detectors["rolling_mean_long"].skewness == monitor.skewness
+    state = monitor.state_values()
+    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                                  state=SimpleNamespace(**state), error_sample=error_sample(validation))
+    assert restored.detectors["rolling_mean"].threshold == monitor.detectors["rolling_mean"].threshold
+    blob = json.loads(state["detectors"])
+    del blob["production"]["skewness"]  # as written before
+    old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                             error_sample=error_sample(validation))
+    assert old.skewness is None and old.detectors["rolling_mean"].skewness == 0.0
 
 
 def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_one_episode():
