@@ -469,8 +469,7 @@ class RollingMean:
         self.window = window
         self.step = step
         self.sigmas = sigmas
-        # Left skew would lower the threshold; a sample's skewness is too noisy to go below the normal one.
-        self.skewness = max(skewness, 0.0)
+        self.skewness = skewness
         self.set_baseline_labels(baseline_labels)
         self._values = np.zeros(window)
         self._count = 0
@@ -482,8 +481,7 @@ class RollingMean:
         """The standard error of the window mean, and of the baseline mean when that was estimated
         from ``baseline_labels`` labels: an estimated baseline is itself off by about that much."""
         standard_error = math.sqrt(1 / self.window + (1 / baseline_labels if baseline_labels else 0.0))
-        sigmas = self.sigmas + (self.sigmas ** 2 - 1) * self.skewness / (6 * math.sqrt(self.window))
-        self.threshold = sigmas * standard_error  # in baseline sd, around a baseline of 0
+        self.threshold = skew_sigmas(self.sigmas, self.window, self.skewness) * standard_error  # in baseline sd
         self.calm_level = standard_error               # one standard error: "back to normal"
 
     def update(self, z: float) -> None:
@@ -522,6 +520,17 @@ class RollingMean:
         self.value = None if math.isnan(state[2]) else state[2]
         self._values = np.array(state[3:], dtype=float)
         return self
+
+
+MAX_SKEWNESS = 10.0  # 0/1 errors at a 1 % rate; beyond, a few errors in the baseline say little
+
+
+def skew_sigmas(sigmas: float, window: int, skewness: float) -> float:
+    """How many standard errors a mean of ``window`` errors with this ``skewness`` must rise for the tail
+    probability of ``sigmas`` under normal errors: the Cornish-Fisher quantile. Left skew would lower it, and
+    a sample's skewness is too noisy for that; above ``MAX_SKEWNESS`` it is capped (0/1 errors at 0.5 %,
+    window 500: 6.27 where the binomial says 6.66; at 1 % and more it errs on the high side)."""
+    return sigmas + (sigmas ** 2 - 1) * min(max(skewness, 0.0), MAX_SKEWNESS) / (6 * math.sqrt(window))
 
 
 def _finite_or(value: float, default: float) -> float:

@@ -396,6 +396,29 @@ def test_a_classifier_s_rolling_means_allow_for_its_skewed_errors_and_old_state_
     assert old.skewness is None and old.detectors["rolling_mean"].skewness == 0.0
 
 
+def test_a_validation_baseline_takes_the_skewness_of_its_sample_and_keeps_it_across_a_restart():
+    from types import SimpleNamespace
+    rng = np.random.default_rng(5)
+    validation = np.abs(rng.normal(0, 1, 5000))
+    config = DriftConfig(production_baseline_labels=0)
+    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    assert 0.7 < monitor.skewness < 1.3  # a half-normal's is 0.995
+    monitor.update(0.5, "absolute_error", 1.0, 0.0)
+    restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                                  state=SimpleNamespace(**monitor.state_values()),
+                                  error_sample=error_sample(validation))
+    assert restored.skewness == monitor.skewness and restored.state_values() == monitor.state_values()
+
+
+def test_errors_near_the_float_limit_set_a_baseline_without_overflow():
+    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), 1.0, 0.5)
+    errors = np.abs(np.random.default_rng(6).normal(0, 1e110, 1_001))
+    alerts = [a for i, e in enumerate(errors) for a in monitor.update(float(e), "absolute_error", float(i), float(i))]
+    assert monitor.baseline_labels == 1_000 and math.isfinite(monitor.skewness)
+    assert [a.data.episode for a in alerts] == ["deployment_gap"]
+
+
 def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_one_episode():
     validation, labels = _production_stream(100_000, 3, gap=0.08,
                                             shifts={25_000: 0.5, 50_000: 1.0, 75_000: 2.0})

@@ -467,10 +467,12 @@ def _threshold_for_all(samples: list[np.ndarray], k: float, every: float) -> flo
 
 
 def _skewness(errors: np.ndarray) -> float:
-    """Sample skewness (0 for errors without spread)."""
-    centred = errors - errors.mean()
-    variance = float(np.mean(centred ** 2))
-    return float(np.mean(centred ** 3)) / variance ** 1.5 if variance > 0 else 0.0
+    """Sample skewness; 0 for errors without spread or beyond float range (standardised first, so huge
+    errors do not overflow)."""
+    with np.errstate(all="ignore"):
+        sd = float(errors.std())
+        skewness = float(np.mean(((errors - errors.mean()) / sd) ** 3)) if sd > 0 else 0.0
+    return skewness if math.isfinite(skewness) else 0.0
 
 
 def _floored_sd(mean: float, sd: float) -> float:

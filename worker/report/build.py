@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
+from models.drift.detectors import skew_sigmas
 from models.profile import ReferenceProfile
 from storage import db
 from storage.errors import NotFound
@@ -82,7 +83,8 @@ def gather(session: Session, model_id: str) -> dict:
         sd = production.get("sd") if production.get("sd") is not None else v.baseline_error_std
         if mean is not None and sd is not None:
             labels = production.get("labels") or 0
-            baselines[v.version] = (mean, mean + config.rolling_sigmas * sd * math.sqrt(
+            sigmas = skew_sigmas(config.rolling_sigmas, config.rolling_window, production.get("skewness") or 0.0)
+            baselines[v.version] = (mean, mean + sigmas * sd * math.sqrt(
                 1 / config.rolling_window + (1 / labels if labels else 0.0)))
     recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
     return {"versions": version_rows, "champion": champion.version,
