@@ -44,6 +44,15 @@ def stop_cleanly(env: Env, proc) -> None:
     assert proc.wait(timeout=30) == 0, env.log_of(proc)
 
 
+def wait_mid_stream(env: Env, monitor, timeout: float = 60) -> None:
+    """Until some but not all of the 8,000 records are counted; on timeout, what the monitor said."""
+    try:
+        wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, timeout, "the monitor to be mid-stream")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}: counts {env.counts()}, monitor exit code {monitor.poll()}, its log: "
+                             f"{env.log_of(monitor)}") from None
+
+
 def retried_through_the_fault(env: Env, proc, failures: int = 2):
     """A condition for ``wait_for``: the monitor logged ``failures`` more failed attempts (it backs off and
     retries) than it had when the fault began. The fault lasts until the monitor has really met it."""
@@ -68,7 +77,7 @@ def test_broker_paused_mid_stream_until_the_monitor_loses_its_group(private_brok
     try:
         env.send_events(events(4000, seed=1))
         monitor = env.start_monitor(env=SMALL_BATCHES)
-        wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, 60, "the monitor to be mid-stream")
+        wait_mid_stream(env, monitor)
         os.kill(private_broker.pid, signal.SIGSTOP)
         try:
             wait_for(lambda: "Heartbeat session expired" in env.log_of(monitor, tail=10**8), 60,
@@ -146,7 +155,7 @@ def test_postgres_connection_cut_mid_stream(broker, db_url):
     try:
         env.send_events(events(4000, seed=1))
         monitor = env.start_monitor(env=SMALL_BATCHES, db_url=through(forwarder, db_url))
-        wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, 60, "the monitor to be mid-stream")
+        wait_mid_stream(env, monitor)
         retried = retried_through_the_fault(env, monitor)
         forwarder.cut()
         wait_for(retried, 90, "the monitor to fail and retry twice during the outage")
@@ -166,7 +175,7 @@ def test_sqlite_locked_longer_than_the_busy_timeout(broker, db_url):
     try:
         env.send_events(events(4000, seed=1))
         monitor = env.start_monitor(env=SMALL_BATCHES, db_url=db_url + "?timeout=1")
-        wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, 60, "the monitor to be mid-stream")
+        wait_mid_stream(env, monitor)
         retried = retried_through_the_fault(env, monitor)
         locker = sqlite3.connect(make_url(db_url).database, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
