@@ -115,6 +115,7 @@ class Env:
         self.engine = db.make_engine(db_url)
         db.migrate(self.engine)
         self.artifacts_dir = Path(tempfile.mkdtemp(prefix="artifacts-"))
+        self.processes: list[subprocess.Popen] = []  # services started; close() kills those still running
 
     def create_topics(self, partitions: int = 3) -> None:
         admin = make_admin(self.settings)
@@ -157,6 +158,7 @@ class Env:
             cwd=REPO, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT)
         log_file.close()
         proc.log_path = log_file.name
+        self.processes.append(proc)
         return proc
 
     @staticmethod
@@ -278,6 +280,12 @@ class Env:
         return kills
 
     def close(self):
+        # A test that failed midway leaves its services running (one such monitor kept polling a stopped
+        # broker for a quarter of an hour): none outlives its test.
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         self.producer.close()
         self.engine.dispose()
 
