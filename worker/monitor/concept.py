@@ -106,15 +106,15 @@ class ErrorStreamMonitor:
         # labels earn: calibrated with the first ones, on the same errors, while those are at hand.
         self.settled_thresholds: list[float] | None = production.get("settled_thresholds")
         self.cusum_h: float | None = production.get("cusum_h")
+        self.small_cusum_h: float | None = production.get("small_cusum_h")
+        if self.cusum_h is not None and self.small_cusum_h is None:
+            self.small_cusum_h = self._small_threshold_for_old_state(production.get("labels"))
         # The baseline errors' skewness, for the rolling means' thresholds (None: state from before it, or
         # a validation baseline without its sample: thresholds for normal errors, as then).
         self.skewness: float | None = production.get("skewness")
         if (state is None and config.production_baseline_labels == 0 and error_sample
                 and len(error_sample) >= MIN_CALIBRATION_SAMPLE):
             self.skewness = _skewness(np.array(error_sample))
-        self.small_cusum_h: float | None = production.get("small_cusum_h")
-        if self.cusum_h is not None and self.small_cusum_h is None:
-            self.small_cusum_h = self._small_threshold_for_old_state(production.get("labels"))
         if production["mean"] is None:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
@@ -162,7 +162,7 @@ class ErrorStreamMonitor:
                 or len(self.validation_sample) < MIN_CALIBRATION_SAMPLE):
             return scaled
         reference_z = _reference_z(self.validation_sample, *self.validation, baseline_labels)
-        return max(scaled, Cusum(k / 2, every, reference_z=reference_z).h)
+        return max(scaled, cusum_threshold_from(reference_z, k / 2, every))
 
     def update_log_loss(self, loss: float, label_ts: float,
                         prediction_ts: float | None = None) -> list[ConceptDriftAlert]:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from models import registry
 from models.drift.config import DriftConfig
-from models.drift.detectors import skew_sigmas
+from models.drift.detectors import RollingMean
 from models.profile import ReferenceProfile
 from storage import db
 from storage.errors import NotFound
@@ -82,10 +82,9 @@ def gather(session: Session, model_id: str) -> dict:
         mean = production.get("mean") if production.get("mean") is not None else v.baseline_error_mean
         sd = production.get("sd") if production.get("sd") is not None else v.baseline_error_std
         if mean is not None and sd is not None:
-            labels = production.get("labels") or 0
-            sigmas = skew_sigmas(config.rolling_sigmas, config.rolling_window, production.get("skewness") or 0.0)
-            baselines[v.version] = (mean, mean + sigmas * sd * math.sqrt(
-                1 / config.rolling_window + (1 / labels if labels else 0.0)))
+            rolling = RollingMean(config.rolling_window, config.rolling_step, config.rolling_sigmas,
+                                  production.get("labels"), production.get("skewness") or 0.0)
+            baselines[v.version] = (mean, mean + rolling.threshold * sd)
     recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
     return {"versions": version_rows, "champion": champion.version,
             "profile": ReferenceProfile.model_validate_json(champion.profile), "windows": windows, "pairs": pairs,
