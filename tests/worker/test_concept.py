@@ -65,7 +65,8 @@ def test_stationary_100k_labels_give_fewer_false_alarms_than_river_page_hinkley(
 def test_detector_state_round_trips_as_plain_numbers():
     rng = np.random.default_rng(4)
     z = rng.normal(size=700)
-    for make in (lambda: PageHinkley(), lambda: Cusum(), lambda: RollingMean(window=100, step=10)):
+    for make in (lambda: PageHinkley(), lambda: Cusum(), lambda: RollingMean(window=100, step=10),
+                 lambda: RollingMean(window=100, step=10, weights="linear")):
         a, b = make(), make()
         for v in z[:500]:
             a.update(float(v))
@@ -357,6 +358,47 @@ def test_state_with_the_arrival_order_cusum_of_before_loads_and_goes_on_as_state
     alerts, _ = _alerts(validation, labels[3_000:], old)
     assert [episode for episode, _, _ in alerts][:1] == ["started"]
     assert alerts == _alerts(validation, labels[3_000:], monitor)[0] and old.state_values() == monitor.state_values()
+
+
+def test_the_linear_rolling_mean_weighs_each_label_by_its_age_in_the_window():
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=1_337)
+    rolling = RollingMean(window=300, step=1, sigmas=4.3, weights="linear")
+    weights = np.arange(1, 301) / (300 * 301 / 2)
+    for i, value in enumerate(z, start=1):
+        rolling.update(float(value))
+        if i >= 300:  # across the ring buffer's wrap-around too
+            assert rolling.value == pytest.approx(float(np.dot(z[i - 300:i], weights)), abs=1e-12)
+    standard_error = math.sqrt(np.sum(weights ** 2))
+    assert rolling.threshold == pytest.approx(4.3 * standard_error)
+    assert standard_error == pytest.approx(math.sqrt(4 / (3 * 300)), rel=0.01)
+    # Skewness counts less than in an equal mean of the same window: the weights' effective window is smaller.
+    skewed = RollingMean(window=300, step=1, sigmas=4.3, skewness=2.0, weights="linear")
+    equal = RollingMean(window=300, step=1, sigmas=4.3, skewness=2.0)
+    assert (skewed.threshold / standard_error - 4.3) > (equal.threshold * math.sqrt(300) - 4.3) > 0
+    with pytest.raises(ValueError, match="weights"):
+        RollingMean(weights="exponential")
+
+
+def test_the_long_rolling_mean_finds_a_ramp_sooner_with_linear_weights_at_its_calibrated_threshold():
+    # bench/rolling_false_alarms.py: at 4.4 standard errors the linear mean keeps the promised false-alarm rate,
+    # as the equal one did at 4.5; on a ramp the linear mean lags a third of its window instead of half.
+    config = DriftConfig()
+    found = {"linear": [], "equal": []}
+    for seed in range(9):
+        rng = np.random.default_rng(seed)
+        ramp = rng.normal(size=12_000) + np.clip(np.arange(12_000) - 2_000, 0, None) * 7e-5  # 0.14 sd per 2,000
+        for weights, sigmas in (("linear", config.rolling_long_sigmas), ("equal", 4.5)):
+            rolling = RollingMean(config.rolling_long_window, config.rolling_step, sigmas, 10_000, weights=weights)
+            for i, z in enumerate(ramp):
+                rolling.update(float(z))
+                if rolling.drift_detected:
+                    break
+            found[weights].append(i)
+    assert np.median(found["linear"]) < np.median(found["equal"]) - 150
+    monitor = ErrorStreamMonitor("m", "1", config, 1.0, 1.0)
+    assert monitor.detectors["rolling_mean_long"].weights == "linear"
+    assert monitor.detectors["rolling_mean"].weights == "equal"
 
 
 def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():

@@ -197,7 +197,7 @@ class ErrorStreamMonitor:
             # Slow, gradual changes: a mean over a longer window notices a smaller shift, and is nearer
             # normal (less skewed by 0/1 or heavy-tailed errors), so a lower threshold keeps its false alarms.
             "rolling_mean_long": RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_long_sigmas,
-                                             estimated_from, self.skewness or 0.0),
+                                             estimated_from, self.skewness or 0.0, weights="linear"),
             # At an arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
             # stream, so the promised false-alarm rate holds.
             "prediction_time_cusum": PredictionTimeCusum(c.cusum_k, self.cusum_h, c.pt_bucket_seconds,
