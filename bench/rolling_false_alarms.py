@@ -47,7 +47,7 @@ from scipy.signal import fftconvolve
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.drift.config import DriftConfig  # noqa: E402
-from models.drift.detectors import RollingMean  # noqa: E402
+from models.drift.detectors import RollingMean, sample_skewness  # noqa: E402
 
 KNOWN_STREAM, ESTIMATED_STREAM = 10_000_000, 1_000_000
 BASELINE_LABELS, SKEWNESS_LABELS = 10_000, 1_000
@@ -111,10 +111,9 @@ def count(kwargs: dict, draw, skewness: float, labels: int, estimated: bool, rng
         z = draw(rng, n)
         if estimated:
             baseline = draw(rng, BASELINE_LABELS)
-            first = baseline[:SKEWNESS_LABELS]
-            own_skewness = float(np.mean((first - first.mean()) ** 3) / first.std() ** 3)
             z = (z - baseline.mean()) / baseline.std()
-            detector = RollingMean(**kwargs, baseline_labels=BASELINE_LABELS, skewness=own_skewness)
+            detector = RollingMean(**kwargs, baseline_labels=BASELINE_LABELS,
+                                   skewness=sample_skewness(baseline[:SKEWNESS_LABELS]))
         else:
             detector = RollingMean(**kwargs, skewness=skewness)
         alarms += false_alarms(evaluations(z, detector), detector.threshold)

@@ -565,5 +565,14 @@ def skew_sigmas(sigmas: float, window: float, skewness: float) -> float:
     return sigmas + (sigmas ** 2 - 1) * min(max(skewness, 0.0), MAX_SKEWNESS) / (6 * math.sqrt(window))
 
 
+def sample_skewness(errors: np.ndarray) -> float:
+    """Sample skewness, for ``skew_sigmas``; 0 for errors without spread or beyond float range (standardised
+    first, so huge errors do not overflow)."""
+    with np.errstate(all="ignore"):
+        sd = float(errors.std())
+        skewness = float(np.mean(((errors - errors.mean()) / sd) ** 3)) if sd > 0 else 0.0
+    return skewness if math.isfinite(skewness) else 0.0
+
+
 def _finite_or(value: float, default: float) -> float:
     return value if math.isfinite(value) else default

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from models import registry
 from models.drift.config import DriftConfig
 from models.drift.detectors import (MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum, RollingMean,
-                                    cusum_threshold, cusum_threshold_from)
+                                    cusum_threshold, cusum_threshold_from, sample_skewness)
 from models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
 from storage import repo
 from worker.monitor.alerts import record_alert
@@ -114,7 +114,7 @@ class ErrorStreamMonitor:
         self.skewness: float | None = production.get("skewness")
         if (state is None and config.production_baseline_labels == 0 and error_sample
                 and len(error_sample) >= MIN_CALIBRATION_SAMPLE):
-            self.skewness = _skewness(np.array(error_sample))
+            self.skewness = sample_skewness(np.array(error_sample))
         if production["mean"] is None:
             self.mean, self.sd = self.validation or (0.0, 1.0)  # placeholders until the baseline is set
         else:
@@ -282,7 +282,7 @@ class ErrorStreamMonitor:
         # Calibrate on the (larger) validation sample standardised by its own level, and on the production
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
         self.mean, self.sd = mean, _floored_sd(mean, sd)
-        self.skewness = _skewness(errors)
+        self.skewness = sample_skewness(errors)
         self.cusum_h, self.small_cusum_h = self._thresholds(errors, errors.size)
         if self.refine is not None:
             self.settled_thresholds = list(self._thresholds(errors, self._settles_on(errors.size)))
@@ -464,15 +464,6 @@ def _threshold_for_all(samples: list[np.ndarray], k: float, every: float) -> flo
     for z in samples:
         h = cusum_threshold_from(z, k, every, at_least=h)
     return h
-
-
-def _skewness(errors: np.ndarray) -> float:
-    """Sample skewness; 0 for errors without spread or beyond float range (standardised first, so huge
-    errors do not overflow)."""
-    with np.errstate(all="ignore"):
-        sd = float(errors.std())
-        skewness = float(np.mean(((errors - errors.mean()) / sd) ** 3)) if sd > 0 else 0.0
-    return skewness if math.isfinite(skewness) else 0.0
 
 
 def _floored_sd(mean: float, sd: float) -> float:
