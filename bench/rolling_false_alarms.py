@@ -19,7 +19,7 @@ classifier, 2.67); exponential (a stand-in for log loss, 2.0). Two ways:
   threshold itself does;
 * **estimated baseline**, as the monitor has it: streams of 1 M errors,
   each standardised by the mean and sd of its own 10,000 baseline errors
-  (a settled production baseline), at the threshold for that estimate
+  (a production baseline on its way to settling on 30,000), at the threshold for that estimate
   (``baseline_labels`` 10,000) and for the skewness of the first 1,000 of
   them. Baselines that happen to sit low raise more alarms, those that sit
   high fewer; the count is over all of them.

@@ -278,31 +278,70 @@ def test_state_written_before_the_first_labels_were_kept_still_refines():
     assert restored.baseline_labels == 4_000 and restored.refine is not None
 
 
-def test_the_cusum_thresholds_tighten_once_the_baseline_settles_and_a_restart_mid_refinement_changes_nothing():
+def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_refinement_changes_nothing():
     from types import SimpleNamespace
 
     from worker.monitor.concept import _reference_z, _threshold_for_all
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
-    _, monitor = _alerts(validation, labels[:5_000])
+    config = DriftConfig(production_refine_labels=10_000)
+    first = np.array([error for error, _, _ in labels[:1_000]])
+
+    def calibrated(baseline_labels):
+        # On the first 1,000 errors and the validation sample, as when the baseline was set, with the
+        # allowance of that many labels (2 standard errors: 0.02 sd on 10,000, not 0.063 on 1,000).
+        samples = [_reference_z(validation.tolist(), float(validation.mean()), float(validation.std()),
+                                baseline_labels),
+                   _reference_z(first, float(first.mean()), float(first.std()), baseline_labels)]
+        return _threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7)
+
+    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    _alerts(validation, labels[:1_000], monitor)
     set_at = (monitor.cusum_h, monitor.small_cusum_h)
+    _alerts(validation, labels[1_000:5_000], monitor)
+    # Each doubling of the first 1,000 labels, then the 10,000 it settles on.
+    assert [t[0] for t in monitor.tighten_at] == [8_000, 10_000]
+    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(calibrated(4_000), rel=1e-9)
     state = monitor.state_values()
-    assert len(json.loads(state["detectors"])["production"]["settled_thresholds"]) == 2  # not the errors
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+    assert len(json.loads(state["detectors"])["production"]["tighten_at"]) == 2  # numbers, not the errors
+    restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                   state=SimpleNamespace(**state), error_sample=error_sample(validation))
     for m in (monitor, restored):
         assert _alerts(validation, labels[5_000:], m)[0] == []
-    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.settled_thresholds is None
+    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.tighten_at is None
     assert restored.state_values() == monitor.state_values()
-    # Calibrated on the first 1,000 errors and the validation sample, as when the baseline was set, with the
-    # allowance of 10,000 labels (2 standard errors: 0.02 sd, not 0.063): lower, and the detectors use them.
-    first = np.array([error for error, _, _ in labels[:1_000]])
-    samples = [_reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), 10_000),
-               _reference_z(first, float(first.mean()), float(first.std()), 10_000)]
-    expected = (_threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7))
-    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(expected, rel=1e-9)
-    assert monitor.cusum_h < 0.95 * set_at[0] and monitor.small_cusum_h < 0.9 * set_at[1], (set_at, expected)
+    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(calibrated(10_000), rel=1e-9)
+    assert monitor.cusum_h < 0.95 * set_at[0] and monitor.small_cusum_h < 0.9 * set_at[1], set_at
     assert monitor.detectors["prediction_time_cusum"].h == monitor.cusum_h
     assert monitor.detectors["prediction_time_cusum_small"].h == monitor.small_cusum_h
+
+
+def test_state_from_before_the_milestones_settles_with_its_one_pair_of_thresholds():
+    from types import SimpleNamespace
+    validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
+    config = DriftConfig(production_refine_labels=10_000)
+    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                                 error_sample=error_sample(validation))
+    _alerts(validation, labels[:5_000], monitor)
+    state = monitor.state_values()
+    blob = json.loads(state["detectors"])
+    settled = blob["production"].pop("tighten_at")[-1][1:]
+    blob["production"]["settled_thresholds"] = settled  # as written then: the pair for when it settles
+    old = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
+                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                             error_sample=error_sample(validation))
+    assert _alerts(validation, labels[5_000:], old)[0] == []
+    assert old.baseline_labels == 10_000 and old.tighten_at is None
+    assert [old.cusum_h, old.small_cusum_h] == settled
+
+
+@pytest.mark.parametrize(("baseline", "refine", "milestones"), [
+    (1_000, 30_000, [2_000, 4_000, 8_000, 16_000, 30_000]), (1_500, 30_000, [3_000, 6_000, 12_000, 24_000, 30_000]),
+    (1_000, 2_500, [2_000, 3_000]), (2_000, 2_001, [3_000])])
+def test_the_cusum_thresholds_tighten_at_each_doubling_of_the_first_labels_and_where_the_baseline_settles(
+        baseline, refine, milestones):
+    config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)
+    assert ErrorStreamMonitor("m", "1", config, 0.5, 0.3)._milestones(baseline) == milestones
 
 
 @pytest.mark.parametrize(("baseline", "refine", "settles_on"), [(1_000, 10_000, 10_000), (1_500, 10_000, 10_000),
@@ -314,7 +353,7 @@ def test_the_baseline_settles_on_the_labels_its_thresholds_were_calibrated_for(b
                                  error_sample=error_sample(validation))
     for count, (error, arrived, predicted) in enumerate(labels[:settles_on], start=1):
         monitor.update(error, "absolute_error", arrived, predicted)
-        assert (monitor.settled_thresholds is None) == (count < baseline or count == settles_on)
+        assert (monitor.tighten_at is None) == (count < baseline or count == settles_on)
     assert monitor.refine is None and monitor.baseline_labels == settles_on
 
 

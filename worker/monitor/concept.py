@@ -47,8 +47,9 @@ class ErrorStreamMonitor:
        (at 2.5 standard errors, for the repeated looks). From then on
        errors enter the detectors in units of the *production* baseline, and
        the CUSUM thresholds are calibrated on those production errors (allowing
-       for the baseline being an estimate, and calibrated again for the smaller
-       allowance once it settles on ``production_refine_labels``), so a
+       for the baseline being an estimate, and tightened for the smaller
+       allowance as it refines: at each doubling of its first labels and once
+       it settles on ``production_refine_labels``), so a
        stationary stream stays silent whatever its level. (With
        ``production_baseline_labels = 0`` the validation baseline is used.)
     2. **Change detection.** Page-Hinkley and the rolling means in
@@ -102,9 +103,12 @@ class ErrorStreamMonitor:
         # A gap too small to be significant on the first labels is tested again as the baseline refines.
         self.gap_pending: bool = production.get("gap_pending", False)
         self.validation_sample = error_sample
-        # The CUSUM thresholds (k, k/2) for when the baseline settles, with the smaller allowance its many
-        # labels earn: calibrated with the first ones, on the same errors, while those are at hand.
-        self.settled_thresholds: list[float] | None = production.get("settled_thresholds")
+        # The CUSUM thresholds ahead, [labels, k's, k/2's] each, for when the refining baseline reaches
+        # those labels: the smaller allowance they earn, calibrated with the first labels, on the same
+        # errors, while those are at hand. State from before kept one pair, for when it settles.
+        self.tighten_at: list[list[float]] | None = production.get("tighten_at")
+        if self.tighten_at is None and production.get("settled_thresholds") is not None:
+            self.tighten_at = [[config.production_refine_labels, *production["settled_thresholds"]]]
         self.cusum_h: float | None = production.get("cusum_h")
         self.small_cusum_h: float | None = production.get("small_cusum_h")
         if self.cusum_h is not None and self.small_cusum_h is None:
@@ -285,7 +289,7 @@ class ErrorStreamMonitor:
         self.skewness = sample_skewness(errors)
         self.cusum_h, self.small_cusum_h = self._thresholds(errors, errors.size)
         if self.refine is not None:
-            self.settled_thresholds = list(self._thresholds(errors, self._settles_on(errors.size)))
+            self.tighten_at = [[labels, *self._thresholds(errors, labels)] for labels in self._milestones(errors.size)]
         self._build_detectors(None)
         log.info("%s@%s: production baseline of the %s from %d labels: %.4g (sd %.4g); validation %s",
                  self.model_id, self.version, self.stream, errors.size, mean, sd,
@@ -312,6 +316,17 @@ class ErrorStreamMonitor:
         """How many labels a baseline set on ``labels`` rests on when it settles: refinements come every
         ``REFINE_EVERY`` labels, and the first at or past ``production_refine_labels`` is the last."""
         return REFINE_EVERY * math.ceil(max(self.config.production_refine_labels, labels + 1) / REFINE_EVERY)
+
+    def _milestones(self, labels: int) -> list[int]:
+        """The label counts at which the CUSUM thresholds of a refining baseline set on ``labels`` tighten:
+        the refinement at or past each doubling of ``labels``, and the one it settles on. The allowance
+        for an estimated baseline shrinks with the square root of its labels, so a change that comes
+        while the baseline still refines is met by thresholds that have kept up."""
+        settles, doubled, points = self._settles_on(labels), 2 * labels, []
+        while doubled < settles:
+            points.append(REFINE_EVERY * math.ceil(doubled / REFINE_EVERY))
+            doubled *= 2
+        return [*sorted(set(points)), settles]
 
     def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         """One alert if the production baseline exceeds the validation estimate by more than the margin (a
@@ -345,7 +360,7 @@ class ErrorStreamMonitor:
         first_n, first_mean = self.first_labels or (before, mean_before)
         if ((total - mean_before * before) / newest - first_mean
                 > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
-            self.refine, self.gap_pending, self.settled_thresholds = None, False, None
+            self.refine, self.gap_pending, self.tighten_at = None, False, None
             log.info("%s@%s: the newest %d labels of the production baseline are above its first %d: a change, "
                      "not the deployment's level; the baseline stays at %.4g", self.model_id, self.version,
                      newest, first_n, self.mean)
@@ -360,20 +375,22 @@ class ErrorStreamMonitor:
             # Tested again at every refinement: 2.5 standard errors allow for the repeated looks.
             alerts = self._deployment_gap(n, 2.5, metric, label_ts)
             self.gap_pending = not alerts
-        if n >= self.config.production_refine_labels:
+        settles = n >= self.config.production_refine_labels
+        if self.tighten_at and (settles or self.tighten_at[0][0] <= n):
+            self._tighten_thresholds(n, settles)
+        if settles:
             self.refine, self.gap_pending = None, False
-            if self.settled_thresholds is not None:
-                self._settle_thresholds()
             log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
                      self.version, n, self.mean, self.sd)
         return alerts
 
-    def _settle_thresholds(self) -> None:
-        """The CUSUMs take the thresholds for the settled baseline and keep their sums: the allowance for an
-        estimated baseline shrinks with the square root of its labels, and with it the threshold a small
-        shift must reach."""
-        self.cusum_h, self.small_cusum_h = self.settled_thresholds
-        self.settled_thresholds = None
+    def _tighten_thresholds(self, labels: int, settles: bool) -> None:
+        """The CUSUMs take the thresholds for the baseline's ``labels`` (all that remain once it ``settles``)
+        and keep their sums: the allowance for an estimated baseline shrinks with the square root of its
+        labels, and with it the threshold a small shift must reach."""
+        due = [t for t in self.tighten_at if settles or t[0] <= labels]
+        self.tighten_at = self.tighten_at[len(due):] or None
+        self.cusum_h, self.small_cusum_h = due[-1][1:]
         for name, h in (("prediction_time_cusum", self.cusum_h), ("prediction_time_cusum_small", self.small_cusum_h)):
             self.detectors[name].h = h
 
@@ -437,7 +454,7 @@ class ErrorStreamMonitor:
                       "sd": None if self.collected is not None else self.sd, "errors": self.collected,
                       "cusum_h": self.cusum_h, "small_cusum_h": self.small_cusum_h, "labels": self.baseline_labels,
                       "refine": self.refine, "first_labels": self.first_labels, "gap_pending": self.gap_pending,
-                      "settled_thresholds": self.settled_thresholds, "skewness": self.skewness}
+                      "tighten_at": self.tighten_at, "skewness": self.skewness}
         episode = {"level_z": self.level_z, "level": self.level, "level_from": self.level_from,
                    "escalation": None if self.escalation is None else self.escalation.state(),
                    "escalation_pt": None if self.escalation_pt is None else self.escalation_pt.state()}
