@@ -12,8 +12,10 @@ labels. Printed per case and refinement length: the share of runs that
 raised a ``deployment_gap`` (the power of the gap test, or its false alarms
 where production equals validation), that started a concept episode (none
 should: the streams are stationary), and whose baseline stopped refining
-early (the trend rule took chance for a change under way). The same seeds
-for every refinement length, so the columns compare like with like.
+early (the trend rule took chance for a change under way). Each row its
+own seeds (scaled copies of one stream would repeat the trend rule's
+outcome, which does not depend on scale), the same for every refinement
+length, so the columns compare like with like.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def run(task: str, worse: float, refine: int, seed: int) -> tuple[bool, bool, bo
                                  error_sample=error_sample(validation))
     episodes = {alert.data.episode for i, error in enumerate(production)
                 for alert in monitor.update(float(error), metric, float(i), float(i))}
-    return "deployment_gap" in episodes, "started" in episodes, monitor.baseline_labels < refine
+    stopped_early = monitor.refine is None and monitor.baseline_labels < refine  # not paused by an episode
+    return "deployment_gap" in episodes, "started" in episodes, stopped_early
 
 
 def main() -> None:
@@ -67,7 +70,8 @@ def main() -> None:
     for task in ("classifier", "regression"):
         for worse in WORSE:
             for refine in args.refine_labels:
-                outcomes = np.array([run(task, worse, refine, seed) for seed in range(args.runs)])
+                outcomes = np.array([run(task, worse, refine, 1000 * WORSE.index(worse) + seed)
+                                     for seed in range(args.runs)])
                 gap, episode, early = outcomes.mean(axis=0)
                 print(f"| {task} | {worse:.0%} worse | {refine:,} | {gap:.0%} | {episode:.0%} | {early:.0%} |",
                       flush=True)

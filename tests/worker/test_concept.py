@@ -322,7 +322,8 @@ def test_state_from_before_the_milestones_settles_with_its_one_pair_of_threshold
     config = DriftConfig(production_refine_labels=10_000)
     monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                  error_sample=error_sample(validation))
-    _alerts(validation, labels[:5_000], monitor)
+    _alerts(validation, labels[:1_500], monitor)  # set, not yet tightened: as old state had it
+    first = [monitor.cusum_h, monitor.small_cusum_h]
     state = monitor.state_values()
     blob = json.loads(state["detectors"])
     settled = blob["production"].pop("tighten_at")[-1][1:]
@@ -330,14 +331,17 @@ def test_state_from_before_the_milestones_settles_with_its_one_pair_of_threshold
     old = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                              state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
                              error_sample=error_sample(validation))
-    assert _alerts(validation, labels[5_000:], old)[0] == []
+    for count, (error, arrived, predicted) in enumerate(labels[1_500:], start=1_501):
+        assert old.update(error, "absolute_error", arrived, predicted) == []
+        assert [old.cusum_h, old.small_cusum_h] == (first if count < 10_000 else settled), count
     assert old.baseline_labels == 10_000 and old.tighten_at is None
-    assert [old.cusum_h, old.small_cusum_h] == settled
+    assert all(tight < loose for tight, loose in zip(settled, first))
 
 
 @pytest.mark.parametrize(("baseline", "refine", "milestones"), [
     (1_000, 30_000, [2_000, 4_000, 8_000, 16_000, 30_000]), (1_500, 30_000, [3_000, 6_000, 12_000, 24_000, 30_000]),
-    (1_000, 2_500, [2_000, 3_000]), (2_000, 2_001, [3_000])])
+    (1_000, 2_500, [2_000, 3_000]), (2_000, 2_001, [3_000]),
+    (1_850, 30_000, [4_000, 8_000, 15_000, 30_000])])  # 29,600 rounds up to where it settles: once
 def test_the_cusum_thresholds_tighten_at_each_doubling_of_the_first_labels_and_where_the_baseline_settles(
         baseline, refine, milestones):
     config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)

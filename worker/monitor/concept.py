@@ -176,8 +176,8 @@ class ErrorStreamMonitor:
         return self.log_loss.update(loss, "log_loss", label_ts, prediction_ts)
 
     def _build_detectors(self, reference_errors: list[float] | None) -> None:
-        """Fresh detectors; the CUSUM threshold is calibrated once per baseline on its errors (and again when
-        the baseline settles), then kept.
+        """Fresh detectors; the CUSUM thresholds are calibrated once per baseline on its errors (with those
+        it tightens to as it refines), then kept.
 
         A production baseline is estimated from a few labels, so it is off by about one standard
         error; the thresholds allow for that (calibrated as if the errors sat 2 standard errors
@@ -322,11 +322,11 @@ class ErrorStreamMonitor:
         the refinement at or past each doubling of ``labels``, and the one it settles on. The allowance
         for an estimated baseline shrinks with the square root of its labels, so a change that comes
         while the baseline still refines is met by thresholds that have kept up."""
-        settles, doubled, points = self._settles_on(labels), 2 * labels, []
+        settles, doubled, points = self._settles_on(labels), 2 * labels, set()
         while doubled < settles:
-            points.append(REFINE_EVERY * math.ceil(doubled / REFINE_EVERY))
+            points.add(REFINE_EVERY * math.ceil(doubled / REFINE_EVERY))
             doubled *= 2
-        return [*sorted(set(points)), settles]
+        return [*sorted(points - {settles}), settles]
 
     def _deployment_gap(self, labels: int, sigmas: float, metric: str, label_ts: float) -> list[ConceptDriftAlert]:
         """One alert if the production baseline exceeds the validation estimate by more than the margin (a
@@ -375,22 +375,23 @@ class ErrorStreamMonitor:
             # Tested again at every refinement: 2.5 standard errors allow for the repeated looks.
             alerts = self._deployment_gap(n, 2.5, metric, label_ts)
             self.gap_pending = not alerts
-        settles = n >= self.config.production_refine_labels
-        if self.tighten_at and (settles or self.tighten_at[0][0] <= n):
-            self._tighten_thresholds(n, settles)
-        if settles:
-            self.refine, self.gap_pending = None, False
+        if self.tighten_at and self.tighten_at[0][0] <= n:
+            self._tighten_thresholds(n)
+        if n >= self.config.production_refine_labels:
+            # Settled: counts past it (none, as calibrated) are never reached.
+            self.refine, self.gap_pending, self.tighten_at = None, False, None
             log.info("%s@%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.model_id,
                      self.version, n, self.mean, self.sd)
         return alerts
 
-    def _tighten_thresholds(self, labels: int, settles: bool) -> None:
-        """The CUSUMs take the thresholds for the baseline's ``labels`` (all that remain once it ``settles``)
-        and keep their sums: the allowance for an estimated baseline shrinks with the square root of its
-        labels, and with it the threshold a small shift must reach."""
-        due = [t for t in self.tighten_at if settles or t[0] <= labels]
+    def _tighten_thresholds(self, labels: int) -> None:
+        """The CUSUMs take the thresholds for the baseline's ``labels`` and keep their sums: the allowance
+        for an estimated baseline shrinks with the square root of its labels, and with it the threshold a
+        small shift must reach. Never a looser one: calibrations on different allowances need not be
+        monotonic to the last digit."""
+        due = [t for t in self.tighten_at if t[0] <= labels]
         self.tighten_at = self.tighten_at[len(due):] or None
-        self.cusum_h, self.small_cusum_h = due[-1][1:]
+        self.cusum_h, self.small_cusum_h = min(self.cusum_h, due[-1][1]), min(self.small_cusum_h, due[-1][2])
         for name, h in (("prediction_time_cusum", self.cusum_h), ("prediction_time_cusum_small", self.small_cusum_h)):
             self.detectors[name].h = h
 
