@@ -26,11 +26,11 @@ baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_
 its alarms are ``started`` and ``escalated`` alerts (``deployment_gap`` is counted
 apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
 raw errors in arrival order; every ``drift_detected`` is an alarm; "matched",
-the same detectors at the false-alarm rate Undertow keeps (PageHinkley's
-smallest threshold, ADWIN's largest delta, that raise no alarm on the
-stationary streams of these seeds, ``--matched-labels`` long: twice the
-changing streams by default, as a zero on few labels says little about a
-rate of one per millions). Two yardsticks no one can run. One is
+the same detectors made as quiet as Undertow (PageHinkley's smallest
+threshold, ADWIN's largest delta, that raise no alarm on the stationary
+streams of these seeds, ``--matched-labels`` long: twice the changing
+streams by default, as a zero on few labels says little about a rate of
+one per millions). Two yardsticks no one can run. One is
 told the change's size (a step's height, a ramp's slope) and the level
 before it, not its time: on a step the prediction-time CUSUM with k at half
 the step (for normal errors the optimal detector of a known step at an
@@ -180,7 +180,7 @@ def _quiet(make, task: str, n: int, seeds: int) -> bool:
 
 def matched_threshold(task: str, n: int, seeds: int) -> float:
     """The smallest PageHinkley threshold with no alarm on the stationary streams of every seed: river's
-    detector at the false-alarm rate Undertow promises, for the comparison of delays at equal cost (NaN if
+    detector as quiet as Undertow on these streams, for the comparison of delays at equal cost (NaN if
     none tried is quiet)."""
     from river.drift import PageHinkley
     return next((t for t in MATCHED_THRESHOLDS if _quiet(functools.partial(PageHinkley, threshold=t), task, n, seeds)),
@@ -355,7 +355,9 @@ def main() -> None:
                         help="only these streams (first word of the name), e.g. --shapes stationary")
     args = parser.parse_args()
     shapes = [shape for shape in SHAPES if not args.shapes or shape.name.split()[0] in args.shapes]
-    matched_labels = args.matched_labels or 2 * args.labels
+    matched_labels = 2 * args.labels if args.matched_labels is None else args.matched_labels
+    if matched_labels < 1:
+        parser.error("--matched-labels must be at least 1")
     config = DriftConfig()
     started = time.perf_counter()
     print("| task | stream | detector | delay per change (median over seeds) | label floor | false alarms "
