@@ -76,8 +76,10 @@ FLOOR_LABELS = 10
 DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched",
              "river ADWIN, matched", "told the size and the level, not the time",
              "oracle (knows change, shape, baseline)")
-MATCHED_THRESHOLDS = (50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
-MATCHED_DELTAS = (0.002, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 1e-6, 1e-7, 1e-8)
+# Fine grids (thresholds about 10 % apart, deltas 20 %), from the defaults towards quieter: PageHinkley's delay
+# grows about in proportion to its threshold, so a coarse grid would overstate what matching costs it.
+MATCHED_THRESHOLDS = tuple(sorted({float(f"{50 * 1.1 ** k:.2g}") for k in range(45)}))       # 50 ... 3,300
+MATCHED_DELTAS = tuple(sorted({float(f"{0.002 * 0.8 ** k:.2g}") for k in range(60)}, reverse=True))  # 0.002 ... 4e-9
 
 
 @dataclass(frozen=True)
