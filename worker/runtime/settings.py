@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # Optional mirror of training runs and versions to MLflow (pip install 'undertow[mlflow]').
     mlflow_tracking_uri: str | None = None
 
+    @field_validator("signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return _non_blank_secret(value)
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -106,6 +111,13 @@ class Settings(BaseSettings):
         return self.group_id or f"undertow-{service}"
 
 
+def _non_blank_secret(value: SecretStr | None) -> SecretStr | None:
+    # An empty key would sign and verify like any other: a typo in a deployment must not pass as security.
+    if value is not None and not value.get_secret_value().strip():
+        raise ValueError("is empty or blank: unset it, or give a real secret")
+    return value
+
+
 class ServiceSettings(Settings):
     """A consuming service: the consume loop's knobs."""
 
@@ -132,6 +144,15 @@ class MonitorSettings(ServiceSettings):
     # one event from the year 2999 would otherwise move the event-time
     # watermark and expire every waiting label.
     max_clock_skew_seconds: float = Field(default=3600, gt=0)
+    # Events of a model id that nobody registered (a typo in a producer, a model not yet registered):
+    # counted and logged, not kept, unless wait_for_registration keeps them for the join until the
+    # model is registered (at most unregistered_max_pending in all, each at most unregistered_ttl_seconds
+    # of wall-clock time). Per-id counts are kept for the unregistered_tracked_ids most frequent ids.
+    wait_for_registration: bool = False
+    unregistered_max_pending: int = Field(default=10_000, ge=0)
+    unregistered_ttl_seconds: float = Field(default=3600, gt=0)
+    unregistered_tracked_ids: int = Field(default=100, ge=1, le=10_000)
+    unregistered_warn_interval_seconds: float = Field(default=3600, gt=0)
 
 
 class TrainerSettings(ServiceSettings):
@@ -167,6 +188,13 @@ class ServerSettings(Settings):
     # The registry's champion is checked this often, besides every model event.
     registry_check_seconds: float = Field(default=10.0, gt=0)
     shutdown_flush_seconds: float = Field(default=10.0, gt=0)
+    # With it set, POST /predict and /labels need "Authorization: Bearer <token>".
+    server_token: SecretStr | None = None
+
+    @field_validator("server_token")
+    @classmethod
+    def _check_server_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _non_blank_secret(value)
 
 
 SettingsType = TypeVar("SettingsType", bound=Settings)
