@@ -239,6 +239,15 @@ def champions(session: Session, model_ids: list[str]) -> dict[str, str]:
     return {model_id: version for model_id, version in rows}
 
 
+def registered(session: Session, model_ids: list[str]) -> set[str]:
+    """Which of ``model_ids`` have at least one registered version."""
+    found: set[str] = set()
+    for i in range(0, len(model_ids), 2000):  # far below SQLite's and PostgreSQL's bound-parameter limits
+        found.update(session.scalars(select(ModelVersion.model_id).where(
+            ModelVersion.model_id.in_(model_ids[i:i + 2000])).distinct()))
+    return found
+
+
 def get_version(session: Session, model_id: str, version: str) -> ModelVersion:
     row = session.get(ModelVersion, (model_id, version))
     if row is None:

@@ -32,11 +32,13 @@ from storage.tables import (
     JoinStats,
     LabelledPair,
     ModelStats,
+    ModelVersion,
     OutboxMessage,
     PartitionGap,
     PendingEvent,
     RetrainRequest,
     SeenBlock,
+    UnregisteredModel,
     WindowResult,
 )
 
@@ -351,7 +353,7 @@ def load_join_stats(session: Session, model_id: str) -> dict:
     row = session.execute(select(table).where(table.c.model_id == model_id)).mappings().first()
     if row is not None:
         return dict(row)
-    values = {"model_id": model_id, **dict.fromkeys(JOIN_COUNTERS, 0), "watermark_ts": None}
+    values = {"model_id": model_id, **dict.fromkeys(JOIN_COUNTERS, 0), "watermark_ts": None, "arrived_at": None}
     session.execute(insert(table).values(**values))
     return values
 
@@ -360,7 +362,7 @@ def save_join_stats(session: Session, rows: list[dict]) -> None:
     """Write the join statistics of several models (rows from ``load_join_stats``) in one statement."""
     if rows:
         session.execute(_UPDATE_JOIN_STATS, [
-            {"b_model_id": row["model_id"], "watermark_ts": row["watermark_ts"],
+            {"b_model_id": row["model_id"], "watermark_ts": row["watermark_ts"], "arrived_at": row["arrived_at"],
              **{name: row[name] for name in JOIN_COUNTERS}} for row in rows])
 
 
@@ -457,3 +459,57 @@ def newest_pairs(session: Session, model_id: str, limit: int | None,
 
 def alert(session: Session, alert_id: str) -> Alert | None:
     return session.get(Alert, alert_id)
+
+
+UNREGISTERED_COLUMNS = ("model_id", "predictions", "labels", "ids", "kept", "expired", "first_seen_at",
+                        "last_seen_at")
+
+
+def unregistered_models(session: Session) -> list[UnregisteredModel]:
+    """The tracked unregistered ids, most events first, and the "(other)" row."""
+    table = UnregisteredModel.__table__
+    return list(session.scalars(select(UnregisteredModel).order_by(
+        (table.c.predictions + table.c.labels).desc(), table.c.model_id)))
+
+
+def save_unregistered(session: Session, rows: list[dict], new_ids: set[str], removed: Iterable[str]) -> None:
+    """Write the rows of ``unregistered_models`` that changed: ``new_ids`` are inserted, the rest updated;
+    ``removed`` ids (folded into the "(other)" row) are deleted."""
+    table = UnregisteredModel.__table__
+    removed = list(removed)
+    for i in range(0, len(removed), _IN_CHUNK):
+        session.execute(delete(table).where(table.c.model_id.in_(removed[i:i + _IN_CHUNK])))
+    inserts = [row for row in rows if row["model_id"] in new_ids]
+    updates = [row for row in rows if row["model_id"] not in new_ids]
+    if inserts:
+        session.execute(insert(table), inserts)
+    if updates:
+        session.execute(update(table).where(table.c.model_id == bindparam("b_model_id")), [
+            {"b_model_id": row["model_id"], **{k: row[k] for k in UNREGISTERED_COLUMNS[1:]}} for row in updates])
+
+
+def _unregistered(column):
+    return column.not_in(select(ModelVersion.__table__.c.model_id).distinct())
+
+
+def waiting_unregistered(session: Session) -> int:
+    """Events of unregistered models waiting in the join buffer (UNDERTOW_WAIT_FOR_REGISTRATION's cap)."""
+    table = JoinStats.__table__
+    return int(session.scalar(select(func.coalesce(func.sum(table.c.pending_predictions + table.c.pending_labels), 0))
+                              .where(_unregistered(table.c.model_id))) or 0)
+
+
+def stale_unregistered_joins(session: Session, arrived_before: float) -> list[tuple[str, int]]:
+    """Unregistered models whose last event arrived before ``arrived_before`` (wall clock), with their
+    waiting events; rows written before arrival times were kept count as stale."""
+    table = JoinStats.__table__
+    return [(model_id, int(n)) for model_id, n in session.execute(
+        select(table.c.model_id, table.c.pending_predictions + table.c.pending_labels).where(
+            _unregistered(table.c.model_id),
+            (table.c.arrived_at < arrived_before) | table.c.arrived_at.is_(None)).order_by(table.c.model_id))]
+
+
+def forget_model(session: Session, model_id: str) -> None:
+    """Delete what the monitor keeps of an unregistered model: waiting events, join and event counts."""
+    for table in (PendingEvent.__table__, JoinStats.__table__, ModelStats.__table__):
+        session.execute(delete(table).where(table.c.model_id == model_id))

@@ -62,6 +62,31 @@ class ModelStats(Base):
     last_event_ts: Mapped[float | None] = mapped_column(Float)
 
 
+class UnregisteredModel(Base):
+    """Events of model ids that are not registered: the most frequent ids, and one row for the rest.
+
+    Bounded (``UNDERTOW_UNREGISTERED_TRACKED_IDS`` rows plus the row
+    ``OTHER_UNREGISTERED``): a producer with a typo in its model id, or an
+    attacker inventing ids, cannot grow it.
+    """
+    __tablename__ = "unregistered_models"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Distinct ids this row stands for: 1, or for the "(other)" row the ids folded into it.
+    ids: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Events kept for the join (UNDERTOW_WAIT_FOR_REGISTRATION) and dropped beyond its global cap.
+    kept: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Kept events that waited longer than UNDERTOW_UNREGISTERED_TTL_SECONDS and were deleted.
+    expired: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen_at: Mapped[float] = mapped_column(Float)  # wall clock of the monitor
+    last_seen_at: Mapped[float] = mapped_column(Float)
+
+
+OTHER_UNREGISTERED = "(other)"  # not a valid model id, so never a real one
+
+
 class SeenBlock(Base):
     """Duplicate horizon: the keys of the events one batch took from one source partition.
 
@@ -241,6 +266,9 @@ class JoinStats(Base):
     evicted_predictions: Mapped[int] = mapped_column(BigInteger, default=0)
     evicted_labels: Mapped[int] = mapped_column(BigInteger, default=0)
     watermark_ts: Mapped[float | None] = mapped_column(Float)
+    # Wall clock of the monitor when the model's last event arrived: waiting events of an
+    # unregistered model expire by it (UNDERTOW_UNREGISTERED_TTL_SECONDS).
+    arrived_at: Mapped[float | None] = mapped_column(Float)
 
 
 class ConceptState(Base):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -23,6 +25,7 @@ from storage import repo
 from worker.monitor.alerts import record_alert
 from worker.monitor.join_buffer import JoinBuffer, Waiting
 from worker.monitor.model_events import batch_champions
+from worker.monitor.registration import FORGOTTEN
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
@@ -32,6 +35,9 @@ from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAle
 log = logging.getLogger(__name__)
 
 REFINE_EVERY = 1000  # labels between refinements of a production baseline
+# Join buffers held in memory across batches; beyond it those of models not in the batch are dropped
+# (restored from join_pending when their model comes back), so memory does not grow with the model count.
+MAX_BUFFERS_IN_MEMORY = 10_000
 TREND_SIGMAS = 2.5  # the newest labels this far above the baseline's: a change, not more of the baseline
 
 
@@ -505,7 +511,8 @@ class ConceptStage:
     """
 
     def __init__(self, alerts_topic: str, policy: RetrainPolicy, join_ttl_seconds: float,
-                 join_max_pending: int, pairs_retention: int):
+                 join_max_pending: int, pairs_retention: int, clock: Callable[[], float] = time.time):
+        self.clock = clock
         self.alerts_topic = alerts_topic
         self.policy = policy
         self.join_ttl_seconds = join_ttl_seconds
@@ -521,6 +528,9 @@ class ConceptStage:
         self._recent_models.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
+        for model_id in batch.shared.get(FORGOTTEN, ()):  # their rows were deleted by the registration stage
+            self._buffers.pop(model_id, None)
+            self._recent_models.discard(model_id)
         by_model: dict[str, list] = defaultdict(list)
         for item in batch.events:  # (position, event): the batch's own tuples, not new ones
             by_model[item[1].model_id].append(item)
@@ -542,11 +552,16 @@ class ConceptStage:
                     alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
                 for alert in alerts:
                     self._raise(session, alert, monitor.config)
+        now = self.clock()
+        for model_id in by_model:
+            self._buffers[model_id].stats["arrived_at"] = now
         repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in by_model])
         # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
         for model_id in self._recent_models.difference(by_model):
             self._buffers[model_id].forget_recent()
         self._recent_models = set(by_model)
+        if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
+            self._buffers = {model_id: self._buffers[model_id] for model_id in by_model}
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)

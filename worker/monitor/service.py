@@ -11,6 +11,7 @@ from worker.monitor.concept import ConceptStage
 from worker.monitor.data_drift import DataDriftStage
 from worker.monitor.ingest import IngestStage
 from worker.monitor.model_events import ModelEventsStage
+from worker.monitor.registration import RegistrationStage, UnregisteredPolicy
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime.events import (
     LabelEvent,
@@ -70,6 +71,12 @@ class EventParser:
         return event
 
 
+def unregistered_policy(settings: MonitorSettings) -> UnregisteredPolicy:
+    return UnregisteredPolicy(settings.wait_for_registration, settings.unregistered_max_pending,
+                              settings.unregistered_ttl_seconds, settings.unregistered_tracked_ids,
+                              settings.unregistered_warn_interval_seconds)
+
+
 def monitor_service(settings: MonitorSettings, partitions: int = 3,
                     clock: Callable[[], float] = time.time) -> Service:
     """The monitor as a service of the shared runtime: its topics, parser and stages."""
@@ -86,10 +93,11 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
                           settings.signing_key),
         stages=[
             ModelEventsStage(topics.models),
+            RegistrationStage(unregistered_policy(settings), clock),
             IngestStage(settings.duplicate_horizon),
             DataDriftStage(topics.alerts, policy),
             ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
-                         settings.pairs_retention),
+                         settings.pairs_retention, clock),
         ],
         make_intake=lambda: CoPartitionMerger(topics.predictions, topics.labels, max_buffered=MERGER_MAX_BUFFERED),
         prepare=prepare,
