@@ -7,7 +7,7 @@ import logging
 from sqlalchemy import select
 
 from storage import repo
-from storage.tables import DriftState
+from storage.tables import OTHER_UNREGISTERED, DriftState
 from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
 
 log = logging.getLogger("undertow")
@@ -55,14 +55,29 @@ def collect_status(settings) -> dict:
                     row[label] = {"value": episodes[key][3], "severity": episodes[key][0]}
             if len(row) > 2:
                 checks.append(row)
+        unregistered = _unregistered(repo.unregistered_models(session))
         requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
                      "status": r.status, "requested_at": iso(r.created_ts)}
                     for r in repo.retrain_requests(session) if r.status == "open"]
     engine.dispose()
     partitions, reachable = _with_log_ends(settings, offsets)
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
-            "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions, "dead_letters": dead,
-            "broker_reachable": reachable}
+            "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions,
+            "dead_letters": dead, "unregistered": unregistered, "broker_reachable": reachable}
+
+
+UNREGISTERED_SHOWN = 10
+
+
+def _unregistered(rows) -> dict:
+    """Events of model ids nobody registered: totals, then the most frequent ids."""
+    totals = {"model_ids": sum(r.ids for r in rows), "predictions": sum(r.predictions for r in rows),
+              "labels": sum(r.labels for r in rows), "kept_for_join": sum(r.kept for r in rows),
+              "expired": sum(r.expired for r in rows)}
+    top = [{"model_id": r.model_id, "predictions": r.predictions, "labels": r.labels,
+            "first_seen_at": iso(r.first_seen_at), "last_seen_at": iso(r.last_seen_at)}
+           for r in rows if r.model_id != OTHER_UNREGISTERED][:UNREGISTERED_SHOWN]
+    return {**totals, "most_frequent": top}
 
 
 BROKER_PROBE_TIMEOUT_S = 3.0
@@ -147,6 +162,11 @@ def cmd_status(args) -> int:
               f"lag={lag}{note}{gaps}")
     for d in status["dead_letters"]:
         print(f"dead letters from {d['source_topic']}: {d['count']} (last: {d['last_error']})")
+    u = status["unregistered"]
+    if u["model_ids"]:
+        print(f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
+              f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
+              + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,})" for m in u["most_frequent"]))
     return 0
 
 
