@@ -1,6 +1,8 @@
 """docker-compose.yml, checked by parsing it (no Docker daemon here): every UNDERTOW_ variable it sets is
-accepted by the settings of the service that reads it, every command exists in the CLI, and the start-up
-order holds (topics before the services, health checks behind every condition)."""
+accepted by the settings of the service that reads it, every command exists in the CLI, the start-up
+order holds (topics before the services, health checks behind every condition), and every Undertow
+service gets a signing key that compose refuses to go without."""
+import re
 import shlex
 from pathlib import Path
 
@@ -23,6 +25,26 @@ def _undertow_services(compose):
     return {name: s for name, s in compose["services"].items() if s.get("build") == "."}
 
 
+class MissingVariable(Exception):
+    """What compose does with ${NAME:?message} when NAME is unset or empty: refuse, with the message."""
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:\?|:-)(?P<arg>[^}]*))?\}")
+
+
+def _interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's interpolation of ${NAME}, ${NAME:-default}, ${NAME:?message} and $$ (the forms used here)."""
+    def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group("name", "op", "arg")
+        given = environ.get(name, "")
+        if op == ":?" and not given:
+            raise MissingVariable(f"{name}: {arg}")
+        return given or (arg if op == ":-" else "")
+    return _VARIABLE.sub(substitute, value)
+
+
 def test_the_undertow_services_run_cli_commands_that_exist_with_settings_that_are_accepted(compose, monkeypatch):
     services = _undertow_services(compose)
     assert set(services) == {"monitor", "trainer", "server"}
@@ -31,7 +53,8 @@ def test_the_undertow_services_run_cli_commands_that_exist_with_settings_that_ar
         command = service["command"] if isinstance(service["command"], list) else shlex.split(service["command"])
         args = parser.parse_args(command)  # exits (fails the test) on an unknown command or flag
         cls = SETTINGS[command[0]]
-        env = {k: str(v) for k, v in service["environment"].items()}
+        env = {k: _interpolate(str(v), {"UNDERTOW_SIGNING_KEY": "a-test-key"})
+               for k, v in service["environment"].items()}
         assert all(k.startswith("UNDERTOW_") for k in env), env
         unknown = [k for k in env if k.removeprefix("UNDERTOW_").lower() not in cls.model_fields]
         assert unknown == [], f"{name}: {unknown} are not settings of {cls.__name__}"
@@ -39,6 +62,7 @@ def test_the_undertow_services_run_cli_commands_that_exist_with_settings_that_ar
             monkeypatch.setenv(key, value)
         settings = load_settings({}, cls)
         assert settings.db_url.startswith("postgresql+psycopg://") and settings.kafka_bootstrap_servers == "kafka:9092"
+        assert settings.signing_key is not None and settings.signing_key.get_secret_value() == "a-test-key"
         for key in env:
             monkeypatch.delenv(key)
         assert args.func is not None
@@ -64,3 +88,23 @@ def test_start_up_order_waits_for_healthy_dependencies_and_the_topics(compose):
     for topic in ("predictions", "labels", "retrain", "models", "alerts", "predictions.DLT", "labels.DLT"):
         assert f" {topic} " in f" {script.split('for topic in ')[1].split(';')[0]} ", topic
     assert (REPO / "Dockerfile").read_text().count("ENTRYPOINT [\"undertow\"]") == 1
+
+
+def test_every_undertow_service_gets_the_signing_key_and_compose_refuses_to_start_without_one(compose):
+    services = _undertow_services(compose)
+    assert set(services) == {"monitor", "trainer", "server"}
+    for name, service in services.items():
+        value = str(service["environment"].get("UNDERTOW_SIGNING_KEY", ""))
+        # The key comes from the user's environment or .env, never from this file (it would be the same
+        # key in every deployment), and the same variable for all: they must share one key.
+        assert value.startswith("${UNDERTOW_SIGNING_KEY:?"), (name, value)
+        assert _interpolate(value, {"UNDERTOW_SIGNING_KEY": "k" * 64}) == "k" * 64
+        for unset in ({}, {"UNDERTOW_SIGNING_KEY": ""}):
+            with pytest.raises(MissingVariable, match="UNDERTOW_SIGNING_KEY: set it in .env"):
+                _interpolate(value, unset)
+    # The other services need no key: giving it to them would only spread the secret.
+    for name, service in compose["services"].items():
+        if name not in services:
+            assert "UNDERTOW_SIGNING_KEY" not in (service.get("environment") or {}), name
+    header = (REPO / "docker-compose.yml").read_text().split("\nx-undertow:")[0]
+    assert "UNDERTOW_SIGNING_KEY=$(openssl rand -hex 32)" in header  # the comment says how to make one

@@ -8,7 +8,7 @@ def cmd_report(args) -> int:
     from models.ids import check_id
     from worker.report.build import write_report
     settings = settings_from(args)
-    path = write_report(settings.db_url, check_id(args.model_id), args.out)
+    path = write_report(settings.db_url, check_id(args.model_id), args.out, force=args.force)
     print(f"report of {args.model_id}: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
     return 0
 
@@ -17,5 +17,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML drift report of a model")
     add_connection_flags(p)
     p.add_argument("--model-id", required=True)
-    p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument("--out", default="report.html",
+                   help="the HTML file to write (default report.html); its folder must exist, and a file "
+                        "already there is replaced only if it is an earlier Undertow report")
+    p.add_argument("--force", action="store_true",
+                   help="replace the --out file even if it is not an Undertow report")
     p.set_defaults(func=cmd_report)

@@ -50,10 +50,13 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from models.ids import check_id
+    from worker.monitor.model_events import warn_if_unsigned
     from worker.runtime.settings import ServerSettings
     from worker.server.app import create_app
     settings = settings_from(args, ServerSettings)
     app = create_app(settings, check_id(args.model_id))
+    # The server follows undertow.models too (a model event only makes it re-read the registry's champion).
+    warn_if_unsigned(settings, log)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False)
     return 0

@@ -6,26 +6,66 @@ predictions without a version follow a promotion or a rollback from the
 next batch on, with the new version's reference, windows and detectors;
 predictions naming a version keep theirs.
 This stage takes the model events out of the batch before the other stages
-see it, and logs each change; forged ones never get here (the parser
-dead-letters them when a signing key is set).
+see it, and logs each change. Forged ones are acted on by nothing: with a
+signing key set the parser dead-letters those not signed with it; key or
+not, an event naming a model that is not registered or a version that does
+not exist is dead-lettered here (``check_known``), never logged as a change.
 """
 from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import registry
+from storage.errors import InvalidEvent
+from storage.tables import ModelVersion
 from worker.runtime.batch import Batch
 from worker.runtime.output_events import ModelPromoted, ModelRejected
 
 log = logging.getLogger(__name__)
 
+UNSIGNED_NOTICE = ("control events are unsigned (UNDERTOW_SIGNING_KEY is not set): acting only on those for "
+                   "registered models and existing versions; set a key in production")
+
+
+def warn_if_unsigned(settings, logger: logging.Logger) -> None:
+    """Log ``UNSIGNED_NOTICE`` once, at start-up, when no signing key is set (the monitor, trainer and serve).
+
+    Without a key anyone who can write to the control topics can make a
+    service act; saying so at every start keeps it from going unnoticed.
+    """
+    if settings.signing_key is None:
+        logger.warning(UNSIGNED_NOTICE)
+
+
+def check_known(session: Session, what: str, model_id: str, *versions: str | None) -> None:
+    """Raise InvalidEvent (one line, saying which) unless ``model_id`` is registered and every version
+    given exists in the registry; None stands for no version (e.g. no previous champion).
+
+    The check a control event passes before anything acts on it, signing key or not: without a key, it is
+    what stops a forged event from training or being logged as a change of a model that is not there.
+    """
+    for version in versions:
+        if version is not None and session.get(ModelVersion, (model_id, version)) is None:
+            break
+    else:
+        return
+    if session.scalar(select(ModelVersion.version).where(ModelVersion.model_id == model_id).limit(1)) is None:
+        raise InvalidEvent(f"{what} names model {model_id!r}, which is not registered: not acted on")
+    raise InvalidEvent(f"{what} names version {version!r} of model {model_id!r}, which does not exist: "
+                       "not acted on")
+
 
 class ModelEventsStage:
     """Takes the model events (records of ``models_topic``) out of a batch and logs them. A batch that
     read no partition of that topic (``Batch.next_offsets``, which ``build_batch`` fills for every record)
-    has none, and is passed on without looking at its events."""
+    has none, and is passed on without looking at its events.
+
+    An event naming a model or version the registry does not have raises InvalidEvent: the runtime then
+    isolates that record and dead-letters it with the reason, and the rest of the batch commits.
+    """
 
     def __init__(self, models_topic: str):
         self.models_topic = models_topic
@@ -36,6 +76,13 @@ class ModelEventsStage:
     def apply(self, session: Session, batch: Batch) -> None:
         if all(topic != self.models_topic for topic, _ in batch.next_offsets):
             return  # the common batch: predictions and labels only, no event to look at
+        models = [event for _, event in batch.events if isinstance(event, (ModelPromoted, ModelRejected))]
+        # Every event is checked before any is logged: a failed check rolls the batch back and it is
+        # processed again without the culprit, which would otherwise log the good ones twice.
+        for event in models:
+            d = event.data
+            other = d.previous_version if isinstance(event, ModelPromoted) else d.champion_version
+            check_known(session, f"{event.type} {event.id!r}", d.model_id, d.model_version, other)
         kept = []
         for position, event in batch.events:
             if isinstance(event, ModelPromoted):

@@ -1,6 +1,7 @@
 """The monitor service: predictions and labels in, state in SQL, alerts and retrain requests out."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ from storage.errors import InvalidEvent
 from worker.monitor.concept import ConceptStage
 from worker.monitor.data_drift import DataDriftStage
 from worker.monitor.ingest import IngestStage
-from worker.monitor.model_events import ModelEventsStage
+from worker.monitor.model_events import ModelEventsStage, warn_if_unsigned
 from worker.monitor.registration import RegistrationStage, UnregisteredPolicy
 from worker.monitor.retrain_policy import RetrainPolicy
 from worker.runtime.events import (
@@ -29,6 +30,8 @@ from worker.runtime.topics import Topics, ensure_topics
 # Held-back records are bounded by what kafka-python has fetched ahead (up to
 # one 1 MiB fetch per partition, a few thousand records); this is a backstop.
 MERGER_MAX_BUFFERED = 50_000
+
+log = logging.getLogger(__name__)
 
 
 class EventParser:
@@ -84,6 +87,9 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
     policy = RetrainPolicy(topics.retrain, settings.signing_key)
 
     def prepare(admin: KafkaAdminClient) -> None:
+        # Said here, at the start of a run (past the single-writer lock and the broker check), not when the
+        # service is built: a start refused for another reason then stays one line.
+        warn_if_unsigned(settings, log)
         ensure_topics(admin, topics, partitions)
 
     return Service(

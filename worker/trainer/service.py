@@ -5,7 +5,9 @@ Accepting a request is one transaction with the offsets (the checkpoint's):
 a training run row keyed by the request id, so a request delivered twice
 finds its run and is ignored. What the run needs to know about its cause
 (the alerts, when a concept change was detected, the data policy) is
-recorded with it.
+recorded with it. A request naming a model that is not registered or a
+version that does not exist is dead-lettered instead, signing key or not:
+no run, no training, no artifact.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from models import registry, runs
 from storage import repo
 from storage.errors import InvalidEvent
 from storage.tables import TrainingRun
+from worker.monitor.model_events import check_known, warn_if_unsigned
 from worker.runtime import cloudevents
 from worker.runtime.batch import Batch
 from worker.runtime.output_events import RetrainRequested, parse_event
@@ -47,7 +50,12 @@ class RequestParser:
 
 
 class AcceptStage:
-    """One training run per retrain request; a redelivered request changes nothing."""
+    """One training run per retrain request; a redelivered request changes nothing.
+
+    A request for a model or version the registry does not have raises InvalidEvent (the runtime
+    dead-letters that record with the reason and commits the rest): without a signing key anyone who can
+    write to the retrain topic could otherwise have a version trained and stored for every forged request.
+    """
 
     def __init__(self, max_wait_seconds: float, clock=time.time):
         self.max_wait_seconds = max_wait_seconds
@@ -57,6 +65,11 @@ class AcceptStage:
         """Nothing cached."""
 
     def apply(self, session: Session, batch: Batch) -> None:
+        # All checked before any is accepted: a failed check rolls the batch back, and the good requests,
+        # processed again without the culprit, would otherwise be logged as accepted twice.
+        for _, event in batch.events:
+            check_known(session, f"retrain request {event.data.request_id!r}", event.data.model_id,
+                        event.data.model_version)
         for position, event in batch.events:
             request = event.data
             run_id = runs.run_id_for(request.request_id)
@@ -94,6 +107,9 @@ def trainer_service(settings: TrainerSettings, partitions: int = 3, worker: Trai
     worker = worker or TrainingWorker(settings)
 
     def prepare(admin: KafkaAdminClient) -> None:
+        # Said here, at the start of a run (past the single-writer lock and the broker check), not when the
+        # service is built: a start refused for another reason then stays one line.
+        warn_if_unsigned(settings, log)
         ensure_topics(admin, topics, partitions)
 
     return Service(name="trainer", topics=[topics.retrain], parse=RequestParser(settings.signing_key),
