@@ -44,7 +44,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from storage import db, repo
-from storage.errors import StaleOffsets
+from storage.errors import InvalidEvent, StaleOffsets
 from worker.runtime.batch import Batch, build_batch
 from worker.runtime.checkpoint import Checkpoint
 from worker.runtime.merge import FifoIntake, Intake
@@ -399,9 +399,10 @@ class _Loop:
                 pending.extendleft([part[middle:], part[:middle]])
                 continue
             record = part[0]
+            # A stage that refuses the record's content says why in one line: no traceback for that.
             log.error("%s[%d]@%d: processing failed (%s: %s); dead-lettering the record and going on",
                       record.topic, record.partition, record.offset, type(error).__name__, error,
-                      exc_info=error)
+                      exc_info=None if isinstance(error, InvalidEvent) else error)
             letter = dead_letter(record, "process", error)
             self.checkpoint.commit(Batch(dead_letters=[letter],
                                          next_offsets={(record.topic, record.partition): record.offset + 1}),
