@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
@@ -95,7 +96,14 @@ class ServiceMetrics:
 
 
 class DatabaseCollector(Collector):
-    """Scrape-time gauges and counters from the shared database, exported by one process per database."""
+    """Scrape-time gauges and counters from the shared database, exported by one process per database.
+
+    On PostgreSQL the exporter is the process whose live session holds an
+    advisory lock, checked at every scrape (``_exporter``): after a restart
+    of the database, the process that held the lock exports again only if
+    it takes the lock again, never on its dead session beside the process
+    that has taken the lock meanwhile.
+    """
 
     SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests"),
                 "trainer": ("training_runs",)}
@@ -106,25 +114,80 @@ class DatabaseCollector(Collector):
         self.sections = self.SECTIONS.get(service, ())  # each table's numbers come from one service
         self._lock_key = _EXPORTER_LOCK + sum(service.encode())
         self._lock_connection = None
+        self._lock_guard = threading.Lock()  # scrapes may come in parallel (an HTTP thread each): one lock connection
 
     def _exporter(self) -> bool:
+        """Whether this process exports the database metrics at this scrape: it holds the exporter lock now.
+
+        On PostgreSQL the lock is a session's: a restart of the server (or a
+        cut connection) ends the session and frees the lock, and another
+        process may take it. So a held lock is checked at every scrape, on
+        its own connection; a connection that is gone, or no longer holds
+        the lock, is dropped and the lock tried again. Exporting on the
+        strength of a dead connection would double the metrics.
+        """
         if self.engine.dialect.name != "postgresql":
             return True  # SQLite: one writer, one process
+        if self._lock_connection is not None and not self._still_held():
+            self._drop_lock()
         if self._lock_connection is None:
-            conn = self.engine.connect()
-            if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}).scalar():
-                conn.commit()
-                self._lock_connection = conn  # held for the life of the process
-            else:
-                conn.close()
+            self._lock_connection = self._try_lock()
         return self._lock_connection is not None
+
+    def _still_held(self) -> bool:
+        """Whether the lock connection is alive and its session holds the lock (asked of the server)."""
+        conn = self._lock_connection
+        try:
+            held = conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() "
+                "AND ((classid::bigint << 32) | objid::bigint) = :k AND objsubid = 1"), {"k": self._lock_key}).scalar()
+            conn.rollback()  # not left idle in a transaction; the session's lock outlives it
+        except Exception as exc:  # noqa: BLE001 - whatever the failure, this connection proves nothing any more
+            log.warning("the database metrics' exporter lock was lost (%s): trying to take it again", exc)
+            return False
+        if not held:
+            log.warning("the database metrics' exporter lock is no longer held: trying to take it again")
+        return bool(held)
+
+    def _try_lock(self):
+        """A connection whose session holds the exporter lock, or None when another process holds it."""
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}).scalar()
+            conn.commit()
+        except BaseException:
+            # The lock may have been granted without the answer arriving: never back to the pool with it.
+            conn.invalidate()
+            conn.close()
+            raise
+        if got:
+            return conn  # held for as long as this session lives
+        conn.close()
+        return None
+
+    def _drop_lock(self) -> None:
+        """Give the lock connection up, and with it the lock if its session still has it."""
+        conn, self._lock_connection = self._lock_connection, None
+        try:
+            conn.invalidate()  # closes the session: the server frees its locks; a pooled one would keep them
+            conn.close()
+        except Exception as exc:  # noqa: BLE001 - closing a dead connection may fail; it is given up either way
+            log.debug("closing the exporter lock connection: %s", exc)
+
+    def close(self) -> None:
+        """Release the exporter lock (at shutdown): another process takes it at its next scrape."""
+        with self._lock_guard:
+            if self._lock_connection is not None:
+                self._drop_lock()
 
     def describe(self):
         return []  # collected lazily: the database may be away at registration
 
     def collect(self):
         try:
-            if not self._exporter():
+            with self._lock_guard:
+                exporter = self._exporter()
+            if not exporter:
                 return
             with self.engine.connect() as conn:
                 yield from self._collect(conn)

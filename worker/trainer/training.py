@@ -10,6 +10,12 @@ back to ``accepted`` and trained again, so it ends exactly once: with
 SQLite (one trainer per database) at the next start, with PostgreSQL as
 soon as any trainer sees that no live process holds the run's lock
 (``RunLock``).
+
+A claim takes the run's lock, then reads the run's data and commits it
+``running``. A claim that fails (the database restarting, a connection
+cut) gives the lock back, and the run is tried again after a back-off of
+1 s, doubling up to 30 s, as is a run another trainer is claiming; a
+failed step of the loop backs off the same way. Success resets both.
 """
 from __future__ import annotations
 
@@ -50,6 +56,8 @@ from worker.runtime.transport import OutboxRelay, TransientError, make_producer
 log = logging.getLogger(__name__)
 
 RECOVER_EVERY_S = 10.0
+RETRY_FIRST_S = 1.0  # after a failure, the first wait; it doubles with each failure in a row...
+RETRY_MAX_S = 30.0  # ...up to this
 
 
 class RunLock:
@@ -73,24 +81,35 @@ class RunLock:
     def acquire(self) -> bool:
         if not self._postgres:
             return True
-        self.conn = self.engine.connect()
-        got = self.conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-        self.conn.commit()  # the lock is the session's: it outlives the transaction
-        if not got:
-            self.conn.close()
-            self.conn = None
+        conn = self.engine.connect()
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+            conn.commit()  # the lock is the session's: it outlives the transaction
+        except BaseException:
+            # The server may have granted the lock without the answer arriving: close the session, which frees it.
+            conn.invalidate()
+            conn.close()
+            raise
+        if got:
+            self.conn = conn
+        else:
+            conn.close()
         return bool(got)
 
     def release(self) -> None:
-        if self.conn is None:
+        """Give the lock back; when that fails (a dead connection), close the session, which frees it too."""
+        conn, self.conn = self.conn, None
+        if conn is None:
             return
         try:
-            self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-            self.conn.commit()
-            self.conn.close()
-        except SQLAlchemyError:
-            self.conn.invalidate()  # never hand a connection that may hold the lock back to the pool
-        self.conn = None
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.commit()
+        except BaseException as exc:
+            conn.invalidate()  # never hand a connection that may hold the lock back to the pool
+            if not isinstance(exc, SQLAlchemyError):
+                raise
+        finally:
+            conn.close()
 
     def held_elsewhere(self) -> bool:
         """Whether a live process holds the lock (always True with SQLite: the one trainer is this one)."""
@@ -143,6 +162,7 @@ class TrainingWorker:
                                     tolerance=settings.gate_tolerance)
         self._next_check: dict[str, float] = {}
         self._training: set[str] = set()  # runs this process trains right now
+        self._retry_in: dict[str, float] = {}  # per run: the back-off after its next failed or lost claim
         self._relay: OutboxRelay | None = None
 
     # -- the thread ---------------------------------------------------------------------------------
@@ -154,6 +174,7 @@ class TrainingWorker:
             producer = make_producer(self.settings)
             self._relay = OutboxRelay(self.sessions, producer)
             recovered_at = -RECOVER_EVERY_S
+            retry_in = RETRY_FIRST_S
             while not stop.is_set():
                 try:
                     if time.monotonic() - recovered_at >= RECOVER_EVERY_S:
@@ -161,8 +182,12 @@ class TrainingWorker:
                         recovered_at = time.monotonic()
                     worked = self.step()
                 except (SQLAlchemyError, TransientError, OSError) as exc:
-                    log.warning("training step failed (%s); retrying", exc)
-                    worked = False
+                    # Backing off: a database that is restarting is not asked again and again meanwhile.
+                    log.warning("training step failed (%s); retry in %.0f s", exc, retry_in)
+                    stop.wait(retry_in)
+                    retry_in = min(retry_in * 2, RETRY_MAX_S)
+                    continue
+                retry_in = RETRY_FIRST_S
                 if not worked:
                     stop.wait(1.0)
         except Exception:  # noqa: BLE001 - the thread must say why it ended
@@ -204,22 +229,22 @@ class TrainingWorker:
         """Move one run on as far as it can go now; its status afterwards."""
         lock = RunLock(self.engine, run_id)
         try:
-            with self.sessions.begin() as session:
-                run = runs.get_run(session, run_id)
-                if run.status not in ("accepted", "waiting"):
-                    return run.status
-                try:
-                    plan = self._plan(session, run)
-                except UndertowError as exc:
-                    self._end_without_candidate(session, run, "failed", str(exc))
-                    return run.status
-                if plan is None:
-                    return run.status
-                if not lock.acquire():  # before the claim commits, so no one takes the run for an orphan
-                    raise _Taken
-                self._training.add(run_id)
+            plan = self._claim(run_id, lock)
         except _Taken:
+            self._back_off(run_id)  # another trainer is claiming it: look again later, not at once
             return "running"
+        except BaseException:
+            # A claim that did not commit keeps no lock. The lock's connection may well be alive while the
+            # claim's is dead (the database restarted between the claim's first read and its lock): a lock
+            # left there would make every later claim find the run taken, for as long as this process lives.
+            self._training.discard(run_id)
+            lock.release()
+            self._back_off(run_id)
+            raise
+        self._retry_in.pop(run_id, None)
+        if not isinstance(plan, Plan):
+            lock.release()  # the run waits for data, or ended without a candidate
+            return plan
         try:
             status = self._finish(plan)
         finally:
@@ -230,6 +255,35 @@ class TrainingWorker:
             with self.sessions() as session:
                 runs.mirror_to_mlflow(self.settings.mlflow_tracking_uri, runs.as_dict(runs.get_run(session, run_id)))
         return status
+
+    def _claim(self, run_id: str, lock: RunLock) -> Plan | str:
+        """Lock the run, read what it trains on and commit it ``running``: its plan; else its status.
+
+        The lock comes first: a run another trainer is claiming costs no
+        read of its data, and the lock is held before the claim commits, so
+        no trainer takes the claimed run for an orphan. Raises ``_Taken``.
+        """
+        with self.sessions.begin() as session:
+            run = runs.get_run(session, run_id)
+            if run.status not in ("accepted", "waiting"):
+                return run.status
+            if not lock.acquire():
+                raise _Taken
+            try:
+                plan = self._plan(session, run)
+            except UndertowError as exc:
+                self._end_without_candidate(session, run, "failed", str(exc))
+                return run.status
+            if plan is None:
+                return run.status
+            self._training.add(run_id)
+            return plan
+
+    def _back_off(self, run_id: str) -> None:
+        """The run is due again after the back-off, which doubles with each failed or lost claim in a row."""
+        delay = self._retry_in.get(run_id, RETRY_FIRST_S)
+        self._next_check[run_id] = self.clock() + delay
+        self._retry_in[run_id] = min(delay * 2, RETRY_MAX_S)
 
     def _finish(self, plan: Plan) -> str:
         try:
