@@ -1,4 +1,8 @@
-"""Hostile input: records that passed validation once and then crash-looped, stalled or poisoned state."""
+"""Hostile input: records that passed validation once and then crash-looped, stalled or poisoned state.
+
+CORPUS also says how each record would reach the serving endpoint; test_server_edges sends it there and
+requires the server to refuse exactly what the monitor dead-letters.
+"""
 from __future__ import annotations
 
 import json
@@ -36,33 +40,56 @@ def _raw(event: dict) -> bytes:
 BIG = "9" * 401
 NESTED = "[" * 5000 + "]" * 5000
 
-# (topic, key, value, what the dead letter's message says)
+# Why a record cannot come from the serving endpoint: it fills these fields itself.
+SERVER_DATES = "the server dates its events itself (ts is its clock)"
+MODEL_OUTPUT = "the prediction is the model's output (non-finite ones: test_server_edges)"
+SERVER_IDS = "the server generates prediction event ids (uuid4)"
+SERVER_VERSION = "the server names the version it serves (from the registry)"
+SERVER_MODEL = "the server's model id is its own, checked at start-up"
+
+# (topic, value, what the dead letter's message says, the same hostile value at the serving endpoint):
+# ("predict", {feature: raw JSON}) puts the values in an otherwise good row of the model's schema,
+# ("labels", {field: raw JSON}) in one label; a string says why the server cannot produce the record.
+# test_server_edges sends each through both edges and requires they agree.
 CORPUS = [
-    ("predictions", _raw(_prediction(ts="2999-01-01T00:00:00Z")), "ahead of the monitor's clock"),
-    ("labels", _raw(_label(ts="2999-01-01T00:00:00Z")), "ahead of the monitor's clock"),
-    ("predictions", _raw(_prediction(ts="0001-01-01T00:00:00+01:00")), "outside the representable range"),
-    ("predictions", _raw(_prediction(ts="9999-12-31T23:59:59-01:00")), "outside the representable range"),
+    ("predictions", _raw(_prediction(ts="2999-01-01T00:00:00Z")), "ahead of the monitor's clock", SERVER_DATES),
+    ("labels", _raw(_label(ts="2999-01-01T00:00:00Z")), "ahead of the monitor's clock", SERVER_DATES),
+    ("predictions", _raw(_prediction(ts="0001-01-01T00:00:00+01:00")), "outside the representable range",
+     SERVER_DATES),
+    ("predictions", _raw(_prediction(ts="9999-12-31T23:59:59-01:00")), "outside the representable range",
+     SERVER_DATES),
     ("predictions", _raw(_prediction(prediction=0)).replace(b'"prediction": 0', b'"prediction": ' + BIG.encode()),
-     "too large"),
-    ("predictions", _raw(_prediction(features={"x0": 0})).replace(b'"x0": 0', b'"x0": ' + BIG.encode()), "too large"),
-    ("labels", _raw(_label(label=0)).replace(b'"label": 0', b'"label": ' + BIG.encode()), "too large"),
-    ("predictions", _raw(_prediction(prediction=0)).replace(b'"prediction": 0', b'"prediction": 1e400'), "finite"),
-    ("predictions", _raw(_prediction(event_id="nul\u0000id")), "control characters"),
-    ("labels", _raw(_label(event_id="nul\u0000id")), "control characters"),
-    ("predictions", _raw(_prediction(features={"x0": 1.0, "region": "no\u0000rth"})), "control characters"),
-    ("predictions", _raw(_prediction(features={"x\u00000": 1.0})), "control characters"),
-    ("labels", _raw(_label(label="cl\u0000ass")), "control characters"),
-    ("predictions", _raw(_prediction(model_version="1\u001b[2J")), "must match"),
-    ("predictions", _raw(_prediction(model_id="m" * 300)), "must match"),
-    ("predictions", _raw(_prediction(model_id="../../evil")), "must match"),
-    ("predictions", _raw(_prediction(model_id="ho\u0000using")), "must match"),
+     "too large", MODEL_OUTPUT),
+    ("predictions", _raw(_prediction(features={"x0": 0})).replace(b'"x0": 0', b'"x0": ' + BIG.encode()), "too large",
+     ("predict", {"x0": BIG})),
+    ("labels", _raw(_label(label=0)).replace(b'"label": 0', b'"label": ' + BIG.encode()), "too large",
+     ("labels", {"label": BIG})),
+    ("predictions", _raw(_prediction(prediction=0)).replace(b'"prediction": 0', b'"prediction": 1e400'), "finite",
+     MODEL_OUTPUT),
+    ("predictions", _raw(_prediction(event_id="nul\u0000id")), "control characters", SERVER_IDS),
+    ("labels", _raw(_label(event_id="nul\u0000id")), "control characters",
+     ("labels", {"event_id": json.dumps("nul\u0000id")})),
+    ("predictions", _raw(_prediction(features={"x0": 1.0, "region": "no\u0000rth"})), "control characters",
+     ("predict", {"region": json.dumps("no\u0000rth")})),
+    ("predictions", _raw(_prediction(features={"x\u00000": 1.0})), "control characters",
+     ("predict", {"x\u00000": "1.0"})),
+    ("labels", _raw(_label(label="cl\u0000ass")), "control characters",
+     ("labels", {"label": json.dumps("cl\u0000ass")})),
+    ("predictions", _raw(_prediction(model_version="1\u001b[2J")), "must match", SERVER_VERSION),
+    ("predictions", _raw(_prediction(model_id="m" * 300)), "must match", SERVER_MODEL),
+    ("predictions", _raw(_prediction(model_id="../../evil")), "must match", SERVER_MODEL),
+    ("predictions", _raw(_prediction(model_id="ho\u0000using")), "must match", SERVER_MODEL),
     ("predictions", _raw(_prediction(features={"x0": 1})).replace(b'"x0": 1', b'"x0": ' + NESTED.encode()),
-     "recursion limit"),
+     "recursion limit", ("predict", {"x0": NESTED})),
     ("predictions", _raw(_prediction(features={"x0": 1})).replace(b'"x0": 1', b'"x0": {"a": {"b": [1, 2]}}'),
-     "must be a number, a string or null"),
-    ("predictions", _raw(_prediction(features={"region": "x" * 300_000})), "exceeds max_event_bytes"),
+     "features.x0: must be a number or a string", ("predict", {"x0": '{"a": {"b": [1, 2]}}'})),
+    ("predictions", _raw(_prediction(features={"region": "x" * 300_000})), "exceeds max_event_bytes",
+     ("predict", {"region": json.dumps("x" * 300_000)})),
+    # A lone surrogate is invalid JSON for the monitor's parser; Python's json writes it escaped, so a server
+    # that took one in would emit it: the server's parser must refuse it too.
     ("predictions", b'{"event_id": "s", "model_id": "housing", "ts": "2026-11-01T00:00:00Z", '
-                    b'"features": {"region": "\\ud800"}, "prediction": 1}', "Invalid JSON"),
+                    b'"features": {"region": "\\ud800"}, "prediction": 1}', "Invalid JSON",
+     ("predict", {"region": '"\\ud800"'})),
 ]
 
 
@@ -73,7 +100,7 @@ def test_hostile_corpus_is_dead_lettered_and_cannot_poison_state(env):
     pairs = list(stream.events(GOOD))
     items = [("prediction", p) for p, _ in pairs]
     env.send_sequence(items)
-    for topic, value, _ in CORPUS:
+    for topic, value, _, _ in CORPUS:
         event_key = b"housing"
         try:
             event_key = json.loads(value)["model_id"].encode("utf-8", "surrogatepass")
@@ -100,7 +127,7 @@ def test_hostile_corpus_is_dead_lettered_and_cannot_poison_state(env):
         letters = env.read_all(env.topics.dead_letter(source), len(cases))
         assert len(letters) == len(cases)
         messages = [dict(r.headers)["undertow.error.message"].decode() for r in letters]
-        for _, _, fragment in cases:
+        for _, _, fragment, _ in cases:
             assert any(fragment in m for m in messages), (fragment, messages)
         assert env.scalar("SELECT count FROM dead_letter_stats WHERE source_topic = :t", t=source) == len(cases)
 

@@ -1,7 +1,10 @@
 """Event contracts: frozen pydantic models, validated once at the edge.
 
 ``parse_prediction`` and ``parse_label`` turn a raw Kafka value into an event
-or raise InvalidEvent with a message that says what is wrong.
+or raise InvalidEvent with a message that says what is wrong (and the fields
+at fault in its ``problems``). The monitor dead-letters what they refuse;
+the serving endpoint runs them on every record it is about to emit, so it
+refuses with 422 exactly what the monitor would dead-letter.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from models.ids import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
 from storage.errors import InvalidEvent
 
 MAX_ID_LENGTH = 200
+# The largest record value the monitor parses (UNDERTOW_MAX_EVENT_BYTES); the server refuses rows whose event
+# would be larger, so both edges need the same default.
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 
 
 def _parse_rfc3339(value: object) -> datetime:
@@ -97,51 +103,101 @@ class LabelEvent(_Event):
     label: Target
 
 
+def _rejected(message: str, problems: list[dict]) -> InvalidEvent:
+    """InvalidEvent with its problems as data in ``.problems``: one ``{"loc", "type", "msg", "input"}`` per
+    field at fault (``loc`` () for the record as a whole: empty, too large).
+
+    The monitor only needs the message (the dead letter's header); an edge
+    that answers the producer (the serving endpoint) names the fields. Not a
+    subclass: dead letters and their metrics are labelled by the class name.
+    """
+    error = InvalidEvent(message)
+    error.problems = problems  # type: ignore[attr-defined]
+    return error
+
+
 def _parse(model: type[_Event], value: bytes | None, max_bytes: int) -> _Event:
     if value is None or len(value) == 0:
-        raise InvalidEvent("empty record value")
+        raise _rejected("empty record value", [{"loc": (), "type": "event_empty", "msg": "empty record value",
+                                                "input": None}])
     if len(value) > max_bytes:
-        raise InvalidEvent(f"record of {len(value)} bytes exceeds max_event_bytes={max_bytes}")
+        message = f"record of {len(value)} bytes exceeds max_event_bytes={max_bytes}"
+        raise _rejected(message, [{"loc": (), "type": "event_too_large", "msg": message, "input": None}])
     try:
         # The model's pydantic-core validator itself: model_validate_json's wrapper costs ~10 % per event.
         return model.__pydantic_validator__.validate_json(value)
     except ValidationError as exc:
-        raise InvalidEvent(f"{model.__name__}: {describe(exc.errors())}") from None
+        problems = field_problems(exc.errors(include_url=False))
+        raise _rejected(f"{model.__name__}: {describe_problems(problems)}", problems) from None
 
 
 # Names pydantic gives the members of a union in an error's location.
 _UNION_MEMBERS = {"constrained-int", "constrained-str", "int", "float", "str", "none", "bool"}
 
 
-def describe(errors: list[dict], limit: int = 5) -> str:
-    """One line for pydantic's errors: one problem per field, in words a producer understands.
+def field_problems(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors as one problem per field, ``{"loc", "type", "msg", "input"}``, in words a producer
+    understands; ``loc`` without the names pydantic gives union members.
 
-    A value that fails every member of a union (number, string or null)
+    A value that fails every member of a union (number, integer, string)
     gives one message: the member whose type matched and whose constraint
-    failed, else the list of accepted types.
+    failed, else what the members accept.
+
+    >>> [(p["loc"], p["msg"]) for p in field_problems([
+    ...     {"loc": ("features", "x", "float"), "type": "finite_number", "msg": "...", "input": 1e400},
+    ...     {"loc": ("features", "x", "constrained-int"), "type": "int_type", "msg": "...", "input": 1e400}])]
+    [(('features', 'x'), 'must be a finite number')]
     """
-    by_field: dict[str, list[dict]] = {}
+    by_field: dict[tuple, list[dict]] = {}
     for error in errors:
-        loc = ".".join(str(part) for part in error["loc"] if part not in _UNION_MEMBERS) or "<root>"
+        loc = tuple(part for part in error["loc"] if part not in _UNION_MEMBERS)
         by_field.setdefault(loc, []).append(error)
     problems = []
-    for loc, group in list(by_field.items())[:limit]:
+    for loc, group in by_field.items():
         constrained = [e for e in group if not e["type"].endswith("_type") and e["type"] != "finite_number"]
         error = (constrained or group)[0]
-        if len(group) > 1 and not constrained:
-            message = "must be a finite number, a string or null" if any(
-                e["type"] == "finite_number" for e in group) else "must be a number, a string or null"
-        elif error["type"] == "string_pattern_mismatch":
-            pattern = error.get("ctx", {}).get("pattern")
-            message = ("must not contain control characters (NUL, newline, ...)" if pattern == _PRINTABLE
-                       else f"must match {pattern}")
-        elif error["type"] in ("less_than_equal", "greater_than_equal") and abs(error["input"]) > 10**308:
-            message = "integer too large to be a finite float"
-        else:
-            message = error["msg"]
-        problems.append(f"{loc}: {message}")
-    more = len(by_field) - limit
-    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+        problems.append({"loc": loc, "type": error["type"], "msg": _message(error, group, bool(constrained)),
+                         "input": error.get("input")})
+    return problems
+
+
+def _accepted(group: list[dict]) -> str:
+    """What the union members that refused a value accept, from their names in the errors' locations."""
+    members = {e["loc"][-1] for e in group if e["loc"] and e["loc"][-1] in _UNION_MEMBERS}
+    words = []
+    if "float" in members:
+        words.append("a finite number" if any(e["type"] == "finite_number" for e in group) else "a number")
+    elif members & {"int", "constrained-int"}:
+        words.append("an integer")
+    if members & {"str", "constrained-str"}:
+        words.append("a string")
+    return " or ".join(words) or "a number or a string"
+
+
+def _message(error: dict, group: list[dict], constrained: bool) -> str:
+    if len(group) > 1 and not constrained:
+        return f"must be {_accepted(group)}"
+    if error["type"] == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern")
+        return ("must not contain control characters (NUL, newline, ...)" if pattern == _PRINTABLE
+                else f"must match {pattern}")
+    value = error.get("input")
+    if error["type"] in ("less_than_equal", "greater_than_equal") and isinstance(value, (int, float)) \
+            and abs(value) > 10**308:
+        return "integer too large to be a finite float"
+    return error["msg"]
+
+
+def describe_problems(problems: list[dict], limit: int = 5) -> str:
+    """One line for ``field_problems``: ``loc: message; ...``, at most ``limit`` fields."""
+    shown = [f"{'.'.join(str(part) for part in p['loc']) or '<root>'}: {p['msg']}" for p in problems[:limit]]
+    more = len(problems) - limit
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def describe(errors: list[dict], limit: int = 5) -> str:
+    """One line for pydantic's errors: one problem per field, in words a producer understands."""
+    return describe_problems(field_problems(errors), limit)
 
 
 def parse_prediction(value: bytes | None, max_bytes: int) -> PredictionEvent:
@@ -160,4 +216,12 @@ def parse_prediction(value: bytes | None, max_bytes: int) -> PredictionEvent:
 
 
 def parse_label(value: bytes | None, max_bytes: int) -> LabelEvent:
+    """Validate a label record; the InvalidEvent's ``problems`` name the fields at fault.
+
+    >>> try:
+    ...     parse_label(b'{"event_id": "a1", "model_id": "m", "ts": "2026-11-27T14:06:28Z", "label": NaN}', 4096)
+    ... except InvalidEvent as exc:
+    ...     print([(p["loc"], p["type"]) for p in exc.problems])
+    [(('label',), 'finite_number')]
+    """
     return _parse(LabelEvent, value, max_bytes)  # type: ignore[return-value]

@@ -1,9 +1,16 @@
-"""The serving endpoint's Prometheus metrics, in a registry of its own (one per app)."""
+"""The serving endpoint's Prometheus metrics, in a registry of its own (one per app).
+
+``undertow_server_requests_total`` counts every answer of ``/predict`` and
+``/labels`` by status, refusals (401, 413, 415, 422) and failures (500)
+included; ``undertow_server_nonfinite_predictions_total`` counts the rows a
+model predicted NaN or infinity for (answered 500, no event emitted).
+"""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 ENDPOINTS = ("/predict", "/labels")
+STATUSES = ("200", "202", "401", "413", "415", "422", "500", "503")
 DROP_REASONS = ("queue_full", "send_failed", "delivery_failed", "shutdown")
 # Serving latencies: half a millisecond to ten seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -18,6 +25,9 @@ class ServerMetrics:
         self.latency = Histogram("undertow_server_request_duration_seconds", "time to answer, by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.predictions = Counter("undertow_server_predictions", "rows predicted", registry=r)
+        self.nonfinite = Counter("undertow_server_nonfinite_predictions",
+                                 "rows whose prediction or scores were NaN or infinite (answered 500, no event)",
+                                 registry=r)
         self.events = Counter("undertow_server_events_emitted", "events the broker acknowledged, by kind",
                               ["kind"], registry=r)
         self.events_dropped = Counter("undertow_server_events_dropped",
@@ -29,7 +39,7 @@ class ServerMetrics:
         self.model = Info("undertow_server_model", "the version being served", registry=r)
         for endpoint in ENDPOINTS:
             self.latency.labels(endpoint)
-            for status in ("200", "202", "413", "422", "503"):
+            for status in STATUSES:
                 self.requests.labels(endpoint, status)
         for kind in ("prediction", "label"):
             self.events.labels(kind)

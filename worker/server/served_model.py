@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, model_validator
 
 from threadpoolctl import threadpool_limits
 
 from models import registry, training
-from worker.runtime.events import Text
+from worker.runtime.events import Integer, Text
 
 MAX_BATCH_ROWS = 1000
 _THREAD = threading.local()
-_NUMBER = Annotated[StrictFloat | StrictInt, Field(ge=-1e308, le=1e308)]
-_CATEGORY = Text | StrictInt
+# The event contract's own types (a feature value is StrictFloat | Integer | Text there): a value the monitor
+# would refuse is refused here, before the model sees it (a 400-digit category once reached it).
+_NUMBER = StrictFloat | Integer
+_CATEGORY = Text | Integer
 
 
 def request_model(model_id: str, version: str, schema: dict[str, str],
@@ -29,8 +31,10 @@ def request_model(model_id: str, version: str, schema: dict[str, str],
     """The ``/predict`` body for this version: ``{"features": row}`` or ``{"instances": [row, ...]}``.
 
     Every feature of the schema is required (``null`` means missing, which
-    the pipeline imputes); unknown features, strings for numbers and
-    non-finite numbers are refused, and the error names the feature.
+    the pipeline imputes); unknown features, strings for numbers, non-finite
+    numbers, integers beyond a float's range and control characters are
+    refused, and the error names the feature. The event's size is checked
+    later, on the record itself (``edge.prediction_records``).
     """
     fields: dict[str, Any] = {
         f"f{i}": ((_NUMBER if kind == "numeric" else _CATEGORY) | None, Field(..., alias=name))
