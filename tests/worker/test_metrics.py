@@ -26,19 +26,26 @@ def test_monitor_and_trainer_metrics_count_what_was_sent(env):
     env.send_events(pairs[1200:], labels=False)        # 300 predictions still waiting for theirs
     env.send_events(pairs[:100], labels=False)         # 100 retries of predictions already sent
     env.send(env.topics.predictions, b"{not json")     # one bad record
-    env.flush()
+    typo = [{**p, "model_id": "housnig", "event_id": f"typo-{i}"} for i, (p, _) in enumerate(pairs[:30])]
+    env.send_sequence([("prediction", p) for p in typo])  # 30 predictions of a model id nobody registered
     port, trainer_port = free_port(), free_port()
-    monitor = env.start_monitor("--metrics-port", str(port))
+    monitor = env.start_monitor("--metrics-port", str(port), env={"UNDERTOW_WAIT_FOR_REGISTRATION": "false"})
     trainer = env.start_trainer("--metrics-port", str(trainer_port))
     predictions, labels = env.topics.predictions, env.topics.labels
     try:
         consumed = f'undertow_events_consumed_total{{kind="prediction",topic="{predictions}"}}'
-        values = wait_for(lambda: (m := _metrics(port)).get(consumed, 0) >= 1600 and m, 120,
+        values = wait_for(lambda: (m := _metrics(port)).get(consumed, 0) >= 1630 and m, 120,
                           "the monitor to consume the stream")
-        assert values[consumed] == 1600  # retries are valid events: consumed, then counted as duplicates
+        # Retries and the unregistered id's events are valid events: consumed, then counted as
+        # duplicates and as unregistered.
+        assert values[consumed] == 1630
         assert values[f'undertow_events_consumed_total{{kind="label",topic="{labels}"}}'] == 1200
         assert values['undertow_dead_letters_total{reason="InvalidEvent",stage="validate"}'] == 1
         assert values["undertow_duplicates_total"] == 100
+        unregistered = 'undertow_unregistered_events_total{kind="prediction",model_id="housnig"}'
+        values = wait_for(lambda: (m := _metrics(port)).get(unregistered, 0) >= 30 and m, 30,
+                          "the unregistered id's predictions to be counted")
+        assert values[unregistered] == 30 and values["undertow_unregistered_model_ids"] == 1
         assert values['undertow_join_pending{kind="prediction"}'] == 300
         assert values['undertow_join_pending{kind="label"}'] == 0
         assert values["undertow_batch_duration_seconds_count"] >= 1

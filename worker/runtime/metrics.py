@@ -105,7 +105,8 @@ class DatabaseCollector(Collector):
     that has taken the lock meanwhile.
     """
 
-    SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests"),
+    SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests",
+                            "unregistered_models"),
                 "trainer": ("training_runs",)}
 
     def __init__(self, engine: Engine, service: str, group_id: str,
@@ -250,6 +251,8 @@ class DatabaseCollector(Collector):
             for status in ("open", "closed"):
                 requests.add_metric([status], counts.get(status, 0))
             yield requests
+        if "unregistered_models" in tables:
+            yield from _unregistered(conn)
         if "training_runs" in tables:
             runs = GaugeMetricFamily("undertow_training_runs", "training runs, by status (promoted and rejected "
                                      "are the gate's decisions)", labels=["status"])
@@ -264,3 +267,21 @@ class DatabaseCollector(Collector):
                 seconds.add_metric([status], total or 0.0)
             yield runs
             yield seconds
+
+
+def _unregistered(conn):
+    """Events of unregistered model ids: bounded labels (the tracked ids and "(other)")."""
+    events = CounterMetricFamily("undertow_unregistered_events", "events of model ids that are not registered, "
+                                 "by id (the most frequent ids, the rest as '(other)') and kind",
+                                 labels=["model_id", "kind"])
+    ids = GaugeMetricFamily("undertow_unregistered_model_ids", "model ids seen that are not registered "
+                            "(an upper bound: an id folded into '(other)' and seen again counts again)")
+    total = 0
+    for model_id, predictions, labels, n in conn.execute(text(
+            "SELECT model_id, predictions, labels, ids FROM unregistered_models")):
+        events.add_metric([model_id, "prediction"], predictions)
+        events.add_metric([model_id, "label"], labels)
+        total += n
+    ids.add_metric([], total)
+    yield events
+    yield ids
