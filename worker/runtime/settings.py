@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from storage.errors import ConfigError
+from worker.runtime.events import DEFAULT_MAX_EVENT_BYTES
 
 ENV_PREFIX = "UNDERTOW_"
 
@@ -130,7 +131,7 @@ class ServiceSettings(Settings):
 
 class MonitorSettings(ServiceSettings):
     # Records larger than this are dead-lettered before they are parsed.
-    max_event_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     # Event ids remembered per source partition, in records: a retry that
     # arrives within this many records of the original is counted once.
     duplicate_horizon: int = Field(default=1_000_000, ge=1)
@@ -178,6 +179,8 @@ class ServerSettings(Settings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_batch_rows: int = Field(default=1000, ge=1)
+    # The monitor's limit: the server refuses (422) a row whose event the monitor would dead-letter.
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     # OpenMP threads inside one prediction: requests already run in parallel on the thread pool.
     model_threads: int = Field(default=1, ge=1)
     # Events wait here for the producer; beyond it they are dropped (counted).

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from storage.db import make_engine, make_session_factory
 from worker.runtime import cloudevents
-from worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, Identifier, Target
+from worker.runtime.events import Identifier, Target
 from worker.runtime.settings import ServerSettings
 from worker.runtime.topics import Topics
 from worker.runtime.transport import make_event_producer
@@ -66,8 +66,8 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
     slot = ModelSlot()
     key = model_id.encode()
     gate = RequestGate(settings.server_token)
-    # The monitor's limit (MonitorSettings.max_event_bytes): a larger record would be dead-lettered there.
-    max_event_bytes = getattr(settings, "max_event_bytes", DEFAULT_MAX_EVENT_BYTES)
+    # The monitor's limit (UNDERTOW_MAX_EVENT_BYTES, read by both): a larger record would be dead-lettered there.
+    max_event_bytes = settings.max_event_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
