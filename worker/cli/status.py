@@ -29,14 +29,7 @@ def collect_status(settings) -> dict:
                 row["last_gap"] = {"kind": gap.kind, "detail": gap.detail, "detected_at": iso(gap.detected_at)}
         dead = [{"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
                 for d in repo.dead_letter_stats(session)]
-        windows: dict[tuple[str, str], dict] = {}
-        for r in repo.latest_window_results(session):
-            w = windows.setdefault((r.model_id, r.version), {
-                "model_id": r.model_id, "version": r.version, "window_index": r.window_index,
-                "start_ts": iso(r.start_ts), "end_ts": iso(r.end_ts), "n": r.n, "features": {}})
-            w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
-                                        "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
-                                        "severity": r.severity}
+        windows = _last_windows(session)
         joins = [{"model_id": j.model_id, "pending_predictions": j.pending_predictions,
                   "pending_labels": j.pending_labels, "joined": j.joined,
                   "expired_predictions": j.expired_predictions, "expired_labels": j.expired_labels,
@@ -46,15 +39,7 @@ def collect_status(settings) -> dict:
                     "mean_error": c.error_sum / c.labels if c.labels else None, "in_episode": c.in_episode,
                     "episodes": c.episodes, "silenced_alarms": c.silenced_alarms}
                    for c in repo.all_concept_states(session)]
-        checks = []
-        for state in session.scalars(select(DriftState)):
-            episodes = json.loads(state.episodes or "{}")
-            row = {"model_id": state.model_id, "version": state.version}
-            for key, label in (("__multivariate__", "multivariate_z"), ("__performance__", "estimated_accuracy")):
-                if isinstance(episodes.get(key), list) and len(episodes[key]) > 3:
-                    row[label] = {"value": episodes[key][3], "severity": episodes[key][0]}
-            if len(row) > 2:
-                checks.append(row)
+        checks = _data_checks(session)
         unregistered = _unregistered(repo.unregistered_models(session))
         requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
                      "status": r.status, "requested_at": iso(r.created_ts)}
@@ -64,6 +49,32 @@ def collect_status(settings) -> dict:
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
             "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions,
             "dead_letters": dead, "unregistered": unregistered, "broker_reachable": reachable}
+
+
+def _last_windows(session) -> dict[tuple[str, str], dict]:
+    windows: dict[tuple[str, str], dict] = {}
+    for r in repo.latest_window_results(session):
+        w = windows.setdefault((r.model_id, r.version), {
+            "model_id": r.model_id, "version": r.version, "window_index": r.window_index,
+            "start_ts": iso(r.start_ts), "end_ts": iso(r.end_ts), "n": r.n, "features": {}})
+        w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
+                                    "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
+                                    "severity": r.severity}
+    return windows
+
+
+def _data_checks(session) -> list[dict]:
+    """The multivariate and estimated-performance checks of each version's last window."""
+    checks = []
+    for state in session.scalars(select(DriftState)):
+        episodes = json.loads(state.episodes or "{}")
+        row = {"model_id": state.model_id, "version": state.version}
+        for key, label in (("__multivariate__", "multivariate_z"), ("__performance__", "estimated_accuracy")):
+            if isinstance(episodes.get(key), list) and len(episodes[key]) > 3:
+                row[label] = {"value": episodes[key][3], "severity": episodes[key][0]}
+        if len(row) > 2:
+            checks.append(row)
+    return checks
 
 
 UNREGISTERED_SHOWN = 10
@@ -126,9 +137,18 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
+    for section in (_print_models, _print_drift, _print_joins, _print_partitions, _print_problems):
+        section(status)
+    return 0
+
+
+def _print_models(status: dict) -> None:
     print("models:")
     for m in status["models"] or [{"model_id": "(none yet)"}]:
         print("  " + "  ".join(f"{k}={v}" for k, v in m.items()))
+
+
+def _print_drift(status: dict) -> None:
     for w in status["last_windows"]:
         print(f"last window of {w['model_id']}@{w['version']}: #{w['window_index']} n={w['n']} "
               f"{w['start_ts']} .. {w['end_ts']}")
@@ -143,6 +163,9 @@ def cmd_status(args) -> int:
             parts.append(f"estimated accuracy={c['estimated_accuracy']['value']:.3f} "
                          f"({c['estimated_accuracy']['severity']}, no labels used)")
         print(f"last window checks of {c['model_id']}@{c['version']}: " + "; ".join(parts))
+
+
+def _print_joins(status: dict) -> None:
     for j in status["label_join"]:
         print(f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
               f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
@@ -153,6 +176,9 @@ def cmd_status(args) -> int:
               f"{'IN EPISODE' if c['in_episode'] else 'stable'} episodes={c['episodes']}")
     for r in status["open_retrain_requests"]:
         print(f"open retrain request {r['request_id']} for {r['model_id']}@{r['version']} since {r['requested_at']}")
+
+
+def _print_partitions(status: dict) -> None:
     print("partitions:")
     for o in status["partitions"]:
         lag = "?" if o["lag"] is None else o["lag"]
@@ -160,6 +186,9 @@ def cmd_status(args) -> int:
         gaps = f"  gaps={o['gaps']} (last: {o['last_gap']['detail']})" if o["gaps"] else ""
         print(f"  {o['topic']}[{o['partition']}]  stored={o['stored_offset']}  end={o['end_offset']}  "
               f"lag={lag}{note}{gaps}")
+
+
+def _print_problems(status: dict) -> None:
     for d in status["dead_letters"]:
         print(f"dead letters from {d['source_topic']}: {d['count']} (last: {d['last_error']})")
     u = status["unregistered"]
@@ -167,7 +196,6 @@ def cmd_status(args) -> int:
         print(f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
               f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
               + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,})" for m in u["most_frequent"]))
-    return 0
 
 
 def add_parsers(sub) -> None:

@@ -212,61 +212,70 @@ class DatabaseCollector(Collector):
         yield scrape
 
     def _tables(self, conn):
-        tables = set(self.engine.dialect.get_table_names(conn)) & set(self.sections)
-        if "model_stats" in tables:
-            duplicates = conn.execute(text("SELECT COALESCE(SUM(duplicates), 0) FROM model_stats")).scalar()
-            family = CounterMetricFamily("undertow_duplicates", "events seen before, counted once")
-            family.add_metric([], duplicates)
-            yield family
-        if "join_stats" in tables:
-            pending = GaugeMetricFamily("undertow_join_pending", "events waiting for their partner", labels=["kind"])
-            row = conn.execute(text("SELECT COALESCE(SUM(pending_predictions), 0), "
-                                    "COALESCE(SUM(pending_labels), 0) FROM join_stats")).one()
-            pending.add_metric(["prediction"], row[0])
-            pending.add_metric(["label"], row[1])
-            yield pending
-        if "concept_state" in tables:
-            episodes = GaugeMetricFamily("undertow_open_episodes", "drift episodes not ended", labels=["kind"])
-            episodes.add_metric(["concept"], conn.execute(text(
-                "SELECT count(*) FROM concept_state WHERE in_episode")).scalar())
-            data_open = 0
-            for (blob,) in conn.execute(text("SELECT episodes FROM drift_state")):
-                data_open += sum(1 for name, state in json.loads(blob or "{}").items()
-                                 if isinstance(state, list) and state[0] != "stable")
-            episodes.add_metric(["data"], data_open)
-            yield episodes
-        if "alerts" in tables:
-            alerts = CounterMetricFamily("undertow_alerts", "alerts recorded, by type and detector",
-                                         labels=["type", "detector"])
-            tally: Tally = Tally()
-            for kind, cloudevent in conn.execute(text("SELECT type, cloudevent FROM alerts")):
-                tally[(kind, json.loads(cloudevent)["data"].get("detector", "window"))] += 1
-            for (kind, detector), n in sorted(tally.items()):
-                alerts.add_metric([kind, detector], n)
-            yield alerts
-        if "retrain_requests" in tables:
-            requests = GaugeMetricFamily("undertow_retrain_requests", "retrain requests, by status",
-                                         labels=["status"])
-            counts = dict(conn.execute(text("SELECT status, count(*) FROM retrain_requests GROUP BY status")).all())
-            for status in ("open", "closed"):
-                requests.add_metric([status], counts.get(status, 0))
-            yield requests
-        if "unregistered_models" in tables:
-            yield from _unregistered(conn)
-        if "training_runs" in tables:
-            runs = GaugeMetricFamily("undertow_training_runs", "training runs, by status (promoted and rejected "
-                                     "are the gate's decisions)", labels=["status"])
-            seconds = GaugeMetricFamily("undertow_training_run_duration_seconds_sum",
-                                        "wall time of finished runs, by status", labels=["status"])
-            counts = {status: (n, total) for status, n, total in conn.execute(text(
-                "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs "
-                "GROUP BY status")).all()}
-            for status in ("waiting", "running", "promoted", "rejected", "gave_up", "failed", "registered"):
-                n, total = counts.get(status, (0, 0.0))
-                runs.add_metric([status], n)
-                seconds.add_metric([status], total or 0.0)
-            yield runs
-            yield seconds
+        tables = set(self.engine.dialect.get_table_names(conn))
+        for table in self.sections:
+            if table in tables:
+                yield from _TABLE_METRICS[table](conn)
+
+
+def _duplicates(conn):
+    family = CounterMetricFamily("undertow_duplicates", "events seen before, counted once")
+    family.add_metric([], conn.execute(text("SELECT COALESCE(SUM(duplicates), 0) FROM model_stats")).scalar())
+    yield family
+
+
+def _join_pending(conn):
+    pending = GaugeMetricFamily("undertow_join_pending", "events waiting for their partner", labels=["kind"])
+    row = conn.execute(text("SELECT COALESCE(SUM(pending_predictions), 0), "
+                            "COALESCE(SUM(pending_labels), 0) FROM join_stats")).one()
+    pending.add_metric(["prediction"], row[0])
+    pending.add_metric(["label"], row[1])
+    yield pending
+
+
+def _open_episodes(conn):
+    episodes = GaugeMetricFamily("undertow_open_episodes", "drift episodes not ended", labels=["kind"])
+    episodes.add_metric(["concept"], conn.execute(text("SELECT count(*) FROM concept_state WHERE in_episode")).scalar())
+    data_open = 0
+    for (blob,) in conn.execute(text("SELECT episodes FROM drift_state")):
+        data_open += sum(1 for name, state in json.loads(blob or "{}").items()
+                         if isinstance(state, list) and state[0] != "stable")
+    episodes.add_metric(["data"], data_open)
+    yield episodes
+
+
+def _alerts(conn):
+    alerts = CounterMetricFamily("undertow_alerts", "alerts recorded, by type and detector", labels=["type", "detector"])
+    tally: Tally = Tally()
+    for kind, cloudevent in conn.execute(text("SELECT type, cloudevent FROM alerts")):
+        tally[(kind, json.loads(cloudevent)["data"].get("detector", "window"))] += 1
+    for (kind, detector), n in sorted(tally.items()):
+        alerts.add_metric([kind, detector], n)
+    yield alerts
+
+
+def _retrain_requests(conn):
+    requests = GaugeMetricFamily("undertow_retrain_requests", "retrain requests, by status", labels=["status"])
+    counts = dict(conn.execute(text("SELECT status, count(*) FROM retrain_requests GROUP BY status")).all())
+    for status in ("open", "closed"):
+        requests.add_metric([status], counts.get(status, 0))
+    yield requests
+
+
+def _training_runs(conn):
+    runs = GaugeMetricFamily("undertow_training_runs", "training runs, by status (promoted and rejected "
+                             "are the gate's decisions)", labels=["status"])
+    seconds = GaugeMetricFamily("undertow_training_run_duration_seconds_sum",
+                                "wall time of finished runs, by status", labels=["status"])
+    counts = {status: (n, total) for status, n, total in conn.execute(text(
+        "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs "
+        "GROUP BY status")).all()}
+    for status in ("waiting", "running", "promoted", "rejected", "gave_up", "failed", "registered"):
+        n, total = counts.get(status, (0, 0.0))
+        runs.add_metric([status], n)
+        seconds.add_metric([status], total or 0.0)
+    yield runs
+    yield seconds
 
 
 def _unregistered(conn):
@@ -285,3 +294,9 @@ def _unregistered(conn):
     ids.add_metric([], total)
     yield events
     yield ids
+
+
+# What each table of DatabaseCollector.SECTIONS exports, in that order.
+_TABLE_METRICS = {"model_stats": _duplicates, "join_stats": _join_pending, "concept_state": _open_episodes,
+                  "alerts": _alerts, "retrain_requests": _retrain_requests, "unregistered_models": _unregistered,
+                  "training_runs": _training_runs}
