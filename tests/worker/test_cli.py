@@ -58,6 +58,7 @@ def test_status_reports_counts_offsets_and_lag(env):
     status = json.loads(done.stdout)
     (model,) = status["models"]
     assert (model["model_id"], model["predictions"], model["labels"]) == ("housing", 300, 300)
+    assert model["registered"] is False  # the suite's monitors keep unregistered ids' events: marked
     stored = {(p["topic"], p["partition"]): p for p in status["partitions"]}
     # every partition of the input topics, read or not
     assert set(stored) == {(t, p) for t in (env.topics.predictions, env.topics.labels) for p in range(3)}

@@ -249,6 +249,40 @@ def test_a_model_that_predicts_nan_or_infinity_gets_a_500_naming_the_rows_counte
     assert "predicted NaN or infinity" in server.log()
 
 
+def test_a_model_that_raises_on_a_row_gets_a_one_line_500_counted_and_no_event(env):
+    """A pipeline without an imputer, sent a null: the model's ValueError is a JSON 500 naming it, not a
+    traceback answer."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    _train_v1(env)
+    with env.engine.begin() as conn:
+        schema = json.loads(conn.execute(text("SELECT feature_schema FROM model_versions")).scalar())
+        schema = {name: kind for name, kind in schema.items() if not name.startswith("__")}
+        frame = training.to_frame([{**_row(), "x0": x} for x in (-3.0, -1.0, 1.0, 3.0)], schema)
+        path = env.artifacts_dir / "no-imputer.joblib"
+        joblib.dump(make_pipeline(ColumnTransformer([("x0", "passthrough", ["x0"])]), LinearRegression())
+                    .fit(frame, [0.0, 1.0, 2.0, 3.0]), path)
+        conn.execute(text("UPDATE model_versions SET artifact_path = :p, artifact_sha256 = :s"),
+                     {"p": str(path), "s": registry.sha256_file(path)})
+    server = Server(env)
+    try:
+        answer = server.client.post("/predict", json={"features": {**_row(), "x0": None}})
+        assert answer.status_code == 500, answer.text
+        says = answer.json()["detail"]
+        assert "could not predict this request (ValueError: " in says and "no event" in says, says
+        assert "\n" not in says
+        assert server.metric("undertow_server_model_errors_total") == 1
+        assert server.metric("undertow_server_requests_total", endpoint="/predict", status="500") == 1
+        good = server.client.post("/predict", json={"features": _row()})
+        assert good.status_code == 200 and _port(good) == _port(answer)
+        wait_for(lambda: server.metric(EMITTED, kind="prediction") >= 1, 20, "the good row's event")
+        assert server.metric(EMITTED, kind="prediction") == 1
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
 # Values the corpus does not hold, through both edges: refused by both, or accepted by both.
 EXTRA = [
     ("predict", {"region": "9" * 400}),           # a 400-digit integer category

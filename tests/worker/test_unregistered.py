@@ -64,7 +64,7 @@ def test_5000_unregistered_ids_neither_grow_storage_nor_flood_status(env):
     assert 5000 <= unregistered["model_ids"] <= 5100
     assert len(unregistered["most_frequent"]) == 10
     assert len(status_text) < 100_000, len(status_text)
-    assert [m["model_id"] for m in status["models"]] == ["housing"]
+    assert [(m["model_id"], m["registered"]) for m in status["models"]] == [("housing", True)]
     assert env.scalar("SELECT predictions FROM model_stats WHERE model_id = 'housing'") == 500
     assert env.scalar("SELECT count(*) FROM join_pending WHERE model_id LIKE 'ghost-%'") == 0
     assert env.scalar("SELECT count(*) FROM unregistered_models") == 101  # 100 tracked ids and "(other)"
@@ -91,6 +91,10 @@ def test_waiting_for_registration_is_capped_and_joins_once_registered(env):
     env.drain(env=waiting)
     assert env.scalar("SELECT joined FROM join_stats WHERE model_id = 'late'") == 120
     assert env.scalar("SELECT labels FROM model_stats WHERE model_id = 'late'") == 300
+    # Registered now: no longer listed as unregistered, and marked as registered among the models.
+    status = json.loads(_status_json(env))
+    assert status["unregistered"]["model_ids"] == 0
+    assert [(m["model_id"], m["registered"]) for m in status["models"]] == [("late", True)]
 
 
 def test_waiting_events_of_a_silent_unregistered_id_expire_by_wall_clock(env):

@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy import select
 
+from models import registry
 from storage import repo
 from storage.tables import OTHER_UNREGISTERED, DriftState
 from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
@@ -16,9 +17,12 @@ log = logging.getLogger("undertow")
 def collect_status(settings) -> dict:
     engine, sessions = open_sessions(settings, must_exist=True)
     with sessions.begin() as session:
-        models = [{"model_id": m.model_id, "predictions": m.predictions, "labels": m.labels,
-                   "duplicates": m.duplicates, "first_event_ts": iso(m.first_event_ts),
-                   "last_event_ts": iso(m.last_event_ts)} for m in repo.model_stats(session)]
+        stats = repo.model_stats(session)
+        registered = registry.registered(session, [m.model_id for m in stats])
+        # With UNDERTOW_WAIT_FOR_REGISTRATION, events of unregistered ids are counted here too: marked.
+        models = [{"model_id": m.model_id, "registered": m.model_id in registered, "predictions": m.predictions,
+                   "labels": m.labels, "duplicates": m.duplicates, "first_event_ts": iso(m.first_event_ts),
+                   "last_event_ts": iso(m.last_event_ts)} for m in stats]
         offsets = {(o.group_id, o.topic, o.partition): {
             "group_id": o.group_id, "topic": o.topic, "partition": o.partition, "stored_offset": o.next_offset,
             "end_offset": None, "lag": None, "gaps": 0, "last_gap": None} for o in repo.all_offsets(session)}
@@ -195,7 +199,8 @@ def _print_problems(status: dict) -> None:
     if u["model_ids"]:
         print(f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
               f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
-              + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,})" for m in u["most_frequent"]))
+              + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,} events, last {m['last_seen_at']})"
+                          for m in u["most_frequent"]))
 
 
 def add_parsers(sub) -> None:

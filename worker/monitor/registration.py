@@ -79,7 +79,10 @@ class RegistrationStage:
         unknown = ids - self._registered
         if not unknown:
             return
-        self._registered |= registry.registered(session, sorted(unknown))
+        found = registry.registered(session, sorted(unknown))
+        if found:
+            self._registered |= found
+            self._forget_counts(session, found)
         unregistered = unknown - self._registered
         if unregistered:
             tally = self._take(session, batch, unregistered)
@@ -155,6 +158,15 @@ class RegistrationStage:
             del rows[row["model_id"]]
         return folded
 
+    def _forget_counts(self, session: Session, registered: set[str]) -> None:
+        """Ids registered since their events were counted: their rows go (``status`` lists what is still wrong)."""
+        rows = self._load(session)
+        for model_id in registered.intersection(rows):
+            row = rows.pop(model_id)
+            log.info("model id %r is registered now; %d predictions and %d labels came before its registration",
+                     model_id, row["predictions"], row["labels"])
+            repo.save_unregistered(session, [], set(), [model_id])
+
     def _warn(self, tally: dict[str, list[int]], now: float) -> None:
         interval = self.policy.warn_interval_seconds
         for model_id, (predictions, labels, kept) in tally.items():
@@ -162,8 +174,12 @@ class RegistrationStage:
             if last is not None and now - last < interval:
                 continue
             self._warned[model_id] = now
-            fate = (f"{kept} kept for the join until it is registered" if self.policy.wait_for_registration
-                    else "not kept")
+            fate = "not kept"
+            if self.policy.wait_for_registration:
+                dropped = predictions + labels - kept
+                fate = f"{kept} kept for the join until it is registered" + (
+                    f", {dropped} dropped (UNDERTOW_UNREGISTERED_MAX_PENDING={self.policy.max_pending} events "
+                    "of unregistered ids already wait)" if dropped else "")
             log.warning("model id %r is not registered: %d predictions and %d labels in this batch, %s "
                         "(register the model, or correct the producer's model_id; `undertow status` counts them; "
                         "next warning for this id in %g s at the earliest)",

@@ -214,5 +214,6 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         return cls(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+            f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None

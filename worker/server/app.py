@@ -136,7 +136,14 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             raise HTTPException(503, f"no version of {model_id} is loaded yet")
         parsed = parse(served.request, await read_body(request))
         rows = parsed.rows()
-        predictions, scores = await run_in_threadpool(served.predict, rows)
+        try:
+            predictions, scores = await run_in_threadpool(served.predict, rows)
+        except Exception as exc:  # noqa: BLE001 - the model's own failure (e.g. a null it cannot impute)
+            metrics.model_errors.inc()
+            reason = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ServerFault(f"{model_id} version {served.version} could not predict this request "
+                              f"({type(exc).__name__}: {reason}); a null feature the pipeline does not impute "
+                              "is a common cause; no event was emitted") from None
         check_finite(f"{model_id} version {served.version}", predictions, scores, metrics.nonfinite)
         records = prediction_records(model_id, served.version, cloudevents.rfc3339(time.time()), rows,
                                      predictions, scores, max_event_bytes, batch=parsed.instances is not None)

@@ -88,7 +88,7 @@ class RequestGate:
     def _authorize(self, header: str | None) -> None:
         scheme, _, credentials = (header or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise HTTPException(401, "this endpoint needs Authorization: Bearer <UNDERTOW_SERVER_TOKEN>",
+            raise HTTPException(401, "this endpoint needs Authorization: Bearer <token>",
                                 headers={"WWW-Authenticate": "Bearer"})
         # Starlette decodes headers as latin-1: encoding back gives the bytes the client sent.
         given = hashlib.sha256(credentials.strip().encode("latin-1")).digest()

@@ -3,7 +3,8 @@
 ``undertow_server_requests_total`` counts every answer of ``/predict`` and
 ``/labels`` by status, refusals (401, 413, 415, 422) and failures (500)
 included; ``undertow_server_nonfinite_predictions_total`` counts the rows a
-model predicted NaN or infinity for (answered 500, no event emitted).
+model predicted NaN or infinity for (answered 500, no event emitted);
+``undertow_server_model_errors_total`` the requests the model raised on.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class ServerMetrics:
         self.nonfinite = Counter("undertow_server_nonfinite_predictions",
                                  "rows whose prediction or scores were NaN or infinite (answered 500, no event)",
                                  registry=r)
+        self.model_errors = Counter("undertow_server_model_errors", "requests the model raised an error on "
+                                    "(answered 500, no event)", registry=r)
         self.events = Counter("undertow_server_events_emitted", "events the broker acknowledged, by kind",
                               ["kind"], registry=r)
         self.events_dropped = Counter("undertow_server_events_dropped",
