@@ -6,6 +6,8 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY models ./models
 COPY storage ./storage
+# Links to the three folders above: the package the image installs is `undertow` alone.
+COPY undertow ./undertow
 RUN pip install --no-cache-dir '.[postgres]' && useradd --create-home undertow \
     && mkdir -p /var/lib/undertow/artifacts && chown undertow /var/lib/undertow/artifacts
 USER undertow

@@ -66,9 +66,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.drift.config import DriftConfig  # noqa: E402
-from models.reference import error_sample  # noqa: E402
-from worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
+from undertow.models.drift.config import DriftConfig  # noqa: E402
+from undertow.models.reference import error_sample  # noqa: E402
+from undertow.worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
 
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
@@ -248,7 +248,7 @@ def told_size_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n
     10,000 predictions before the change. A step: the prediction-time CUSUM with k at half the step (for
     normal errors the optimal detector of a known step at an unknown time, Moustakides 1986). A ramp: the
     likelihood ratio of the known slope for normal errors, maximised over start times a minute apart."""
-    from models.drift.detectors import PredictionTimeCusum
+    from undertow.models.drift.detectors import PredictionTimeCusum
     out = []
     for c, (kind, size) in zip(shape.changes, sizes):
         start = int(c * n)

@@ -67,13 +67,13 @@ from datetime import timedelta
 import numpy as np
 from scipy.stats import chisquare, ks_2samp
 
-from models.drift.config import DriftConfig
-from models.profile import PREDICTION_FEATURE, build_profile
-from models.reference import error_sample
-from worker.dev.sample import REGION_SHARES, REGIONS, START, rfc3339
-from worker.monitor.concept import ErrorStreamMonitor
-from worker.monitor.data_drift import ModelVersionMonitor
-from worker.runtime.events import PredictionEvent
+from undertow.models.drift.config import DriftConfig
+from undertow.models.profile import PREDICTION_FEATURE, build_profile
+from undertow.models.reference import error_sample
+from undertow.worker.dev.sample import REGION_SHARES, REGIONS, START, rfc3339
+from undertow.worker.monitor.concept import ErrorStreamMonitor
+from undertow.worker.monitor.data_drift import ModelVersionMonitor
+from undertow.worker.runtime.events import PredictionEvent
 
 N_FEATURES = 4
 NUMERIC = [f"x{i}" for i in range(N_FEATURES)]

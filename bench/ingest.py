@@ -60,15 +60,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from fresh_database import fresh_database
-from models import registry
-from models.reference import load_reference
-from storage import db
-from worker.dev.broker import EmbeddedBroker
-from worker.dev.sample import SampleStream, encode, rfc3339, write_reference_csv
-from worker.monitor.service import Monitor
-from worker.runtime.settings import MonitorSettings, load_settings
-from worker.runtime.topics import Topics, ensure_topics
-from worker.runtime.transport import FETCH_MAX_WAIT_MS, make_admin
+from undertow.models import registry
+from undertow.models.reference import load_reference
+from undertow.storage import db
+from undertow.worker.dev.broker import EmbeddedBroker
+from undertow.worker.dev.sample import SampleStream, encode, rfc3339, write_reference_csv
+from undertow.worker.monitor.service import Monitor
+from undertow.worker.runtime.settings import MonitorSettings, load_settings
+from undertow.worker.runtime.topics import Topics, ensure_topics
+from undertow.worker.runtime.transport import FETCH_MAX_WAIT_MS, make_admin
 
 MODELS = 8
 POLL_S = 0.05

@@ -47,15 +47,15 @@ import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import text
 
-from models import registry
-from models.reference import load_reference
-from storage import db, repo
-from worker.dev.sample import SampleStream, encode, write_reference_csv
-from worker.monitor.service import monitor_service
-from worker.runtime.batch import build_batch
-from worker.runtime.service import GarbagePacer
-from worker.runtime.settings import MonitorSettings
-from worker.runtime.topics import Topics
+from undertow.models import registry
+from undertow.models.reference import load_reference
+from undertow.storage import db, repo
+from undertow.worker.dev.sample import SampleStream, encode, write_reference_csv
+from undertow.worker.monitor.service import monitor_service
+from undertow.worker.runtime.batch import build_batch
+from undertow.worker.runtime.service import GarbagePacer
+from undertow.worker.runtime.settings import MonitorSettings
+from undertow.worker.runtime.topics import Topics
 
 MODEL_ID = "housing"
 BATCH_RECORDS = 2000

@@ -34,10 +34,10 @@ from sqlalchemy import create_engine, text
 
 from fresh_database import fresh_database
 from ingest import produce, register_references
-from worker.dev.broker import EmbeddedBroker
-from worker.runtime.settings import MonitorSettings, load_settings
-from worker.runtime.topics import Topics, ensure_topics
-from worker.runtime.transport import make_admin
+from undertow.worker.dev.broker import EmbeddedBroker
+from undertow.worker.runtime.settings import MonitorSettings, load_settings
+from undertow.worker.runtime.topics import Topics, ensure_topics
+from undertow.worker.runtime.transport import make_admin
 
 REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 6
@@ -77,7 +77,7 @@ class Phase:
     def start_monitor(self) -> subprocess.Popen:
         log = open(self.workdir / f"monitor-{len(self.processes)}-{self.settings.topic_prefix}log", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "monitor",
+            [sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "monitor",
              "--bootstrap-servers", self.bootstrap, "--db-url", self.db_url,
              "--topic-prefix", self.settings.topic_prefix, "--group-id", self.settings.group_id,
              "--partitions", str(PARTITIONS)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -29,15 +29,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models import registry  # noqa: E402
-from storage import db  # noqa: E402
-from worker.dev.broker import EmbeddedBroker, free_port  # noqa: E402
-from worker.dev.sample import SampleStream, write_training_csv  # noqa: E402
-from worker.server.served_model import load_served  # noqa: E402
+from undertow.models import registry  # noqa: E402
+from undertow.storage import db  # noqa: E402
+from undertow.worker.dev.broker import EmbeddedBroker, free_port  # noqa: E402
+from undertow.worker.dev.sample import SampleStream, write_training_csv  # noqa: E402
+from undertow.worker.server.served_model import load_served  # noqa: E402
 
 
 def _cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", *args], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     if done.returncode:
         raise SystemExit(done.stderr)
@@ -84,7 +84,7 @@ def main() -> None:
         with db.make_session_factory(engine)() as session:
             served = load_served(registry.get_version(session, "housing", "1"))  # one OpenMP thread, as served
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "serve",
+        server = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "serve",
                                    "--model-id", "housing", "--port", str(port), *connection], cwd=REPO,
                                   env={**os.environ, "UNDERTOW_MAX_BATCH_ROWS": "1000"})
         try:

@@ -32,13 +32,13 @@ from sqlalchemy.engine import make_url
 
 from fresh_database import fresh_database
 from ingest import register_references, stream
-from storage import repo
-from worker.dev.sample import encode
-from worker.monitor.service import monitor_service
-from worker.runtime.batch import build_batch
-from worker.runtime.service import ServiceRunner
-from worker.runtime.settings import MonitorSettings, load_settings
-from worker.runtime.topics import Topics
+from undertow.storage import repo
+from undertow.worker.dev.sample import encode
+from undertow.worker.monitor.service import monitor_service
+from undertow.worker.runtime.batch import build_batch
+from undertow.worker.runtime.service import ServiceRunner
+from undertow.worker.runtime.settings import MonitorSettings, load_settings
+from undertow.worker.runtime.topics import Topics
 
 PARTITIONS = 3
 NOW = 2_000_000_000  # the parser's clock: every event is in its past

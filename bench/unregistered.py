@@ -31,13 +31,13 @@ from pathlib import Path
 from kafka.consumer.fetcher import ConsumerRecord
 
 import memory as memory_bench  # bench/memory.py: the same registration and RSS measurement
-from storage import db, repo
-from worker.cli.status import _unregistered
-from worker.dev.sample import SampleStream, encode
-from worker.monitor.service import monitor_service
-from worker.runtime.batch import build_batch
-from worker.runtime.settings import MonitorSettings
-from worker.runtime.topics import Topics
+from undertow.storage import db, repo
+from undertow.worker.cli.status import _unregistered
+from undertow.worker.dev.sample import SampleStream, encode
+from undertow.worker.monitor.service import monitor_service
+from undertow.worker.runtime.batch import build_batch
+from undertow.worker.runtime.settings import MonitorSettings
+from undertow.worker.runtime.topics import Topics
 
 BATCH_RECORDS = 5000
 GROUP = "bench"
@@ -84,7 +84,7 @@ def run_phase(name: str, records: Iterator[ConsumerRecord], settings: MonitorSet
 
         records = list(records)  # built before measuring: the phase's memory is the monitor's
         warnings = Warnings()
-        logger = logging.getLogger("worker.monitor.registration")
+        logger = logging.getLogger("undertow.worker.monitor.registration")
         logger.setLevel(logging.WARNING)
         logger.propagate = False  # counted, not printed
         logger.addHandler(warnings)

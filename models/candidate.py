@@ -9,9 +9,9 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from models import training
-from models.profile import PREDICTION_FEATURE, ReferenceProfile, build_profile
-from models.reference import error_sample
+from undertow.models import training
+from undertow.models.profile import PREDICTION_FEATURE, ReferenceProfile, build_profile
+from undertow.models.reference import error_sample
 
 # The version's own test set is kept in the registry; larger holdouts are thinned evenly.
 TEST_SET_MAX_ROWS = 5000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from storage.tables import ChampionChange, ModelVersion, TrainingRun
+from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
 
 
 def _iso(ts: float | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from models.profile import ProfileError
+from undertow.models.profile import ProfileError
 
 
 def _parse_csv_column(raw: list[str]) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from storage.errors import UndertowError
+from undertow.storage.errors import UndertowError
 
 MODEL_ID_MAX_LENGTH = 128
 MODEL_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MODEL_ID_MAX_LENGTH - 1}}}$"
@@ -28,7 +28,7 @@ def check_id(value: str, what: str = "model id") -> str:
     >>> check_id("../evil")
     Traceback (most recent call last):
     ...
-    models.ids.InvalidId: model id '../evil' must start with a letter or digit and hold only letters, digits, '.', '_' and '-' (at most 128 characters)
+    undertow.models.ids.InvalidId: model id '../evil' must start with a letter or digit and hold only letters, digits, '.', '_' and '-' (at most 128 characters)
     """
     if not isinstance(value, str) or not _MODEL_ID.fullmatch(value):
         raise InvalidId(f"{what} {value!r} must start with a letter or digit and hold only letters, digits, "

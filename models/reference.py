@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.dataset import read_table
-from models.drift import errors as drift_errors
-from models.profile import (
+from undertow.models.dataset import read_table
+from undertow.models.drift import errors as drift_errors
+from undertow.models.profile import (
     PREDICTION_FEATURE,
     ProfileError,
     ReferenceProfile,
     build_profile,
 )
-from models.registry import sha256_file
+from undertow.models.registry import sha256_file
 
 ERROR_SAMPLE_SIZE = 5000
 TEST_SET_MAX_ROWS = 5000

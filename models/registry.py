@@ -24,11 +24,11 @@ from pathlib import Path
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from models.drift.config import DriftConfig
-from models.ids import check_id
-from models.profile import ReferenceProfile
-from storage.errors import ArtifactIntegrityError, NotFound, UndertowError
-from storage.tables import ChampionChange, ModelVersion
+from undertow.models.drift.config import DriftConfig
+from undertow.models.ids import check_id
+from undertow.models.profile import ReferenceProfile
+from undertow.storage.errors import ArtifactIntegrityError, NotFound, UndertowError
+from undertow.storage.tables import ChampionChange, ModelVersion
 
 STAGES = ("candidate", "champion", "archived", "rejected")
 

@@ -14,9 +14,9 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.registry import environment
-from storage.errors import NotFound
-from storage.tables import TrainingRun
+from undertow.models.registry import environment
+from undertow.storage.errors import NotFound
+from undertow.storage.tables import TrainingRun
 
 log = logging.getLogger(__name__)
 

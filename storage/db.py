@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import ConfigError
+from undertow.storage.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

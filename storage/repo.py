@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from storage.errors import StaleOffsets
-from storage.tables import (
+from undertow.storage.errors import StaleOffsets
+from undertow.storage.tables import (
     Alert,
     ConceptState,
     ConsumerOffset,

@@ -18,11 +18,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from storage import db
-from worker.dev.broker import EmbeddedBroker
-from worker.runtime.settings import MonitorSettings, load_settings
-from worker.runtime.topics import Topics, ensure_topics
-from worker.runtime.transport import make_admin
+from undertow.storage import db
+from undertow.worker.dev.broker import EmbeddedBroker
+from undertow.worker.runtime.settings import MonitorSettings, load_settings
+from undertow.worker.runtime.topics import Topics, ensure_topics
+from undertow.worker.runtime.transport import make_admin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,7 +140,7 @@ class Env:
     def status(self) -> dict:
         """``undertow status --json`` as a user runs it."""
         import json
-        done = subprocess.run([sys.executable, "-m", "worker.cli", "status", "--json", *self.cli_args()], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "status", "--json", *self.cli_args()], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
@@ -158,12 +158,12 @@ class Env:
         return self.start_service("trainer", *extra, env=env, log_level=log_level, group=self.group_id + "-trainer")
 
     def start_service(self, command: str, *extra: str, env: dict | None = None, db_url: str | None = None,
-                      log_level: str = "WARNING", group: str | None = None) -> subprocess.Popen:
+                      log_level: str = "WARNING", group: str | None = None, cwd: Path = REPO) -> subprocess.Popen:
         args = self.cli_args(group) if db_url is None else [*self.cli_args(group), "--db-url", db_url]
         log_file = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".log", delete=False)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", log_level, command, *args, *extra],
-            cwd=REPO, env={**os.environ, **WAIT_FOR_REGISTRATION, **(env or {})}, stdout=log_file,
+            [sys.executable, "-m", "undertow.worker.cli", "--log-level", log_level, command, *args, *extra],
+            cwd=cwd, env={**os.environ, **WAIT_FOR_REGISTRATION, **(env or {})}, stdout=log_file,
             stderr=subprocess.STDOUT)
         log_file.close()
         proc.log_path = log_file.name
@@ -218,7 +218,7 @@ class Env:
 
         ``rate`` paces the records per second (pacing the producer, not synchronisation).
         """
-        from worker.dev.sample import encode
+        from undertow.worker.dev.sample import encode
         topics = {"prediction": self.topics.predictions, "label": self.topics.labels}
         sent, start, futures = 0, time.monotonic(), []
         for kind, event in items:
@@ -247,9 +247,9 @@ class Env:
 
     def register_reference(self, stream, model_id: str = "housing", rows: int = 5000, **config) -> None:
         """Register a champion for ``model_id`` profiled from ``stream``'s pre-drift distribution."""
-        from models import registry
-        from models.reference import load_reference
-        from worker.dev.sample import write_reference_csv
+        from undertow.models import registry
+        from undertow.models.reference import load_reference
+        from undertow.worker.dev.sample import write_reference_csv
         path = Path(tempfile.mkdtemp()) / "reference.csv"
         write_reference_csv(stream, path, rows)
         reference = load_reference(path, target="target", prediction="prediction")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.cli import build_parser
-from worker.runtime.settings import MonitorSettings, ServerSettings, TrainerSettings, load_settings
+from undertow.worker.cli import build_parser
+from undertow.worker.runtime.settings import MonitorSettings, ServerSettings, TrainerSettings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"monitor": MonitorSettings, "trainer": TrainerSettings, "serve": ServerSettings}

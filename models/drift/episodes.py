@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from models.drift.config import DriftConfig
-from models.drift.stats import FeatureStats
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.stats import FeatureStats
 
 STABLE, MODERATE, SIGNIFICANT = "stable", "moderate", "significant"
 _RANK = {STABLE: 0, MODERATE: 1, SIGNIFICANT: 2}

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import chi2 as chi2_distribution
 from scipy.stats import kstwo
 
-from models.profile import CategoricalProfile, NumericProfile
+from undertow.models.profile import CategoricalProfile, NumericProfile
 
 # Empty bins are floored before the log: 1e-6 (the chapter) makes one empty
 # bin worth ~1.4 PSI on its own; 1e-4 keeps single empty bins from dominating.

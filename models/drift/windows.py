@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.drift.config import DriftConfig
+from undertow.models.drift.config import DriftConfig
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import os
 
 from alembic import context
 
-from storage.tables import Base
+from undertow.storage.tables import Base
 
 config = context.config
 
@@ -15,7 +15,7 @@ def run_migrations() -> None:
     if connection is not None:  # storage.db.migrate passes its connection (and holds the lock)
         _run(connection)
         return
-    from storage.db import make_engine  # the alembic command line: UNDERTOW_DB_URL
+    from undertow.storage.db import make_engine  # the alembic command line: UNDERTOW_DB_URL
     engine = make_engine(os.environ.get("UNDERTOW_DB_URL", "sqlite:///undertow.db"))
     try:
         with engine.begin() as connection:

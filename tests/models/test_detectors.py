@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from river.drift import PageHinkley as RiverPageHinkley
 
-from models.drift.detectors import PageHinkley
+from undertow.models.drift.detectors import PageHinkley
 
 
 def _streams():
@@ -68,7 +68,7 @@ def _simulated_arl(rng, steps: np.ndarray, probabilities: np.ndarray, k: float, 
 @pytest.mark.parametrize("rate", [0.116, 0.2])
 @pytest.mark.parametrize("k", [0.25, 0.5])
 def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rate, k):
-    from models.drift.detectors import cusum_threshold_for
+    from undertow.models.drift.detectors import cusum_threshold_for
     sd = np.sqrt(rate * (1 - rate))
     steps, probabilities = np.array([-rate / sd, (1 - rate) / sd]), np.array([1 - rate, rate])
     sample = np.repeat(steps, (np.array([1 - rate, rate]) * 5000).round().astype(int))
@@ -81,7 +81,7 @@ def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rat
 
 @pytest.mark.parametrize("k", [0.25, 0.5])
 def test_a_threshold_for_two_samples_holds_for_both_and_costs_one_solve_where_the_first_suffices(k):
-    from models.drift.detectors import cusum_threshold_for
+    from undertow.models.drift.detectors import cusum_threshold_for
     rng = np.random.default_rng(5)
     light, heavy = rng.normal(size=2000), rng.normal(size=2000) ** 2  # symmetric; skewed like squared errors
     light, heavy = (light - light.mean()) / light.std(), (heavy - heavy.mean()) / heavy.std()

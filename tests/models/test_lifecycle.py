@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from models import candidate, gate, registry, training
-from models.profile import build_profile
-from storage import db
-from storage.errors import NotFound
+from undertow.models import candidate, gate, registry, training
+from undertow.models.profile import build_profile
+from undertow.storage import db
+from undertow.storage.errors import NotFound
 
 pytestmark = pytest.mark.postgres
 
@@ -114,7 +114,7 @@ def test_an_artifact_written_by_a_transaction_that_rolls_back_is_removed(engine,
 
 def test_finished_runs_are_mirrored_to_mlflow_and_a_broken_mirror_only_warns(tmp_path, caplog):
     mlflow = pytest.importorskip("mlflow")
-    from models.runs import mirror_to_mlflow
+    from undertow.models.runs import mirror_to_mlflow
     run = {"run_id": "run-1", "model_id": "m", "status": "promoted", "outcome": "gate passed", "request_id": "r1",
            "candidate_version": "2", "params": {"task": "regression", "min_holdout": 500},
            "metrics": {"gate": {"improvement_low": 0.1, "champion_sha256": "abc"}, "candidate": {"mae": 0.4}},

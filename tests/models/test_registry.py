@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from models import registry
-from models.dataset import read_table
-from models.profile import PREDICTION_FEATURE, ProfileError, build_profile
-from models.reference import load_reference
-from storage import db
-from storage.errors import ArtifactIntegrityError
+from undertow.models import registry
+from undertow.models.dataset import read_table
+from undertow.models.profile import PREDICTION_FEATURE, ProfileError, build_profile
+from undertow.models.reference import load_reference
+from undertow.storage import db
+from undertow.storage.errors import ArtifactIntegrityError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.postgres
@@ -88,7 +88,7 @@ def test_drift_config_rules_are_validated():
 
 def test_cli_register_and_list(tmp_path, db_url, reference_csv):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "worker.cli", *args, "--db-url", db_url,
+        return subprocess.run([sys.executable, "-m", "undertow.worker.cli", *args, "--db-url", db_url,
                                "--artifacts-dir", str(tmp_path / "store")],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
     done = cli("models", "register", "--model-id", "m", "--reference", str(reference_csv), "--target", "y",
@@ -104,7 +104,7 @@ def test_cli_register_and_list(tmp_path, db_url, reference_csv):
 
 
 def _register_cli(tmp_path, db_url, reference_csv, *flags):
-    return subprocess.run([sys.executable, "-m", "worker.cli", "models", "register", "--db-url", db_url,
+    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", "models", "register", "--db-url", db_url,
                            "--artifacts-dir", str(tmp_path / "store"), "--reference", str(reference_csv), *flags],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 

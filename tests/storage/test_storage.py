@@ -7,9 +7,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from storage import db, repo
-from storage.errors import ConfigError, StaleOffsets
-from storage.tables import Base, ModelStats
+from undertow.storage import db, repo
+from undertow.storage.errors import ConfigError, StaleOffsets
+from undertow.storage.tables import Base, ModelStats
 
 pytestmark = pytest.mark.postgres
 

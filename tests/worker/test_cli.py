@@ -11,18 +11,18 @@ import pytest
 from kafka.admin import NewTopic
 
 from tests.conftest import REPO, requires_sqlite, wait_for
-from worker.dev.broker import free_port
-from worker.runtime.transport import make_admin
+from undertow.worker.dev.broker import free_port
+from undertow.worker.runtime.transport import make_admin
 
 
 def _cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def test_broker_command_serves_and_stops_cleanly_on_sigterm():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "broker", "--port", str(port)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -50,7 +50,7 @@ def test_topics_create_refuses_predictions_and_labels_that_are_not_co_partitione
 
 
 def test_status_reports_counts_offsets_and_lag(env):
-    from worker.dev.sample import SampleStream
+    from undertow.worker.dev.sample import SampleStream
     env.send_events(SampleStream(seed=41).events(300))
     env.drain(idle=2.0)
     done = _cli("status", "--json", *env.cli_args())
@@ -79,7 +79,7 @@ def test_monitor_without_a_reachable_broker_fails_with_one_line(tmp_path):
 
 def test_status_answers_quickly_and_quietly_with_the_broker_down(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    from storage import db
+    from undertow.storage import db
     engine = db.make_engine(url)
     db.migrate(engine)
     engine.dispose()
@@ -120,7 +120,7 @@ def test_a_second_monitor_on_the_same_sqlite_file_is_refused(env):
     try:
         wait_for(lambda: first.poll() is not None or "assigned" in env.log_of(first, tail=100_000), 60,
                  "the first monitor to be assigned its partitions")
-        second = subprocess.run([sys.executable, "-m", "worker.cli", "monitor", *env.cli_args()], cwd=REPO,
+        second = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "monitor", *env.cli_args()], cwd=REPO,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
@@ -133,7 +133,7 @@ def test_a_second_monitor_on_the_same_sqlite_file_is_refused(env):
 
 def test_a_broker_killed_with_sigkill_takes_its_tansu_process_with_it():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "broker", "--port", str(port)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == f"bootstrap servers: 127.0.0.1:{port}"
@@ -158,9 +158,9 @@ def _state(pid: int) -> str:
 
 
 def test_drift_rule_flags_come_from_the_configuration_model():
-    from models.drift.config import DriftConfig
-    from worker.cli import build_parser
-    from worker.cli.drift_flags import drift_config_from
+    from undertow.models.drift.config import DriftConfig
+    from undertow.worker.cli import build_parser
+    from undertow.worker.cli.drift_flags import drift_config_from
     args = build_parser().parse_args([
         "models", "register", "--model-id", "m", "--reference", "r.csv", "--window-size", "500",
         "--no-retrain-on-data-drift", "--retrain-data-policy", "all", "--psi-significant", "0.3"])
@@ -180,7 +180,7 @@ def test_drift_rule_flags_come_from_the_configuration_model():
 
 
 def test_a_normal_exit_prints_no_client_errors(env):
-    from worker.dev.sample import SampleStream
+    from undertow.worker.dev.sample import SampleStream
     env.send_events(SampleStream(seed=42).events(200))
     done = _cli("monitor", "--until-idle", "2", *env.cli_args(), timeout=120)
     assert done.returncode == 0, done.stderr

@@ -9,12 +9,12 @@ import pytest
 from river.drift import PageHinkley as RiverPageHinkley
 from sqlalchemy import text
 
-from models.drift.config import DriftConfig
-from models.drift.detectors import Cusum, PageHinkley, RollingMean
-from models.reference import error_sample
-from worker.dev.sample import SampleStream
-from worker.monitor.concept import ErrorStreamMonitor
-from worker.runtime import cloudevents
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.detectors import Cusum, PageHinkley, RollingMean
+from undertow.models.reference import error_sample
+from undertow.worker.dev.sample import SampleStream
+from undertow.worker.monitor.concept import ErrorStreamMonitor
+from undertow.worker.runtime import cloudevents
 
 
 def _errors(rng, n: int, change: int | None, shift: float) -> np.ndarray:
@@ -283,7 +283,7 @@ def test_state_written_before_the_first_labels_were_kept_still_refines():
 def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_refinement_changes_nothing():
     from types import SimpleNamespace
 
-    from worker.monitor.concept import _reference_z, _threshold_for_all
+    from undertow.worker.monitor.concept import _reference_z, _threshold_for_all
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
     config = DriftConfig(production_refine_labels=10_000)
     first = np.array([error for error, _, _ in labels[:1_000]])

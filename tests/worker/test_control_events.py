@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 
 from tests.conftest import wait_for
-from worker.dev.broker import free_port
-from worker.dev.sample import SampleStream
-from worker.monitor.model_events import UNSIGNED_NOTICE
-from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import (
+from undertow.worker.dev.broker import free_port
+from undertow.worker.dev.sample import SampleStream
+from undertow.worker.monitor.model_events import UNSIGNED_NOTICE
+from undertow.worker.runtime import cloudevents, output_events
+from undertow.worker.runtime.output_events import (
     AllData,
     ModelChange,
     ModelPromoted,
@@ -26,7 +26,7 @@ from worker.runtime.output_events import (
     RetrainRequest,
     RetrainRequested,
 )
-from worker.runtime.signing import signed_headers
+from undertow.worker.runtime.signing import signed_headers
 
 pytestmark = pytest.mark.postgres
 

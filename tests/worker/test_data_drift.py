@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from worker.dev.sample import SampleStream
+from undertow.worker.dev.sample import SampleStream
 
 
 def _alerts(env) -> list[dict]:

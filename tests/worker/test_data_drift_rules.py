@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from models.drift.config import DriftConfig
-from models.profile import build_profile
-from worker.monitor.data_drift import ModelVersionMonitor
-from worker.runtime.events import PredictionEvent
+from undertow.models.drift.config import DriftConfig
+from undertow.models.profile import build_profile
+from undertow.worker.monitor.data_drift import ModelVersionMonitor
+from undertow.worker.runtime.events import PredictionEvent
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

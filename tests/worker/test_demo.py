@@ -18,7 +18,7 @@ ARTIFACTS = Path(os.environ.get("UNDERTOW_TEST_ARTIFACTS", REPO / "test-artifact
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "demo", "--events", "6000",
+    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "demo", "--events", "6000",
                            "--workdir", str(workdir)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir, done.stdout

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from models.drift.config import DriftConfig
-from models.drift.stats import FeatureEvaluator, ks_against_sorted
-from models.drift.windows import WindowState
-from models.profile import build_profile
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.stats import FeatureEvaluator, ks_against_sorted
+from undertow.models.drift.windows import WindowState
+from undertow.models.profile import build_profile
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.1, 0.5])
@@ -36,7 +36,7 @@ def test_numeric_evaluator_psi_and_missing_bucket():
 def test_categorical_evaluator_buckets_known_other_and_unseen():
     values = ["a"] * 60 + ["b"] * 40 + [f"rare{i}" for i in range(5)]
     profile = build_profile({"c": values}).features["c"]
-    from models.drift.stats import CategoricalEncoder
+    from undertow.models.drift.stats import CategoricalEncoder
     encoder = CategoricalEncoder(profile.model_copy(update={"categories": ["a", "b"],
                                                             "other_categories": ["rare0"]}))
     assert [encoder.encode(v) for v in ("a", "b", "rare0", "never")] == [0, 1, 2, 3]
@@ -100,7 +100,7 @@ class _SuffixSumCusum:
 def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
     """Late labels (seconds to hours), time jumps past the horizon, alarms and restarts, a save and load
     midway: the statistic, its alarm and its change time are those of the O(horizon) definition."""
-    from models.drift.detectors import PredictionTimeCusum
+    from undertow.models.drift.detectors import PredictionTimeCusum
     rng = np.random.default_rng(seed)
     fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     reference = _SuffixSumCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
@@ -128,7 +128,7 @@ def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
     monitor stores it) every few labels must reach the very numbers of one that never was."""
     import json
 
-    from models.drift.detectors import PredictionTimeCusum
+    from undertow.models.drift.detectors import PredictionTimeCusum
     rng = np.random.default_rng(4)
     kept = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
@@ -147,7 +147,7 @@ def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
 
 
 def test_prediction_time_cusum_still_loads_the_suffix_sums_it_stored_before():
-    from models.drift.detectors import PredictionTimeCusum
+    from undertow.models.drift.detectors import PredictionTimeCusum
     rng = np.random.default_rng(5)
     detector = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20)
     for i in range(500):

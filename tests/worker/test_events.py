@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from storage.errors import InvalidEvent
-from worker.runtime.events import parse_label, parse_prediction
+from undertow.storage.errors import InvalidEvent
+from undertow.worker.runtime.events import parse_label, parse_prediction
 
 GOOD = {"event_id": "e1", "model_id": "m", "model_version": "3", "ts": "2026-11-27T14:06:28.123Z",
         "features": {"a": 1, "b": 2.5, "c": "red", "d": None}, "prediction": 2.31}

@@ -25,15 +25,15 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from models import runs
-from storage import db
+from undertow.models import runs
+from undertow.storage import db
 from tests.conftest import REPO, Env, requires_postgres, requires_sqlite, wait_for
 from tests.forwarder import TcpForwarder
-from worker.dev.broker import EmbeddedBroker
-from worker.dev.sample import SampleStream, write_training_csv
-from worker.runtime.metrics import DatabaseCollector
-from worker.runtime.settings import TrainerSettings, load_settings
-from worker.trainer.training import RunLock, TrainingWorker
+from undertow.worker.dev.broker import EmbeddedBroker
+from undertow.worker.dev.sample import SampleStream, write_training_csv
+from undertow.worker.runtime.metrics import DatabaseCollector
+from undertow.worker.runtime.settings import TrainerSettings, load_settings
+from undertow.worker.trainer.training import RunLock, TrainingWorker
 
 SMALL_BATCHES = {"UNDERTOW_BATCH_MAX_RECORDS": "200"}
 
@@ -261,7 +261,7 @@ def train_v1_on_stationary_pairs(env: Env) -> None:
     """Champion version 1 of ``housing`` (the CLI's ``train``), then 3,000 labelled pairs joined by a monitor."""
     data = Path(tempfile.mkdtemp()) / "train.csv"
     write_training_csv(SampleStream(seed=2), data, 4000)
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "train", "--model-id",
+    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "train", "--model-id",
                            "housing", "--data", str(data), "--target", "target", "--time-column", "ts",
                            *env.cli_args()], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -313,7 +313,7 @@ def test_postgres_restarted_while_the_trainer_claims_a_run(broker, db_url, monke
     first claim's lock stayed held on its live connection and the trainer re-read the run's pairs about five
     times a second, finding the run "taken" each time: 570 times in 120 s, the run never ended.)"""
     requires_postgres(db_url)
-    caplog.set_level(logging.INFO, logger="worker.trainer.training")
+    caplog.set_level(logging.INFO, logger="undertow.worker.trainer.training")
     env = Env(broker, db_url)
     forwarder = TcpForwarder((make_url(db_url).host, make_url(db_url).port or 5432))
     stop = threading.Event()

@@ -19,11 +19,11 @@ from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import text
 
 from tests.conftest import Env
-from worker.dev.sample import SampleStream, encode
-from worker.monitor.service import monitor_service
-from worker.runtime.batch import build_batch
-from worker.runtime.service import ServiceRunner
-from worker.runtime.topics import Topics
+from undertow.worker.dev.sample import SampleStream, encode
+from undertow.worker.monitor.service import monitor_service
+from undertow.worker.runtime.batch import build_batch
+from undertow.worker.runtime.service import ServiceRunner
+from undertow.worker.runtime.topics import Topics
 
 pytestmark = pytest.mark.postgres
 

@@ -11,9 +11,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from worker.dev.sample import SampleStream
-from worker.monitor.service import Monitor
-from worker.runtime.events import LabelEvent, PredictionEvent
+from undertow.worker.dev.sample import SampleStream
+from undertow.worker.monitor.service import Monitor
+from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 
 pytestmark = pytest.mark.postgres
 

@@ -2,8 +2,8 @@
 import httpx
 
 from tests.conftest import wait_for
-from worker.dev.broker import free_port
-from worker.dev.sample import SampleStream
+from undertow.worker.dev.broker import free_port
+from undertow.worker.dev.sample import SampleStream
 
 
 def _metrics(port: int) -> dict[str, float]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import requires_postgres, wait_for
-from worker.dev.sample import SampleStream
+from undertow.worker.dev.sample import SampleStream
 
 
 def _counts(env) -> tuple[int, int, int]:

@@ -4,16 +4,16 @@ import json
 import pytest
 from sqlalchemy import select
 
-from models.drift.config import DriftConfig
-from storage import db, repo
-from storage.tables import LabelledPair, OutboxMessage, PendingEvent
-from worker.monitor.concept import ConceptStage, Pair
-from worker.monitor.duplicates import DuplicateFilter
-from worker.monitor.retrain_policy import RetrainPolicy
-from worker.runtime import cloudevents
-from worker.runtime.batch import Batch, Position
-from worker.runtime.events import parse_label, parse_prediction
-from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
+from undertow.models.drift.config import DriftConfig
+from undertow.storage import db, repo
+from undertow.storage.tables import LabelledPair, OutboxMessage, PendingEvent
+from undertow.worker.monitor.concept import ConceptStage, Pair
+from undertow.worker.monitor.duplicates import DuplicateFilter
+from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.batch import Batch, Position
+from undertow.worker.runtime.events import parse_label, parse_prediction
+from undertow.worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
 
 pytestmark = pytest.mark.postgres
 T0 = 1_800_000_000.0

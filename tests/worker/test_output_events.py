@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from storage.errors import InvalidEvent
-from worker.runtime import output_events
-from worker.runtime.output_events import (
+from undertow.storage.errors import InvalidEvent
+from undertow.worker.runtime import output_events
+from undertow.worker.runtime.output_events import (
     ConceptDriftAlert,
     RetrainRequested,
     parse_event,
@@ -20,9 +20,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden_monitor.json"
 def test_the_schemas_in_the_repository_are_the_models_schemas():
     expected = output_events.json_schemas()
     on_disk = {path.name: json.loads(path.read_text()) for path in SCHEMAS.glob("*.json")}
-    assert sorted(on_disk) == sorted(expected), "regenerate: python -m worker.runtime.output_events schemas"
+    assert sorted(on_disk) == sorted(expected), "regenerate: python -m undertow.worker.runtime.output_events schemas"
     for name, schema in expected.items():
-        assert on_disk[name] == schema, f"{name} is stale: python -m worker.runtime.output_events schemas"
+        assert on_disk[name] == schema, f"{name} is stale: python -m undertow.worker.runtime.output_events schemas"
 
 
 def test_every_recorded_event_parses_into_its_model_and_encodes_to_the_same_bytes():

@@ -10,14 +10,14 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from worker.dev.sample import SampleStream
-from worker.report.build import GENERATOR_MARKER, ReportError, check_out
+from undertow.worker.dev.sample import SampleStream
+from undertow.worker.report.build import GENERATOR_MARKER, ReportError, check_out
 
 pytestmark = pytest.mark.postgres
 
 
 def _report(env, out, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", "report", "--model-id",
+    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "report", "--model-id",
                            "housing", *env.cli_args(), "--out", str(out), *extra], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 

@@ -7,14 +7,14 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import select
 
-from storage import db, repo
-from storage.errors import StaleOffsets
-from storage.tables import ConsumerOffset, OutboxMessage
-from worker.runtime.batch import build_batch
-from worker.runtime.checkpoint import Checkpoint
-from worker.runtime.merge import CoPartitionMerger
-from worker.runtime.positions import PartitionTracker
-from worker.runtime.transport import (
+from undertow.storage import db, repo
+from undertow.storage.errors import StaleOffsets
+from undertow.storage.tables import ConsumerOffset, OutboxMessage
+from undertow.worker.runtime.batch import build_batch
+from undertow.worker.runtime.checkpoint import Checkpoint
+from undertow.worker.runtime.merge import CoPartitionMerger
+from undertow.worker.runtime.positions import PartitionTracker
+from undertow.worker.runtime.transport import (
     OutboxRelay,
     TransientError,
     make_consumer,
@@ -105,7 +105,7 @@ class _Recorded:
 
 
 def _parse(record):
-    from storage.errors import InvalidEvent
+    from undertow.storage.errors import InvalidEvent
     if record.value == b"bad":
         raise InvalidEvent("not an event")
     return json.loads(record.value)
@@ -231,7 +231,7 @@ def test_outbox_relay_deletes_what_was_acknowledged_and_keeps_what_failed(env):
 def test_kafka_pythons_read_of_a_socket_closed_under_it_is_not_logged_but_real_read_errors_are(caplog):
     import logging
 
-    import worker.runtime.transport  # noqa: F401 - installs the filter
+    import undertow.worker.runtime.transport  # noqa: F401 - installs the filter
     log = logging.getLogger("kafka.net.transport")
     with caplog.at_level(logging.ERROR, logger="kafka.net.transport"):
         for error in (AttributeError("'NoneType' object has no attribute 'recv'"), ConnectionResetError("reset")):

@@ -17,8 +17,8 @@ import pytest
 
 from tests.conftest import REPO, wait_for
 from tests.worker.test_trainer import _cli, _train_v1
-from worker.dev.broker import free_port
-from worker.dev.sample import SampleStream
+from undertow.worker.dev.broker import free_port
+from undertow.worker.dev.sample import SampleStream
 
 
 class Server:
@@ -30,7 +30,7 @@ class Server:
             args[args.index("--bootstrap-servers") + 1] = bootstrap
         log_file = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "--log-level", "INFO", "serve", "--model-id", "housing",
+            [sys.executable, "-m", "undertow.worker.cli", "--log-level", "INFO", "serve", "--model-id", "housing",
              "--port", str(self.port), *args], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, **(extra_env or {})})
         self.log_path = log_file.name
@@ -205,10 +205,10 @@ def test_a_promotion_under_load_swaps_versions_without_a_failed_request_and_a_ta
 
 
 def test_with_the_broker_paused_predictions_are_answered_and_drops_are_counted_then_events_flow_again(env):
-    from worker.dev.broker import EmbeddedBroker
-    from worker.runtime.settings import Settings
-    from worker.runtime.topics import Topics, ensure_topics
-    from worker.runtime.transport import make_admin
+    from undertow.worker.dev.broker import EmbeddedBroker
+    from undertow.worker.runtime.settings import Settings
+    from undertow.worker.runtime.topics import Topics, ensure_topics
+    from undertow.worker.runtime.transport import make_admin
     _train_v1(env)
     with EmbeddedBroker() as own:  # paused below: the shared broker stays out of it
         admin = make_admin(Settings(kafka_bootstrap_servers=own.bootstrap_servers))

@@ -4,9 +4,9 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from storage.errors import ConfigError
+from undertow.storage.errors import ConfigError
 from tests.conftest import REPO
-from worker.runtime.settings import MonitorSettings, Settings, load_settings
+from undertow.worker.runtime.settings import MonitorSettings, Settings, load_settings
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_bad_settings_are_one_line_config_errors(clean_env, overrides, fragment)
 
 @pytest.mark.parametrize("flags", [["--bootstrap-servers", "nohostport"], ["--db-url", "::::"]])
 def test_cli_reports_bad_settings_in_one_line(flags):
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "monitor", *flags], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "monitor", *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -12,9 +12,9 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.conftest import REPO, wait_for
-from worker.dev.sample import SampleStream, write_training_csv
-from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import (
+from undertow.worker.dev.sample import SampleStream, write_training_csv
+from undertow.worker.runtime import cloudevents, output_events
+from undertow.worker.runtime.output_events import (
     AllData,
     RetrainRequest,
     RetrainRequested,
@@ -29,7 +29,7 @@ SHIFT = 1.5  # labels move by three baseline error sds: a real concept change
 
 
 def _cli(env, *args, group=None):
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "--log-level", "WARNING", *args,
+    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args,
                            *env.cli_args(group)], cwd=REPO, capture_output=True, text=True, timeout=120)
     return done
 
@@ -72,8 +72,8 @@ def _stop(proc):
 
 def _with_model_predictions(env, pairs, version: str):
     """What the serving endpoint would send: the champion's own predictions, no version named."""
-    from models import registry, training
-    from storage import db
+    from undertow.models import registry, training
+    from undertow.storage import db
     with db.make_session_factory(env.engine)() as session:
         row = registry.get_version(session, "housing", version)
         model, schema = registry.load_artifact(row), json.loads(row.feature_schema)
@@ -259,7 +259,7 @@ def test_with_a_signing_key_forged_control_events_are_dead_lettered_and_change_n
     signed = KafkaProducer(bootstrap_servers=env.bootstrap)
     from pydantic import SecretStr
 
-    from worker.runtime.signing import signed_headers
+    from undertow.worker.runtime.signing import signed_headers
     value, _ = _request("r-signed")
     signed.send(env.topics.retrain, value, key=b"housing", headers=signed_headers([], value, SecretStr("s3cret")))
     signed.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, wait_for
-from worker.dev.sample import SampleStream
+from undertow.worker.dev.sample import SampleStream
 
 pytestmark = pytest.mark.postgres
 
@@ -36,7 +36,7 @@ def _ghost_predictions(ids: int, per_id: int):
 
 
 def _status_json(env) -> str:
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "status", "--json", *env.cli_args()], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "status", "--json", *env.cli_args()], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout

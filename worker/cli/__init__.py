@@ -7,8 +7,8 @@ import sys
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from storage.errors import UndertowError
-from worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
+from undertow.storage.errors import UndertowError
+from undertow.worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from storage import repo
-from worker.cli.common import add_connection_flags, open_sessions, settings_from
+from undertow.storage import repo
+from undertow.worker.cli.common import add_connection_flags, open_sessions, settings_from
 
 
 def cmd_alerts(args) -> int:

@@ -6,8 +6,8 @@ import logging
 import signal
 from datetime import datetime, timezone
 
-from storage import db
-from worker.runtime.settings import Settings, load_settings
+from undertow.storage import db
+from undertow.worker.runtime.settings import Settings, load_settings
 
 log = logging.getLogger("undertow")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.cli.common import install_stop_handlers
+from undertow.worker.cli.common import install_stop_handlers
 
 MODEL_ID = "housing"
 TRAINER_ENV = {"UNDERTOW_MIN_TRAIN_PAIRS": "600", "UNDERTOW_GATE_MIN_HOLDOUT": "300",
@@ -105,7 +105,7 @@ class Timeline:
 
 def _service(command: str, common: list[str], workdir: Path, env: dict | None = None, *extra: str):
     log = open(workdir / f"{command}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "--log-level", "INFO", command, *common, *extra],
+    return subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "--log-level", "INFO", command, *common, *extra],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
 
@@ -120,7 +120,7 @@ def _wait(condition, timeout: float, interval: float = 0.2):
 
 
 def _data_source(name: str, seed: int):
-    from worker.dev.housing import CaliforniaData, HousingData
+    from undertow.worker.dev.housing import CaliforniaData, HousingData
     if name == "california":
         try:
             return CaliforniaData(seed)
@@ -134,10 +134,10 @@ def cmd_demo(args) -> int:
     import httpx
     from sqlalchemy import text
 
-    from storage import db
-    from worker.cli import main
-    from worker.dev.broker import EmbeddedBroker, free_port
-    from worker.report.build import write_report
+    from undertow.storage import db
+    from undertow.worker.cli import main
+    from undertow.worker.dev.broker import EmbeddedBroker, free_port
+    from undertow.worker.report.build import write_report
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="undertow-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

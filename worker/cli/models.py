@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
-from worker.cli.drift_flags import add_drift_flags, drift_config_from
+from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 
 def cmd_models_register(args) -> int:
-    from models import registry
-    from models.ids import check_id
-    from models.profile import ProfileError
-    from models.reference import load_reference
+    from undertow.models import registry
+    from undertow.models.ids import check_id
+    from undertow.models.profile import ProfileError
+    from undertow.models.reference import load_reference
     settings = settings_from(args)
     # Everything the user typed is checked before anything is read or written.
     check_id(args.model_id, "--model-id")
@@ -42,7 +42,7 @@ def cmd_models_register(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from models import registry
+    from undertow.models import registry
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
@@ -56,7 +56,7 @@ def cmd_models_list(args) -> int:
     return 0
 
 def cmd_models_show(args) -> int:
-    from models import registry
+    from undertow.models import registry
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
@@ -72,8 +72,8 @@ def cmd_models_show(args) -> int:
 
 
 def _champion(session, model_id: str) -> str:
-    from models import registry
-    from storage.errors import NotFound
+    from undertow.models import registry
+    from undertow.storage.errors import NotFound
     version = registry.champions(session, [model_id]).get(model_id)
     if version is None:
         raise NotFound(f"model {model_id!r} has no champion")
@@ -82,11 +82,11 @@ def _champion(session, model_id: str) -> str:
 
 def _change(args, action: str) -> int:
     """Promote or roll back in one transaction with the model event in the outbox; then try to publish it."""
-    from models import registry
-    from worker.runtime import cloudevents, output_events
-    from worker.runtime.output_events import ModelChange, ModelPromoted
-    from worker.runtime.signing import signed_headers
-    from worker.runtime.topics import Topics
+    from undertow.models import registry
+    from undertow.worker.runtime import cloudevents, output_events
+    from undertow.worker.runtime.output_events import ModelChange, ModelPromoted
+    from undertow.worker.runtime.signing import signed_headers
+    from undertow.worker.runtime.topics import Topics
     settings = settings_from(args)
     engine, sessions = open_sessions(settings, must_exist=True)
     with sessions.begin() as session:
@@ -102,7 +102,7 @@ def _change(args, action: str) -> int:
                 model_id=args.model_id, model_version=row.version, previous_version=previous, action=action,
                 actor="operator", reason=args.reason, request_id=None, run_id=None, gate=None))
         value = output_events.encode(event)
-        from storage import repo
+        from undertow.storage import repo
         repo.enqueue(session, Topics(settings.topic_prefix).models, args.model_id.encode(), value,
                      signed_headers(output_events.HEADERS, value, settings.signing_key))
     published = _try_publish(settings, sessions)
@@ -115,7 +115,7 @@ def _change(args, action: str) -> int:
 def _try_publish(settings, sessions) -> bool:
     import logging
 
-    from worker.runtime.transport import OutboxRelay, TransientError, make_producer
+    from undertow.worker.runtime.transport import OutboxRelay, TransientError, make_producer
     kafka_log = logging.getLogger("kafka")
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # an unreachable broker is reported in one line below
@@ -143,7 +143,7 @@ def cmd_models_rollback(args) -> int:
 
 
 def cmd_models_history(args) -> int:
-    from models import registry
+    from undertow.models import registry
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         rows = [{"at": iso(c.changed_at), "version": c.version, "previous_version": c.previous_version,
@@ -151,7 +151,7 @@ def cmd_models_history(args) -> int:
                  "run_id": c.run_id} for c in registry.history(session, args.model_id)]
         at = None
         if args.at:
-            from worker.runtime.cloudevents import epoch
+            from undertow.worker.runtime.cloudevents import epoch
             at = registry.champion_at(session, args.model_id, epoch(args.at))
     engine.dispose()
     if args.at:
@@ -166,9 +166,9 @@ def cmd_models_history(args) -> int:
 
 
 def cmd_models_card(args) -> int:
-    from models import registry
-    from models.card import markdown, model_card
-    from storage.tables import TrainingRun
+    from undertow.models import registry
+    from undertow.models.card import markdown, model_card
+    from undertow.storage.tables import TrainingRun
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))

@@ -1,12 +1,12 @@
 """``undertow report``: the HTML drift report of one model."""
 from __future__ import annotations
 
-from worker.cli.common import add_connection_flags, settings_from
+from undertow.worker.cli.common import add_connection_flags, settings_from
 
 
 def cmd_report(args) -> int:
-    from models.ids import check_id
-    from worker.report.build import write_report
+    from undertow.models.ids import check_id
+    from undertow.worker.report.build import write_report
     settings = settings_from(args)
     path = write_report(settings.db_url, check_id(args.model_id), args.out, force=args.force)
     print(f"report of {args.model_id}: {path} ({path.stat().st_size / 1024:,.0f} KiB)")

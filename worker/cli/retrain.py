@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
-from storage import repo
-from storage.errors import NotFound
-from worker.cli.common import add_connection_flags, open_sessions, settings_from
+from undertow.storage import repo
+from undertow.storage.errors import NotFound
+from undertow.worker.cli.common import add_connection_flags, open_sessions, settings_from
 
 
 def cmd_retrain_list(args) -> int:
-    from models import runs
-    from storage.tables import TrainingRun
+    from undertow.models import runs
+    from undertow.storage.tables import TrainingRun
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         rows = []

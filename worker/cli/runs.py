@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
 
 
 def cmd_runs_list(args) -> int:
-    from models import runs
+    from undertow.models import runs
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         rows = [runs.as_dict(r) for r in runs.list_runs(session, args.model_id)]
@@ -26,7 +26,7 @@ def cmd_runs_list(args) -> int:
 
 
 def cmd_runs_show(args) -> int:
-    from models import runs
+    from undertow.models import runs
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         shown = runs.as_dict(runs.get_run(session, args.run_id))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from worker.cli.common import add_connection_flags, add_metrics_flag, install_stop_handlers, settings_from
-from worker.runtime.settings import MonitorSettings
+from undertow.worker.cli.common import add_connection_flags, add_metrics_flag, install_stop_handlers, settings_from
+from undertow.worker.runtime.settings import MonitorSettings
 
 log = logging.getLogger("undertow")
 
@@ -12,7 +12,7 @@ log = logging.getLogger("undertow")
 def cmd_broker(args) -> int:
     import threading
 
-    from worker.dev.broker import EmbeddedBroker
+    from undertow.worker.dev.broker import EmbeddedBroker
     stopping = threading.Event()
     install_stop_handlers(stopping.set)
     with EmbeddedBroker(args.host, args.port) as broker:
@@ -26,8 +26,8 @@ def cmd_broker(args) -> int:
 
 
 def cmd_topics_create(args) -> int:
-    from worker.runtime.topics import Topics, ensure_topics
-    from worker.runtime.transport import make_admin
+    from undertow.worker.runtime.topics import Topics, ensure_topics
+    from undertow.worker.runtime.transport import make_admin
     settings = settings_from(args)
     admin = make_admin(settings)
     try:
@@ -40,7 +40,7 @@ def cmd_topics_create(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from worker.monitor.service import Monitor
+    from undertow.worker.monitor.service import Monitor
     monitor = Monitor(settings_from(args, MonitorSettings), partitions=args.partitions)
     install_stop_handlers(monitor.request_stop)
     return monitor.run(until_idle=args.until_idle)
@@ -49,10 +49,10 @@ def cmd_monitor(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from models.ids import check_id
-    from worker.monitor.model_events import warn_if_unsigned
-    from worker.runtime.settings import ServerSettings
-    from worker.server.app import create_app
+    from undertow.models.ids import check_id
+    from undertow.worker.monitor.model_events import warn_if_unsigned
+    from undertow.worker.runtime.settings import ServerSettings
+    from undertow.worker.server.app import create_app
     settings = settings_from(args, ServerSettings)
     app = create_app(settings, check_id(args.model_id))
     # The server follows undertow.models too (a model event only makes it re-read the registry's champion).

@@ -6,10 +6,10 @@ import logging
 
 from sqlalchemy import select
 
-from models import registry
-from storage import repo
-from storage.tables import OTHER_UNREGISTERED, DriftState
-from worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+from undertow.models import registry
+from undertow.storage import repo
+from undertow.storage.tables import OTHER_UNREGISTERED, DriftState
+from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
 
 log = logging.getLogger("undertow")
 
@@ -104,8 +104,8 @@ def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
     With the broker down this answers within about BROKER_PROBE_TIMEOUT_S,
     lag unknown, and says so in one line.
     """
-    from worker.runtime.topics import Topics
-    from worker.runtime.transport import TransientError, log_end_offsets
+    from undertow.worker.runtime.topics import Topics
+    from undertow.worker.runtime.transport import TransientError, log_end_offsets
     topics = Topics(settings.topic_prefix)
     group = settings.group_for("monitor")
     kafka_log = logging.getLogger("kafka")

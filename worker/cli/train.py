@@ -6,15 +6,15 @@ import shutil
 import uuid
 from pathlib import Path
 
-from worker.cli.common import add_connection_flags, add_metrics_flag, open_sessions, settings_from
-from worker.cli.drift_flags import add_drift_flags, drift_config_from
+from undertow.worker.cli.common import add_connection_flags, add_metrics_flag, open_sessions, settings_from
+from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 
 def cmd_train(args) -> int:
-    from models import candidate, registry, runs, training
-    from models.dataset import read_table
-    from models.ids import check_id
-    from models.profile import ProfileError, feature_kinds
+    from undertow.models import candidate, registry, runs, training
+    from undertow.models.dataset import read_table
+    from undertow.models.ids import check_id
+    from undertow.models.profile import ProfileError, feature_kinds
     settings = settings_from(args)
     check_id(args.model_id, "--model-id")
     config = drift_config_from(args)
@@ -67,9 +67,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_trainer(args) -> int:
-    from worker.cli.common import install_stop_handlers
-    from worker.runtime.settings import TrainerSettings
-    from worker.trainer.service import Trainer
+    from undertow.worker.cli.common import install_stop_handlers
+    from undertow.worker.runtime.settings import TrainerSettings
+    from undertow.worker.trainer.service import Trainer
     trainer = Trainer(settings_from(args, TrainerSettings), partitions=args.partitions)
     install_stop_handlers(trainer.request_stop)
     return trainer.run(until_idle=args.until_idle)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.errors import UndertowError
+from undertow.storage.errors import UndertowError
 
 log = logging.getLogger(__name__)
 

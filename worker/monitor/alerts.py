@@ -5,10 +5,10 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from storage import repo
-from storage.tables import Alert as AlertRow
-from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import Alert
+from undertow.storage import repo
+from undertow.storage.tables import Alert as AlertRow
+from undertow.worker.runtime import cloudevents, output_events
+from undertow.worker.runtime.output_events import Alert
 
 log = logging.getLogger(__name__)
 

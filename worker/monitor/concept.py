@@ -16,21 +16,21 @@ import numpy as np
 from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
-from models import registry
-from models.drift.config import DriftConfig
-from models.drift.detectors import (MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum, RollingMean,
+from undertow.models import registry
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.detectors import (MIN_CALIBRATION_SAMPLE, Cusum, PageHinkley, PredictionTimeCusum, RollingMean,
                                     cusum_threshold, cusum_threshold_from, sample_skewness)
-from models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
-from storage import repo
-from worker.monitor.alerts import record_alert
-from worker.monitor.join_buffer import JoinBuffer, Waiting
-from worker.monitor.model_events import batch_champions
-from worker.monitor.registration import FORGOTTEN
-from worker.monitor.retrain_policy import RetrainPolicy
-from worker.runtime import cloudevents
-from worker.runtime.batch import Batch
-from worker.runtime.events import LabelEvent, PredictionEvent
-from worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
+from undertow.models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
+from undertow.storage import repo
+from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
+from undertow.worker.monitor.model_events import batch_champions
+from undertow.worker.monitor.registration import FORGOTTEN
+from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import LabelEvent, PredictionEvent
+from undertow.worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
 
 log = logging.getLogger(__name__)
 

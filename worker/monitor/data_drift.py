@@ -16,25 +16,25 @@ import numpy as np
 from scipy.special import chdtrc, ndtr, ndtri
 from sqlalchemy.orm import Session
 
-from models import registry
-from models.drift.config import DriftConfig
-from models.drift.episodes import MODERATE, SIGNIFICANT, STABLE, next_episode, severity
-from models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
-from models.drift.windows import ClosedWindow, WindowState
-from models.profile import (
+from undertow.models import registry
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.episodes import MODERATE, SIGNIFICANT, STABLE, next_episode, severity
+from undertow.models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
+from undertow.models.drift.windows import ClosedWindow, WindowState
+from undertow.models.profile import (
     KS_SAMPLE_SIZE,
     PREDICTION_FEATURE,
     NumericProfile,
     ReferenceProfile,
 )
-from storage import repo
-from worker.monitor.alerts import record_alert
-from worker.monitor.model_events import batch_champions
-from worker.monitor.retrain_policy import RetrainPolicy
-from worker.runtime import cloudevents
-from worker.runtime.batch import Batch
-from worker.runtime.events import PredictionEvent
-from worker.runtime.output_events import (
+from undertow.storage import repo
+from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.model_events import batch_champions
+from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import PredictionEvent
+from undertow.worker.runtime.output_events import (
     Alert,
     DataDrift,
     DataDriftAlert,

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from sqlalchemy.orm import Session
 
-from storage import repo
+from undertow.storage import repo
 
 
 class DuplicateFilter:

@@ -5,10 +5,10 @@ from collections import defaultdict
 
 from sqlalchemy.orm import Session
 
-from storage import repo
-from worker.monitor.duplicates import DuplicateFilter
-from worker.runtime.batch import Batch
-from worker.runtime.events import PredictionEvent
+from undertow.storage import repo
+from undertow.worker.monitor.duplicates import DuplicateFilter
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import PredictionEvent
 
 
 class IngestStage:

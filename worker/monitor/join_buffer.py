@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from storage import repo
+from undertow.storage import repo
 
 KINDS = ("prediction", "label")
 

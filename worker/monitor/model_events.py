@@ -18,11 +18,11 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import registry
-from storage.errors import InvalidEvent
-from storage.tables import ModelVersion
-from worker.runtime.batch import Batch
-from worker.runtime.output_events import ModelPromoted, ModelRejected
+from undertow.models import registry
+from undertow.storage.errors import InvalidEvent
+from undertow.storage.tables import ModelVersion
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.output_events import ModelPromoted, ModelRejected
 
 log = logging.getLogger(__name__)
 

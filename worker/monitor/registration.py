@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from models import registry
-from storage import repo
-from storage.tables import OTHER_UNREGISTERED
-from worker.runtime.batch import Batch
-from worker.runtime.events import PredictionEvent
+from undertow.models import registry
+from undertow.storage import repo
+from undertow.storage.tables import OTHER_UNREGISTERED
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import PredictionEvent
 
 log = logging.getLogger(__name__)
 

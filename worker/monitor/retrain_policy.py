@@ -6,18 +6,18 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from models.drift.config import DriftConfig
-from storage import repo
-from storage.tables import RetrainRequest as RetrainRequestRow
-from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import (
+from undertow.models.drift.config import DriftConfig
+from undertow.storage import repo
+from undertow.storage.tables import RetrainRequest as RetrainRequestRow
+from undertow.worker.runtime import cloudevents, output_events
+from undertow.worker.runtime.output_events import (
     Alert,
     AllData,
     RetrainRequest,
     RetrainRequested,
     RollingData,
 )
-from worker.runtime.signing import signed_headers
+from undertow.worker.runtime.signing import signed_headers
 
 log = logging.getLogger(__name__)
 

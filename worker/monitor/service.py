@@ -7,25 +7,25 @@ from collections.abc import Callable
 
 from kafka import KafkaAdminClient
 
-from storage.errors import InvalidEvent
-from worker.monitor.concept import ConceptStage
-from worker.monitor.data_drift import DataDriftStage
-from worker.monitor.ingest import IngestStage
-from worker.monitor.model_events import ModelEventsStage, warn_if_unsigned
-from worker.monitor.registration import RegistrationStage, UnregisteredPolicy
-from worker.monitor.retrain_policy import RetrainPolicy
-from worker.runtime.events import (
+from undertow.storage.errors import InvalidEvent
+from undertow.worker.monitor.concept import ConceptStage
+from undertow.worker.monitor.data_drift import DataDriftStage
+from undertow.worker.monitor.ingest import IngestStage
+from undertow.worker.monitor.model_events import ModelEventsStage, warn_if_unsigned
+from undertow.worker.monitor.registration import RegistrationStage, UnregisteredPolicy
+from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.runtime.events import (
     LabelEvent,
     PredictionEvent,
     parse_label,
     parse_prediction,
 )
-from worker.runtime.merge import CoPartitionMerger
-from worker.runtime.output_events import ModelPromoted, ModelRejected, parse_event
-from worker.runtime.service import Service, ServiceRunner
-from worker.runtime.settings import MonitorSettings
-from worker.runtime.signing import verify
-from worker.runtime.topics import Topics, ensure_topics
+from undertow.worker.runtime.merge import CoPartitionMerger
+from undertow.worker.runtime.output_events import ModelPromoted, ModelRejected, parse_event
+from undertow.worker.runtime.service import Service, ServiceRunner
+from undertow.worker.runtime.settings import MonitorSettings
+from undertow.worker.runtime.signing import verify
+from undertow.worker.runtime.topics import Topics, ensure_topics
 
 # Held-back records are bounded by what kafka-python has fetched ahead (up to
 # one 1 MiB fetch per partition, a few thousand records); this is a backstop.

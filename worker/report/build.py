@@ -25,13 +25,13 @@ import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from models import registry
-from models.drift.config import DriftConfig
-from models.drift.detectors import RollingMean
-from models.profile import ReferenceProfile
-from storage import db
-from storage.errors import NotFound, UndertowError
-from storage.tables import TrainingRun
+from undertow.models import registry
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.detectors import RollingMean
+from undertow.models.profile import ReferenceProfile
+from undertow.storage import db
+from undertow.storage.errors import NotFound, UndertowError
+from undertow.storage.tables import TrainingRun
 
 RECENT_VALUES = 2000   # newest labelled predictions shown as "recent"
 ERROR_BUCKETS = 150    # points of the error-over-time curve
@@ -120,7 +120,7 @@ def write_report(db_url: str, model_id: str, out: str | Path, force: bool = Fals
         engine.dispose()
     figures = {"distributions": distributions_figure(data), "psi": psi_figure(data), "error": error_figure(data)}
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
-        resources.files("worker.report").joinpath("report.html.j2").read_text())
+        resources.files("undertow.worker.report").joinpath("report.html.j2").read_text())
     html = template.render(model_id=model_id, generated=_iso(datetime.now(timezone.utc).timestamp()),
                            figures=figures, **data)
     check_out(path, force)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from storage.errors import InvalidEvent
-from worker.runtime.transport import DeadLetter, dead_letter
+from undertow.storage.errors import InvalidEvent
+from undertow.worker.runtime.transport import DeadLetter, dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import repo
-from worker.runtime.batch import Batch
-from worker.runtime.positions import Key, PartitionTracker
-from worker.runtime.topics import DEAD_LETTER_SUFFIX
-from worker.runtime.transport import OutboxRelay
+from undertow.storage import repo
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.positions import Key, PartitionTracker
+from undertow.worker.runtime.topics import DEAD_LETTER_SUFFIX
+from undertow.worker.runtime.transport import OutboxRelay
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from worker.runtime.batch import Batch
+from undertow.worker.runtime.batch import Batch
 
 log = logging.getLogger(__name__)
 

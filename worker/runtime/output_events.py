@@ -4,7 +4,7 @@ Every event is a CloudEvents 1.0 envelope whose literal ``type`` selects the
 model of its ``data``, so :func:`parse_event` turns any Undertow event into
 its model through one discriminated union. Subscribers in other languages get
 the same contract as JSON Schemas in ``schemas/`` (regenerate them with
-``python -m worker.runtime.output_events schemas``; a test fails when they
+``python -m undertow.worker.runtime.output_events schemas``; a test fails when they
 disagree with these models).
 
 >>> alert = DataDriftAlert(id="1", subject="housing", time="2026-11-01T00:00:00.000Z", data=DataDrift(
@@ -23,7 +23,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from storage.errors import InvalidEvent
+from undertow.storage.errors import InvalidEvent
 
 CONTENT_TYPE = "application/cloudevents+json"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]

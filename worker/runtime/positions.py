@@ -12,8 +12,8 @@ from kafka import (
     TopicPartition,
 )
 
-from storage import repo
-from storage.tables import PartitionGap
+from undertow.storage import repo
+from undertow.storage.tables import PartitionGap
 
 log = logging.getLogger(__name__)
 

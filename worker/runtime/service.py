@@ -43,15 +43,15 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session
 
-from storage import db, repo
-from storage.errors import InvalidEvent, StaleOffsets
-from worker.runtime.batch import Batch, build_batch
-from worker.runtime.checkpoint import Checkpoint
-from worker.runtime.merge import FifoIntake, Intake
-from worker.runtime.metrics import DatabaseCollector, ServiceMetrics
-from worker.runtime.positions import Key, LogPositions, PartitionTracker
-from worker.runtime.settings import ServiceSettings
-from worker.runtime.transport import (
+from undertow.storage import db, repo
+from undertow.storage.errors import InvalidEvent, StaleOffsets
+from undertow.worker.runtime.batch import Batch, build_batch
+from undertow.worker.runtime.checkpoint import Checkpoint
+from undertow.worker.runtime.merge import FifoIntake, Intake
+from undertow.worker.runtime.metrics import DatabaseCollector, ServiceMetrics
+from undertow.worker.runtime.positions import Key, LogPositions, PartitionTracker
+from undertow.worker.runtime.settings import ServiceSettings
+from undertow.worker.runtime.transport import (
     OutboxRelay,
     TransientError,
     dead_letter,

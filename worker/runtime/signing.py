@@ -13,7 +13,7 @@ import hmac
 
 from pydantic import SecretStr
 
-from storage.errors import InvalidEvent
+from undertow.storage.errors import InvalidEvent
 
 SIGNATURE_HEADER = "undertow.signature"
 

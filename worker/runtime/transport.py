@@ -11,10 +11,10 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import Cancelled, KafkaError, KafkaTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import repo
-from storage.errors import UndertowError
-from worker.runtime.settings import ServiceSettings, Settings
-from worker.runtime.topics import Topics
+from undertow.storage import repo
+from undertow.storage.errors import UndertowError
+from undertow.worker.runtime.settings import ServiceSettings, Settings
+from undertow.worker.runtime.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from storage.db import make_engine, make_session_factory
-from worker.runtime import cloudevents
-from worker.runtime.events import Identifier, Target
-from worker.runtime.settings import ServerSettings
-from worker.runtime.topics import Topics
-from worker.runtime.transport import make_event_producer
-from worker.server.edge import (
+from undertow.storage.db import make_engine, make_session_factory
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.events import Identifier, Target
+from undertow.worker.runtime.settings import ServerSettings
+from undertow.worker.runtime.topics import Topics
+from undertow.worker.runtime.transport import make_event_producer
+from undertow.worker.server.edge import (
     FaultAnswer,
     RequestGate,
     ServerFault,
@@ -42,9 +42,9 @@ from worker.server.edge import (
     prediction_records,
     validation_error,
 )
-from worker.server.emitter import EventEmitter
-from worker.server.follower import ModelSlot, PromotionFollower
-from worker.server.metrics import ServerMetrics
+from undertow.worker.server.emitter import EventEmitter
+from undertow.worker.server.follower import ModelSlot, PromotionFollower
+from undertow.worker.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import registry
-from storage.errors import InvalidEvent, UndertowError
-from worker.runtime import signing
-from worker.runtime.output_events import ModelPromoted, parse_event
-from worker.runtime.settings import Settings
-from worker.runtime.transport import TransientError, make_tail_consumer
-from worker.server.served_model import ServedModel, load_served
+from undertow.models import registry
+from undertow.storage.errors import InvalidEvent, UndertowError
+from undertow.worker.runtime import signing
+from undertow.worker.runtime.output_events import ModelPromoted, parse_event
+from undertow.worker.runtime.settings import Settings
+from undertow.worker.runtime.transport import TransientError, make_tail_consumer
+from undertow.worker.server.served_model import ServedModel, load_served
 
 log = logging.getLogger(__name__)
 

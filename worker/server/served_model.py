@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, mo
 
 from threadpoolctl import threadpool_limits
 
-from models import registry, training
-from worker.runtime.events import Integer, Text
+from undertow.models import registry, training
+from undertow.worker.runtime.events import Integer, Text
 
 MAX_BATCH_ROWS = 1000
 _THREAD = threading.local()

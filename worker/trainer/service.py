@@ -18,19 +18,19 @@ import time
 from kafka import KafkaAdminClient
 from sqlalchemy.orm import Session
 
-from models import registry, runs
-from storage import repo
-from storage.errors import InvalidEvent
-from storage.tables import TrainingRun
-from worker.monitor.model_events import check_known, warn_if_unsigned
-from worker.runtime import cloudevents
-from worker.runtime.batch import Batch
-from worker.runtime.output_events import RetrainRequested, parse_event
-from worker.runtime.service import Service, ServiceRunner
-from worker.runtime.settings import TrainerSettings
-from worker.runtime.signing import verify
-from worker.runtime.topics import Topics, ensure_topics
-from worker.trainer.training import TrainingWorker
+from undertow.models import registry, runs
+from undertow.storage import repo
+from undertow.storage.errors import InvalidEvent
+from undertow.storage.tables import TrainingRun
+from undertow.worker.monitor.model_events import check_known, warn_if_unsigned
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.output_events import RetrainRequested, parse_event
+from undertow.worker.runtime.service import Service, ServiceRunner
+from undertow.worker.runtime.settings import TrainerSettings
+from undertow.worker.runtime.signing import verify
+from undertow.worker.runtime.topics import Topics, ensure_topics
+from undertow.worker.trainer.training import TrainingWorker
 
 log = logging.getLogger(__name__)
 

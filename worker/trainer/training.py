@@ -34,24 +34,24 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from models import candidate as candidates
-from models import gate, registry, runs, training
-from models.drift.config import DriftConfig
-from models.profile import PREDICTION_FEATURE
-from storage import db, repo
-from storage.errors import UndertowError
-from storage.tables import ModelVersion, TrainingRun
-from worker.runtime import cloudevents, output_events
-from worker.runtime.output_events import (
+from undertow.models import candidate as candidates
+from undertow.models import gate, registry, runs, training
+from undertow.models.drift.config import DriftConfig
+from undertow.models.profile import PREDICTION_FEATURE
+from undertow.storage import db, repo
+from undertow.storage.errors import UndertowError
+from undertow.storage.tables import ModelVersion, TrainingRun
+from undertow.worker.runtime import cloudevents, output_events
+from undertow.worker.runtime.output_events import (
     ModelChange,
     ModelPromoted,
     ModelRejected,
     ModelRejection,
 )
-from worker.runtime.settings import TrainerSettings
-from worker.runtime.signing import signed_headers
-from worker.runtime.topics import Topics
-from worker.runtime.transport import OutboxRelay, TransientError, make_producer
+from undertow.worker.runtime.settings import TrainerSettings
+from undertow.worker.runtime.signing import signed_headers
+from undertow.worker.runtime.topics import Topics
+from undertow.worker.runtime.transport import OutboxRelay, TransientError, make_producer
 
 log = logging.getLogger(__name__)
 
