@@ -32,6 +32,7 @@ from undertow.models.profile import ReferenceProfile
 from undertow.storage import db
 from undertow.storage.errors import NotFound, UndertowError
 from undertow.storage.tables import TrainingRun
+from undertow.worker.report import alerts as report_alerts
 
 RECENT_VALUES = 2000   # newest labelled predictions shown as "recent"
 ERROR_BUCKETS = 150    # points of the error-over-time curve
@@ -133,25 +134,43 @@ def gather(session: Session, model_id: str) -> dict:
     if not versions:
         raise NotFound(f"model {model_id!r} is not registered")
     champion = next((v for v in versions if v.stage == "champion"), versions[-1])
-    runs = {r.candidate_version: r for r in session.scalars(select(TrainingRun).where(
-        TrainingRun.model_id == model_id))}
-    version_rows = []
-    for v in versions:
-        run = runs.get(v.version)
-        metrics = json.loads(run.metrics) if run is not None else {}
-        version_rows.append({"version": v.version, "stage": v.stage, "created": _iso(v.created_at),
-                             "sha256": v.artifact_sha256 or "", "gate": metrics.get("gate"),
-                             "run_status": run.status if run else None, "outcome": run.outcome if run else None,
-                             "card": json.dumps(json.loads(v.model_card or "{}"), indent=2)})
     windows = session.execute(text(
         "SELECT version, window_index, feature, end_ts, psi, severity FROM window_results WHERE model_id = :m "
         "ORDER BY end_ts"), {"m": model_id}).all()
     pairs = session.execute(text(
         "SELECT prediction_ts, error, version, features FROM labelled_pairs WHERE model_id = :m "
         "ORDER BY prediction_ts"), {"m": model_id}).all()
-    alerts = [json.loads(c) for (c,) in session.execute(text(
+    events = [json.loads(c) for (c,) in session.execute(text(
         "SELECT cloudevent FROM alerts WHERE model_id = :m ORDER BY event_ts"), {"m": model_id})]
     config = DriftConfig.model_validate_json(champion.drift_config)
+    # Each alert is read with its own version's thresholds: a retrained version may have others.
+    configs = {v.version: DriftConfig.model_validate_json(v.drift_config) for v in versions}
+    details = [report_alerts.detail(e, configs, config) for e in events]
+    recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
+    return {"versions": _version_rows(session, model_id, versions), "champion": champion.version,
+            "profile": ReferenceProfile.model_validate_json(champion.profile), "windows": windows, "pairs": pairs,
+            "recent": recent, "baselines": _baselines(session, model_id, versions, config), "config": config,
+            "alerts": report_alerts.alert_rows(events, details), "alert_events": events,
+            "episodes": report_alerts.episodes(events, details)}
+
+
+def _version_rows(session: Session, model_id: str, versions: list) -> list[dict]:
+    runs = {r.candidate_version: r for r in session.scalars(select(TrainingRun).where(
+        TrainingRun.model_id == model_id))}
+    rows = []
+    for v in versions:
+        run = runs.get(v.version)
+        metrics = json.loads(run.metrics) if run is not None else {}
+        rows.append({"version": v.version, "stage": v.stage, "created": _iso(v.created_at),
+                     "sha256": v.artifact_sha256 or "", "gate": metrics.get("gate"),
+                     "run_status": run.status if run else None, "outcome": run.outcome if run else None,
+                     "card": json.dumps(json.loads(v.model_card or "{}"), indent=2)})
+    return rows
+
+
+def _baselines(session: Session, model_id: str, versions: list, config: DriftConfig) -> dict:
+    """Version → (baseline error, rolling-mean threshold) in error units, for the error figure: the
+    production baseline the monitor refined if there is one, else the validation one."""
     baselines = {}
     for v in versions:
         state = session.execute(text("SELECT detectors FROM concept_state WHERE model_id = :m AND version = :v"),
@@ -163,39 +182,7 @@ def gather(session: Session, model_id: str) -> dict:
             rolling = RollingMean(config.rolling_window, config.rolling_step, config.rolling_sigmas,
                                   production.get("labels"), production.get("skewness") or 0.0)
             baselines[v.version] = (mean, mean + rolling.threshold * sd)
-    recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
-    return {"versions": version_rows, "champion": champion.version,
-            "profile": ReferenceProfile.model_validate_json(champion.profile), "windows": windows, "pairs": pairs,
-            "recent": recent, "baselines": baselines, "config": config,
-            "alerts": [_alert_row(a) for a in alerts], "alert_events": alerts,
-            "episodes": _episodes(alerts)}
-
-
-def _alert_row(event: dict) -> dict:
-    d = event["data"]
-    what = d.get("feature") or d.get("detector") or ""
-    detail = (f"PSI {d['psi']:.3f}" if "psi" in d else f"{d['value']:.3g} (threshold {d['threshold']:.3g})"
-              if d.get("threshold") is not None else "")
-    return {"time": event["time"], "type": event["type"].removeprefix("undertow."), "version": d["model_version"],
-            "what": what, "severity": d["severity"], "episode": d["episode"], "detail": detail}
-
-
-def _episodes(alerts: list[dict]) -> list[dict]:
-    """Started ... ended spans per feature (data) or per stream (concept)."""
-    open_: dict[tuple, dict] = {}
-    spans = []
-    for event in alerts:
-        d = event["data"]
-        key = (event["type"], d["model_version"], d.get("feature") or d.get("metric"))
-        if d["episode"] == "started":
-            open_[key] = {"type": event["type"].removeprefix("undertow."), "version": d["model_version"],
-                          "what": key[2], "started": event["time"], "ended": None, "alerts": 1}
-            spans.append(open_[key])
-        elif key in open_:
-            open_[key]["alerts"] += 1
-            if d["episode"] == "ended":
-                open_.pop(key)["ended"] = event["time"]
-    return spans
+    return baselines
 
 
 def _svg(fig) -> str:
@@ -295,17 +282,26 @@ def error_figure(data: dict) -> str:
             ax.annotate(f"v{version}", (span[0], baseline), fontsize=7, color="#4c72b0")
         ax.plot([], [], color="#4c72b0", linestyle="--", label="baseline")
         ax.plot([], [], color="#c44e52", linestyle=":", label="rolling-mean threshold")
-    for event in data["alert_events"]:
-        d = event["data"]
-        if event["type"] == "undertow.drift.concept" and d["episode"] in ("started", "escalated"):
-            when = d.get("change_started_at") or d["detected_at"]
-            ax.axvline(datetime.fromisoformat(when.replace("Z", "+00:00")), color="#c44e52", alpha=0.6)
+    for when in _concept_alarms(data["alert_events"]):
+        ax.axvline(when, color="#c44e52", alpha=0.6)
     ax.plot([], [], color="#c44e52", alpha=0.6, label="concept alarm (estimated start)")
     ax.set_ylabel("error")
     ax.set_title("prediction error over prediction time")
     ax.legend(frameon=False, fontsize=7, loc="upper left")
     fig.autofmt_xdate()
     return _svg(fig)
+
+
+def _concept_alarms(events: list[dict]) -> list[datetime]:
+    """When each concept episode began or escalated: the estimated start of the change if the detector
+    gave one, else the label that fired."""
+    times = []
+    for event in events:
+        d = event["data"]
+        if event["type"] == "undertow.drift.concept" and d["episode"] in ("started", "escalated"):
+            when = d.get("change_started_at") or d["detected_at"]
+            times.append(datetime.fromisoformat(when.replace("Z", "+00:00")))
+    return times
 
 
 def _iso(ts: float | None) -> str:
