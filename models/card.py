@@ -14,7 +14,9 @@ from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    # RFC 3339 with "Z", as every other time Undertow prints.
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
 
 
 def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[ChampionChange]) -> dict:
@@ -62,6 +64,8 @@ def markdown(card: dict) -> str:
             lines += ["Not stated.", ""]
             continue
         for key, value in section.items():
+            if value is None:  # unknown to the registry (e.g. no training run): left out, never "None"
+                continue
             shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
             lines.append(f"- **{key.replace('_', ' ')}**: {shown}")
         lines.append("")

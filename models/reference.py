@@ -30,9 +30,9 @@ class Reference:
     test_set: dict | None = None
 
 
-def errors(target: list, prediction: list) -> np.ndarray:
+def errors(target: list, prediction: list, classes: bool = False) -> np.ndarray:
     """Per-row error (``models.drift.errors``); rows missing either are skipped."""
-    values = drift_errors.errors(target, prediction)
+    values = drift_errors.errors(target, prediction, classes)
     if values.size == 0:
         raise ProfileError("no row has both a target and a prediction")
     return values
@@ -57,7 +57,10 @@ def error_sample(values: np.ndarray) -> list[float]:
     return ordered.tolist()
 
 
-def load_reference(path: str | Path, target: str | None = None, prediction: str | None = None) -> Reference:
+def load_reference(path: str | Path, target: str | None = None, prediction: str | None = None,
+                   task: str | None = None) -> Reference:
+    """The reference profile; with a target and the model's predictions also its error baseline, scored by
+    ``task`` (a classifier's numeric labels are classes)."""
     columns = read_table(path)
     for name, role in ((target, "target"), (prediction, "prediction")):
         if name is not None and name not in columns:
@@ -67,7 +70,7 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
         features[PREDICTION_FEATURE] = columns[prediction]
     if not (target and prediction):
         return Reference(build_profile(features), sha256_file(Path(path)), None)
-    values = errors(columns[target], columns[prediction])
+    values = errors(columns[target], columns[prediction], classes=task == "classification")
     return Reference(build_profile(features), sha256_file(Path(path)), (float(values.mean()), float(values.std())),
                      error_sample(values), _test_set(columns, target, prediction))
 

@@ -9,24 +9,39 @@ ABSOLUTE_ERROR, MISCLASSIFICATION = "absolute_error", "misclassification"
 _NUMBERS = (int, float)
 
 
-def prediction_error(prediction, label) -> tuple[float, str]:
+def prediction_error(prediction, label, classes: bool = False) -> tuple[float, str]:
     """|label - prediction| for numbers, 0/1 misclassification for class labels.
+
+    ``classes``: the version is a classifier (its task), so numbers are class
+    labels too: 0/1 labels of a model trained elsewhere are classes, not
+    values to subtract.
 
     >>> prediction_error(2.0, 2.5), prediction_error("cat", "dog"), prediction_error(1, 1)
     ((0.5, 'absolute_error'), (1.0, 'misclassification'), (0.0, 'absolute_error'))
+    >>> prediction_error(1, 0, classes=True), prediction_error("1", 1.0, classes=True)
+    ((1.0, 'misclassification'), (0.0, 'misclassification'))
     """
+    if classes:
+        return float(class_text(prediction) != class_text(label)), MISCLASSIFICATION
     if prediction.__class__ in _NUMBERS and label.__class__ in _NUMBERS:
         return abs(float(label) - float(prediction)), ABSOLUTE_ERROR
     return float(str(prediction) != str(label)), MISCLASSIFICATION
 
 
-def errors(targets: list, predictions: list) -> np.ndarray:
+def class_text(value) -> str:
+    """A class label as text, the way ``scores`` are keyed: 1, 1.0 and "1" are one class."""
+    if value.__class__ is float and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def errors(targets: list, predictions: list, classes: bool = False) -> np.ndarray:
     """Per-row errors of a table; rows missing the target or the prediction are skipped.
 
     >>> errors([1.0, None, "a"], [1.5, 2.0, "b"]).tolist()
     [0.5, 1.0]
     """
-    return np.array([prediction_error(p, y)[0] for y, p in zip(targets, predictions)
+    return np.array([prediction_error(p, y, classes)[0] for y, p in zip(targets, predictions)
                      if y is not None and p is not None], dtype=float)
 
 
@@ -34,4 +49,4 @@ def score_loss(scores: dict | None, label) -> float | None:
     """Log loss of the probability given to the true class, where scores were sent."""
     if not scores:
         return None
-    return -math.log(max(float(scores.get(str(label), 0.0)), 1e-15))
+    return -math.log(max(float(scores.get(class_text(label), 0.0)), 1e-15))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
@@ -10,6 +11,7 @@ from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 def cmd_models_register(args) -> int:
     from undertow.models import registry
+    from undertow.models.dataset import read_table
     from undertow.models.ids import check_id
     from undertow.models.profile import ProfileError
     from undertow.models.reference import load_reference
@@ -20,25 +22,84 @@ def cmd_models_register(args) -> int:
         check_id(args.version, "--version")
     config = drift_config_from(args)
     try:
-        reference = load_reference(args.reference, args.target, args.prediction_column)
+        columns = read_table(args.reference)
+        model = _checked_artifact(Path(args.artifact), columns, args) if args.artifact else None
+        task, why = _task(args.task, model, columns.get(args.target) if args.target else None)
+        reference = load_reference(args.reference, args.target, args.prediction_column, task)
     except ProfileError as exc:
         raise ProfileError(f"--reference: {exc}") from None
-    if args.artifact:
-        registry.check_model_file(Path(args.artifact))  # before the database is created or touched
+    print(f"task: {task or 'unknown'} ({why})", file=sys.stderr)
+    card = {"model_details": {"algorithm": _algorithm(model)}} if model is not None else {}
+    if args.description:
+        card["intended_use"] = {"description": args.description}
     engine, sessions = open_sessions(settings)
     with sessions.begin() as session:
         row = registry.register(
             session, model_id=args.model_id, version=args.version, profile=reference.profile,
             artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
             drift_config=config, baseline_error=reference.baseline_error, error_sample=reference.error_sample,
-            data_sha256=reference.data_sha256, test_set=reference.test_set,
-            card={"intended_use": {"description": args.description}} if args.description else None)
-        summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage,
+            data_sha256=reference.data_sha256, test_set=reference.test_set, task=task, card=card or None)
+        summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": task,
                    "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
                    "baseline_error": reference.baseline_error, "drift_config": config.model_dump()}
     engine.dispose()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+ARTIFACT_CHECK_ROWS = 100
+
+
+def _checked_artifact(path: Path, columns: dict[str, list], args):
+    """The artifact, loaded and made to predict on the first reference rows: a model that cannot is refused
+    here, not found out by ``serve`` or the trainer later."""
+    import joblib
+
+    from undertow.models import registry, training
+    from undertow.models.profile import build_profile
+    registry.check_model_file(path)  # before the database is created or touched
+    try:
+        model = joblib.load(path)  # the operator's own local file, not one from the network
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: say which, in one line
+        raise registry.RegistryError(
+            f"--artifact {path} cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); a class it names "
+            "must be importable here (its module on PYTHONPATH)") from None
+    features = {k: v[:ARTIFACT_CHECK_ROWS] for k, v in columns.items() if k not in (args.target, args.prediction_column)}
+    schema = {name: f.kind for name, f in build_profile(features).features.items()}
+    rows = [{name: values[i] for name, values in features.items()} for i in range(len(next(iter(features.values()))))]
+    try:
+        model.predict(training.to_frame(rows, schema))
+    except Exception as exc:  # noqa: BLE001 - the model's own failure on the reference rows
+        raise registry.RegistryError(
+            f"--artifact {path} cannot predict on the reference's rows ({type(exc).__name__}: {_first_line(exc)}); "
+            f"its input columns must be the reference's features: {', '.join(schema)}") from None
+    return model
+
+
+def _task(given: str | None, model, targets: list | None) -> tuple[str | None, str]:
+    """The version's task, and why: as given, from the artifact, or from the target's values."""
+    from undertow.models.training import infer_task
+    if given is not None:
+        return given, "--task"
+    if model is not None:
+        if hasattr(model, "predict_proba") or hasattr(model, "classes_"):
+            return "classification", "inferred: the artifact has predict_proba; --task overrides"
+        return "regression", "inferred: the artifact has no predict_proba; --task overrides"
+    known = [t for t in targets or [] if t is not None]
+    if known:
+        return infer_task(known), "inferred from the target's values; --task overrides"
+    return None, "no artifact and no --target: give --task for concept drift on classes"
+
+
+def _algorithm(model) -> str:
+    """The estimator's class, the final step's for a pipeline (e.g. LogisticRegression)."""
+    steps = getattr(model, "steps", None)
+    final = steps[-1][1] if steps else model
+    return type(final).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def cmd_models_list(args) -> int:
@@ -189,7 +250,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
                                     "the baseline error)")
     p.add_argument("--prediction-column", help="the model's predictions on the reference; profiled like a feature")
-    p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded")
+    p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded; it must load "
+                                      "and predict on the reference's rows")
+    p.add_argument("--task", choices=("regression", "classification"),
+                   help="default: inferred from the artifact (predict_proba, classes_), else from the target's "
+                        "values; a classifier's 0/1 or boolean labels are classes")
     p.add_argument("--version", help="default: the next integer")
     p.add_argument("--description", help="intended use, for the model card")
     add_drift_flags(p)

@@ -521,9 +521,11 @@ class ConceptStage:
         self._monitors: dict[tuple[str, str], ErrorStreamMonitor | None] = {}
         self._buffers: dict[str, JoinBuffer] = {}
         self._recent_models: set[str] = set()  # buffers that keep the last batch's fields
+        self._classifiers: dict[tuple[str, str | None], bool] = {}  # per version: are its labels classes?
 
     def reset(self) -> None:
         self._monitors.clear()
+        self._classifiers.clear()
         self._buffers.clear()
         self._recent_models.clear()
 
@@ -552,20 +554,24 @@ class ConceptStage:
                     alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
                 for alert in alerts:
                     self._raise(session, alert, monitor.config)
-        now = self.clock()
-        for model_id in by_model:
-            self._buffers[model_id].stats["arrived_at"] = now
-        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in by_model])
-        # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
-        for model_id in self._recent_models.difference(by_model):
-            self._buffers[model_id].forget_recent()
-        self._recent_models = set(by_model)
-        if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
-            self._buffers = {model_id: self._buffers[model_id] for model_id in by_model}
+        self._save_buffers(session, set(by_model))
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)
             monitor.stored = True
+
+    def _save_buffers(self, session: Session, models: set[str]) -> None:
+        """The join statistics of the batch's models, and the buffers kept in memory bounded."""
+        now = self.clock()
+        for model_id in models:
+            self._buffers[model_id].stats["arrived_at"] = now
+        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in models])
+        # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
+        for model_id in self._recent_models.difference(models):
+            self._buffers[model_id].forget_recent()
+        self._recent_models = models
+        if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
+            self._buffers = {model_id: self._buffers[model_id] for model_id in models}
 
     def _join(self, session: Session, model_id: str, events: list, champion: str | None) -> list[Pair]:
         buffer = self._buffers.get(model_id)
@@ -600,7 +606,8 @@ class ConceptStage:
                 this = Waiting(-1, version, epoch, event, None)  # joined on arrival: never stored
                 matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
         buffer.load_fields(session, taken)
-        pairs = [_pair(model_id, stats["joined"] + i, eid, prediction, label)
+        pairs = [_pair(model_id, stats["joined"] + i, eid, prediction, label,
+                       self._is_classifier(session, model_id, prediction.version))
                  for i, (eid, prediction, label) in enumerate(matches)]
         stats["expired_predictions"] += expired["prediction"]
         stats["expired_labels"] += expired["label"]
@@ -615,6 +622,15 @@ class ConceptStage:
         stats["pending_labels"] = buffer.pending("label")
         buffer.flush(session)
         return pairs
+
+    def _is_classifier(self, session: Session, model_id: str, version: str | None) -> bool:
+        """Whether the version's task is classification (its numeric labels are classes); read once."""
+        key = (model_id, version)
+        found = self._classifiers.get(key)
+        if found is None:
+            row = None if version is None else session.get(registry.ModelVersion, key)
+            found = self._classifiers[key] = row is not None and row.task == "classification"
+        return found
 
     def _bound(self, buffer: JoinBuffer, watermark: float) -> None:
         """Expire by event time, then evict beyond the cap; both are counted."""
@@ -662,9 +678,9 @@ class Pair(NamedTuple):
     metric: str
 
 
-def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting) -> Pair:
+def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting, classes: bool) -> Pair:
     p, target = _fields(prediction.fields), _fields(label.fields)["label"]
-    error, metric = prediction_error(p["prediction"], target)
+    error, metric = prediction_error(p["prediction"], target, classes)
     return Pair(model_id, seq, event_id, prediction.version, prediction.ts, label.ts, _to_json(p["features"]),
                 _json_scalar(p["prediction"]), _json_scalar(target), error, score_loss(p.get("scores"), target),
                 metric)
