@@ -3,26 +3,65 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from undertow import __version__
 from undertow.storage.errors import UndertowError
 from undertow.worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="undertow", description="Drift monitor for models in production.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"undertow {__version__}")
+    parser.add_argument("--log-level", type=_log_level, default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (services, train, status, models, runs, alerts, report, retrain, demo):
         group.add_parsers(sub)
+    _global_options_everywhere(parser)
     return parser
+
+
+def _global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` also after the subcommand (``undertow status --log-level debug``), as users of
+    Typer or MLflow tools expect; given there, it overrides the one before."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if "--log-level" not in subparser._option_string_actions:
+                    subparser.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS,
+                                           help="DEBUG, INFO, WARNING or ERROR")
+                _global_options_everywhere(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must meet the handler below
+        return code
+    except BrokenPipeError:
+        # `undertow alerts | head`: the reader closed the pipe. Python would print a traceback at exit
+        # when flushing stdout again, so stdout goes to /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("undertow: error: the output was closed before everything was written (broken pipe)",
+              file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's requests, one line each

@@ -1,0 +1,46 @@
+"""The command line's conventions (issue 30, point 6): --version, --log-level anywhere, closed pipes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+from undertow import __version__
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "undertow", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, **kwargs)
+
+
+def test_version():
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"undertow {__version__}"
+
+
+def test_log_level_is_taken_after_the_subcommand_and_a_bad_one_is_refused_without_a_traceback(tmp_path):
+    db = f"sqlite:///{tmp_path / 'u.db'}"
+    before = _cli("--log-level", "debug", "models", "list", "--db-url", db)
+    after = _cli("models", "list", "--db-url", db, "--log-level", "DEBUG")
+    for done in (before, after):
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("undertow: error: no database")
+    bad = _cli("status", "--log-level", "loud")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "'loud' is not one of DEBUG, INFO, WARNING, ERROR" in bad.stderr
+
+
+def test_a_closed_pipe_is_one_line_and_a_non_zero_exit(env):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))
+    for i in range(3):  # more versions than a pipe's buffer needs to hold the start of the listing
+        env.register_reference(SampleStream(seed=i + 2))
+    proc = subprocess.Popen([sys.executable, "-m", "undertow", "models", "list", "--json", "--db-url", env.db_url],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything was written: `undertow models list | head -0`
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and stderr.strip().splitlines() == [
+        "undertow: error: the output was closed before everything was written (broken pipe)"]
+    listed = _cli("models", "list", "--json", "--db-url", env.db_url)
+    assert len(json.loads(listed.stdout)) == 4
