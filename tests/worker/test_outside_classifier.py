@@ -59,7 +59,7 @@ def test_an_outside_logistic_regression_on_0_1_labels_is_a_classifier_end_to_end
     assert registered.returncode == 0, registered.stderr
     assert "task: classification (inferred: the artifact has predict_proba" in registered.stderr
     assert json.loads(registered.stdout)["task"] == "classification"
-    card = _cli(env, "models", "card", "churn")
+    card = _cli(env, "models", "card", "--model-id", "churn")
     assert card.returncode == 0, card.stderr
     assert "**task**: classification" in card.stdout and "**algorithm**: LogisticRegression" in card.stdout
     assert "None" not in card.stdout.split("## Intended use")[0]

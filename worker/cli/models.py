@@ -1,6 +1,7 @@
 """``undertow models``: register, list, show, promote, roll back, the champion history, model cards."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -229,7 +230,11 @@ def cmd_models_history(args) -> int:
 def cmd_models_card(args) -> int:
     from undertow.models import registry
     from undertow.models.card import markdown, model_card
+    from undertow.storage.errors import ConfigError
     from undertow.storage.tables import TrainingRun
+    args.model_id = args.model_id or args.legacy_model_id
+    if not args.model_id:
+        raise ConfigError("models card needs --model-id")
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
@@ -288,7 +293,9 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_models_history)
     p = models_sub.add_parser("card", help="the model card of a version (default: the champion)")
     add_connection_flags(p)
-    p.add_argument("model_id", metavar="MODEL_ID")
+    # --model-id as everywhere else; the positional form of earlier releases still works.
+    p.add_argument("--model-id", dest="model_id")
+    p.add_argument("legacy_model_id", nargs="?", metavar="MODEL_ID", help=argparse.SUPPRESS)
     p.add_argument("--version")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
     p.set_defaults(func=cmd_models_card)
