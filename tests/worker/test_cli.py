@@ -109,7 +109,7 @@ def test_database_connection_errors_are_one_line(tmp_path):
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("undertow: error: database unavailable: ") and "refused" in line
-    no_dir = _cli("models", "register", "--model-id", "m", "--reference", str(REPO / "README.md"),
+    no_dir = _cli("models", "register", "--model-id", "m", "--reference", str(REPO / "README.md"), "--no-target",
                   "--db-url", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
     assert no_dir.returncode == 2 and len(no_dir.stderr.strip().splitlines()) == 1
 

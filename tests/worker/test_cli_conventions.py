@@ -44,3 +44,19 @@ def test_a_closed_pipe_is_one_line_and_a_non_zero_exit(env):
         "undertow: error: the output was closed before everything was written (broken pipe)"]
     listed = _cli("models", "list", "--json", "--db-url", env.db_url)
     assert len(json.loads(listed.stdout)) == 4
+
+
+def test_register_without_target_is_refused_naming_the_columns_that_look_like_one(tmp_path):
+    (tmp_path / "ref.csv").write_text("tenure,spend,churned,predicted\n" + "".join(
+        f"{i},{i * 2.5},{i % 2},{(i + 1) % 2}\n" for i in range(200)))
+    db = f"sqlite:///{tmp_path / 'u.db'}"
+    refused = _cli("models", "register", "--model-id", "churn", "--reference", str(tmp_path / "ref.csv"),
+                   "--db-url", db)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "--target is missing" in line and "churned, predicted" in line and "--no-target" in line
+    assert not (tmp_path / "u.db").exists()  # refused before anything was written
+    data_only = _cli("models", "register", "--model-id", "churn", "--reference", str(tmp_path / "ref.csv"),
+                     "--no-target", "--db-url", db)
+    assert data_only.returncode == 0, data_only.stderr
+    assert set(json.loads(data_only.stdout)["features"]) == {"tenure", "spend", "churned", "predicted"}

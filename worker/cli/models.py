@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def cmd_models_register(args) -> int:
     try:
         columns = read_table(args.reference)
         model = _checked_artifact(Path(args.artifact), columns, args) if args.artifact else None
+        _require_target(args, columns)
         task, why = _task(args.task, model, columns.get(args.target) if args.target else None)
         reference = load_reference(args.reference, args.target, args.prediction_column, task)
     except ProfileError as exc:
@@ -75,6 +77,21 @@ def _checked_artifact(path: Path, columns: dict[str, list], args):
             f"--artifact {path} cannot predict on the reference's rows ({type(exc).__name__}: {_first_line(exc)}); "
             f"its input columns must be the reference's features: {', '.join(schema)}") from None
     return model
+
+
+_LOOKS_LIKE_AN_OUTPUT = re.compile(r"target|label|^y$|^y_|pred|score|proba|outcome|churn", re.IGNORECASE)
+
+
+def _require_target(args, columns: dict[str, list]) -> None:
+    """Without --target every column is profiled as an input feature, the target and the model's own
+    prediction included, and concept drift is off: only --no-target says that is meant."""
+    from undertow.storage.errors import ConfigError
+    if args.target is not None or args.no_target:
+        return
+    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name)]
+    hint = f" (columns that look like one: {', '.join(suspects)})" if suspects else ""
+    raise ConfigError(f"--target is missing: name the target column{hint} and, for the baseline error, "
+                      "--prediction-column; or say --no-target to watch data drift only")
 
 
 def _task(given: str | None, model, targets: list | None) -> tuple[str | None, str]:
@@ -255,6 +272,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
                                     "the baseline error)")
     p.add_argument("--prediction-column", help="the model's predictions on the reference; profiled like a feature")
+    p.add_argument("--no-target", action="store_true",
+                   help="the reference has no target: data drift only (without it, a missing --target is refused)")
     p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded; it must load "
                                       "and predict on the reference's rows")
     p.add_argument("--task", choices=("regression", "classification"),
