@@ -47,19 +47,41 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from undertow.models.ids import check_id
+    from undertow.worker.runtime.settings import ServerSettings
+    settings = settings_from(args, ServerSettings)
+    model_id = check_id(args.model_id)
+    # Before uvicorn binds (and before it and FastAPI are even imported, to exit sooner): an unknown id, a
+    # champion without an artifact or one that will not load would otherwise answer 503 for ever; here they
+    # raise an UndertowError, which cli.main prints as one line with exit code 2.
+    served = _first_version(settings, model_id)
+
     import uvicorn
 
-    from undertow.models.ids import check_id
     from undertow.worker.monitor.model_events import warn_if_unsigned
-    from undertow.worker.runtime.settings import ServerSettings
     from undertow.worker.server.app import create_app
-    settings = settings_from(args, ServerSettings)
-    app = create_app(settings, check_id(args.model_id))
+    app = create_app(settings, model_id)
+    # The app's follower then finds this version already served and only watches for the next one.
+    app.state.slot.current = served
+    app.state.metrics.swapped(served.version, "loaded")
+    log.info("model %s: serving version %s", model_id, served.version)
     # The server follows undertow.models too (a model event only makes it re-read the registry's champion).
     warn_if_unsigned(settings, log)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False)
     return 0
+
+
+def _first_version(settings, model_id: str):
+    """The champion, loaded and warmed up (``follower.load_champion``), on an engine of its own."""
+    from undertow.storage.db import make_engine, make_session_factory
+    from undertow.worker.server.follower import load_champion
+    engine = make_engine(settings.db_url, must_exist=True)
+    try:
+        return load_champion(make_session_factory(engine), model_id, settings.max_batch_rows,
+                             settings.model_threads)
+    finally:
+        engine.dispose()
 
 
 def add_parsers(sub) -> None:

@@ -8,6 +8,11 @@ warmed up with one prediction) and swaps the slot's one reference. A
 version that fails to load is logged, counted and not tried again; the
 previous version keeps serving. The registry is also checked every
 ``check_seconds``, so a missed event (broker away) only delays a swap.
+
+The first version is not the follower's: ``load_champion`` loads it before
+the server binds its port, and ``undertow serve`` exits saying why when it
+cannot (no such model, no artifact, an artifact that will not load), rather
+than answering 503 for ever.
 """
 from __future__ import annotations
 
@@ -18,17 +23,53 @@ from collections.abc import Callable
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from undertow.models import registry
-from undertow.storage.errors import InvalidEvent, UndertowError
+from undertow.storage.errors import InvalidEvent, NotFound, UndertowError
+from undertow.storage.tables import ModelVersion
 from undertow.worker.runtime import signing
 from undertow.worker.runtime.output_events import ModelPromoted, parse_event
 from undertow.worker.runtime.settings import Settings
 from undertow.worker.runtime.transport import TransientError, make_tail_consumer
-from undertow.worker.server.served_model import ServedModel, load_served
+from undertow.worker.server.served_model import MAX_BATCH_ROWS, ServedModel, load_served
 
 log = logging.getLogger(__name__)
+
+
+_LISTED_IDS = 10  # ids (or versions) named in the message: enough to spot a typo, still one readable line
+
+
+def load_champion(sessions: sessionmaker[Session], model_id: str, max_rows: int = MAX_BATCH_ROWS,
+                  threads: int = 1) -> ServedModel:
+    """The champion of ``model_id``, loaded and warmed up, or an ``UndertowError`` saying why it cannot be.
+
+    For start-up: a server with nothing it could ever serve would answer 503
+    for ever, so the caller exits instead. Once serving, a version that will
+    not load is only logged (``PromotionFollower.sync``): the old one serves.
+    """
+    with sessions() as session:
+        version = registry.champions(session, [model_id]).get(model_id)
+        if version is None:
+            raise _no_champion(session, model_id)
+        return load_served(registry.get_version(session, model_id, version), max_rows, threads)
+
+
+def _no_champion(session: Session, model_id: str) -> NotFound:
+    stages = session.execute(select(ModelVersion.version, ModelVersion.stage).where(
+        ModelVersion.model_id == model_id).order_by(ModelVersion.created_at)).all()
+    if stages:
+        listed = ", ".join(f"{version} {stage}" for version, stage in stages[-_LISTED_IDS:])
+        listed = ("..., " if len(stages) > _LISTED_IDS else "") + listed  # the newest, those likely promoted
+        return NotFound(f"model {model_id!r} has no champion (versions: {listed}); promote one with "
+                        "`undertow models promote`")
+    ids = list(session.scalars(select(ModelVersion.model_id).distinct().order_by(ModelVersion.model_id)
+                               .limit(_LISTED_IDS + 1)))
+    known = ", ".join(ids[:_LISTED_IDS]) + (", ..." if len(ids) > _LISTED_IDS else "")
+    found = f"registered: {known}" if ids else "no model is registered in this database"
+    return NotFound(f"model {model_id!r} is not registered ({found}); register it with `undertow models register` "
+                    "or `undertow train`")
 
 
 class ModelSlot:
@@ -72,8 +113,10 @@ class PromotionFollower:
                 served = load_served(row, self.max_rows, self.threads)
             except Exception as exc:  # noqa: BLE001 - whatever a model does on load, the old one keeps serving
                 self._failed.add(key)
-                log.error("model %s version %s could not be served (%s: %s); still serving %s", self.model_id,
-                          version, type(exc).__name__, exc, "nothing" if current is None else current.version)
+                # load_served's own errors already name the version and the cause; anything else gets its type.
+                reason = str(exc) if isinstance(exc, UndertowError) else f"{type(exc).__name__}: {exc}"
+                log.error("model %s version %s could not be served (%s); still serving %s", self.model_id,
+                          version, reason, "nothing" if current is None else current.version)
                 self.on_swap(version, "failed")
                 return False
         self.slot.current = served

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, mo
 from threadpoolctl import threadpool_limits
 
 from undertow.models import registry, training
+from undertow.storage.errors import NotFound, UndertowError
 from undertow.worker.runtime.events import Integer, Text
 
 MAX_BATCH_ROWS = 1000
@@ -24,6 +25,13 @@ _THREAD = threading.local()
 # would refuse is refused here, before the model sees it (a 400-digit category once reached it).
 _NUMBER = StrictFloat | Integer
 _CATEGORY = Text | Integer
+# Unpickling a class from the user's own code fails with these when that code is not importable where the
+# server runs: "Can't get attribute 'Clip' on <module 'models'>", "No module named 'mymodels'".
+_IMPORT_FAILURES = (AttributeError, ImportError)
+
+
+class NotServable(UndertowError):
+    """A version whose artifact would not load or that failed its warm-up prediction; the message says which."""
 
 
 def request_model(model_id: str, version: str, schema: dict[str, str],
@@ -103,19 +111,53 @@ def load_served(row: registry.ModelVersion, max_rows: int = MAX_BATCH_ROWS, thre
 
     The warm-up row is the first of the version's own test set where it has
     one, else a row of missing values: a model that cannot answer it is not
-    served.
+    served. Every failure is an ``UndertowError`` whose one-line message
+    names the version, the cause and what to do: ``undertow serve`` prints
+    it as it exits at start-up, the follower logs it on a later swap.
     """
     # Columns such as __prediction__ are profiled for drift, not fed to the model.
     schema = {name: kind for name, kind in json.loads(row.feature_schema or "{}").items()
               if not name.startswith("__")}
     if not schema:
         raise registry.RegistryError(f"model {row.model_id} version {row.version} has no feature schema")
-    model = registry.load_artifact(row)
+    model = _load_model(row)
     # Versions registered from elsewhere may not say their task: a model with classes_ classifies.
     task = row.task or ("classification" if hasattr(model, "classes_") else "regression")
     served = ServedModel(row.model_id, row.version, task, schema, model, row.artifact_sha256,
                          request_model(row.model_id, row.version, schema, max_rows), threads)
-    test_set = json.loads(row.test_set) if row.test_set else None
-    warm_row = test_set["features"][0] if test_set and test_set.get("features") else {name: None for name in schema}
-    served.predict([{name: warm_row.get(name) for name in schema}])
+    _warm_up(served, row)
     return served
+
+
+def _warm_up(served: ServedModel, row: registry.ModelVersion) -> None:
+    test_set = json.loads(row.test_set) if row.test_set else None
+    schema = served.schema
+    warm_row = test_set["features"][0] if test_set and test_set.get("features") else {name: None for name in schema}
+    try:
+        served.predict([{name: warm_row.get(name) for name in schema}])
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, it would raise on every request
+        raise NotServable(f"model {row.model_id!r} version {row.version} failed its warm-up prediction "
+                          f"({_first_line(exc)}); it would fail requests too") from exc
+
+
+def _load_model(row: registry.ModelVersion):
+    if not row.artifact_path:
+        # Registered from a reference alone (monitoring only): nothing to predict with.
+        raise NotFound(f"model {row.model_id!r} version {row.version} has no artifact: register it with "
+                       "--artifact to serve it")
+    try:
+        return registry.load_artifact(row)
+    except UndertowError:
+        raise  # missing file, SHA-256 mismatch: already one line that says so
+    except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code: any error means "cannot load"
+        hint = ("; the module that defined the model's classes when it was saved must be importable, with those "
+                "classes, where `undertow serve` runs (on PYTHONPATH, or installed in its environment)"
+                if isinstance(exc, _IMPORT_FAILURES) else "")
+        raise NotServable(f"model {row.model_id!r} version {row.version}: the artifact {row.artifact_path} cannot "
+                          f"be loaded ({_first_line(exc)}){hint}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, short: the message is printed on one line."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line[:300]}" if line else type(exc).__name__
