@@ -114,6 +114,16 @@ def test_an_empty_registry_exits_2_saying_nothing_is_registered(env):
     assert "model 'housing' is not registered (no model is registered in this database)" in line
 
 
+def test_a_registered_model_without_a_champion_exits_2_saying_to_promote_one(env):
+    from sqlalchemy import text
+    env.register_reference(SampleStream(seed=2))
+    with env.engine.begin() as conn:  # as a registration with --stage candidate leaves it
+        conn.execute(text("UPDATE model_versions SET stage = 'candidate'"))
+    line, _ = _serve_refused(env, "housing")
+    assert "model 'housing' has no champion (versions: 1 candidate); promote one with `undertow models promote`" \
+        in line
+
+
 def test_a_champion_without_an_artifact_exits_2_saying_to_register_one(env):
     env.register_reference(SampleStream(seed=2))  # monitoring only: a reference, no artifact
     line, _ = _serve_refused(env, "housing")
