@@ -117,7 +117,7 @@ def test_an_empty_registry_exits_2_saying_nothing_is_registered(env):
 def test_a_registered_model_without_a_champion_exits_2_saying_to_promote_one(env):
     from sqlalchemy import text
     env.register_reference(SampleStream(seed=2))
-    with env.engine.begin() as conn:  # as a registration with --stage candidate leaves it
+    with env.engine.begin() as conn:  # a candidate only (as the trainer registers them), never promoted
         conn.execute(text("UPDATE model_versions SET stage = 'candidate'"))
     line, _ = _serve_refused(env, "housing")
     assert "model 'housing' has no champion (versions: 1 candidate); promote one with `undertow models promote`" \
