@@ -248,6 +248,25 @@ def registered(session: Session, model_ids: list[str]) -> set[str]:
     return found
 
 
+LISTED_IDS = 10  # registered ids an error names at most
+
+
+def not_registered(session: Session, model_id: str) -> NotFound:
+    """The error for an id nobody registered, naming the ids that are (a typo is then plain to see)."""
+    ids = list(session.scalars(select(ModelVersion.model_id).distinct().order_by(ModelVersion.model_id)
+                               .limit(LISTED_IDS + 1)))
+    known = ", ".join(ids[:LISTED_IDS]) + (", ..." if len(ids) > LISTED_IDS else "")
+    found = f"registered: {known}" if ids else "no model is registered in this database"
+    return NotFound(f"model {model_id!r} is not registered ({found}); register it with `undertow models register` "
+                    "or `undertow train`")
+
+
+def require_registered(session: Session, model_id: str | None) -> None:
+    """NotFound unless ``model_id`` (when given) has a registered version."""
+    if model_id is not None and not registered(session, [model_id]):
+        raise not_registered(session, model_id)
+
+
 def get_version(session: Session, model_id: str, version: str) -> ModelVersion:
     row = session.get(ModelVersion, (model_id, version))
     if row is None:

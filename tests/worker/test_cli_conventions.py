@@ -60,3 +60,20 @@ def test_register_without_target_is_refused_naming_the_columns_that_look_like_on
                      "--no-target", "--db-url", db)
     assert data_only.returncode == 0, data_only.stderr
     assert set(json.loads(data_only.stdout)["features"]) == {"tenure", "spend", "churned", "predicted"}
+
+
+def test_an_unknown_model_is_one_line_naming_the_registered_ones_and_empty_listings_say_so(env):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))  # "housing"
+    args = ["--db-url", env.db_url]
+    for command in (["alerts"], ["runs", "list"], ["retrain", "list"], ["models", "list"]):
+        unknown = _cli(*command, "--model-id", "housnig", *args)
+        assert unknown.returncode == 2, (command, unknown.stderr)
+        (line,) = unknown.stderr.strip().splitlines()
+        assert line == ("undertow: error: model 'housnig' is not registered (registered: housing); register it "
+                        "with `undertow models register` or `undertow train`"), line
+    for command, says in ((["alerts"], "no alerts yet"), (["runs", "list"], "no training runs yet"),
+                          (["retrain", "list"], "no retrain requests yet")):
+        empty = _cli(*command, "--model-id", "housing", *args)
+        assert (empty.returncode, empty.stdout.strip()) == (0, says), (command, empty.stderr)
+        assert json.loads(_cli(*command, "--json", *args).stdout) == []  # --json stays parseable

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from undertow.models import registry
 from undertow.storage import repo
 from undertow.worker.cli.common import add_connection_flags, open_sessions, settings_from
 
@@ -10,11 +11,14 @@ from undertow.worker.cli.common import add_connection_flags, open_sessions, sett
 def cmd_alerts(args) -> int:
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
+        registry.require_registered(session, args.model_id)
         events = [json.loads(a.cloudevent) for a in repo.alerts(session, args.model_id, args.limit)]
     engine.dispose()
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
+    if not events:
+        print("no alerts yet")
     for e in events:
         d = e["data"]
         subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")

@@ -124,12 +124,15 @@ def cmd_models_list(args) -> int:
     from undertow.models import registry
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
+        registry.require_registered(session, args.model_id)
         rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
                  "artifact_sha256": r.artifact_sha256, "registered_at": iso(r.created_at)}
                 for r in registry.list_versions(session, args.model_id)]
     engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no model registered yet")
     for r in [] if args.json else rows:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     return 0

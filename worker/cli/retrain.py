@@ -9,10 +9,11 @@ from undertow.worker.cli.common import add_connection_flags, open_sessions, sett
 
 
 def cmd_retrain_list(args) -> int:
-    from undertow.models import runs
+    from undertow.models import registry, runs
     from undertow.storage.tables import TrainingRun
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
+        registry.require_registered(session, args.model_id)
         rows = []
         for r in repo.retrain_requests(session, args.model_id):
             run = session.get(TrainingRun, runs.run_id_for(r.request_id))
@@ -21,6 +22,8 @@ def cmd_retrain_list(args) -> int:
     engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no retrain requests yet")
     for r in [] if args.json else rows:
         d = r["data"]
         run = r["run"]

@@ -9,12 +9,16 @@ from undertow.worker.cli.common import add_connection_flags, iso, open_sessions,
 def cmd_runs_list(args) -> int:
     from undertow.models import runs
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
+    from undertow.models import registry
     with sessions.begin() as session:
+        registry.require_registered(session, args.model_id)
         rows = [runs.as_dict(r) for r in runs.list_runs(session, args.model_id)]
     engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not rows:
+        print("no training runs yet")
     for r in rows:
         gate = r["metrics"].get("gate") or {}
         numbers = (f"  error {gate['champion_mean_error']:.4g} -> {gate['candidate_mean_error']:.4g}"

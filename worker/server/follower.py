@@ -64,12 +64,7 @@ def _no_champion(session: Session, model_id: str) -> NotFound:
         listed = ("..., " if len(stages) > _LISTED_IDS else "") + listed  # the newest, those likely promoted
         return NotFound(f"model {model_id!r} has no champion (versions: {listed}); promote one with "
                         "`undertow models promote`")
-    ids = list(session.scalars(select(ModelVersion.model_id).distinct().order_by(ModelVersion.model_id)
-                               .limit(_LISTED_IDS + 1)))
-    known = ", ".join(ids[:_LISTED_IDS]) + (", ..." if len(ids) > _LISTED_IDS else "")
-    found = f"registered: {known}" if ids else "no model is registered in this database"
-    return NotFound(f"model {model_id!r} is not registered ({found}); register it with `undertow models register` "
-                    "or `undertow train`")
+    return registry.not_registered(session, model_id)
 
 
 class ModelSlot:
