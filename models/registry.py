@@ -45,8 +45,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_model_file(path: Path) -> None:
-    """Load the user's own model file once: it must be a joblib file of an object with ``predict``.
+def check_model_file(path: Path):
+    """Load the user's own model file once: it must be a joblib file of an object with ``predict``; the model.
 
     Only ever called on a file the user names at registration, never on one
     that came over the network (joblib runs code on load).
@@ -57,10 +57,13 @@ def check_model_file(path: Path) -> None:
     try:
         model = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is not a model
-        raise RegistryError(f"--artifact {str(path)!r} is not a joblib model file "
-                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        hint = ("; a class it was pickled with must be importable here: run from the project that defines it, "
+                "or put its folder on PYTHONPATH" if isinstance(exc, (ImportError, AttributeError)) else "")
+        raise RegistryError(f"--artifact {str(path)!r} cannot be loaded as a joblib model file "
+                            f"({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
     if not callable(getattr(model, "predict", None)):
         raise RegistryError(f"--artifact {str(path)!r} holds a {type(model).__name__}, which has no predict()")
+    return model
 
 
 def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: str,

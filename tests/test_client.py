@@ -150,6 +150,21 @@ def test_scores_with_integer_class_keys_become_string_keys(env):
     assert {type(e.prediction) for e in events} == {int, float}
 
 
+def test_boolean_classes_are_sent_as_their_text_as_the_server_answers_them(env):
+    classes = np.array([False, True])
+    with _client(env) as client:
+        ids = client.log_predictions("churn", pd.DataFrame({"x": [1.0, 2.0]}), np.array([True, False]),
+                                     scores=np.array([[0.2, 0.8], [0.9, 0.1]]), classes=classes)
+        client.log_label("churn", ids[0], np.bool_(True))
+        client.log_labels("churn", ids[1:], pd.Series([False]))
+        assert client.flush() == 0
+    predictions = [parse_prediction(r.value, DEFAULT_MAX_EVENT_BYTES) for r in env.read_all(env.topics.predictions, 2)]
+    labels = [json.loads(r.value)["label"] for r in env.read_all(env.topics.labels, 2)]
+    assert sorted(e.prediction for e in predictions) == ["False", "True"]
+    assert all(set(e.scores) == {"False", "True"} for e in predictions)
+    assert sorted(labels) == ["False", "True"]
+
+
 def test_with_the_broker_paused_the_bound_holds_and_what_is_lost_is_counted_once_a_second(env, caplog):
     import os
     import signal

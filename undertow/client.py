@@ -112,6 +112,15 @@ def _scalar(loc: tuple, value: object) -> object:
     raise _Refused(loc, f"must be a number, a string or null, not {type(value).__name__}", repr(value)[:80])
 
 
+def _target(loc: tuple, value: object) -> object:
+    """A prediction or label: a boolean class (True, np.bool_) as its text, "True" or "False", the way the
+    server answers a boolean classifier and the monitor keys its scores (events carry numbers or strings)."""
+    value = _native(value)
+    if value is True or value is False:
+        return str(value)
+    return _scalar(loc, value)
+
+
 def _features(row: Mapping) -> dict:
     """A row as event features: numpy scalars converted, NaN/None/pd.NA as null (a missing value)."""
     features = {}
@@ -395,7 +404,7 @@ class Client:
             try:
                 event = {"event_id": _id(ids[i]), "model_id": model_id,
                          "ts": _utc_text(times[i], self.max_clock_skew),
-                         "label": _scalar(("label",), values_in[i])}
+                         "label": _target(("label",), values_in[i])}
                 values.append(_encode(event, parse_label, self.max_event_bytes))
             except (_Refused, _ParserRefused) as exc:
                 problems += [{**p, "loc": (i, *p["loc"])} for p in _problems(exc)]
@@ -470,7 +479,7 @@ class Client:
             raise _Refused(("features",), f"must be a mapping of feature names to values, not "
                                           f"{type(features).__name__}")
         event["features"] = _features(features)
-        event["prediction"] = _scalar(("prediction",), prediction)
+        event["prediction"] = _target(("prediction",), prediction)
         row_scores = _scores(scores, classes)
         if row_scores is not None:
             event["scores"] = row_scores

@@ -150,7 +150,7 @@ def test_an_existing_artifact_is_never_overwritten(engine, tmp_path, reference_c
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"not a pickle at all", "is not a joblib model file"),
+    (b"not a pickle at all", "cannot be loaded as a joblib model file"),
     (None, "holds a dict, which has no predict()"),
 ])
 def test_an_artifact_must_be_a_model(tmp_path, db_url, reference_csv, content, message):
@@ -159,7 +159,7 @@ def test_an_artifact_must_be_a_model(tmp_path, db_url, reference_csv, content, m
         joblib.dump({"weights": [1, 2]}, path)
     else:
         path.write_bytes(content)
-    done = _register_cli(tmp_path, db_url, reference_csv, "--model-id", "m", "--artifact", str(path))
+    done = _register_cli(tmp_path, db_url, reference_csv, "--model-id", "m", "--no-target", "--artifact", str(path))
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert message in line

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 from undertow import __version__
@@ -77,3 +79,42 @@ def test_an_unknown_model_is_one_line_naming_the_registered_ones_and_empty_listi
         empty = _cli(*command, "--model-id", "housing", *args)
         assert (empty.returncode, empty.stdout.strip()) == (0, says), (command, empty.stderr)
         assert json.loads(_cli(*command, "--json", *args).stdout) == []  # --json stays parseable
+
+
+def test_an_unknown_model_in_card_history_show_and_report_names_the_registered_ones(env, tmp_path):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))  # "housing"
+    for command in (["models", "card"], ["models", "history"], ["models", "show"],
+                    ["report", "--out", str(tmp_path / "r.html")]):
+        done = _cli(*command, "--model-id", "housnig", *env.cli_args())
+        assert done.returncode == 2, (command, done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        assert "model 'housnig' is not registered (registered: housing)" in line, (command, line)
+
+
+def test_register_runs_from_the_users_project_and_warns_without_a_prediction_column(env, tmp_path):
+    """The command adds the folder it runs in to the import path (as python -m does): a pipeline with the
+    user's own transformer registers from the project without PYTHONPATH."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "transforms.py").write_text(
+        "from sklearn.base import BaseEstimator, TransformerMixin\n\n\n"
+        "class Identity(BaseEstimator, TransformerMixin):\n"
+        "    def fit(self, X, y=None):\n        return self\n\n"
+        "    def transform(self, X):\n        return X\n")
+    (project / "ref.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 7},{i * 0.5}\n" for i in range(200)))
+    fitted = subprocess.run([sys.executable, "-c", (
+        "import joblib, pandas as pd\nfrom sklearn.linear_model import LinearRegression\n"
+        "from sklearn.pipeline import make_pipeline\nfrom transforms import Identity\n"
+        "f = pd.read_csv('ref.csv')\n"
+        "joblib.dump(make_pipeline(Identity(), LinearRegression()).fit(f[['a', 'b']], f['y']), 'm.joblib')\n")],
+        cwd=project, capture_output=True, text=True, timeout=120)
+    assert fitted.returncode == 0, fitted.stderr
+    script = str(Path(sys.executable).with_name("undertow"))  # the console script: no cwd on its path of its own
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([script, "models", "register", "--model-id", "m", "--reference", "ref.csv", "--target", "y",
+                           "--artifact", "m.joblib", *env.cli_args()], cwd=project, capture_output=True, text=True,
+                          timeout=120, env=environ)
+    assert done.returncode == 0, done.stderr
+    assert "warning: no --prediction-column" in done.stderr and "concept drift is off" in done.stderr
+    assert json.loads(done.stdout)["task"] == "regression"

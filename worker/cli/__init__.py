@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    # The user's own modules (a custom transformer in a pickled pipeline) import from the folder the command
+    # runs in, as with `python -m undertow` or uvicorn's default --app-dir: appended, so that a module there
+    # never shadows an installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -1,6 +1,7 @@
 """``undertow alerts``: the drift alerts the monitor published, newest first."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from undertow.models import registry
@@ -22,17 +23,26 @@ def cmd_alerts(args) -> int:
     for e in events:
         d = e["data"]
         subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")
-        numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", "value")
+        # The multivariate check compares z (standard errors) with its threshold, not its raw value.
+        measured = "z" if "z" in d else "value"
+        numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", measured, "threshold")
                             if isinstance(d.get(k), (int, float)))
         print(f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
               f"{d['severity']} ({d['episode']})  {numbers}")
     return 0
 
 
+def _positive(value: str) -> int:
+    number = int(value) if value.lstrip("-").isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("alerts", help="list drift alerts, newest first")
     add_connection_flags(p)
     p.add_argument("--model-id")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100, help="newest alerts shown, at least 1 (default 100)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alerts)

@@ -25,8 +25,8 @@ def cmd_models_register(args) -> int:
     config = drift_config_from(args)
     try:
         columns = read_table(args.reference)
-        model = _checked_artifact(Path(args.artifact), columns, args) if args.artifact else None
         _require_target(args, columns)
+        model = _checked_artifact(Path(args.artifact), columns, args) if args.artifact else None
         task, why = _task(args.task, model, columns.get(args.target) if args.target else None)
         reference = load_reference(args.reference, args.target, args.prediction_column, task)
     except ProfileError as exc:
@@ -56,17 +56,9 @@ ARTIFACT_CHECK_ROWS = 100
 def _checked_artifact(path: Path, columns: dict[str, list], args):
     """The artifact, loaded and made to predict on the first reference rows: a model that cannot is refused
     here, not found out by ``serve`` or the trainer later."""
-    import joblib
-
     from undertow.models import registry, training
     from undertow.models.profile import build_profile
-    registry.check_model_file(path)  # before the database is created or touched
-    try:
-        model = joblib.load(path)  # the operator's own local file, not one from the network
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure: say which, in one line
-        raise registry.RegistryError(
-            f"--artifact {path} cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); a class it names "
-            "must be importable here (its module on PYTHONPATH)") from None
+    model = registry.check_model_file(path)  # before the database is created or touched
     features = {k: v[:ARTIFACT_CHECK_ROWS] for k, v in columns.items() if k not in (args.target, args.prediction_column)}
     schema = {name: f.kind for name, f in build_profile(features).features.items()}
     rows = [{name: values[i] for name, values in features.items()} for i in range(len(next(iter(features.values()))))]
@@ -86,9 +78,13 @@ def _require_target(args, columns: dict[str, list]) -> None:
     """Without --target every column is profiled as an input feature, the target and the model's own
     prediction included, and concept drift is off: only --no-target says that is meant."""
     from undertow.storage.errors import ConfigError
+    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name) and name != args.target]
+    if args.target is not None and args.prediction_column is None:
+        like = f" (columns that look like one, now profiled as inputs: {', '.join(suspects)})" if suspects else ""
+        print(f"warning: no --prediction-column{like}: without the model's predictions on the reference there is "
+              "no baseline error, and concept drift is off for this version", file=sys.stderr)
     if args.target is not None or args.no_target:
         return
-    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name)]
     hint = f" (columns that look like one: {', '.join(suspects)})" if suspects else ""
     raise ConfigError(f"--target is missing: name the target column{hint} and, for the baseline error, "
                       "--prediction-column; or say --no-target to watch data drift only")
@@ -156,6 +152,7 @@ def cmd_models_show(args) -> int:
 def _champion(session, model_id: str) -> str:
     from undertow.models import registry
     from undertow.storage.errors import NotFound
+    registry.require_registered(session, model_id)  # "not registered", naming the ids that are, before "no champion"
     version = registry.champions(session, [model_id]).get(model_id)
     if version is None:
         raise NotFound(f"model {model_id!r} has no champion")
@@ -228,6 +225,7 @@ def cmd_models_history(args) -> int:
     from undertow.models import registry
     engine, sessions = open_sessions(settings_from(args), must_exist=True)
     with sessions.begin() as session:
+        registry.require_registered(session, args.model_id)
         rows = [{"at": iso(c.changed_at), "version": c.version, "previous_version": c.previous_version,
                  "action": c.action, "actor": c.actor, "reason": c.reason, "request_id": c.request_id,
                  "run_id": c.run_id} for c in registry.history(session, args.model_id)]

@@ -30,7 +30,7 @@ from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import RollingMean
 from undertow.models.profile import ReferenceProfile
 from undertow.storage import db
-from undertow.storage.errors import NotFound, UndertowError
+from undertow.storage.errors import UndertowError
 from undertow.storage.tables import TrainingRun
 from undertow.worker.report import alerts as report_alerts
 
@@ -132,7 +132,7 @@ def write_report(db_url: str, model_id: str, out: str | Path, force: bool = Fals
 def gather(session: Session, model_id: str) -> dict:
     versions = registry.list_versions(session, model_id)
     if not versions:
-        raise NotFound(f"model {model_id!r} is not registered")
+        raise registry.not_registered(session, model_id)
     champion = next((v for v in versions if v.stage == "champion"), versions[-1])
     windows = session.execute(text(
         "SELECT version, window_index, feature, end_ts, psi, severity FROM window_results WHERE model_id = :m "
