@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, wait_for
+from tests.test_packaging import USER_MODELS  # the user's Clip transformer, one copy
 from tests.worker.test_trainer import _train_v1
 from undertow.worker.dev.broker import free_port
 from undertow.worker.dev.sample import SampleStream, write_reference_csv
@@ -22,20 +23,7 @@ from undertow.worker.dev.sample import SampleStream, write_reference_csv
 EXIT_WITHIN = 10.0  # seconds: the acceptance bound; the check itself takes about as long as the imports
 
 # A transformer from the user's own code: pickled by reference to this module, which serve must import.
-USER_MODULE = '''
-import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-
-
-class Clip(BaseEstimator, TransformerMixin):
-    def __init__(self, limit=3.0):
-        self.limit = limit
-
-    def fit(self, X, y=None):
-        return self
-
-    def transform(self, X):
-        return np.clip(np.asarray(X, dtype=float), -self.limit, self.limit)
+USER_MODULE = USER_MODELS + '''
 
 
 class Refuses(BaseEstimator):
