@@ -55,13 +55,14 @@ class Clip(BaseEstimator, TransformerMixin):
         return np.clip(np.asarray(X, dtype=float), -self.limit, self.limit)
 '''
 
-FIT = '''
+# Fits a pipeline with the user's Clip (imported from the module named in {module}) on reference.csv.
+FIT_CLIP = '''
 import joblib, pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
-from models import Clip
+from {module} import Clip
 
 frame = pd.read_csv("reference.csv")
 numeric = ["x0", "x1", "x2", "x3"]
@@ -79,7 +80,7 @@ def test_a_pipeline_with_a_transformer_from_the_users_own_models_package_serves_
     (user / "models" / "__init__.py").write_text(textwrap.dedent(USER_MODELS))
     write_reference_csv(SampleStream(seed=2), user / "reference.csv", 4000)
     on_path = {"PYTHONPATH": str(user)}  # how the user's processes find their own `models`
-    fitted = subprocess.run([sys.executable, "-c", FIT], cwd=user, capture_output=True, text=True, timeout=120)
+    fitted = subprocess.run([sys.executable, "-c", FIT_CLIP.format(module="models")], cwd=user, capture_output=True, text=True, timeout=120)
     assert fitted.returncode == 0, fitted.stderr
     cli = [sys.executable, "-m", "undertow", "--log-level", "WARNING"]
     registered = subprocess.run([*cli, "models", "register", "--model-id", "housing", "--reference",

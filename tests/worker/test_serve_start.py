@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, wait_for
-from tests.test_packaging import USER_MODELS  # the user's Clip transformer, one copy
+from tests.test_packaging import FIT_CLIP, USER_MODELS  # the user's Clip transformer and its fit, one copy
 from tests.worker.test_trainer import _train_v1
 from undertow.worker.dev.broker import free_port
 from undertow.worker.dev.sample import SampleStream, write_reference_csv
@@ -39,21 +39,7 @@ class Refuses(BaseEstimator):
         return np.zeros(len(X))
 '''
 
-FIT = '''
-import joblib, pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LinearRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
-from serve_start_transforms import Clip
-
-frame = pd.read_csv("reference.csv")
-numeric = ["x0", "x1", "x2", "x3"]
-pipeline = make_pipeline(
-    ColumnTransformer([("num", Clip(), numeric), ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"])]),
-    LinearRegression()).fit(frame[numeric + ["region"]], frame["target"])
-joblib.dump(pipeline, "model.joblib")
-'''
+FIT = FIT_CLIP.format(module="serve_start_transforms")
 
 FIT_REFUSING = '''
 import joblib
