@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from undertow import __version__
 from undertow.storage.errors import UndertowError
 from undertow.worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
-
+from undertow.worker.cli.common import HelpFormatter
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -22,11 +22,20 @@ def _log_level(value: str) -> str:
     return value.upper()
 
 
+_LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR, any case (default: INFO); before or after the command"
+
+# Commands whose module adds its parser without ``common.command`` (status.py): their example.
+_EXAMPLES = {"status": "undertow status --json"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="undertow", description="Drift monitor for models in production.")
+    parser = argparse.ArgumentParser(
+        prog="undertow", description="Drift monitor for models in production.", formatter_class=HelpFormatter,
+        epilog="Examples:\n  undertow demo                     # the whole loop end to end, in about a minute\n"
+               "  undertow models register --help   # each command's options, and an example")
     parser.add_argument("--version", action="version", version=f"undertow {__version__}")
-    parser.add_argument("--log-level", type=_log_level, default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL", help=_LOG_LEVEL_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (services, train, status, models, runs, alerts, report, retrain, demo):
         group.add_parsers(sub)
     _global_options_everywhere(parser)
@@ -35,14 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _global_options_everywhere(parser: argparse.ArgumentParser) -> None:
     """``--log-level`` also after the subcommand (``undertow status --log-level debug``), as users of
-    Typer or MLflow tools expect; given there, it overrides the one before."""
+    Typer or MLflow tools expect; given there, it overrides the one before. A command added without
+    ``common.command`` gets its description and example here."""
     for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for subparser in action.choices.values():
-                if "--log-level" not in subparser._option_string_actions:
-                    subparser.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS,
-                                           help="DEBUG, INFO, WARNING or ERROR")
-                _global_options_everywhere(subparser)
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, subparser in action.choices.items():
+            if "--log-level" not in subparser._option_string_actions:
+                subparser.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL",
+                                       help=_LOG_LEVEL_HELP)
+            if subparser.epilog is None and name in _EXAMPLES:
+                subparser.formatter_class = HelpFormatter
+                subparser.description = subparser.description or f"{helps[name][:1].upper()}{helps[name][1:]}."
+                subparser.epilog = f"Example:\n  {_EXAMPLES[name]}"
+            _global_options_everywhere(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import json
 
 from undertow.models import registry
 from undertow.storage import repo
-from undertow.worker.cli.common import add_connection_flags, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, open_sessions, settings_from
 
 
 def cmd_alerts(args) -> int:
@@ -40,9 +40,10 @@ def _positive(value: str) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("alerts", help="list drift alerts, newest first")
-    add_connection_flags(p)
-    p.add_argument("--model-id")
-    p.add_argument("--limit", type=_positive, default=100, help="newest alerts shown, at least 1 (default 100)")
-    p.add_argument("--json", action="store_true")
+    p = command(sub, "alerts", "list drift alerts, newest first", "undertow alerts --model-id churn --limit 20")
+    add_connection_flags(p, "db")
+    p.add_argument("--model-id", help="only this model's alerts (default: every model's)")
+    p.add_argument("--limit", type=_positive, default=100,
+                   help="newest alerts shown, at least 1 (default: %(default)s)")
+    add_json_flag(p, "the alerts' CloudEvents as a JSON array")
     p.set_defaults(func=cmd_alerts)

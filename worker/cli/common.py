@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
+import socket
+import threading
+import time
 from datetime import datetime, timezone
 
 from undertow.storage import db
-from undertow.worker.runtime.settings import Settings, load_settings
+from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settings, load_settings
 
 log = logging.getLogger("undertow")
 
@@ -16,19 +20,60 @@ _SETTINGS_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_
                    "host", "port")
 
 
-def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", dest="kafka_bootstrap_servers",
-                        help="Kafka bootstrap address (UNDERTOW_KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)")
-    parser.add_argument("--db-url", help="SQLAlchemy URL (UNDERTOW_DB_URL, default sqlite:///undertow.db)")
-    parser.add_argument("--artifacts-dir", help="artifact store (UNDERTOW_ARTIFACTS_DIR, default ./artifacts)")
-    parser.add_argument("--topic-prefix", help="topic prefix (UNDERTOW_TOPIC_PREFIX, default 'undertow.')")
-    parser.add_argument("--group-id", help="consumer group (UNDERTOW_GROUP_ID, default undertow-monitor)")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and the examples as written (one line each), the options wrapped as usual."""
+
+
+def command(sub, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+    """A (sub)command whose ``--help`` starts with a one-line description and ends with an example.
+
+    ``help`` is the line in the parent's command list; the description is the same sentence.
+    """
+    label = "Example" if len(examples) == 1 else "Examples"
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          epilog=f"{label}:\n" + "\n".join(f"  {e}" for e in examples) if examples else None,
+                          formatter_class=HelpFormatter)
+
+
+# use -> (flag, settings field, metavar, what it is). Each command shows the ones it uses, with their real default.
+_CONNECTION = {
+    "kafka": ("--bootstrap-servers", "kafka_bootstrap_servers", "HOST:PORT",
+              "Kafka bootstrap address(es), comma-separated"),
+    "db": ("--db-url", "db_url", "URL", "SQLAlchemy database URL"),
+    "artifacts": ("--artifacts-dir", "artifacts_dir", "DIR", "where model files are stored"),
+    "topics": ("--topic-prefix", "topic_prefix", "PREFIX", "prefix of the topic names"),
+    "group": ("--group-id", "group_id", "GROUP", "Kafka consumer group"),
+}
+_STATUS_USES = ("kafka", "db", "topics", "group")
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, *uses: str, service: str = "monitor") -> None:
+    """The connection flags of the settings ``uses`` names (``status``'s four when none is named), each help
+    with the default the command really gets and its ``UNDERTOW_*`` variable.
+
+    The others are still accepted and ignored, but not listed: like the ``UNDERTOW_*`` variables of a
+    shared ``.env``, one set of connection flags can be passed to every command of a script.
+    """
+    uses = uses or _STATUS_USES
+    group = parser.add_argument_group("connection (flag, else environment or .env, else default)")
+    for use, (flag, field, metavar, what) in _CONNECTION.items():
+        if use not in uses:
+            parser.add_argument(flag, dest=field, help=argparse.SUPPRESS)
+            continue
+        default = f"undertow-{service}" if use == "group" else Settings.model_fields[field].default
+        group.add_argument(flag, dest=field, metavar=metavar,
+                           help=f"{what} (default: {default}; {ENV_PREFIX}{field.upper()})")
 
 
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics-port", type=int,
-                        help="serve Prometheus /metrics on this port (UNDERTOW_METRICS_PORT; "
-                             "UNDERTOW_METRICS_HOST, default 127.0.0.1)")
+    host = ServiceSettings.model_fields["metrics_host"].default
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help=f"serve Prometheus /metrics on this port (default: off; {ENV_PREFIX}METRICS_PORT); "
+                             f"the address is {ENV_PREFIX}METRICS_HOST (default: {host})")
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str = "a JSON array") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} instead of text (times in RFC 3339)")
 
 
 def settings_from(args: argparse.Namespace, cls: type[Settings] = Settings) -> Settings:
@@ -52,4 +97,67 @@ def install_stop_handlers(stop) -> None:
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC with milliseconds, as the events' own times: ``2026-12-06T03:04:05.123Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339_time(value: str) -> str:
+    """An argparse type: an RFC 3339 time with its offset (``Z`` or ``+02:00``), kept as given."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time with its offset, "
+                                         "such as 2026-12-06T03:04:05Z or 2026-12-06T04:04:05+01:00")
+    return value
+
+
+BROKER_PROBE_SECONDS = 4.0
+
+
+def unreachable_broker(settings: Settings, seconds: float = BROKER_PROBE_SECONDS) -> str | None:
+    """Why no bootstrap server of ``settings`` takes a TCP connection within ``seconds`` (all are tried at
+    once, name lookups included), or None once one does.
+
+    Only a pre-flight check: the Kafka client would retry for half a minute, logging every attempt, before
+    it gave up. A server that takes the connection but is no broker is left to the client.
+    """
+    servers = settings.kafka_bootstrap_servers.split(",")
+    answers: queue.Queue[str | None] = queue.Queue()
+
+    def probe(server: str) -> None:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+            answers.put(None)
+        except OSError as exc:
+            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+            answers.put(f"{server}: {why}" if len(servers) > 1 else why)
+
+    for server in servers:  # daemon threads: a name lookup that hangs must not hold the exit
+        threading.Thread(target=probe, args=(server,), daemon=True, name=f"probe {server}").start()
+    deadline = time.monotonic() + seconds
+    reasons = []
+    for _ in servers:
+        try:
+            reason = answers.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            reasons.append(f"no answer within {seconds:g} s")
+            break
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return "; ".join(reasons)
+
+
+def require_broker(settings: Settings) -> None:
+    """Stop in a few seconds with one line, not half a minute of client log lines, when no broker is there."""
+    from undertow.worker.runtime.transport import BrokerUnavailable
+    reason = unreachable_broker(settings)
+    if reason is not None:
+        raise BrokerUnavailable(
+            f"no Kafka broker reachable at {settings.kafka_bootstrap_servers} ({reason}): start one with "
+            f"`undertow broker`, or point --bootstrap-servers / {ENV_PREFIX}KAFKA_BOOTSTRAP_SERVERS at yours")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from undertow.worker.cli.common import install_stop_handlers
+from undertow.worker.cli.common import command, install_stop_handlers
 
 MODEL_ID = "housing"
 TRAINER_ENV = {"UNDERTOW_MIN_TRAIN_PAIRS": "600", "UNDERTOW_GATE_MIN_HOLDOUT": "300",
@@ -199,13 +199,7 @@ def cmd_demo(args) -> int:
             timeline.poll()
         finally:
             client.close()
-            for proc in services.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc in services.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _stop(services.values())
         with engine.connect() as conn:
             summary = _summary(conn, text, sender, timeline)
         engine.dispose()
@@ -217,6 +211,17 @@ def cmd_demo(args) -> int:
     print(f"\nreport: {report}\nstate:  {workdir / 'undertow.db'}  (try: undertow status --db-url "
           f"sqlite:///{workdir / 'undertow.db'})\nfinished in {time.monotonic() - started:.0f} s")
     return 0
+
+
+def _stop(processes) -> None:
+    """SIGTERM to each service, then up to 30 s each to finish its batch; killed after that."""
+    for proc in processes:
+        proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class Sender:
@@ -309,9 +314,10 @@ def _summary(conn, text, sender: Sender, timeline: Timeline) -> list[tuple[str, 
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("demo", help="the whole loop end to end on the embedded defaults")
-    p.add_argument("--events", type=int, default=12_000, help="prediction requests in all (default 12,000)")
-    p.add_argument("--seed", type=int, default=7)
+    p = command(sub, "demo", "the whole loop end to end: embedded broker, monitor, trainer, server and a report",
+                "undertow demo --events 6000 --workdir demo")
+    p.add_argument("--events", type=int, default=12_000, help="prediction requests in all (default: 12,000)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the data and the drift (default: %(default)s)")
     p.add_argument("--dataset", choices=["generated", "california"], default="generated",
                    help="generated housing data (default) or scikit-learn's California housing (downloaded)")
     p.add_argument("--workdir", help="where the database, logs and report go (default: a new temporary folder)")

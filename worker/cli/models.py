@@ -7,7 +7,16 @@ import re
 import sys
 from pathlib import Path
 
-from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+from undertow.worker.cli.common import (
+    add_connection_flags,
+    add_json_flag,
+    command,
+    iso,
+    open_sessions,
+    rfc3339_time,
+    settings_from,
+    unreachable_broker,
+)
 from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 
@@ -130,8 +139,9 @@ def cmd_models_list(args) -> int:
     elif not rows:
         print("no model registered yet")
     for r in [] if args.json else rows:
-        print("  ".join(f"{k}={v}" for k, v in r.items()))
+        print("  ".join(f"{k}={'-' if v is None else v}" for k, v in r.items()))
     return 0
+
 
 def cmd_models_show(args) -> int:
     from undertow.models import registry
@@ -195,6 +205,8 @@ def _try_publish(settings, sessions) -> bool:
     import logging
 
     from undertow.worker.runtime.transport import OutboxRelay, TransientError, make_producer
+    if unreachable_broker(settings) is not None:
+        return False  # in seconds, not after the client's own timeout
     kafka_log = logging.getLogger("kafka")
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # an unreachable broker is reported in one line below
@@ -235,14 +247,22 @@ def cmd_models_history(args) -> int:
             at = registry.champion_at(session, args.model_id, epoch(args.at))
     engine.dispose()
     if args.at:
-        print(at if at is not None else f"no champion at {args.at}")
-        return 0 if at is not None else 1
+        return _print_champion_at(args, at)
     if args.json:
         print(json.dumps(rows, indent=2))
     for r in [] if args.json else rows:
-        print(f"{r['at']}  {r['action']:<11} {r['version']:<6} (was {r['previous_version']})  by {r['actor']}: "
+        was = f"(was {r['previous_version']})  " if r["previous_version"] is not None else ""
+        print(f"{r['at']}  {r['action']:<11} {r['version']:<6} {was}by {r['actor']}: "
               f"{r['reason']}" + (f"  [request {r['request_id']}, {r['run_id']}]" if r["request_id"] else ""))
     return 0
+
+
+def _print_champion_at(args, version: str | None) -> int:
+    if args.json:
+        print(json.dumps({"model_id": args.model_id, "at": args.at, "champion": version}, indent=2))
+    else:
+        print(version if version is not None else f"no champion at {args.at}")
+    return 0 if version is not None else 1
 
 
 def cmd_models_card(args) -> int:
@@ -264,11 +284,58 @@ def cmd_models_card(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("models", help="the model registry")
-    models_sub = p.add_subparsers(dest="models_command", required=True)
-    p = models_sub.add_parser("register", help="register a model version as champion, with its reference profile")
-    add_connection_flags(p)
+    p = command(sub, "models", "the model registry: register, list, show, promote, roll back, history, cards",
+                "undertow models list --model-id churn")
+    models_sub = p.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    _add_register(models_sub)
+    p = command(models_sub, "list", "registered versions, oldest first", "undertow models list --model-id churn --json")
+    add_connection_flags(p, "db")
+    p.add_argument("--model-id", help="only this model (default: every model)")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_models_list)
+    p = command(models_sub, "show", "one version in full, as JSON (default: the champion)",
+                "undertow models show --model-id churn --version 2")
+    add_connection_flags(p, "db")
     p.add_argument("--model-id", required=True)
+    p.add_argument("--version", help="default: the champion")
+    p.set_defaults(func=cmd_models_show)
+    for name, text, example, func in (
+            ("promote", "make a version the champion (recorded in the history)",
+             'undertow models promote --model-id churn --version 3 --reason "validated offline"', cmd_models_promote),
+            ("rollback", "restore the previous champion (recorded in the history)",
+             'undertow models rollback --model-id churn --reason "complaints since 09:00"', cmd_models_rollback)):
+        p = command(models_sub, name, text, example)
+        add_connection_flags(p, "db", "kafka", "topics")  # the model event is published, or left in the outbox
+        p.add_argument("--model-id", required=True)
+        if name == "promote":
+            p.add_argument("--version", required=True)
+        p.add_argument("--reason", required=True, help="why, for the history")
+        p.set_defaults(func=func)
+    p = command(models_sub, "history", "every change of champion: when, which version, who, why",
+                "undertow models history --model-id churn --at 2026-12-06T03:04:05Z")
+    add_connection_flags(p, "db")
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--at", metavar="TIME", type=rfc3339_time,
+                   help="only the version that was champion at this RFC 3339 time (e.g. 2026-12-06T03:04:05Z)")
+    add_json_flag(p, "JSON (an array; with --at, an object)")
+    p.set_defaults(func=cmd_models_history)
+    p = command(models_sub, "card", "the model card of a version (default: the champion)",
+                "undertow models card --model-id churn --format json")
+    add_connection_flags(p, "db")
+    # --model-id as everywhere else; the positional form of earlier releases still works.
+    p.add_argument("--model-id", dest="model_id")
+    p.add_argument("legacy_model_id", nargs="?", metavar="MODEL_ID", help=argparse.SUPPRESS)
+    p.add_argument("--version", help="default: the champion")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="default: %(default)s")
+    p.set_defaults(func=cmd_models_card)
+
+
+def _add_register(models_sub) -> None:
+    p = command(models_sub, "register", "register a model version as champion, with its reference profile",
+                "undertow models register --model-id churn --reference train.csv --target churned "
+                "--prediction-column predicted --artifact model.joblib")
+    add_connection_flags(p, "db", "artifacts")
+    p.add_argument("--model-id", required=True, help="the model's id, as the events carry it")
     p.add_argument("--reference", required=True, help="reference (training) data, CSV or Parquet")
     p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
                                     "the baseline error)")
@@ -284,38 +351,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--description", help="intended use, for the model card")
     add_drift_flags(p)
     p.set_defaults(func=cmd_models_register)
-    p = models_sub.add_parser("list", help="registered versions")
-    add_connection_flags(p)
-    p.add_argument("--model-id")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models_list)
-    p = models_sub.add_parser("show", help="one version (default: the champion)")
-    add_connection_flags(p)
-    p.add_argument("--model-id", required=True)
-    p.add_argument("--version")
-    p.set_defaults(func=cmd_models_show)
-    p = models_sub.add_parser("promote", help="make a version the champion (recorded in the history)")
-    add_connection_flags(p)
-    p.add_argument("--model-id", required=True)
-    p.add_argument("--version", required=True)
-    p.add_argument("--reason", required=True, help="why, for the history")
-    p.set_defaults(func=cmd_models_promote)
-    p = models_sub.add_parser("rollback", help="restore the previous champion (recorded in the history)")
-    add_connection_flags(p)
-    p.add_argument("--model-id", required=True)
-    p.add_argument("--reason", required=True, help="why, for the history")
-    p.set_defaults(func=cmd_models_rollback)
-    p = models_sub.add_parser("history", help="every change of champion: when, which version, who, why")
-    add_connection_flags(p)
-    p.add_argument("--model-id", required=True)
-    p.add_argument("--at", help="only the version that was champion at this RFC 3339 time")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models_history)
-    p = models_sub.add_parser("card", help="the model card of a version (default: the champion)")
-    add_connection_flags(p)
-    # --model-id as everywhere else; the positional form of earlier releases still works.
-    p.add_argument("--model-id", dest="model_id")
-    p.add_argument("legacy_model_id", nargs="?", metavar="MODEL_ID", help=argparse.SUPPRESS)
-    p.add_argument("--version")
-    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    p.set_defaults(func=cmd_models_card)

@@ -1,7 +1,7 @@
 """``undertow report``: the HTML drift report of one model."""
 from __future__ import annotations
 
-from undertow.worker.cli.common import add_connection_flags, settings_from
+from undertow.worker.cli.common import add_connection_flags, command, settings_from
 
 
 def cmd_report(args) -> int:
@@ -14,11 +14,12 @@ def cmd_report(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("report", help="write a self-contained HTML drift report of a model")
-    add_connection_flags(p)
+    p = command(sub, "report", "write a self-contained HTML drift report of a model",
+                "undertow report --model-id churn --out reports/churn.html")
+    add_connection_flags(p, "db")
     p.add_argument("--model-id", required=True)
     p.add_argument("--out", default="report.html",
-                   help="the HTML file to write (default report.html); its folder must exist, and a file "
+                   help="the HTML file to write (default: %(default)s); its folder must exist, and a file "
                         "already there is replaced only if it is an earlier Undertow report")
     p.add_argument("--force", action="store_true",
                    help="replace the --out file even if it is not an Undertow report")

@@ -5,7 +5,7 @@ import json
 
 from undertow.storage import repo
 from undertow.storage.errors import NotFound
-from undertow.worker.cli.common import add_connection_flags, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, open_sessions, settings_from
 
 
 def cmd_retrain_list(args) -> int:
@@ -30,8 +30,14 @@ def cmd_retrain_list(args) -> int:
         state = r["outcome"] if r["status"] == "closed" else (
             "not picked up by a trainer yet" if run is None else f"{run['status']}: {run['detail'] or ''}")
         print(f"{r['time']}  {d['request_id']}  {d['model_id']}@{d['model_version']}  {r['status']}  "
-              f"{d['reason']}  policy={d['data_policy']}  alerts={','.join(d['alert_ids'])}  [{state}]")
+              f"{d['reason']}  data={_policy(d['data_policy'])}  alerts={','.join(d['alert_ids']) or '-'}  [{state}]")
     return 0
+
+
+def _policy(policy: dict) -> str:
+    """``{"kind": "rolling", "max_pairs": 50000}`` -> ``rolling(max_pairs=50000)``; ``{"kind": "all"}`` -> ``all``."""
+    rest = ", ".join(f"{k}={v}" for k, v in policy.items() if k != "kind")
+    return f"{policy.get('kind', '?')}({rest})" if rest else str(policy.get("kind", "?"))
 
 
 def cmd_retrain_close(args) -> int:
@@ -45,15 +51,18 @@ def cmd_retrain_close(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("retrain", help="retrain requests")
-    retrain_sub = p.add_subparsers(dest="retrain_command", required=True)
-    p = retrain_sub.add_parser("list", help="retrain requests, oldest first")
-    add_connection_flags(p)
-    p.add_argument("--model-id")
-    p.add_argument("--json", action="store_true")
+    p = command(sub, "retrain", "the retrain requests the monitor made, and closing one by hand",
+                "undertow retrain list --model-id churn")
+    retrain_sub = p.add_subparsers(dest="retrain_command", required=True, metavar="COMMAND")
+    p = command(retrain_sub, "list", "retrain requests, oldest first, with their training run's state",
+                "undertow retrain list --model-id churn --json")
+    add_connection_flags(p, "db")
+    p.add_argument("--model-id", help="only this model's requests (default: every model's)")
+    add_json_flag(p)
     p.set_defaults(func=cmd_retrain_list)
-    p = retrain_sub.add_parser("close", help="close an open request (the trainer does this after it ran)")
-    add_connection_flags(p)
-    p.add_argument("--request-id", required=True)
-    p.add_argument("--outcome", default="closed by operator")
+    p = command(retrain_sub, "close", "close an open request (the trainer does this after it ran)",
+                'undertow retrain close --request-id 8c17d74366dcdc09 --outcome "retrained by hand"')
+    add_connection_flags(p, "db")
+    p.add_argument("--request-id", required=True, help="as `undertow retrain list` shows it")
+    p.add_argument("--outcome", default="closed by operator", help="recorded with it (default: %(default)s)")
     p.set_defaults(func=cmd_retrain_close)

@@ -1,10 +1,20 @@
 """Commands that run something: the embedded broker, topic creation, the monitor."""
 from __future__ import annotations
 
+import json
 import logging
 
-from undertow.worker.cli.common import add_connection_flags, add_metrics_flag, install_stop_handlers, settings_from
-from undertow.worker.runtime.settings import MonitorSettings
+from undertow.worker.cli.common import (
+    add_connection_flags,
+    add_json_flag,
+    add_metrics_flag,
+    command,
+    install_stop_handlers,
+    require_broker,
+    settings_from,
+    unreachable_broker,
+)
+from undertow.worker.runtime.settings import MonitorSettings, ServerSettings
 
 log = logging.getLogger("undertow")
 
@@ -29,26 +39,30 @@ def cmd_topics_create(args) -> int:
     from undertow.worker.runtime.topics import Topics, ensure_topics
     from undertow.worker.runtime.transport import make_admin
     settings = settings_from(args)
+    require_broker(settings)
     admin = make_admin(settings)
     try:
         counts = ensure_topics(admin, Topics(settings.topic_prefix), args.partitions)
     finally:
         admin.close()
-    for name, n in sorted(counts.items()):
+    if args.json:
+        print(json.dumps([{"topic": name, "partitions": n} for name, n in sorted(counts.items())], indent=2))
+    for name, n in [] if args.json else sorted(counts.items()):
         print(f"{name}\t{n} partitions")
     return 0
 
 
 def cmd_monitor(args) -> int:
     from undertow.worker.monitor.service import Monitor
-    monitor = Monitor(settings_from(args, MonitorSettings), partitions=args.partitions)
+    settings = settings_from(args, MonitorSettings)
+    require_broker(settings)  # before the database is created or migrated
+    monitor = Monitor(settings, partitions=args.partitions)
     install_stop_handlers(monitor.request_stop)
     return monitor.run(until_idle=args.until_idle)
 
 
 def cmd_serve(args) -> int:
     from undertow.models.ids import check_id
-    from undertow.worker.runtime.settings import ServerSettings
     settings = settings_from(args, ServerSettings)
     model_id = check_id(args.model_id)
     # Before uvicorn binds (and before it and FastAPI are even imported, to exit sooner): an unknown id, a
@@ -65,6 +79,12 @@ def cmd_serve(args) -> int:
     app.state.slot.current = served
     app.state.metrics.swapped(served.version, "loaded")
     log.info("model %s: serving version %s", model_id, served.version)
+    unreachable = unreachable_broker(settings)
+    if unreachable is not None:
+        # Serving does not wait for Kafka (its events wait in memory, up to UNDERTOW_EVENT_QUEUE_SIZE):
+        # one line now, and the client's own retries from here on.
+        log.warning("no Kafka broker reachable at %s (%s): serving anyway; prediction events wait in memory "
+                    "until one is (start one with `undertow broker`)", settings.kafka_bootstrap_servers, unreachable)
     # The server follows undertow.models too (a model event only makes it re-read the registry's champion).
     warn_if_unsigned(settings, log)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
@@ -85,29 +105,36 @@ def _first_version(settings, model_id: str):
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9092)
+    p = command(sub, "broker", "run the embedded Kafka-compatible broker in the foreground, until Ctrl-C",
+                "undertow broker --port 9092")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (default: %(default)s)")
     p.set_defaults(func=cmd_broker)
 
-    p = sub.add_parser("topics", help="manage topics")
-    topics_sub = p.add_subparsers(dest="topics_command", required=True)
-    p = topics_sub.add_parser("create", help="create the topics (idempotent)")
-    add_connection_flags(p)
-    p.add_argument("--partitions", type=int, default=3)
+    p = command(sub, "topics", "manage the Kafka topics", "undertow topics create --partitions 3")
+    topics_sub = p.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
+    p = command(topics_sub, "create", "create the topics, or check the ones there (idempotent)",
+                "undertow topics create --bootstrap-servers 127.0.0.1:9092 --partitions 6")
+    add_connection_flags(p, "kafka", "topics")
+    p.add_argument("--partitions", type=int, default=3, help="partitions of each new topic (default: %(default)s)")
+    add_json_flag(p)
     p.set_defaults(func=cmd_topics_create)
 
-    p = sub.add_parser("monitor", help="run the drift monitor")
-    add_connection_flags(p)
+    p = command(sub, "monitor", "run the drift monitor: consume predictions and labels, publish alerts",
+                "undertow monitor --bootstrap-servers 127.0.0.1:9092 --db-url sqlite:///undertow.db")
+    add_connection_flags(p, "kafka", "db", "topics", "group", service="monitor")
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
-                   help="exit once the input topics have given nothing for this long")
-    p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")
+                   help="exit once the input topics have given nothing for this long (default: run until stopped)")
+    p.add_argument("--partitions", type=int, default=3,
+                   help="partitions of the topics it has to create (default: %(default)s)")
     add_metrics_flag(p)
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("serve", help="serve a model's champion over HTTP, emitting prediction events")
-    add_connection_flags(p)
+    p = command(sub, "serve", "serve a model's champion over HTTP, emitting prediction events",
+                "undertow serve --model-id churn --port 8000")
+    add_connection_flags(p, "kafka", "db", "topics")
     p.add_argument("--model-id", required=True, help="the registered model to serve")
-    p.add_argument("--host", help="address to listen on (UNDERTOW_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (UNDERTOW_PORT, default 8000)")
+    fields = ServerSettings.model_fields
+    p.add_argument("--host", help=f"address to listen on (default: {fields['host'].default}; UNDERTOW_HOST)")
+    p.add_argument("--port", type=int, help=f"port (default: {fields['port'].default}; UNDERTOW_PORT)")
     p.set_defaults(func=cmd_serve)

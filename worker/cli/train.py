@@ -6,7 +6,14 @@ import shutil
 import uuid
 from pathlib import Path
 
-from undertow.worker.cli.common import add_connection_flags, add_metrics_flag, open_sessions, settings_from
+from undertow.worker.cli.common import (
+    add_connection_flags,
+    add_metrics_flag,
+    command,
+    open_sessions,
+    require_broker,
+    settings_from,
+)
 from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
 
 
@@ -70,22 +77,26 @@ def cmd_trainer(args) -> int:
     from undertow.worker.cli.common import install_stop_handlers
     from undertow.worker.runtime.settings import TrainerSettings
     from undertow.worker.trainer.service import Trainer
-    trainer = Trainer(settings_from(args, TrainerSettings), partitions=args.partitions)
+    settings = settings_from(args, TrainerSettings)
+    require_broker(settings)  # before the database is created or migrated
+    trainer = Trainer(settings, partitions=args.partitions)
     install_stop_handlers(trainer.request_stop)
     return trainer.run(until_idle=args.until_idle)
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("train", help="train version 1 of a model with the default recipe and register it")
-    add_connection_flags(p)
-    p.add_argument("--model-id", required=True)
+    p = command(sub, "train", "train version 1 of a model with the default recipe and register it as champion",
+                "undertow train --model-id housing --data housing.csv --target price --time-column ts")
+    add_connection_flags(p, "db", "artifacts")
+    p.add_argument("--model-id", required=True, help="the model's id, as the events will carry it")
     p.add_argument("--data", required=True, help="training data, CSV or Parquet, with the target column")
     p.add_argument("--target", required=True, help="the column to predict")
     p.add_argument("--task", choices=("regression", "classification"),
                    help="default: regression for numbers with more than 20 distinct values")
     p.add_argument("--time-column", help="hold out the newest rows by this column (numbers or RFC 3339); "
                                          "without it, random rows")
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="rows held out to judge it (0.2)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2,
+                   help="share of the rows held out to judge it (default: %(default)s)")
     p.add_argument("--version", help="default: the next integer")
     p.add_argument("--description", help="intended use, for the model card")
     p.add_argument("--out-of-scope", help="uses it is not meant for, for the model card")
@@ -93,10 +104,12 @@ def add_parsers(sub) -> None:
     add_drift_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("trainer", help="run the trainer: answer retrain requests with gated candidates")
-    add_connection_flags(p)
+    p = command(sub, "trainer", "run the trainer: answer retrain requests with gated candidates",
+                "undertow trainer --bootstrap-servers 127.0.0.1:9092 --db-url sqlite:///undertow.db")
+    add_connection_flags(p, "kafka", "db", "artifacts", "topics", "group", service="trainer")
     add_metrics_flag(p)
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
-                   help="exit once no request came for this long and no run is pending")
-    p.add_argument("--partitions", type=int, default=3, help="partitions for topics it has to create")
+                   help="exit once no request came for this long and no run is pending (default: run until stopped)")
+    p.add_argument("--partitions", type=int, default=3,
+                   help="partitions of the topics it has to create (default: %(default)s)")
     p.set_defaults(func=cmd_trainer)

@@ -305,4 +305,5 @@ def _concept_alarms(events: list[dict]) -> list[datetime]:
 
 
 def _iso(ts: float | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """RFC 3339 in UTC, to the second, as in the model card: ``2026-12-06T03:04:05Z``."""
+    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
