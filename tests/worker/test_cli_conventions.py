@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,222 @@ def test_register_runs_from_the_users_project_and_warns_without_a_prediction_col
     assert done.returncode == 0, done.stderr
     assert "warning: no --prediction-column" in done.stderr and "concept drift is off" in done.stderr
     assert json.loads(done.stdout)["task"] == "regression"
+
+
+# --- help: a description and an example everywhere; only the flags that apply, with their real defaults ---
+
+def _parsers(parser=None, path=()):
+    """(command path, parser) of the top level and every command and subcommand."""
+    import argparse
+
+    from undertow.worker.cli import build_parser
+    parser = parser or build_parser()
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from _parsers(subparser, (*path, name))
+
+
+def test_every_command_and_subcommand_has_a_one_line_description_and_an_example():
+    paths = []
+    for path, parser in _parsers():
+        paths.append(" ".join(path))
+        text = parser.format_help()
+        assert parser.description and "\n" not in parser.description.strip(), path
+        assert parser.description in text, path
+        example = text[text.index("Example"):] if "Example" in text else ""
+        assert example.splitlines()[1].strip().startswith("undertow"), (path, example)
+    assert {"status", "monitor", "trainer", "report", "models register", "models history", "runs show",
+            "retrain close", "topics create", "demo"} <= set(paths)
+    shown = _cli("models", "history", "--help")  # as a user sees it: the example as written, on its own line
+    assert shown.returncode == 0 and "\nExample:\n  undertow models history --model-id churn --at " in shown.stdout
+
+
+_KAFKA, _DB, _ARTIFACTS, _TOPICS, _GROUP = ("--bootstrap-servers", "--db-url", "--artifacts-dir", "--topic-prefix",
+                                           "--group-id")
+_USES = {"topics create": {_KAFKA, _TOPICS}, "monitor": {_KAFKA, _DB, _TOPICS, _GROUP},
+         "trainer": {_KAFKA, _DB, _ARTIFACTS, _TOPICS, _GROUP}, "serve": {_KAFKA, _DB, _TOPICS},
+         "status": {_KAFKA, _DB, _TOPICS, _GROUP}, "train": {_DB, _ARTIFACTS}, "models register": {_DB, _ARTIFACTS},
+         "models promote": {_DB, _KAFKA, _TOPICS}, "models rollback": {_DB, _KAFKA, _TOPICS}, "broker": set(),
+         "demo": set()}
+
+
+def test_each_command_lists_only_the_connection_flags_it_uses_with_the_default_it_really_gets():
+    import argparse
+
+    from undertow.worker.runtime.settings import Settings
+    defaults = {_KAFKA: Settings.model_fields["kafka_bootstrap_servers"].default,
+                _DB: Settings.model_fields["db_url"].default, _ARTIFACTS: Settings.model_fields["artifacts_dir"].default,
+                _TOPICS: Settings.model_fields["topic_prefix"].default}
+    assert Settings.model_fields["group_id"].default is None  # then each service has its own group: group_for
+    for path, parser in _parsers():
+        name = " ".join(path)
+        if not path or parser._subparsers is not None:  # the top level and the groups (models, runs, ...)
+            continue
+        listed = {a.option_strings[0]: a.help for a in parser._actions
+                  if a.option_strings and a.option_strings[0] in defaults.keys() | {_GROUP}
+                  and a.help != argparse.SUPPRESS}
+        assert set(listed) == _USES.get(name, {_DB}), name
+        for flag, text in listed.items():
+            service = "monitor" if name == "status" else name
+            real = f"undertow-{service}" if flag == _GROUP else defaults[flag]
+            assert f"(default: {real}; UNDERTOW_" in text, (name, flag, text)
+    trainer = _cli("trainer", "--help").stdout
+    assert "undertow-trainer" in trainer and "undertow-monitor" not in trainer
+    report = _cli("report", "--help").stdout
+    for flag in (_GROUP, _KAFKA, _TOPICS, _ARTIFACTS):
+        assert flag not in report
+
+
+def test_every_default_argparse_applies_is_the_one_its_help_names():
+    for path, parser in _parsers():
+        for action in parser._actions:
+            if action.default in (None, False, "==SUPPRESS==") or not action.option_strings or action.help is None:
+                continue
+            if action.option_strings == ["--help"] or action.help == "==SUPPRESS==":
+                continue
+            text = action.help % {"default": action.default}
+            shown = (str(action.default), f"{action.default:,}" if isinstance(action.default, int) else "")
+            assert any(s and s in text for s in shown), (path, action.option_strings, text)
+
+
+def test_connection_flags_a_command_does_not_use_are_accepted_unlisted():
+    """A script may give every command one set of connection flags, as a shared .env gives the variables."""
+    from undertow.worker.cli import build_parser
+    args = build_parser().parse_args(["report", "--model-id", "m", "--group-id", "g", "--bootstrap-servers", "h:1",
+                                      "--topic-prefix", "p.", "--artifacts-dir", "a"])
+    assert (args.model_id, args.group_id) == ("m", "g")
+
+
+# --- listings: --json parses; text shows RFC 3339 times, never epoch seconds, None or a dict ---
+
+_RFC3339 = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\b")
+_EPOCH = re.compile(r"(?<![\w.-])1\d{9}(\.\d+)?(?![\w-])")  # seconds since 1970, 2001 to 2286
+
+
+def _fill(env):
+    """Two versions and a promotion, a finished run (its trigger with the change's start in epoch seconds, as
+    the trainer stores it), a closed retrain request with a rolling data policy and a data-drift alert."""
+    import time
+
+    from undertow.models import registry, runs
+    from undertow.storage import db
+    from undertow.storage.tables import RetrainRequest as RetrainRequestRow
+    from undertow.worker.dev.sample import SampleStream
+    from undertow.worker.monitor.alerts import record_alert
+    from undertow.worker.runtime import output_events
+    from undertow.worker.runtime.output_events import (
+        DataDrift,
+        DataDriftAlert,
+        RetrainRequest,
+        RetrainRequested,
+        RollingData,
+        Window,
+    )
+    env.register_reference(SampleStream(seed=1))
+    env.register_reference(SampleStream(seed=2))
+    now = time.time()
+    with db.make_session_factory(env.engine).begin() as session:
+        registry.promote(session, "housing", "1", actor="operator", reason="back to one")
+        request = RetrainRequested(id="req-a", subject="housing", time="2026-12-06T03:04:05.000Z", data=RetrainRequest(
+            request_id="req-a", model_id="housing", model_version="1", reason="concept drift (started)",
+            alert_ids=["alert-a"], data_policy=RollingData(max_pairs=50_000)))
+        session.add(RetrainRequestRow(request_id="req-a", model_id="housing", version="1", status="closed",
+                                      outcome="promoted: gate passed", created_ts=now, alert_ids='["alert-a"]',
+                                      cloudevent=output_events.encode(request).decode()))
+        run = runs.new_run(session, run_id="run-a", model_id="housing", champion_version="1", request_id="req-a",
+                           trigger={"reason": "concept drift (started)", "change_at": now - 60})
+        run.started_at, run.wait_until = now, now + 120
+        runs.finish(run, "rejected", "gate failed", metrics={"gate": {"champion_mean_error": 0.5,
+                                                                     "candidate_mean_error": 0.6}})
+        record_alert(session, env.topics.alerts, DataDriftAlert(
+            id="alert-a", subject="housing", time="2026-12-06T03:04:00.000Z", data=DataDrift(
+                model_id="housing", model_version="1", severity="significant", episode="started",
+                feature="median_income", psi=0.35, ks_statistic=0.25, ks_pvalue=1e-9, chi2_statistic=None,
+                chi2_pvalue=None, missing_share=0.0, window=Window(
+                    index=3, start_ts="2026-12-06T03:03:00.000Z", end_ts="2026-12-06T03:04:00.000Z", n=1000))))
+
+
+_LISTINGS = (["alerts"], ["runs", "list"], ["retrain", "list"], ["models", "list"],
+             ["models", "history", "--model-id", "housing"])
+
+
+def test_every_listing_has_json_and_its_text_shows_rfc3339_times_without_epochs_none_or_dicts(env):
+    _fill(env)
+    args = ["--db-url", env.db_url]
+    for command in _LISTINGS:
+        listed = json.loads(_cli(*command, "--json", *args).stdout)
+        assert isinstance(listed, list) and listed, command
+        assert not _EPOCH.search(json.dumps(listed)), (command, listed)
+        text = _cli(*command, *args)
+        assert text.returncode == 0 and text.stderr == "", (command, text.stderr)
+        lines = text.stdout.strip().splitlines()
+        assert lines and all(_RFC3339.search(line) for line in lines), (command, text.stdout)
+        for bad in (_EPOCH, re.compile(r"\bNone\b"), re.compile(r"\{'|': ")):
+            assert not bad.search(text.stdout), (command, bad.pattern, text.stdout)
+    assert "data=rolling(max_pairs=50000)" in _cli("retrain", "list", *args).stdout
+    history = _cli("models", "history", "--model-id", "housing", *args).stdout.splitlines()
+    assert "(was" not in history[0] and "(was 1)" in history[1] and "(was 2)" in history[2]
+    at = json.loads(_cli("models", "history", "--model-id", "housing", "--at", "2999-01-01T00:00:00Z", "--json",
+                         *args).stdout)
+    assert at == {"model_id": "housing", "at": "2999-01-01T00:00:00Z", "champion": "1"}
+    topics = _cli("topics", "create", "--json", "--bootstrap-servers", env.bootstrap, "--topic-prefix", env.prefix)
+    assert {t["topic"] for t in json.loads(topics.stdout)} >= {env.topics.predictions, env.topics.labels}
+
+
+def test_runs_show_gives_its_times_in_rfc3339(env):
+    _fill(env)
+    shown = _cli("runs", "show", "run-a", "--db-url", env.db_url)
+    assert shown.returncode == 0, shown.stderr
+    run = json.loads(shown.stdout)
+    for when in (run["accepted_at"], run["started_at"], run["finished_at"], run["wait_until"],
+                 run["trigger"]["change_at"]):
+        assert _RFC3339.fullmatch(when), when
+    assert not _EPOCH.search(shown.stdout)
+
+
+def test_a_time_without_its_offset_is_refused_in_one_line(env):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))
+    for at in ("yesterday", "2026-12-06T03:04:05"):
+        done = _cli("models", "history", "--model-id", "housing", "--at", at, "--db-url", env.db_url)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"argument --at: '{at}' is not an RFC 3339 time with its offset" in done.stderr
+
+
+# --- no broker: one line within seconds, naming the address and `undertow broker` ---
+
+def test_monitor_trainer_and_topics_stop_within_seconds_with_one_line_when_no_broker_listens(tmp_path):
+    import time
+
+    from undertow.worker.dev.broker import free_port
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    for command in (["monitor"], ["trainer"], ["topics", "create"]):
+        db = tmp_path / f"{command[0]}.db"
+        extra = [] if command[0] == "topics" else ["--db-url", f"sqlite:///{db}"]
+        started = time.monotonic()
+        done = _cli(*command, "--bootstrap-servers", address, *extra)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 2 and elapsed < 10, (command, done.returncode, elapsed)
+        (line,) = done.stderr.strip().splitlines()  # no kafka client lines, no traceback
+        assert line.startswith(f"undertow: error: no Kafka broker reachable at {address}"), line
+        assert "`undertow broker`" in line and "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS" in line, line
+        assert not db.exists()  # refused before the database was created
+
+
+def test_the_broker_probe_answers_for_a_listening_port_and_names_each_refusing_one():
+    import socket
+
+    from undertow.worker.cli.common import unreachable_broker
+    from undertow.worker.dev.broker import free_port
+    from undertow.worker.runtime.settings import Settings
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listening.getsockname()[1]
+        closed = free_port()
+        assert unreachable_broker(Settings(kafka_bootstrap_servers=f"127.0.0.1:{closed},127.0.0.1:{port}")) is None
+        reason = unreachable_broker(Settings(kafka_bootstrap_servers=f"127.0.0.1:{closed},127.0.0.1:{closed}"))
+        assert reason == f"127.0.0.1:{closed}: connection refused; 127.0.0.1:{closed}: connection refused"
+    finally:
+        listening.close()
