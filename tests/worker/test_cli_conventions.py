@@ -164,10 +164,10 @@ def test_each_command_lists_only_the_connection_flags_it_uses_with_the_default_i
     import argparse
 
     from undertow.worker.runtime.settings import Settings
-    defaults = {_KAFKA: Settings.model_fields["kafka_bootstrap_servers"].default,
-                _DB: Settings.model_fields["db_url"].default, _ARTIFACTS: Settings.model_fields["artifacts_dir"].default,
-                _TOPICS: Settings.model_fields["topic_prefix"].default}
-    assert Settings.model_fields["group_id"].default is None  # then each service has its own group: group_for
+    fields = Settings.model_fields
+    defaults = {_KAFKA: fields["kafka_bootstrap_servers"].default, _DB: fields["db_url"].default,
+                _ARTIFACTS: fields["artifacts_dir"].default, _TOPICS: fields["topic_prefix"].default}
+    assert fields["group_id"].default is None  # then each service has its own group: group_for
     for path, parser in _parsers():
         name = " ".join(path)
         if not path or parser._subparsers is not None:  # the top level and the groups (models, runs, ...)
@@ -338,3 +338,16 @@ def test_the_broker_probe_answers_for_a_listening_port_and_names_each_refusing_o
         assert reason == f"127.0.0.1:{closed}: connection refused; 127.0.0.1:{closed}: connection refused"
     finally:
         listening.close()
+
+
+def test_out_of_range_numbers_are_one_line_or_taken_as_all_never_a_traceback(env):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))
+    db = ["--db-url", env.db_url]
+    huge = _cli("alerts", "--limit", "99999999999999999999", *db)  # more than any table holds: all of them
+    assert (huge.returncode, huge.stdout.strip(), huge.stderr) == (0, "no alerts yet", "")
+    for command in (["topics", "create", "--partitions", "0"], ["monitor", "--partitions", "-3", *db],
+                    ["alerts", "--limit", "1.5", *db], ["monitor", "--metrics-port", "99999", *db]):
+        done = _cli(*command)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert done.stderr.strip().splitlines()[-1].startswith("undertow"), (command, done.stderr)

@@ -1,12 +1,18 @@
 """``undertow alerts``: the drift alerts the monitor published, newest first."""
 from __future__ import annotations
 
-import argparse
 import json
 
 from undertow.models import registry
 from undertow.storage import repo
-from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, open_sessions, settings_from
+from undertow.worker.cli.common import (
+    add_connection_flags,
+    add_json_flag,
+    command,
+    open_sessions,
+    positive_int,
+    settings_from,
+)
 
 
 def cmd_alerts(args) -> int:
@@ -32,18 +38,11 @@ def cmd_alerts(args) -> int:
     return 0
 
 
-def _positive(value: str) -> int:
-    number = int(value) if value.lstrip("-").isdigit() else 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
-    return number
-
-
 def add_parsers(sub) -> None:
     p = command(sub, "alerts", "list drift alerts, newest first", "undertow alerts --model-id churn --limit 20")
     add_connection_flags(p, "db")
     p.add_argument("--model-id", help="only this model's alerts (default: every model's)")
-    p.add_argument("--limit", type=_positive, default=100,
+    p.add_argument("--limit", type=positive_int, default=100,
                    help="newest alerts shown, at least 1 (default: %(default)s)")
     add_json_flag(p, "the alerts' CloudEvents as a JSON array")
     p.set_defaults(func=cmd_alerts)

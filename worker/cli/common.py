@@ -103,6 +103,14 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1 (a larger one than any table holds means all)."""
+    number = int(value) if value.strip().isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return min(number, 2**62)  # SQLite's and PostgreSQL's LIMIT take at most a signed 64-bit integer
+
+
 def rfc3339_time(value: str) -> str:
     """An argparse type: an RFC 3339 time with its offset (``Z`` or ``+02:00``), kept as given."""
     try:

@@ -10,6 +10,7 @@ from undertow.worker.cli.common import (
     add_metrics_flag,
     command,
     install_stop_handlers,
+    positive_int,
     require_broker,
     settings_from,
     unreachable_broker,
@@ -116,7 +117,8 @@ def add_parsers(sub) -> None:
     p = command(topics_sub, "create", "create the topics, or check the ones there (idempotent)",
                 "undertow topics create --bootstrap-servers 127.0.0.1:9092 --partitions 6")
     add_connection_flags(p, "kafka", "topics")
-    p.add_argument("--partitions", type=int, default=3, help="partitions of each new topic (default: %(default)s)")
+    p.add_argument("--partitions", type=positive_int, default=3,
+                   help="partitions of each new topic (default: %(default)s)")
     add_json_flag(p)
     p.set_defaults(func=cmd_topics_create)
 
@@ -125,7 +127,7 @@ def add_parsers(sub) -> None:
     add_connection_flags(p, "kafka", "db", "topics", "group", service="monitor")
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
                    help="exit once the input topics have given nothing for this long (default: run until stopped)")
-    p.add_argument("--partitions", type=int, default=3,
+    p.add_argument("--partitions", type=positive_int, default=3,
                    help="partitions of the topics it has to create (default: %(default)s)")
     add_metrics_flag(p)
     p.set_defaults(func=cmd_monitor)

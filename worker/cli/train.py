@@ -11,6 +11,7 @@ from undertow.worker.cli.common import (
     add_metrics_flag,
     command,
     open_sessions,
+    positive_int,
     require_broker,
     settings_from,
 )
@@ -110,6 +111,6 @@ def add_parsers(sub) -> None:
     add_metrics_flag(p)
     p.add_argument("--until-idle", type=float, metavar="SECONDS",
                    help="exit once no request came for this long and no run is pending (default: run until stopped)")
-    p.add_argument("--partitions", type=int, default=3,
+    p.add_argument("--partitions", type=positive_int, default=3,
                    help="partitions of the topics it has to create (default: %(default)s)")
     p.set_defaults(func=cmd_trainer)
