@@ -37,6 +37,7 @@ from undertow.storage.tables import (
     PartitionGap,
     PendingEvent,
     RetrainRequest,
+    SchemaMismatch,
     SeenBlock,
     UnregisteredModel,
     WindowResult,
@@ -513,3 +514,31 @@ def forget_model(session: Session, model_id: str) -> None:
     """Delete what the monitor keeps of an unregistered model: waiting events, join and event counts."""
     for table in (PendingEvent.__table__, JoinStats.__table__, ModelStats.__table__):
         session.execute(delete(table).where(table.c.model_id == model_id))
+
+
+class MismatchCount(NamedTuple):
+    """One batch's predictions of a model with one kind of schema fault (``SchemaMismatch.reason``)."""
+
+    model_id: str
+    reason: str
+    model_version: str
+    feature: str
+    predictions: int
+    dead_lettered: int
+
+
+def add_schema_mismatches(session: Session, counts: Iterable[MismatchCount], now: float) -> None:
+    """Add a batch's schema faults to ``schema_mismatches`` (a row per model and reason)."""
+    for c in counts:
+        row = session.get(SchemaMismatch, (c.model_id, c.reason))
+        if row is None:
+            row = SchemaMismatch(model_id=c.model_id, reason=c.reason, predictions=0, dead_lettered=0,
+                                 first_seen_at=now)
+            session.add(row)
+        row.predictions += c.predictions
+        row.dead_lettered += c.dead_lettered
+        row.feature, row.model_version, row.last_seen_at = c.feature[:200], c.model_version, now
+
+
+def schema_mismatches(session: Session) -> list[SchemaMismatch]:
+    return list(session.scalars(select(SchemaMismatch).order_by(SchemaMismatch.model_id, SchemaMismatch.reason)))

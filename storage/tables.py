@@ -62,6 +62,27 @@ class ModelStats(Base):
     last_event_ts: Mapped[float | None] = mapped_column(Float)
 
 
+class SchemaMismatch(Base):
+    """Predictions of a registered model whose features did not match its version's schema, per reason.
+
+    ``reason`` is ``missing`` (a schema feature absent), ``extra`` (a feature
+    the schema does not have) or ``type`` (a string where the schema has a
+    number). A prediction with several faults counts once under each.
+    Bounded: three rows per registered model at most.
+    """
+    __tablename__ = "schema_mismatches"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16), primary_key=True)
+    predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of those, dead-lettered because the version was registered with --strict-schema.
+    dead_lettered: Mapped[int] = mapped_column(BigInteger, default=0)
+    feature: Mapped[str] = mapped_column(String(200))  # the feature at fault in the newest such prediction
+    model_version: Mapped[str] = mapped_column(String(200))  # the version whose schema it was checked against
+    first_seen_at: Mapped[float] = mapped_column(Float)  # wall clock of the monitor
+    last_seen_at: Mapped[float] = mapped_column(Float)
+
+
 class UnregisteredModel(Base):
     """Events of model ids that are not registered: the most frequent ids, and one row for the rest.
 

@@ -42,6 +42,9 @@ class DriftConfig(BaseModel):
                                                                       "error above the reference that flag a window")
     estimate_margin: float = Field(default=0.05, ge=0, description="drop of the estimated accuracy (absolute) "
                                                                    "below the validation accuracy worth an alert")
+    strict_schema: bool = Field(default=False, description="dead-letter predictions whose features do not match "
+                                "the version's schema (a feature missing or extra, a string for a number) "
+                                "instead of counting them and monitoring what they have")
     # Concept drift on the error stream, in units of the baseline error's sd.
     ph_delta: float = Field(default=0.25, ge=0, description="Page-Hinkley tolerance, in baseline error sd")
     ph_threshold: float = Field(default=50.0, gt=0, description="Page-Hinkley alarm level, in baseline error sd")

@@ -45,6 +45,10 @@ def collect_status(settings) -> dict:
                    for c in repo.all_concept_states(session)]
         checks = _data_checks(session)
         unregistered = _unregistered(repo.unregistered_models(session))
+        mismatches = [{"model_id": m.model_id, "reason": m.reason, "predictions": m.predictions,
+                       "dead_lettered": m.dead_lettered, "feature": m.feature, "model_version": m.model_version,
+                       "first_seen_at": iso(m.first_seen_at), "last_seen_at": iso(m.last_seen_at)}
+                      for m in repo.schema_mismatches(session)]
         requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
                      "status": r.status, "requested_at": iso(r.created_ts)}
                     for r in repo.retrain_requests(session) if r.status == "open"]
@@ -52,7 +56,8 @@ def collect_status(settings) -> dict:
     partitions, reachable = _with_log_ends(settings, offsets)
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
             "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions,
-            "dead_letters": dead, "unregistered": unregistered, "broker_reachable": reachable}
+            "dead_letters": dead, "unregistered": unregistered, "schema_mismatches": mismatches,
+            "broker_reachable": reachable}
 
 
 def _last_windows(session) -> dict[tuple[str, str], dict]:
@@ -195,12 +200,25 @@ def _print_partitions(status: dict) -> None:
 def _print_problems(status: dict) -> None:
     for d in status["dead_letters"]:
         print(f"dead letters from {d['source_topic']}: {d['count']} (last: {d['last_error']})")
+    _print_schema_mismatches(status)
     u = status["unregistered"]
     if u["model_ids"]:
         print(f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
               f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
               + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,} events, last {m['last_seen_at']})"
                           for m in u["most_frequent"]))
+
+
+_REASON_TEXT = {"missing": "without feature {f!r}", "extra": "with feature {f!r}, not in the schema",
+                "type": "with a string for numeric feature {f!r}"}
+
+
+def _print_schema_mismatches(status: dict) -> None:
+    for m in status["schema_mismatches"]:
+        fate = f", {m['dead_lettered']:,} dead-lettered" if m["dead_lettered"] else ""
+        print(f"schema mismatches of {m['model_id']}: {m['predictions']:,} predictions {m['reason']} "
+              f"(newest: {_REASON_TEXT[m['reason']].format(f=m['feature'])}, checked against version "
+              f"{m['model_version']}, last {m['last_seen_at']}{fate})")
 
 
 def add_parsers(sub) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import operator
-from collections import defaultdict
 
 import numpy as np
 
@@ -29,7 +28,8 @@ from undertow.models.profile import (
 )
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
-from undertow.worker.monitor.model_events import batch_champions
+from undertow.worker.monitor.model_events import batch_prediction_groups
+from undertow.worker.monitor.schema import NUMBERS_ONLY
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
@@ -57,6 +57,7 @@ CONFIDENCE = "__confidence__"    # a buffer column: the score the model gave its
 EVIDENCE = "__evidence__"        # per feature, the newest windows' z, kept with the episodes
 EVIDENCE_SCALES = (1, 2, 4, 8)   # windows summed: a drift too slow for one window adds up over several
 MIN_SCORED_ROWS = 100
+_NUMBERS = frozenset({int, float, type(None)})
 
 
 def window_z(stats: FeatureStats, reference_rows: int) -> float:
@@ -135,12 +136,13 @@ class ModelVersionMonitor:
         inputs = max(1, sum(1 for name in self.columns if name != PREDICTION_FEATURE))
         self._evidence_t = float(-ndtri(1 / (len(EVIDENCE_SCALES) * inputs * config.evidence_false_alarm_windows)))
 
-    def encode(self, events: list[PredictionEvent]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column)."""
+    def encode(self, events: list[PredictionEvent], numbers_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column). ``numbers_only``:
+        the schema stage found every event's features as registered, numeric ones numbers or nulls."""
         nan, numbers = math.nan, (int, float)
         features = [event.features for event in events]
         out = np.empty((len(events), len(self.columns) + self.scored))
-        numeric = self._encode_numeric(features, out)
+        numeric = self._encode_numeric(features, out, numbers_only)
         for j, (name, encoder) in enumerate(zip(self.columns, self._encoders)):
             if j in numeric:
                 continue
@@ -160,7 +162,7 @@ class ModelVersionMonitor:
         ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
         return out, ts
 
-    def _encode_numeric(self, features: list[dict], out: np.ndarray) -> set[int]:
+    def _encode_numeric(self, features: list[dict], out: np.ndarray, numbers_only: bool = False) -> set[int]:
         """The numeric input columns in one pass over the rows, when every row has them all as numbers;
         the columns it filled. Otherwise (a missing feature, a null, a string) nothing: ``encode`` goes
         column by column and turns those into NaN."""
@@ -168,10 +170,13 @@ class ModelVersionMonitor:
         if self._numeric_values is None:
             return set()
         try:
-            out[:, columns] = np.fromiter(itertools.chain.from_iterable(map(self._numeric_values, features)),
-                                          dtype=float, count=len(features) * len(columns)).reshape(-1, len(columns))
-        except (KeyError, TypeError, ValueError):  # a missing feature, a null, or a string in a numeric column
+            values = list(itertools.chain.from_iterable(map(self._numeric_values, features)))
+        except KeyError:  # a missing feature
             return set()
+        # numpy would read "12" as 12.0; the column-by-column path counts a string as missing, so must this one.
+        if not numbers_only and not _NUMBERS.issuperset(map(type, values)):
+            return set()
+        out[:, columns] = np.array(values, dtype=float).reshape(-1, len(columns))  # None (a null) becomes NaN
         return set(columns)
 
     def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[Alert]]:
@@ -308,20 +313,12 @@ class DataDriftStage:
         self._monitors.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
-        predictions = [event for _, event in batch.events if isinstance(event, PredictionEvent)]
-        if not predictions:
-            return
-        champion = batch_champions(session, batch)
-        groups: dict[tuple[str, str], list[PredictionEvent]] = defaultdict(list)
-        for event in predictions:
-            version = event.model_version or champion.get(event.model_id)
-            if version is not None:
-                groups[(event.model_id, version)].append(event)
-        for key, events in groups.items():
+        numbers_only = batch.shared.get(NUMBERS_ONLY, ())
+        for key, items in batch_prediction_groups(session, batch).items():
             monitor = self._monitor(session, *key)
             if monitor is None:
                 continue
-            rows, ts = monitor.encode(events)
+            rows, ts = monitor.encode([event for _, event in items], numbers_only=key in numbers_only)
             for window in monitor.window.add(rows, ts):
                 results, alerts = monitor.evaluate(window)
                 repo.add_window_results(session, results)

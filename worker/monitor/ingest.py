@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from undertow.storage import repo
 from undertow.worker.monitor.duplicates import DuplicateFilter
+from undertow.worker.monitor.model_events import PREDICTION_GROUPS
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent
 
@@ -34,6 +35,8 @@ class IngestStage:
 
     def apply(self, session: Session, batch: Batch) -> None:
         batch.events, duplicates = self._first_occurrences(session, batch.events)
+        if duplicates:  # the schema stage's grouping still has them
+            batch.shared.pop(PREDICTION_GROUPS, None)
         self._count(session, batch, duplicates)
         for (topic, partition), next_offset in batch.next_offsets.items():
             self._filter(session, topic, partition).expire(session, next_offset - self.duplicate_horizon)

@@ -14,6 +14,8 @@ not exist is dead-lettered here (``check_known``), never logged as a change.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +24,7 @@ from undertow.models import registry
 from undertow.storage.errors import InvalidEvent
 from undertow.storage.tables import ModelVersion
 from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import PredictionEvent
 from undertow.worker.runtime.output_events import ModelPromoted, ModelRejected
 
 log = logging.getLogger(__name__)
@@ -106,3 +109,24 @@ def batch_champions(session: Session, batch: Batch) -> dict[str, str]:
         champions = batch.shared["champions"] = registry.champions(
             session, sorted({event.model_id for _, event in batch.events}))
     return champions
+
+
+PREDICTION_GROUPS = "prediction_groups"  # Batch.shared key; a stage that takes events out of the batch drops it
+
+
+def batch_prediction_groups(session: Session, batch: Batch) -> dict[tuple[str, str], list[tuple[Any, PredictionEvent]]]:
+    """The batch's predictions by model version (the event's, else the champion's), in batch order, grouped
+    once per batch for the schema and data-drift stages. Predictions with neither are left out. A stage that
+    takes events out of the batch after the first call drops the groups (``batch.shared``) or updates them."""
+    groups = batch.shared.get(PREDICTION_GROUPS)
+    if groups is None:
+        champions = batch_champions(session, batch)
+        grouped: dict[tuple[str, str], list] = defaultdict(list)
+        for item in batch.events:
+            event = item[1]
+            if event.__class__ is PredictionEvent:
+                version = event.model_version or champions.get(event.model_id)
+                if version is not None:
+                    grouped[(event.model_id, version)].append(item)
+        groups = batch.shared[PREDICTION_GROUPS] = dict(grouped)
+    return groups

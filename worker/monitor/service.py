@@ -14,6 +14,7 @@ from undertow.worker.monitor.ingest import IngestStage
 from undertow.worker.monitor.model_events import ModelEventsStage, warn_if_unsigned
 from undertow.worker.monitor.registration import RegistrationStage, UnregisteredPolicy
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.monitor.schema import SchemaStage
 from undertow.worker.runtime.events import (
     LabelEvent,
     PredictionEvent,
@@ -100,6 +101,7 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
         stages=[
             ModelEventsStage(topics.models),
             RegistrationStage(unregistered_policy(settings), clock),
+            SchemaStage(settings.schema_warn_interval_seconds, clock),
             IngestStage(settings.duplicate_horizon),
             DataDriftStage(topics.alerts, policy),
             ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,

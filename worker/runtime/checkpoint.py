@@ -14,7 +14,7 @@ from undertow.storage import repo
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.positions import Key, PartitionTracker
 from undertow.worker.runtime.topics import DEAD_LETTER_SUFFIX
-from undertow.worker.runtime.transport import OutboxRelay
+from undertow.worker.runtime.transport import DeadLetter, OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class Checkpoint:
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
             for letter in batch.dead_letters:
-                repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
-                repo.add_dead_letter(session, letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
-                                     dict(letter.headers).get("undertow.error.message", b"").decode())
+                store_dead_letter(session, letter)
             apply(session, batch)
         if session.info.get(repo.OUTBOX_WRITTEN):
             self._outbox_checked_at = None
@@ -112,3 +110,15 @@ class Checkpoint:
 def _log_failed_commit(offsets, response) -> None:
     if isinstance(response, Exception):
         log.info("informational Kafka offset commit failed (database offsets are the truth): %s", response)
+
+
+def store_dead_letter(session: Session, letter: DeadLetter) -> None:
+    """Queue a dead letter for its topic and count it, in the batch's transaction.
+
+    A stage that refuses an event after validation (the monitor's schema
+    stage) calls this and appends the letter to ``batch.dead_letters`` too,
+    so the service metrics count it like the validator's.
+    """
+    repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
+    repo.add_dead_letter(session, letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
+                         dict(letter.headers).get("undertow.error.message", b"").decode())

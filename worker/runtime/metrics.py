@@ -106,7 +106,7 @@ class DatabaseCollector(Collector):
     """
 
     SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests",
-                            "unregistered_models"),
+                            "unregistered_models", "schema_mismatches"),
                 "trainer": ("training_runs",)}
 
     def __init__(self, engine: Engine, service: str, group_id: str,
@@ -296,7 +296,23 @@ def _unregistered(conn):
     yield ids
 
 
+def _schema_mismatches(conn):
+    """Predictions whose features did not match their version's schema: a row per model and reason."""
+    family = CounterMetricFamily("undertow_schema_mismatches", "predictions whose features did not match their "
+                                 "version's schema, by model and reason (missing, extra, type)",
+                                 labels=["model_id", "reason"])
+    dead = CounterMetricFamily("undertow_schema_mismatches_dead_lettered", "of those, dead-lettered (versions "
+                               "registered with --strict-schema)", labels=["model_id", "reason"])
+    for model_id, reason, predictions, dead_lettered in conn.execute(text(
+            "SELECT model_id, reason, predictions, dead_lettered FROM schema_mismatches")):
+        family.add_metric([model_id, reason], predictions)
+        dead.add_metric([model_id, reason], dead_lettered)
+    yield family
+    yield dead
+
+
 # What each table of DatabaseCollector.SECTIONS exports, in that order.
 _TABLE_METRICS = {"model_stats": _duplicates, "join_stats": _join_pending, "concept_state": _open_episodes,
                   "alerts": _alerts, "retrain_requests": _retrain_requests, "unregistered_models": _unregistered,
+                  "schema_mismatches": _schema_mismatches,
                   "training_runs": _training_runs}

@@ -154,6 +154,9 @@ class MonitorSettings(ServiceSettings):
     unregistered_ttl_seconds: float = Field(default=3600, gt=0)
     unregistered_tracked_ids: int = Field(default=100, ge=1, le=10_000)
     unregistered_warn_interval_seconds: float = Field(default=3600, gt=0)
+    # Predictions whose features do not match their version's schema are counted per model and reason
+    # (status, /metrics) and warned about at most once per model and reason per this many seconds.
+    schema_warn_interval_seconds: float = Field(default=3600, gt=0)
 
 
 class TrainerSettings(ServiceSettings):
