@@ -351,3 +351,14 @@ def test_out_of_range_numbers_are_one_line_or_taken_as_all_never_a_traceback(env
         done = _cli(*command)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
         assert done.stderr.strip().splitlines()[-1].startswith("undertow"), (command, done.stderr)
+
+
+def test_the_reports_times_are_rfc3339_model_cards_included(env, tmp_path):
+    from undertow.worker.dev.sample import SampleStream
+    env.register_reference(SampleStream(seed=1))  # its stored card says when, in epoch seconds
+    done = _cli("report", "--model-id", "housing", "--out", str(tmp_path / "r.html"), "--db-url", env.db_url)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert re.search(r"Generated \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", page)
+    assert re.search(r"registered_at&#34;: &#34;\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ&#34;", page)
+    assert not _EPOCH.search(page) and " UTC" not in page

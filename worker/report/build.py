@@ -164,8 +164,18 @@ def _version_rows(session: Session, model_id: str, versions: list) -> list[dict]
         rows.append({"version": v.version, "stage": v.stage, "created": _iso(v.created_at),
                      "sha256": v.artifact_sha256 or "", "gate": metrics.get("gate"),
                      "run_status": run.status if run else None, "outcome": run.outcome if run else None,
-                     "card": json.dumps(json.loads(v.model_card or "{}"), indent=2)})
+                     "card": json.dumps(_times_readable(json.loads(v.model_card or "{}")), indent=2)})
     return rows
+
+
+def _times_readable(value):
+    """The stored card with its epoch times (``registered_at``) in RFC 3339, as the report shows every time."""
+    if isinstance(value, dict):
+        return {k: _iso(v) if k.endswith(("_at", "_ts")) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                else _times_readable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_times_readable(v) for v in value]
+    return value
 
 
 def _baselines(session: Session, model_id: str, versions: list, config: DriftConfig) -> dict:
