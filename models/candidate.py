@@ -79,7 +79,8 @@ def rows_from_table(columns: dict[str, list], target: str,
     """Feature rows, targets and (with a time column) their times; rows without a target are dropped."""
     for name, role in ((target, "target"), (time_column, "time")):
         if name is not None and name not in columns:
-            raise training.TrainingError(f"{role} column {name!r} is not in the data (columns: {sorted(columns)})")
+            raise training.TrainingError(
+                f"{role} column {name!r} is not in the data (columns: {', '.join(sorted(columns))})")
     names = [name for name in columns if name not in (target, time_column)]
     if not names:
         raise training.TrainingError("the data has no feature columns besides the target")

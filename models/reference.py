@@ -64,7 +64,8 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
     columns = read_table(path)
     for name, role in ((target, "target"), (prediction, "prediction")):
         if name is not None and name not in columns:
-            raise ProfileError(f"{role} column {name!r} is not in {path} (columns: {sorted(columns)})")
+            raise ProfileError(
+                f"{role} column {name!r} is not in {path} (columns: {', '.join(sorted(columns))})")
     features = {k: v for k, v in columns.items() if k not in (target, prediction)}
     if prediction is not None:
         features[PREDICTION_FEATURE] = columns[prediction]

@@ -230,9 +230,11 @@ def history(session: Session, model_id: str) -> list[ChampionChange]:
 
 
 def champion_at(session: Session, model_id: str, at: float) -> str | None:
-    """The version that was champion at time ``at`` (seconds since the epoch), by the history."""
+    """The version that was champion at time ``at`` (seconds since the epoch), by the history. ``at`` stands
+    for its whole millisecond: the CLI prints times to the millisecond, cut, so a change printed at
+    ``…05.123Z`` happened in [.123, .124) and ``--at …05.123Z`` includes it."""
     return session.scalar(select(ChampionChange.version).where(
-        ChampionChange.model_id == model_id, ChampionChange.changed_at <= at).order_by(
+        ChampionChange.model_id == model_id, ChampionChange.changed_at < at + 0.001).order_by(
         ChampionChange.seq.desc()).limit(1))
 
 

@@ -237,3 +237,17 @@ def test_monitored_model_logs_its_batch_predictions(env):
     first = events[ids[0]]
     assert first.prediction == predictions[0] and set(first.scores) == {"0", "1"}
     assert first.model_version == "2" and set(first.features) == {"a", "b", "c"}
+
+
+def test_no_broker_is_one_clear_error_within_seconds_not_half_a_minute():
+    """A closed port: BrokerUnavailable naming the address, well before the client's own 30 s of retries."""
+    import socket
+
+    from undertow.worker.runtime.transport import BrokerUnavailable
+    with socket.socket() as placeholder:  # a port nobody listens on: bound, never listening
+        placeholder.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{placeholder.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=f"no Kafka broker reachable at {address}"):
+            Client(bootstrap_servers=address)
+        assert time.monotonic() - started < 10

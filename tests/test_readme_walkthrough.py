@@ -228,6 +228,7 @@ def test_the_readmes_own_model_walkthrough_runs_from_a_logistic_regression_to_a_
     assert all(d["model_id"] == "churn" and d["episode"] == "started" for d in concept), concept
     listed = next(out for command, out in walkthrough.outputs.items() if command.startswith("undertow alerts"))
     assert "undertow.drift.concept" in listed.stdout, listed.stdout
+    assert "on misclassification" in listed.stdout and "on log_loss" in listed.stdout, listed.stdout
     status = walkthrough.status()
     (checks,) = [c for c in status["data_checks"] if c["model_id"] == "churn"]
     assert 0.5 < checks["estimated_accuracy"]["value"] <= 1, checks

@@ -54,7 +54,7 @@ from undertow.storage import errors
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
 from undertow.worker.runtime.settings import Settings, load_settings
 from undertow.worker.runtime.topics import Topics
-from undertow.worker.runtime.transport import BrokerUnavailable, client_options
+from undertow.worker.runtime.transport import BrokerUnavailable, client_options, unreachable_broker
 
 __all__ = ["Client", "InvalidEvent", "Monitored"]
 
@@ -583,7 +583,12 @@ def _producer(settings: Settings, max_pending: int, max_block: float, delivery_t
     # As the serving endpoint's producer (transport.make_event_producer): not idempotent (a memory-only broker
     # that restarts would fail an idempotent producer for good), and an in-flight limit above max_pending so
     # kafka-python 3's sender never busy-loops at it while the broker stalls. No topic creation: a typo in the
-    # prefix would otherwise make topics nobody reads; `undertow init` creates the real ones.
+    # prefix would otherwise make topics nobody reads; `undertow topics create` (or the services) make the real ones.
+    # First a plain connection to the bootstrap servers: with none answering, the client would retry for half
+    # a minute, whatever max_block says, before giving up.
+    unreachable = unreachable_broker(settings.kafka_bootstrap_servers, min(max_block, 4.0))
+    if unreachable is not None:
+        raise BrokerUnavailable(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers} ({unreachable})")
     try:
         return KafkaProducer(**client_options(settings), client_id="undertow-client", acks="all", linger_ms=5,
                              enable_idempotence=False, max_in_flight_requests_per_connection=max_pending + 1,

@@ -1,5 +1,7 @@
 """The gate on its own (noise never promotes, a real gain does), the registry's lifecycle and history,
 and the time-ordered split, against a real database."""
+import math
+
 import joblib
 import numpy as np
 import pytest
@@ -82,6 +84,8 @@ def test_promote_rollback_and_the_champion_at_any_time(engine, tmp_path):
         assert history == [("1", None, "registered", "operator"), ("2", "1", "promoted", "trainer"),
                            ("1", "2", "rolled_back", "operator")]
         assert registry.champion_at(s, "m", promoted_at) == "2"
+        # As the CLI prints it (cut to the millisecond) and `models history --at` reads it back.
+        assert registry.champion_at(s, "m", math.floor(promoted_at * 1000) / 1000) == "2"
         assert registry.champion_at(s, "m", promoted_at - 3600) is None
         with pytest.raises(registry.RegistryError, match="already the champion"):
             registry.promote(s, "m", "1", actor="operator", reason="again")

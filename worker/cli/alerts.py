@@ -29,6 +29,8 @@ def cmd_alerts(args) -> int:
     for e in events:
         d = e["data"]
         subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")
+        if d.get("metric"):  # concept drift watches the 0/1 error and, with scores, the log loss: say which
+            subject = f"{subject} on {d['metric']}"
         # The multivariate check compares z (standard errors) with its threshold, not its raw value.
         measured = "z" if "z" in d else "value"
         numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", measured, "threshold")

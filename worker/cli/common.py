@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
-import socket
-import threading
-import time
 from datetime import datetime, timezone
 
 from undertow.storage import db
+from undertow.worker.runtime import transport
 from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settings, load_settings
 
 log = logging.getLogger("undertow")
@@ -127,38 +124,10 @@ BROKER_PROBE_SECONDS = 4.0
 
 
 def unreachable_broker(settings: Settings, seconds: float = BROKER_PROBE_SECONDS) -> str | None:
-    """Why no bootstrap server of ``settings`` takes a TCP connection within ``seconds`` (all are tried at
-    once, name lookups included), or None once one does.
-
-    Only a pre-flight check: the Kafka client would retry for half a minute, logging every attempt, before
-    it gave up. A server that takes the connection but is no broker is left to the client.
-    """
-    servers = settings.kafka_bootstrap_servers.split(",")
-    answers: queue.Queue[str | None] = queue.Queue()
-
-    def probe(server: str) -> None:
-        host, _, port = server.rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
-            answers.put(None)
-        except OSError as exc:
-            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
-            answers.put(f"{server}: {why}" if len(servers) > 1 else why)
-
-    for server in servers:  # daemon threads: a name lookup that hangs must not hold the exit
-        threading.Thread(target=probe, args=(server,), daemon=True, name=f"probe {server}").start()
-    deadline = time.monotonic() + seconds
-    reasons = []
-    for _ in servers:
-        try:
-            reason = answers.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            reasons.append(f"no answer within {seconds:g} s")
-            break
-        if reason is None:
-            return None
-        reasons.append(reason)
-    return "; ".join(reasons)
+    """Why no bootstrap server of ``settings`` takes a TCP connection within ``seconds``, or None
+    (``transport.unreachable_broker``: a pre-flight check, so the Kafka client's half minute of retries
+    and log lines never starts)."""
+    return transport.unreachable_broker(settings.kafka_bootstrap_servers, seconds)
 
 
 def require_broker(settings: Settings) -> None:

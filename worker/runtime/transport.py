@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -233,3 +235,38 @@ def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeo
         return {(tp.topic, tp.partition): hw for tp, hw in known.items() if hw is not None}
     finally:
         consumer.close()
+
+
+def unreachable_broker(bootstrap_servers: str, seconds: float = 4.0) -> str | None:
+    """Why no server of ``bootstrap_servers`` (comma-separated host:port) takes a TCP connection within ``seconds`` (all are tried at
+    once, name lookups included), or None once one does.
+
+    Only a pre-flight check: the Kafka client would retry for half a minute, logging every attempt, before
+    it gave up. A server that takes the connection but is no broker is left to the client.
+    """
+    servers = bootstrap_servers.split(",")
+    answers: queue.Queue[str | None] = queue.Queue()
+
+    def probe(server: str) -> None:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+            answers.put(None)
+        except OSError as exc:
+            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+            answers.put(f"{server}: {why}" if len(servers) > 1 else why)
+
+    for server in servers:  # daemon threads: a name lookup that hangs must not hold the exit
+        threading.Thread(target=probe, args=(server,), daemon=True, name=f"probe {server}").start()
+    deadline = time.monotonic() + seconds
+    reasons = []
+    for _ in servers:
+        try:
+            reason = answers.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            reasons.append(f"no answer within {seconds:g} s")
+            break
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return "; ".join(reasons)
