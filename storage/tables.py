@@ -198,6 +198,9 @@ class DriftState(Base):
     window_start_ts: Mapped[float | None] = mapped_column(Float)
     late_events: Mapped[int] = mapped_column(BigInteger, default=0)
     episodes: Mapped[str] = mapped_column(Text, default="{}")  # feature -> [severity, stable windows]
+    # The format of the JSON state (episodes) and buffer layout (models.state_format); NULL: written before
+    # formats were numbered (Alembic 0008).
+    state_format: Mapped[int | None] = mapped_column(Integer)
 
 
 class WindowResult(Base):
@@ -307,6 +310,8 @@ class ConceptState(Base):
     silenced_alarms: Mapped[int] = mapped_column(BigInteger, default=0)
     calm_evaluations: Mapped[int] = mapped_column(Integer, default=0)
     detectors: Mapped[str] = mapped_column(Text, default="{}")
+    # The format of ``detectors`` (models.state_format); NULL: written before formats were numbered (Alembic 0008).
+    state_format: Mapped[int | None] = mapped_column(Integer)
 
 
 class RetrainRequest(Base):
