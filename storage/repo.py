@@ -272,14 +272,15 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
 
 
 def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str,
-                     exists: bool) -> None:
-    """Write a model version's window state without reading the old buffer back."""
+                     state_format: int, exists: bool) -> None:
+    """Write a model version's window state without reading the old buffer back; ``state_format`` is the
+    format number of ``episodes`` (models.drift.drift_state), stored beside it."""
     if exists:
         session.execute(_UPDATE_DRIFT_STATE, {"b_model_id": model_id, "b_version": version, **columns,
-                                              "episodes": episodes})
+                                              "episodes": episodes, "state_format": state_format})
     else:
-        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version,
-                                                             episodes=episodes, **columns))
+        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version, episodes=episodes,
+                                                             state_format=state_format, **columns))
 
 
 # Core, built once (it runs every batch): the ORM's bulk-update path costs more than the write.
@@ -409,6 +410,10 @@ def all_concept_states(session: Session) -> list[ConceptState]:
 
 
 def save_concept_state(session: Session, model_id: str, version: str, values: dict, exists: bool) -> None:
+    """``values``: the row's columns, ``state_format`` among them: the number of the blob's format
+    (models.state_format), required so that no row is written without it."""
+    if values.get("state_format") is None:
+        raise ValueError("a concept state is saved with its state_format")
     if exists:
         session.execute(_UPDATE_CONCEPT_STATE, {"b_model_id": model_id, "b_version": version, **values})
     else:

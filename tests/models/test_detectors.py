@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from river.drift import PageHinkley as RiverPageHinkley
 
-from undertow.models.drift.detectors import PageHinkley
+from undertow.models.drift.detectors import (Cusum, Detection, Detector, PageHinkley, PageHinkleyState,
+                                             PredictionTimeCusum, RollingMean)
 
 
 def _streams():
@@ -37,7 +38,7 @@ def test_page_hinkley_finds_the_abrupt_change_and_its_state_survives_json():
     first, alarms = PageHinkley(), []
     for z in stream[:3000]:
         first.update(float(z))
-    second = PageHinkley().load(json.loads(json.dumps(first.state())))
+    second = PageHinkley().from_state(PageHinkleyState.model_validate_json(first.state().model_dump_json()))
     for i, z in enumerate(stream[3000:], start=3000):
         first.update(float(z))
         second.update(float(z))
@@ -94,3 +95,72 @@ def test_a_threshold_for_two_samples_holds_for_both_and_costs_one_solve_where_th
     # few per cent with h, so a bracket started elsewhere may settle a little apart).
     both = cusum_threshold_for(heavy, k, 1e6, clip=5.0, at_least=own_light)
     assert both == pytest.approx(own_heavy, rel=0.01)
+
+
+def _detectors():
+    return {"page_hinkley": lambda: PageHinkley(), "cusum": lambda: Cusum(k=0.5, h=6.0),
+            "rolling_mean": lambda: RollingMean(window=100, step=10),
+            "rolling_mean_linear": lambda: RollingMean(window=100, step=10, weights="linear"),
+            "prediction_time_cusum": lambda: PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)}
+
+
+@pytest.mark.parametrize("name", list(_detectors()))
+def test_every_detector_answers_the_same_interface_and_its_typed_state_restores_it_bit_for_bit(name):
+    """One interface: update(z, prediction_ts), drift_detected, statistic against threshold, result() in one
+    shape; state() a frozen model that, through JSON (as stored), restores a detector that goes on exactly."""
+    make = _detectors()[name]
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=900) + np.r_[np.zeros(600), np.full(300, 1.5)]
+    ts = np.arange(900) * 5.0 - rng.uniform(0, 300, 900)
+    kept = make()
+    assert isinstance(kept, Detector)
+    for i in range(500):
+        kept.update(float(z[i]), float(ts[i]))
+    state = kept.state()
+    with pytest.raises(Exception):
+        state.__setattr__(next(iter(type(state).model_fields)), None)  # frozen
+    restored = make().from_state(type(state).model_validate_json(state.model_dump_json()))
+    fired = 0
+    for i in range(500, 900):
+        kept.update(float(z[i]), float(ts[i]))
+        restored.update(float(z[i]), float(ts[i]))
+        result = restored.result()
+        assert isinstance(result, Detection) and result == kept.result() or np.isnan(result.statistic)
+        assert result.drift_detected == kept.drift_detected and result.threshold == kept.threshold
+        fired += result.drift_detected
+    assert restored.state() == kept.state() and fired
+
+
+def test_a_state_that_does_not_fit_the_detector_is_refused():
+    small = PredictionTimeCusum(k=0.5, h=8.0, horizon=20)
+    with pytest.raises(ValueError, match="horizon"):
+        PredictionTimeCusum(k=0.5, h=8.0, horizon=30).from_state(small.state())
+    with pytest.raises(ValueError, match="window"):
+        RollingMean(window=50, step=10).from_state(RollingMean(window=100, step=10).state())
+
+
+def test_prediction_time_cusum_restored_from_its_state_every_few_labels_continues_bit_for_bit():
+    """Crash equivalence compares stored state exactly: a detector saved and restored (through JSON, as the
+    monitor stores it) every few labels must reach the very numbers of one that never was."""
+    rng = np.random.default_rng(4)
+    kept = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    now = 0.0
+    for i in range(5000):
+        now += rng.exponential(2.0) + (4000.0 if i % 1700 == 1699 else 0.0)
+        z = rng.normal(1.0 if i >= 3000 else 0.0) * 0.1 + rng.random() * 1e-3  # values that round
+        ts = now - rng.lognormal(np.log(30.0), 2.0)
+        kept.update(z, prediction_ts=ts)
+        restored.update(z, prediction_ts=ts)
+        if i % 7 == 0:
+            state = type(restored.state()).model_validate(json.loads(restored.state().model_dump_json()))
+            restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(state)
+        assert restored.statistic == kept.statistic and restored.drift_detected == kept.drift_detected
+    assert restored.state() == kept.state()
+
+
+def test_detectors_reject_parameters_that_cannot_work():
+    for make in (lambda: Cusum(k=0.5, clip=0.4), lambda: Cusum(k=0.5, h=0.0), lambda: RollingMean(window=1),
+                 lambda: PredictionTimeCusum(h=0.0), lambda: PredictionTimeCusum(horizon=1)):
+        with pytest.raises(ValueError):
+            make()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +14,58 @@ from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import Cusum, PageHinkley, RollingMean
 from undertow.models.reference import error_sample
 from undertow.worker.dev.sample import SampleStream
+from undertow.models.drift.production_baseline import reference_z, threshold_for_all
 from undertow.worker.monitor.concept import ErrorStreamMonitor
 from undertow.worker.runtime import cloudevents
+
+
+def _record_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "data" / "concept_state" / "record.py"
+    spec = importlib.util.spec_from_file_location("concept_state_record", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORD = _record_module()
+
+
+def _positional(blob: dict) -> dict:
+    """A stream's typed state (format 9) with its detector states as the positional lists of formats 1-8."""
+    def numbers(state: dict | None, kind: str) -> list | None:
+        if state is None:
+            return None
+        if kind == "page_hinkley":
+            return [state["n"], state["mean"], state["sum_increase"], state["sum_decrease"],
+                    min(state["min_increase"], 1e308), state["max_decrease"], float(state["drift_detected"])]
+        if kind == "cusum":
+            return [state["sum"], float(state["drift_detected"])]
+        if kind.startswith("rolling_mean"):
+            return [state["count"], float(state["drift_detected"]),
+                    math.nan if state["value"] is None else state["value"], *state["values"]]
+        return [math.nan if state["first"] is None else float(state["first"]),
+                math.nan if state["floor"] is None else float(state["floor"]), float(state["drift_detected"]),
+                float(state["too_late"]), state["total"], *state["prefix"]]
+    episode = blob["episode"]
+    return {"detectors": {name: numbers(state, name) for name, state in blob["detectors"].items()},
+            "production": {key: (list(map(list, value)) if key == "tighten_at" and value else
+                                  list(value) if isinstance(value, list) else value)
+                           for key, value in blob["production"].items()},
+            "episode": {**episode, "escalation": numbers(episode["escalation"], "cusum"),
+                        "escalation_pt": numbers(episode["escalation_pt"], "prediction_time_cusum")}}
+
+
+def _as_written_before(state: dict, format_number: int):
+    """A monitor's row as the release writing ``format_number`` (2-8: before formats were numbered) wrote it."""
+    typed = json.loads(state["detectors"])
+    blob = _positional(typed)
+    if typed.get("log_loss") is not None:
+        loss = typed["log_loss"]
+        blob["log_loss"] = {**loss["counts"], "detectors": json.dumps(_positional(loss))}
+    row = {**state, "detectors": json.dumps(blob), "state_format": None}
+    return SimpleNamespace(**(row if format_number == 8 else RECORD._older(row, format_number)))
 
 
 def _errors(rng, n: int, change: int | None, shift: float) -> np.ndarray:
@@ -62,7 +113,7 @@ def test_stationary_100k_labels_give_fewer_false_alarms_than_river_page_hinkley(
     assert ours_total < river_total
 
 
-def test_detector_state_round_trips_as_plain_numbers():
+def test_detector_state_round_trips_through_json():
     rng = np.random.default_rng(4)
     z = rng.normal(size=700)
     for make in (lambda: PageHinkley(), lambda: Cusum(), lambda: RollingMean(window=100, step=10),
@@ -70,9 +121,8 @@ def test_detector_state_round_trips_as_plain_numbers():
         a, b = make(), make()
         for v in z[:500]:
             a.update(float(v))
-        state = json.loads(json.dumps(a.state()))
-        assert all(isinstance(x, (int, float)) for x in state)
-        b.load(state)
+        state = type(a.state()).model_validate_json(a.state().model_dump_json())
+        b.from_state(state)
         for v in z[500:]:
             a.update(float(v))
             b.update(float(v))
@@ -266,24 +316,19 @@ def test_a_drift_under_way_while_the_baseline_refines_is_seldom_taken_for_a_depl
 
 
 def test_state_written_before_the_first_labels_were_kept_still_refines():
-    from types import SimpleNamespace
     validation, labels = _production_stream(4_600, 5, gap=0.0, shifts={})
     _, monitor = _alerts(validation, labels[:3_500])
     state = monitor.state_values()
-    blob = json.loads(state["detectors"])
-    assert blob["production"]["first_labels"][0] == 1_000
-    del blob["production"]["first_labels"]  # as written before the trend rule
-    old = SimpleNamespace(**{**state, "detectors": json.dumps(blob)})
+    assert json.loads(state["detectors"])["production"]["first_labels"][0] == 1_000
+    old = _as_written_before(state, 4)  # before the trend rule: no first labels
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                   state=old, error_sample=error_sample(validation))
     assert _alerts(validation, labels[3_500:], restored)[0] == []
-    assert restored.baseline_labels == 4_000 and restored.refine is not None
+    assert restored.error.baseline.labels == 4_000 and restored.error.baseline.refine is not None
 
 
 def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_refinement_changes_nothing():
-    from types import SimpleNamespace
 
-    from undertow.worker.monitor.concept import _reference_z, _threshold_for_all
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
     config = DriftConfig(production_refine_labels=10_000)
     first = np.array([error for error, _, _ in labels[:1_000]])
@@ -291,52 +336,49 @@ def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_
     def calibrated(baseline_labels):
         # On the first 1,000 errors and the validation sample, as when the baseline was set, with the
         # allowance of that many labels (2 standard errors: 0.02 sd on 10,000, not 0.063 on 1,000).
-        samples = [_reference_z(validation.tolist(), float(validation.mean()), float(validation.std()),
+        samples = [reference_z(validation.tolist(), float(validation.mean()), float(validation.std()),
                                 baseline_labels),
-                   _reference_z(first, float(first.mean()), float(first.std()), baseline_labels)]
-        return _threshold_for_all(samples, 0.5, 1e7), _threshold_for_all(samples, 0.25, 1e7)
+                   reference_z(first, float(first.mean()), float(first.std()), baseline_labels)]
+        return threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)
 
     monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                  error_sample=error_sample(validation))
     _alerts(validation, labels[:1_000], monitor)
-    set_at = (monitor.cusum_h, monitor.small_cusum_h)
+    set_at = (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h)
     _alerts(validation, labels[1_000:5_000], monitor)
     # Each doubling of the first 1,000 labels, then the 10,000 it settles on.
-    assert [t[0] for t in monitor.tighten_at] == [8_000, 10_000]
-    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(calibrated(4_000), rel=1e-9)
+    assert [t[0] for t in monitor.error.baseline.tighten_at] == [8_000, 10_000]
+    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(calibrated(4_000), rel=1e-9)
     state = monitor.state_values()
     assert len(json.loads(state["detectors"])["production"]["tighten_at"]) == 2  # numbers, not the errors
     restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                   state=SimpleNamespace(**state), error_sample=error_sample(validation))
     for m in (monitor, restored):
         assert _alerts(validation, labels[5_000:], m)[0] == []
-    assert monitor.baseline_labels == 10_000 and monitor.refine is None and monitor.tighten_at is None
+    assert monitor.error.baseline.labels == 10_000 and monitor.error.baseline.refine is None and monitor.error.baseline.tighten_at is None
     assert restored.state_values() == monitor.state_values()
-    assert (monitor.cusum_h, monitor.small_cusum_h) == pytest.approx(calibrated(10_000), rel=1e-9)
-    assert monitor.cusum_h < 0.95 * set_at[0] and monitor.small_cusum_h < 0.9 * set_at[1], set_at
-    assert monitor.detectors["prediction_time_cusum"].h == monitor.cusum_h
-    assert monitor.detectors["prediction_time_cusum_small"].h == monitor.small_cusum_h
+    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(calibrated(10_000), rel=1e-9)
+    assert monitor.error.baseline.cusum_h < 0.95 * set_at[0] and monitor.error.baseline.small_cusum_h < 0.9 * set_at[1], set_at
+    assert monitor.error.bank.detectors["prediction_time_cusum"].threshold == monitor.error.baseline.cusum_h
+    assert monitor.error.bank.detectors["prediction_time_cusum_small"].threshold == monitor.error.baseline.small_cusum_h
 
 
 def test_state_from_before_the_milestones_settles_with_its_one_pair_of_thresholds():
-    from types import SimpleNamespace
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
     config = DriftConfig(production_refine_labels=10_000)
     monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                  error_sample=error_sample(validation))
     _alerts(validation, labels[:1_500], monitor)  # set, not yet tightened: as old state had it
-    first = [monitor.cusum_h, monitor.small_cusum_h]
+    first = [monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h]
     state = monitor.state_values()
-    blob = json.loads(state["detectors"])
-    settled = blob["production"].pop("tighten_at")[-1][1:]
-    blob["production"]["settled_thresholds"] = settled  # as written then: the pair for when it settles
+    settled = json.loads(state["detectors"])["production"]["tighten_at"][-1][1:]
+    # As written then: the pair for when it settles (settled_thresholds).
     old = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
-                             error_sample=error_sample(validation))
+                             state=_as_written_before(state, 7), error_sample=error_sample(validation))
     for count, (error, arrived, predicted) in enumerate(labels[1_500:], start=1_501):
         assert old.update(error, "absolute_error", arrived, predicted) == []
-        assert [old.cusum_h, old.small_cusum_h] == (first if count < 10_000 else settled), count
-    assert old.baseline_labels == 10_000 and old.tighten_at is None
+        assert [old.error.baseline.cusum_h, old.error.baseline.small_cusum_h] == (first if count < 10_000 else settled), count
+    assert old.error.baseline.labels == 10_000 and old.error.baseline.tighten_at is None
     assert all(tight < loose for tight, loose in zip(settled, first))
 
 
@@ -347,7 +389,7 @@ def test_state_from_before_the_milestones_settles_with_its_one_pair_of_threshold
 def test_the_cusum_thresholds_tighten_at_each_doubling_of_the_first_labels_and_where_the_baseline_settles(
         baseline, refine, milestones):
     config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)
-    assert ErrorStreamMonitor("m", "1", config, 0.5, 0.3)._milestones(baseline) == milestones
+    assert ErrorStreamMonitor("m", "1", config, 0.5, 0.3).error.baseline._milestones(baseline) == milestones
 
 
 @pytest.mark.parametrize(("baseline", "refine", "settles_on"), [(1_000, 10_000, 10_000), (1_500, 10_000, 10_000),
@@ -359,8 +401,8 @@ def test_the_baseline_settles_on_the_labels_its_thresholds_were_calibrated_for(b
                                  error_sample=error_sample(validation))
     for count, (error, arrived, predicted) in enumerate(labels[:settles_on], start=1):
         monitor.update(error, "absolute_error", arrived, predicted)
-        assert (monitor.tighten_at is None) == (count < baseline or count == settles_on)
-    assert monitor.refine is None and monitor.baseline_labels == settles_on
+        assert (monitor.error.baseline.tighten_at is None) == (count < baseline or count == settles_on)
+    assert monitor.error.baseline.refine is None and monitor.error.baseline.labels == settles_on
 
 
 def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_false_alarms_before_it():
@@ -368,41 +410,41 @@ def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_fals
     alerts, monitor = _alerts(validation, labels)
     started = [(predicted, a.data) for episode, predicted, a in alerts if episode == "started"]
     assert len(started) == 1 and 25_000 <= started[0][0] < 26_500, started
-    assert started[0][1].detector == "prediction_time_cusum" and started[0][1].threshold == monitor.small_cusum_h
+    assert started[0][1].detector == "prediction_time_cusum" and started[0][1].threshold == monitor.error.baseline.small_cusum_h
     # When the change began comes from the CUSUM that fired.
     assert abs(cloudevents.epoch(started[0][1].change_started_at) - 25_000) < 300
 
 
 def test_state_written_before_the_small_cusum_existed_still_loads():
-    from types import SimpleNamespace
     validation, labels = _production_stream(5_000, 7, gap=0.3, shifts={})
     _, monitor = _alerts(validation, labels)
     state = monitor.state_values()
-    blob = json.loads(state["detectors"])
-    del blob["detectors"]["prediction_time_cusum_small"], blob["production"]["small_cusum_h"]
-    del blob["production"]["gap_pending"]
-    old = SimpleNamespace(**{**state, "detectors": json.dumps(blob)})
+    old = _as_written_before(state, 3)  # before the k/2 CUSUM and gap_pending
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                   state=old, error_sample=error_sample(validation))
     # Scaled from the calibrated k CUSUM's threshold: near what calibration gives, not below it by the gap.
-    assert restored.small_cusum_h == pytest.approx(monitor.small_cusum_h, rel=0.1) and not restored.gap_pending
+    assert restored.error.baseline.small_cusum_h == pytest.approx(monitor.error.baseline.small_cusum_h, rel=0.1) and not restored.error.baseline.gap_pending
     assert restored.update(1.0, "absolute_error", 5_001.0, 5_000.0) == []
 
 
 def test_state_with_the_arrival_order_cusum_of_before_loads_and_goes_on_as_state_without_it():
-    from types import SimpleNamespace
     validation, labels = _production_stream(6_000, 12, gap=0.1, shifts={4_000: 1.0})
     _, monitor = _alerts(validation, labels[:3_000])
     state = monitor.state_values()
-    blob = json.loads(state["detectors"])
-    assert "cusum" not in blob["detectors"]
-    blob["detectors"]["cusum"] = [3.5, 0.0]  # as written while it existed
+    assert "cusum" not in json.loads(state["detectors"])["detectors"]
     old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                             state=_as_written_before(state, 6),  # as written while it existed
                              error_sample=error_sample(validation))
     alerts, _ = _alerts(validation, labels[3_000:], old)
     assert [episode for episode, _, _ in alerts][:1] == ["started"]
-    assert alerts == _alerts(validation, labels[3_000:], monitor)[0] and old.state_values() == monitor.state_values()
+    # Its cusum entry is ignored: whatever it held, the same alerts and state follow.
+    row = _as_written_before(state, 6)
+    blob = json.loads(row.detectors)
+    blob["detectors"]["cusum"] = [1e6, 1.0]
+    other = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
+                               state=SimpleNamespace(**{**vars(row), "detectors": json.dumps(blob)}),
+                               error_sample=error_sample(validation))
+    assert alerts == _alerts(validation, labels[3_000:], other)[0] and old.state_values() == other.state_values()
 
 
 def test_the_linear_rolling_mean_weighs_each_label_by_its_age_in_the_window():
@@ -442,8 +484,8 @@ def test_the_long_rolling_mean_finds_a_ramp_sooner_with_linear_weights_at_its_ca
             found[weights].append(i)
     assert np.median(found["linear"]) < np.median(found["equal"]) - 150
     monitor = ErrorStreamMonitor("m", "1", config, 1.0, 1.0)
-    assert monitor.detectors["rolling_mean_long"].weights == "linear"
-    assert monitor.detectors["rolling_mean"].weights == "equal"
+    assert monitor.error.bank.detectors["rolling_mean_long"].weights == "linear"
+    assert monitor.error.bank.detectors["rolling_mean"].weights == "equal"
 
 
 def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():
@@ -460,7 +502,6 @@ def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():
 
 
 def test_a_classifier_s_rolling_means_allow_for_its_skewed_errors_and_old_state_keeps_normal_ones():
-    from types import SimpleNamespace
     rng = np.random.default_rng(4)
     validation, errors = (rng.random(5000) < 0.1).astype(float), (rng.random(3000) < 0.1).astype(float)
     monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
@@ -469,40 +510,37 @@ def test_a_classifier_s_rolling_means_allow_for_its_skewed_errors_and_old_state_
         monitor.update(float(e), "misclassification", float(i), float(i))
     first = errors[:1000]
     expected = float(np.mean((first - first.mean()) ** 3) / first.std() ** 3)
-    assert monitor.skewness == pytest.approx(expected) and 2.0 < monitor.skewness < 3.4
-    assert monitor.detectors["rolling_mean"].skewness == monitor.detectors["rolling_mean_long"].skewness == monitor.skewness
+    assert monitor.error.baseline.skewness == pytest.approx(expected) and 2.0 < monitor.error.baseline.skewness < 3.4
+    assert monitor.error.bank.detectors["rolling_mean"].skewness == monitor.error.bank.detectors["rolling_mean_long"].skewness == monitor.error.baseline.skewness
     state = monitor.state_values()
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                   state=SimpleNamespace(**state), error_sample=error_sample(validation))
-    assert restored.detectors["rolling_mean"].threshold == monitor.detectors["rolling_mean"].threshold
-    blob = json.loads(state["detectors"])
-    del blob["production"]["skewness"]  # as written before
+    assert restored.error.bank.detectors["rolling_mean"].threshold == monitor.error.bank.detectors["rolling_mean"].threshold
     old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                             state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                             state=_as_written_before(state, 6),  # before the skewness
                              error_sample=error_sample(validation))
-    assert old.skewness is None and old.detectors["rolling_mean"].skewness == 0.0
+    assert old.error.baseline.skewness is None and old.error.bank.detectors["rolling_mean"].skewness == 0.0
 
 
 def test_a_validation_baseline_takes_the_skewness_of_its_sample_and_keeps_it_across_a_restart():
-    from types import SimpleNamespace
     rng = np.random.default_rng(5)
     validation = np.abs(rng.normal(0, 1, 5000))
     config = DriftConfig(production_baseline_labels=0)
     monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                  error_sample=error_sample(validation))
-    assert 0.7 < monitor.skewness < 1.3  # a half-normal's is 0.995
+    assert 0.7 < monitor.error.baseline.skewness < 1.3  # a half-normal's is 0.995
     monitor.update(0.5, "absolute_error", 1.0, 0.0)
     restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
                                   state=SimpleNamespace(**monitor.state_values()),
                                   error_sample=error_sample(validation))
-    assert restored.skewness == monitor.skewness and restored.state_values() == monitor.state_values()
+    assert restored.error.baseline.skewness == monitor.error.baseline.skewness and restored.state_values() == monitor.state_values()
 
 
 def test_errors_near_the_float_limit_set_a_baseline_without_overflow():
     monitor = ErrorStreamMonitor("m", "1", DriftConfig(), 1.0, 0.5)
     errors = np.abs(np.random.default_rng(6).normal(0, 1e110, 1_001))
     alerts = [a for i, e in enumerate(errors) for a in monitor.update(float(e), "absolute_error", float(i), float(i))]
-    assert monitor.baseline_labels == 1_000 and math.isfinite(monitor.skewness)
+    assert monitor.error.baseline.labels == 1_000 and math.isfinite(monitor.error.baseline.skewness)
     assert [a.data.episode for a in alerts] == ["deployment_gap"]
 
 
@@ -513,14 +551,13 @@ def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_
     raised = [(episode, predicted) for episode, predicted, _ in alerts if episode in ("started", "escalated")]
     for change in (50_000, 75_000):
         assert any(change <= predicted < change + 2000 for _, predicted in raised), (change, raised)
-    assert raised[0][0] == "started" and all(e == "escalated" for e, _ in raised[1:]) and monitor.episodes == 1
+    assert raised[0][0] == "started" and all(e == "escalated" for e, _ in raised[1:]) and monitor.error.episode.episodes == 1
     started = next(a for e, _, a in alerts if e == "started").data
     estimated = cloudevents.epoch(started.change_started_at)  # prediction time, here seconds since 1970
     assert abs(estimated - raised[0][1]) < 3600
 
 
 def test_the_monitor_state_round_trips_mid_episode():
-    from types import SimpleNamespace
     validation, labels = _production_stream(30_000, 4, gap=0.0, shifts={10_000: 1.5, 20_000: 2.0})
     whole, _ = _alerts(validation, labels)
     first, monitor = _alerts(validation, labels[:15_000])
@@ -549,7 +586,6 @@ def _scored_stream(n: int, seed: int, change: int, flip: float):
 
 
 def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline_and_alerts():
-    from types import SimpleNamespace
     validation, labels = _scored_stream(40_000, 5, change=30_000, flip=0.15)
     monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
                                  error_sample=error_sample(validation))
@@ -572,7 +608,6 @@ def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline
 
 @pytest.mark.parametrize("rate", [0.116, 0.2])
 def test_a_classifier_state_from_before_the_small_cusum_gets_a_threshold_near_a_calibrated_one(rate):
-    from types import SimpleNamespace
     rng = np.random.default_rng(2)
     validation, errors = (rng.random(5000) < rate).astype(float), (rng.random(3000) < rate).astype(float)
     monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
@@ -580,9 +615,7 @@ def test_a_classifier_state_from_before_the_small_cusum_gets_a_threshold_near_a_
     for i, e in enumerate(errors):
         monitor.update(float(e), "misclassification", float(i), float(i))
     state = monitor.state_values()
-    blob = json.loads(state["detectors"])
-    del blob["detectors"]["prediction_time_cusum_small"], blob["production"]["small_cusum_h"]
     restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=SimpleNamespace(**{**state, "detectors": json.dumps(blob)}),
+                                  state=_as_written_before(state, 3),
                                   error_sample=error_sample(validation))
-    assert 0.9 * monitor.small_cusum_h <= restored.small_cusum_h <= 1.2 * monitor.small_cusum_h
+    assert 0.9 * monitor.error.baseline.small_cusum_h <= restored.error.baseline.small_cusum_h <= 1.2 * monitor.error.baseline.small_cusum_h

@@ -1,0 +1,247 @@
+"""The concept-drift stage: join labels to predictions per model, feed each version's monitor, record its
+alerts and ask for retraining, save its state."""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import NamedTuple
+
+from pydantic_core import to_json
+from sqlalchemy.orm import Session
+
+from undertow.models import registry
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
+from undertow.storage import repo
+from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
+from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
+from undertow.worker.monitor.model_events import batch_champions
+from undertow.worker.monitor.registration import FORGOTTEN
+from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.events import LabelEvent, PredictionEvent
+from undertow.worker.runtime.output_events import ConceptDriftAlert
+
+# Join buffers held in memory across batches; beyond it those of models not in the batch are dropped
+# (restored from join_pending when their model comes back), so memory does not grow with the model count.
+MAX_BUFFERS_IN_MEMORY = 10_000
+
+
+class ConceptStage:
+    """Joins labels to predictions per model and runs the error-stream detectors.
+
+    In the join buffer (``JoinBuffer``: in memory, restored from and written
+    to ``join_pending`` in each batch's transaction) a prediction waits for
+    its label, a label for its prediction, each until it is
+    ``join_ttl_seconds`` of event time behind the newest event of the model
+    seen so far (then it is expired and counted). Expiry is decided event by
+    event, so a replay with other batch boundaries joins the same pairs. At
+    most ``join_max_pending`` per model and kind are kept: a safety cap,
+    checked per batch, that evicts the oldest (counted). Joined pairs are kept
+    as training data, the newest ``pairs_retention`` per model. Errors reach
+    the detectors in the order the join completes, which the co-partition
+    merger makes independent of fetch timing.
+    """
+
+    def __init__(self, alerts_topic: str, policy: RetrainPolicy, join_ttl_seconds: float,
+                 join_max_pending: int, pairs_retention: int, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.alerts_topic = alerts_topic
+        self.policy = policy
+        self.join_ttl_seconds = join_ttl_seconds
+        self.join_max_pending = join_max_pending
+        self.pairs_retention = pairs_retention
+        self._monitors: dict[tuple[str, str], ErrorStreamMonitor | None] = {}
+        self._buffers: dict[str, JoinBuffer] = {}
+        self._recent_models: set[str] = set()  # buffers that keep the last batch's fields
+        self._classifiers: dict[tuple[str, str | None], bool] = {}  # per version: are its labels classes?
+
+    def reset(self) -> None:
+        self._monitors.clear()
+        self._classifiers.clear()
+        self._buffers.clear()
+        self._recent_models.clear()
+
+    def apply(self, session: Session, batch: Batch) -> None:
+        for model_id in batch.shared.get(FORGOTTEN, ()):  # their rows were deleted by the registration stage
+            self._buffers.pop(model_id, None)
+            self._recent_models.discard(model_id)
+        by_model: dict[str, list] = defaultdict(list)
+        for item in batch.events:  # (position, event): the batch's own tuples, not new ones
+            by_model[item[1].model_id].append(item)
+        if not by_model:
+            return
+        champion = batch_champions(session, batch)
+        touched: set[tuple[str, str]] = set()
+        for model_id, events in by_model.items():
+            pairs = self._join(session, model_id, events, champion.get(model_id))
+            for pair in pairs:
+                if pair.version is None:
+                    continue
+                monitor = self._monitor(session, model_id, pair.version)
+                if monitor is None:
+                    continue
+                touched.add((model_id, pair.version))
+                alerts = monitor.update(pair.error, pair.metric, pair.label_ts, pair.prediction_ts)
+                if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
+                    alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
+                for alert in alerts:
+                    self._raise(session, alert, monitor.config)
+        self._save_buffers(session, set(by_model))
+        for key in touched:
+            monitor = self._monitors[key]
+            repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)
+            monitor.stored = True
+
+    def _save_buffers(self, session: Session, models: set[str]) -> None:
+        """The join statistics of the batch's models, and the buffers kept in memory bounded."""
+        now = self.clock()
+        for model_id in models:
+            self._buffers[model_id].stats["arrived_at"] = now
+        repo.save_join_stats(session, [self._buffers[model_id].stats for model_id in models])
+        # Fields kept for a partner in the next batch: only one batch's worth of events, across all models.
+        for model_id in self._recent_models.difference(models):
+            self._buffers[model_id].forget_recent()
+        self._recent_models = models
+        if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
+            self._buffers = {model_id: self._buffers[model_id] for model_id in models}
+
+    def _join(self, session: Session, model_id: str, events: list, champion: str | None) -> list[Pair]:
+        buffer = self._buffers.get(model_id)
+        if buffer is None:
+            buffer = self._buffers[model_id] = JoinBuffer.restore(session, model_id)
+        stats = buffer.stats
+        matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
+        buffer.load_fields(session, taken)
+        pairs = [_pair(model_id, stats["joined"] + i, eid, prediction, label,
+                       self._is_classifier(session, model_id, prediction.version))
+                 for i, (eid, prediction, label) in enumerate(matches)]
+        stats["expired_predictions"] += expired["prediction"]
+        stats["expired_labels"] += expired["label"]
+        stats["joined"] += len(pairs)
+        stats["watermark_ts"] = watermark
+        repo.add_pairs(session, [pair[:-1] for pair in pairs])  # all but the metric
+        if pairs and stats["joined"] > self.pairs_retention:  # none to trim before: skip the statement
+            repo.trim_pairs(session, model_id, stats["joined"] - self.pairs_retention)
+        if watermark is not None:
+            self._bound(buffer, watermark)
+        stats["pending_predictions"] = buffer.pending("prediction")
+        stats["pending_labels"] = buffer.pending("label")
+        buffer.flush(session)
+        return pairs
+
+    def _match(self, buffer: JoinBuffer, events: list, champion: str | None, watermark: float | None):
+        """Each event joined to its waiting partner, or left waiting: (matches as (event id, prediction,
+        label), the partners taken, expired partners per kind, the new watermark)."""
+        matches: list[tuple[str, Waiting, Waiting]] = []
+        taken: list[Waiting] = []
+        expired = {"prediction": 0, "label": 0}
+        for position, event in events:
+            epoch = event.epoch
+            watermark = epoch if watermark is None or epoch > watermark else watermark
+            eid = event.event_id
+            if isinstance(event, PredictionEvent):
+                kind, other, version = "prediction", "label", event.model_version or champion
+            elif isinstance(event, LabelEvent):
+                kind, other, version = "label", "prediction", None
+            else:
+                continue
+            if buffer.waits(kind, eid):
+                continue  # a retry beyond the duplicate horizon, still waiting
+            partner = buffer.take(other, eid)
+            if partner is not None and partner.ts < watermark - self.join_ttl_seconds:
+                partner = None  # expired: decided per event, so batch boundaries cannot change a join
+                expired[other] += 1
+            if partner is None:
+                payload = position.value.decode() if position.value else event.model_dump_json()
+                buffer.add(kind, eid, version, epoch, event, payload)
+            else:
+                taken.append(partner)
+                this = Waiting(-1, version, epoch, event, None)  # joined on arrival: never stored
+                matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
+        return matches, taken, expired, watermark
+
+    def _is_classifier(self, session: Session, model_id: str, version: str | None) -> bool:
+        """Whether the version's task is classification (its numeric labels are classes); read once."""
+        key = (model_id, version)
+        found = self._classifiers.get(key)
+        if found is None:
+            row = None if version is None else session.get(registry.ModelVersion, key)
+            found = self._classifiers[key] = row is not None and row.task == "classification"
+        return found
+
+    def _bound(self, buffer: JoinBuffer, watermark: float) -> None:
+        """Expire by event time, then evict beyond the cap; both are counted."""
+        for kind, expired in buffer.expire(watermark - self.join_ttl_seconds).items():
+            evicted = buffer.evict_oldest(kind, buffer.pending(kind) - self.join_max_pending)
+            buffer.stats[f"expired_{kind}s"] += expired
+            buffer.stats[f"evicted_{kind}s"] += evicted
+
+    def _monitor(self, session: Session, model_id: str, version: str) -> ErrorStreamMonitor | None:
+        key = (model_id, version)
+        if key not in self._monitors:
+            row = session.get(registry.ModelVersion, key)
+            if row is None or row.baseline_error_mean is None or row.baseline_error_std is None:
+                return None  # no baseline error: pairs are kept, detectors cannot be scaled
+            self._monitors[key] = ErrorStreamMonitor(
+                model_id, version, DriftConfig.model_validate_json(row.drift_config), row.baseline_error_mean,
+                row.baseline_error_std, repo.concept_state(session, model_id, version),
+                json.loads(row.baseline_errors) if row.baseline_errors else None)
+        return self._monitors[key]
+
+    def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig) -> None:
+        record_alert(session, self.alerts_topic, alert)
+        if alert.data.episode in ("started", "escalated"):
+            self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
+
+
+class Pair(NamedTuple):
+    """A ``labelled_pairs`` row (its columns in order), then the metric of its error for the detectors.
+
+    A tuple, not a dict: a batch's pairs go to the insert as they are, where dicts cost as much to build
+    and to take apart again as the insert itself.
+    """
+
+    model_id: str
+    seq: int
+    event_id: str
+    version: str | None
+    prediction_ts: float
+    label_ts: float
+    features: str
+    prediction: str  # JSON scalar
+    label: str  # JSON scalar
+    error: float
+    score_loss: float | None  # the log loss of the true class, where scores were sent
+    metric: str
+
+
+def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting, classes: bool) -> Pair:
+    p, target = _fields(prediction.fields), _fields(label.fields)["label"]
+    error, metric = prediction_error(p["prediction"], target, classes)
+    return Pair(model_id, seq, event_id, prediction.version, prediction.ts, label.ts, _to_json(p["features"]),
+                _json_scalar(p["prediction"]), _json_scalar(target), error, score_loss(p.get("scores"), target),
+                metric)
+
+
+def _json_scalar(value) -> str:
+    """A prediction or label as JSON. Numbers print as JSON already (events hold no NaN or infinities):
+    repr is 4 times faster than the encoder, which strings still need for their escapes."""
+    if value.__class__ is float or value.__class__ is int:
+        return repr(value)
+    return _to_json(value)
+
+
+def _to_json(value) -> str:
+    """pydantic-core's encoder: 4 times faster than json.dumps on floats (half a TypeAdapter's cost, with
+    the same bytes). Infinity and NaN as json.dumps writes them, for detector state; events hold none."""
+    return to_json(value, inf_nan_mode="constants").decode()
+
+
+def _fields(fields: PredictionEvent | LabelEvent | dict) -> dict:
+    """The event's fields: the event itself while in memory, its stored JSON once read back."""
+    return fields if isinstance(fields, dict) else fields.__dict__
