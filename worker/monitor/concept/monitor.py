@@ -36,6 +36,13 @@ class ErrorStreamMonitor:
         if loaded is not None and loaded.log_loss is not None:
             self.log_loss = self._log_loss_stream(loaded.log_loss)
 
+    # The main stream's counters and baseline progress, as callers (bench/) read them off the monitor.
+    in_episode = property(lambda self: self.error.episode.in_episode)
+    episodes = property(lambda self: self.error.episode.episodes)
+    silenced_alarms = property(lambda self: self.error.episode.silenced_alarms)
+    refine = property(lambda self: self.error.baseline.refine)
+    baseline_labels = property(lambda self: self.error.baseline.labels)
+
     def _load(self, row) -> tuple[ConceptState, StreamCounts]:
         number = row.state_format if row.state_format is not None else legacy_format(row.detectors,
                                                                                        self.config.pt_horizon_buckets)
