@@ -1,6 +1,7 @@
 """Turning a reference data file into what the registry stores for a version."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from undertow.models.profile import (
 )
 from undertow.models.registry import sha256_file
 
+log = logging.getLogger(__name__)
+
 ERROR_SAMPLE_SIZE = 5000
+# A classifier this good on its reference was most likely scored on the rows it learned from.
+IN_SAMPLE_SUSPECT_ERROR = 0.01
 TEST_SET_MAX_ROWS = 5000
 
 
@@ -72,6 +77,11 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
     if not (target and prediction):
         return Reference(build_profile(features), sha256_file(Path(path)), None)
     values = errors(columns[target], columns[prediction], classes=task == "classification")
+    if task == "classification" and values.size and values.mean() < IN_SAMPLE_SUSPECT_ERROR:
+        log.warning("the predictions in %s miss %.2f %% of the targets: if these are the rows the model was trained "
+                    "on, its baseline error and validation accuracy are in-sample, and production will look like "
+                    "drift at once; register held-out rows (a validation set, or out-of-fold predictions)",
+                    path, 100 * values.mean())
     return Reference(build_profile(features), sha256_file(Path(path)), (float(values.mean()), float(values.std())),
                      error_sample(values), _test_set(columns, target, prediction))
 

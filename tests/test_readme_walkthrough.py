@@ -52,8 +52,8 @@ MARKER = "<!-- walkthrough -->"
 SECTION = "## Monitor your own model"
 BLOCK = re.compile(r"^" + re.escape(MARKER) + r"\s*\n```(\w+)\s*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 LONG_RUNNING = (("undertow", "broker"), ("undertow", "monitor"))
-STEP_TIMEOUT = 120  # seconds for one command or block: a hung step fails instead of hanging the suite
-READY_TIMEOUT = 60
+STEP_TIMEOUT = 300  # seconds for one command or block: a hung step fails instead of hanging the suite
+READY_TIMEOUT = 120
 
 
 @dataclass
