@@ -272,14 +272,15 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
 
 
 def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str,
-                     exists: bool) -> None:
-    """Write a model version's window state without reading the old buffer back."""
+                     state_format: int, exists: bool) -> None:
+    """Write a model version's window state without reading the old buffer back; ``state_format`` is the
+    format number of ``episodes`` (models.drift.drift_state), stored beside it."""
     if exists:
         session.execute(_UPDATE_DRIFT_STATE, {"b_model_id": model_id, "b_version": version, **columns,
-                                              "episodes": episodes})
+                                              "episodes": episodes, "state_format": state_format})
     else:
-        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version,
-                                                             episodes=episodes, **columns))
+        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version, episodes=episodes,
+                                                             state_format=state_format, **columns))
 
 
 # Core, built once (it runs every batch): the ORM's bulk-update path costs more than the write.

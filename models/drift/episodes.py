@@ -13,6 +13,7 @@ costs a subscriber at most two alerts (started, escalated) until it ends.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.stats import FeatureStats
@@ -42,37 +43,48 @@ def severity(stats: FeatureStats, config: DriftConfig, moderate: float | None = 
     return STABLE
 
 
-def next_episode(state: list, upper: str, lower: str, end_after: int) -> tuple[list, str | None]:
-    """Episode bookkeeping of one feature: ``[level, calm windows, peak]``.
+class Episode(NamedTuple):
+    """One feature's (or check's) episode: its level, the calm windows in a row below the level's lower
+    threshold, and the highest level of the episode so far."""
+
+    level: str
+    calm: int
+    peak: str
+
+
+CALM = Episode(STABLE, 0, STABLE)  # no episode open
+
+
+def next_episode(state: Episode, upper: str, lower: str, end_after: int) -> tuple[Episode, str | None]:
+    """Episode bookkeeping of one feature.
 
     ``upper`` is the window's band by the upper thresholds, ``lower`` by the
     lower ones. Returns the new state and "started", "escalated", "ended" or
     None (no alert).
 
-    >>> s, t = next_episode([STABLE, 0, STABLE], MODERATE, MODERATE, 2); t
+    >>> s, t = next_episode(CALM, MODERATE, MODERATE, 2); t
     'started'
     >>> s, t = next_episode(s, SIGNIFICANT, SIGNIFICANT, 2); t
     'escalated'
-    >>> s, t = next_episode(s, MODERATE, SIGNIFICANT, 2); t, s   # under 0.25, above 0.2: still significant
-    (None, ['significant', 0, 'significant'])
-    >>> s, t = next_episode(s, MODERATE, MODERATE, 2); s, t = next_episode(s, MODERATE, MODERATE, 2); t, s
-    (None, ['moderate', 0, 'significant'])
+    >>> s, t = next_episode(s, MODERATE, SIGNIFICANT, 2); t, tuple(s)   # under 0.25, above 0.2: still significant
+    (None, ('significant', 0, 'significant'))
+    >>> s, t = next_episode(s, MODERATE, MODERATE, 2); s, t = next_episode(s, MODERATE, MODERATE, 2); t, tuple(s)
+    (None, ('moderate', 0, 'significant'))
     >>> s, t = next_episode(s, SIGNIFICANT, SIGNIFICANT, 2); t   # back up: not above its peak, no alert
-    >>> s, t = next_episode(s, STABLE, STABLE, 2); s, t = next_episode(s, STABLE, STABLE, 2); t, s
-    ('ended', ['stable', 0, 'stable'])
+    >>> s, t = next_episode(s, STABLE, STABLE, 2); s, t = next_episode(s, STABLE, STABLE, 2); t, tuple(s)
+    ('ended', ('stable', 0, 'stable'))
     """
-    level, calm = state[0], state[1]
-    peak = state[2] if len(state) > 2 else level  # states written before the hysteresis
+    level, calm, peak = state
     if level == STABLE:
-        return ([upper, 0, upper], "started") if upper != STABLE else ([STABLE, 0, STABLE], None)
+        return (Episode(upper, 0, upper), "started") if upper != STABLE else (CALM, None)
     if _RANK[upper] > _RANK[level]:
         escalated = _RANK[upper] > _RANK[peak]
-        return [upper, 0, upper if escalated else peak], "escalated" if escalated else None
+        return Episode(upper, 0, upper if escalated else peak), "escalated" if escalated else None
     if _RANK[lower] < _RANK[level]:
         calm += 1
         if calm < end_after:
-            return [level, calm, peak], None
+            return Episode(level, calm, peak), None
         if lower == STABLE:
-            return [STABLE, 0, STABLE], "ended"
-        return [lower, 0, peak], None
-    return [level, 0, peak], None
+            return CALM, "ended"
+        return Episode(lower, 0, peak), None
+    return Episode(level, 0, peak), None

@@ -8,10 +8,12 @@ never empty), a stable one with event-time windows, and a scored classifier
 their ``drift_state`` rows are taken as written; the second part is the
 continuation whose window results and alerts a loaded row must reproduce.
 
-Record anew (only with the release that wrote them, i.e. the code of the
-recorded format; see tests/data/drift_state/README.md):
+Recorded once with the release that wrote them (the last before formats were
+numbered, e8601f9, checked out with ``git worktree add``), then the current
+format's rows and the states this release reads from each:
 
-    PYTHONPATH=<old checkout> python -m tests.worker.drift_state_streams record tests/data/drift_state
+    PYTHONPATH=<e8601f9 checkout> python -m tests.worker.drift_state_streams record tests/data/drift_state
+    python -m tests.worker.drift_state_streams record-current tests/data/drift_state
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
@@ -223,7 +226,37 @@ def record(out: Path) -> None:
             (out / "outcomes" / path.name).write_text(json.dumps({"outcome": got, "row_after": left}, indent=1) + "\n")
 
 
+def record_current(out: Path) -> None:
+    """Rows of the current format (this release, on PYTHONPATH) after the first part, in ``out``/current; and
+    in every recorded case the state this release reads from it (``expected_state``, checked by hand once)."""
+    from undertow.models.drift.drift_state import CODEC, legacy_blob
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        url = f"sqlite:///{workdir / 'first.db'}"
+        engine = db.make_engine(url)
+        db.migrate(engine)
+        register(engine, workdir)
+        run(url, streams()[0])
+        with engine.connect() as conn:
+            numbers = dict(conn.execute(text("SELECT model_id, state_format FROM drift_state")).all())
+        written = rows(engine)
+        engine.dispose()
+    (out / "current").mkdir(exist_ok=True)
+    for model_id in MODELS:
+        case = {"model_id": model_id, "format": numbers[model_id], "row": written[model_id]}
+        (out / "current" / f"{model_id}.json").write_text(json.dumps(case, indent=1) + "\n")
+    feature_columns = {"housing": 6, "stable": 6, "scored": 4}
+    for path in sorted(out.glob("*.json")):
+        case = json.loads(path.read_text())
+        row = SimpleNamespace(**{**case["row"], **{name: base64.b64decode(case["row"][name])
+                                                   for name in ("buffer", "buffer_ts")}})
+        case["expected_state"] = CODEC.dump(CODEC.load(*legacy_blob(row, feature_columns[case["model_id"]])))[0]
+        path.write_text(json.dumps(case, indent=1) + "\n")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["record-current"]:
+        record_current(Path(sys.argv[2]))
     if sys.argv[1:2] == ["record"]:
         record(Path(sys.argv[2]))
         older_formats(Path(sys.argv[2]))

@@ -136,9 +136,9 @@ def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_
     eight = _monitor({f"x{j}": list(reference[:, j]) for j in range(8)})
     from scipy.special import ndtr
     # One false alarm per 250 windows of the model: split over 4 moving sums and the input features.
-    assert 4 * 2 * 250 * float(ndtr(-two._evidence_t)) == pytest.approx(1)
-    assert 4 * 8 * 250 * float(ndtr(-eight._evidence_t)) == pytest.approx(1)
-    assert eight._evidence_t > two._evidence_t
+    assert 4 * 2 * 250 * float(ndtr(-two.evidence.threshold)) == pytest.approx(1)
+    assert 4 * 8 * 250 * float(ndtr(-eight.evidence.threshold)) == pytest.approx(1)
+    assert eight.evidence.threshold > two.evidence.threshold
 
 
 def _correlated(rng, n, rho):
@@ -191,7 +191,7 @@ def test_a_window_stored_before_the_confidence_column_still_loads(width):
     columns = 4 + (width == "new")
     state = SimpleNamespace(buffer=np.zeros((10, columns)).tobytes(), buffer_ts=np.zeros(10).tobytes(),
                             next_window=0, window_start_ts=None, since_evaluation=0, late_events=0,
-                            episodes="{}")
+                            episodes="{}", state_format=None)  # written before formats were numbered
     monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(), state, accuracy=0.9)
     assert monitor.scored == (width == "new") and monitor.window.rows.shape == (10, columns)
 
