@@ -164,3 +164,60 @@ def test_detectors_reject_parameters_that_cannot_work():
                  lambda: PredictionTimeCusum(h=0.0), lambda: PredictionTimeCusum(horizon=1)):
         with pytest.raises(ValueError):
             make()
+
+
+# Moved from tests/worker/test_drift_math.py with the detector interface (from_state instead of load).
+class _SuffixSumCusum:
+    """The prediction-time CUSUM as first written: every label adds to the suffix sums of the buckets up to
+    its own, O(horizon) per label. The reference the incremental one must agree with."""
+
+    def __init__(self, k, h, bucket_seconds, horizon, clip=5.0):
+        self.k, self.h, self.bucket_seconds, self.horizon, self.clip = k, h, bucket_seconds, horizon, clip
+        self.suffix, self.first, self.floor, self.detected = np.zeros(horizon), None, None, False
+
+    def update(self, z, prediction_ts):
+        if self.detected:
+            newest = self.first + self.horizon - 1
+            self.suffix, self.first, self.floor, self.detected = np.zeros(self.horizon), newest - self.horizon + 1, \
+                newest, False
+        bucket = int(prediction_ts // self.bucket_seconds)
+        if self.first is None:
+            self.first = bucket - self.horizon + 1
+        if bucket >= self.first + self.horizon:
+            shift = bucket - (self.first + self.horizon - 1)
+            if shift >= self.horizon:
+                self.suffix[:] = 0.0
+            else:
+                self.suffix[:-shift] = self.suffix[shift:]
+                self.suffix[-shift:] = 0.0
+            self.first += shift
+        if bucket < self.first or (self.floor is not None and bucket < self.floor):
+            return
+        self.suffix[: bucket - self.first + 1] += min(max(z, -self.clip), self.clip) - self.k
+        self.detected = max(0.0, float(self.suffix.max())) > self.h
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
+    """Late labels (seconds to hours), time jumps past the horizon, alarms and restarts, a save and load
+    midway: the statistic, its alarm and its change time are those of the O(horizon) definition."""
+    rng = np.random.default_rng(seed)
+    fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    reference = _SuffixSumCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
+    now, alarms = 0.0, 0
+    for i in range(6000):
+        now += rng.exponential(2.0) + (5000.0 if i % 1500 == 1499 else 0.0)   # now and then a long gap
+        delay = rng.lognormal(np.log(30.0), 2.0)                               # seconds to hours late
+        z = rng.normal(1.2 if 2000 <= i < 2600 or i >= 4500 else 0.0)
+        fast.update(z, prediction_ts=now - delay)
+        reference.update(z, prediction_ts=now - delay)
+        statistic = max(0.0, float(reference.suffix.max()))
+        assert fast.statistic == pytest.approx(statistic, abs=1e-9)
+        assert fast.drift_detected == reference.detected
+        if statistic > 1e-9:
+            expected = (reference.first + int(reference.suffix.argmax())) * 60
+            assert fast.change_ts == expected
+        alarms += fast.drift_detected
+        if i == 3000:
+            fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(fast.state())
+    assert alarms >= 2
