@@ -119,7 +119,7 @@ def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
             assert fast.change_ts == expected
         alarms += fast.drift_detected
         if i == 3000:
-            fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).load(fast.state())
+            fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(fast.state())
     assert alarms >= 2
 
 
@@ -140,20 +140,23 @@ def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
         kept.update(z, prediction_ts=ts)
         restored.update(z, prediction_ts=ts)
         if i % 7 == 0:
-            restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).load(
-                json.loads(json.dumps(restored.state())))
+            restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(
+                type(restored.state()).model_validate(json.loads(restored.state().model_dump_json())))
         assert restored.statistic == kept.statistic and restored.drift_detected == kept.drift_detected
     assert restored.state() == kept.state()
 
 
 def test_prediction_time_cusum_still_loads_the_suffix_sums_it_stored_before():
+    """The suffix sums of the old format become the prefix sums in the concept state's upgrade."""
+    from undertow.models.drift.concept_state import _prefix_sums
     from undertow.models.drift.detectors import PredictionTimeCusum
     rng = np.random.default_rng(5)
     detector = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20)
     for i in range(500):
         detector.update(rng.normal(0.8), prediction_ts=i * 5.0 - rng.uniform(0, 300))
     state = detector.state()
-    legacy = state[:4] + [state[4] - p for p in state[5:]]  # the old format: suffix sums W_v = T - P_v
-    loaded = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20).load(legacy)
-    assert loaded.statistic == pytest.approx(detector.statistic, abs=1e-9) and loaded.statistic > 0
-    assert loaded.change_ts == detector.change_ts
+    # the old format: suffix sums W_v = T - P_v
+    legacy = [state.first, state.floor, state.drift_detected, state.too_late, *(state.total - np.array(state.prefix))]
+    upgraded = _prefix_sums(legacy)
+    assert upgraded[4] == pytest.approx(state.total, abs=1e-9)
+    assert upgraded[5:] == pytest.approx(state.prefix, abs=1e-9)
