@@ -69,16 +69,17 @@ class ErrorStream:
         """Feed one error (at its label's and its prediction's event time); what it gives rise to."""
         self.labels += 1
         self.error_sum += error
-        if self.baseline.collecting:
+        baseline, episode = self.baseline, self.episode
+        if baseline.collected is not None:
             return self._collect(error)
         signals = []
-        if self.baseline.refine is not None and not self.episode.in_episode:
+        if baseline.refine is not None and not episode.in_episode:
             signals = self._refine(error)
-        z = (error - self.baseline.mean) / self.baseline.sd
+        z = (error - baseline.mean) / baseline.sd
         predicted_at = label_ts if prediction_ts is None else prediction_ts
         fired = self.bank.update(z, predicted_at)
-        if self.episode.in_episode:
-            self.episode.silenced_alarms += len(fired)
+        if episode.in_episode:
+            episode.silenced_alarms += len(fired)
             return self._during_episode(z, predicted_at)
         if fired:
             signals.append(self._start(fired[0], predicted_at))

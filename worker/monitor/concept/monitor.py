@@ -58,15 +58,16 @@ class ErrorStreamMonitor:
     def update(self, error: float, metric: str, label_ts: float,
                prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
         """Feed one error (at its label's and its prediction's event time); the alerts it raises."""
-        return [self._alert(s, "concept", metric, label_ts) for s in self.error.update(error, label_ts, prediction_ts)]
+        signals = self.error.update(error, label_ts, prediction_ts)
+        return [self._alert(s, "concept", metric, label_ts) for s in signals] if signals else []
 
     def update_log_loss(self, loss: float, label_ts: float,
                         prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
         """Feed the log loss of one labelled prediction whose scores were sent; the alerts it raises."""
         if self.log_loss is None:
             self.log_loss = self._log_loss_stream()
-        return [self._alert(s, "concept_log_loss", "log_loss", label_ts)
-                for s in self.log_loss.update(loss, label_ts, prediction_ts)]
+        signals = self.log_loss.update(loss, label_ts, prediction_ts)
+        return [self._alert(s, "concept_log_loss", "log_loss", label_ts) for s in signals] if signals else []
 
     def _alert(self, signal: Signal, kind: str, metric: str, label_ts: float) -> ConceptDriftAlert:
         mean, sd = signal.baseline
