@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from undertow.storage.errors import UndertowError
+from undertow.errors import UndertowError
 
 MODEL_ID_MAX_LENGTH = 128
 MODEL_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MODEL_ID_MAX_LENGTH - 1}}}$"

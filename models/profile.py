@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from undertow.storage.errors import UndertowError
+from undertow.errors import UndertowError
 
 KS_SAMPLE_SIZE = 5000
 DEFAULT_BINS = 10

@@ -25,8 +25,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from undertow.errors import UndertowError
 from undertow.models.drift.errors import prediction_error
-from undertow.storage.errors import UndertowError
 
 Task = Literal["regression", "classification"]
 MISSING_CATEGORY = "__missing__"

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from undertow.storage.errors import ConfigError
+from undertow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,32 +1,11 @@
-"""Undertow's exception hierarchy.
+"""Kept for compatibility: the errors live in ``undertow.errors``; import them from there."""
+from undertow.errors import (
+    ArtifactIntegrityError,
+    ConfigError,
+    InvalidEvent,
+    NotFound,
+    StaleOffsets,
+    UndertowError,
+)
 
-It lives at the bottom of the import graph so that every layer (storage,
-models, worker) raises the same small set of errors.
-"""
-
-
-class UndertowError(Exception):
-    """Base class of every error Undertow raises on purpose."""
-
-
-class ConfigError(UndertowError):
-    """A setting is missing or malformed; the message is one line for the user."""
-
-
-class InvalidEvent(UndertowError):
-    """An input record breaks the event contract; it goes to the dead-letter topic."""
-
-
-class StaleOffsets(UndertowError):
-    """The stored offsets moved under us: another monitor owns the partition now.
-
-    The batch is rolled back and the consumer seeks to the stored offsets again.
-    """
-
-
-class ArtifactIntegrityError(UndertowError):
-    """An artifact's bytes do not match the SHA-256 recorded in the registry."""
-
-
-class NotFound(UndertowError):
-    """A model, version or request that the caller named does not exist."""
+__all__ = ["ArtifactIntegrityError", "ConfigError", "InvalidEvent", "NotFound", "StaleOffsets", "UndertowError"]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from undertow import errors
 from undertow.client import Client, InvalidEvent
-from undertow.storage import errors
 from undertow.worker.dev.sample import START, SampleStream
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
 

@@ -49,8 +49,8 @@ import pandas as pd
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from undertow import errors
 from undertow.models.drift.errors import class_text
-from undertow.storage import errors
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
 from undertow.worker.runtime.settings import Settings, load_settings
 from undertow.worker.runtime.topics import Topics

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from undertow.errors import NotFound
 from undertow.models import candidate, gate, registry, training
 from undertow.models.profile import build_profile
 from undertow.storage import db
-from undertow.storage.errors import NotFound
 
 pytestmark = pytest.mark.postgres
 

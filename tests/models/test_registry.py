@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from tests.conftest import REPO
+from undertow.errors import ArtifactIntegrityError
 from undertow.models import registry
 from undertow.models.dataset import read_table
 from undertow.models.profile import PREDICTION_FEATURE, ProfileError, build_profile
 from undertow.models.reference import load_reference
 from undertow.storage import db
-from undertow.storage.errors import ArtifactIntegrityError
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.postgres
 

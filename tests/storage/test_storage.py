@@ -7,8 +7,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+from undertow.errors import ConfigError, StaleOffsets
 from undertow.storage import db, repo
-from undertow.storage.errors import ConfigError, StaleOffsets
 from undertow.storage.tables import Base, ModelStats
 
 pytestmark = pytest.mark.postgres

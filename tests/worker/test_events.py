@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.runtime.events import parse_label, parse_prediction
 
 GOOD = {"event_id": "e1", "model_id": "m", "model_version": "3", "ts": "2026-11-27T14:06:28.123Z",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.runtime import output_events
 from undertow.worker.runtime.output_events import (
     ConceptDriftAlert,

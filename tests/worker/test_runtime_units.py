@@ -7,8 +7,8 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import select
 
+from undertow.errors import StaleOffsets
 from undertow.storage import db, repo
-from undertow.storage.errors import StaleOffsets
 from undertow.storage.tables import ConsumerOffset, OutboxMessage
 from undertow.worker.runtime.batch import build_batch
 from undertow.worker.runtime.checkpoint import Checkpoint
@@ -105,7 +105,7 @@ class _Recorded:
 
 
 def _parse(record):
-    from undertow.storage.errors import InvalidEvent
+    from undertow.errors import InvalidEvent
     if record.value == b"bad":
         raise InvalidEvent("not an event")
     return json.loads(record.value)

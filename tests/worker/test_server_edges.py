@@ -14,15 +14,15 @@ import joblib
 import pytest
 from sqlalchemy import text
 
-from undertow.models import registry, training
 from tests.conftest import Env, wait_for
 from tests.worker.test_hostile_input import CORPUS
 from tests.worker.test_server import Server, _row
 from tests.worker.test_trainer import _train_v1
+from undertow.errors import InvalidEvent
+from undertow.models import registry, training
 from undertow.worker.dev.sample import SampleStream
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
-from undertow.storage.errors import InvalidEvent
 
 JSON = {"content-type": "application/json"}
 TOKEN = "s3cret-token-for-tests"

@@ -4,8 +4,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from undertow.storage.errors import ConfigError
 from tests.conftest import REPO
+from undertow.errors import ConfigError
 from undertow.worker.runtime.settings import MonitorSettings, Settings, load_settings
 
 

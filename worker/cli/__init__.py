@@ -9,7 +9,7 @@ import sys
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from undertow import __version__
-from undertow.storage.errors import UndertowError
+from undertow.errors import UndertowError
 from undertow.worker.cli import alerts, demo, models, report, retrain, runs, services, status, train
 from undertow.worker.cli.common import HelpFormatter
 

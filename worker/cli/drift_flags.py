@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from undertow.errors import UndertowError
 from undertow.models.drift.config import DriftConfig
-from undertow.storage.errors import UndertowError
 
 
 def add_drift_flags(parser: argparse.ArgumentParser) -> None:

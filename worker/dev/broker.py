@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from undertow.storage.errors import UndertowError
+from undertow.errors import UndertowError
 
 log = logging.getLogger(__name__)
 

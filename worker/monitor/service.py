@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from kafka import KafkaAdminClient
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.monitor.concept import ConceptStage
 from undertow.worker.monitor.data_drift import DataDriftStage
 from undertow.worker.monitor.ingest import IngestStage

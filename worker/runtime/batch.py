@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.runtime.transport import DeadLetter, dead_letter
 
 log = logging.getLogger(__name__)

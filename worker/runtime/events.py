@@ -22,8 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
+from undertow.errors import InvalidEvent
 from undertow.models.ids import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
-from undertow.storage.errors import InvalidEvent
 
 MAX_ID_LENGTH = 200
 # The largest record value the monitor parses (UNDERTOW_MAX_EVENT_BYTES); the server refuses rows whose event
@@ -210,7 +210,7 @@ def parse_prediction(value: bytes | None, max_bytes: int) -> PredictionEvent:
     >>> parse_prediction(b'{"event_id": "a1"}', 4096)
     Traceback (most recent call last):
     ...
-    undertow.storage.errors.InvalidEvent: PredictionEvent: model_id: Field required; ts: Field required; ...
+    undertow.errors.InvalidEvent: PredictionEvent: model_id: Field required; ts: Field required; ...
     """
     return _parse(PredictionEvent, value, max_bytes)  # type: ignore[return-value]
 

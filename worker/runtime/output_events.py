@@ -23,7 +23,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 
 CONTENT_TYPE = "application/cloudevents+json"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]

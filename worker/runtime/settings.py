@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from undertow.storage.errors import ConfigError
+from undertow.errors import ConfigError
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES
 
 ENV_PREFIX = "UNDERTOW_"

@@ -13,7 +13,7 @@ import hmac
 
 from pydantic import SecretStr
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 
 SIGNATURE_HEADER = "undertow.signature"
 

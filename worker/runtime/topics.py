@@ -8,7 +8,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from undertow.storage.errors import ConfigError
+from undertow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import Cancelled, KafkaError, KafkaTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from undertow.errors import UndertowError
 from undertow.storage import repo
-from undertow.storage.errors import UndertowError
 from undertow.worker.runtime.settings import ServiceSettings, Settings
 from undertow.worker.runtime.topics import Topics
 

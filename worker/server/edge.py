@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.runtime.events import describe_problems, field_problems, parse_label, parse_prediction
 
 log = logging.getLogger(__name__)
