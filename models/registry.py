@@ -24,10 +24,10 @@ from pathlib import Path
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
+from undertow.errors import ArtifactIntegrityError, NotFound, UndertowError
 from undertow.models.drift.config import DriftConfig
 from undertow.models.ids import check_id
 from undertow.models.profile import ReferenceProfile
-from undertow.storage.errors import ArtifactIntegrityError, NotFound, UndertowError
 from undertow.storage.tables import ChampionChange, ModelVersion
 
 STAGES = ("candidate", "champion", "archived", "rejected")
@@ -142,24 +142,14 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
         raise RegistryError(f"unknown stage {stage!r}")
     check_id(model_id, "--model-id")
     version = check_id(version, "--version") if version is not None else _next_version(session, model_id)
-    if session.get(ModelVersion, (model_id, version)) is not None:
+    if find_version(session, model_id, version) is not None:
         raise RegistryError(f"model {model_id!r} already has a version {version!r}")
     artifact_path = artifact_sha = None
     if artifact is not None:
         check_model_file(artifact)
         target = store_artifact(artifact, Path(artifacts_dir), model_id, version, session)
         artifact_path, artifact_sha = str(target), sha256_file(target)
-    generated = {
-        "model_details": {"model_id": model_id, "version": version, "registered_at": time.time(),
-                          "artifact_sha256": artifact_sha, "task": task},
-        "training_data": {"rows": profile.rows, "sha256": data_sha256, "features": sorted(profile.features)},
-        "evaluation": {"baseline_error_mean": baseline_error[0] if baseline_error else None,
-                       "baseline_error_std": baseline_error[1] if baseline_error else None},
-        "environment": environment(),
-    }
-    for key, value in (card or {}).items():  # the caller's sections extend the generated ones
-        generated[key] = generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) \
-            else value
+    generated = _model_card(model_id, version, artifact_sha, task, profile, data_sha256, baseline_error, card)
     row = ModelVersion(
         model_id=model_id, version=version, stage="candidate", created_at=time.time(),
         profile=profile.model_dump_json(), drift_config=(drift_config or DriftConfig()).model_dump_json(),
@@ -177,6 +167,23 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
     else:
         row.stage = stage
     return row
+
+
+def _model_card(model_id: str, version: str, artifact_sha: str | None, task: str | None, profile: ReferenceProfile,
+                data_sha256: str | None, baseline_error: tuple[float, float] | None, card: dict | None) -> dict:
+    """The generated model card, extended by the caller's ``card`` sections."""
+    generated = {
+        "model_details": {"model_id": model_id, "version": version, "registered_at": time.time(),
+                          "artifact_sha256": artifact_sha, "task": task},
+        "training_data": {"rows": profile.rows, "sha256": data_sha256, "features": sorted(profile.features)},
+        "evaluation": {"baseline_error_mean": baseline_error[0] if baseline_error else None,
+                       "baseline_error_std": baseline_error[1] if baseline_error else None},
+        "environment": environment(),
+    }
+    for key, value in (card or {}).items():  # the caller's sections extend the generated ones
+        generated[key] = generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) \
+            else value
+    return generated
 
 
 def promote(session: Session, model_id: str, version: str, *, actor: str, reason: str,
@@ -238,6 +245,12 @@ def champion_at(session: Session, model_id: str, at: float) -> str | None:
         ChampionChange.seq.desc()).limit(1))
 
 
+def champion(session: Session, model_id: str) -> ModelVersion | None:
+    """The champion version of ``model_id`` (its row), or None when it has none."""
+    return session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id,
+                                                      ModelVersion.stage == "champion")).first()
+
+
 def champions(session: Session, model_ids: list[str]) -> dict[str, str]:
     rows = session.execute(select(ModelVersion.model_id, ModelVersion.version).where(
         ModelVersion.model_id.in_(model_ids), ModelVersion.stage == "champion"))
@@ -272,8 +285,12 @@ def require_registered(session: Session, model_id: str | None) -> None:
         raise not_registered(session, model_id)
 
 
+def find_version(session: Session, model_id: str, version: str) -> ModelVersion | None:
+    return session.get(ModelVersion, (model_id, version))
+
+
 def get_version(session: Session, model_id: str, version: str) -> ModelVersion:
-    row = session.get(ModelVersion, (model_id, version))
+    row = find_version(session, model_id, version)
     if row is None:
         raise NotFound(f"model {model_id!r} has no version {version!r}")
     return row

@@ -10,18 +10,34 @@ import hashlib
 import json
 import logging
 import time
+from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from undertow.errors import NotFound
 from undertow.models.registry import environment
-from undertow.storage.errors import NotFound
 from undertow.storage.tables import TrainingRun
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("accepted", "waiting", "running")
-FINISHED = ("promoted", "rejected", "registered", "gave_up", "failed")
+
+
+class RunStatus(StrEnum):
+    """A training run's status; the value is what ``training_runs.status`` stores (a plain string)."""
+
+    ACCEPTED = "accepted"  # the request is recorded; no trainer has looked at it yet
+    WAITING = "waiting"  # too few labelled pairs so far: looked at again until ``wait_until``
+    RUNNING = "running"  # claimed by a trainer, training
+    PROMOTED = "promoted"  # the candidate passed the gate and is champion
+    REJECTED = "rejected"  # the candidate failed the gate
+    GAVE_UP = "gave_up"  # not enough labelled pairs by the deadline
+    FAILED = "failed"  # an error ended it (a tampered artifact, a training error)
+    REGISTERED = "registered"  # `undertow train`: trained and registered by hand, no gate
+
+
+ACTIVE = (RunStatus.ACCEPTED, RunStatus.WAITING, RunStatus.RUNNING)
+FINISHED = (RunStatus.PROMOTED, RunStatus.REJECTED, RunStatus.REGISTERED, RunStatus.GAVE_UP, RunStatus.FAILED)
 
 
 def run_id_for(request_id: str) -> str:
@@ -30,7 +46,7 @@ def run_id_for(request_id: str) -> str:
 
 
 def new_run(session: Session, *, run_id: str, model_id: str, champion_version: str | None, trigger: dict,
-            request_id: str | None = None, status: str = "accepted") -> TrainingRun:
+            request_id: str | None = None, status: RunStatus = RunStatus.ACCEPTED) -> TrainingRun:
     run = TrainingRun(run_id=run_id, request_id=request_id, model_id=model_id, champion_version=champion_version,
                       status=status, trigger=json.dumps(trigger, default=str), accepted_at=time.time(), attempts=0,
                       params="{}", metrics="{}", data="{}", durations="{}",
@@ -40,21 +56,27 @@ def new_run(session: Session, *, run_id: str, model_id: str, champion_version: s
     return run
 
 
-def finish(run: TrainingRun, status: str, outcome: str, **sections: dict) -> None:
+def finish(run: TrainingRun, status: RunStatus, outcome: str, **sections: dict) -> None:
     """Record the outcome and the run's sections (params, metrics, data, durations) as JSON."""
     for name, value in sections.items():
         setattr(run, name, json.dumps(value, default=str))
     run.status, run.outcome, run.finished_at = status, outcome, time.time()
 
 
+def find_run(session: Session, run_id: str, *, for_update: bool = False) -> TrainingRun | None:
+    """The run, or None; ``for_update`` locks its row until the transaction ends (PostgreSQL)."""
+    return session.get(TrainingRun, run_id, with_for_update=for_update or None)
+
+
 def get_run(session: Session, run_id: str) -> TrainingRun:
-    run = session.get(TrainingRun, run_id)
+    run = find_run(session, run_id)
     if run is None:
         raise NotFound(f"no training run {run_id!r}")
     return run
 
 
-def list_runs(session: Session, model_id: str | None = None, status: tuple[str, ...] = ()) -> list[TrainingRun]:
+def list_runs(session: Session, model_id: str | None = None,
+              status: tuple[RunStatus, ...] = ()) -> list[TrainingRun]:
     query = select(TrainingRun).order_by(TrainingRun.accepted_at, TrainingRun.run_id)
     if model_id:
         query = query.where(TrainingRun.model_id == model_id)

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from undertow.storage.errors import StaleOffsets
+from undertow.errors import StaleOffsets
 from undertow.storage.tables import (
     Alert,
     ConceptState,
@@ -303,6 +303,13 @@ def latest_window_results(session: Session) -> list[WindowResult]:
         WindowResult.model_id, WindowResult.version, WindowResult.feature)))
 
 
+def window_history(session: Session, model_id: str) -> list:
+    """(version, window_index, feature, end_ts, psi, severity) of every window result of a model, by end time."""
+    return list(session.execute(select(
+        WindowResult.version, WindowResult.window_index, WindowResult.feature, WindowResult.end_ts, WindowResult.psi,
+        WindowResult.severity).where(WindowResult.model_id == model_id).order_by(WindowResult.end_ts)).all())
+
+
 def add_alert(session: Session, alert: Alert) -> None:
     session.add(alert)
 
@@ -312,6 +319,11 @@ def alerts(session: Session, model_id: str | None = None, limit: int = 1000) -> 
     if model_id:
         query = query.where(Alert.model_id == model_id)
     return list(session.scalars(query))
+
+
+def alert_history(session: Session, model_id: str) -> list[str]:
+    """The CloudEvents (JSON text) of every alert of a model, oldest first."""
+    return list(session.scalars(select(Alert.cloudevent).where(Alert.model_id == model_id).order_by(Alert.event_ts)))
 
 
 def pending_index(session: Session, model_id: str) -> list[tuple[int, str, str, str | None, float]]:
@@ -461,6 +473,13 @@ def newest_pairs(session: Session, model_id: str, limit: int | None,
     if limit is not None:
         query = query.limit(limit)
     return list(reversed(session.scalars(query).all()))
+
+
+def error_history(session: Session, model_id: str) -> list:
+    """(prediction_ts, error, version, features) of every labelled pair of a model, by prediction time."""
+    return list(session.execute(select(
+        LabelledPair.prediction_ts, LabelledPair.error, LabelledPair.version, LabelledPair.features).where(
+        LabelledPair.model_id == model_id).order_by(LabelledPair.prediction_ts)).all())
 
 
 def alert(session: Session, alert_id: str) -> Alert | None:

@@ -9,18 +9,16 @@ from undertow.worker.cli.common import (
     add_connection_flags,
     add_json_flag,
     command,
-    open_sessions,
+    database,
     positive_int,
     settings_from,
 )
 
 
 def cmd_alerts(args) -> int:
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         events = [json.loads(a.cloudevent) for a in repo.alerts(session, args.model_id, args.limit)]
-    engine.dispose()
     if args.json:
         print(json.dumps(events, indent=2))
         return 0

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from datetime import datetime, timezone
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from undertow.storage import db
 from undertow.worker.runtime import transport
@@ -78,10 +82,17 @@ def settings_from(args: argparse.Namespace, cls: type[Settings] = Settings) -> S
     return load_settings({k: getattr(args, k, None) for k in _SETTINGS_FLAGS}, cls)
 
 
-def open_sessions(settings: Settings, must_exist: bool = False):
+@contextlib.contextmanager
+def database(settings: Settings, must_exist: bool = False) -> Iterator[sessionmaker[Session]]:
+    """``with database(settings) as sessions:`` the database's session factory, its schema migrated; the
+    engine is disposed when the block ends, by an exception too. ``must_exist``: a SQLite file that is not
+    there is an error, not created."""
     engine = db.make_engine(settings.db_url, must_exist=must_exist)
-    db.migrate(engine)
-    return engine, db.make_session_factory(engine)
+    try:
+        db.migrate(engine)
+        yield db.make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def install_stop_handlers(stop) -> None:

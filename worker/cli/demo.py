@@ -93,9 +93,11 @@ class Timeline:
             self.say("alert", kind)
 
     def _run(self, status: str, outcome: str | None, metrics: dict) -> None:
+        from undertow.models.runs import RunStatus
         gate = metrics.get("gate") or {}
-        if status in ("promoted", "rejected") and gate:
-            self.say("gate", f"gate {'passed' if status == 'promoted' else 'failed'}: on {gate['holdout_pairs']} "
+        if status in (RunStatus.PROMOTED, RunStatus.REJECTED) and gate:
+            verdict = "passed" if status == RunStatus.PROMOTED else "failed"
+            self.say("gate", f"gate {verdict}: on {gate['holdout_pairs']} "
                              f"held-out pairs the champion's mean error {gate['champion_mean_error']:.3f}, the "
                              f"candidate's {gate['candidate_mean_error']:.3f}; 95 % interval of the improvement "
                              f"[{gate['improvement_low']:.3f}, {gate['improvement_high']:.3f}]")
@@ -134,6 +136,7 @@ def cmd_demo(args) -> int:
     import httpx
     from sqlalchemy import text
 
+    from undertow.models import runs
     from undertow.storage import db
     from undertow.worker.cli import main
     from undertow.worker.dev.broker import EmbeddedBroker, free_port
@@ -173,36 +176,38 @@ def cmd_demo(args) -> int:
                     "trainer": _service("trainer", common, workdir, TRAINER_ENV),
                     "server": _service("serve", common, workdir, None, "--model-id", MODEL_ID, "--port", str(port))}
         engine = db.make_engine(f"sqlite:///{workdir / 'undertow.db'}")
-        timeline = Timeline(engine, started)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         try:
-            if not _wait(lambda: _ready(client), 60):
-                print("the serving endpoint did not start; see", workdir / "serve.log")
-                return 1
-            print(f"monitor, trainer and `undertow serve` running (logs in {workdir}); sending {n:,} requests",
-                  flush=True)
-            sender = Sender(client, timeline, rng, n, engine)
-            for name, count, income, concept in phases:
-                timeline.say("phase", f"-- {name}: {count:,} districts" +
-                             (f" (median income x{income})" if income != 1 else "") +
-                             (", priced by the new market" if concept else ""))
-                sender.send(data, count, income, concept, stopping)
-            sender.post_all_labels()
-            timeline.say("phase", "-- waiting for the trainer's decision")
-            _wait(lambda: timeline.poll() or any(s in ("promoted", "rejected", "gave_up", "failed")
-                                                 for s in timeline.run_status.values()), 120, 0.5)
-            _wait(lambda: sender.probe(data) == "2" or None, 30, 0.5)
-            timeline.say("phase", f"-- after the decision: {after:,} districts of the new market")
-            sender.send(data, after, 1.3, True, stopping)
-            sender.post_all_labels()
-            _wait(lambda: _processed(engine) >= sender.sent, 60, 0.5)
-            timeline.poll()
+            timeline = Timeline(engine, started)
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            try:
+                if not _wait(lambda: _ready(client), 60):
+                    print("the serving endpoint did not start; see", workdir / "serve.log")
+                    return 1
+                print(f"monitor, trainer and `undertow serve` running (logs in {workdir}); sending {n:,} requests",
+                      flush=True)
+                sender = Sender(client, timeline, rng, n, engine)
+                for name, count, income, concept in phases:
+                    timeline.say("phase", f"-- {name}: {count:,} districts" +
+                                 (f" (median income x{income})" if income != 1 else "") +
+                                 (", priced by the new market" if concept else ""))
+                    sender.send(data, count, income, concept, stopping)
+                sender.post_all_labels()
+                timeline.say("phase", "-- waiting for the trainer's decision")
+                _wait(lambda: timeline.poll() or any(s in runs.FINISHED
+                                                     for s in timeline.run_status.values()), 120, 0.5)
+                _wait(lambda: sender.probe(data) == "2" or None, 30, 0.5)
+                timeline.say("phase", f"-- after the decision: {after:,} districts of the new market")
+                sender.send(data, after, 1.3, True, stopping)
+                sender.post_all_labels()
+                _wait(lambda: _processed(engine) >= sender.sent, 60, 0.5)
+                timeline.poll()
+            finally:
+                client.close()
+                _stop(services.values())
+            with engine.connect() as conn:
+                summary = _summary(conn, text, sender, timeline)
         finally:
-            client.close()
-            _stop(services.values())
-        with engine.connect() as conn:
-            summary = _summary(conn, text, sender, timeline)
-        engine.dispose()
+            engine.dispose()
         report = write_report(f"sqlite:///{workdir / 'undertow.db'}", MODEL_ID, workdir / "report.html")
     print()
     width = max(len(k) for k, _ in summary)

@@ -11,8 +11,8 @@ from undertow.worker.cli.common import (
     add_connection_flags,
     add_json_flag,
     command,
+    database,
     iso,
-    open_sessions,
     rfc3339_time,
     settings_from,
     unreachable_broker,
@@ -44,8 +44,7 @@ def cmd_models_register(args) -> int:
     card = {"model_details": {"algorithm": _algorithm(model)}} if model is not None else {}
     if args.description:
         card["intended_use"] = {"description": args.description}
-    engine, sessions = open_sessions(settings)
-    with sessions.begin() as session:
+    with database(settings) as sessions, sessions.begin() as session:
         row = registry.register(
             session, model_id=args.model_id, version=args.version, profile=reference.profile,
             artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
@@ -54,7 +53,6 @@ def cmd_models_register(args) -> int:
         summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": task,
                    "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
                    "baseline_error": reference.baseline_error, "drift_config": config.model_dump()}
-    engine.dispose()
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -86,7 +84,7 @@ _LOOKS_LIKE_AN_OUTPUT = re.compile(r"target|label|^y$|^y_|pred|score|proba|outco
 def _require_target(args, columns: dict[str, list]) -> None:
     """Without --target every column is profiled as an input feature, the target and the model's own
     prediction included, and concept drift is off: only --no-target says that is meant."""
-    from undertow.storage.errors import ConfigError
+    from undertow.errors import ConfigError
     suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name) and name != args.target]
     if args.target is not None and args.prediction_column is None:
         like = f" (columns that look like one, now profiled as inputs: {', '.join(suspects)})" if suspects else ""
@@ -127,13 +125,11 @@ def _first_line(exc: BaseException) -> str:
 
 def cmd_models_list(args) -> int:
     from undertow.models import registry
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
                  "artifact_sha256": r.artifact_sha256, "registered_at": iso(r.created_at)}
                 for r in registry.list_versions(session, args.model_id)]
-    engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -145,8 +141,7 @@ def cmd_models_list(args) -> int:
 
 def cmd_models_show(args) -> int:
     from undertow.models import registry
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
         shown = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": row.task,
                  "registered_at": iso(row.created_at), "artifact_path": row.artifact_path,
@@ -154,14 +149,13 @@ def cmd_models_show(args) -> int:
                  "features": json.loads(row.feature_schema), "baseline_error_mean": row.baseline_error_mean,
                  "baseline_error_std": row.baseline_error_std, "drift_config": json.loads(row.drift_config),
                  "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0}
-    engine.dispose()
     print(json.dumps(shown, indent=2))
     return 0
 
 
 def _champion(session, model_id: str) -> str:
+    from undertow.errors import NotFound
     from undertow.models import registry
-    from undertow.storage.errors import NotFound
     registry.require_registered(session, model_id)  # "not registered", naming the ids that are, before "no champion"
     version = registry.champions(session, [model_id]).get(model_id)
     if version is None:
@@ -171,34 +165,39 @@ def _champion(session, model_id: str) -> str:
 
 def _change(args, action: str) -> int:
     """Promote or roll back in one transaction with the model event in the outbox; then try to publish it."""
+    settings = settings_from(args)
+    with database(settings, must_exist=True) as sessions:
+        with sessions.begin() as session:
+            previous, version = _make_change(session, settings, args, action)
+        published = _try_publish(settings, sessions)
+    print(f"{args.model_id}: version {version} is champion ({action}; was {previous}); the event is "
+          + ("published" if published else "in the outbox: a running service publishes it"))
+    return 0
+
+
+def _make_change(session, settings, args, action: str) -> tuple[str, str]:
+    """The promotion or rollback, its model event in the outbox; (the previous champion, the new one)."""
     from undertow.models import registry
+    from undertow.storage import repo
     from undertow.worker.runtime import cloudevents, output_events
     from undertow.worker.runtime.output_events import ModelChange, ModelPromoted
     from undertow.worker.runtime.signing import signed_headers
     from undertow.worker.runtime.topics import Topics
-    settings = settings_from(args)
-    engine, sessions = open_sessions(settings, must_exist=True)
-    with sessions.begin() as session:
-        previous = _champion(session, args.model_id)
-        if action == "promoted":
-            row = registry.promote(session, args.model_id, args.version, actor="operator", reason=args.reason)
-        else:
-            row = registry.rollback(session, args.model_id, actor="operator", reason=args.reason)
-        (change,) = registry.history(session, args.model_id)[-1:]
-        event = ModelPromoted(
-            id=cloudevents.event_id(args.model_id, row.version, action, change.seq), subject=args.model_id,
-            time=cloudevents.rfc3339(change.changed_at), data=ModelChange(
-                model_id=args.model_id, model_version=row.version, previous_version=previous, action=action,
-                actor="operator", reason=args.reason, request_id=None, run_id=None, gate=None))
-        value = output_events.encode(event)
-        from undertow.storage import repo
-        repo.enqueue(session, Topics(settings.topic_prefix).models, args.model_id.encode(), value,
-                     signed_headers(output_events.HEADERS, value, settings.signing_key))
-    published = _try_publish(settings, sessions)
-    engine.dispose()
-    print(f"{args.model_id}: version {row.version} is champion ({action}; was {previous}); the event is "
-          + ("published" if published else "in the outbox: a running service publishes it"))
-    return 0
+    previous = _champion(session, args.model_id)
+    if action == "promoted":
+        row = registry.promote(session, args.model_id, args.version, actor="operator", reason=args.reason)
+    else:
+        row = registry.rollback(session, args.model_id, actor="operator", reason=args.reason)
+    (change,) = registry.history(session, args.model_id)[-1:]
+    event = ModelPromoted(
+        id=cloudevents.event_id(args.model_id, row.version, action, change.seq), subject=args.model_id,
+        time=cloudevents.rfc3339(change.changed_at), data=ModelChange(
+            model_id=args.model_id, model_version=row.version, previous_version=previous, action=action,
+            actor="operator", reason=args.reason, request_id=None, run_id=None, gate=None))
+    value = output_events.encode(event)
+    repo.enqueue(session, Topics(settings.topic_prefix).models, args.model_id.encode(), value,
+                 signed_headers(output_events.HEADERS, value, settings.signing_key))
+    return previous, row.version
 
 
 def _try_publish(settings, sessions) -> bool:
@@ -235,8 +234,7 @@ def cmd_models_rollback(args) -> int:
 
 def cmd_models_history(args) -> int:
     from undertow.models import registry
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         rows = [{"at": iso(c.changed_at), "version": c.version, "previous_version": c.previous_version,
                  "action": c.action, "actor": c.actor, "reason": c.reason, "request_id": c.request_id,
@@ -245,7 +243,6 @@ def cmd_models_history(args) -> int:
         if args.at:
             from undertow.worker.runtime.cloudevents import epoch
             at = registry.champion_at(session, args.model_id, epoch(args.at))
-    engine.dispose()
     if args.at:
         return _print_champion_at(args, at)
     if args.json:
@@ -266,19 +263,16 @@ def _print_champion_at(args, version: str | None) -> int:
 
 
 def cmd_models_card(args) -> int:
-    from undertow.models import registry
+    from undertow.errors import ConfigError
+    from undertow.models import registry, runs
     from undertow.models.card import markdown, model_card
-    from undertow.storage.errors import ConfigError
-    from undertow.storage.tables import TrainingRun
     args.model_id = args.model_id or args.legacy_model_id
     if not args.model_id:
         raise ConfigError("models card needs --model-id")
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
-        run = session.get(TrainingRun, row.run_id) if row.run_id else None
+        run = runs.find_run(session, row.run_id) if row.run_id else None
         card = model_card(row, run, registry.history(session, args.model_id))
-    engine.dispose()
     print(json.dumps(card, indent=2, default=str) if args.format == "json" else markdown(card), end="")
     return 0
 

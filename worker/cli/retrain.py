@@ -3,23 +3,20 @@ from __future__ import annotations
 
 import json
 
+from undertow.errors import NotFound
 from undertow.storage import repo
-from undertow.storage.errors import NotFound
-from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, database, settings_from
 
 
 def cmd_retrain_list(args) -> int:
     from undertow.models import registry, runs
-    from undertow.storage.tables import TrainingRun
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         rows = []
         for r in repo.retrain_requests(session, args.model_id):
-            run = session.get(TrainingRun, runs.run_id_for(r.request_id))
+            run = runs.find_run(session, runs.run_id_for(r.request_id))
             rows.append(json.loads(r.cloudevent) | {"status": r.status, "outcome": r.outcome, "run": None if run is None
                         else {"run_id": run.run_id, "status": run.status, "detail": run.outcome}})
-    engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -41,11 +38,9 @@ def _policy(policy: dict) -> str:
 
 
 def cmd_retrain_close(args) -> int:
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         if repo.close_retrain_request(session, args.request_id, args.outcome) is None:
             raise NotFound(f"no retrain request {args.request_id!r}")
-    engine.dispose()
     print(f"closed {args.request_id}")
     return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, iso, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, add_json_flag, command, database, iso, settings_from
 
 # The run's own times, and the trigger's estimated start of a concept change, are stored as epoch seconds.
 _TIMES = ("accepted_at", "started_at", "finished_at", "wait_until")
@@ -19,11 +19,9 @@ def readable(run: dict) -> dict:
 
 def cmd_runs_list(args) -> int:
     from undertow.models import registry, runs
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         rows = [readable(runs.as_dict(r)) for r in runs.list_runs(session, args.model_id)]
-    engine.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -41,10 +39,8 @@ def cmd_runs_list(args) -> int:
 
 def cmd_runs_show(args) -> int:
     from undertow.models import runs
-    engine, sessions = open_sessions(settings_from(args), must_exist=True)
-    with sessions.begin() as session:
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         shown = readable(runs.as_dict(runs.get_run(session, args.run_id)))
-    engine.dispose()
     print(json.dumps(shown, indent=2, default=str))
     return 0
 

@@ -9,14 +9,13 @@ from sqlalchemy import select
 from undertow.models import registry
 from undertow.storage import repo
 from undertow.storage.tables import OTHER_UNREGISTERED, DriftState
-from undertow.worker.cli.common import add_connection_flags, iso, open_sessions, settings_from
+from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
 
 log = logging.getLogger("undertow")
 
 
 def collect_status(settings) -> dict:
-    engine, sessions = open_sessions(settings, must_exist=True)
-    with sessions.begin() as session:
+    with database(settings, must_exist=True) as sessions, sessions.begin() as session:
         stats = repo.model_stats(session)
         registered = registry.registered(session, [m.model_id for m in stats])
         # With UNDERTOW_WAIT_FOR_REGISTRATION, events of unregistered ids are counted here too: marked.
@@ -52,7 +51,6 @@ def collect_status(settings) -> dict:
         requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
                      "status": r.status, "requested_at": iso(r.created_ts)}
                     for r in repo.retrain_requests(session) if r.status == "open"]
-    engine.dispose()
     partitions, reachable = _with_log_ends(settings, offsets)
     return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
             "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions,

@@ -10,7 +10,7 @@ from undertow.worker.cli.common import (
     add_connection_flags,
     add_metrics_flag,
     command,
-    open_sessions,
+    database,
     positive_int,
     require_broker,
     settings_from,
@@ -46,11 +46,10 @@ def cmd_train(args) -> int:
             "intended_use": {k: v for k, v in (("description", args.description),
                                                ("out_of_scope", args.out_of_scope)) if v},
             "caveats": args.caveat or [], "training_data": data, "evaluation": {"holdout": built.metrics}}
-    engine, sessions = open_sessions(settings)
     try:
-        with sessions.begin() as session:
+        with database(settings) as sessions, sessions.begin() as session:
             run = runs.new_run(session, run_id=f"run-{uuid.uuid4().hex[:16]}",
-                               model_id=args.model_id, champion_version=None, status="running",
+                               model_id=args.model_id, champion_version=None, status=runs.RunStatus.RUNNING,
                                trigger={"reason": "undertow train", "data": data["file"]})
             row = registry.register(
                 session, model_id=args.model_id, version=args.version, profile=built.profile,
@@ -59,7 +58,7 @@ def cmd_train(args) -> int:
                 card=card, task=task, test_set=built.test_set, run_id=run.run_id, actor="operator",
                 reason="trained by undertow train")
             run.candidate_version = row.version
-            runs.finish(run, "registered", f"version {row.version} registered as champion",
+            runs.finish(run, runs.RunStatus.REGISTERED, f"version {row.version} registered as champion",
                         params={"pipeline": "default recipe", "task": task, "holdout_fraction": args.holdout_fraction},
                         metrics={"candidate": built.metrics}, data=data, durations=built.durations)
             summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": task,
@@ -67,7 +66,6 @@ def cmd_train(args) -> int:
                        "baseline_error": built.baseline_error, "features": schema}
             finished = runs.as_dict(run)
     finally:
-        engine.dispose()
         shutil.rmtree(artifact.parent, ignore_errors=True)
     runs.mirror_to_mlflow(settings.mlflow_tracking_uri, finished)
     print(json.dumps(summary, indent=2))

@@ -17,12 +17,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from undertow.errors import InvalidEvent
 from undertow.models import registry
-from undertow.storage.errors import InvalidEvent
-from undertow.storage.tables import ModelVersion
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent
 from undertow.worker.runtime.output_events import ModelPromoted, ModelRejected
@@ -51,11 +49,11 @@ def check_known(session: Session, what: str, model_id: str, *versions: str | Non
     what stops a forged event from training or being logged as a change of a model that is not there.
     """
     for version in versions:
-        if version is not None and session.get(ModelVersion, (model_id, version)) is None:
+        if version is not None and registry.find_version(session, model_id, version) is None:
             break
     else:
         return
-    if session.scalar(select(ModelVersion.version).where(ModelVersion.model_id == model_id).limit(1)) is None:
+    if not registry.registered(session, [model_id]):
         raise InvalidEvent(f"{what} names model {model_id!r}, which is not registered: not acted on")
     raise InvalidEvent(f"{what} names version {version!r} of model {model_id!r}, which does not exist: "
                        "not acted on")

@@ -22,16 +22,15 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from undertow.errors import UndertowError
 from undertow.models import registry
+from undertow.models import runs as training_runs
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import RollingMean
 from undertow.models.profile import ReferenceProfile
-from undertow.storage import db
-from undertow.storage.errors import UndertowError
-from undertow.storage.tables import TrainingRun
+from undertow.storage import db, repo
 from undertow.worker.report import alerts as report_alerts
 
 RECENT_VALUES = 2000   # newest labelled predictions shown as "recent"
@@ -134,14 +133,9 @@ def gather(session: Session, model_id: str) -> dict:
     if not versions:
         raise registry.not_registered(session, model_id)
     champion = next((v for v in versions if v.stage == "champion"), versions[-1])
-    windows = session.execute(text(
-        "SELECT version, window_index, feature, end_ts, psi, severity FROM window_results WHERE model_id = :m "
-        "ORDER BY end_ts"), {"m": model_id}).all()
-    pairs = session.execute(text(
-        "SELECT prediction_ts, error, version, features FROM labelled_pairs WHERE model_id = :m "
-        "ORDER BY prediction_ts"), {"m": model_id}).all()
-    events = [json.loads(c) for (c,) in session.execute(text(
-        "SELECT cloudevent FROM alerts WHERE model_id = :m ORDER BY event_ts"), {"m": model_id})]
+    windows = repo.window_history(session, model_id)
+    pairs = repo.error_history(session, model_id)
+    events = [json.loads(c) for c in repo.alert_history(session, model_id)]
     config = DriftConfig.model_validate_json(champion.drift_config)
     # Each alert is read with its own version's thresholds: a retrained version may have others.
     configs = {v.version: DriftConfig.model_validate_json(v.drift_config) for v in versions}
@@ -155,8 +149,7 @@ def gather(session: Session, model_id: str) -> dict:
 
 
 def _version_rows(session: Session, model_id: str, versions: list) -> list[dict]:
-    runs = {r.candidate_version: r for r in session.scalars(select(TrainingRun).where(
-        TrainingRun.model_id == model_id))}
+    runs = {r.candidate_version: r for r in training_runs.list_runs(session, model_id)}
     rows = []
     for v in versions:
         run = runs.get(v.version)
@@ -183,8 +176,8 @@ def _baselines(session: Session, model_id: str, versions: list, config: DriftCon
     production baseline the monitor refined if there is one, else the validation one."""
     baselines = {}
     for v in versions:
-        state = session.execute(text("SELECT detectors FROM concept_state WHERE model_id = :m AND version = :v"),
-                                {"m": model_id, "v": v.version}).scalar()
+        row = repo.concept_state(session, model_id, v.version)
+        state = row.detectors if row is not None else None
         production = (json.loads(state).get("production") or {}) if state else {}
         mean = production.get("mean") if production.get("mean") is not None else v.baseline_error_mean
         sd = production.get("sd") if production.get("sd") is not None else v.baseline_error_std

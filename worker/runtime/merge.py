@@ -131,39 +131,53 @@ class CoPartitionMerger:
                 now: float | None = None) -> list:
         """Up to ``limit`` records, in merge order."""
         now = time.monotonic() if now is None else now
-        first, second = self.topics
         released: list = self._passthrough.release(caught_up, limit)
         for number in sorted({p for _, p in self._buffers}):
-            a = self._buffers.get((first, number)) or deque()
-            b = self._buffers.get((second, number)) or deque()
-            # Nothing is fetched during a release: whether a partition is caught up is asked once.
-            other_caught_up: dict[tuple[str, int], bool] = {}
-            while len(released) < limit and (a or b):
-                if a and b:
-                    take_a = (a[0].timestamp, 0, a[0].offset) <= (b[0].timestamp, 1, b[0].offset)
-                    self._waiting_since.pop(number, None)
-                else:
-                    other = (second, number) if a else (first, number)
-                    if other not in other_caught_up:
-                        other_caught_up[other] = caught_up(other)
-                    if other_caught_up[other]:
-                        self._waiting_since.pop(number, None)
-                        self._released_unmerged.discard(number)
-                        # The other side is empty and caught up: the rest of this side goes in order.
-                        source = a or b
-                        released.extend(source.popleft() for _ in range(min(limit - len(released), len(source))))
-                        continue
-                    # The wait ends for everything buffered now, not for one record at a time.
-                    since = self._waiting_since.setdefault(number, now)
-                    if now - since < self.max_wait_s and len(a) + len(b) < self.max_buffered:
-                        break
-                    if number not in self._released_unmerged:
-                        self._released_unmerged.add(number)
-                        log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
-                                 "releasing in arrival order", number, other[0], now - since, len(a) + len(b))
-                    take_a = bool(a)
-                if number not in self._waiting_since:
-                    self._released_unmerged.discard(number)
-                source = a if take_a else b
-                released.append(source.popleft())
+            self._release_partition(number, caught_up, limit, released, now)
         return released
+
+    def _release_partition(self, number: int, caught_up: Callable[[tuple[str, int]], bool], limit: int,
+                           released: list, now: float) -> None:
+        """Move partition ``number``'s records that may go now to ``released``, in merge order, up to ``limit``."""
+        first, second = self.topics
+        a = self._buffers.get((first, number)) or deque()
+        b = self._buffers.get((second, number)) or deque()
+        # Nothing is fetched during a release: whether a partition is caught up is asked once.
+        other_caught_up: dict[tuple[str, int], bool] = {}
+        while len(released) < limit and (a or b):
+            if a and b:
+                take_a = (a[0].timestamp, 0, a[0].offset) <= (b[0].timestamp, 1, b[0].offset)
+                self._waiting_since.pop(number, None)
+            else:
+                other = (second, number) if a else (first, number)
+                if other not in other_caught_up:
+                    other_caught_up[other] = caught_up(other)
+                if other_caught_up[other]:
+                    self._release_rest(number, a or b, limit, released)
+                    continue
+                if not self._waited_enough(number, other, len(a) + len(b), now):
+                    break
+                take_a = bool(a)
+            if number not in self._waiting_since:
+                self._released_unmerged.discard(number)
+            source = a if take_a else b
+            released.append(source.popleft())
+
+    def _release_rest(self, number: int, source: deque, limit: int, released: list) -> None:
+        """The other side is empty and caught up: the rest of this side goes in order."""
+        self._waiting_since.pop(number, None)
+        self._released_unmerged.discard(number)
+        released.extend(source.popleft() for _ in range(min(limit - len(released), len(source))))
+
+    def _waited_enough(self, number: int, other: tuple[str, int], waiting: int, now: float) -> bool:
+        """Whether a partition whose ``other`` side is empty and behind releases in arrival order now: after
+        ``max_wait_s`` or at ``max_buffered`` records (logged once per wait). The wait ends for everything
+        buffered now, not for one record at a time."""
+        since = self._waiting_since.setdefault(number, now)
+        if now - since < self.max_wait_s and waiting < self.max_buffered:
+            return False
+        if number not in self._released_unmerged:
+            self._released_unmerged.add(number)
+            log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
+                     "releasing in arrival order", number, other[0], now - since, waiting)
+        return True

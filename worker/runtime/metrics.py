@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from undertow.models.runs import RunStatus
 from undertow.worker.runtime.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,12 @@ def _training_runs(conn):
     counts = {status: (n, total) for status, n, total in conn.execute(text(
         "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs "
         "GROUP BY status")).all()}
-    for status in ("waiting", "running", "promoted", "rejected", "gave_up", "failed", "registered"):
-        n, total = counts.get(status, (0, 0.0))
-        runs.add_metric([status], n)
-        seconds.add_metric([status], total or 0.0)
+    for status in RunStatus:
+        if status is RunStatus.ACCEPTED:
+            continue  # not yet looked at by a trainer: not a series of its own
+        n, total = counts.get(status.value, (0, 0.0))
+        runs.add_metric([status.value], n)
+        seconds.add_metric([status.value], total or 0.0)
     yield runs
     yield seconds
 

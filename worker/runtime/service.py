@@ -43,8 +43,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session
 
+from undertow.errors import InvalidEvent, StaleOffsets
 from undertow.storage import db, repo
-from undertow.storage.errors import InvalidEvent, StaleOffsets
 from undertow.worker.runtime.batch import Batch, build_batch
 from undertow.worker.runtime.checkpoint import Checkpoint
 from undertow.worker.runtime.merge import FifoIntake, Intake
@@ -386,7 +386,7 @@ class _Loop:
                 self.runner.step_seconds["checkpoint"] += time.perf_counter() - validated
                 self.runner.garbage.processed(len(part))
                 continue
-            except Exception as exc:  # noqa: BLE001 - anything not transient is the records' doing
+            except Exception as exc:  # anything not transient is the records' doing
                 if is_transient(exc):
                     raise
                 self.runner.reset_stages()  # the failed attempt may have changed cached state

@@ -23,12 +23,10 @@ from collections.abc import Callable
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from undertow.errors import InvalidEvent, NotFound, UndertowError
 from undertow.models import registry
-from undertow.storage.errors import InvalidEvent, NotFound, UndertowError
-from undertow.storage.tables import ModelVersion
 from undertow.worker.runtime import signing
 from undertow.worker.runtime.output_events import ModelPromoted, parse_event
 from undertow.worker.runtime.settings import Settings
@@ -57,8 +55,7 @@ def load_champion(sessions: sessionmaker[Session], model_id: str, max_rows: int 
 
 
 def _no_champion(session: Session, model_id: str) -> NotFound:
-    stages = session.execute(select(ModelVersion.version, ModelVersion.stage).where(
-        ModelVersion.model_id == model_id).order_by(ModelVersion.created_at)).all()
+    stages = [(row.version, row.stage) for row in registry.list_versions(session, model_id)]
     if stages:
         listed = ", ".join(f"{version} {stage}" for version, stage in stages[-_LISTED_IDS:])
         listed = ("..., " if len(stages) > _LISTED_IDS else "") + listed  # the newest, those likely promoted

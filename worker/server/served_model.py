@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, model_validator
-
 from threadpoolctl import threadpool_limits
 
+from undertow.errors import NotFound, UndertowError
 from undertow.models import registry, training
-from undertow.storage.errors import NotFound, UndertowError
 from undertow.worker.runtime.events import Integer, Text
 
 MAX_BATCH_ROWS = 1000
@@ -135,7 +134,7 @@ def _warm_up(served: ServedModel, row: registry.ModelVersion) -> None:
     warm_row = test_set["features"][0] if test_set and test_set.get("features") else {name: None for name in schema}
     try:
         served.predict([{name: warm_row.get(name) for name in schema}])
-    except Exception as exc:  # noqa: BLE001 - whatever the model raises, it would raise on every request
+    except Exception as exc:  # whatever the model raises, it would raise on every request
         raise NotServable(f"model {row.model_id!r} version {row.version} failed its warm-up prediction "
                           f"({_first_line(exc)}); it would fail requests too") from exc
 
@@ -149,7 +148,7 @@ def _load_model(row: registry.ModelVersion):
         return registry.load_artifact(row)
     except UndertowError:
         raise  # missing file, SHA-256 mismatch: already one line that says so
-    except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code: any error means "cannot load"
+    except Exception as exc:  # unpickling runs arbitrary code: any error means "cannot load"
         hint = ("; the module that defined the model's classes when it was saved must be importable, with those "
                 "classes, where `undertow serve` runs (on PYTHONPATH, or installed in its environment)"
                 if isinstance(exc, _IMPORT_FAILURES) else "")

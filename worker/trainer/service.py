@@ -18,10 +18,9 @@ import time
 from kafka import KafkaAdminClient
 from sqlalchemy.orm import Session
 
+from undertow.errors import InvalidEvent
 from undertow.models import registry, runs
 from undertow.storage import repo
-from undertow.storage.errors import InvalidEvent
-from undertow.storage.tables import TrainingRun
 from undertow.worker.monitor.model_events import check_known, warn_if_unsigned
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
@@ -73,7 +72,7 @@ class AcceptStage:
         for position, event in batch.events:
             request = event.data
             run_id = runs.run_id_for(request.request_id)
-            if session.get(TrainingRun, run_id) is not None:
+            if runs.find_run(session, run_id) is not None:
                 log.info("retrain request %s (%s[%d]@%d) was accepted before as %s: ignored", request.request_id,
                          position.topic, position.partition, position.offset, run_id)
                 continue

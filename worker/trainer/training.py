@@ -30,17 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from undertow.errors import UndertowError
 from undertow.models import candidate as candidates
 from undertow.models import gate, registry, runs, training
 from undertow.models.drift.config import DriftConfig
 from undertow.models.profile import PREDICTION_FEATURE
+from undertow.models.runs import RunStatus
 from undertow.storage import db, repo
-from undertow.storage.errors import UndertowError
-from undertow.storage.tables import ModelVersion, TrainingRun
+from undertow.storage.tables import LabelledPair, ModelVersion, TrainingRun
 from undertow.worker.runtime import cloudevents, output_events
 from undertow.worker.runtime.output_events import (
     ModelChange,
@@ -150,6 +151,19 @@ class Plan:
     timings: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What training and the gate made of a plan, computed outside any transaction; ``_commit`` stores it."""
+
+    built: candidates.BuiltVersion  # the fitted candidate, its profile, holdout errors and metrics
+    task: str
+    artifact: Path  # the candidate's model file in a temporary folder (the registry stores its own copy)
+    decision: gate.GateDecision  # before the check that the champion did not change meanwhile
+    data: dict[str, object]  # the run's data section (``_data_section``)
+    durations: dict[str, float]  # seconds: fit, gate, total
+    params: dict[str, object]  # the run's parameters section (``TrainingWorker._params``)
+
+
 class TrainingWorker:
     def __init__(self, settings: TrainerSettings, clock=time.time):
         self.settings = settings
@@ -190,7 +204,7 @@ class TrainingWorker:
                 retry_in = RETRY_FIRST_S
                 if not worked:
                     stop.wait(1.0)
-        except Exception:  # noqa: BLE001 - the thread must say why it ended
+        except Exception:  # the thread must say why it ended
             log.exception("the training thread stopped")
             raise
         finally:
@@ -204,10 +218,10 @@ class TrainingWorker:
     def recover(self) -> int:
         """Runs left ``running`` by a trainer that died go back to ``accepted``."""
         with self.sessions.begin() as session:
-            orphans = [r for r in runs.list_runs(session, status=("running",))
+            orphans = [r for r in runs.list_runs(session, status=(RunStatus.RUNNING,))
                        if r.run_id not in self._training and not RunLock(self.engine, r.run_id).held_elsewhere()]
             for run in orphans:
-                run.status, run.outcome = "accepted", "resumed: the trainer that ran it stopped"
+                run.status, run.outcome = RunStatus.ACCEPTED, "resumed: the trainer that ran it stopped"
         for run in orphans:
             log.warning("run %s was interrupted (its trainer stopped): training it again", run.run_id)
         return len(orphans)
@@ -216,7 +230,7 @@ class TrainingWorker:
         """Process the oldest due run; False when none is due."""
         now = self.clock()
         with self.sessions() as session:
-            due = [r.run_id for r in runs.list_runs(session, status=("accepted", "waiting"))
+            due = [r.run_id for r in runs.list_runs(session, status=(RunStatus.ACCEPTED, RunStatus.WAITING))
                    if self._next_check.get(r.run_id, 0) <= now]
         if not due:
             return False
@@ -232,7 +246,7 @@ class TrainingWorker:
             plan = self._claim(run_id, lock)
         except _Taken:
             self._back_off(run_id)  # another trainer is claiming it: look again later, not at once
-            return "running"
+            return RunStatus.RUNNING
         except BaseException:
             # A claim that did not commit keeps no lock. The lock's connection may well be alive while the
             # claim's is dead (the database restarted between the claim's first read and its lock): a lock
@@ -265,14 +279,14 @@ class TrainingWorker:
         """
         with self.sessions.begin() as session:
             run = runs.get_run(session, run_id)
-            if run.status not in ("accepted", "waiting"):
+            if run.status not in (RunStatus.ACCEPTED, RunStatus.WAITING):
                 return run.status
             if not lock.acquire():
                 raise _Taken
             try:
                 plan = self._plan(session, run)
             except UndertowError as exc:
-                self._end_without_candidate(session, run, "failed", str(exc))
+                self._end_without_candidate(session, run, RunStatus.FAILED, str(exc))
                 return run.status
             if plan is None:
                 return run.status
@@ -291,60 +305,57 @@ class TrainingWorker:
         except UndertowError as exc:
             log.error("run %s failed: %s", plan.run_id, exc)
             with self.sessions.begin() as session:
-                run = session.get(TrainingRun, plan.run_id)
-                if run.status == "running" and run.attempts == plan.attempt:
-                    self._end_without_candidate(session, run, "failed", str(exc))
-            return "failed"
+                run = runs.find_run(session, plan.run_id)
+                if run.status == RunStatus.RUNNING and run.attempts == plan.attempt:
+                    self._end_without_candidate(session, run, RunStatus.FAILED, str(exc))
+            return RunStatus.FAILED
         try:
             with self.sessions.begin() as session:
                 return self._commit(session, plan, outcome)
         finally:
-            shutil.rmtree(outcome["artifact"].parent, ignore_errors=True)  # the registry has its own copy
+            shutil.rmtree(outcome.artifact.parent, ignore_errors=True)  # the registry has its own copy
 
     def _plan(self, session: Session, run: TrainingRun) -> Plan | None:
+        """The run's plan, the run set ``running``; None when it waits for data or gave up (said on the run)."""
         champion = _champion(session, run.model_id)
         trigger = json.loads(run.trigger)
         predicted_from = trigger.get("change_at")
         policy = trigger.get("data_policy", {"kind": "rolling", "max_pairs": None})
-        have = repo.count_pairs(session, run.model_id, predicted_from)
         limit = policy.get("max_pairs") if policy.get("kind") == "rolling" else None
+        have = repo.count_pairs(session, run.model_id, predicted_from)
         usable = min(have, limit) if limit else have
-        needed = self.pairs_needed()
-        if usable < needed:
-            since = "" if predicted_from is None else f" predicted after the change ({cloudevents.rfc3339(predicted_from)})"
-            if self.clock() < (run.wait_until or 0):
-                run.status = "waiting"
-                run.outcome = f"waiting for {needed} labelled pairs{since}: {usable} so far"
-                self._next_check[run.run_id] = self.clock() + self.settings.wait_check_seconds
-                log.info("run %s: %s", run.run_id, run.outcome)
-                return None
-            self._end_without_candidate(session, run, "gave_up", f"only {usable} labelled pairs{since} by the "
-                                        f"deadline; {needed} are needed for training and a held-out part")
+        if usable < self.pairs_needed():
+            self._wait_or_give_up(session, run, usable, predicted_from)
             return None
         pairs = repo.newest_pairs(session, run.model_id, limit, predicted_from)
         model = registry.load_artifact(champion) if champion.artifact_path else None  # SHA-256 checked first
-        run.status, run.started_at, run.attempts = "running", self.clock(), run.attempts + 1
+        run.status, run.started_at, run.attempts = RunStatus.RUNNING, self.clock(), run.attempts + 1
         run.champion_version = champion.version
         run.outcome = None
-        schema = {k: v for k, v in json.loads(champion.feature_schema).items() if k != PREDICTION_FEATURE}
         log.info("run %s: training a candidate for %s on %d pairs (attempt %d)", run.run_id, run.model_id,
                  len(pairs), run.attempts)
-        return Plan(
-            run_id=run.run_id, attempt=run.attempts, model_id=run.model_id, request_id=run.request_id,
-            champion_version=champion.version, champion_task=champion.task, schema=schema, champion_model=model,
-            champion_sha256=champion.artifact_sha256,
-            champion_test_set=json.loads(champion.test_set) if champion.test_set else None,
-            drift_config=champion.drift_config, champion_card=json.loads(champion.model_card or "{}"),
-            rows=[json.loads(p.features) for p in pairs], targets=[json.loads(p.label) for p in pairs],
-            times=[p.prediction_ts for p in pairs], recorded_predictions=[json.loads(p.prediction) for p in pairs],
-            event_ids=[p.event_id for p in pairs], predicted_from=predicted_from)
+        return _plan_of(run, champion, model, pairs, predicted_from)
+
+    def _wait_or_give_up(self, session: Session, run: TrainingRun, usable: int, predicted_from: float | None) -> None:
+        """Too few labelled pairs: the run waits, looked at again now and then, until its deadline; then it gives up."""
+        needed = self.pairs_needed()
+        since = "" if predicted_from is None else f" predicted after the change ({cloudevents.rfc3339(predicted_from)})"
+        if self.clock() < (run.wait_until or 0):
+            run.status = RunStatus.WAITING
+            run.outcome = f"waiting for {needed} labelled pairs{since}: {usable} so far"
+            self._next_check[run.run_id] = self.clock() + self.settings.wait_check_seconds
+            log.info("run %s: %s", run.run_id, run.outcome)
+            return
+        self._end_without_candidate(session, run, RunStatus.GAVE_UP, f"only {usable} labelled pairs{since} by the "
+                                    f"deadline; {needed} are needed for training and a held-out part")
 
     def pairs_needed(self) -> int:
         s = self.settings
         return max(math.ceil(s.min_train_pairs / (1 - s.holdout_fraction - s.gap_fraction)),
                    math.ceil((s.min_train_pairs + s.gate_min_holdout) / (1 - s.gap_fraction)))
 
-    def _train_and_judge(self, plan: Plan) -> dict:
+    def _train_and_judge(self, plan: Plan) -> Outcome:
+        """Fit a candidate on the plan's pairs and judge it against the champion; nothing is stored."""
         started = time.perf_counter()
         task = plan.champion_task or training.infer_task(plan.targets)
         split = training.split_by_time(plan.times, self.settings.holdout_fraction, self.settings.gap_fraction,
@@ -352,106 +363,79 @@ class TrainingWorker:
         pipeline = plan.champion_model if plan.champion_model is not None else \
             training.default_pipeline(plan.schema, task)
         built = candidates.build_version(pipeline, plan.rows, plan.targets, plan.schema, task, split)
-        held_rows = [plan.rows[i] for i in split.holdout]
-        held_targets = [plan.targets[i] for i in split.holdout]
-        if plan.champion_model is not None:  # the champion re-scored on the same rows
-            champion_predictions = training.predict(plan.champion_model, held_rows, plan.schema, task)
-        else:  # what it answered in production
-            champion_predictions = [plan.recorded_predictions[i] for i in split.holdout]
-        champion_errors = training.row_errors(champion_predictions, held_targets)
-        own_test, own_test_note = None, "the champion has no test set"
-        if plan.predicted_from is not None:
-            own_test_note = ("not applied: the request follows a concept change, so the champion's test set "
-                             "carries the old concept's labels")
-        elif plan.champion_test_set:
-            test = plan.champion_test_set
-            if plan.champion_model is not None:
-                champion_own = candidates.test_set_errors(plan.champion_model, test, plan.schema, task)
-            elif test.get("predictions") is not None:
-                champion_own = training.row_errors(test["predictions"], test["targets"])
-            else:
-                champion_own = None
-            if champion_own is not None:
-                candidate_own = candidates.test_set_errors(built.model, test, plan.schema, task)
-                own_test = (float(champion_own.mean()), float(candidate_own.mean()))
+        champion_errors = _champion_holdout_errors(plan, task, split)
+        own_test, own_test_note = _own_test(plan, task, built.model)
         artifact = candidates.dump_model(built.model)
         started_gate = time.perf_counter()
         decision = gate.judge(champion_errors, built.holdout_errors, self.rules,
                               champion_sha256=plan.champion_sha256, candidate_sha256=registry.sha256_file(artifact),
-                              own_test=own_test, own_test_note=own_test_note, seed=int(hashlib.sha256(plan.run_id.encode()).hexdigest()[:8], 16))
-        times = np.asarray(plan.times)
-        data = {"pairs": len(plan.rows), "train_rows": int(split.train.size), "gap_rows": split.gap,
-                "holdout_rows": int(split.holdout.size),
-                "train_from": cloudevents.rfc3339(float(times[split.train].min())),
-                "train_to": cloudevents.rfc3339(float(times[split.train].max())),
-                "holdout_from": cloudevents.rfc3339(float(times[split.holdout].min())),
-                "holdout_to": cloudevents.rfc3339(float(times[split.holdout].max())),
-                "predicted_from": None if plan.predicted_from is None else cloudevents.rfc3339(plan.predicted_from),
-                "sha256": _data_hash(plan)}
-        return {"built": built, "task": task, "artifact": artifact, "decision": decision, "data": data,
-                "durations": {**built.durations, "gate_seconds": time.perf_counter() - started_gate,
-                              "total_seconds": time.perf_counter() - started},
-                "params": {"pipeline": "champion clone" if plan.champion_model is not None else "default recipe",
-                           "estimator": type(built.model.steps[-1][1]).__name__
-                           if hasattr(built.model, "steps") else type(built.model).__name__,
-                           "holdout_fraction": self.settings.holdout_fraction,
-                           "gap_fraction": self.settings.gap_fraction, "task": task, **self.rules.model_dump()}}
+                              own_test=own_test, own_test_note=own_test_note,
+                              seed=int(hashlib.sha256(plan.run_id.encode()).hexdigest()[:8], 16))
+        return Outcome(built=built, task=task, artifact=artifact, decision=decision, data=_data_section(plan, split),
+                       durations={**built.durations, "gate_seconds": time.perf_counter() - started_gate,
+                                  "total_seconds": time.perf_counter() - started},
+                       params=self._params(plan, built, task))
 
-    def _commit(self, session: Session, plan: Plan, outcome: dict) -> str:
-        run = session.get(TrainingRun, plan.run_id, with_for_update=True)
-        if run is None or run.status != "running" or run.attempts != plan.attempt:
+    def _params(self, plan: Plan, built: candidates.BuiltVersion, task: str) -> dict[str, object]:
+        """The run's parameters section: the recipe, the estimator, the split and the gate's rules."""
+        return {"pipeline": "champion clone" if plan.champion_model is not None else "default recipe",
+                "estimator": _estimator_name(built.model), "holdout_fraction": self.settings.holdout_fraction,
+                "gap_fraction": self.settings.gap_fraction, "task": task, **self.rules.model_dump()}
+
+    def _commit(self, session: Session, plan: Plan, outcome: Outcome) -> str:
+        """Store what the outcome means, in one transaction, unless another attempt finished the run meanwhile."""
+        run = runs.find_run(session, plan.run_id, for_update=True)
+        if run is None or run.status != RunStatus.RUNNING or run.attempts != plan.attempt:
             log.warning("run %s was finished elsewhere meanwhile: this attempt's result is dropped", plan.run_id)
             return run.status if run else "missing"
-        built, decision = outcome["built"], outcome["decision"]
+        built, decision = outcome.built, outcome.decision
         champion = _champion(session, plan.model_id)
         if champion.version != plan.champion_version:
             decision = gate.GateDecision(False, [f"the champion changed to {champion.version} during training"],
                                          decision.numbers)
-        card = {"model_details": {"algorithm": outcome["params"]["estimator"]},
-                "intended_use": plan.champion_card.get("intended_use", {}),
-                "training_data": {k: outcome["data"][k] for k in ("train_from", "train_to", "train_rows")},
-                "evaluation": {"gate": decision.numbers, "holdout": built.metrics}}
         row = registry.register(
             session, model_id=plan.model_id, profile=built.profile,
-            artifacts_dir=Path(self.settings.artifacts_dir), artifact=outcome["artifact"],
+            artifacts_dir=Path(self.settings.artifacts_dir), artifact=outcome.artifact,
             drift_config=DriftConfig.model_validate_json(plan.drift_config), baseline_error=built.baseline_error,
-            error_sample=built.error_sample, data_sha256=outcome["data"]["sha256"], card=card, stage="candidate",
-            task=outcome["task"], test_set=built.test_set, run_id=plan.run_id, actor="trainer",
+            error_sample=built.error_sample, data_sha256=outcome.data["sha256"], card=_card(plan, outcome, decision),
+            stage="candidate", task=outcome.task, test_set=built.test_set, run_id=plan.run_id, actor="trainer",
             reason="trained on request", request_id=plan.request_id)
-        numbers = decision.numbers
-        if decision.passed:
-            reason = (f"gate passed: error {numbers['champion_mean_error']:.4g} -> {numbers['candidate_mean_error']:.4g},"
-                      f" improvement {numbers['improvement_low']:.4g}..{numbers['improvement_high']:.4g} "
-                      f"({numbers['confidence']:.0%}) on {numbers['holdout_pairs']} held-out pairs")
-            registry.promote(session, plan.model_id, row.version, actor="trainer", reason=reason,
-                             request_id=plan.request_id, run_id=plan.run_id)
-            event = ModelPromoted(
-                id=cloudevents.event_id(plan.model_id, row.version, "promoted", plan.run_id), subject=plan.model_id,
-                time=cloudevents.rfc3339(self.clock()), data=ModelChange(
-                    model_id=plan.model_id, model_version=row.version, previous_version=plan.champion_version,
-                    action="promoted", actor="trainer", reason=reason, request_id=plan.request_id,
-                    run_id=plan.run_id, gate=numbers))
-            status = "promoted"
-        else:
-            reason = "gate failed: " + "; ".join(decision.reasons)
-            registry.reject(session, row)
-            event = ModelRejected(
-                id=cloudevents.event_id(plan.model_id, row.version, "rejected", plan.run_id), subject=plan.model_id,
-                time=cloudevents.rfc3339(self.clock()), data=ModelRejection(
-                    model_id=plan.model_id, model_version=row.version, champion_version=plan.champion_version,
-                    reasons=decision.reasons, request_id=plan.request_id, run_id=plan.run_id, gate=numbers))
-            status = "rejected"
+        status, reason, event = self._promote_or_reject(session, plan, row, decision)
         self._enqueue(session, event)
         if plan.request_id:
             repo.close_retrain_request(session, plan.request_id, f"{status}: {reason}")
         run.candidate_version = row.version
-        runs.finish(run, status, reason, params=outcome["params"],
-                    metrics={"candidate": built.metrics, "gate": numbers}, data=outcome["data"],
-                    durations=outcome["durations"])
+        runs.finish(run, status, reason, params=outcome.params,
+                    metrics={"candidate": built.metrics, "gate": decision.numbers}, data=outcome.data,
+                    durations=outcome.durations)
         log.info("run %s: candidate %s@%s %s (%s)", plan.run_id, plan.model_id, row.version, status, reason)
         return status
 
-    def _end_without_candidate(self, session: Session, run: TrainingRun, status: str, reason: str) -> None:
+    def _promote_or_reject(self, session: Session, plan: Plan, row: ModelVersion, decision: gate.GateDecision
+                           ) -> tuple[RunStatus, str, ModelPromoted | ModelRejected]:
+        """The gate's decision applied to the registered candidate: the run's status, why, and the model event."""
+        numbers = decision.numbers
+        if not decision.passed:
+            reason = "gate failed: " + "; ".join(decision.reasons)
+            registry.reject(session, row)
+            return RunStatus.REJECTED, reason, ModelRejected(
+                id=cloudevents.event_id(plan.model_id, row.version, "rejected", plan.run_id), subject=plan.model_id,
+                time=cloudevents.rfc3339(self.clock()), data=ModelRejection(
+                    model_id=plan.model_id, model_version=row.version, champion_version=plan.champion_version,
+                    reasons=decision.reasons, request_id=plan.request_id, run_id=plan.run_id, gate=numbers))
+        reason = (f"gate passed: error {numbers['champion_mean_error']:.4g} -> {numbers['candidate_mean_error']:.4g},"
+                  f" improvement {numbers['improvement_low']:.4g}..{numbers['improvement_high']:.4g} "
+                  f"({numbers['confidence']:.0%}) on {numbers['holdout_pairs']} held-out pairs")
+        registry.promote(session, plan.model_id, row.version, actor="trainer", reason=reason,
+                         request_id=plan.request_id, run_id=plan.run_id)
+        return RunStatus.PROMOTED, reason, ModelPromoted(
+            id=cloudevents.event_id(plan.model_id, row.version, "promoted", plan.run_id), subject=plan.model_id,
+            time=cloudevents.rfc3339(self.clock()), data=ModelChange(
+                model_id=plan.model_id, model_version=row.version, previous_version=plan.champion_version,
+                action="promoted", actor="trainer", reason=reason, request_id=plan.request_id,
+                run_id=plan.run_id, gate=numbers))
+
+    def _end_without_candidate(self, session: Session, run: TrainingRun, status: RunStatus, reason: str) -> None:
         runs.finish(run, status, reason)
         if run.request_id:
             repo.close_retrain_request(session, run.request_id, f"{status}: {reason}")
@@ -472,11 +456,83 @@ class TrainingWorker:
 
 
 def _champion(session: Session, model_id: str) -> ModelVersion:
-    row = session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id,
-                                                     ModelVersion.stage == "champion")).first()
+    row = registry.champion(session, model_id)
     if row is None:
         raise registry.RegistryError(f"model {model_id!r} has no champion to retrain")
     return row
+
+
+def _plan_of(run: TrainingRun, champion: ModelVersion, model: object | None, pairs: list[LabelledPair],
+             predicted_from: float | None) -> Plan:
+    """A claimed run's plan: its champion (loaded ``model``, or None without an artifact) and its pairs."""
+    schema = {k: v for k, v in json.loads(champion.feature_schema).items() if k != PREDICTION_FEATURE}
+    return Plan(
+        run_id=run.run_id, attempt=run.attempts, model_id=run.model_id, request_id=run.request_id,
+        champion_version=champion.version, champion_task=champion.task, schema=schema, champion_model=model,
+        champion_sha256=champion.artifact_sha256,
+        champion_test_set=json.loads(champion.test_set) if champion.test_set else None,
+        drift_config=champion.drift_config, champion_card=json.loads(champion.model_card or "{}"),
+        rows=[json.loads(p.features) for p in pairs], targets=[json.loads(p.label) for p in pairs],
+        times=[p.prediction_ts for p in pairs], recorded_predictions=[json.loads(p.prediction) for p in pairs],
+        event_ids=[p.event_id for p in pairs], predicted_from=predicted_from)
+
+
+def _champion_holdout_errors(plan: Plan, task: str, split: training.Split) -> np.ndarray:
+    """The champion's errors on the held-out rows: re-scored by its model, else what it answered in production."""
+    held_targets = [plan.targets[i] for i in split.holdout]
+    if plan.champion_model is not None:
+        predictions = training.predict(plan.champion_model, [plan.rows[i] for i in split.holdout], plan.schema, task)
+    else:
+        predictions = [plan.recorded_predictions[i] for i in split.holdout]
+    return training.row_errors(predictions, held_targets)
+
+
+NO_TEST_SET = "the champion has no test set"
+
+
+def _own_test(plan: Plan, task: str, candidate: object) -> tuple[tuple[float, float] | None, str]:
+    """(champion, candidate) mean error on the champion's own test set, or None; and the gate's note for None."""
+    if plan.predicted_from is not None:
+        return None, ("not applied: the request follows a concept change, so the champion's test set "
+                      "carries the old concept's labels")
+    test = plan.champion_test_set
+    if not test:
+        return None, NO_TEST_SET
+    if plan.champion_model is not None:
+        champion_own = candidates.test_set_errors(plan.champion_model, test, plan.schema, task)
+    elif test.get("predictions") is not None:
+        champion_own = training.row_errors(test["predictions"], test["targets"])
+    else:
+        return None, NO_TEST_SET
+    candidate_own = candidates.test_set_errors(candidate, test, plan.schema, task)
+    return (float(champion_own.mean()), float(candidate_own.mean())), NO_TEST_SET
+
+
+def _data_section(plan: Plan, split: training.Split) -> dict[str, object]:
+    """The run's data section: how many pairs, how they were split, the time each part covers, their hash."""
+    times = np.asarray(plan.times)
+    return {"pairs": len(plan.rows), "train_rows": int(split.train.size), "gap_rows": split.gap,
+            "holdout_rows": int(split.holdout.size),
+            "train_from": cloudevents.rfc3339(float(times[split.train].min())),
+            "train_to": cloudevents.rfc3339(float(times[split.train].max())),
+            "holdout_from": cloudevents.rfc3339(float(times[split.holdout].min())),
+            "holdout_to": cloudevents.rfc3339(float(times[split.holdout].max())),
+            "predicted_from": None if plan.predicted_from is None else cloudevents.rfc3339(plan.predicted_from),
+            "sha256": _data_hash(plan)}
+
+
+def _estimator_name(model: object) -> str:
+    """The estimator's class, the final step's for a pipeline."""
+    steps = getattr(model, "steps", None)
+    return type(steps[-1][1] if steps else model).__name__
+
+
+def _card(plan: Plan, outcome: Outcome, decision: gate.GateDecision) -> dict:
+    """The candidate's model card sections beyond the generated ones; the intended use is the champion's."""
+    return {"model_details": {"algorithm": outcome.params["estimator"]},
+            "intended_use": plan.champion_card.get("intended_use", {}),
+            "training_data": {k: outcome.data[k] for k in ("train_from", "train_to", "train_rows")},
+            "evaluation": {"gate": decision.numbers, "holdout": outcome.built.metrics}}
 
 
 def _data_hash(plan: Plan) -> str:
