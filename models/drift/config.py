@@ -53,24 +53,17 @@ class DriftConfig(BaseModel):
                                            description="CUSUM threshold for one false alarm per this many labels")
     rolling_window: int = Field(default=500, ge=10, description="labels in the rolling mean error")
     rolling_step: int = Field(default=50, ge=1, description="labels between rolling evaluations")
-    # 4.7: bench/rolling_false_alarms.py counts one false alarm per 33-200 M stationary labels; 4.4 would
-    # keep the promise there (one per 10.5-50 M), but no change in bench/concept.py was found sooner with it.
+    # 4.7: why, in docs/benchmarks.md ("Why the defaults").
     rolling_sigmas: float = Field(default=4.7, gt=0, description="standard errors above the baseline mean")
     rolling_long_window: int = Field(default=2000, ge=10, description="labels in the long rolling mean error "
                                                                        "(slow, gradual changes)")
-    # The long mean weighs its labels linearly by age (a ramp is noticed sooner). At 4.4 of its standard
-    # errors bench/rolling_false_alarms.py counts one false alarm per 11-40 M stationary labels (normal,
-    # |normal|, 0/1 and exponential errors; known or estimated baseline), as the CUSUMs promise; at 4.3,
-    # heavy-tailed errors with an estimated baseline gave one per 6.9 M. The equal-weight mean it replaced
-    # was at 4.5 (12-50 M); at 4.0 it gave one per 2.7-6.9 M (bench/memory.py: 2 on 2.4 M labels).
+    # 4.4 (the long mean weighs its labels linearly by age): why, in docs/benchmarks.md ("Why the defaults").
     rolling_long_sigmas: float = Field(default=4.4, gt=0, description="standard errors above the "
                                               "baseline mean for the long rolling mean (weighted by age)")
     production_baseline_labels: int = Field(default=1000, ge=0,
                                             description="first labels of a version that set its production "
                                                         "baseline (0: use the validation estimate)")
-    # 30,000: the allowance for an estimated baseline is 0.012 sd there, against 0.02 on 10,000 (gradual drift
-    # found up to 10 % sooner in bench/concept.py); refining longer takes in more of a slow drift's beginning before
-    # the trend rule stops it, and stops more stationary baselines early by chance (bench/deployment_gap.py).
+    # 30,000: why, in docs/benchmarks.md ("Why the defaults").
     production_refine_labels: int = Field(default=30_000, ge=0, description="labels the production baseline "
                                           "keeps learning from while no episode is open")
     deployment_gap_margin: float = Field(default=0.05, ge=0, description="relative excess of production over "
