@@ -172,15 +172,14 @@ def test_serve_says_once_at_start_up_when_control_events_are_unsigned(env, signi
 def test_an_empty_or_blank_signing_key_is_refused_at_start_up_in_one_line(tmp_path, command, value):
     database = tmp_path / "undertow.db"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("UNDERTOW_")}
-    started = time.monotonic()
     # The broker address is closed: a service that got as far as connecting would hang or fail otherwise.
     done = subprocess.run([str(Path(sys.executable).with_name("undertow")), *command,
                            "--bootstrap-servers", "127.0.0.1:1", "--db-url", f"sqlite:///{database}"],
                           cwd=tmp_path, env={**environ, "UNDERTOW_SIGNING_KEY": value}, capture_output=True,
                           text=True, timeout=30)
-    elapsed = time.monotonic() - started
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith("undertow: error: ")
     assert "UNDERTOW_SIGNING_KEY" in done.stderr and "empty or blank" in done.stderr
-    assert elapsed < 6, f"took {elapsed:.1f}s to refuse"
-    assert not database.exists()  # refused before touching anything
+    # Refused before touching anything: no database file, and the message is about the key, not the closed
+    # broker address (a service that got as far as connecting would say that instead, or hang until timeout).
+    assert not database.exists()

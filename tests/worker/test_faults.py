@@ -96,7 +96,7 @@ def test_broker_paused_mid_stream_until_the_monitor_loses_its_group(private_brok
         wait_mid_stream(env, monitor)
         os.kill(private_broker.pid, signal.SIGSTOP)
         try:
-            wait_for(lambda: "Heartbeat session expired" in env.log_of(monitor, tail=10**8), 60,
+            wait_for(lambda: "Heartbeat session expired" in env.log_of(monitor, tail=10**8), 120,
                      "the monitor's group session to expire on the stalled broker")
         finally:
             os.kill(private_broker.pid, signal.SIGCONT)
