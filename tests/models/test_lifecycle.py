@@ -6,9 +6,10 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
+from sqlalchemy import text
 
 from undertow.errors import NotFound
-from undertow.models import candidate, gate, registry, training
+from undertow.models import candidate, gate, registry, runs, training
 from undertow.models.profile import build_profile
 from undertow.storage import db
 
@@ -75,6 +76,8 @@ def test_promote_rollback_and_the_champion_at_any_time(engine, tmp_path):
         registry.promote(s, "m", "2", actor="trainer", reason="gate passed", request_id="r1", run_id="run-1")
     with sessions.begin() as s:
         assert registry.champions(s, ["m"]) == {"m": "2"}
+        assert registry.champion(s, "m").version == "2" and registry.champion(s, "other") is None
+        assert registry.find_version(s, "m", "1").stage == "archived" and registry.find_version(s, "m", "9") is None
         assert registry.get_version(s, "m", "1").stage == "archived"
         promoted_at = registry.history(s, "m")[-1].changed_at
         restored = registry.rollback(s, "m", actor="operator", reason="bad outcome")
@@ -131,3 +134,19 @@ def test_finished_runs_are_mirrored_to_mlflow_and_a_broken_mirror_only_warns(tmp
     assert got.tags["undertow.run_id"] == "run-1" and got.tags["undertow.candidate_version"] == "2"
     assert mirror_to_mlflow(f"file:{tmp_path / 'nowhere'}/mlruns", run) is None  # deprecated store: refused
     assert "could not mirror run run-1" in caplog.text
+
+
+def test_run_statuses_are_stored_as_the_plain_strings_earlier_releases_wrote(engine):
+    """RunStatus is a StrEnum: the column holds 'running', 'promoted', ...; a row read back compares equal."""
+    from undertow.models.runs import RunStatus
+    assert [s.value for s in RunStatus] == ["accepted", "waiting", "running", "promoted", "rejected", "gave_up",
+                                           "failed", "registered"]
+    sessions = db.make_session_factory(engine)
+    with sessions.begin() as s:
+        run = runs.new_run(s, run_id="run-1", model_id="m", champion_version=None, trigger={})
+        runs.finish(run, RunStatus.GAVE_UP, "too few pairs")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM training_runs")).scalar_one() == "gave_up"
+    with sessions() as s:
+        (stored,) = runs.list_runs(s, status=(RunStatus.GAVE_UP,))
+        assert stored.status == RunStatus.GAVE_UP and runs.find_run(s, "run-2") is None

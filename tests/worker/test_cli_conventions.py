@@ -362,3 +362,28 @@ def test_the_reports_times_are_rfc3339_model_cards_included(env, tmp_path):
     assert re.search(r"Generated \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", page)
     assert re.search(r"registered_at&#34;: &#34;\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ&#34;", page)
     assert not _EPOCH.search(page) and " UTC" not in page
+
+
+def test_a_commands_database_engine_is_disposed_when_the_command_fails(tmp_path, monkeypatch):
+    """`with database(settings) as sessions:` disposes the engine however the block ends."""
+    import pytest
+
+    from undertow.errors import NotFound
+    from undertow.storage import db
+    from undertow.worker.cli.common import database
+    from undertow.worker.runtime.settings import Settings
+    engines = []
+    make_engine = db.make_engine
+
+    def recorded(*args, **kwargs):
+        engines.append(make_engine(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(db, "make_engine", recorded)
+    disposed = []
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'undertow.db'}")
+    with pytest.raises(NotFound):
+        with database(settings) as sessions, sessions.begin():
+            monkeypatch.setattr(engines[0], "dispose", lambda: disposed.append(True))
+            raise NotFound("the command's own error")
+    assert disposed == [True]
