@@ -5,9 +5,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
+import numpy.typing as npt
 
 from undertow.models import training
 from undertow.models.profile import PREDICTION_FEATURE, ReferenceProfile, build_profile
@@ -25,14 +27,14 @@ class BuiltVersion:
     profile: ReferenceProfile
     baseline_error: tuple[float, float]
     error_sample: list[float]
-    test_set: dict
-    holdout_errors: np.ndarray
-    metrics: dict
-    durations: dict = field(default_factory=dict)
+    test_set: dict[str, Any]
+    holdout_errors: npt.NDArray[np.float64]
+    metrics: dict[str, Any]
+    durations: dict[str, float] = field(default_factory=dict)
 
 
-def build_version(pipeline, rows: list[dict], targets: list, schema: dict[str, str], task: training.Task,
-                  split: training.Split) -> BuiltVersion:
+def build_version(pipeline: object, rows: list[dict[str, Any]], targets: list[Any], schema: dict[str, str],
+                  task: training.Task, split: training.Split) -> BuiltVersion:
     train_rows = [rows[i] for i in split.train]
     train_targets = [targets[i] for i in split.train]
     held_rows = [rows[i] for i in split.holdout]
@@ -51,7 +53,8 @@ def build_version(pipeline, rows: list[dict], targets: list, schema: dict[str, s
         durations={"fit_seconds": fitted.seconds})
 
 
-def _metrics(task: str, predictions: list, targets: list, errors: np.ndarray) -> dict:
+def _metrics(task: str, predictions: list[Any], targets: list[Any],
+             errors: npt.NDArray[np.float64]) -> dict[str, Any]:
     if task == "classification":
         return {"accuracy": float(1 - errors.mean()), "holdout_rows": len(targets)}
     y = np.array(targets, dtype=float)
@@ -61,21 +64,22 @@ def _metrics(task: str, predictions: list, targets: list, errors: np.ndarray) ->
             "r2": float(1 - (residual ** 2).sum() / spread) if spread else None, "holdout_rows": len(targets)}
 
 
-def test_set_errors(model, version_test_set: dict, schema: dict[str, str], task: training.Task) -> np.ndarray:
+def test_set_errors(model: object, version_test_set: dict[str, Any], schema: dict[str, str],
+                    task: training.Task) -> npt.NDArray[np.float64]:
     """Errors of ``model`` on a version's stored test set."""
     predictions = training.predict(model, version_test_set["features"], schema, task)
     return training.row_errors(predictions, version_test_set["targets"])
 
 
-def dump_model(model, directory: Path | None = None) -> Path:
+def dump_model(model: object, directory: Path | None = None) -> Path:
     """The fitted pipeline as ``model.joblib`` in a new temporary folder (the registry copies it into its store)."""
     path = Path(tempfile.mkdtemp(prefix="undertow-model-", dir=directory)) / "model.joblib"
     joblib.dump(model, path, compress=3)
     return path
 
 
-def rows_from_table(columns: dict[str, list], target: str,
-                    time_column: str | None = None) -> tuple[list[dict], list, list[float] | None]:
+def rows_from_table(columns: dict[str, list[Any]], target: str, time_column: str | None = None,
+                    ) -> tuple[list[dict[str, Any]], list[Any], list[float] | None]:
     """Feature rows, targets and (with a time column) their times; rows without a target are dropped."""
     for name, role in ((target, "target"), (time_column, "time")):
         if name is not None and name not in columns:
@@ -91,7 +95,7 @@ def rows_from_table(columns: dict[str, list], target: str,
     return rows, targets, times
 
 
-def epoch_seconds(values: list, column: str) -> list[float]:
+def epoch_seconds(values: list[Any], column: str) -> list[float]:
     """A time column as seconds since the epoch: numbers as they are, RFC 3339 strings parsed."""
     from datetime import datetime, timezone
     out = []

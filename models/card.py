@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
 
@@ -19,7 +20,7 @@ def _iso(ts: float | None) -> str | None:
         "+00:00", "Z")
 
 
-def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[ChampionChange]) -> dict:
+def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[ChampionChange]) -> dict[str, Any]:
     stored = json.loads(row.model_card or "{}")
     details = stored.get("model_details", {})
     training_data = dict(stored.get("training_data", {}))
@@ -53,7 +54,7 @@ def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[Champio
     }
 
 
-def markdown(card: dict) -> str:
+def markdown(card: dict[str, Any]) -> str:
     details = card["model_details"]
     lines = [f"# Model card: {details['model_id']} version {details['version']}", ""]
     for title, section in (("Model details", details), ("Intended use", card["intended_use"]),

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 from undertow.models.profile import ProfileError
 
 
-def _parse_csv_column(raw: list[str]) -> list:
-    values: list = [None if v == "" else v for v in raw]
+def _parse_csv_column(raw: list[str]) -> list[Any]:
+    values: list[Any] = [None if v == "" else v for v in raw]
     try:
         return [None if v is None else float(v) for v in values]
     except ValueError:
         return values  # categorical
 
 
-def read_table(path: str | Path) -> dict[str, list]:
+def read_table(path: str | Path) -> dict[str, list[Any]]:
     """Columns of a CSV (header row, empty cell = missing) or Parquet file."""
     path = Path(path)
     if not path.is_file():
@@ -25,7 +26,8 @@ def read_table(path: str | Path) -> dict[str, list]:
             import pyarrow.parquet as pq
         except ImportError:
             raise ProfileError("reading Parquet needs pyarrow: pip install 'undertow[parquet]'") from None
-        return pq.read_table(path).to_pydict()
+        columns: dict[str, list[Any]] = pq.read_table(path).to_pydict()
+        return columns
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:

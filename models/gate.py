@@ -16,8 +16,10 @@ forgot the champion's own test set, a candidate that is the champion).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -39,11 +41,11 @@ class GateRules(BaseModel):
 class GateDecision:
     passed: bool
     reasons: list[str]    # why it failed; empty when it passed
-    numbers: dict         # everything it measured, recorded with the decision
+    numbers: dict[str, Any]  # everything it measured, recorded with the decision
 
 
-def paired_bootstrap(improvement: np.ndarray, resamples: int, confidence: float, seed: int = 0,
-                     chunk_elements: int = 5_000_000) -> tuple[float, float]:
+def paired_bootstrap(improvement: npt.NDArray[np.float64], resamples: int, confidence: float,
+                     seed: int = 0, chunk_elements: int = 5_000_000) -> tuple[float, float]:
     """Percentile interval of the mean of per-pair improvements, resampling pairs.
 
     >>> low, high = paired_bootstrap(np.r_[np.ones(500), np.zeros(500)], 1000, 0.95)
@@ -62,7 +64,8 @@ def paired_bootstrap(improvement: np.ndarray, resamples: int, confidence: float,
     return float(low), float(high)
 
 
-def judge(champion_errors: np.ndarray, candidate_errors: np.ndarray, rules: GateRules, *,
+def judge(champion_errors: npt.NDArray[np.float64], candidate_errors: npt.NDArray[np.float64],
+          rules: GateRules, *,
           champion_sha256: str | None, candidate_sha256: str,
           own_test: tuple[float, float] | None, own_test_note: str = "the champion has no test set",
           seed: int = 0) -> GateDecision:
@@ -80,7 +83,7 @@ def judge(champion_errors: np.ndarray, candidate_errors: np.ndarray, rules: Gate
     False
     """
     n = int(champion_errors.size)
-    numbers: dict = {"holdout_pairs": n, "min_holdout": rules.min_holdout, "min_gain": rules.min_gain,
+    numbers: dict[str, Any] = {"holdout_pairs": n, "min_holdout": rules.min_holdout, "min_gain": rules.min_gain,
                      "confidence": rules.confidence, "resamples": rules.resamples, "tolerance": rules.tolerance,
                      "champion_sha256": champion_sha256, "candidate_sha256": candidate_sha256}
     reasons = []

@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from undertow.models.dataset import read_table
 from undertow.models.drift import errors as drift_errors
@@ -32,10 +34,10 @@ class Reference:
     baseline_error: tuple[float, float] | None
     error_sample: list[float] | None = None  # sorted, at most ERROR_SAMPLE_SIZE
     # Rows with their targets (and the model's predictions): the version's test set for the gate.
-    test_set: dict | None = None
+    test_set: dict[str, Any] | None = None
 
 
-def errors(target: list, prediction: list, classes: bool = False) -> np.ndarray:
+def errors(target: list[Any], prediction: list[Any], classes: bool = False) -> npt.NDArray[np.float64]:
     """Per-row error (``models.drift.errors``); rows missing either are skipped."""
     values = drift_errors.errors(target, prediction, classes)
     if values.size == 0:
@@ -43,7 +45,7 @@ def errors(target: list, prediction: list, classes: bool = False) -> np.ndarray:
     return values
 
 
-def baseline_error(target: list, prediction: list) -> tuple[float, float]:
+def baseline_error(target: list[Any], prediction: list[Any]) -> tuple[float, float]:
     """Mean and standard deviation of the error.
 
     >>> baseline_error([1.0, 2.0, 3.0], [1.5, 2.0, 2.0])
@@ -55,11 +57,12 @@ def baseline_error(target: list, prediction: list) -> tuple[float, float]:
     return float(values.mean()), float(values.std())
 
 
-def error_sample(values: np.ndarray) -> list[float]:
+def error_sample(values: npt.NDArray[np.float64]) -> list[float]:
     ordered = np.sort(values)
     if ordered.size > ERROR_SAMPLE_SIZE:
         ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
-    return ordered.tolist()
+    sample: list[float] = ordered.tolist()
+    return sample
 
 
 def load_reference(path: str | Path, target: str | None = None, prediction: str | None = None,
@@ -86,7 +89,7 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
                      error_sample(values), _test_set(columns, target, prediction))
 
 
-def _test_set(columns: dict[str, list], target: str, prediction: str) -> dict:
+def _test_set(columns: dict[str, list[Any]], target: str, prediction: str) -> dict[str, Any]:
     names = [name for name in columns if name not in (target, prediction)]
     keep = [i for i, (y, p) in enumerate(zip(columns[target], columns[prediction])) if y is not None and p is not None]
     keep = [keep[i] for i in np.unique(np.linspace(0, len(keep) - 1, min(len(keep), TEST_SET_MAX_ROWS)).astype(int))]

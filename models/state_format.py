@@ -20,7 +20,7 @@ or keys to tell its format.
 >>> codec.load("{}", 3)
 Traceback (most recent call last):
 ...
-undertow.storage.errors.UndertowError: counter state of format 3 is newer than this release reads (format 2): upgrade Undertow
+undertow.errors.UndertowError: counter state of format 3 is newer than this release reads (format 2): upgrade Undertow
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from undertow.storage.errors import UndertowError
+from undertow.errors import UndertowError
 
 M = TypeVar("M", bound=BaseModel)
 

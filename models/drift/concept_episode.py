@@ -68,10 +68,12 @@ class Episode:
         self.level_from: float | None = None if state is None else state.level_from
         self.escalation: Cusum | None = None
         self.escalation_pt: PredictionTimeCusum | None = None
-        if self.level is not None:
-            self._start_escalation()
-            self.escalation.from_state(state.escalation)
-            self.escalation_pt.from_state(state.escalation_pt)
+        if state is not None and state.level is not None:
+            if state.escalation is None or state.escalation_pt is None:
+                raise ValueError("an episode state with a level needs the states of its escalation detectors")
+            escalation, escalation_pt = self._start_escalation()
+            escalation.from_state(state.escalation)
+            escalation_pt.from_state(state.escalation_pt)
 
     def start(self, labels: int, change_ts: float | None, prediction_ts: float) -> None:
         self.in_episode, self.started_label = True, labels
@@ -82,18 +84,21 @@ class Episode:
         self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
         self.level_from = prediction_ts
 
-    def _start_escalation(self) -> None:
-        """Upper CUSUMs (arrival order and prediction time) against the episode's own level."""
+    def _start_escalation(self) -> tuple[Cusum, PredictionTimeCusum]:
+        """Upper CUSUMs (arrival order and prediction time) against the episode's own level; returns them."""
         c = self.config
-        self.level = float(np.mean(self.level_z))
-        self.escalation = Cusum(c.cusum_k, c.cusum_false_alarm_every,
-                                reference_z=np.array(self.level_z) - self.level if len(self.level_z) >= 100 else None)
-        self.escalation_pt = PredictionTimeCusum(c.cusum_k, self.escalation.threshold, c.pt_bucket_seconds,
-                                                 c.pt_horizon_buckets)
+        self.level = level = float(np.mean(self.level_z))
+        self.escalation = escalation = Cusum(
+            c.cusum_k, c.cusum_false_alarm_every,
+            reference_z=np.array(self.level_z) - level if len(self.level_z) >= 100 else None)
+        self.escalation_pt = escalation_pt = PredictionTimeCusum(c.cusum_k, escalation.threshold,
+                                                                 c.pt_bucket_seconds, c.pt_horizon_buckets)
+        return escalation, escalation_pt
 
     def escalate(self, z: float, prediction_ts: float) -> Escalated | None:
         """One standardised error inside the episode: its level measured first, then watched for a rise."""
-        if self.level is None:
+        level, escalation, escalation_pt = self.level, self.escalation, self.escalation_pt
+        if level is None:
             # The episode's level from predictions made after the change began: late labels of
             # earlier predictions would pull it down and make the next rise look like an escalation.
             if self.level_from is None or prediction_ts >= self.level_from:
@@ -101,25 +106,29 @@ class Episode:
             if len(self.level_z) >= self.config.rolling_window:
                 self._start_escalation()
             return None
-        self.escalation.update(z - self.level)
-        self.escalation_pt.update(z - self.level, prediction_ts)
-        fired = self.escalation if self.escalation.drift_detected else (
-            self.escalation_pt if self.escalation_pt.drift_detected else None)
+        if escalation is None or escalation_pt is None:  # set with the level
+            raise ValueError("an episode with a level has its escalation detectors")
+        escalation.update(z - level)
+        escalation_pt.update(z - level, prediction_ts)
+        fired: Cusum | PredictionTimeCusum | None = escalation if escalation.drift_detected else (
+            escalation_pt if escalation_pt.drift_detected else None)
         if fired is None:
             return None
-        change = self.escalation_pt.change_ts
+        change = escalation_pt.change_ts
         escalated = Escalated(fired.statistic, fired.threshold, change)
         self._measure_level_from(change if change is not None else prediction_ts)
         return escalated
 
     def calm(self, rolling: RollingMean, labels: int) -> Ended | None:
         """Whether the episode ends here (the rolling mean calm for a whole window of evaluations)."""
-        if rolling.evaluated:
-            self.calm_evaluations = self.calm_evaluations + 1 if rolling.value <= rolling.calm_level else 0
-        if (self.calm_evaluations >= math.ceil(rolling.window / rolling.step)
-                and labels - self.started_label >= rolling.window):
-            return Ended(rolling.value, rolling.calm_level)
-        return None
+        value = rolling.value  # None only before the rolling mean's first evaluation
+        if rolling.evaluated and value is not None:
+            self.calm_evaluations = self.calm_evaluations + 1 if value <= rolling.calm_level else 0
+        if value is None or self.calm_evaluations < math.ceil(rolling.window / rolling.step):
+            return None
+        if self.started_label is None:
+            raise ValueError("no episode is open")
+        return Ended(value, rolling.calm_level) if labels - self.started_label >= rolling.window else None
 
     def end(self) -> None:
         self.in_episode, self.started_label, self.calm_evaluations = False, None, 0

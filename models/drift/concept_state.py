@@ -26,9 +26,11 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from undertow.errors import UndertowError
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import MIN_CALIBRATION_SAMPLE, cusum_threshold, cusum_threshold_from
 from undertow.models.drift.error_stream import StreamCounts, StreamState
@@ -64,8 +66,8 @@ class Context:
 
 def concept_codec(context: Context, log_loss_context: Context) -> StateCodec[ConceptState]:
     """The codec of a version's concept state (``log_loss_context``: the same for its log-loss stream)."""
-    def stepwise(step: Callable[[dict, Context], None]) -> Callable[[dict], dict]:
-        def upgrade(blob: dict) -> dict:
+    def stepwise(step: Callable[[dict[str, Any], Context], None]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
             step(blob, context)
             if blob.get("log_loss") is not None:  # formats 2-8 nest the log-loss stream as a row
                 inner = json.loads(blob["log_loss"]["detectors"])
@@ -107,9 +109,11 @@ def _fresh_prediction_time_cusum(config: DriftConfig) -> list[float]:
     return [math.nan, math.nan, 0.0, 0.0, 0.0, *([0.0] * config.pt_horizon_buckets)]
 
 
-def _from_1(blob: dict, context: Context) -> dict:
+def _from_1(blob: dict[str, Any], context: Context) -> dict[str, Any]:
     """The validation baseline, as then; detectors not there yet start afresh (suffix sums of nothing)."""
     c = context.config
+    if context.validation is None:  # format 1 was written only for versions with a baseline error
+        raise UndertowError("concept state of format 1 needs the version's validation baseline")
     mean, sd = context.validation
     detectors = {**blob, "rolling_mean_long": [0, 0.0, math.nan, *([0.0] * c.rolling_long_window)],
                  "prediction_time_cusum": [math.nan, math.nan, 0.0, 0.0, *([0.0] * c.pt_horizon_buckets)]}
@@ -124,13 +128,13 @@ def _prefix_sums(state: list[float]) -> list[float]:
     return [*state[:4], total, *(total - suffix).tolist()]
 
 
-def _from_2(blob: dict, context: Context) -> None:
+def _from_2(blob: dict[str, Any], context: Context) -> None:
     blob["detectors"]["prediction_time_cusum"] = _prefix_sums(blob["detectors"]["prediction_time_cusum"])
     if blob["episode"]["escalation_pt"] is not None:
         blob["episode"]["escalation_pt"] = _prefix_sums(blob["episode"]["escalation_pt"])
 
 
-def _from_3(blob: dict, context: Context) -> None:
+def _from_3(blob: dict[str, Any], context: Context) -> None:
     production = blob["production"]
     blob["detectors"]["prediction_time_cusum_small"] = _fresh_prediction_time_cusum(context.config)
     production["gap_pending"] = False
@@ -154,27 +158,27 @@ def _small_threshold(cusum_h: float, baseline_labels: int | None, context: Conte
     return max(scaled, cusum_threshold_from(reference_z(sample, *context.validation, baseline_labels), k / 2, every))
 
 
-def _from_4(blob: dict, context: Context) -> None:
+def _from_4(blob: dict[str, Any], context: Context) -> None:
     blob["production"]["first_labels"] = None  # the trend rule then compares with all labels before
 
 
-def _from_5(blob: dict, context: Context) -> None:
+def _from_5(blob: dict[str, Any], context: Context) -> None:
     blob["production"].pop("calibration_errors", None)
     blob["production"]["settled_thresholds"] = None
 
 
-def _from_6(blob: dict, context: Context) -> None:
+def _from_6(blob: dict[str, Any], context: Context) -> None:
     blob["detectors"].pop("cusum")  # the arrival-order CUSUM, gone
     blob["production"]["skewness"] = None  # the rolling means keep thresholds for normal errors
 
 
-def _from_7(blob: dict, context: Context) -> None:
+def _from_7(blob: dict[str, Any], context: Context) -> None:
     settled = blob["production"].pop("settled_thresholds")
     blob["production"]["tighten_at"] = (None if settled is None
                                         else [[context.config.production_refine_labels, *settled]])
 
 
-def _from_8(blob: dict) -> dict:
+def _from_8(blob: dict[str, Any]) -> dict[str, Any]:
     """Positional detector states to named fields; the nested log-loss row to a typed stream."""
     typed = _typed_stream(blob)
     loss = blob.get("log_loss")
@@ -184,7 +188,7 @@ def _from_8(blob: dict) -> dict:
     return typed
 
 
-def _typed_stream(blob: dict) -> dict:
+def _typed_stream(blob: dict[str, Any]) -> dict[str, Any]:
     episode = blob["episode"]
     typed_detectors = {name: (_page_hinkley if name == "page_hinkley" else _rolling_mean if name.startswith(
         "rolling_mean") else _prediction_time_cusum)(numbers) for name, numbers in blob["detectors"].items()}
@@ -195,22 +199,22 @@ def _typed_stream(blob: dict) -> dict:
                                           else _prediction_time_cusum(episode["escalation_pt"]))}}
 
 
-def _page_hinkley(numbers: list) -> dict:
+def _page_hinkley(numbers: list[float]) -> dict[str, Any]:
     n, mean, sum_increase, sum_decrease, min_increase, max_decrease, detected = numbers
     return {"n": n, "mean": mean, "sum_increase": sum_increase, "sum_decrease": sum_decrease,
             "min_increase": min_increase, "max_decrease": max_decrease, "drift_detected": bool(detected)}
 
 
-def _cusum(numbers: list) -> dict:
+def _cusum(numbers: list[float]) -> dict[str, Any]:
     return {"sum": numbers[0], "drift_detected": bool(numbers[1])}
 
 
-def _rolling_mean(numbers: list) -> dict:
+def _rolling_mean(numbers: list[float]) -> dict[str, Any]:
     return {"count": int(numbers[0]), "drift_detected": bool(numbers[1]),
             "value": None if math.isnan(numbers[2]) else numbers[2], "values": numbers[3:]}
 
 
-def _prediction_time_cusum(numbers: list) -> dict:
+def _prediction_time_cusum(numbers: list[float]) -> dict[str, Any]:
     first, floor, detected, too_late, total, *prefix = numbers
     return {"first": None if math.isnan(first) else int(first), "floor": None if math.isnan(floor) else int(floor),
             "drift_detected": bool(detected), "too_late": int(too_late), "total": total, "prefix": prefix}

@@ -6,6 +6,8 @@ at its own calibrated threshold. The first to fire (in this order) is the one re
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
@@ -35,27 +37,33 @@ class DetectorBank:
         # No CUSUM in arrival order: on the benchmark's 150 changes under varying label delays it started
         # no episode before the prediction-time ones, and on long stationary streams it raised a third of
         # the false alarms.
-        self.detectors: dict[str, Detector] = {
-            "page_hinkley": PageHinkley(c.ph_delta, c.ph_threshold),
-            "rolling_mean": RollingMean(c.rolling_window, c.rolling_step, c.rolling_sigmas, baseline_labels,
-                                        skewness or 0.0),
-            # Slow, gradual changes: a mean over a longer window notices a smaller shift, and is nearer
-            # normal (less skewed by 0/1 or heavy-tailed errors), so a lower threshold keeps its false alarms.
-            "rolling_mean_long": RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_long_sigmas,
-                                             baseline_labels, skewness or 0.0, weights="linear"),
-            # At an arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
-            # stream, so the promised false-alarm rate holds.
-            "prediction_time_cusum": PredictionTimeCusum(c.cusum_k, cusum_h, c.pt_bucket_seconds,
-                                                         c.pt_horizon_buckets),
-            "prediction_time_cusum_small": PredictionTimeCusum(c.cusum_k / 2, small_cusum_h, c.pt_bucket_seconds,
-                                                               c.pt_horizon_buckets),
+        self.page_hinkley = PageHinkley(c.ph_delta, c.ph_threshold)
+        self.rolling_mean = RollingMean(c.rolling_window, c.rolling_step, c.rolling_sigmas, baseline_labels,
+                                        skewness or 0.0)
+        # Slow, gradual changes: a mean over a longer window notices a smaller shift, and is nearer
+        # normal (less skewed by 0/1 or heavy-tailed errors), so a lower threshold keeps its false alarms.
+        self.rolling_mean_long = RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_long_sigmas,
+                                             baseline_labels, skewness or 0.0, weights="linear")
+        # At an arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
+        # stream, so the promised false-alarm rate holds.
+        self.prediction_time_cusum = PredictionTimeCusum(c.cusum_k, cusum_h, c.pt_bucket_seconds,
+                                                         c.pt_horizon_buckets)
+        self.prediction_time_cusum_small = PredictionTimeCusum(c.cusum_k / 2, small_cusum_h, c.pt_bucket_seconds,
+                                                               c.pt_horizon_buckets)
+        # By name, in the bank's order (the order in which firing detectors are reported).
+        self.detectors: dict[str, Detector[Any]] = {
+            "page_hinkley": self.page_hinkley,
+            "rolling_mean": self.rolling_mean,
+            "rolling_mean_long": self.rolling_mean_long,
+            "prediction_time_cusum": self.prediction_time_cusum,
+            "prediction_time_cusum_small": self.prediction_time_cusum_small,
         }
         self._all = list(self.detectors.items())  # iterated per label: built once
 
     @property
     def rolling(self) -> RollingMean:
         """The (short) rolling mean: the recent level, and what ends an episode."""
-        return self.detectors["rolling_mean"]
+        return self.rolling_mean
 
     def update(self, z: float, prediction_ts: float) -> list[str]:
         """One standardised error to every detector; the names of those that fired, in the bank's order."""
@@ -77,20 +85,27 @@ class DetectorBank:
                 return self.detectors[name].change_ts
         return None
 
-    def set_baseline_labels(self, labels: int) -> None:
-        """The rolling means' thresholds for a baseline now resting on ``labels`` labels."""
-        for name in ("rolling_mean", "rolling_mean_long"):
-            self.detectors[name].set_baseline_labels(labels)
+    def set_baseline_labels(self, labels: int | None) -> None:
+        """The rolling means' thresholds for a baseline now resting on ``labels`` labels (None: a validation
+        baseline)."""
+        for rolling in (self.rolling_mean, self.rolling_mean_long):
+            rolling.set_baseline_labels(labels)
 
     def set_thresholds(self, cusum_h: float, small_cusum_h: float) -> None:
         """New CUSUM thresholds; their sums are kept."""
-        self.detectors["prediction_time_cusum"].threshold = cusum_h
-        self.detectors["prediction_time_cusum_small"].threshold = small_cusum_h
+        self.prediction_time_cusum.threshold = cusum_h
+        self.prediction_time_cusum_small.threshold = small_cusum_h
 
     def state(self) -> BankState:
-        return BankState(**{name: detector.state() for name, detector in self.detectors.items()})
+        return BankState(page_hinkley=self.page_hinkley.state(), rolling_mean=self.rolling_mean.state(),
+                         rolling_mean_long=self.rolling_mean_long.state(),
+                         prediction_time_cusum=self.prediction_time_cusum.state(),
+                         prediction_time_cusum_small=self.prediction_time_cusum_small.state())
 
     def from_state(self, state: BankState) -> DetectorBank:
-        for name, detector in self.detectors.items():
-            detector.from_state(getattr(state, name))
+        self.page_hinkley.from_state(state.page_hinkley)
+        self.rolling_mean.from_state(state.rolling_mean)
+        self.rolling_mean_long.from_state(state.rolling_mean_long)
+        self.prediction_time_cusum.from_state(state.prediction_time_cusum)
+        self.prediction_time_cusum_small.from_state(state.prediction_time_cusum_small)
         return self

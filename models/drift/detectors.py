@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, Self, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 from threadpoolctl import threadpool_limits
 
@@ -42,8 +44,11 @@ class DetectorState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
-class Detector(ABC):
-    """One sequential test on standardised errors ``z``."""
+S = TypeVar("S", bound=DetectorState)
+
+
+class Detector(ABC, Generic[S]):
+    """One sequential test on standardised errors ``z``; ``S``: its state's model."""
 
     threshold: float
 
@@ -67,10 +72,10 @@ class Detector(ABC):
         return Detection(self.drift_detected, self.statistic, self.threshold, self.change_ts)
 
     @abstractmethod
-    def state(self) -> DetectorState: ...
+    def state(self) -> S: ...
 
     @abstractmethod
-    def from_state(self, state: DetectorState) -> Detector:
+    def from_state(self, state: S) -> Self:
         """This detector (same parameters) where the one that wrote ``state`` was; returns itself."""
 
 
@@ -84,7 +89,7 @@ class PageHinkleyState(DetectorState):
     drift_detected: bool
 
 
-class PageHinkley(Detector):
+class PageHinkley(Detector[PageHinkleyState]):
     """Page-Hinkley test for an increase of the mean, on standardised errors.
 
     The same test as river's ``PageHinkley(mode="up", alpha=1)``, step for
@@ -181,7 +186,7 @@ def cusum_threshold(k: float, arl: float) -> float:
     return (low + high) / 2
 
 
-def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, states: int = 150,
+def cusum_threshold_for(sample: npt.ArrayLike, k: float, arl: float, clip: float, states: int = 150,
                         at_least: float = 0.0) -> float:
     """Decision interval h for an in-control ARL, for errors distributed like ``sample`` (and at least
     ``at_least``: a threshold that must also hold for other errors; one chain solve where it does here).
@@ -225,7 +230,8 @@ def cusum_threshold_for(sample: np.ndarray, k: float, arl: float, clip: float, s
 DISCRETE_VALUES = 64  # samples with at most this many distinct values get the lattice chain
 
 
-def _solve_h(run_length, arl: float, guess: float, at_least: float = 0.0, rel_tol: float = 1e-4) -> float:
+def _solve_h(run_length: Callable[[float], float], arl: float, guess: float, at_least: float = 0.0,
+             rel_tol: float = 1e-4) -> float:
     """The h whose run length reaches ``arl``, to ``rel_tol``: the upper end of a bracket whose lower end
     falls short; ``at_least`` itself if its run length reaches ``arl`` already.
 
@@ -286,7 +292,8 @@ def _solve_h(run_length, arl: float, guess: float, at_least: float = 0.0, rel_to
     return high
 
 
-def _lattice_run_length(values: np.ndarray, probabilities: np.ndarray, k: float, h: float, states: int) -> float:
+def _lattice_run_length(values: npt.NDArray[np.float64], probabilities: npt.NDArray[np.float64], k: float, h: float,
+                        states: int) -> float:
     """ARL of the CUSUM on states 0, h/(states-1), ..., h; a step to x is split between the states around it."""
     levels = np.linspace(0.0, h, states)
     position = np.maximum(levels[:, None] + values[None, :] - k, 0.0) / levels[1]
@@ -307,7 +314,7 @@ DEFAULT_CLIP = 5.0  # standardised errors beyond it count as it: one wild error 
 MIN_CALIBRATION_SAMPLE = 100  # fewer reference errors than this say too little: normal theory sets h
 
 
-def cusum_threshold_from(reference_z: np.ndarray | None, k: float, arl: float, clip: float = DEFAULT_CLIP,
+def cusum_threshold_from(reference_z: npt.NDArray[np.float64] | None, k: float, arl: float, clip: float = DEFAULT_CLIP,
                          at_least: float = 0.0) -> float:
     """h for errors distributed like ``reference_z`` where there are enough of them, else under normal
     errors; at least ``at_least`` (a threshold that must also hold for other errors)."""
@@ -321,7 +328,7 @@ class CusumState(DetectorState):
     drift_detected: bool
 
 
-class Cusum(Detector):
+class Cusum(Detector[CusumState]):
     """One-sided (upper) CUSUM on standardised errors: S = max(0, S + z - k), alarm at S > h.
 
     ``k`` is half the shift (in baseline sd) to detect fastest; ``h`` follows
@@ -342,7 +349,7 @@ class Cusum(Detector):
     """
 
     def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = DEFAULT_CLIP,
-                 reference_z: np.ndarray | None = None, h: float | None = None):
+                 reference_z: npt.NDArray[np.float64] | None = None, h: float | None = None):
         if k <= 0 or clip <= k or false_alarm_every <= 1 or (h is not None and h <= 0):
             raise ValueError("k > 0, clip > k, false_alarm_every > 1 and h > 0 (if given) are required")
         self.k = k
@@ -389,7 +396,7 @@ class PredictionTimeCusumState(DetectorState):
     #                      continues bit for bit (suffix sums T - P_v, recomputed, can be off in the last bit)
 
 
-class PredictionTimeCusum(Detector):
+class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
     """Upper CUSUM in prediction time: each label counts at its prediction's time, however late it comes.
 
     With label delays that vary, labels arrive in an order that mixes
@@ -443,6 +450,8 @@ class PredictionTimeCusum(Detector):
 
     def update(self, z: float, prediction_ts: float | None = None) -> None:
         # Called twice per label: locals and no builtin calls on the common path, which is O(1).
+        if prediction_ts is None:
+            raise TypeError("a prediction-time CUSUM counts each label at its prediction_ts")
         if self._detected:
             self.reset(floor=self._newest)
         bucket = int(prediction_ts // self.bucket_seconds)
@@ -450,8 +459,9 @@ class PredictionTimeCusum(Detector):
         if first is None:
             first = self._first = bucket - horizon + 1
         elif bucket >= first + horizon:  # time moved on: drop the oldest buckets
-            self._drop_oldest(bucket - (first + horizon - 1))
-            first = self._first
+            shift = bucket - (first + horizon - 1)
+            self._drop_oldest(shift)
+            first = self._first = first + shift
         if bucket < first or (self._floor is not None and bucket < self._floor):
             self.too_late += 1
             return
@@ -471,6 +481,7 @@ class PredictionTimeCusum(Detector):
         self._detected = self._total - self._min > self.threshold
 
     def _drop_oldest(self, shift: int) -> None:
+        """The buckets' sums ``shift`` buckets on (the caller moves ``_first``)."""
         if shift >= self.horizon:
             self._prefix[:] = 0.0
             self._total = 0.0
@@ -479,7 +490,6 @@ class PredictionTimeCusum(Detector):
             self._prefix[:-shift] = self._prefix[shift:] - dropped
             self._total -= dropped
             self._prefix[-shift:] = self._total  # empty buckets: every remaining count lies before them
-        self._first += shift
         self._find_min()
 
     def _find_min(self) -> None:
@@ -488,6 +498,8 @@ class PredictionTimeCusum(Detector):
 
     @property
     def _newest(self) -> int:
+        if self._first is None:  # no label counted yet, so no alarm to restart after
+            raise ValueError("a prediction-time CUSUM without labels has no newest bucket")
         return self._first + self.horizon - 1
 
     @property
@@ -527,7 +539,7 @@ class RollingMeanState(DetectorState):
     values: list[float]  # the ring buffer
 
 
-class RollingMean(Detector):
+class RollingMean(Detector[RollingMeanState]):
     """Mean error over the last ``window`` labels against baseline mean + ``sigmas`` standard errors.
 
     Evaluated every ``step`` labels once the window is full. The chapter's
@@ -578,7 +590,8 @@ class RollingMean(Detector):
         self.skewness = skewness
         self.weights = weights
         # The linear weights, oldest first, summing to 1 (None: equal weights).
-        self.kernel = None if weights == "equal" else np.arange(1.0, window + 1) / (window * (window + 1) / 2)
+        self.kernel: npt.NDArray[np.float64] | None = (
+            None if weights == "equal" else np.arange(1.0, window + 1) / (window * (window + 1) / 2))
         self.set_baseline_labels(baseline_labels)
         self._values = np.zeros(window)
         self._count = 0
@@ -589,6 +602,7 @@ class RollingMean(Detector):
     def set_baseline_labels(self, baseline_labels: int | None) -> None:
         """The standard error of the window mean, and of the baseline mean when that was estimated
         from ``baseline_labels`` labels: an estimated baseline is itself off by about that much."""
+        effective_window: float
         if self.kernel is None:
             variance, effective_window = 1 / self.window, self.window
         else:  # the weighted mean's variance, and the window of an equal mean as skewed as it
@@ -604,13 +618,13 @@ class RollingMean(Detector):
         self._detected = False
         self.evaluated = self._count >= self.window and self._count % self.step == 0
         if self.evaluated:
-            self.value = float(self._values.mean()) if self.kernel is None else self._weighted_mean()
+            self.value = float(self._values.mean()) if self.kernel is None else self._weighted_mean(self.kernel)
             self._detected = self.value > self.threshold
 
-    def _weighted_mean(self) -> float:
+    def _weighted_mean(self, kernel: npt.NDArray[np.float64]) -> float:
         oldest = self._count % self.window  # the ring buffer's oldest value, once full
-        return float(np.dot(self._values[oldest:], self.kernel[:self.window - oldest])
-                     + np.dot(self._values[:oldest], self.kernel[self.window - oldest:]))
+        return float(np.dot(self._values[oldest:], kernel[:self.window - oldest])
+                     + np.dot(self._values[:oldest], kernel[self.window - oldest:]))
 
     @property
     def statistic(self) -> float:
@@ -658,7 +672,7 @@ def skew_sigmas(sigmas: float, window: float, skewness: float) -> float:
     return sigmas + (sigmas ** 2 - 1) * min(max(skewness, 0.0), MAX_SKEWNESS) / (6 * math.sqrt(window))
 
 
-def sample_skewness(errors: np.ndarray) -> float:
+def sample_skewness(errors: npt.NDArray[np.float64]) -> float:
     """Sample skewness, for ``skew_sigmas``; 0 for errors without spread or beyond float range (standardised
     first, so huge errors do not overflow)."""
     with np.errstate(all="ignore"):

@@ -20,7 +20,7 @@ that looks at a state's shape; the row is saved with its number at its next upda
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
@@ -72,7 +72,20 @@ class DataDriftState(BaseModel):
         return {**self.episodes, **self.checks, EVIDENCE: self.evidence, CONFIDENCE_COLUMN: self.confidence_column}
 
 
-def _peaks(old: dict) -> dict:
+class StoredDriftState(Protocol):
+    """The columns of a ``drift_state`` row read here."""
+
+    @property
+    def episodes(self) -> str: ...
+    @property
+    def buffer(self) -> bytes | None: ...
+    @property
+    def buffer_ts(self) -> bytes | None: ...
+    @property
+    def state_format(self) -> int | None: ...
+
+
+def _peaks(old: dict[str, Any]) -> dict[str, Any]:
     """1 -> 2: an episode's peak is its level (the hysteresis came later); no evidence yet."""
     reserved = {EVIDENCE, CONFIDENCE_COLUMN}
     return {**{name: [level, calm, level] for name, (level, calm) in
@@ -80,12 +93,12 @@ def _peaks(old: dict) -> dict:
             EVIDENCE: {}, CONFIDENCE_COLUMN: old[CONFIDENCE_COLUMN]}
 
 
-def _moving_sums(old: dict) -> dict:
+def _moving_sums(old: dict[str, Any]) -> dict[str, Any]:
     """2 -> 3: the CUSUM numbers have no windows to sum: the moving sums start afresh."""
     return {**old, EVIDENCE: {name: [] for name in old[EVIDENCE]}}
 
 
-def _layout_written(old: dict) -> dict:
+def _layout_written(old: dict[str, Any]) -> dict[str, Any]:
     """3 -> 4: nothing to convert: format 4 writes down the buffer layout that ``legacy_blob`` measured."""
     return old
 
@@ -94,7 +107,7 @@ CODEC = StateCodec("drift_state", DataDriftState, current=4,
                    upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written})
 
 
-def legacy_blob(row, feature_columns: int) -> tuple[str, int]:
+def legacy_blob(row: StoredDriftState, feature_columns: int) -> tuple[str, int]:
     """The blob and format number of a row written before formats were numbered (``state_format`` NULL).
 
     The only place that looks at a state's shape, once per row from before numbering: format 1 has no
@@ -115,7 +128,7 @@ def legacy_blob(row, feature_columns: int) -> tuple[str, int]:
     return json.dumps({**stored, CONFIDENCE_COLUMN: width == feature_columns + 1}), number
 
 
-def load_state(row, feature_columns: int) -> DataDriftState:
+def load_state(row: StoredDriftState | None, feature_columns: int) -> DataDriftState:
     """A version's stored state (``row``: its ``drift_state`` row or None) in the current format."""
     if row is None:
         return DataDriftState.model_construct(episodes={}, checks={}, evidence={}, confidence_column=False)

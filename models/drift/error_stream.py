@@ -4,6 +4,7 @@ turning them into alerts is the monitor's business."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,7 +64,7 @@ class ErrorStream:
 
     def _new_bank(self) -> DetectorBank:
         b = self.baseline
-        return DetectorBank(self.config, b.cusum_h, b.small_cusum_h, b.labels, b.skewness)
+        return DetectorBank(self.config, *b.calibrated_thresholds(), b.labels, b.skewness)
 
     def update(self, error: float, label_ts: float, prediction_ts: float | None = None) -> list[Signal]:
         """Feed one error (at its label's and its prediction's event time); what it gives rise to."""
@@ -72,7 +73,7 @@ class ErrorStream:
         baseline, episode = self.baseline, self.episode
         if baseline.collected is not None:
             return self._collect(error)
-        signals = []
+        signals: list[Signal] = []
         if baseline.refine is not None and not episode.in_episode:
             signals = self._refine(error)
         z = (error - baseline.mean) / baseline.sd
@@ -97,7 +98,7 @@ class ErrorStream:
         signals = [] if gap is None else [self._gap(gap)]
         if refined:
             self.bank.set_baseline_labels(self.baseline.labels)
-            self.bank.set_thresholds(self.baseline.cusum_h, self.baseline.small_cusum_h)
+            self.bank.set_thresholds(*self.baseline.calibrated_thresholds())
         return signals
 
     def _start(self, name: str, predicted_at: float) -> Signal:
@@ -126,7 +127,7 @@ class ErrorStream:
                             unit="error", baseline=gap.validation, severity="moderate")
 
     def _signal(self, detector: str, episode: str, value: float, threshold: float | None,
-                baseline: tuple[float, float] | None = None, **details) -> Signal:
+                baseline: tuple[float, float] | None = None, **details: Any) -> Signal:
         recent = self.bank.rolling.mean
         mean, sd = self.baseline.mean, self.baseline.sd
         return Signal(detector, episode, value, threshold, baseline or (mean, sd),

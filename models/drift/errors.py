@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 ABSOLUTE_ERROR, MISCLASSIFICATION = "absolute_error", "misclassification"
 _NUMBERS = (int, float)
 
 
-def prediction_error(prediction, label, classes: bool = False) -> tuple[float, str]:
-    """|label - prediction| for numbers, 0/1 misclassification for class labels.
+def prediction_error(prediction: Any, label: Any, classes: bool = False) -> tuple[float, str]:
+    """|label - prediction| for numbers, 0/1 misclassification for class labels (each an event's value:
+    a number or a class label, as decoded from JSON).
 
     ``classes``: the version is a classifier (its task), so numbers are class
     labels too: 0/1 labels of a model trained elsewhere are classes, not
@@ -28,14 +31,14 @@ def prediction_error(prediction, label, classes: bool = False) -> tuple[float, s
     return float(str(prediction) != str(label)), MISCLASSIFICATION
 
 
-def class_text(value) -> str:
+def class_text(value: Any) -> str:
     """A class label as text, the way ``scores`` are keyed: 1, 1.0 and "1" are one class."""
     if value.__class__ is float and value.is_integer():
         return str(int(value))
     return str(value)
 
 
-def errors(targets: list, predictions: list, classes: bool = False) -> np.ndarray:
+def errors(targets: list[Any], predictions: list[Any], classes: bool = False) -> npt.NDArray[np.float64]:
     """Per-row errors of a table; rows missing the target or the prediction are skipped.
 
     >>> errors([1.0, None, "a"], [1.5, 2.0, "b"]).tolist()
@@ -45,7 +48,7 @@ def errors(targets: list, predictions: list, classes: bool = False) -> np.ndarra
                      if y is not None and p is not None], dtype=float)
 
 
-def score_loss(scores: dict | None, label) -> float | None:
+def score_loss(scores: dict[str, float] | None, label: Any) -> float | None:
     """Log loss of the probability given to the true class, where scores were sent."""
     if not scores:
         return None

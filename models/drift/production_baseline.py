@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
@@ -59,13 +61,14 @@ def floored_sd(mean: float, sd: float) -> float:
     return max(sd, 1e-9, abs(mean) * 1e-6)  # a perfect score must not divide by zero
 
 
-def reference_z(errors, mean: float, sd: float, estimated_from: int | None) -> np.ndarray:
+def reference_z(errors: Sequence[float] | npt.NDArray[np.float64], mean: float, sd: float,
+                estimated_from: int | None) -> npt.NDArray[np.float64]:
     """Reference errors in baseline units, raised by the 2 standard errors an estimated baseline may be off by."""
     z = (np.array(errors) - mean) / sd
     return z + 2.0 / math.sqrt(estimated_from) if estimated_from else z
 
 
-def threshold_for_all(samples: list[np.ndarray], k: float, every: float) -> float:
+def threshold_for_all(samples: list[npt.NDArray[np.float64]], k: float, every: float) -> float:
     """A CUSUM threshold that keeps its false-alarm rate for errors distributed like each sample: the
     largest of theirs. From the second sample on, one chain solve where the threshold so far holds."""
     h = 0.0
@@ -85,13 +88,15 @@ class ProductionBaseline:
             state = self._fresh()
         self.collected = None if state.errors is None else list(state.errors)
         self.labels = state.labels
-        self.refine = None if state.refine is None else list(state.refine)
+        self.refine = state.refine            # count, sum and sum of squares while it refines
         self.first_labels = state.first_labels
         self.gap_pending = state.gap_pending
-        self.tighten_at = None if state.tighten_at is None else [list(t) for t in state.tighten_at]
+        self.tighten_at = None if state.tighten_at is None else list(state.tighten_at)  # [labels, h, small h]
         self.cusum_h, self.small_cusum_h, self.skewness = state.cusum_h, state.small_cusum_h, state.skewness
         if state.mean is None:
             self.mean, self.sd = validation or (0.0, 1.0)  # placeholders until the baseline is set
+        elif state.sd is None:
+            raise ValueError(f"{describe}: a production baseline with a mean needs its sd")
         else:
             self.mean, self.sd = state.mean, floored_sd(state.mean, state.sd)
 
@@ -99,12 +104,12 @@ class ProductionBaseline:
         """A validation baseline where ``production_baseline_labels`` is 0 (with the skewness of its sample),
         else one that collects."""
         sample = self.validation_sample
-        use_validation = self.config.production_baseline_labels == 0 and self.validation is not None
-        skewness = (sample_skewness(np.array(sample)) if use_validation and sample
+        validation = self.validation if self.config.production_baseline_labels == 0 else None  # None: collect
+        skewness = (sample_skewness(np.array(sample)) if validation is not None and sample
                     and len(sample) >= MIN_CALIBRATION_SAMPLE else None)
         return BaselineState(
-            mean=self.validation[0] if use_validation else None, sd=self.validation[1] if use_validation else None,
-            errors=None if use_validation else [], cusum_h=None, small_cusum_h=None, labels=None, refine=None,
+            mean=None if validation is None else validation[0], sd=None if validation is None else validation[1],
+            errors=[] if validation is None else None, cusum_h=None, small_cusum_h=None, labels=None, refine=None,
             first_labels=None, gap_pending=False, tighten_at=None, skewness=skewness)
 
     @property
@@ -125,14 +130,17 @@ class ProductionBaseline:
 
     def collect(self, error: float) -> bool:
         """One more of the first labels; True when it completes the baseline (its thresholds then set)."""
-        self.collected.append(error)
-        if len(self.collected) < self.config.production_baseline_labels:
+        collected = self.collected
+        if collected is None:
+            raise ValueError(f"{self.describe}: the production baseline is set already")
+        collected.append(error)
+        if len(collected) < self.config.production_baseline_labels:
             return False
-        errors = np.array(self.collected)
+        errors = np.array(collected)
         self.collected, self.labels = None, errors.size
         mean, sd = float(errors.mean()), float(errors.std())
         if self.config.production_refine_labels > errors.size:
-            self.refine = [int(errors.size), float(errors.sum()), float((errors ** 2).sum())]
+            self.refine = (int(errors.size), float(errors.sum()), float((errors ** 2).sum()))
             self.first_labels = (int(errors.size), mean)
         # Calibrate on the (larger) validation sample standardised by its own level, and on the production
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
@@ -140,18 +148,26 @@ class ProductionBaseline:
         self.skewness = sample_skewness(errors)
         self.cusum_h, self.small_cusum_h = self._thresholds(errors, errors.size)
         if self.refine is not None:
-            self.tighten_at = [[labels, *self._thresholds(errors, labels)] for labels in self._milestones(errors.size)]
+            self.tighten_at = [(labels, *self._thresholds(errors, labels)) for labels in self._milestones(errors.size)]
         log.info("%s: production baseline from %d labels: %.4g (sd %.4g); validation %s", self.describe,
                  errors.size, mean, sd, "unknown" if self.validation is None else f"{self.validation[0]:.4g}")
         return True
 
     def first_gap_test(self) -> DeploymentGap | None:
         """The deployment gap on the labels just collected; one not significant yet waits for refinements."""
+        if self.labels is None:
+            raise ValueError(f"{self.describe}: no production baseline collected yet")
         gap = self._deployment_gap(self.labels, 2.0)
         self.gap_pending = gap is None and self.validation is not None and self.refine is not None
         return gap
 
-    def _thresholds(self, errors: np.ndarray, labels: int) -> tuple[float, float]:
+    def calibrated_thresholds(self) -> tuple[float, float]:
+        """The CUSUM thresholds (k, k/2), once ``calibrate`` has set them."""
+        if self.cusum_h is None or self.small_cusum_h is None:
+            raise ValueError(f"{self.describe}: the CUSUM thresholds are not calibrated yet")
+        return self.cusum_h, self.small_cusum_h
+
+    def _thresholds(self, errors: npt.NDArray[np.float64], labels: int) -> tuple[float, float]:
         """The CUSUM thresholds (k, k/2) for a production baseline resting on ``labels`` labels: the larger
         of those for its first ``errors`` and, where there is one, for the validation sample, each
         standardised by its own level and spread (the shape of the errors; where the baseline may lie is
@@ -175,7 +191,7 @@ class ProductionBaseline:
         the refinement at or past each doubling of ``labels``, and the one it settles on. The allowance
         for an estimated baseline shrinks with the square root of its labels, so a change that comes
         while the baseline still refines is met by thresholds that have kept up."""
-        settles, doubled, points = self._settles_on(labels), 2 * labels, set()
+        settles, doubled, points = self._settles_on(labels), 2 * labels, set[int]()
         while doubled < settles:
             points.add(REFINE_EVERY * math.ceil(doubled / REFINE_EVERY))
             doubled *= 2
@@ -199,11 +215,15 @@ class ProductionBaseline:
 
     def refine_with(self, error: float) -> tuple[bool, DeploymentGap | None]:
         """One more label while quiet: (whether this refinement moved the baseline, a gap it revealed)."""
+        if self.refine is None:
+            raise ValueError(f"{self.describe}: the production baseline is not refining")
         n, total, squares = self.refine
         n, total, squares = n + 1, total + error, squares + error * error
-        self.refine = [n, total, squares]
+        self.refine = (n, total, squares)
         if n % REFINE_EVERY:
             return False, None
+        if self.labels is None:
+            raise ValueError(f"{self.describe}: a refining production baseline rests on its labels")
         # The labels since the last refinement against the first ones (state without first labels: against
         # all before them). A deployment's level is there from its first label; if the newest are clearly
         # higher, a change is under way, and taking it in would report it as a gap and hide it from the
@@ -226,7 +246,7 @@ class ProductionBaseline:
             gap = self._deployment_gap(n, 2.5)
             self.gap_pending = gap is None
         if self.tighten_at and self.tighten_at[0][0] <= n:
-            self._tighten(n)
+            self._tighten(n, self.tighten_at)
         if n >= self.config.production_refine_labels:
             # Settled: counts past it (none, as calibrated) are never reached.
             self.refine, self.gap_pending, self.tighten_at = None, False, None
@@ -234,20 +254,20 @@ class ProductionBaseline:
                      self.mean, self.sd)
         return True, gap
 
-    def _tighten(self, labels: int) -> None:
+    def _tighten(self, labels: int, tighten_at: list[tuple[int, float, float]]) -> None:
         """The thresholds for the baseline's ``labels``: the allowance for an estimated baseline shrinks with
         the square root of its labels, and with it the threshold a small shift must reach. Never a looser
         one: calibrations on different allowances need not be monotonic to the last digit."""
-        due = [t for t in self.tighten_at if t[0] <= labels]
-        self.tighten_at = self.tighten_at[len(due):] or None
-        self.cusum_h, self.small_cusum_h = min(self.cusum_h, due[-1][1]), min(self.small_cusum_h, due[-1][2])
+        due = [t for t in tighten_at if t[0] <= labels]
+        self.tighten_at = tighten_at[len(due):] or None
+        cusum_h, small_cusum_h = self.calibrated_thresholds()
+        self.cusum_h, self.small_cusum_h = min(cusum_h, due[-1][1]), min(small_cusum_h, due[-1][2])
 
     def state(self) -> BaselineState:
         collecting = self.collected is not None
         return BaselineState(
             mean=None if collecting else self.mean, sd=None if collecting else self.sd, errors=self.collected,
             cusum_h=self.cusum_h, small_cusum_h=self.small_cusum_h, labels=self.labels,
-            refine=None if self.refine is None else tuple(self.refine), first_labels=self.first_labels,
-            gap_pending=self.gap_pending,
-            tighten_at=None if self.tighten_at is None else [tuple(t) for t in self.tighten_at],
+            refine=self.refine, first_labels=self.first_labels, gap_pending=self.gap_pending,
+            tighten_at=None if self.tighten_at is None else list(self.tighten_at),
             skewness=self.skewness)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, TypeAlias, cast
 
 import numpy as np
+import numpy.typing as npt
 from scipy.stats import chi2 as chi2_distribution
 from scipy.stats import kstwo
 
@@ -21,7 +23,7 @@ from undertow.models.profile import CategoricalProfile, NumericProfile
 PSI_FLOOR = 1e-4
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, floor: float = PSI_FLOOR) -> float:
+def psi(expected: npt.NDArray[np.float64], actual: npt.NDArray[np.float64], floor: float = PSI_FLOOR) -> float:
     """Population stability index of two share vectors.
 
     >>> round(psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])), 6)
@@ -34,7 +36,7 @@ def psi(expected: np.ndarray, actual: np.ndarray, floor: float = PSI_FLOOR) -> f
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_and_rank_sum(reference: np.ndarray, window: np.ndarray) -> tuple[float, int, float]:
+def ks_and_rank_sum(reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64]) -> tuple[float, int, float]:
     """Two-sample KS statistic against an already sorted ``reference``, the effective size, and the
     Mann-Whitney rank-sum z of the window against the reference (NaN if either is empty).
 
@@ -67,7 +69,7 @@ def ks_and_rank_sum(reference: np.ndarray, window: np.ndarray) -> tuple[float, i
     return d, round(m * n / (m + n)), rank_z
 
 
-def ks_against_sorted(reference: np.ndarray, window: np.ndarray) -> tuple[float, float]:
+def ks_against_sorted(reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64]) -> tuple[float, float]:
     """Two-sample KS statistic and asymptotic p-value; ``reference`` is already sorted.
 
     >>> rng = np.random.default_rng(0)
@@ -82,7 +84,8 @@ def ks_against_sorted(reference: np.ndarray, window: np.ndarray) -> tuple[float,
     return (d, float(kstwo.sf(d, effective))) if effective else (math.nan, math.nan)
 
 
-def chi_square_statistic(expected_shares: np.ndarray, counts: np.ndarray) -> tuple[float, int]:
+def chi_square_statistic(expected_shares: npt.NDArray[np.float64], counts: npt.NDArray[np.float64],
+                         ) -> tuple[float, int]:
     """Pearson chi-square of observed counts against expected shares (floored), and its degrees of freedom."""
     n = counts.sum()
     if n == 0:
@@ -107,6 +110,11 @@ class FeatureStats:
     rank_z: float | None = None   # Mann-Whitney z against the reference (numeric features)
 
 
+# A window column's statistics before the p-values: (n, psi, ks statistic, ks effective size, chi-square,
+# dof, missing share, rank-sum z); the KS ones and the rank-sum z are None for a categorical feature.
+WindowStatistics: TypeAlias = tuple[int, float, float | None, int, float, int, float, float | None]
+
+
 class CategoricalEncoder:
     """Category string -> bucket code: known categories, then other, then unseen."""
 
@@ -116,7 +124,8 @@ class CategoricalEncoder:
         self._other_names = set(profile.other_categories)
         self.other, self.unseen = k, k + 1
 
-    def encode(self, value) -> float:
+    def encode(self, value: Any) -> float:
+        """The bucket code of an event's value (a category, or anything else, as decoded from JSON)."""
         code = self._codes.get(value)
         if code is not None:
             return code
@@ -143,24 +152,26 @@ class FeatureEvaluator:
         else:
             self.encoder = CategoricalEncoder(profile)
 
-    def statistics(self, column: np.ndarray) -> tuple:
+    def statistics(self, column: npt.NDArray[np.float64]) -> WindowStatistics:
         """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share, rank-sum z); p-values
         come later."""
         missing = np.isnan(column)
         present = column[~missing]
         bins = self.expected.size - 1
+        ks_d: float | None
+        rank_z: float | None
         if self.encoder is None:
-            counts = np.bincount(np.searchsorted(self._edges, present, side="left"), minlength=bins)
+            binned = np.bincount(np.searchsorted(self._edges, present, side="left"), minlength=bins)
             ks_d, ks_n, rank_z = ks_and_rank_sum(self._ks_sample, present)
         else:
-            counts = np.bincount(present.astype(np.int64), minlength=bins)
+            binned = np.bincount(present.astype(np.int64), minlength=bins)
             ks_d, ks_n, rank_z = None, 0, None
-        counts = np.append(counts, missing.sum()).astype(float)
+        counts = np.append(binned, missing.sum()).astype(float)
         chi2_statistic, dof = chi_square_statistic(self.expected, counts)
         return (column.size, psi(self.expected, counts / column.size), ks_d, ks_n, chi2_statistic, dof,
                 float(missing.mean()), rank_z)
 
-    def evaluate(self, column: np.ndarray) -> FeatureStats:
+    def evaluate(self, column: npt.NDArray[np.float64]) -> FeatureStats:
         return evaluate_window([self], column.reshape(-1, 1))[0]
 
 
@@ -183,7 +194,7 @@ def ks_sf(statistics: list[tuple[float, int]]) -> list[float]:
     values = [_KS_SF.get(key) for key in statistics]
     missing = list(dict.fromkeys(key for key, value in zip(statistics, values) if value is None))
     if not missing:
-        return values
+        return cast("list[float]", values)  # every pair was cached
     computed = dict(zip(missing, map(float, kstwo.sf([d for d, _ in missing], [n for _, n in missing]))))
     if len(_KS_SF) + len(computed) > KS_SF_CACHED:
         _KS_SF.clear()
@@ -191,14 +202,15 @@ def ks_sf(statistics: list[tuple[float, int]]) -> list[float]:
     return [computed[key] if value is None else value for key, value in zip(statistics, values)]
 
 
-def evaluate_window(evaluators: list[FeatureEvaluator], rows: np.ndarray) -> list[FeatureStats]:
+def evaluate_window(evaluators: list[FeatureEvaluator], rows: npt.NDArray[np.float64]) -> list[FeatureStats]:
     """FeatureStats of every column; the p-values in two vectorised calls.
 
     scipy's distribution methods cost ~0.1 ms per call whatever the size, so
     one call per window instead of two per feature.
     """
     stats = [evaluator.statistics(rows[:, i]) for i, evaluator in enumerate(evaluators)]
-    ks_p = dict(zip([i for i, s in enumerate(stats) if s[3]], ks_sf([(s[2], s[3]) for s in stats if s[3]])))
+    tested = [(i, (s[2], s[3])) for i, s in enumerate(stats) if s[2] is not None and s[3]]  # numeric, not empty
+    ks_p = dict(zip([i for i, _ in tested], ks_sf([key for _, key in tested])))
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
     return [FeatureStats(n=n, psi=value, ks_statistic=d if i in ks_p or d is None else math.nan,
                          ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),

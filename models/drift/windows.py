@@ -4,8 +4,10 @@ tumbling event-time windows. Bounded by the window size, never the stream.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from undertow.models.drift.config import DriftConfig
 
@@ -13,9 +15,26 @@ from undertow.models.drift.config import DriftConfig
 @dataclass(frozen=True)
 class ClosedWindow:
     index: int
-    rows: np.ndarray     # (n, columns) float64, NaN = missing
+    rows: npt.NDArray[np.float64]  # (n, columns), NaN = missing
     start_ts: float
     end_ts: float
+
+
+class StoredWindow(Protocol):
+    """The stored window state ``WindowState.from_columns`` reads (the ``drift_state`` row's columns)."""
+
+    @property
+    def next_window(self) -> int: ...
+    @property
+    def buffer(self) -> bytes | None: ...
+    @property
+    def buffer_ts(self) -> bytes | None: ...
+    @property
+    def since_evaluation(self) -> int: ...
+    @property
+    def window_start_ts(self) -> float | None: ...
+    @property
+    def late_events(self) -> int: ...
 
 
 class WindowState:
@@ -28,8 +47,8 @@ class WindowState:
     """
 
     def __init__(self, config: DriftConfig, columns: int, *, next_window: int = 0,
-                 rows: np.ndarray | None = None, ts: np.ndarray | None = None, since_evaluation: int = 0,
-                 window_start_ts: float | None = None, late_events: int = 0):
+                 rows: npt.NDArray[np.float64] | None = None, ts: npt.NDArray[np.float64] | None = None,
+                 since_evaluation: int = 0, window_start_ts: float | None = None, late_events: int = 0):
         self.config = config
         self.columns = columns
         self.next_window = next_window
@@ -39,12 +58,12 @@ class WindowState:
         self.window_start_ts = window_start_ts
         self.late_events = late_events
 
-    def add(self, rows: np.ndarray, ts: np.ndarray) -> list[ClosedWindow]:
+    def add(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64]) -> list[ClosedWindow]:
         if self.config.window_seconds is not None:
-            return self._add_by_time(rows, ts)
+            return self._add_by_time(rows, ts, self.config.window_seconds)
         return self._add_by_count(rows, ts)
 
-    def _close(self, rows: np.ndarray, ts: np.ndarray, start: float | None = None,
+    def _close(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], start: float | None = None,
                end: float | None = None) -> ClosedWindow:
         window = ClosedWindow(self.next_window, rows.copy(),
                               float(ts.min()) if start is None else start,
@@ -52,9 +71,10 @@ class WindowState:
         self.next_window += 1
         return window
 
-    def _add_by_count(self, rows: np.ndarray, ts: np.ndarray) -> list[ClosedWindow]:
+    def _add_by_count(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64]) -> list[ClosedWindow]:
         size, hop = self.config.window_size, self.config.hop
-        closed, i = [], 0
+        closed: list[ClosedWindow] = []
+        i = 0
         while i < len(rows):
             if hop is None:
                 need = size - len(self.rows)
@@ -73,15 +93,17 @@ class WindowState:
                     self.rows, self.ts = self.rows[:0], self.ts[:0]
         return closed
 
-    def _add_by_time(self, rows: np.ndarray, ts: np.ndarray) -> list[ClosedWindow]:
-        """Tumbling windows of ``window_seconds`` event time, one open at a time.
+    def _add_by_time(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64],
+                     seconds: float) -> list[ClosedWindow]:
+        """Tumbling windows of ``seconds`` (``window_seconds``) event time, one open at a time.
 
         An event of a later window closes the open one; an event of an
         earlier window than the open one is late: counted, not used.
         """
-        seconds, cap = self.config.window_seconds, self.config.max_window_rows
+        cap = self.config.max_window_rows
         starts = np.floor(ts / seconds) * seconds
-        closed, keep = [], []
+        closed: list[ClosedWindow] = []
+        keep: list[int] = []
         for i, start in enumerate(starts):
             if self.window_start_ts is None:
                 self.window_start_ts = float(start)
@@ -89,7 +111,7 @@ class WindowState:
                 self.late_events += 1
                 continue
             if start > self.window_start_ts:
-                closed.extend(self._flush_time_window(rows, ts, keep))
+                closed.extend(self._flush_time_window(rows, ts, keep, self.window_start_ts, seconds))
                 keep = []
                 self.window_start_ts = float(start)
             if len(self.rows) + len(keep) < cap:
@@ -99,24 +121,25 @@ class WindowState:
             self.ts = np.concatenate([self.ts, ts[keep]])
         return closed
 
-    def _flush_time_window(self, rows, ts, keep) -> list[ClosedWindow]:
+    def _flush_time_window(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], keep: list[int],
+                           start: float, seconds: float) -> list[ClosedWindow]:
+        """The open window (``start``, ``seconds`` long): what the state holds and ``keep`` of ``rows``."""
         window_rows = np.concatenate([self.rows, rows[keep]])
         window_ts = np.concatenate([self.ts, ts[keep]])
         self.rows, self.ts = window_rows[:0], window_ts[:0]
         if len(window_rows) == 0:
             return []
-        start = self.window_start_ts
-        return [self._close(window_rows, window_ts, start, start + self.config.window_seconds)]
+        return [self._close(window_rows, window_ts, start, start + seconds)]
 
     # Persistence as plain numbers: float64 bytes, never pickles.
-    def to_columns(self) -> dict:
+    def to_columns(self) -> dict[str, Any]:
         return {"next_window": self.next_window, "rows": len(self.rows),
                 "buffer": self.rows.astype("<f8").tobytes(), "buffer_ts": self.ts.astype("<f8").tobytes(),
                 "since_evaluation": self.since_evaluation, "window_start_ts": self.window_start_ts,
                 "late_events": self.late_events}
 
     @classmethod
-    def from_columns(cls, config: DriftConfig, columns: int, record) -> "WindowState":
+    def from_columns(cls, config: DriftConfig, columns: int, record: StoredWindow) -> WindowState:
         rows = np.frombuffer(record.buffer or b"", dtype="<f8").reshape(-1, columns).copy() \
             if columns else np.empty((0, 0))
         ts = np.frombuffer(record.buffer_ts or b"", dtype="<f8").copy()
