@@ -267,6 +267,11 @@ def delete_outbox(session: Session, ids: Iterable[int]) -> None:
                         .execution_options(synchronize_session=False))
 
 
+def drift_states(session: Session) -> list[DriftState]:
+    """Every model version's data-drift state (for ``status``)."""
+    return list(session.scalars(select(DriftState).order_by(DriftState.model_id, DriftState.version)))
+
+
 def drift_state(session: Session, model_id: str, version: str) -> DriftState | None:
     return session.get(DriftState, (model_id, version))
 

@@ -65,6 +65,28 @@ def test_register_without_target_is_refused_naming_the_columns_that_look_like_on
     assert set(json.loads(data_only.stdout)["features"]) == {"tenure", "spend", "churned", "predicted"}
 
 
+def test_register_with_a_target_but_no_prediction_column_refuses_a_column_that_looks_like_one(tmp_path):
+    """From a new-user trial: the prediction column was profiled as an input, a feature producers never send."""
+    (tmp_path / "ref.csv").write_text("tenure,spend,churned,predicted\n" + "".join(
+        f"{i},{i * 2.5},{i % 2},{(i + 1) % 2}\n" for i in range(200)))
+    db = f"sqlite:///{tmp_path / 'u.db'}"
+    base = ["models", "register", "--model-id", "churn", "--reference", str(tmp_path / "ref.csv"),
+            "--target", "churned", "--db-url", db]
+    refused = _cli(*base)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "--prediction-column is missing" in line and "predicted" in line and "--no-prediction-column" in line
+    # Named as the prediction, it is not suggested as a target either.
+    no_target = _cli("models", "register", "--model-id", "churn", "--reference", str(tmp_path / "ref.csv"),
+                     "--prediction-column", "predicted", "--db-url", db)
+    assert "--target is missing" in no_target.stderr and "churned" in no_target.stderr
+    assert "predicted" not in no_target.stderr.split("look like one")[1]
+    kept = _cli(*base, "--no-prediction-column")
+    assert kept.returncode == 0, kept.stderr
+    registered = json.loads(kept.stdout)
+    assert "predicted" in registered["features"] and registered["baseline_error_mean"] is None
+
+
 def test_an_unknown_model_is_one_line_naming_the_registered_ones_and_empty_listings_say_so(env):
     from undertow.worker.dev.sample import SampleStream
     env.register_reference(SampleStream(seed=1))  # "housing"

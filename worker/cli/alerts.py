@@ -26,7 +26,8 @@ def cmd_alerts(args) -> int:
         print("no alerts yet")
     for e in events:
         d = e["data"]
-        subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector", "")
+        # The estimated accuracy has neither feature nor detector: "estimate on accuracy".
+        subject = d.get("feature") or ",".join(d.get("drifted_features", [])) or d.get("detector") or "estimate"
         if d.get("metric"):  # concept drift watches the 0/1 error and, with scores, the log loss: say which
             subject = f"{subject} on {d['metric']}"
         # The multivariate check compares z (standard errors) with its threshold, not its raw value.

@@ -52,7 +52,8 @@ def cmd_models_register(args) -> int:
             data_sha256=reference.data_sha256, test_set=reference.test_set, task=task, card=card or None)
         summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": task,
                    "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
-                   "baseline_error": reference.baseline_error, "drift_config": config.model_dump()}
+                   "baseline_error_mean": row.baseline_error_mean, "baseline_error_std": row.baseline_error_std,
+                   "drift_config": config.model_dump()}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -85,10 +86,15 @@ def _require_target(args, columns: dict[str, list]) -> None:
     """Without --target every column is profiled as an input feature, the target and the model's own
     prediction included, and concept drift is off: only --no-target says that is meant."""
     from undertow.errors import ConfigError
-    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name) and name != args.target]
+    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name)
+                and name not in (args.target, args.prediction_column)]
     if args.target is not None and args.prediction_column is None:
-        like = f" (columns that look like one, now profiled as inputs: {', '.join(suspects)})" if suspects else ""
-        print(f"warning: no --prediction-column{like}: without the model's predictions on the reference there is "
+        if suspects and not args.no_prediction_column:
+            # Profiled as an input, a prediction column would also be a feature the producers never send.
+            raise ConfigError(f"--prediction-column is missing and {', '.join(suspects)} look(s) like the model's "
+                              "predictions: name the column with --prediction-column (the baseline error and concept "
+                              "drift need it), or say --no-prediction-column to profile it as an input")
+        print("warning: no --prediction-column: without the model's predictions on the reference there is "
               "no baseline error, and concept drift is off for this version", file=sys.stderr)
     if args.target is not None or args.no_target:
         return
@@ -334,6 +340,9 @@ def _add_register(models_sub) -> None:
     p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
                                     "the baseline error)")
     p.add_argument("--prediction-column", help="the model's predictions on the reference; profiled like a feature")
+    p.add_argument("--no-prediction-column", action="store_true",
+                   help="the reference has no predictions, even if a column looks like them: no baseline error, "
+                        "no concept drift (without it, a column named like a prediction is refused)")
     p.add_argument("--no-target", action="store_true",
                    help="the reference has no target: data drift only (without it, a missing --target is refused)")
     p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded; it must load "

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import logging
 
-from sqlalchemy import select
-
 from undertow.models import registry
 from undertow.storage import repo
-from undertow.storage.tables import OTHER_UNREGISTERED, DriftState
+from undertow.models.drift.drift_state import MULTIVARIATE, PERFORMANCE, load_state
+from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
 
 log = logging.getLogger("undertow")
@@ -73,12 +72,15 @@ def _last_windows(session) -> dict[tuple[str, str], dict]:
 def _data_checks(session) -> list[dict]:
     """The multivariate and estimated-performance checks of each version's last window."""
     checks = []
-    for state in session.scalars(select(DriftState)):
-        episodes = json.loads(state.episodes or "{}")
-        row = {"model_id": state.model_id, "version": state.version}
-        for key, label in (("__multivariate__", "multivariate_z"), ("__performance__", "estimated_accuracy")):
-            if isinstance(episodes.get(key), list) and len(episodes[key]) > 3:
-                row[label] = {"value": episodes[key][3], "severity": episodes[key][0]}
+    for stored in repo.drift_states(session):
+        version = registry.find_version(session, stored.model_id, stored.version)
+        columns = len(json.loads(version.feature_schema or "{}")) if version is not None else 0
+        state = load_state(stored, columns)
+        row = {"model_id": stored.model_id, "version": stored.version}
+        for key, label in ((MULTIVARIATE, "multivariate_z"), (PERFORMANCE, "estimated_accuracy")):
+            check = state.checks.get(key)
+            if check is not None:
+                row[label] = {"value": check.value, "severity": check.level}
         if len(row) > 2:
             checks.append(row)
     return checks
@@ -144,7 +146,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    for section in (_print_models, _print_drift, _print_joins, _print_partitions, _print_problems):
+    for section in (_print_models, _print_drift, _print_joins, _print_problems, _print_partitions):
         section(status)
     return 0
 
@@ -191,7 +193,9 @@ def _print_partitions(status: dict) -> None:
         lag = "?" if o["lag"] is None else o["lag"]
         note = "  (stored offset beyond the log end: the log started again)" if o.get("beyond_log_end") else ""
         gaps = f"  gaps={o['gaps']} (last: {o['last_gap']['detail']})" if o["gaps"] else ""
-        print(f"  {o['topic']}[{o['partition']}]  stored={o['stored_offset']}  end={o['end_offset']}  "
+        stored = "-" if o["stored_offset"] is None else o["stored_offset"]
+        end = "?" if o["end_offset"] is None else o["end_offset"]
+        print(f"  {o['topic']}[{o['partition']}]  stored={stored}  end={end}  "
               f"lag={lag}{note}{gaps}")
 
 

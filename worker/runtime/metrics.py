@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -31,6 +32,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from undertow.models.drift.drift_state import load_state
+from undertow.models.drift.episodes import STABLE
 from undertow.models.runs import RunStatus
 from undertow.worker.runtime.batch import Batch
 
@@ -234,13 +237,25 @@ def _join_pending(conn):
     yield pending
 
 
+class _EpisodesOnly(NamedTuple):
+    """A ``drift_state`` row as ``load_state`` reads it, without its window buffers."""
+
+    episodes: str
+    buffer: bytes
+    buffer_ts: bytes
+    state_format: int | None
+
+
 def _open_episodes(conn):
     episodes = GaugeMetricFamily("undertow_open_episodes", "drift episodes not ended", labels=["kind"])
     episodes.add_metric(["concept"], conn.execute(text("SELECT count(*) FROM concept_state WHERE in_episode")).scalar())
     data_open = 0
-    for (blob,) in conn.execute(text("SELECT episodes FROM drift_state")):
-        data_open += sum(1 for name, state in json.loads(blob or "{}").items()
-                         if isinstance(state, list) and state[0] != "stable")
+    # Read through the state's codec (its format number beside it). The buffers are not read: the width a
+    # row from before numbering is measured by only says whether it has a confidence column, no episode.
+    for episodes_blob, state_format in conn.execute(text("SELECT episodes, state_format FROM drift_state")):
+        state = load_state(_EpisodesOnly(episodes_blob, b"", b"", state_format), feature_columns=0)
+        data_open += sum(1 for e in state.episodes.values() if e.level != STABLE)
+        data_open += sum(1 for c in state.checks.values() if c.level != STABLE)
     episodes.add_metric(["data"], data_open)
     yield episodes
 
