@@ -311,7 +311,7 @@ class DataDriftStage:
     def _monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
         monitor = self._monitors.get((model_id, version))
         if monitor is None:
-            row = session.get(registry.ModelVersion, (model_id, version))
+            row = registry.find_version(session, model_id, version)
             if row is None:
                 return None
             accuracy = (1.0 - row.baseline_error_mean if row.task == "classification"

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
 from undertow.storage import repo
-from undertow.storage.errors import InvalidEvent
+from undertow.errors import InvalidEvent
 from undertow.worker.monitor.model_events import batch_prediction_groups
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter
@@ -169,7 +169,7 @@ class SchemaStage:
     def _schema(self, session: Session, model_id: str, version: str) -> VersionSchema | None:
         key = (model_id, version)
         if key not in self._schemas:
-            row = session.get(registry.ModelVersion, key)
+            row = registry.find_version(session, *key)
             self._schemas[key] = None if row is None else VersionSchema.of(row)
         return self._schemas[key]
 

@@ -170,7 +170,7 @@ class ConceptStage:
         key = (model_id, version)
         found = self._classifiers.get(key)
         if found is None:
-            row = None if version is None else session.get(registry.ModelVersion, key)
+            row = None if version is None else registry.find_version(session, model_id, version)
             found = self._classifiers[key] = row is not None and row.task == "classification"
         return found
 
@@ -184,7 +184,7 @@ class ConceptStage:
     def _monitor(self, session: Session, model_id: str, version: str) -> ErrorStreamMonitor | None:
         key = (model_id, version)
         if key not in self._monitors:
-            row = session.get(registry.ModelVersion, key)
+            row = registry.find_version(session, *key)
             if row is None or row.baseline_error_mean is None or row.baseline_error_std is None:
                 return None  # no baseline error: pairs are kept, detectors cannot be scaled
             self._monitors[key] = ErrorStreamMonitor(
