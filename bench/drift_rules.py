@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from undertow.worker.monitor.data_drift import ModelVersionMonitor  # noqa: E402
 from undertow.worker.runtime.events import PredictionEvent  # noqa: E402
 
 WINDOW, CHANGE, FEATURES = 1000, 20_000, ("x0", "x1", "x2", "x3")
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 LABEL_DELAY_S = 3 * 3600
 VARIANTS = (("Undertow", {}), ("Undertow, budget 100", {"evidence_false_alarm_windows": 100}),
             ("Undertow, quiet (5,000)", {"evidence_false_alarm_windows": 5000}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def rows_from_table(columns: dict[str, list[Any]], target: str, time_column: str
 
 def epoch_seconds(values: list[Any], column: str) -> list[float]:
     """A time column as seconds since the epoch: numbers as they are, RFC 3339 strings parsed."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     out = []
     for value in values:
         if isinstance(value, (int, float)):
@@ -108,5 +109,5 @@ def epoch_seconds(values: list[Any], column: str) -> list[float]:
         except ValueError:
             raise training.TrainingError(f"time column {column!r}: {value!r} is neither a number nor "
                                          "an RFC 3339 time") from None
-        out.append((parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp())
+        out.append((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
     return out

@@ -8,7 +8,7 @@ the champion history, so the card never disagrees with the registry.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
@@ -16,7 +16,7 @@ from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
 
 def _iso(ts: float | None) -> str | None:
     # RFC 3339 with "Z", as every other time Undertow prints.
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace(
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace(
         "+00:00", "Z")
 
 

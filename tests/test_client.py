@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ def test_records_land_keyed_by_model_as_compact_json_the_monitor_accepts(env):
         event_id = client.log_prediction("housing", {"x": np.float64(1.5), "n": np.int64(3), "c": "red", "z": None,
                                                      "m": np.float64("nan")},
                                          np.float32(2.5), ts="2026-11-27T15:06:28.5+01:00", model_version=3)
-        client.log_label("housing", event_id, 2.0, ts=datetime(2026, 11, 28, 9, tzinfo=timezone.utc))
+        client.log_label("housing", event_id, 2.0, ts=datetime(2026, 11, 28, 9, tzinfo=UTC))
         assert client.flush() == 0
         assert (client.delivered, client.undelivered, client.pending) == (2, 0, 0)
     [prediction] = env.read_all(env.topics.predictions, 1)
@@ -86,7 +86,7 @@ def test_a_dataframe_of_1000_rows_with_numpy_dtypes_and_missing_values(env):
     assert seventh.features["f64"] is None and eighth.features["region"] is None and first.features["nullable"] is None
     assert type(seventh.features["i64"]) is int and type(seventh.features["f32"]) is float
     assert first.features["f64"] == frame.loc[1, "f64"] and first.prediction == predictions[1]
-    assert first.ts == datetime(2026, 11, 1, 0, 0, 1, tzinfo=timezone.utc)
+    assert first.ts == datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("change, field", [
@@ -117,7 +117,7 @@ def test_single_events_refused_name_the_field(env):
                                                r"2026-11-01T00:00:00 is a naive datetime"):
             client.log_prediction("housing", {"x": 1.0}, 1.0, ts=datetime(2026, 11, 1))
         with pytest.raises(InvalidEvent, match="ts: .* is more than 3600 s in the future"):
-            client.log_prediction("housing", {"x": 1.0}, 1.0, ts=datetime.now(timezone.utc) + timedelta(hours=2))
+            client.log_prediction("housing", {"x": 1.0}, 1.0, ts=datetime.now(UTC) + timedelta(hours=2))
         with pytest.raises(InvalidEvent, match="model_id: must match"):
             client.log_prediction("bad id", {"x": 1.0}, 1.0)
         with pytest.raises(InvalidEvent, match="scores.1: Input should be less than or equal to 1"):

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -158,7 +158,7 @@ def _scores(scores: object, classes: Sequence | None) -> dict | None:
 def _utc_text(ts: object, max_ahead: float | None, loc: tuple = ("ts",)) -> str:
     """``ts`` (None: now; an aware datetime; an RFC 3339 string) as RFC 3339 in UTC with ``Z``."""
     if ts is None:
-        return _format(datetime.now(timezone.utc))
+        return _format(datetime.now(UTC))
     if isinstance(ts, str):
         ts = _from_text(ts, loc)
     if ts is pd.NaT or not isinstance(ts, datetime):
@@ -169,12 +169,12 @@ def _utc_text(ts: object, max_ahead: float | None, loc: tuple = ("ts",)) -> str:
     if isinstance(ts, pd.Timestamp):
         ts = ts.to_pydatetime(warn=False)  # nanoseconds would not parse back as RFC 3339
     try:
-        utc = ts.astimezone(timezone.utc)
+        utc = ts.astimezone(UTC)
     except OverflowError:
         raise _Refused(loc, f"{ts.isoformat()} is outside the representable range in UTC", str(ts)) from None
     # The monitor dead-letters events dated more than UNDERTOW_MAX_CLOCK_SKEW_SECONDS (an hour) ahead of its
     # clock: a local time labelled as UTC is the usual cause, better said here than found in a DLT.
-    if max_ahead is not None and utc - datetime.now(timezone.utc) > timedelta(seconds=max_ahead):
+    if max_ahead is not None and utc - datetime.now(UTC) > timedelta(seconds=max_ahead):
         raise _Refused(loc, f"{_format(utc)} is more than {max_ahead:g} s in the future", _format(utc))
     return _format(utc)
 
@@ -415,7 +415,7 @@ class Client:
             raise InvalidEvent(_refused_message(_call, problems, None if single else n), problems)
         self._send(self.topics.labels, model_id, values)
 
-    def monitored(self, model: Any, model_id: str, model_version: str | None = None) -> "Monitored":
+    def monitored(self, model: Any, model_id: str, model_version: str | None = None) -> Monitored:
         """``model`` wrapped so that ``predict(X)`` also logs: returns (predictions, event ids)."""
         return Monitored(self, model, model_id, model_version)
 
@@ -457,7 +457,7 @@ class Client:
             log.error("the Undertow client could not deliver %d of %d records", self._undelivered,
                       self._undelivered + self._delivered)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -17,7 +17,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.detectors import Cusum, CusumState, PredictionTimeCusum, PredictionTimeCusumState, RollingMean
+from undertow.models.drift.detectors import (
+    Cusum,
+    CusumState,
+    PredictionTimeCusum,
+    PredictionTimeCusumState,
+    RollingMean,
+)
 
 
 class EpisodeState(BaseModel):

@@ -82,7 +82,7 @@ class DriftConfig(BaseModel):
     retrain_window_pairs: int = Field(default=50_000, ge=100, description="labelled pairs of the rolling policy")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DriftConfig":
+    def _consistent(self) -> DriftConfig:
         if self.psi_significant < self.psi_moderate:
             raise ValueError("psi_significant must be at least psi_moderate")
         if self.prediction_psi_significant < self.prediction_psi_moderate:

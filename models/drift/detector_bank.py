@@ -11,8 +11,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.detectors import (Detection, Detector, PageHinkley, PageHinkleyState, PredictionTimeCusum,
-                                             PredictionTimeCusumState, RollingMean, RollingMeanState)
+from undertow.models.drift.detectors import (
+    Detection,
+    Detector,
+    PageHinkley,
+    PageHinkleyState,
+    PredictionTimeCusum,
+    PredictionTimeCusumState,
+    RollingMean,
+    RollingMeanState,
+)
 
 
 class BankState(BaseModel):

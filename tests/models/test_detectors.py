@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 from river.drift import PageHinkley as RiverPageHinkley
 
-from undertow.models.drift.detectors import (Cusum, Detection, Detector, PageHinkley, PageHinkleyState,
-                                             PredictionTimeCusum, RollingMean)
+from undertow.models.drift.detectors import (
+    Cusum,
+    Detection,
+    Detector,
+    PageHinkley,
+    PageHinkleyState,
+    PredictionTimeCusum,
+    RollingMean,
+)
 
 
 def _streams():

@@ -12,9 +12,9 @@ from sqlalchemy import text
 
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import Cusum, PageHinkley, RollingMean
+from undertow.models.drift.production_baseline import reference_z, threshold_for_all
 from undertow.models.reference import error_sample
 from undertow.worker.dev.sample import SampleStream
-from undertow.models.drift.production_baseline import reference_z, threshold_for_all
 from undertow.worker.monitor.concept import ErrorStreamMonitor
 from undertow.worker.runtime import cloudevents
 

@@ -1,7 +1,7 @@
 """The data-drift rules on windows fed straight to a version's monitor: hysteresis (a drift hovering around
 a threshold costs at most two alerts), prediction drift as its own event, evidence over windows for gradual
 drift, the multivariate check, and the performance estimate before labels."""
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from undertow.models.profile import build_profile
 from undertow.worker.monitor.data_drift import ModelVersionMonitor
 from undertow.worker.runtime.events import PredictionEvent
 
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _monitor(reference: dict, accuracy: float | None = None, **config) -> ModelVersionMonitor:

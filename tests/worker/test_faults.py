@@ -25,10 +25,10 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from undertow.models import runs
-from undertow.storage import db
 from tests.conftest import REPO, Env, requires_postgres, requires_sqlite, wait_for
 from tests.forwarder import TcpForwarder
+from undertow.models import runs
+from undertow.storage import db
 from undertow.worker.dev.broker import EmbeddedBroker
 from undertow.worker.dev.sample import SampleStream, write_training_csv
 from undertow.worker.runtime.metrics import DatabaseCollector

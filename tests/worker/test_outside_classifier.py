@@ -6,7 +6,7 @@ import csv
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.postgres
 
 FEATURES = ["tenure", "spend", "calls", "age"]
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
 FIT = '''
 import joblib, pandas as pd

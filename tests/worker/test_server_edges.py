@@ -20,7 +20,6 @@ from tests.worker.test_server import Server, _row
 from tests.worker.test_trainer import _train_v1
 from undertow.errors import InvalidEvent
 from undertow.models import registry, training
-from undertow.worker.dev.sample import SampleStream
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
 

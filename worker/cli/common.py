@@ -6,7 +6,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -108,7 +108,7 @@ def iso(ts: float | None) -> str | None:
     """RFC 3339 in UTC with milliseconds, as the events' own times: ``2026-12-06T03:04:05.123Z``."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def positive_int(value: str) -> int:

@@ -5,8 +5,8 @@ import json
 import logging
 
 from undertow.models import registry
-from undertow.storage import repo
 from undertow.models.drift.drift_state import MULTIVARIATE, PERFORMANCE, load_state
+from undertow.storage import repo
 from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
 

@@ -80,7 +80,7 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         binary = _tansu_binary()
         self._workdir = tempfile.mkdtemp(prefix="undertow-broker-")
         url = f"tcp://{self.host}:{self.port}"
@@ -132,7 +132,7 @@ class EmbeddedBroker:
         """The broker's exit code, or None while it runs."""
         return None if self._process is None else self._process.poll()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -9,7 +9,7 @@ location), and everyone can see which is which.
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,7 @@ class CaliforniaData:
 
 
 def _write(path: str | Path, features: list[dict], prices: list[float]) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     names = list(features[0])
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 REGIONS = ("north", "south", "east", "west")
 REGION_SHARES = (0.4, 0.3, 0.2, 0.1)
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def rfc3339(ts: datetime) -> str:

@@ -9,7 +9,6 @@ import math
 import operator
 
 import numpy as np
-
 from sqlalchemy.orm import Session
 
 from undertow.models import registry
@@ -37,8 +36,8 @@ from undertow.models.profile import (
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.model_events import batch_prediction_groups
-from undertow.worker.monitor.schema import NUMBERS_ONLY
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.monitor.schema import NUMBERS_ONLY
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent

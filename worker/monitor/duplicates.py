@@ -38,7 +38,7 @@ class DuplicateFilter:
         self._sorted = np.sort(np.concatenate([f for _, f in self._blocks] or [np.empty(0, dtype=np.int64)]))
 
     @classmethod
-    def restore(cls, session: Session, topic: str, partition: int) -> "DuplicateFilter":
+    def restore(cls, session: Session, topic: str, partition: int) -> DuplicateFilter:
         return cls(topic, partition, repo.seen_blocks(session, topic, partition))
 
     def __len__(self) -> int:

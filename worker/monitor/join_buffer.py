@@ -68,7 +68,7 @@ class JoinBuffer:
             heapq.heapify(heap)
 
     @classmethod
-    def restore(cls, session: Session, model_id: str) -> "JoinBuffer":
+    def restore(cls, session: Session, model_id: str) -> JoinBuffer:
         return cls(model_id, repo.pending_index(session, model_id), repo.load_join_stats(session, model_id))
 
     def waits(self, kind: str, event_id: str) -> bool:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
+from undertow.errors import InvalidEvent
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
 from undertow.storage import repo
-from undertow.errors import InvalidEvent
 from undertow.worker.monitor.model_events import batch_prediction_groups
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -121,7 +121,7 @@ def write_report(db_url: str, model_id: str, out: str | Path, force: bool = Fals
     figures = {"distributions": distributions_figure(data), "psi": psi_figure(data), "error": error_figure(data)}
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
         resources.files("undertow.worker.report").joinpath("report.html.j2").read_text())
-    html = template.render(model_id=model_id, generated=_iso(datetime.now(timezone.utc).timestamp()),
+    html = template.render(model_id=model_id, generated=_iso(datetime.now(UTC).timestamp()),
                            figures=figures, **data)
     check_out(path, force)
     _write(path, html)
@@ -252,7 +252,7 @@ def psi_figure(data: dict) -> str:
     for w in data["windows"]:
         by_feature.setdefault(w.feature, []).append((w.end_ts, w.psi))
     for feature, points in sorted(by_feature.items()):
-        times = [datetime.fromtimestamp(t, timezone.utc) for t, _ in points]
+        times = [datetime.fromtimestamp(t, UTC) for t, _ in points]
         ax.plot(times, [p for _, p in points], marker=".", linewidth=1, label=feature)
     ax.set_ylabel("PSI")
     ax.set_title("population stability index per window (bands at 0.1 and 0.25)")
@@ -272,14 +272,14 @@ def error_figure(data: dict) -> str:
         errors = np.array([p[1] for p in pairs])
         versions = [p[2] for p in pairs]
         edges = np.linspace(0, len(pairs), min(ERROR_BUCKETS, len(pairs)) + 1).astype(int)
-        centres = [datetime.fromtimestamp(times[a:b].mean(), timezone.utc) for a, b in zip(edges, edges[1:])]
+        centres = [datetime.fromtimestamp(times[a:b].mean(), UTC) for a, b in zip(edges, edges[1:])]
         means = [errors[a:b].mean() for a, b in zip(edges, edges[1:])]
         ax.plot(centres, means, color="#333333", linewidth=1.2, label="mean error (bucketed)")
         for version, (baseline, threshold) in data["baselines"].items():
             own = [t for t, v in zip(times, versions) if v == version]
             if not own:
                 continue
-            span = [datetime.fromtimestamp(min(own), timezone.utc), datetime.fromtimestamp(max(own), timezone.utc)]
+            span = [datetime.fromtimestamp(min(own), UTC), datetime.fromtimestamp(max(own), UTC)]
             ax.plot(span, [baseline] * 2, color="#4c72b0", linestyle="--", linewidth=1)
             ax.plot(span, [threshold] * 2, color="#c44e52", linestyle=":", linewidth=1)
             ax.annotate(f"v{version}", (span[0], baseline), fontsize=7, color="#4c72b0")
@@ -309,4 +309,4 @@ def _concept_alarms(events: list[dict]) -> list[datetime]:
 
 def _iso(ts: float | None) -> str:
     """RFC 3339 in UTC, to the second, as in the model card: ``2026-12-06T03:04:05Z``."""
-    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

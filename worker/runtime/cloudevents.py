@@ -8,7 +8,7 @@ drop by ``(source, id)``. The events themselves are models in
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def event_id(*parts: object) -> str:
@@ -20,7 +20,7 @@ def event_id(*parts: object) -> str:
 
 
 def rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def epoch(rfc3339_time: str) -> float:

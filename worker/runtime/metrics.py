@@ -90,7 +90,7 @@ class ServiceMetrics:
                                      headers.get("undertow.error.class", b"?").decode()).inc()
         self.batch_seconds.observe(seconds)
 
-    def serve(self, port: int, host: str, database: "DatabaseCollector | None" = None):
+    def serve(self, port: int, host: str, database: DatabaseCollector | None = None):
         """Serve /metrics from a thread; returns the HTTP server (``shutdown()`` it at exit)."""
         if database is not None:
             self.registry.register(database)

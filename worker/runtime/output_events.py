@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -221,9 +221,7 @@ class ModelRejected(_CloudEvent):
 Alert = (DataDriftAlert | PredictionDriftAlert | DatasetDriftAlert | MultivariateDriftAlert
          | PerformanceEstimateAlert | ConceptDriftAlert)
 ModelEvent = ModelPromoted | ModelRejected
-UndertowEvent = Annotated[Union[DataDriftAlert, PredictionDriftAlert, DatasetDriftAlert, MultivariateDriftAlert,
-                                PerformanceEstimateAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted,
-                                ModelRejected], Field(discriminator="type")]
+UndertowEvent = Annotated[DataDriftAlert | PredictionDriftAlert | DatasetDriftAlert | MultivariateDriftAlert | PerformanceEstimateAlert | ConceptDriftAlert | RetrainRequested | ModelPromoted | ModelRejected, Field(discriminator="type")]
 _EVENT = TypeAdapter(UndertowEvent)
 EVENT_TYPES = (DataDriftAlert, PredictionDriftAlert, DatasetDriftAlert, MultivariateDriftAlert,
                PerformanceEstimateAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted, ModelRejected)

@@ -38,7 +38,7 @@ class EventEmitter:
         self._last_drop_log = 0.0
         self._thread = threading.Thread(target=self._run, name="undertow-emitter", daemon=True)
 
-    def start(self) -> "EventEmitter":
+    def start(self) -> EventEmitter:
         self._thread.start()
         return self
 

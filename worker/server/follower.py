@@ -82,7 +82,7 @@ class PromotionFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="undertow-follower", daemon=True)
 
-    def start(self) -> "PromotionFollower":
+    def start(self) -> PromotionFollower:
         self._thread.start()
         return self
 

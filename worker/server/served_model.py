@@ -56,7 +56,7 @@ def request_model(model_id: str, version: str, schema: dict[str, str],
         instances: list[row] | None = Field(default=None, min_length=1, max_length=max_rows)  # type: ignore[valid-type]
 
         @model_validator(mode="after")
-        def _one_form(self) -> "PredictRequest":
+        def _one_form(self) -> PredictRequest:
             if (self.features is None) == (self.instances is None):
                 raise ValueError('send one row as {"features": {...}} or a batch as {"instances": [{...}, ...]}')
             return self

@@ -14,7 +14,6 @@ code must reproduce.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import sys

@@ -21,7 +21,6 @@ from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
 from undertow.worker.monitor.registration import FORGOTTEN
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
-from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 from undertow.worker.runtime.output_events import ConceptDriftAlert
