@@ -66,9 +66,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from undertow.models.drift.config import DriftConfig  # noqa: E402
-from undertow.models.reference import error_sample  # noqa: E402
-from undertow.worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
+from undertow.models.drift.config import DriftConfig
+from undertow.models.reference import error_sample
+from undertow.worker.monitor.concept import ErrorStreamMonitor
 
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
@@ -86,7 +86,7 @@ MATCHED_DELTAS = tuple(sorted({float(f"{0.002 * 0.8 ** k:.2g}") for k in range(6
 class Shape:
     name: str
     changes: tuple[float, ...]       # change points, as fractions of the stream
-    def shift(self, u: np.ndarray) -> np.ndarray: ...  # noqa: E704 - each shape defines it
+    def shift(self, u: np.ndarray) -> np.ndarray: ...  # each shape defines it
 
 
 class Stationary(Shape):

@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from undertow.models.drift.config import DriftConfig  # noqa: E402
-from undertow.models.reference import error_sample  # noqa: E402
-from undertow.worker.monitor.concept import ErrorStreamMonitor  # noqa: E402
+from undertow.models.drift.config import DriftConfig
+from undertow.models.reference import error_sample
+from undertow.worker.monitor.concept import ErrorStreamMonitor
 
 WORSE = (0.0, 0.04, 0.10, 0.15)
 VALIDATION_ROWS = 5000

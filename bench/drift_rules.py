@@ -40,10 +40,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from undertow.models.drift.config import DriftConfig  # noqa: E402
-from undertow.models.profile import build_profile  # noqa: E402
-from undertow.worker.monitor.data_drift import ModelVersionMonitor  # noqa: E402
-from undertow.worker.runtime.events import PredictionEvent  # noqa: E402
+from undertow.models.drift.config import DriftConfig
+from undertow.models.profile import build_profile
+from undertow.worker.monitor.data_drift import ModelVersionMonitor
+from undertow.worker.runtime.events import PredictionEvent
 
 WINDOW, CHANGE, FEATURES = 1000, 20_000, ("x0", "x1", "x2", "x3")
 START = datetime(2026, 11, 1, tzinfo=UTC)

@@ -46,8 +46,8 @@ from scipy.signal import fftconvolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from undertow.models.drift.config import DriftConfig  # noqa: E402
-from undertow.models.drift.detectors import RollingMean, sample_skewness  # noqa: E402
+from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.detectors import RollingMean, sample_skewness
 
 KNOWN_STREAM, ESTIMATED_STREAM = 10_000_000, 1_000_000
 BASELINE_LABELS, SKEWNESS_LABELS = 10_000, 1_000

@@ -29,11 +29,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from undertow.models import registry  # noqa: E402
-from undertow.storage import db  # noqa: E402
-from undertow.worker.dev.broker import EmbeddedBroker, free_port  # noqa: E402
-from undertow.worker.dev.sample import SampleStream, write_training_csv  # noqa: E402
-from undertow.worker.server.served_model import load_served  # noqa: E402
+from undertow.models import registry
+from undertow.storage import db
+from undertow.worker.dev.broker import EmbeddedBroker, free_port
+from undertow.worker.dev.sample import SampleStream, write_training_csv
+from undertow.worker.server.served_model import load_served
 
 
 def _cli(*args: str) -> str:

@@ -22,8 +22,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from undertow.models import candidate, gate, training  # noqa: E402
-from undertow.worker.dev.sample import SampleStream  # noqa: E402
+from undertow.models import candidate, gate, training
+from undertow.worker.dev.sample import SampleStream
 
 
 def pairs(n: int, seed: int):

