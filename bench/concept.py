@@ -52,6 +52,7 @@ honest detector alarms much earlier). False alarms: alarms before the first
 change (all alarms on the stationary stream), per 10,000 labels. Alerts per
 change: alarms from the first change on, divided by the number of changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,19 +74,26 @@ from undertow.worker.monitor.concept import ErrorStreamMonitor
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
-DETECTORS = ("Undertow", "river PageHinkley()", "river ADWIN()", "river PageHinkley, matched",
-             "river ADWIN, matched", "told the size and the level, not the time",
-             "oracle (knows change, shape, baseline)")
+DETECTORS = (
+    "Undertow",
+    "river PageHinkley()",
+    "river ADWIN()",
+    "river PageHinkley, matched",
+    "river ADWIN, matched",
+    "told the size and the level, not the time",
+    "oracle (knows change, shape, baseline)",
+)
 # Fine grids (thresholds about 10 % apart, deltas 20 %), from the defaults towards quieter: PageHinkley's delay
 # grows about in proportion to its threshold, so a coarse grid would overstate what matching costs it.
-MATCHED_THRESHOLDS = tuple(sorted({float(f"{50 * 1.1 ** k:.2g}") for k in range(45)}))       # 50 ... 3,300
-MATCHED_DELTAS = tuple(sorted({float(f"{0.002 * 0.8 ** k:.2g}") for k in range(60)}, reverse=True))  # 0.002 ... 4e-9
+MATCHED_THRESHOLDS = tuple(sorted({float(f"{50 * 1.1**k:.2g}") for k in range(45)}))  # 50 ... 3,300
+MATCHED_DELTAS = tuple(sorted({float(f"{0.002 * 0.8**k:.2g}") for k in range(60)}, reverse=True))  # 0.002 ... 4e-9
 
 
 @dataclass(frozen=True)
 class Shape:
     name: str
-    changes: tuple[float, ...]       # change points, as fractions of the stream
+    changes: tuple[float, ...]  # change points, as fractions of the stream
+
     def shift(self, u: np.ndarray) -> np.ndarray: ...  # each shape defines it
 
 
@@ -114,9 +122,13 @@ class Recurring(Shape):
         return np.where(((u >= 0.4) & (u < 0.55)) | ((u >= 0.7) & (u < 0.85)), 1.5, 0.0)
 
 
-SHAPES = [Stationary("stationary", ()), Abrupt("abrupt +1.5 sd", (0.4,)),
-          Successive("successive +0.5, +1.0, +2.0 sd", (0.25, 0.5, 0.75)),
-          Gradual("gradual to +1.5 sd over 20 %", (0.4,)), Recurring("recurring +1.5 sd, twice", (0.4, 0.7))]
+SHAPES = [
+    Stationary("stationary", ()),
+    Abrupt("abrupt +1.5 sd", (0.4,)),
+    Successive("successive +0.5, +1.0, +2.0 sd", (0.25, 0.5, 0.75)),
+    Gradual("gradual to +1.5 sd over 20 %", (0.4,)),
+    Recurring("recurring +1.5 sd, twice", (0.4, 0.7)),
+]
 
 
 def stream(shape: Shape, task: str, n: int, seed: int):
@@ -149,6 +161,7 @@ def _scored_stream(shape: Shape, n: int, rng, gap: float, u: np.ndarray):
 
     def loss_of(p, y):
         return -np.log(np.where(y, p, 1 - p))
+
     v_scores = rng.beta(1, 4, VALIDATION_ROWS)
     v_labels = rng.random(VALIDATION_ROWS) < v_scores
     v_loss = loss_of(v_scores, v_labels)
@@ -185,13 +198,16 @@ def matched_threshold(task: str, n: int, seeds: int) -> float:
     detector as quiet as Undertow on these streams, for the comparison of delays at equal cost (NaN if
     none tried is quiet)."""
     from river.drift import PageHinkley
-    return next((t for t in MATCHED_THRESHOLDS if _quiet(functools.partial(PageHinkley, threshold=t), task, n, seeds)),
-                math.nan)
+
+    return next(
+        (t for t in MATCHED_THRESHOLDS if _quiet(functools.partial(PageHinkley, threshold=t), task, n, seeds)), math.nan
+    )
 
 
 def matched_delta(task: str, n: int, seeds: int) -> float:
     """The largest ADWIN delta (confidence) with no alarm on the stationary streams of every seed (NaN if none)."""
     from river.drift import ADWIN
+
     return next((d for d in MATCHED_DELTAS if _quiet(functools.partial(ADWIN, delta=d), task, n, seeds)), math.nan)
 
 
@@ -205,12 +221,12 @@ def oracle_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: i
     for j, c in enumerate(shape.changes):
         start = int(c * n)
         end = int(shape.changes[j + 1] * n) if j + 1 < len(shape.changes) else n
-        before = watched[max(0, start - 10_000):start]
+        before = watched[max(0, start - 10_000) : start]
         weight = np.zeros(n)
-        weight[start:end] = shape.shift(u[start:end]) - shape.shift(u[start - 1:start])[0]
+        weight[start:end] = shape.shift(u[start:end]) - shape.shift(u[start - 1 : start])[0]
         w = weight[order]
         numerator = np.cumsum(w * (watched[order] - before.mean()) / before.std())
-        spread = np.sqrt(np.cumsum(w ** 2))
+        spread = np.sqrt(np.cumsum(w**2))
         out.append(np.divide(numerator, spread, out=np.full(n, -np.inf), where=spread > 0))
     return out
 
@@ -234,25 +250,27 @@ def change_sizes(shape: Shape, task: str, n: int) -> list[tuple[str, float]]:
     sizes = []
     for c in shape.changes:
         start = int(c * n)
-        before, after = watched[start - 10_000:start], watched[start:start + 10_000]
+        before, after = watched[start - 10_000 : start], watched[start : start + 10_000]
         rise = (after.mean() - before.mean()) / before.std()
-        shift = shape.shift(u[start:start + 10_000])
+        shift = shape.shift(u[start : start + 10_000])
         sizes.append(("step", float(rise)) if np.allclose(shift, shift[0]) else ("ramp", float(rise / 4999.5)))
     return sizes
 
 
-def told_size_statistics(shape: Shape, watched: np.ndarray, order: np.ndarray, n: int,
-                         sizes: list[tuple[str, float]]) -> list[np.ndarray]:
+def told_size_statistics(
+    shape: Shape, watched: np.ndarray, order: np.ndarray, n: int, sizes: list[tuple[str, float]]
+) -> list[np.ndarray]:
     """Per change, in label arrival order: the statistic of a detector told the change's size and the level
     before it (estimated on the 10,000 predictions before it) but not when it comes; it watches from
     10,000 predictions before the change. A step: the prediction-time CUSUM with k at half the step (for
     normal errors the optimal detector of a known step at an unknown time, Moustakides 1986). A ramp: the
     likelihood ratio of the known slope for normal errors, maximised over start times a minute apart."""
     from undertow.models.drift.detectors import PredictionTimeCusum
+
     out = []
     for c, (kind, size) in zip(shape.changes, sizes):
         start = int(c * n)
-        before = watched[start - 10_000:start]
+        before = watched[start - 10_000 : start]
         mean, sd = before.mean(), before.std()
         window = (order >= start - 10_000) & (order < start + 10_000)
         at = np.flatnonzero(window)
@@ -281,14 +299,24 @@ def _carry_forward(values: np.ndarray, at: np.ndarray) -> np.ndarray:
     return values[np.maximum.accumulate(filled)]
 
 
-def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched: tuple[float, float],
-        oracle: list[float], told: tuple[list, list[float]]) -> dict:
+def run(
+    shape: Shape,
+    task: str,
+    n: int,
+    seed: int,
+    config: DriftConfig,
+    matched: tuple[float, float],
+    oracle: list[float],
+    told: tuple[list, list[float]],
+) -> dict:
     from river.drift import ADWIN, PageHinkley
+
     validation, errors, predicted, arrived, gap, losses = stream(shape, task, n, seed)
     order = np.argsort(arrived, kind="stable")
     metric = "absolute_error" if task == "regression" else "misclassification"
-    ours = ErrorStreamMonitor("bench", "1", config, float(validation.mean()), float(validation.std()),
-                              error_sample=error_sample(validation))
+    ours = ErrorStreamMonitor(
+        "bench", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
     ph, adwin = PageHinkley(), ADWIN()
     alarms = {name: [] for name in DETECTORS}
     gaps = 0
@@ -303,16 +331,20 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             gaps += alert.data.episode == "deployment_gap"
     seconds = time.perf_counter() - started
     watched = errors if losses is None else losses
-    for detector, name in ((ph, DETECTORS[1]), (adwin, DETECTORS[2]), (PageHinkley(threshold=matched[0]),
-                                                                       DETECTORS[3]),
-                           (ADWIN(delta=matched[1]), DETECTORS[4])):
+    for detector, name in (
+        (ph, DETECTORS[1]),
+        (adwin, DETECTORS[2]),
+        (PageHinkley(threshold=matched[0]), DETECTORS[3]),
+        (ADWIN(delta=matched[1]), DETECTORS[4]),
+    ):
         for i in order:
             detector.update(float(watched[i]))
             if detector.drift_detected:
                 alarms[name].append(float(arrived[i]))
     sizes, thresholds = told
-    for statistic, threshold, c in zip(told_size_statistics(shape, watched, order, n, sizes), thresholds,
-                                       shape.changes):
+    for statistic, threshold, c in zip(
+        told_size_statistics(shape, watched, order, n, sizes), thresholds, shape.changes
+    ):
         above = np.flatnonzero((statistic > threshold) & (arrived[order] >= c * n))
         if above.size:
             alarms[DETECTORS[5]].append(float(arrived[order[above[0]]]))
@@ -321,7 +353,7 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
         if above.size:
             alarms[DETECTORS[6]].append(float(arrived[order[above[0]]]))
     changes = [c * n for c in shape.changes]
-    floors = [float(np.sort(arrived[int(c):])[FLOOR_LABELS - 1]) - c for c in changes]
+    floors = [float(np.sort(arrived[int(c) :])[FLOOR_LABELS - 1]) - c for c in changes]
     result = {"gap": gap, "deployment_gaps": gaps, "labels_per_s": n / seconds, "floors": floors, "detectors": {}}
     for name, times in alarms.items():
         first = changes[0] if changes else float("inf")
@@ -332,9 +364,12 @@ def run(shape: Shape, task: str, n: int, seed: int, config: DriftConfig, matched
             hit = [t for t in times if c <= t < end]
             delays.append(hit[0] - c if hit else None)
         after = [t for t in times if t >= first]
-        result["detectors"][name] = {"false_per_10k": len(false) / (min(first, n)) * 10_000 if false else 0.0,
-                                     "false": len(false), "delays": delays,
-                                     "per_change": len(after) / len(changes) if changes else None}
+        result["detectors"][name] = {
+            "false_per_10k": len(false) / (min(first, n)) * 10_000 if false else 0.0,
+            "false": len(false),
+            "delays": delays,
+            "per_change": len(after) / len(changes) if changes else None,
+        }
     return result
 
 
@@ -350,11 +385,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--labels", type=int, default=100_000)
-    parser.add_argument("--matched-labels", type=int, default=None, metavar="N",
-                        help="labels of the stationary streams on which the matched detectors must stay quiet "
-                             "(default: twice --labels)")
-    parser.add_argument("--shapes", nargs="+", metavar="NAME", choices=[shape.name.split()[0] for shape in SHAPES],
-                        help="only these streams (first word of the name), e.g. --shapes stationary")
+    parser.add_argument(
+        "--matched-labels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="labels of the stationary streams on which the matched detectors must stay quiet "
+        "(default: twice --labels)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="NAME",
+        choices=[shape.name.split()[0] for shape in SHAPES],
+        help="only these streams (first word of the name), e.g. --shapes stationary",
+    )
     args = parser.parse_args()
     shapes = [shape for shape in SHAPES if not args.shapes or shape.name.split()[0] in args.shapes]
     matched_labels = 2 * args.labels if args.matched_labels is None else args.matched_labels
@@ -362,49 +407,76 @@ def main() -> None:
         parser.error("--matched-labels must be at least 1")
     config = DriftConfig()
     started = time.perf_counter()
-    print("| task | stream | detector | delay per change (median over seeds) | label floor | false alarms "
-          "(total over seeds) | /10k labels | alarms per change |")
+    print(
+        "| task | stream | detector | delay per change (median over seeds) | label floor | false alarms "
+        "(total over seeds) | /10k labels | alarms per change |"
+    )
     print("|---|---|---|---|---|---:|---:|---:|")
     notes = []
     for task in ("regression", "classification", "scored classification (log loss)"):
         threshold = matched_threshold(task, matched_labels, args.seeds)
         delta = matched_delta(task, matched_labels, args.seeds)
-        matched = (MATCHED_THRESHOLDS[-1] if math.isnan(threshold) else threshold,
-                   MATCHED_DELTAS[-1] if math.isnan(delta) else delta)
-        notes.append(f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched[0]}), the smallest "
-                     f"threshold, and river ADWIN, matched = ADWIN(delta={matched[1]:g}), the largest delta, "
-                     f"without a false alarm on the stationary streams of these seeds ({matched_labels:,} labels each)"
-                     + ("" if not (math.isnan(threshold) or math.isnan(delta)) else
-                        " (NOT QUIET: none tried was; the strictest is used)"))
+        matched = (
+            MATCHED_THRESHOLDS[-1] if math.isnan(threshold) else threshold,
+            MATCHED_DELTAS[-1] if math.isnan(delta) else delta,
+        )
+        notes.append(
+            f"- {task}: river PageHinkley, matched = PageHinkley(threshold={matched[0]}), the smallest "
+            f"threshold, and river ADWIN, matched = ADWIN(delta={matched[1]:g}), the largest delta, "
+            f"without a false alarm on the stationary streams of these seeds ({matched_labels:,} labels each)"
+            + (
+                ""
+                if not (math.isnan(threshold) or math.isnan(delta))
+                else " (NOT QUIET: none tried was; the strictest is used)"
+            )
+        )
         for shape in shapes:
-            oracle = stationary_highs(functools.partial(oracle_statistics, shape, n=args.labels),
-                                      shape, task, args.labels, args.seeds)
+            oracle = stationary_highs(
+                functools.partial(oracle_statistics, shape, n=args.labels), shape, task, args.labels, args.seeds
+            )
             sizes = change_sizes(shape, task, args.labels) if shape.changes else []
-            told = sizes, stationary_highs(functools.partial(told_size_statistics, shape, n=args.labels, sizes=sizes),
-                                           shape, task, args.labels, args.seeds)
-            runs = [run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, told)
-                    for seed in range(args.seeds)]
+            told = (
+                sizes,
+                stationary_highs(
+                    functools.partial(told_size_statistics, shape, n=args.labels, sizes=sizes),
+                    shape,
+                    task,
+                    args.labels,
+                    args.seeds,
+                ),
+            )
+            runs = [
+                run(shape, task, args.labels, 1000 * seed + 7, config, matched, oracle, told)
+                for seed in range(args.seeds)
+            ]
             floors = [fmt_delays([r["floors"][j] for r in runs]) for j in range(len(shape.changes))]
             for name in DETECTORS:
                 per = [r["detectors"][name] for r in runs]
                 delays = [fmt_delays([p["delays"][j] for p in per]) for j in range(len(shape.changes))]
                 per_change = [p["per_change"] for p in per if p["per_change"] is not None]
-                print(f"| {task} | {shape.name} | {name} | {', '.join(delays) or '—'} | {', '.join(floors) or '—'} "
-                      f"| {sum(p['false'] for p in per)} | {np.mean([p['false_per_10k'] for p in per]):.2f} | "
-                      f"{np.mean(per_change):.1f} |" if per_change else
-                      f"| {task} | {shape.name} | {name} | — | — | {sum(p['false'] for p in per)} | "
-                      f"{np.mean([p['false_per_10k'] for p in per]):.2f} | — |")
+                print(
+                    f"| {task} | {shape.name} | {name} | {', '.join(delays) or '—'} | {', '.join(floors) or '—'} "
+                    f"| {sum(p['false'] for p in per)} | {np.mean([p['false_per_10k'] for p in per]):.2f} | "
+                    f"{np.mean(per_change):.1f} |"
+                    if per_change
+                    else f"| {task} | {shape.name} | {name} | — | — | {sum(p['false'] for p in per)} | "
+                    f"{np.mean([p['false_per_10k'] for p in per]):.2f} | — |"
+                )
             gaps = ", ".join(f"{r['gap']:.0%}" for r in runs)
-            notes.append(f"- {task}, {shape.name}: production error above validation by {gaps}; deployment_gap alerts "
-                         f"{[r['deployment_gaps'] for r in runs]}; Undertow {np.mean([r['labels_per_s'] for r in runs]):,.0f} labels/s")
+            notes.append(
+                f"- {task}, {shape.name}: production error above validation by {gaps}; deployment_gap alerts "
+                f"{[r['deployment_gaps'] for r in runs]}; Undertow {np.mean([r['labels_per_s'] for r in runs]):,.0f} labels/s"
+            )
     print()
     print("\n".join(notes))
-    print(f"\n{args.seeds} seeds, {args.labels:,} labels per stream, label delays lognormal (median "
-          f"{DELAY_MEDIAN_S:.0f} s, sigma {DELAY_SIGMA}); Undertow DriftConfig(): production baseline "
-          f"{config.production_baseline_labels} labels, deployment gap margin {config.deployment_gap_margin:.0%}, "
-          f"CUSUM k {config.cusum_k}, one false alarm per {config.cusum_false_alarm_every:,.0f} labels, "
-          f"prediction-time buckets {config.pt_bucket_seconds:.0f} s x {config.pt_horizon_buckets}. "
-          f"Total {time.perf_counter() - started:.0f} s.")
+    print(
+        f"\n{args.seeds} seeds, {args.labels:,} labels per stream, label delays lognormal (median "
+        f"{DELAY_MEDIAN_S:.0f} s, sigma {DELAY_SIGMA}); Undertow DriftConfig(): production baseline "
+        f"{config.production_baseline_labels} labels, deployment gap margin {config.deployment_gap_margin:.0%}, "
+        f"CUSUM k {config.cusum_k}, one false alarm per {config.cusum_false_alarm_every:,.0f} labels, "
+        f"prediction-time buckets {config.pt_bucket_seconds:.0f} s x {config.pt_horizon_buckets}. "
+        f"Total {time.perf_counter() - started:.0f} s."
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ own seeds (scaled copies of one stream would repeat the trend rule's
 outcome, which does not depend on scale), the same for every refinement
 length, so the columns compare like with like.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ def stream(task: str, worse: float, n: int, seed: int) -> tuple[np.ndarray, np.n
     """(validation errors, production errors) of one run."""
     rng = np.random.default_rng(seed)
     if task == "classifier":
-        return ((rng.random(VALIDATION_ROWS) < 0.10).astype(float),
-                (rng.random(n) < 0.10 * (1 + worse)).astype(float))
+        return ((rng.random(VALIDATION_ROWS) < 0.10).astype(float), (rng.random(n) < 0.10 * (1 + worse)).astype(float))
     return np.abs(rng.standard_normal(VALIDATION_ROWS)), np.abs(rng.standard_normal(n)) * (1 + worse)
 
 
@@ -50,10 +50,14 @@ def run(task: str, worse: float, refine: int, seed: int) -> tuple[bool, bool, bo
     validation, production = stream(task, worse, refine + 2000, seed)
     config = DriftConfig(production_refine_labels=refine)
     metric = "misclassification" if task == "classifier" else "absolute_error"
-    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
-    episodes = {alert.data.episode for i, error in enumerate(production)
-                for alert in monitor.update(float(error), metric, float(i), float(i))}
+    monitor = ErrorStreamMonitor(
+        "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
+    episodes = {
+        alert.data.episode
+        for i, error in enumerate(production)
+        for alert in monitor.update(float(error), metric, float(i), float(i))
+    }
     stopped_early = monitor.refine is None and monitor.baseline_labels < refine  # not paused by an episode
     return "deployment_gap" in episodes, "started" in episodes, stopped_early
 
@@ -61,8 +65,9 @@ def run(task: str, worse: float, refine: int, seed: int) -> tuple[bool, bool, bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--refine-labels", type=int, nargs="+", default=[DriftConfig().production_refine_labels,
-                                                                          10_000])
+    parser.add_argument(
+        "--refine-labels", type=int, nargs="+", default=[DriftConfig().production_refine_labels, 10_000]
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print("| model | production against validation | refine to | deployment_gap | started | stopped refining early |")
@@ -70,11 +75,13 @@ def main() -> None:
     for task in ("classifier", "regression"):
         for worse in WORSE:
             for refine in args.refine_labels:
-                outcomes = np.array([run(task, worse, refine, 1000 * WORSE.index(worse) + seed)
-                                     for seed in range(args.runs)])
+                outcomes = np.array(
+                    [run(task, worse, refine, 1000 * WORSE.index(worse) + seed) for seed in range(args.runs)]
+                )
                 gap, episode, early = outcomes.mean(axis=0)
-                print(f"| {task} | {worse:.0%} worse | {refine:,} | {gap:.0%} | {episode:.0%} | {early:.0%} |",
-                      flush=True)
+                print(
+                    f"| {task} | {worse:.0%} worse | {refine:,} | {gap:.0%} | {episode:.0%} | {early:.0%} |", flush=True
+                )
     print(f"\n{args.runs} runs per row. Total {time.perf_counter() - started:.0f} s.")
 
 

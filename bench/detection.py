@@ -54,6 +54,7 @@ before labels, against per-window KS with Bonferroni and PSI > 0.2.
 
     .venv/bin/python bench/detection.py [--seeds N] [--concept-seeds N] [--only data|rules|concept]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,11 +90,11 @@ BASELINE_WINDOW = 1000
 class Stream:
     name: str
     n: int
-    drifted: str | None                 # feature that drifts, None = stationary
-    x_mean: Callable | None = None      # (event index array) -> mean of x0
-    x_sd: float = 1.0                   # sd of x0 after the change
+    drifted: str | None  # feature that drifts, None = stationary
+    x_mean: Callable | None = None  # (event index array) -> mean of x0
+    x_sd: float = 1.0  # sd of x0 after the change
     region_shares: tuple | None = None  # shares after the change (over REGIONS)
-    new_region_share: float = 0.0       # share of a never-seen category after the change
+    new_region_share: float = 0.0  # share of a never-seen category after the change
 
 
 STREAMS = [
@@ -103,8 +104,9 @@ STREAMS = [
     Stream("variance x2 (sd 1 -> 2)", 50_000, "x0", x_sd=2.0),
     Stream("unseen category 30%", 50_000, "region", new_region_share=0.3),
     Stream("category shares north .4->.1, west .1->.4", 50_000, "region", region_shares=(0.1, 0.3, 0.2, 0.4)),
-    Stream("gradual 0 -> 1.5 sd over 20k", 50_000, "x0",
-           x_mean=lambda i: np.clip((i - CHANGE) / 20_000, 0.0, 1.0) * 1.5),
+    Stream(
+        "gradual 0 -> 1.5 sd over 20k", 50_000, "x0", x_mean=lambda i: np.clip((i - CHANGE) / 20_000, 0.0, 1.0) * 1.5
+    ),
 ]
 
 
@@ -129,15 +131,24 @@ def generate(stream: Stream, n: int, seed: int, pre_change_only: bool = False):
 def to_events(x, regions, prediction) -> list[PredictionEvent]:
     values = x.round(6).tolist()
     preds = prediction.round(6).tolist()
-    return [PredictionEvent.model_validate({
-        "event_id": f"e{i}", "model_id": "bench", "ts": rfc3339(START + timedelta(seconds=i)),
-        "features": {**dict(zip(NUMERIC, values[i])), "region": regions[i]}, "prediction": preds[i]})
-        for i in range(len(values))]
+    return [
+        PredictionEvent.model_validate(
+            {
+                "event_id": f"e{i}",
+                "model_id": "bench",
+                "ts": rfc3339(START + timedelta(seconds=i)),
+                "features": {**dict(zip(NUMERIC, values[i])), "region": regions[i]},
+                "prediction": preds[i],
+            }
+        )
+        for i in range(len(values))
+    ]
 
 
 @dataclass
 class Alarms:
     """Alarm positions (window end, in events) per feature."""
+
     by_feature: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, feature: str, end: int) -> None:
@@ -146,8 +157,9 @@ class Alarms:
     def metrics(self, stream: Stream, dataset: bool = False) -> tuple[int | None, float, int]:
         """Delay (None: not detected), false alarms per 10k events, alarms on the drifted feature."""
         change = CHANGE if stream.drifted else math.inf
-        true_alarms = [e for f, ends in self.by_feature.items() for e in ends
-                       if (dataset or f == stream.drifted) and e > change]
+        true_alarms = [
+            e for f, ends in self.by_feature.items() for e in ends if (dataset or f == stream.drifted) and e > change
+        ]
         false_alarms = sum(len(ends) for ends in self.by_feature.values()) - len(true_alarms)
         delay = min(true_alarms) - CHANGE if true_alarms else None
         return delay, false_alarms / stream.n * 10_000, len(true_alarms)
@@ -172,9 +184,9 @@ def run_undertow(stream, profile, events) -> tuple[Alarms, Alarms, list[float]]:
     start_epoch = START.timestamp()
     features, datasets, drifted_psi = Alarms(), Alarms(), []
     for b in range(0, len(events), BATCH):
-        rows, ts = monitor.encode(events[b:b + BATCH])
+        rows, ts = monitor.encode(events[b : b + BATCH])
         for window in monitor.window.add(rows, ts):
-            end = int(round(window.end_ts - start_epoch)) + 1   # one event per second from START
+            end = int(round(window.end_ts - start_epoch)) + 1  # one event per second from START
             results, alerts = monitor.evaluate(window)
             if stream.drifted and end > CHANGE:
                 drifted_psi += [r["psi"] for r in results if r["feature"] == stream.drifted]
@@ -210,26 +222,37 @@ def run_baseline(x, regions, ref_x, ref_regions) -> Alarms:
 
 def run_stream(stream: Stream, k: int, seed: int) -> dict:
     """Alarm metrics of every detector on one seeded realisation of the stream."""
-    ref_x, ref_regions, ref_pred = generate(stream, REFERENCE_ROWS, seed=10_000 + 100 * seed + k,
-                                            pre_change_only=True)
-    profile = build_profile({**{name: ref_x[:, j].round(6).tolist() for j, name in enumerate(NUMERIC)},
-                             "region": ref_regions.tolist(), PREDICTION_FEATURE: ref_pred.round(6).tolist()})
+    ref_x, ref_regions, ref_pred = generate(stream, REFERENCE_ROWS, seed=10_000 + 100 * seed + k, pre_change_only=True)
+    profile = build_profile(
+        {
+            **{name: ref_x[:, j].round(6).tolist() for j, name in enumerate(NUMERIC)},
+            "region": ref_regions.tolist(),
+            PREDICTION_FEATURE: ref_pred.round(6).tolist(),
+        }
+    )
     x, regions, prediction = generate(stream, stream.n, seed=100 * seed + k)
     events = to_events(x, regions, prediction)
     t0 = time.perf_counter()
     features, datasets, drifted_psi = run_undertow(stream, profile, events)
     seconds = time.perf_counter() - t0
     baseline = run_baseline(x, regions, ref_x, ref_regions)
-    return {"Undertow (feature)": features.metrics(stream), "Undertow (dataset)": datasets.metrics(stream, True),
-            "KS/chi² p<0.01 baseline": baseline.metrics(stream), "seconds": seconds, "psi": drifted_psi,
-            "undrifted": sum(len(e) for f, e in features.by_feature.items() if f != stream.drifted)}
+    return {
+        "Undertow (feature)": features.metrics(stream),
+        "Undertow (dataset)": datasets.metrics(stream, True),
+        "KS/chi² p<0.01 baseline": baseline.metrics(stream),
+        "seconds": seconds,
+        "psi": drifted_psi,
+        "undrifted": sum(len(e) for f, e in features.by_feature.items() if f != stream.drifted),
+    }
 
 
 def data_section(seeds: int) -> None:
     started = time.perf_counter()
     config = DriftConfig()
-    table = ["| stream | detector | delay (events) | false alarms /10k | alarms on drifted feature |",
-             "|---|---|---:|---:|---:|"]
+    table = [
+        "| stream | detector | delay (events) | false alarms /10k | alarms on drifted feature |",
+        "|---|---|---:|---:|---:|",
+    ]
     notes = []
     for k, stream in enumerate(STREAMS):
         runs = [run_stream(stream, k, seed) for seed in range(seeds)]
@@ -238,41 +261,49 @@ def data_section(seeds: int) -> None:
             table.append(f"| {stream.name} | {detector} | {delay} | {false_rate} | {hits} |")
         psi = np.concatenate([run["psi"] for run in runs]) if stream.drifted else None
         rate = stream.n * len(runs) / sum(run["seconds"] for run in runs)
-        notes.append(f"- {stream.name}: Undertow encode+window+evaluate {rate:,.0f} events/s; started alerts on "
-                     f"undrifted input features: {sum(run['undrifted'] for run in runs)}"
-                     + (f"; PSI of {stream.drifted} in post-change windows: median {np.median(psi):.3f}, "
-                        f"min {psi.min():.3f}, max {psi.max():.3f}" if psi is not None else ""))
+        notes.append(
+            f"- {stream.name}: Undertow encode+window+evaluate {rate:,.0f} events/s; started alerts on "
+            f"undrifted input features: {sum(run['undrifted'] for run in runs)}"
+            + (
+                f"; PSI of {stream.drifted} in post-change windows: median {np.median(psi):.3f}, "
+                f"min {psi.min():.3f}, max {psi.max():.3f}"
+                if psi is not None
+                else ""
+            )
+        )
     print(f"# Drift detection: Undertow vs. per-window KS / chi-square ({seeds} seeds per stream)\n")
     print("\n".join(table))
     print("\nDelay: median over seeds (min–max); false alarms: mean over seeds; alarms: mean (min–max).\n")
     print("\n".join(notes))
-    print(f"\nUndertow ran with the default `DriftConfig()`: {config.model_dump()}. That is tumbling count "
-          f"windows of {config.window_size} predictions per model version; a feature is 'moderate' when "
-          f"PSI >= {config.psi_moderate} and 'significant' when PSI >= {config.psi_significant}, in both cases "
-          f"only if its KS or chi-square p-value is below alpha={config.alpha} (the p-value vetoes noise, the "
-          f"effect size decides); an episode starts with the first non-stable window and ends after "
-          f"{config.end_after} stable windows in a row; dataset drift needs >= {config.dataset_share:.0%} of "
-          f"the input features drifted in one window. Change point at event {CHANGE:,} (except stationary); "
-          f"reference {REFERENCE_ROWS:,} pre-change rows, other seed. Total {time.perf_counter() - started:.0f} s.")
+    print(
+        f"\nUndertow ran with the default `DriftConfig()`: {config.model_dump()}. That is tumbling count "
+        f"windows of {config.window_size} predictions per model version; a feature is 'moderate' when "
+        f"PSI >= {config.psi_moderate} and 'significant' when PSI >= {config.psi_significant}, in both cases "
+        f"only if its KS or chi-square p-value is below alpha={config.alpha} (the p-value vetoes noise, the "
+        f"effect size decides); an episode starts with the first non-stable window and ends after "
+        f"{config.end_after} stable windows in a row; dataset drift needs >= {config.dataset_share:.0%} of "
+        f"the input features drifted in one window. Change point at event {CHANGE:,} (except stationary); "
+        f"reference {REFERENCE_ROWS:,} pre-change rows, other seed. Total {time.perf_counter() - started:.0f} s."
+    )
 
 
 # --- Concept drift: detectors on the error stream of a regression model -------------------------------------
 
-TRAIN_ROWS = 5000          # pre-drift rows the model is fitted on
-BASELINE_ROWS = 5000       # further pre-drift rows: baseline error mean, sd and error sample
-CONCEPT_N = 100_000        # monitored events per stream
-CONCEPT_CHANGE = 50_000    # change point, as an index into the monitored stream
-LABEL_LAG = 2000           # predictions between a prediction and its label in the late-label variant
-FIRST = TRAIN_ROWS + BASELINE_ROWS   # dataset index of the first monitored event
-AT = FIRST + CONCEPT_CHANGE          # dataset index of the change point
-NEVER = 10 ** 9                      # a drift position beyond every stream
+TRAIN_ROWS = 5000  # pre-drift rows the model is fitted on
+BASELINE_ROWS = 5000  # further pre-drift rows: baseline error mean, sd and error sample
+CONCEPT_N = 100_000  # monitored events per stream
+CONCEPT_CHANGE = 50_000  # change point, as an index into the monitored stream
+LABEL_LAG = 2000  # predictions between a prediction and its label in the late-label variant
+FIRST = TRAIN_ROWS + BASELINE_ROWS  # dataset index of the first monitored event
+AT = FIRST + CONCEPT_CHANGE  # dataset index of the change point
+NEVER = 10**9  # a drift position beyond every stream
 
 
 @dataclass
 class ConceptStream:
     name: str
-    drift_type: str                 # FriedmanDrift's drift_type
-    position: tuple                 # FriedmanDrift's position (dataset indices)
+    drift_type: str  # FriedmanDrift's drift_type
+    position: tuple  # FriedmanDrift's position (dataset indices)
     transition_window: int = 0
     drifted: bool = True
 
@@ -280,10 +311,12 @@ class ConceptStream:
 CONCEPT_STREAMS = [
     ConceptStream("stationary (gra, drift positions past the end)", "gra", (NEVER, NEVER + 1), drifted=False),
     ConceptStream("abrupt global (gra): features swapped", "gra", (AT, NEVER)),
-    ConceptStream("gradual (gsg): old/new concept 50:50 for 10k, then new", "gsg", (AT, NEVER),
-                  transition_window=10_000),
-    ConceptStream("abrupt local expanding (lea): regions grow at +0, +10k, +20k", "lea",
-                  (AT, AT + 10_000, AT + 20_000)),
+    ConceptStream(
+        "gradual (gsg): old/new concept 50:50 for 10k, then new", "gsg", (AT, NEVER), transition_window=10_000
+    ),
+    ConceptStream(
+        "abrupt local expanding (lea): regions grow at +0, +10k, +20k", "lea", (AT, AT + 10_000, AT + 20_000)
+    ),
 ]
 CONCEPT_DETECTORS = ("Undertow ErrorStreamMonitor", "river PageHinkley()", "river ADWIN()")
 
@@ -291,8 +324,10 @@ CONCEPT_DETECTORS = ("Undertow ErrorStreamMonitor", "river PageHinkley()", "rive
 def friedman(stream: ConceptStream, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Features (n, 10) and targets of the first FIRST + CONCEPT_N rows of the seeded stream."""
     from river.datasets import synth
-    data = synth.FriedmanDrift(drift_type=stream.drift_type, position=stream.position,
-                               transition_window=stream.transition_window, seed=seed)
+
+    data = synth.FriedmanDrift(
+        drift_type=stream.drift_type, position=stream.position, transition_window=stream.transition_window, seed=seed
+    )
     n = FIRST + CONCEPT_N
     x, y = np.empty((n, 10)), np.empty(n)
     for i, (features, target) in enumerate(data.take(n)):
@@ -305,6 +340,7 @@ def concept_alarms(errors: list[float], mean: float, sd: float, sample: list[flo
     """Alarm indices of every detector on one error stream, and what Undertow did."""
     from river.drift import ADWIN
     from river.drift import PageHinkley as RiverPageHinkley
+
     ours = ErrorStreamMonitor("bench", "1", DriftConfig(), mean, sd, error_sample=sample)
     ph, adwin = RiverPageHinkley(), ADWIN()
     alarms: dict[str, list[int]] = {name: [] for name in CONCEPT_DETECTORS}
@@ -324,8 +360,14 @@ def concept_alarms(errors: list[float], mean: float, sd: float, sample: list[flo
             detector.update(error)
             if detector.drift_detected:
                 alarms[name].append(i)
-    return {"alarms": alarms, "first_detector": first_detector, "in_episode_at_change": in_episode_at_change,
-            "silenced": ours.silenced_alarms, "episodes": ours.episodes, "seconds": seconds}
+    return {
+        "alarms": alarms,
+        "first_detector": first_detector,
+        "in_episode_at_change": in_episode_at_change,
+        "silenced": ours.silenced_alarms,
+        "episodes": ours.episodes,
+        "seconds": seconds,
+    }
 
 
 def concept_metrics(alarms: list[int], drifted: bool) -> tuple[int | None, float, int]:
@@ -339,6 +381,7 @@ def concept_metrics(alarms: list[int], drifted: bool) -> tuple[int | None, float
 
 def run_concept_stream(stream: ConceptStream, k: int, seed: int) -> dict:
     from sklearn.ensemble import GradientBoostingRegressor
+
     x, y = friedman(stream, seed=1000 * (seed + 1) + k)
     model = GradientBoostingRegressor(random_state=seed).fit(x[:TRAIN_ROWS], y[:TRAIN_ROWS])
     errors = np.abs(y[TRAIN_ROWS:] - model.predict(x[TRAIN_ROWS:]))
@@ -349,12 +392,14 @@ def run_concept_stream(stream: ConceptStream, k: int, seed: int) -> dict:
     ours = result["alarms"][CONCEPT_DETECTORS[0]]
     post = [i for i in ours if i >= CONCEPT_CHANGE] if stream.drifted else []
     result["first"] = result["first_detector"][post[0]] if post else None
-    result["false_by"] = [result["first_detector"][i] for i in ours
-                          if i < (CONCEPT_CHANGE if stream.drifted else CONCEPT_N)]
+    result["false_by"] = [
+        result["first_detector"][i] for i in ours if i < (CONCEPT_CHANGE if stream.drifted else CONCEPT_N)
+    ]
     result["baseline"] = (mean, sd)
     cut = CONCEPT_CHANGE if stream.drifted else CONCEPT_N
     result["shift_sd"] = [float((monitored[:cut].mean() - mean) / sd)] + [
-        float((monitored[a:a + 10_000].mean() - mean) / sd) for a in range(CONCEPT_CHANGE, CONCEPT_N, 10_000)]
+        float((monitored[a : a + 10_000].mean() - mean) / sd) for a in range(CONCEPT_CHANGE, CONCEPT_N, 10_000)
+    ]
     return result
 
 
@@ -374,17 +419,24 @@ def summarise_concept(stream: ConceptStream, runs: list[tuple[int | None, float,
         return text + (f", {len(values)}/{len(runs)} detected" if len(values) < len(runs) else "")
 
     repeats = [r[2] for r in runs]
-    return (fmt_delay(delays), fmt_delay([d + LABEL_LAG for d in delays]), false_rate,
-            f"{np.mean(repeats):.1f}" + spread(repeats, str))
+    return (
+        fmt_delay(delays),
+        fmt_delay([d + LABEL_LAG for d in delays]),
+        false_rate,
+        f"{np.mean(repeats):.1f}" + spread(repeats, str),
+    )
 
 
 def concept_section(seeds: int) -> None:
     from collections import Counter
+
     started = time.perf_counter()
     config = DriftConfig()
-    table = ["| stream | detector | delay (events = labels) | delay in prediction time, labels 2,000 late | "
-             "false alarms /10k | repeated alarms | Undertow: first detector |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    table = [
+        "| stream | detector | delay (events = labels) | delay in prediction time, labels 2,000 late | "
+        "false alarms /10k | repeated alarms | Undertow: first detector |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     notes = []
     for k, stream in enumerate(CONCEPT_STREAMS):
         runs = [run_concept_stream(stream, k, seed) for seed in range(seeds)]
@@ -400,66 +452,89 @@ def concept_section(seeds: int) -> None:
         sds = [run["baseline"][1] for run in runs]
         false_by = Counter(d for run in runs for d in run["false_by"])
         rate = CONCEPT_N * len(runs) / sum(run["seconds"] for run in runs)
-        text = (f"- {stream.name}: baseline |error| mean {np.median(means):.3f}, sd {np.median(sds):.3f} "
-                f"(median over seeds); mean error shift in baseline sd, median over seeds: "
-                f"{'pre-change' if stream.drifted else 'whole stream'} {shift[0]:+.3f}")
+        text = (
+            f"- {stream.name}: baseline |error| mean {np.median(means):.3f}, sd {np.median(sds):.3f} "
+            f"(median over seeds); mean error shift in baseline sd, median over seeds: "
+            f"{'pre-change' if stream.drifted else 'whole stream'} {shift[0]:+.3f}"
+        )
         if stream.drifted:
             text += "; post-change per 10k: " + ", ".join(f"{v:+.2f}" for v in shift[1:])
             at_change = sum(run["in_episode_at_change"] for run in runs)
             if at_change:
-                text += (f"; Undertow was inside a (false) episode at the change point in {at_change}/{len(runs)} "
-                         f"seeds, so no new alert could start there")
+                text += (
+                    f"; Undertow was inside a (false) episode at the change point in {at_change}/{len(runs)} "
+                    f"seeds, so no new alert could start there"
+                )
         else:
-            chance = {name: [next((i - CONCEPT_CHANGE for i in run["alarms"][name] if i >= CONCEPT_CHANGE), None)
-                             for run in runs] for name in CONCEPT_DETECTORS}
-            text += ("; first alarm at or after event 50,000 although nothing changed (the 'delay' chance alone "
-                     "would give), per seed: " + "; ".join(
-                         f"{name}: {[d if d is not None else '-' for d in v]}" for name, v in chance.items()))
-        text += (f"; Undertow false alerts by first detector: "
-                 f"{dict(false_by) if false_by else 'none'}; Undertow episodes started "
-                 f"{[run['episodes'] for run in runs]}, alarms silenced inside episodes "
-                 f"{[run['silenced'] for run in runs]}; ErrorStreamMonitor {rate:,.0f} labels/s")
+            chance = {
+                name: [
+                    next((i - CONCEPT_CHANGE for i in run["alarms"][name] if i >= CONCEPT_CHANGE), None) for run in runs
+                ]
+                for name in CONCEPT_DETECTORS
+            }
+            text += (
+                "; first alarm at or after event 50,000 although nothing changed (the 'delay' chance alone "
+                "would give), per seed: "
+                + "; ".join(f"{name}: {[d if d is not None else '-' for d in v]}" for name, v in chance.items())
+            )
+        text += (
+            f"; Undertow false alerts by first detector: "
+            f"{dict(false_by) if false_by else 'none'}; Undertow episodes started "
+            f"{[run['episodes'] for run in runs]}, alarms silenced inside episodes "
+            f"{[run['silenced'] for run in runs]}; ErrorStreamMonitor {rate:,.0f} labels/s"
+        )
         notes.append(text)
-    print(f"\n# Concept drift: Undertow's error-stream monitor vs. river PageHinkley / ADWIN "
-          f"({seeds} seeds per stream)\n")
+    print(
+        f"\n# Concept drift: Undertow's error-stream monitor vs. river PageHinkley / ADWIN ({seeds} seeds per stream)\n"
+    )
     print("\n".join(table))
-    print("\nDelay: median over seeds (min–max), over the seeds that detected; false alarms /10k: mean "
-          "(min–max); repeated alarms: mean (min–max).\n")
+    print(
+        "\nDelay: median over seeds (min–max), over the seeds that detected; false alarms /10k: mean "
+        "(min–max); repeated alarms: mean (min–max).\n"
+    )
     print("\n".join(notes))
-    print(f"\nStreams: river FriedmanDrift (10 uniform features, y = Friedman function + N(0, 1)); a "
-          f"GradientBoostingRegressor (sklearn defaults) fitted on rows 0–{TRAIN_ROWS - 1:,}; rows "
-          f"{TRAIN_ROWS:,}–{FIRST - 1:,} give the baseline error; rows {FIRST:,}–{FIRST + CONCEPT_N - 1:,} are "
-          f"the monitored {CONCEPT_N:,} events, change point at monitored event {CONCEPT_CHANGE:,} (dataset "
-          f"index {AT:,}). 'gsg' is river's gradual drift: during the transition window each row follows the old "
-          f"or the new concept with probability 1/2, so the mean error jumps halfway at once. 'lea' changes only "
-          f"small regions of the input space at first (~1.6% of rows), then larger ones (~5%, ~18%).")
-    print(f"\nUndertow: `ErrorStreamMonitor` with `DriftConfig()` (ph_delta={config.ph_delta}, "
-          f"ph_threshold={config.ph_threshold}, cusum_k={config.cusum_k}, cusum_false_alarm_every="
-          f"{config.cusum_false_alarm_every:,.0f}, rolling_window={config.rolling_window}, rolling_step="
-          f"{config.rolling_step}, rolling_sigmas={config.rolling_sigmas}), errors standardised by the baseline "
-          f"mean and sd, CUSUM calibrated on the baseline error sample; an alarm is an alert (episode start); "
-          f"alarms inside an episode are silenced and not counted here. river detectors: default parameters "
-          f"on the raw |error| (PageHinkley: min_instances=30, delta=0.005, threshold=50, alpha=0.9999, "
-          f"mode='both'; ADWIN: delta=0.002); every drift_detected counts.")
-    print(f"\nLate labels: if the label of prediction i arrives with prediction i + {LABEL_LAG:,} (in order), "
-          f"every detector sees exactly the same error sequence, only later; an alarm on the label of "
-          f"prediction j is raised at prediction j + {LABEL_LAG:,}. So the delay in prediction time is the "
-          f"label delay + {LABEL_LAG:,}, and false alarms and repeats do not change. This is derived, not "
-          f"re-simulated (lost labels are not modelled here; see bench/memory.py for the joined pipeline). "
-          f"Total {time.perf_counter() - started:.0f} s.")
+    print(
+        f"\nStreams: river FriedmanDrift (10 uniform features, y = Friedman function + N(0, 1)); a "
+        f"GradientBoostingRegressor (sklearn defaults) fitted on rows 0–{TRAIN_ROWS - 1:,}; rows "
+        f"{TRAIN_ROWS:,}–{FIRST - 1:,} give the baseline error; rows {FIRST:,}–{FIRST + CONCEPT_N - 1:,} are "
+        f"the monitored {CONCEPT_N:,} events, change point at monitored event {CONCEPT_CHANGE:,} (dataset "
+        f"index {AT:,}). 'gsg' is river's gradual drift: during the transition window each row follows the old "
+        f"or the new concept with probability 1/2, so the mean error jumps halfway at once. 'lea' changes only "
+        f"small regions of the input space at first (~1.6% of rows), then larger ones (~5%, ~18%)."
+    )
+    print(
+        f"\nUndertow: `ErrorStreamMonitor` with `DriftConfig()` (ph_delta={config.ph_delta}, "
+        f"ph_threshold={config.ph_threshold}, cusum_k={config.cusum_k}, cusum_false_alarm_every="
+        f"{config.cusum_false_alarm_every:,.0f}, rolling_window={config.rolling_window}, rolling_step="
+        f"{config.rolling_step}, rolling_sigmas={config.rolling_sigmas}), errors standardised by the baseline "
+        f"mean and sd, CUSUM calibrated on the baseline error sample; an alarm is an alert (episode start); "
+        f"alarms inside an episode are silenced and not counted here. river detectors: default parameters "
+        f"on the raw |error| (PageHinkley: min_instances=30, delta=0.005, threshold=50, alpha=0.9999, "
+        f"mode='both'; ADWIN: delta=0.002); every drift_detected counts."
+    )
+    print(
+        f"\nLate labels: if the label of prediction i arrives with prediction i + {LABEL_LAG:,} (in order), "
+        f"every detector sees exactly the same error sequence, only later; an alarm on the label of "
+        f"prediction j is raised at prediction j + {LABEL_LAG:,}. So the delay in prediction time is the "
+        f"label delay + {LABEL_LAG:,}, and false alarms and repeats do not change. This is derived, not "
+        f"re-simulated (lost labels are not modelled here; see bench/memory.py for the joined pipeline). "
+        f"Total {time.perf_counter() - started:.0f} s."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="realisations of every data-drift stream (default 5)")
-    parser.add_argument("--concept-seeds", type=int, default=5,
-                        help="realisations of every concept-drift stream (default 5)")
+    parser.add_argument(
+        "--concept-seeds", type=int, default=5, help="realisations of every concept-drift stream (default 5)"
+    )
     parser.add_argument("--only", choices=("data", "rules", "concept"), help="run one section only")
     args = parser.parse_args(argv)
     if args.only in (None, "data"):
         data_section(args.seeds)
     if args.only in (None, "rules"):
         import drift_rules  # the alert rules: flapping, gradual, correlation-only, accuracy before labels
+
         print()
         drift_rules.main(args.seeds)
     if args.only in (None, "concept"):

@@ -28,6 +28,7 @@ costs.
   the arrival of the first label of the shifted period, and the estimate's
   error against the realised accuracy per window.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,16 +49,27 @@ from undertow.worker.runtime.events import PredictionEvent
 WINDOW, CHANGE, FEATURES = 1000, 20_000, ("x0", "x1", "x2", "x3")
 START = datetime(2026, 11, 1, tzinfo=UTC)
 LABEL_DELAY_S = 3 * 3600
-VARIANTS = (("Undertow", {}), ("Undertow, budget 100", {"evidence_false_alarm_windows": 100}),
-            ("Undertow, quiet (5,000)", {"evidence_false_alarm_windows": 5000}))
+VARIANTS = (
+    ("Undertow", {}),
+    ("Undertow, budget 100", {"evidence_false_alarm_windows": 100}),
+    ("Undertow, quiet (5,000)", {"evidence_false_alarm_windows": 5000}),
+)
 
 
 def _events(rows: np.ndarray, start: int, predictions=None, scores=None) -> list[PredictionEvent]:
-    names = FEATURES[:rows.shape[1]]
-    return [PredictionEvent.model_construct(
-        event_id=f"e{start + i}", model_id="m", model_version=None, ts=START + timedelta(seconds=start + i),
-        features=dict(zip(names, map(float, row))), prediction=0.0 if predictions is None else predictions[i],
-        scores=None if scores is None else scores[i]) for i, row in enumerate(rows)]
+    names = FEATURES[: rows.shape[1]]
+    return [
+        PredictionEvent.model_construct(
+            event_id=f"e{start + i}",
+            model_id="m",
+            model_version=None,
+            ts=START + timedelta(seconds=start + i),
+            features=dict(zip(names, map(float, row))),
+            prediction=0.0 if predictions is None else predictions[i],
+            scores=None if scores is None else scores[i],
+        )
+        for i, row in enumerate(rows)
+    ]
 
 
 def _run(monitor: ModelVersionMonitor, blocks) -> list[tuple[int, list, list]]:
@@ -88,12 +100,12 @@ def _baselines(windows) -> dict[str, list[int]]:
 
 def _profile(rng, rows: np.ndarray | None = None):
     rows = rng.normal(size=(5000, 4)) if rows is None else rows
-    return build_profile({name: rows[:, j].tolist() for j, name in enumerate(FEATURES[:rows.shape[1]])})
+    return build_profile({name: rows[:, j].tolist() for j, name in enumerate(FEATURES[: rows.shape[1]])})
 
 
 def _blocks(matrix: np.ndarray):
     for start in range(0, matrix.shape[0], WINDOW):
-        yield matrix[start:start + WINDOW], None, None
+        yield matrix[start : start + WINDOW], None, None
 
 
 def flapping(seed: int) -> dict:
@@ -104,8 +116,10 @@ def flapping(seed: int) -> dict:
     windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig()), _blocks(matrix))
     ours = [a.data.episode for _, alerts, _ in windows for a in alerts if getattr(a.data, "feature", "") == "x0"]
     base = _baselines(windows)
-    return {"Undertow": len([e for e in ours if e != "ended"]),
-            **{name: len([1 for _, f in alarms if f == "x0"]) for name, alarms in base.items()}}
+    return {
+        "Undertow": len([e for e in ours if e != "ended"]),
+        **{name: len([1 for _, f in alarms if f == "x0"]) for name, alarms in base.items()},
+    }
 
 
 def gradual(seed: int, ramp: int) -> dict:
@@ -118,9 +132,12 @@ def gradual(seed: int, ramp: int) -> dict:
     delays = {}
     for name, config in VARIANTS:
         windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig(**config)), _blocks(matrix))
-        first = [(i + 1) * WINDOW for i, alerts, _ in windows for a in alerts
-                 if getattr(a.data, "feature", "") == "x0" and a.data.episode == "started"
-                 and (i + 1) * WINDOW > CHANGE]
+        first = [
+            (i + 1) * WINDOW
+            for i, alerts, _ in windows
+            for a in alerts
+            if getattr(a.data, "feature", "") == "x0" and a.data.episode == "started" and (i + 1) * WINDOW > CHANGE
+        ]
         delays[name] = first[0] - CHANGE if first else None
         if name == "Undertow":
             base = _baselines(windows)
@@ -150,17 +167,25 @@ def correlation(seed: int) -> dict:
 
     def rows(n, rho):
         x0 = rng.normal(size=n)
-        return np.column_stack([x0, rho * x0 + np.sqrt(1 - rho ** 2) * rng.normal(size=n), rng.normal(size=(n, 2))])
+        return np.column_stack([x0, rho * x0 + np.sqrt(1 - rho**2) * rng.normal(size=n), rng.normal(size=(n, 2))])
+
     profile = _profile(rng, rows(5000, 0.8))
     matrix = np.vstack([rows(CHANGE, 0.8), rows(10 * WINDOW, -0.8)])
     windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig()), _blocks(matrix))
-    multivariate = [(i + 1) * WINDOW for i, alerts, _ in windows for a in alerts
-                    if a.type == "undertow.drift.multivariate" and a.data.episode == "started"]
+    multivariate = [
+        (i + 1) * WINDOW
+        for i, alerts, _ in windows
+        for a in alerts
+        if a.type == "undertow.drift.multivariate" and a.data.episode == "started"
+    ]
     early = [w for w in multivariate if w <= CHANGE]
     late = [w for w in multivariate if w > CHANGE]
     base = _baselines(windows)
-    return {"Undertow (multivariate)": late[0] - CHANGE if late else None, "false": len(early),
-            **{name: len([1 for i, _ in alarms if (i + 1) * WINDOW > CHANGE]) for name, alarms in base.items()}}
+    return {
+        "Undertow (multivariate)": late[0] - CHANGE if late else None,
+        "false": len(early),
+        **{name: len([1 for i, _ in alarms if (i + 1) * WINDOW > CHANGE]) for name, alarms in base.items()},
+    }
 
 
 def accuracy(seed: int) -> dict:
@@ -172,6 +197,7 @@ def accuracy(seed: int) -> dict:
         predicted = np.where(p >= 0.5, "1", "0")
         truth = np.where(rng.random(n) < p, "1", "0")
         return x, predicted, [{"1": float(q), "0": float(1 - q)} for q in p], predicted == truth
+
     ref_x, ref_pred, _, ref_right = scored(5000, 1.5)
     profile = _profile(rng, ref_x)
     monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(), accuracy=float(ref_right.mean()))
@@ -180,18 +206,29 @@ def accuracy(seed: int) -> dict:
     predicted = [*before[1], *after[1]]
     scores = [*before[2], *after[2]]
     right = np.concatenate([before[3], after[3]])
-    blocks = ((x[s:s + WINDOW], predicted[s:s + WINDOW], scores[s:s + WINDOW]) for s in range(0, len(x), WINDOW))
+    blocks = ((x[s : s + WINDOW], predicted[s : s + WINDOW], scores[s : s + WINDOW]) for s in range(0, len(x), WINDOW))
     windows = _run(monitor, blocks)
-    flagged = [(i + 1) * WINDOW for i, alerts, _ in windows for a in alerts if a.type == "undertow.performance.estimated"
-               and a.data.episode == "started"]
-    estimates = {i: a.data.value for i, alerts, _ in windows for a in alerts if a.type == "undertow.performance.estimated"}
+    flagged = [
+        (i + 1) * WINDOW
+        for i, alerts, _ in windows
+        for a in alerts
+        if a.type == "undertow.performance.estimated" and a.data.episode == "started"
+    ]
+    estimates = {
+        i: a.data.value for i, alerts, _ in windows for a in alerts if a.type == "undertow.performance.estimated"
+    }
     errors = []
     for i in range(len(x) // WINDOW):  # the estimate of every window, against what the labels later said
-        confidence = np.array([max(s.values()) for s in scores[i * WINDOW:(i + 1) * WINDOW]])
-        errors.append(abs(estimates.get(i, confidence.mean()) - right[i * WINDOW:(i + 1) * WINDOW].mean()))
+        confidence = np.array([max(s.values()) for s in scores[i * WINDOW : (i + 1) * WINDOW]])
+        errors.append(abs(estimates.get(i, confidence.mean()) - right[i * WINDOW : (i + 1) * WINDOW].mean()))
     first_label = CHANGE + LABEL_DELAY_S  # one prediction a second: the first shifted prediction's label
-    return {"flagged_at": flagged[0] if flagged else None, "false": len([f for f in flagged if f <= CHANGE]),
-            "first_label": first_label, "mean_abs_error": float(np.mean(errors)), "max_abs_error": float(np.max(errors))}
+    return {
+        "flagged_at": flagged[0] if flagged else None,
+        "false": len([f for f in flagged if f <= CHANGE]),
+        "first_label": first_label,
+        "mean_abs_error": float(np.mean(errors)),
+        "max_abs_error": float(np.max(errors)),
+    }
 
 
 def _median(values) -> str:
@@ -207,34 +244,47 @@ def main(seeds: int = 5) -> None:
     seeds_ = [11 + 101 * s for s in range(seeds)]
     print(f"# Data-drift alert rules ({seeds} seeds; windows of {WINDOW:,}; Undertow = DriftConfig() defaults)\n")
     flap = [flapping(s) for s in seeds_]
-    print("Flapping (x0's PSI alternating around 0.25 for 30 windows): alerts on x0 until the drift ends, "
-          "median (max) over seeds")
+    print(
+        "Flapping (x0's PSI alternating around 0.25 for 30 windows): alerts on x0 until the drift ends, "
+        "median (max) over seeds"
+    )
     print("| detector | alerts |\n|---|---:|")
     for name in flap[0]:
         print(f"| {name} | {np.median([f[name] for f in flap]):.0f} ({max(f[name] for f in flap)}) |")
     still = [stationary(s) for s in seeds_]
-    print("\nGradual drift of x0 to +0.5 sd: delay of the first alarm on x0 in predictions, median over seeds; "
-          "false alarms on 100,000 stationary predictions, total over seeds")
+    print(
+        "\nGradual drift of x0 to +0.5 sd: delay of the first alarm on x0 in predictions, median over seeds; "
+        "false alarms on 100,000 stationary predictions, total over seeds"
+    )
     names = list(still[0])
     print("| detector | " + " | ".join(f"over {r:,}" for r in (5000, 10_000, 20_000)) + " | false alarms |")
     print("|---|" + "---:|" * 4)
     ramps = {r: [gradual(s, r) for s in seeds_] for r in (5000, 10_000, 20_000)}
     for name in names:
-        print(f"| {name} | " + " | ".join(_median([g[name] for g in ramps[r]]) for r in ramps)
-              + f" | {sum(c[name] for c in still)} |")
+        print(
+            f"| {name} | "
+            + " | ".join(_median([g[name] for g in ramps[r]]) for r in ramps)
+            + f" | {sum(c[name] for c in still)} |"
+        )
     corr = [correlation(s) for s in seeds_]
     print("\nCorrelation-only drift (x0-x1 correlation +0.8 to -0.8, marginals unchanged)")
-    print(f"- Undertow's multivariate check: delay {_median([c['Undertow (multivariate)'] for c in corr])} "
-          f"predictions; false alarms before the change {sum(c['false'] for c in corr)}")
+    print(
+        f"- Undertow's multivariate check: delay {_median([c['Undertow (multivariate)'] for c in corr])} "
+        f"predictions; false alarms before the change {sum(c['false'] for c in corr)}"
+    )
     for name in ("KS-Bonferroni", "PSI > 0.2"):
         print(f"- {name}: alarms after the change (10 windows): {sum(c[name] for c in corr)} over {seeds} seeds")
     acc = [accuracy(s) for s in seeds_]
     print("\nAccuracy under covariate shift, labels 3 hours late (one prediction a second)")
-    print(f"- estimate flagged the drop at prediction {_median([a['flagged_at'] for a in acc])} (median); the "
-          f"first label of the shifted period arrives at prediction {acc[0]['first_label']:,}; false flags before "
-          f"the shift {sum(a['false'] for a in acc)}")
-    print(f"- estimate against realised accuracy per window: mean |error| "
-          f"{np.mean([a['mean_abs_error'] for a in acc]):.3f}, largest {max(a['max_abs_error'] for a in acc):.3f}")
+    print(
+        f"- estimate flagged the drop at prediction {_median([a['flagged_at'] for a in acc])} (median); the "
+        f"first label of the shifted period arrives at prediction {acc[0]['first_label']:,}; false flags before "
+        f"the shift {sum(a['false'] for a in acc)}"
+    )
+    print(
+        f"- estimate against realised accuracy per window: mean |error| "
+        f"{np.mean([a['mean_abs_error'] for a in acc]):.3f}, largest {max(a['max_abs_error'] for a in acc):.3f}"
+    )
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

@@ -1,4 +1,5 @@
 """A database for one benchmark run: a new SQLite file, or a new schema on a PostgreSQL server."""
+
 from __future__ import annotations
 
 import uuid
@@ -22,8 +23,11 @@ def fresh_database(url: str | None, workdir: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         try:
-            yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False)
+            yield (
+                make_url(url)
+                .update_query_dict({"options": f"-csearch_path={schema}"})
+                .render_as_string(hide_password=False)
+            )
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

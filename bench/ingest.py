@@ -36,6 +36,7 @@ same topic, broker and interpreter, is the number to compare across changes.
     .venv/bin/python bench/ingest.py [--events N] [--features F] [--partitions P] [--labels]
                                      [--no-drift] [--db-url URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,9 @@ def stream(n: int, features: int, labels: bool, seed: int = 1, models: int = MOD
             yield "label", heapq.heappop(due)[2]
 
 
-def produce(servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1,
-            models: int = MODELS) -> int:
+def produce(
+    servers: str, topics: Topics, n: int, features: int, labels: bool, seed: int = 1, models: int = MODELS
+) -> int:
     """Write the stream (``stream``) to the topics; the number of records written."""
     producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
     written = 0
@@ -114,9 +116,15 @@ def register_references(db_url: str, workdir: Path, features: int, models: int =
     sessions = db.make_session_factory(engine)
     with sessions.begin() as session:
         for i in range(models):
-            registry.register(session, model_id=f"m{i}", profile=reference.profile,
-                              artifacts_dir=workdir / "artifacts", baseline_error=reference.baseline_error,
-                              error_sample=reference.error_sample, data_sha256=reference.data_sha256)
+            registry.register(
+                session,
+                model_id=f"m{i}",
+                profile=reference.profile,
+                artifacts_dir=workdir / "artifacts",
+                baseline_error=reference.baseline_error,
+                error_sample=reference.error_sample,
+                data_sha256=reference.data_sha256,
+            )
     engine.dispose()
 
 
@@ -135,8 +143,13 @@ def drift_output(db_url: str) -> tuple[int, int]:
 def raw_consume(servers: str, topics: list[str], partitions: int, n: int, max_records: int) -> float:
     """Records/s of a bare consumer reading and decoding the whole topics, ``max_records`` per poll."""
     # Same fetch settings and poll size as the monitor's consumer, so only the monitor's own work differs.
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                             max_poll_records=max_records, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=max_records,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
     tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
@@ -162,14 +175,18 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
     thread = threading.Thread(target=lambda: result.setdefault("rc", monitor.run(until_idle=2.0)), daemon=True)
     thread.start()
     # A plain engine: the library's SQLite engine opens BEGIN IMMEDIATE, which would block the writer.
-    reader = create_engine(settings.db_url, connect_args={"timeout": 30} if settings.db_url.startswith("sqlite") else {})
+    reader = create_engine(
+        settings.db_url, connect_args={"timeout": 30} if settings.db_url.startswith("sqlite") else {}
+    )
     first, deadline = None, time.monotonic() + 600
     try:
         while True:
             now = time.perf_counter()
             try:
                 with reader.connect() as conn:
-                    done = int(conn.execute(text("SELECT COALESCE(SUM(predictions + labels), 0) FROM model_stats")).scalar())
+                    done = int(
+                        conn.execute(text("SELECT COALESCE(SUM(predictions + labels), 0) FROM model_stats")).scalar()
+                    )
             except OperationalError:  # no such table yet: the monitor has not migrated
                 done = 0
             if done and first is None:
@@ -200,7 +217,8 @@ def per_record(step_seconds: dict[str, float], records: int) -> list[tuple[str, 
     rows.append(("transaction + offsets + publish", step_seconds.get("checkpoint", 0.0) - sum(stages.values())))
     total = sum(seconds for _, seconds in rows)
     return [(f"  us/record {name}", f"{seconds / records * 1e6:.1f}") for name, seconds in rows] + [
-        ("  us/record total", f"{total / records * 1e6:.1f}")]
+        ("  us/record total", f"{total / records * 1e6:.1f}")
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,21 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--labels", action="store_true", help="every prediction gets its label, some late")
-    parser.add_argument("--drift", action=argparse.BooleanOptionalAction, default=True,
-                        help="register references so drift checks run (default: on)")
+    parser.add_argument(
+        "--drift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register references so drift checks run (default: on)",
+    )
     parser.add_argument("--db-url", help="the monitor's database (default: a new SQLite file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    with tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp, EmbeddedBroker() as broker, \
-            fresh_database(args.db_url, Path(tmp)) as db_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp,
+        EmbeddedBroker() as broker,
+        fresh_database(args.db_url, Path(tmp)) as db_url,
+    ):
         run_id = uuid.uuid4().hex[:8]
-        settings = load_settings({
-            "kafka_bootstrap_servers": broker.bootstrap_servers,
-            "db_url": db_url,
-            "topic_prefix": f"bench-{run_id}.",
-            "group_id": f"bench-{run_id}",
-        }, MonitorSettings)
+        settings = load_settings(
+            {
+                "kafka_bootstrap_servers": broker.bootstrap_servers,
+                "db_url": db_url,
+                "topic_prefix": f"bench-{run_id}.",
+                "group_id": f"bench-{run_id}",
+            },
+            MonitorSettings,
+        )
         topics = Topics(settings.topic_prefix)
         admin = make_admin(settings)
         ensure_topics(admin, topics, args.partitions)
@@ -234,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         # and one read after it: this machine's speed drifts by 10-20 % within a minute, so the baseline
         # is their mean, bracketing the monitor's run.
         poll = settings.batch_max_records
-        raw_before = max(raw_consume(broker.bootstrap_servers, inputs, args.partitions, records, poll)
-                         for _ in range(2))
+        raw_before = max(
+            raw_consume(broker.bootstrap_servers, inputs, args.partitions, records, poll) for _ in range(2)
+        )
         if args.drift:
             register_references(db_url, Path(tmp), args.features)
         mon, timed, window, steps = monitor_rate(settings, args.partitions, records)
@@ -243,19 +272,26 @@ def main(argv: list[str] | None = None) -> int:
         raw = (raw_before + raw_after) / 2
         window_rows, alerts = drift_output(db_url)
 
-    rows = [("predictions", f"{args.events}"), ("labels", f"{records - args.events}"),
-            ("features", f"{args.features}"), ("partitions", f"{args.partitions}"),
-            ("drift checks", "on" if args.drift else "off"),
-            ("database", make_url(db_url).get_backend_name()), ("python", platform.python_version()),
-            ("raw records/s before, after", f"{raw_before:,.0f}, {raw_after:,.0f}"),
-            ("raw consume+decode records/s", f"{raw:,.0f}"), ("monitor records/s", f"{mon:,.0f}"),
-            ("monitor timed records / s", f"{timed} / {window:.2f}"),
-            ("ratio monitor/raw", f"{mon / raw:.3f}"),
-            ("window_results rows", f"{window_rows}"), ("drift alerts", f"{alerts}")]
+    rows = [
+        ("predictions", f"{args.events}"),
+        ("labels", f"{records - args.events}"),
+        ("features", f"{args.features}"),
+        ("partitions", f"{args.partitions}"),
+        ("drift checks", "on" if args.drift else "off"),
+        ("database", make_url(db_url).get_backend_name()),
+        ("python", platform.python_version()),
+        ("raw records/s before, after", f"{raw_before:,.0f}, {raw_after:,.0f}"),
+        ("raw consume+decode records/s", f"{raw:,.0f}"),
+        ("monitor records/s", f"{mon:,.0f}"),
+        ("monitor timed records / s", f"{timed} / {window:.2f}"),
+        ("ratio monitor/raw", f"{mon / raw:.3f}"),
+        ("window_results rows", f"{window_rows}"),
+        ("drift alerts", f"{alerts}"),
+    ]
     rows += per_record(steps, timed) if steps else []
     rows.append(("  us/record wall (1 / rate)", f"{1e6 / mon:.1f}"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    rows.append(("peak RSS MiB", f"{peak / (1024 ** 2 if sys.platform == 'darwin' else 1024):.1f}"))
+    rows.append(("peak RSS MiB", f"{peak / (1024**2 if sys.platform == 'darwin' else 1024):.1f}"))
     for key, value in rows:
         print(f"{key:<34}  {value:>14}")
     return 0

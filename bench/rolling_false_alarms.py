@@ -33,6 +33,7 @@ Printed per detector, kind and baseline: alarms, labels per alarm and that
 as a multiple of the promise (at least 1: no more alarms than promised;
 with ~20 alarms the count itself is uncertain by about a quarter).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ BASELINE_LABELS, SKEWNESS_LABELS = 10_000, 1_000
 ABS_NORMAL_MEAN, ABS_NORMAL_SD = math.sqrt(2 / math.pi), math.sqrt(1 - 2 / math.pi)
 KINDS = {  # name: (standardised errors of n labels, exact skewness)
     "normal": (lambda rng, n: rng.standard_normal(n), 0.0),
-    "|normal| (regression)": (lambda rng, n: (np.abs(rng.standard_normal(n)) - ABS_NORMAL_MEAN) / ABS_NORMAL_SD,
-                              math.sqrt(2) * (4 - math.pi) / (math.pi - 2) ** 1.5),
+    "|normal| (regression)": (
+        lambda rng, n: (np.abs(rng.standard_normal(n)) - ABS_NORMAL_MEAN) / ABS_NORMAL_SD,
+        math.sqrt(2) * (4 - math.pi) / (math.pi - 2) ** 1.5,
+    ),
     "0/1 at 10 % (classification)": (lambda rng, n: ((rng.random(n) < 0.1) - 0.1) / 0.3, 0.8 / 0.3),
     "exponential (log loss)": (lambda rng, n: rng.exponential(1.0, n) - 1.0, 2.0),
 }
@@ -65,15 +68,27 @@ def detectors(config: DriftConfig, given: list[list[str]] | None) -> dict[str, d
     """The rolling means to count, as keyword arguments of RollingMean (without the skewness)."""
     step = config.rolling_step
     if given:
-        return {f"{window} labels, {weights}, {sigmas}": {"window": int(window), "step": step,
-                                                          "sigmas": float(sigmas), "weights": weights}
-                for window, weights, sigmas in given}
+        return {
+            f"{window} labels, {weights}, {sigmas}": {
+                "window": int(window),
+                "step": step,
+                "sigmas": float(sigmas),
+                "weights": weights,
+            }
+            for window, weights, sigmas in given
+        }
     long = {"window": config.rolling_long_window, "step": step}
     return {
-        f"rolling mean ({config.rolling_window}, {config.rolling_sigmas})":
-            {"window": config.rolling_window, "step": step, "sigmas": config.rolling_sigmas},
-        f"long rolling mean ({config.rolling_long_window}, linear, {config.rolling_long_sigmas})":
-            {**long, "sigmas": config.rolling_long_sigmas, "weights": "linear"},
+        f"rolling mean ({config.rolling_window}, {config.rolling_sigmas})": {
+            "window": config.rolling_window,
+            "step": step,
+            "sigmas": config.rolling_sigmas,
+        },
+        f"long rolling mean ({config.rolling_long_window}, linear, {config.rolling_long_sigmas})": {
+            **long,
+            "sigmas": config.rolling_long_sigmas,
+            "weights": "linear",
+        },
         f"long, as before ({config.rolling_long_window}, equal, 4.5)": {**long, "sigmas": 4.5},
     }
 
@@ -112,8 +127,9 @@ def count(kwargs: dict, draw, skewness: float, labels: int, estimated: bool, rng
         if estimated:
             baseline = draw(rng, BASELINE_LABELS)
             z = (z - baseline.mean()) / baseline.std()
-            detector = RollingMean(**kwargs, baseline_labels=BASELINE_LABELS,
-                                   skewness=sample_skewness(baseline[:SKEWNESS_LABELS]))
+            detector = RollingMean(
+                **kwargs, baseline_labels=BASELINE_LABELS, skewness=sample_skewness(baseline[:SKEWNESS_LABELS])
+            )
         else:
             detector = RollingMean(**kwargs, skewness=skewness)
         alarms += false_alarms(evaluations(z, detector), detector.threshold)
@@ -125,25 +141,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=100_000_000, help="labels per detector and kind")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detector", nargs=3, action="append", metavar=("WINDOW", "WEIGHTS", "SIGMAS"),
-                        help="count this rolling mean instead of the defaults (repeatable)")
+    parser.add_argument(
+        "--detector",
+        nargs=3,
+        action="append",
+        metavar=("WINDOW", "WEIGHTS", "SIGMAS"),
+        help="count this rolling mean instead of the defaults (repeatable)",
+    )
     args = parser.parse_args()
     config = DriftConfig()
     promise = config.cusum_false_alarm_every
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    print("| detector | errors | baseline | false alarms | labels per alarm | multiple of the promise |\n"
-          "|---|---|---|---:|---:|---:|")
+    print(
+        "| detector | errors | baseline | false alarms | labels per alarm | multiple of the promise |\n"
+        "|---|---|---|---:|---:|---:|"
+    )
     for name, kwargs in detectors(config, args.detector).items():
         check(kwargs, rng)
         for kind, (draw, skewness) in KINDS.items():
             for estimated in (False, True):
                 alarms = count(kwargs, draw, skewness, args.labels, estimated, rng)
                 per_alarm = args.labels / alarms if alarms else math.inf
-                print(f"| {name} | {kind} | {'estimated' if estimated else 'known'} | {alarms} | "
-                      f"{per_alarm / 1e6:,.1f} M | {per_alarm / promise:.1f} |", flush=True)
-    print(f"\n{args.labels:,} labels per detector, kind and baseline, seed {args.seed}; promise: one false alarm "
-          f"per {promise:,.0f} labels. Total {time.perf_counter() - started:.0f} s.")
+                print(
+                    f"| {name} | {kind} | {'estimated' if estimated else 'known'} | {alarms} | "
+                    f"{per_alarm / 1e6:,.1f} M | {per_alarm / promise:.1f} |",
+                    flush=True,
+                )
+    print(
+        f"\n{args.labels:,} labels per detector, kind and baseline, seed {args.seed}; promise: one false alarm "
+        f"per {promise:,.0f} labels. Total {time.perf_counter() - started:.0f} s."
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ worker.cli monitor``), in separate processes.
 
     .venv/bin/python bench/scale.py [--events N] [--models M] [--db-url URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,15 @@ class Phase:
     def __init__(self, broker: EmbeddedBroker, db_url: str, workdir: Path, models: int):
         run = uuid.uuid4().hex[:8]
         self.bootstrap, self.db_url, self.workdir, self.models = broker.bootstrap_servers, db_url, workdir, models
-        self.settings = load_settings({"kafka_bootstrap_servers": self.bootstrap, "db_url": db_url,
-                                       "topic_prefix": f"scale-{run}.", "group_id": f"scale-{run}"}, MonitorSettings)
+        self.settings = load_settings(
+            {
+                "kafka_bootstrap_servers": self.bootstrap,
+                "db_url": db_url,
+                "topic_prefix": f"scale-{run}.",
+                "group_id": f"scale-{run}",
+            },
+            MonitorSettings,
+        )
         self.topics = Topics(self.settings.topic_prefix)
         admin = make_admin(self.settings)
         ensure_topics(admin, self.topics, PARTITIONS)
@@ -77,18 +85,37 @@ class Phase:
     def start_monitor(self) -> subprocess.Popen:
         log = open(self.workdir / f"monitor-{len(self.processes)}-{self.settings.topic_prefix}log", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "monitor",
-             "--bootstrap-servers", self.bootstrap, "--db-url", self.db_url,
-             "--topic-prefix", self.settings.topic_prefix, "--group-id", self.settings.group_id,
-             "--partitions", str(PARTITIONS)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "undertow.worker.cli",
+                "--log-level",
+                "WARNING",
+                "monitor",
+                "--bootstrap-servers",
+                self.bootstrap,
+                "--db-url",
+                self.db_url,
+                "--topic-prefix",
+                self.settings.topic_prefix,
+                "--group-id",
+                self.settings.group_id,
+                "--partitions",
+                str(PARTITIONS),
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.processes.append(proc)
         return proc
 
     def counts(self) -> dict[str, tuple[int, int]]:
         with self.reader.connect() as conn:
-            return {m: (p, d) for m, p, d in conn.execute(text(
-                "SELECT model_id, predictions, duplicates FROM model_stats"))}
+            return {
+                m: (p, d) for m, p, d in conn.execute(text("SELECT model_id, predictions, duplicates FROM model_stats"))
+            }
 
     def processed(self) -> int:
         return sum(p for p, _ in self.counts().values())
@@ -112,8 +139,9 @@ class Phase:
             time.sleep(POLL_S)
         t_first, n_first, cpu_first = first
         wall = now - t_first
-        shares = [] if kill_at is not None else [
-            (cpu_seconds(p.pid) - c) / wall for p, c in zip(self.processes, cpu_first)]
+        shares = (
+            [] if kill_at is not None else [(cpu_seconds(p.pid) - c) / wall for p, c in zip(self.processes, cpu_first)]
+        )
         return (n - n_first) / wall, shares
 
     def stop(self) -> None:
@@ -128,8 +156,9 @@ class Phase:
         self.reader.dispose()
 
 
-def run_phase(broker, db_url: str, workdir: Path, events: int, models: int, monitors: int,
-              kill_at: float | None = None) -> tuple[float, list[float], dict, dict]:
+def run_phase(
+    broker, db_url: str, workdir: Path, events: int, models: int, monitors: int, kill_at: float | None = None
+) -> tuple[float, list[float], dict, dict]:
     phase = Phase(broker, db_url, workdir, models)
     try:
         sent = phase.produce(events)
@@ -146,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=150_000)
     parser.add_argument("--models", type=int, default=48)
-    parser.add_argument("--db-url", default=os.environ.get(
-        "UNDERTOW_DB_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--db-url", default=os.environ.get("UNDERTOW_DB_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    )
     args = parser.parse_args(argv)
     if not args.db_url.startswith("postgresql"):
         parser.error("scale-out needs PostgreSQL: SQLite takes one monitor per file")
@@ -159,14 +189,19 @@ def main(argv: list[str] | None = None) -> int:
             with fresh_database(args.db_url, workdir) as db_url:
                 results[name] = run_phase(broker, db_url, workdir, args.events, args.models, monitors)
             rate, shares, _, _ = results[name]
-            print(f"{name} monitor(s): {rate:,.0f} records/s; CPU share per process "
-                  f"{', '.join(f'{s:.2f}' for s in shares)}", flush=True)
+            print(
+                f"{name} monitor(s): {rate:,.0f} records/s; CPU share per process "
+                f"{', '.join(f'{s:.2f}' for s in shares)}",
+                flush=True,
+            )
         with fresh_database(args.db_url, workdir) as db_url:
             _, _, sent, counts = run_phase(broker, db_url, workdir, args.events, args.models, 2, kill_at=0.4)
         exact = all(counts.get(m, (0, 0)) == (n, 0) for m, n in sent.items()) and len(counts) == len(sent)
 
-    print(f"\nevents {args.events:,}, models {args.models}, partitions {PARTITIONS}, features {FEATURES}, "
-          f"drift checks on, PostgreSQL, {os.cpu_count()} cores")
+    print(
+        f"\nevents {args.events:,}, models {args.models}, partitions {PARTITIONS}, features {FEATURES}, "
+        f"drift checks on, PostgreSQL, {os.cpu_count()} cores"
+    )
     print(f"{'one monitor records/s':<34}{results['one'][0]:>12,.0f}")
     print(f"{'two monitors records/s':<34}{results['two'][0]:>12,.0f}")
     print(f"{'ratio two/one':<34}{results['two'][0] / results['one'][0]:>12.2f}")

@@ -10,6 +10,7 @@ throughput of ``--clients`` concurrent clients on single rows. The baseline
 is the same loaded model's predict (what the endpoint calls), timed in this
 process. Overhead = endpoint minus direct, at the same percentile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ from undertow.worker.server.served_model import load_served
 
 
 def _cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode:
         raise SystemExit(done.stderr)
     return done.stdout
@@ -74,19 +80,49 @@ def main() -> None:
     stream = SampleStream(seed=3)
     rows = [p["features"] for p, _ in stream.events(500)]
     with EmbeddedBroker() as broker:
-        connection = ["--bootstrap-servers", broker.bootstrap_servers, "--db-url", f"sqlite:///{work}/u.db",
-                      "--artifacts-dir", str(work / "artifacts")]
+        connection = [
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--db-url",
+            f"sqlite:///{work}/u.db",
+            "--artifacts-dir",
+            str(work / "artifacts"),
+        ]
         _cli("topics", "create", *connection[:2])
         write_training_csv(SampleStream(seed=2), work / "train.csv", 5000)
-        _cli("train", "--model-id", "housing", "--data", str(work / "train.csv"), "--target", "target",
-             "--time-column", "ts", *connection)
+        _cli(
+            "train",
+            "--model-id",
+            "housing",
+            "--data",
+            str(work / "train.csv"),
+            "--target",
+            "target",
+            "--time-column",
+            "ts",
+            *connection,
+        )
         engine = db.make_engine(f"sqlite:///{work}/u.db")
         with db.make_session_factory(engine)() as session:
             served = load_served(registry.get_version(session, "housing", "1"))  # one OpenMP thread, as served
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "serve",
-                                   "--model-id", "housing", "--port", str(port), *connection], cwd=REPO,
-                                  env={**os.environ, "UNDERTOW_MAX_BATCH_ROWS": "1000"})
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "undertow.worker.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--model-id",
+                "housing",
+                "--port",
+                str(port),
+                *connection,
+            ],
+            cwd=REPO,
+            env={**os.environ, "UNDERTOW_MAX_BATCH_ROWS": "1000"},
+        )
         try:
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
             deadline = time.monotonic() + 60
@@ -116,6 +152,7 @@ def main() -> None:
                     while time.monotonic() < stop_at:
                         c.post("/predict", json={"features": rows[done[k] % len(rows)]})
                         done[k] += 1
+
             stop_at = time.monotonic() + 10
             threads = [threading.Thread(target=load, args=(k, stop_at)) for k in range(args.clients)]
             started = time.perf_counter()
@@ -128,12 +165,16 @@ def main() -> None:
 
             sent = n + 50 + len(http_batch) * 100 + sum(done)
             deadline = time.monotonic() + 60
-            while _metric(client, 'undertow_server_events_emitted_total{kind="prediction"}') < sent \
-                    and time.monotonic() < deadline:
+            while (
+                _metric(client, 'undertow_server_events_emitted_total{kind="prediction"}') < sent
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
             emitted = _metric(client, 'undertow_server_events_emitted_total{kind="prediction"}')
-            dropped = sum(_metric(client, f'undertow_server_events_dropped_total{{reason="{r}"}}')
-                          for r in ("queue_full", "send_failed", "delivery_failed"))
+            dropped = sum(
+                _metric(client, f'undertow_server_events_dropped_total{{reason="{r}"}}')
+                for r in ("queue_full", "send_failed", "delivery_failed")
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
@@ -144,10 +185,13 @@ def main() -> None:
         print(f"| pipeline predict, {label} | {d50:.2f} | {d99:.2f} | | |")
         print(f"| POST /predict, {label} | {h50:.2f} | {h99:.2f} | {h50 - d50:.2f} | {h99 - d99:.2f} |")
     print()
-    print(f"throughput, single rows: {args.clients} HTTP clients {concurrent_rate:,.0f} requests/s; "
-          f"direct predict in one thread {direct_rate:,.0f}/s; ratio {concurrent_rate / direct_rate:.2f}")
-    print(f"events: {int(emitted):,} acknowledged by the broker of {sent:,} predictions answered; "
-          f"{int(dropped)} dropped")
+    print(
+        f"throughput, single rows: {args.clients} HTTP clients {concurrent_rate:,.0f} requests/s; "
+        f"direct predict in one thread {direct_rate:,.0f}/s; ratio {concurrent_rate / direct_rate:.2f}"
+    )
+    print(
+        f"events: {int(emitted):,} acknowledged by the broker of {sent:,} predictions answered; {int(dropped)} dropped"
+    )
     print(json.dumps({"requests": n, "clients": args.clients, "cpus": os.cpu_count()}))
 
 

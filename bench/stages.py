@@ -17,6 +17,7 @@ this is the benchmark to compare two versions of a stage with
 
     .venv/bin/python bench/stages.py [--events N] [--features F] [--labels] [--batch B] [--db-url URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-url", help="the monitor's database (default: a new SQLite file)")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp, \
-            fresh_database(args.db_url, Path(tmp)) as db_url:
-        settings = load_settings({"kafka_bootstrap_servers": "127.0.0.1:9", "db_url": db_url,
-                                  "topic_prefix": "bench."}, MonitorSettings)
+    with tempfile.TemporaryDirectory(prefix="undertow-bench-") as tmp, fresh_database(args.db_url, Path(tmp)) as db_url:
+        settings = load_settings(
+            {"kafka_bootstrap_servers": "127.0.0.1:9", "db_url": db_url, "topic_prefix": "bench."}, MonitorSettings
+        )
         register_references(db_url, Path(tmp), args.features)
         runner = ServiceRunner(settings, monitor_service(settings, PARTITIONS, clock=lambda: NOW))
         data = records(Topics(settings.topic_prefix), args.events, args.features, args.labels)
-        batches = [data[i:i + args.batch] for i in range(0, len(data), args.batch)]
+        batches = [data[i : i + args.batch] for i in range(0, len(data), args.batch)]
         group = "bench-stages"
         expected: dict = {}
         gc.set_threshold(100_000, 20, 20)  # as the service runs
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             runner.step_seconds["validate"] += time.perf_counter() - at
             at = time.perf_counter()
             with runner.sessions.begin() as session:
-                repo.advance_offsets(session, group, {key: (expected.get(key), offset)
-                                                      for key, offset in batch.next_offsets.items()}, {})
+                repo.advance_offsets(
+                    session, group, {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}, {}
+                )
                 runner.apply(session, batch)
             runner.step_seconds["checkpoint"] += time.perf_counter() - at
             expected.update(batch.next_offsets)
@@ -104,15 +106,26 @@ def main(argv: list[str] | None = None) -> int:
         runner.engine.dispose()
 
     stage_seconds = {k: v for k, v in runner.step_seconds.items() if k not in ("validate", "checkpoint")}
-    rows = [("records", f"{len(data)} ({args.events} predictions)"), ("features", str(args.features)),
-            ("batch", str(args.batch)), ("database", make_url(db_url).get_backend_name()),
-            ("json.loads records/s", f"{raw:,.0f}"), ("monitor records/s", f"{monitor:,.0f}"),
-            ("ratio monitor/json.loads", f"{monitor / raw:.3f}"),
-            ("  us/record validate", f"{runner.step_seconds['validate'] / len(data) * 1e6:.2f}")]
-    rows += [(f"  us/record {name}", f"{seconds / len(data) * 1e6:.2f}") for name, seconds in sorted(stage_seconds.items())]
-    rows += [("  us/record transaction + offsets",
-              f"{(runner.step_seconds['checkpoint'] - sum(stage_seconds.values())) / len(data) * 1e6:.2f}"),
-             ("  us/record wall (1 / rate)", f"{1e6 / monitor:.2f}")]
+    rows = [
+        ("records", f"{len(data)} ({args.events} predictions)"),
+        ("features", str(args.features)),
+        ("batch", str(args.batch)),
+        ("database", make_url(db_url).get_backend_name()),
+        ("json.loads records/s", f"{raw:,.0f}"),
+        ("monitor records/s", f"{monitor:,.0f}"),
+        ("ratio monitor/json.loads", f"{monitor / raw:.3f}"),
+        ("  us/record validate", f"{runner.step_seconds['validate'] / len(data) * 1e6:.2f}"),
+    ]
+    rows += [
+        (f"  us/record {name}", f"{seconds / len(data) * 1e6:.2f}") for name, seconds in sorted(stage_seconds.items())
+    ]
+    rows += [
+        (
+            "  us/record transaction + offsets",
+            f"{(runner.step_seconds['checkpoint'] - sum(stage_seconds.values())) / len(data) * 1e6:.2f}",
+        ),
+        ("  us/record wall (1 / rate)", f"{1e6 / monitor:.2f}"),
+    ]
     for key, value in rows:
         print(f"{key:<34}  {value:>20}")
     return 0

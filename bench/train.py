@@ -9,6 +9,7 @@ matrix of the same rows (no preprocessing, no bookkeeping), and the gate's
 paired bootstrap (1,000 resamples) against ``scipy.stats.bootstrap`` with
 ``paired=True`` on the same differences. Prints seconds and ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,14 @@ def main() -> None:
         rows, targets, times, x = pairs(n, args.seed)
         split = training.split_by_time(times, 0.25, 0.02, 500)
         started = time.perf_counter()
-        built = candidate.build_version(training.default_pipeline(schema, "regression"), rows, targets, schema,
-                                        "regression", split)
+        built = candidate.build_version(
+            training.default_pipeline(schema, "regression"), rows, targets, schema, "regression", split
+        )
         build_s = time.perf_counter() - started
         started = time.perf_counter()
-        HistGradientBoostingRegressor(max_iter=200, random_state=42).fit(x[split.train], np.asarray(targets)[split.train])
+        HistGradientBoostingRegressor(max_iter=200, random_state=42).fit(
+            x[split.train], np.asarray(targets)[split.train]
+        )
         bare_s = time.perf_counter() - started
         champion = built.holdout_errors + np.random.default_rng(args.seed).normal(0.01, 0.05, built.holdout_errors.size)
         big = np.tile(built.holdout_errors, max(1, n // max(built.holdout_errors.size, 1)))[:n]  # gate cost at n pairs
@@ -56,11 +60,20 @@ def main() -> None:
         gate.judge(champion_big, big, gate.GateRules(), champion_sha256="a", candidate_sha256="b", own_test=None)
         gate_s = time.perf_counter() - started
         started = time.perf_counter()
-        stats.bootstrap((champion_big, big), lambda a, b, axis=-1: (a - b).mean(axis=axis), paired=True,
-                        n_resamples=1000, method="percentile", random_state=args.seed, batch=50)
+        stats.bootstrap(
+            (champion_big, big),
+            lambda a, b, axis=-1: (a - b).mean(axis=axis),
+            paired=True,
+            n_resamples=1000,
+            method="percentile",
+            random_state=args.seed,
+            batch=50,
+        )
         scipy_s = time.perf_counter() - started
-        print(f"{n:>8} {build_s:>8.2f} {bare_s:>10.2f} {build_s / bare_s:>6.2f} {gate_s:>7.3f} {scipy_s:>8.3f} "
-              f"{gate_s / scipy_s:>6.2f}")
+        print(
+            f"{n:>8} {build_s:>8.2f} {bare_s:>10.2f} {build_s / bare_s:>6.2f} {gate_s:>7.3f} {scipy_s:>8.3f} "
+            f"{gate_s / scipy_s:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ answer and the warnings logged. The unregistered phase is also run with
 
     .venv/bin/python bench/unregistered.py [--ids 5000] [--per-id 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,23 +94,35 @@ def run_phase(name: str, records: Iterator[ConsumerRecord], settings: MonitorSet
         memory_bench.malloc_trim()
         rss_before, bytes_before = memory_bench.rss_mib(), db_path.stat().st_size
         for start in range(1, len(records), BATCH_RECORDS):
-            process(records[start:start + BATCH_RECORDS])
+            process(records[start : start + BATCH_RECORDS])
         logger.removeHandler(warnings)
         del records
         gc.collect()
         memory_bench.malloc_trim()
         with sessions.begin() as session:
-            status = json.dumps({"unregistered": _unregistered(repo.unregistered_models(session)),
-                                 "models": [m.model_id for m in repo.model_stats(session)],
-                                 "label_join": [j.model_id for j in repo.all_join_stats(session)]})
+            status = json.dumps(
+                {
+                    "unregistered": _unregistered(repo.unregistered_models(session)),
+                    "models": [m.model_id for m in repo.model_stats(session)],
+                    "label_join": [j.model_id for j in repo.all_join_stats(session)],
+                }
+            )
             waiting = session.query(repo.PendingEvent).count()
-        row = {"phase": name, "db_mib": (db_path.stat().st_size - bytes_before) / 2**20,
-               "rss_mib": memory_bench.rss_mib() - rss_before, "status_kib": len(status) / 1024,
-               "waiting": waiting, "warnings": warnings.count}
+        row = {
+            "phase": name,
+            "db_mib": (db_path.stat().st_size - bytes_before) / 2**20,
+            "rss_mib": memory_bench.rss_mib() - rss_before,
+            "status_kib": len(status) / 1024,
+            "waiting": waiting,
+            "warnings": warnings.count,
+        }
         engine.dispose()
-    print(f"  {name:<38} database +{row['db_mib']:6.2f} MiB  memory +{row['rss_mib']:6.1f} MiB  "
-          f"status {row['status_kib']:6.1f} KiB  waiting {row['waiting']:>7,}  warnings {row['warnings']:,}",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {name:<38} database +{row['db_mib']:6.2f} MiB  memory +{row['rss_mib']:6.1f} MiB  "
+        f"status {row['status_kib']:6.1f} KiB  waiting {row['waiting']:>7,}  warnings {row['warnings']:,}",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -126,20 +139,30 @@ def main(argv: list[str] | None = None) -> int:
     ghosts = [f"ghost-{i:05d}" for i in range(args.ids)]
     print(f"{events:,} predictions per phase; one process, SQLite, batches of {BATCH_RECORDS:,}", file=sys.stderr)
     rows = [
-        run_phase("baseline: one registered model", predictions([memory_bench.MODEL_ID], events, topic, args.seed),
-                  MonitorSettings(**base)),
-        run_phase(f"{args.ids:,} unregistered ids (default)", predictions(ghosts, args.per_id, topic, args.seed),
-                  MonitorSettings(**base)),
-        run_phase(f"{args.ids:,} unregistered ids, waiting (cap 10,000)",
-                  predictions(ghosts, args.per_id, topic, args.seed),
-                  MonitorSettings(**base, wait_for_registration=True)),
+        run_phase(
+            "baseline: one registered model",
+            predictions([memory_bench.MODEL_ID], events, topic, args.seed),
+            MonitorSettings(**base),
+        ),
+        run_phase(
+            f"{args.ids:,} unregistered ids (default)",
+            predictions(ghosts, args.per_id, topic, args.seed),
+            MonitorSettings(**base),
+        ),
+        run_phase(
+            f"{args.ids:,} unregistered ids, waiting (cap 10,000)",
+            predictions(ghosts, args.per_id, topic, args.seed),
+            MonitorSettings(**base, wait_for_registration=True),
+        ),
     ]
     baseline = rows[0]
     print("\nphase | database growth | memory growth | status | waiting | warnings\n---|---|---|---|---|---")
     for row in rows:
         ratio = row["db_mib"] / baseline["db_mib"] if baseline["db_mib"] > 0 else float("nan")
-        print(f"{row['phase']} | {row['db_mib']:.2f} MiB ({ratio:.2f}x baseline) | {row['rss_mib']:+.1f} MiB | "
-              f"{row['status_kib']:.1f} KiB | {row['waiting']:,} | {row['warnings']:,}")
+        print(
+            f"{row['phase']} | {row['db_mib']:.2f} MiB ({ratio:.2f}x baseline) | {row['rss_mib']:+.1f} MiB | "
+            f"{row['status_kib']:.1f} KiB | {row['waiting']:,} | {row['warnings']:,}"
+        )
     return 0
 
 

@@ -1,5 +1,6 @@
 """Building a model version from labelled rows: fit on the training part, judge on the held-out part,
 and everything the registry keeps with it (reference profile, baseline error, test set, metrics)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -34,8 +35,14 @@ class BuiltVersion:
     durations: dict[str, float] = field(default_factory=dict)
 
 
-def build_version(pipeline: object, rows: list[dict[str, Any]], targets: list[Any], schema: dict[str, str],
-                  task: training.Task, split: training.Split) -> BuiltVersion:
+def build_version(
+    pipeline: object,
+    rows: list[dict[str, Any]],
+    targets: list[Any],
+    schema: dict[str, str],
+    task: training.Task,
+    split: training.Split,
+) -> BuiltVersion:
     train_rows = [rows[i] for i in split.train]
     train_targets = [targets[i] for i in split.train]
     held_rows = [rows[i] for i in split.holdout]
@@ -47,26 +54,36 @@ def build_version(pipeline: object, rows: list[dict[str, Any]], targets: list[An
     columns[PREDICTION_FEATURE] = training.predict(fitted.model, train_rows, schema, task)
     keep = np.unique(np.linspace(0, len(held_rows) - 1, min(len(held_rows), TEST_SET_MAX_ROWS)).astype(int))
     return BuiltVersion(
-        model=fitted.model, task=task, schema=schema, profile=build_profile(columns),
-        baseline_error=(float(held_errors.mean()), float(held_errors.std())), error_sample=error_sample(held_errors),
+        model=fitted.model,
+        task=task,
+        schema=schema,
+        profile=build_profile(columns),
+        baseline_error=(float(held_errors.mean()), float(held_errors.std())),
+        error_sample=error_sample(held_errors),
         test_set={"features": [held_rows[i] for i in keep], "targets": [held_targets[i] for i in keep]},
-        holdout_errors=held_errors, metrics=_metrics(task, held_predictions, held_targets, held_errors),
-        durations={"fit_seconds": fitted.seconds})
+        holdout_errors=held_errors,
+        metrics=_metrics(task, held_predictions, held_targets, held_errors),
+        durations={"fit_seconds": fitted.seconds},
+    )
 
 
-def _metrics(task: str, predictions: list[Any], targets: list[Any],
-             errors: npt.NDArray[np.float64]) -> dict[str, Any]:
+def _metrics(task: str, predictions: list[Any], targets: list[Any], errors: npt.NDArray[np.float64]) -> dict[str, Any]:
     if task == "classification":
         return {"accuracy": float(1 - errors.mean()), "holdout_rows": len(targets)}
     y = np.array(targets, dtype=float)
     residual = y - np.array(predictions, dtype=float)
     spread = float(((y - y.mean()) ** 2).sum())
-    return {"mae": float(errors.mean()), "rmse": float(np.sqrt((residual ** 2).mean())),
-            "r2": float(1 - (residual ** 2).sum() / spread) if spread else None, "holdout_rows": len(targets)}
+    return {
+        "mae": float(errors.mean()),
+        "rmse": float(np.sqrt((residual**2).mean())),
+        "r2": float(1 - (residual**2).sum() / spread) if spread else None,
+        "holdout_rows": len(targets),
+    }
 
 
-def test_set_errors(model: object, version_test_set: dict[str, Any], schema: dict[str, str],
-                    task: training.Task) -> npt.NDArray[np.float64]:
+def test_set_errors(
+    model: object, version_test_set: dict[str, Any], schema: dict[str, str], task: training.Task
+) -> npt.NDArray[np.float64]:
     """Errors of ``model`` on a version's stored test set."""
     predictions = training.predict(model, version_test_set["features"], schema, task)
     return training.row_errors(predictions, version_test_set["targets"])
@@ -79,13 +96,17 @@ def dump_model(model: object, directory: Path | None = None) -> Path:
     return path
 
 
-def rows_from_table(columns: dict[str, list[Any]], target: str, time_column: str | None = None,
-                    ) -> tuple[list[dict[str, Any]], list[Any], list[float] | None]:
+def rows_from_table(
+    columns: dict[str, list[Any]],
+    target: str,
+    time_column: str | None = None,
+) -> tuple[list[dict[str, Any]], list[Any], list[float] | None]:
     """Feature rows, targets and (with a time column) their times; rows without a target are dropped."""
     for name, role in ((target, "target"), (time_column, "time")):
         if name is not None and name not in columns:
             raise training.TrainingError(
-                f"{role} column {name!r} is not in the data (columns: {', '.join(sorted(columns))})")
+                f"{role} column {name!r} is not in the data (columns: {', '.join(sorted(columns))})"
+            )
     names = [name for name in columns if name not in (target, time_column)]
     if not names:
         raise training.TrainingError("the data has no feature columns besides the target")
@@ -99,6 +120,7 @@ def rows_from_table(columns: dict[str, list[Any]], target: str, time_column: str
 def epoch_seconds(values: list[Any], column: str) -> list[float]:
     """A time column as seconds since the epoch: numbers as they are, RFC 3339 strings parsed."""
     from datetime import datetime
+
     out = []
     for value in values:
         if isinstance(value, (int, float)):
@@ -107,7 +129,8 @@ def epoch_seconds(values: list[Any], column: str) -> list[float]:
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            raise training.TrainingError(f"time column {column!r}: {value!r} is neither a number nor "
-                                         "an RFC 3339 time") from None
+            raise training.TrainingError(
+                f"time column {column!r}: {value!r} is neither a number nor an RFC 3339 time"
+            ) from None
         out.append((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
     return out

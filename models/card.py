@@ -5,6 +5,7 @@ comes from the user at training or registration and is stored with the
 version; everything else is read from the version, its training run and
 the champion history, so the card never disagrees with the registry.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from undertow.storage.tables import ChampionChange, ModelVersion, TrainingRun
 
 def _iso(ts: float | None) -> str | None:
     # RFC 3339 with "Z", as every other time Undertow prints.
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[ChampionChange]) -> dict[str, Any]:
@@ -28,28 +28,53 @@ def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[Champio
     caveats = list(stored.get("caveats", []))
     if run is not None:
         data = json.loads(run.data)
-        training_data |= {k: data[k] for k in ("train_rows", "holdout_rows", "gap_rows", "train_from", "train_to",
-                                               "holdout_from", "holdout_to", "sha256") if k in data}
+        training_data |= {
+            k: data[k]
+            for k in (
+                "train_rows",
+                "holdout_rows",
+                "gap_rows",
+                "train_from",
+                "train_to",
+                "holdout_from",
+                "holdout_to",
+                "sha256",
+            )
+            if k in data
+        }
         evaluation["gate"] = json.loads(run.metrics).get("gate")
         evaluation["candidate_metrics"] = json.loads(run.metrics).get("candidate")
         if data.get("train_to"):
-            caveats.append(f"trained by run {run.run_id} ({json.loads(run.trigger).get('reason')}) on labelled "
-                           f"pairs predicted up to {data['train_to']}; it has not seen later data")
+            caveats.append(
+                f"trained by run {run.run_id} ({json.loads(run.trigger).get('reason')}) on labelled "
+                f"pairs predicted up to {data['train_to']}; it has not seen later data"
+            )
     if row.baseline_error_mean is None:
         caveats.append("no baseline error: concept drift is not checked for this version")
     return {
         "model_details": {
-            "model_id": row.model_id, "version": row.version, "stage": row.stage, "task": row.task,
-            "algorithm": details.get("algorithm"), "registered_at": _iso(row.created_at),
-            "artifact_sha256": row.artifact_sha256, "training_run": row.run_id,
+            "model_id": row.model_id,
+            "version": row.version,
+            "stage": row.stage,
+            "task": row.task,
+            "algorithm": details.get("algorithm"),
+            "registered_at": _iso(row.created_at),
+            "artifact_sha256": row.artifact_sha256,
+            "training_run": row.run_id,
         },
         "intended_use": stored.get("intended_use", {}),
         "training_data": training_data,
-        "evaluation": {"baseline_error_mean": row.baseline_error_mean,
-                       "baseline_error_std": row.baseline_error_std, **evaluation},
+        "evaluation": {
+            "baseline_error_mean": row.baseline_error_mean,
+            "baseline_error_std": row.baseline_error_std,
+            **evaluation,
+        },
         "caveats": caveats,
-        "champion_history": [{"at": _iso(c.changed_at), "action": c.action, "actor": c.actor, "reason": c.reason}
-                             for c in changes if c.version == row.version],
+        "champion_history": [
+            {"at": _iso(c.changed_at), "action": c.action, "actor": c.actor, "reason": c.reason}
+            for c in changes
+            if c.version == row.version
+        ],
         "environment": stored.get("environment", {}),
     }
 
@@ -57,9 +82,13 @@ def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[Champio
 def markdown(card: dict[str, Any]) -> str:
     details = card["model_details"]
     lines = [f"# Model card: {details['model_id']} version {details['version']}", ""]
-    for title, section in (("Model details", details), ("Intended use", card["intended_use"]),
-                           ("Training data", card["training_data"]), ("Evaluation", card["evaluation"]),
-                           ("Environment", card["environment"])):
+    for title, section in (
+        ("Model details", details),
+        ("Intended use", card["intended_use"]),
+        ("Training data", card["training_data"]),
+        ("Evaluation", card["evaluation"]),
+        ("Environment", card["environment"]),
+    ):
         lines += [f"## {title}", ""]
         if not section:
             lines += ["Not stated.", ""]
@@ -71,6 +100,8 @@ def markdown(card: dict[str, Any]) -> str:
             lines.append(f"- **{key.replace('_', ' ')}**: {shown}")
         lines.append("")
     lines += ["## Caveats", ""] + ([f"- {c}" for c in card["caveats"]] or ["None stated."]) + [""]
-    lines += ["## Champion history", ""] + ([f"- {c['at']}: {c['action']} by {c['actor']}: {c['reason']}"
-                                             for c in card["champion_history"]] or ["Never champion."])
+    lines += ["## Champion history", ""] + (
+        [f"- {c['at']}: {c['action']} by {c['actor']}: {c['reason']}" for c in card["champion_history"]]
+        or ["Never champion."]
+    )
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
 """Reading reference data (CSV or Parquet) into columns."""
+
 from __future__ import annotations
 
 import csv

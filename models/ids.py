@@ -5,6 +5,7 @@ restricted to what is safe in all three: a letter or digit, then letters,
 digits, ``.``, ``_`` or ``-``, at most 128 characters in all. No separators,
 no ``..`` as a whole component, no control characters.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,6 +32,8 @@ def check_id(value: str, what: str = "model id") -> str:
     undertow.models.ids.InvalidId: model id '../evil' must start with a letter or digit and hold only letters, digits, '.', '_' and '-' (at most 128 characters)
     """
     if not isinstance(value, str) or not _MODEL_ID.fullmatch(value):
-        raise InvalidId(f"{what} {value!r} must start with a letter or digit and hold only letters, digits, "
-                        f"'.', '_' and '-' (at most {MODEL_ID_MAX_LENGTH} characters)")
+        raise InvalidId(
+            f"{what} {value!r} must start with a letter or digit and hold only letters, digits, "
+            f"'.', '_' and '-' (at most {MODEL_ID_MAX_LENGTH} characters)"
+        )
     return value

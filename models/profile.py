@@ -16,6 +16,7 @@ JSON numbers (never pickles):
   a change in how the features move together shows up there even when every
   marginal stays put.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,17 +41,17 @@ class ProfileError(UndertowError):
 class NumericProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["numeric"] = "numeric"
-    edges: list[float]          # inner edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
-    shares: list[float]         # len(edges) + 1, of non-missing values
+    edges: list[float]  # inner edges; bins are (-inf, e0], (e0, e1], ..., (e_last, inf)
+    shares: list[float]  # len(edges) + 1, of non-missing values
     missing_share: float
-    ks_sample: list[float]      # sorted
+    ks_sample: list[float]  # sorted
 
 
 class CategoricalProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["categorical"] = "categorical"
-    categories: list[str]       # buckets 0..k-1
-    shares: list[float]         # len(categories) + 2: ..., other, unseen (of non-missing values)
+    categories: list[str]  # buckets 0..k-1
+    shares: list[float]  # len(categories) + 2: ..., other, unseen (of non-missing values)
     missing_share: float
     # Training categories beyond the kept ones (bucket "other"), so that a
     # category never seen in training is told apart from a rare known one.
@@ -62,8 +63,8 @@ class MultivariateProfile(BaseModel):
     features: list[str]
     means: list[float]
     scales: list[float]
-    components: list[list[float]]   # kept principal axes, rows of unit length
-    error_mean: float               # per-row reconstruction error on held-out reference rows
+    components: list[list[float]]  # kept principal axes, rows of unit length
+    error_mean: float  # per-row reconstruction error on held-out reference rows
     error_sd: float
 
     def row_errors(self, rows: np.ndarray) -> np.ndarray:
@@ -105,13 +106,18 @@ def profile_multivariate(columns: dict[str, list]) -> MultivariateProfile | None
     z = np.where(np.isnan(data), 0.0, (data - means) / scales)
     fit, held = z[0::2], z[1::2]
     _, singular, axes = np.linalg.svd(fit - fit.mean(axis=0), full_matrices=False)
-    explained = np.cumsum(singular ** 2) / np.sum(singular ** 2)
+    explained = np.cumsum(singular**2) / np.sum(singular**2)
     keep = min(int(np.searchsorted(explained, MULTIVARIATE_VARIANCE) + 1), len(names) - 1)
     axes = axes[:keep]
     errors = np.linalg.norm(held - (held @ axes.T) @ axes, axis=1)
-    return MultivariateProfile(features=names, means=means.tolist(), scales=scales.tolist(),
-                               components=axes.tolist(), error_mean=float(errors.mean()),
-                               error_sd=float(errors.std()))
+    return MultivariateProfile(
+        features=names,
+        means=means.tolist(),
+        scales=scales.tolist(),
+        components=axes.tolist(),
+        error_mean=float(errors.mean()),
+        error_sd=float(errors.std()),
+    )
 
 
 def _is_missing(value) -> bool:
@@ -129,8 +135,12 @@ def profile_numeric(values: list, bins: int = DEFAULT_BINS) -> NumericProfile:
     ordered = np.sort(present)
     if ordered.size > KS_SAMPLE_SIZE:
         ordered = np.quantile(ordered, (np.arange(KS_SAMPLE_SIZE) + 0.5) / KS_SAMPLE_SIZE)
-    return NumericProfile(edges=edges.tolist(), shares=(counts / present.size).tolist(),
-                          missing_share=1 - present.size / len(values), ks_sample=ordered.tolist())
+    return NumericProfile(
+        edges=edges.tolist(),
+        shares=(counts / present.size).tolist(),
+        missing_share=1 - present.size / len(values),
+        ks_sample=ordered.tolist(),
+    )
 
 
 def profile_categorical(values: list, max_categories: int = MAX_CATEGORIES) -> CategoricalProfile:
@@ -144,8 +154,12 @@ def profile_categorical(values: list, max_categories: int = MAX_CATEGORIES) -> C
     other = len(present) - sum(kept_counts)
     shares = [c / len(present) for c in kept_counts] + [other / len(present), 0.0]
     rest = [str(names[i]) for i in np.argsort(-counts, kind="stable")[max_categories:]]
-    return CategoricalProfile(categories=kept, shares=shares, missing_share=1 - len(present) / len(values),
-                              other_categories=rest[:MAX_OTHER_CATEGORIES])
+    return CategoricalProfile(
+        categories=kept,
+        shares=shares,
+        missing_share=1 - len(present) / len(values),
+        other_categories=rest[:MAX_OTHER_CATEGORIES],
+    )
 
 
 def _numeric(values: list) -> bool:

@@ -1,4 +1,5 @@
 """Turning a reference data file into what the registry stores for a version."""
+
 from __future__ import annotations
 
 import logging
@@ -65,15 +66,15 @@ def error_sample(values: npt.NDArray[np.float64]) -> list[float]:
     return sample
 
 
-def load_reference(path: str | Path, target: str | None = None, prediction: str | None = None,
-                   task: str | None = None) -> Reference:
+def load_reference(
+    path: str | Path, target: str | None = None, prediction: str | None = None, task: str | None = None
+) -> Reference:
     """The reference profile; with a target and the model's predictions also its error baseline, scored by
     ``task`` (a classifier's numeric labels are classes)."""
     columns = read_table(path)
     for name, role in ((target, "target"), (prediction, "prediction")):
         if name is not None and name not in columns:
-            raise ProfileError(
-                f"{role} column {name!r} is not in {path} (columns: {', '.join(sorted(columns))})")
+            raise ProfileError(f"{role} column {name!r} is not in {path} (columns: {', '.join(sorted(columns))})")
     features = {k: v for k, v in columns.items() if k not in (target, prediction)}
     if prediction is not None:
         features[PREDICTION_FEATURE] = columns[prediction]
@@ -81,17 +82,28 @@ def load_reference(path: str | Path, target: str | None = None, prediction: str 
         return Reference(build_profile(features), sha256_file(Path(path)), None)
     values = errors(columns[target], columns[prediction], classes=task == "classification")
     if task == "classification" and values.size and values.mean() < IN_SAMPLE_SUSPECT_ERROR:
-        log.warning("the predictions in %s miss %.2f %% of the targets: if these are the rows the model was trained "
-                    "on, its baseline error and validation accuracy are in-sample, and production will look like "
-                    "drift at once; register held-out rows (a validation set, or out-of-fold predictions)",
-                    path, 100 * values.mean())
-    return Reference(build_profile(features), sha256_file(Path(path)), (float(values.mean()), float(values.std())),
-                     error_sample(values), _test_set(columns, target, prediction))
+        log.warning(
+            "the predictions in %s miss %.2f %% of the targets: if these are the rows the model was trained "
+            "on, its baseline error and validation accuracy are in-sample, and production will look like "
+            "drift at once; register held-out rows (a validation set, or out-of-fold predictions)",
+            path,
+            100 * values.mean(),
+        )
+    return Reference(
+        build_profile(features),
+        sha256_file(Path(path)),
+        (float(values.mean()), float(values.std())),
+        error_sample(values),
+        _test_set(columns, target, prediction),
+    )
 
 
 def _test_set(columns: dict[str, list[Any]], target: str, prediction: str) -> dict[str, Any]:
     names = [name for name in columns if name not in (target, prediction)]
     keep = [i for i, (y, p) in enumerate(zip(columns[target], columns[prediction])) if y is not None and p is not None]
     keep = [keep[i] for i in np.unique(np.linspace(0, len(keep) - 1, min(len(keep), TEST_SET_MAX_ROWS)).astype(int))]
-    return {"features": [{name: columns[name][i] for name in names} for i in keep],
-            "targets": [columns[target][i] for i in keep], "predictions": [columns[prediction][i] for i in keep]}
+    return {
+        "features": [{name: columns[name][i] for name in names} for i in keep],
+        "targets": [columns[target][i] for i in keep],
+        "predictions": [columns[prediction][i] for i in keep],
+    }

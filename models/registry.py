@@ -11,6 +11,7 @@ same transaction; a file written by a transaction that rolls back is
 removed again, and an artifact whose bytes do not match the registry is
 never loaded. Functions here never commit: the caller owns the session.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,22 +53,30 @@ def check_model_file(path: Path):
     that came over the network (joblib runs code on load).
     """
     import joblib
+
     if not path.is_file():
         raise RegistryError(f"--artifact {str(path)!r} does not exist")
     try:
         model = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is not a model
-        hint = ("; a class it was pickled with must be importable here: run from the project that defines it, "
-                "or put its folder on PYTHONPATH" if isinstance(exc, (ImportError, AttributeError)) else "")
-        raise RegistryError(f"--artifact {str(path)!r} cannot be loaded as a joblib model file "
-                            f"({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+        hint = (
+            "; a class it was pickled with must be importable here: run from the project that defines it, "
+            "or put its folder on PYTHONPATH"
+            if isinstance(exc, (ImportError, AttributeError))
+            else ""
+        )
+        raise RegistryError(
+            f"--artifact {str(path)!r} cannot be loaded as a joblib model file "
+            f"({type(exc).__name__}: {str(exc)[:200]}){hint}"
+        ) from None
     if not callable(getattr(model, "predict", None)):
         raise RegistryError(f"--artifact {str(path)!r} holds a {type(model).__name__}, which has no predict()")
     return model
 
 
-def store_artifact(source: Path, artifacts_dir: Path, model_id: str, version: str,
-                   session: Session | None = None) -> Path:
+def store_artifact(
+    source: Path, artifacts_dir: Path, model_id: str, version: str, session: Session | None = None
+) -> Path:
     """Copy ``source`` to ``<artifacts_dir>/<model_id>/<version>/``; never overwrite, never leave it.
 
     The ids are checked against the id pattern, and the target must resolve
@@ -128,15 +137,31 @@ def _next_version(session: Session, model_id: str) -> str:
 def environment() -> dict:
     import numpy
     import sklearn
+
     return {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
-def register(session: Session, *, model_id: str, profile: ReferenceProfile, artifacts_dir: Path,
-             version: str | None = None, artifact: Path | None = None, drift_config: DriftConfig | None = None,
-             baseline_error: tuple[float, float] | None = None, error_sample: list[float] | None = None,
-             data_sha256: str | None = None, card: dict | None = None, stage: str = "champion",
-             task: str | None = None, test_set: dict | None = None, run_id: str | None = None,
-             actor: str = "operator", reason: str = "registered", request_id: str | None = None) -> ModelVersion:
+def register(
+    session: Session,
+    *,
+    model_id: str,
+    profile: ReferenceProfile,
+    artifacts_dir: Path,
+    version: str | None = None,
+    artifact: Path | None = None,
+    drift_config: DriftConfig | None = None,
+    baseline_error: tuple[float, float] | None = None,
+    error_sample: list[float] | None = None,
+    data_sha256: str | None = None,
+    card: dict | None = None,
+    stage: str = "champion",
+    task: str | None = None,
+    test_set: dict | None = None,
+    run_id: str | None = None,
+    actor: str = "operator",
+    reason: str = "registered",
+    request_id: str | None = None,
+) -> ModelVersion:
     """Add a model version; as champion, the previous champion is archived and the history records it."""
     if stage not in STAGES:
         raise RegistryError(f"unknown stage {stage!r}")
@@ -151,15 +176,24 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
         artifact_path, artifact_sha = str(target), sha256_file(target)
     generated = _model_card(model_id, version, artifact_sha, task, profile, data_sha256, baseline_error, card)
     row = ModelVersion(
-        model_id=model_id, version=version, stage="candidate", created_at=time.time(),
-        profile=profile.model_dump_json(), drift_config=(drift_config or DriftConfig()).model_dump_json(),
+        model_id=model_id,
+        version=version,
+        stage="candidate",
+        created_at=time.time(),
+        profile=profile.model_dump_json(),
+        drift_config=(drift_config or DriftConfig()).model_dump_json(),
         feature_schema=json.dumps({name: f.kind for name, f in profile.features.items()}),
-        model_card=json.dumps(generated, default=str), artifact_path=artifact_path, artifact_sha256=artifact_sha,
+        model_card=json.dumps(generated, default=str),
+        artifact_path=artifact_path,
+        artifact_sha256=artifact_sha,
         data_sha256=data_sha256,
         baseline_error_mean=baseline_error[0] if baseline_error else None,
         baseline_error_std=baseline_error[1] if baseline_error else None,
         baseline_errors=json.dumps(error_sample) if error_sample else None,
-        task=task, test_set=json.dumps(test_set) if test_set else None, run_id=run_id)
+        task=task,
+        test_set=json.dumps(test_set) if test_set else None,
+        run_id=run_id,
+    )
     session.add(row)
     session.flush()
     if stage == "champion":
@@ -169,25 +203,49 @@ def register(session: Session, *, model_id: str, profile: ReferenceProfile, arti
     return row
 
 
-def _model_card(model_id: str, version: str, artifact_sha: str | None, task: str | None, profile: ReferenceProfile,
-                data_sha256: str | None, baseline_error: tuple[float, float] | None, card: dict | None) -> dict:
+def _model_card(
+    model_id: str,
+    version: str,
+    artifact_sha: str | None,
+    task: str | None,
+    profile: ReferenceProfile,
+    data_sha256: str | None,
+    baseline_error: tuple[float, float] | None,
+    card: dict | None,
+) -> dict:
     """The generated model card, extended by the caller's ``card`` sections."""
     generated = {
-        "model_details": {"model_id": model_id, "version": version, "registered_at": time.time(),
-                          "artifact_sha256": artifact_sha, "task": task},
+        "model_details": {
+            "model_id": model_id,
+            "version": version,
+            "registered_at": time.time(),
+            "artifact_sha256": artifact_sha,
+            "task": task,
+        },
         "training_data": {"rows": profile.rows, "sha256": data_sha256, "features": sorted(profile.features)},
-        "evaluation": {"baseline_error_mean": baseline_error[0] if baseline_error else None,
-                       "baseline_error_std": baseline_error[1] if baseline_error else None},
+        "evaluation": {
+            "baseline_error_mean": baseline_error[0] if baseline_error else None,
+            "baseline_error_std": baseline_error[1] if baseline_error else None,
+        },
         "environment": environment(),
     }
     for key, value in (card or {}).items():  # the caller's sections extend the generated ones
-        generated[key] = generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) \
-            else value
+        generated[key] = (
+            generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) else value
+        )
     return generated
 
 
-def promote(session: Session, model_id: str, version: str, *, actor: str, reason: str,
-            request_id: str | None = None, run_id: str | None = None) -> ModelVersion:
+def promote(
+    session: Session,
+    model_id: str,
+    version: str,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str | None = None,
+    run_id: str | None = None,
+) -> ModelVersion:
     """Make ``version`` the champion; the current one is archived."""
     row = get_version(session, model_id, version)
     if row.stage == "champion":
@@ -203,8 +261,9 @@ def rollback(session: Session, model_id: str, *, actor: str, reason: str) -> Mod
         raise NotFound(f"model {model_id!r} has no champion history")
     previous = changes[-1].previous_version
     if previous is None:
-        raise RegistryError(f"{model_id} version {changes[-1].version} was the first champion: "
-                            "there is nothing to roll back to")
+        raise RegistryError(
+            f"{model_id} version {changes[-1].version} was the first champion: there is nothing to roll back to"
+        )
     row = get_version(session, model_id, previous)
     _make_champion(session, row, "rolled_back", actor, reason, None, None)
     return row
@@ -216,44 +275,77 @@ def reject(session: Session, row: ModelVersion) -> None:
     row.stage = "rejected"
 
 
-def _make_champion(session: Session, row: ModelVersion, action: str, actor: str, reason: str,
-                   request_id: str | None, run_id: str | None) -> None:
-    current = session.scalars(select(ModelVersion).where(
-        ModelVersion.model_id == row.model_id, ModelVersion.stage == "champion").with_for_update()).all()
+def _make_champion(
+    session: Session,
+    row: ModelVersion,
+    action: str,
+    actor: str,
+    reason: str,
+    request_id: str | None,
+    run_id: str | None,
+) -> None:
+    current = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.model_id == row.model_id, ModelVersion.stage == "champion")
+        .with_for_update()
+    ).all()
     for previous in current:
         previous.stage = "archived"
     row.stage = "champion"
-    seq = session.scalar(select(func.coalesce(func.max(ChampionChange.seq), 0)).where(
-        ChampionChange.model_id == row.model_id)) + 1
-    session.add(ChampionChange(model_id=row.model_id, seq=seq, version=row.version,
-                               previous_version=current[0].version if current else None, changed_at=time.time(),
-                               action=action, actor=actor, reason=reason, request_id=request_id, run_id=run_id))
+    seq = (
+        session.scalar(
+            select(func.coalesce(func.max(ChampionChange.seq), 0)).where(ChampionChange.model_id == row.model_id)
+        )
+        + 1
+    )
+    session.add(
+        ChampionChange(
+            model_id=row.model_id,
+            seq=seq,
+            version=row.version,
+            previous_version=current[0].version if current else None,
+            changed_at=time.time(),
+            action=action,
+            actor=actor,
+            reason=reason,
+            request_id=request_id,
+            run_id=run_id,
+        )
+    )
     session.flush()
 
 
 def history(session: Session, model_id: str) -> list[ChampionChange]:
-    return list(session.scalars(select(ChampionChange).where(ChampionChange.model_id == model_id)
-                                .order_by(ChampionChange.seq)))
+    return list(
+        session.scalars(select(ChampionChange).where(ChampionChange.model_id == model_id).order_by(ChampionChange.seq))
+    )
 
 
 def champion_at(session: Session, model_id: str, at: float) -> str | None:
     """The version that was champion at time ``at`` (seconds since the epoch), by the history. ``at`` stands
     for its whole millisecond: the CLI prints times to the millisecond, cut, so a change printed at
     ``…05.123Z`` happened in [.123, .124) and ``--at …05.123Z`` includes it."""
-    return session.scalar(select(ChampionChange.version).where(
-        ChampionChange.model_id == model_id, ChampionChange.changed_at < at + 0.001).order_by(
-        ChampionChange.seq.desc()).limit(1))
+    return session.scalar(
+        select(ChampionChange.version)
+        .where(ChampionChange.model_id == model_id, ChampionChange.changed_at < at + 0.001)
+        .order_by(ChampionChange.seq.desc())
+        .limit(1)
+    )
 
 
 def champion(session: Session, model_id: str) -> ModelVersion | None:
     """The champion version of ``model_id`` (its row), or None when it has none."""
-    return session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id,
-                                                      ModelVersion.stage == "champion")).first()
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.stage == "champion")
+    ).first()
 
 
 def champions(session: Session, model_ids: list[str]) -> dict[str, str]:
-    rows = session.execute(select(ModelVersion.model_id, ModelVersion.version).where(
-        ModelVersion.model_id.in_(model_ids), ModelVersion.stage == "champion"))
+    rows = session.execute(
+        select(ModelVersion.model_id, ModelVersion.version).where(
+            ModelVersion.model_id.in_(model_ids), ModelVersion.stage == "champion"
+        )
+    )
     return {model_id: version for model_id, version in rows}
 
 
@@ -261,8 +353,11 @@ def registered(session: Session, model_ids: list[str]) -> set[str]:
     """Which of ``model_ids`` have at least one registered version."""
     found: set[str] = set()
     for i in range(0, len(model_ids), 2000):  # far below SQLite's and PostgreSQL's bound-parameter limits
-        found.update(session.scalars(select(ModelVersion.model_id).where(
-            ModelVersion.model_id.in_(model_ids[i:i + 2000])).distinct()))
+        found.update(
+            session.scalars(
+                select(ModelVersion.model_id).where(ModelVersion.model_id.in_(model_ids[i : i + 2000])).distinct()
+            )
+        )
     return found
 
 
@@ -271,12 +366,15 @@ LISTED_IDS = 10  # registered ids an error names at most
 
 def not_registered(session: Session, model_id: str) -> NotFound:
     """The error for an id nobody registered, naming the ids that are (a typo is then plain to see)."""
-    ids = list(session.scalars(select(ModelVersion.model_id).distinct().order_by(ModelVersion.model_id)
-                               .limit(LISTED_IDS + 1)))
+    ids = list(
+        session.scalars(select(ModelVersion.model_id).distinct().order_by(ModelVersion.model_id).limit(LISTED_IDS + 1))
+    )
     known = ", ".join(ids[:LISTED_IDS]) + (", ..." if len(ids) > LISTED_IDS else "")
     found = f"registered: {known}" if ids else "no model is registered in this database"
-    return NotFound(f"model {model_id!r} is not registered ({found}); register it with `undertow models register` "
-                    "or `undertow train`")
+    return NotFound(
+        f"model {model_id!r} is not registered ({found}); register it with `undertow models register` "
+        "or `undertow train`"
+    )
 
 
 def require_registered(session: Session, model_id: str | None) -> None:
@@ -306,6 +404,7 @@ def list_versions(session: Session, model_id: str | None = None) -> list[ModelVe
 def load_artifact(row: ModelVersion):
     """The model object, after checking the artifact's SHA-256 against the registry."""
     import joblib
+
     if not row.artifact_path:
         raise NotFound(f"model {row.model_id!r} version {row.version!r} has no artifact")
     path = Path(row.artifact_path)
@@ -314,5 +413,6 @@ def load_artifact(row: ModelVersion):
     actual = sha256_file(path)
     if actual != row.artifact_sha256:
         raise ArtifactIntegrityError(
-            f"{path}: SHA-256 {actual} does not match the registry's {row.artifact_sha256}; not loading it")
+            f"{path}: SHA-256 {actual} does not match the registry's {row.artifact_sha256}; not loading it"
+        )
     return joblib.load(path)

@@ -4,6 +4,7 @@ Undertow's own records are the source of truth; with the ``mlflow`` extra
 and ``UNDERTOW_MLFLOW_TRACKING_URI`` set, finished runs are mirrored to
 MLflow as well (:func:`mirror_to_mlflow`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,6 @@ from undertow.models.registry import environment
 from undertow.storage.tables import TrainingRun
 
 log = logging.getLogger(__name__)
-
 
 
 class RunStatus(StrEnum):
@@ -45,12 +45,31 @@ def run_id_for(request_id: str) -> str:
     return "run-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
 
 
-def new_run(session: Session, *, run_id: str, model_id: str, champion_version: str | None, trigger: dict,
-            request_id: str | None = None, status: RunStatus = RunStatus.ACCEPTED) -> TrainingRun:
-    run = TrainingRun(run_id=run_id, request_id=request_id, model_id=model_id, champion_version=champion_version,
-                      status=status, trigger=json.dumps(trigger, default=str), accepted_at=time.time(), attempts=0,
-                      params="{}", metrics="{}", data="{}", durations="{}",
-                      environment=json.dumps(environment()))
+def new_run(
+    session: Session,
+    *,
+    run_id: str,
+    model_id: str,
+    champion_version: str | None,
+    trigger: dict,
+    request_id: str | None = None,
+    status: RunStatus = RunStatus.ACCEPTED,
+) -> TrainingRun:
+    run = TrainingRun(
+        run_id=run_id,
+        request_id=request_id,
+        model_id=model_id,
+        champion_version=champion_version,
+        status=status,
+        trigger=json.dumps(trigger, default=str),
+        accepted_at=time.time(),
+        attempts=0,
+        params="{}",
+        metrics="{}",
+        data="{}",
+        durations="{}",
+        environment=json.dumps(environment()),
+    )
     session.add(run)
     session.flush()
     return run
@@ -75,8 +94,7 @@ def get_run(session: Session, run_id: str) -> TrainingRun:
     return run
 
 
-def list_runs(session: Session, model_id: str | None = None,
-              status: tuple[RunStatus, ...] = ()) -> list[TrainingRun]:
+def list_runs(session: Session, model_id: str | None = None, status: tuple[RunStatus, ...] = ()) -> list[TrainingRun]:
     query = select(TrainingRun).order_by(TrainingRun.accepted_at, TrainingRun.run_id)
     if model_id:
         query = query.where(TrainingRun.model_id == model_id)
@@ -86,13 +104,26 @@ def list_runs(session: Session, model_id: str | None = None,
 
 
 def as_dict(run: TrainingRun) -> dict:
-    return {"run_id": run.run_id, "request_id": run.request_id, "model_id": run.model_id,
-            "champion_version": run.champion_version, "candidate_version": run.candidate_version,
-            "status": run.status, "outcome": run.outcome, "accepted_at": run.accepted_at,
-            "started_at": run.started_at, "finished_at": run.finished_at, "wait_until": run.wait_until,
-            "attempts": run.attempts, "trigger": json.loads(run.trigger), "params": json.loads(run.params),
-            "metrics": json.loads(run.metrics), "data": json.loads(run.data),
-            "durations": json.loads(run.durations), "environment": json.loads(run.environment)}
+    return {
+        "run_id": run.run_id,
+        "request_id": run.request_id,
+        "model_id": run.model_id,
+        "champion_version": run.champion_version,
+        "candidate_version": run.candidate_version,
+        "status": run.status,
+        "outcome": run.outcome,
+        "accepted_at": run.accepted_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "wait_until": run.wait_until,
+        "attempts": run.attempts,
+        "trigger": json.loads(run.trigger),
+        "params": json.loads(run.params),
+        "metrics": json.loads(run.metrics),
+        "data": json.loads(run.data),
+        "durations": json.loads(run.durations),
+        "environment": json.loads(run.environment),
+    }
 
 
 def mirror_to_mlflow(tracking_uri: str | None, run: dict, experiment: str = "undertow") -> str | None:
@@ -111,15 +142,23 @@ def mirror_to_mlflow(tracking_uri: str | None, run: dict, experiment: str = "und
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        mirrored = client.create_run(experiment_id, run_name=run["run_id"], tags={
-            "undertow.run_id": run["run_id"], "undertow.model_id": run["model_id"],
-            "undertow.status": run["status"], "undertow.outcome": (run["outcome"] or "")[:5000],
-            "undertow.request_id": run["request_id"] or "",
-            "undertow.candidate_version": run["candidate_version"] or ""})
+        mirrored = client.create_run(
+            experiment_id,
+            run_name=run["run_id"],
+            tags={
+                "undertow.run_id": run["run_id"],
+                "undertow.model_id": run["model_id"],
+                "undertow.status": run["status"],
+                "undertow.outcome": (run["outcome"] or "")[:5000],
+                "undertow.request_id": run["request_id"] or "",
+                "undertow.candidate_version": run["candidate_version"] or "",
+            },
+        )
         for key, value in _flat(run["params"]).items():
             client.log_param(mirrored.info.run_id, key, str(value)[:500])
-        for key, value in _flat({"metrics": run["metrics"], "data": run["data"],
-                                 "durations": run["durations"]}).items():
+        for key, value in _flat(
+            {"metrics": run["metrics"], "data": run["data"], "durations": run["durations"]}
+        ).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 client.log_metric(mirrored.info.run_id, key, float(value))
         client.set_terminated(mirrored.info.run_id, "FINISHED" if run["status"] in FINISHED else "FAILED")

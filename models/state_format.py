@@ -22,6 +22,7 @@ Traceback (most recent call last):
 ...
 undertow.errors.UndertowError: counter state of format 3 is newer than this release reads (format 2): upgrade Undertow
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ class StateCodec(Generic[M]):
     def load(self, blob: str, format_number: int) -> M:
         """The state in the current format, from a blob of format ``format_number``."""
         if format_number > self.current:
-            raise UndertowError(f"{self.name} state of format {format_number} is newer than this release reads "
-                                f"(format {self.current}): upgrade Undertow")
+            raise UndertowError(
+                f"{self.name} state of format {format_number} is newer than this release reads "
+                f"(format {self.current}): upgrade Undertow"
+            )
         if format_number < 1:
             raise UndertowError(f"{self.name} state of format {format_number}: no such format")
         data = json.loads(blob)

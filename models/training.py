@@ -7,6 +7,7 @@ with the model as one artifact. Rows are plain dicts of feature values, as
 the events carry them; :func:`to_frame` gives the columns a pipeline sees,
 the same at training and at serving.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,9 @@ def to_frame(rows: list[dict], schema: dict[str, str]) -> pd.DataFrame:
     for name, kind in schema.items():
         values = [row.get(name) for row in rows]
         if kind == "numeric":
-            columns[name] = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
-                                      for v in values], dtype=float)
+            columns[name] = np.array(
+                [v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values], dtype=float
+            )
         else:
             columns[name] = np.array([MISSING_CATEGORY if v is None else str(v) for v in values], dtype=object)
     return pd.DataFrame(columns, columns=list(schema))
@@ -62,15 +64,30 @@ def default_pipeline(schema: dict[str, str], task: Task) -> Pipeline:
     categorical = [name for name, kind in schema.items() if kind != "numeric"]
     if not numeric and not categorical:
         raise TrainingError("no features to train on")
-    prepare = ColumnTransformer([
-        ("numeric", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                              ("scale", StandardScaler())]), numeric),
-        ("categorical", OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=50,
-                                      sparse_output=False), categorical),
-    ])
-    estimator = (HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, random_state=RANDOM_STATE)
-                 if task == "regression" else
-                 HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=RANDOM_STATE))
+    prepare = ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                        ("scale", StandardScaler()),
+                    ]
+                ),
+                numeric,
+            ),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=50, sparse_output=False),
+                categorical,
+            ),
+        ]
+    )
+    estimator = (
+        HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, random_state=RANDOM_STATE)
+        if task == "regression"
+        else HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=RANDOM_STATE)
+    )
     return Pipeline([("prepare", prepare), ("model", estimator)])
 
 
@@ -84,13 +101,14 @@ def infer_task(targets: list) -> Task:
 
 @dataclass(frozen=True)
 class Split:
-    train: np.ndarray    # row indices, oldest first
+    train: np.ndarray  # row indices, oldest first
     holdout: np.ndarray  # the newest rows
-    gap: int             # rows left out between them
+    gap: int  # rows left out between them
 
 
-def split_by_time(times: list[float] | np.ndarray, holdout_fraction: float, gap_fraction: float = 0.0,
-                  min_holdout: int = 1) -> Split:
+def split_by_time(
+    times: list[float] | np.ndarray, holdout_fraction: float, gap_fraction: float = 0.0, min_holdout: int = 1
+) -> Split:
     """Train on the older rows, hold out the newest, with a gap between them.
 
     >>> s = split_by_time([5, 1, 4, 2, 3, 6, 7, 8, 9, 10], holdout_fraction=0.3, gap_fraction=0.1)
@@ -103,7 +121,7 @@ def split_by_time(times: list[float] | np.ndarray, holdout_fraction: float, gap_
     gap = int(round(n * gap_fraction))
     if n - holdout - gap < 2:
         raise TrainingError(f"{n} rows cannot give {holdout} held-out rows, a gap of {gap} and a training part")
-    return Split(order[: n - holdout - gap], order[n - holdout:], gap)
+    return Split(order[: n - holdout - gap], order[n - holdout :], gap)
 
 
 def split_at_random(n: int, holdout_fraction: float, seed: int = RANDOM_STATE) -> Split:

@@ -1,4 +1,5 @@
 """Engine and session factory from a SQLAlchemy URL, and schema migrations."""
+
 from __future__ import annotations
 
 import fcntl
@@ -34,8 +35,9 @@ def make_engine(url: str, must_exist: bool = False) -> Engine:
         if parsed.get_backend_name() == "sqlite":
             path = sqlite_path(url)
             if must_exist and path is not None and not path.is_file():
-                raise ConfigError(f"no database at {path}: nothing has been recorded there yet "
-                                  "(check --db-url / UNDERTOW_DB_URL)")
+                raise ConfigError(
+                    f"no database at {path}: nothing has been recorded there yet (check --db-url / UNDERTOW_DB_URL)"
+                )
             busy_ms = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)) * 1000
             engine = create_engine(parsed, connect_args={"timeout": busy_ms / 1000})
             _configure_sqlite(engine, int(busy_ms))
@@ -78,7 +80,8 @@ def single_writer_lock(url: str, service: str) -> Iterator[None]:
         except BlockingIOError:
             raise ConfigError(
                 f"another {service} already runs on {path}: a SQLite database takes one {service}; to run "
-                "several, use PostgreSQL (UNDERTOW_DB_URL=postgresql+psycopg://user@host:5432/db)") from None
+                "several, use PostgreSQL (UNDERTOW_DB_URL=postgresql+psycopg://user@host:5432/db)"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -118,6 +121,7 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def alembic_config():
     from alembic.config import Config
+
     config = Config(str(Path(__file__).resolve().parent / "alembic.ini"))
     config.set_main_option("script_location", str(_MIGRATIONS))
     return config
@@ -132,6 +136,7 @@ def migrate(engine: Engine) -> str:
     """
     from alembic import command
     from alembic.runtime.migration import MigrationContext
+
     config = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -148,13 +153,16 @@ def migrate(engine: Engine) -> str:
 
 def _adopt_legacy_schema(conn: Connection, config) -> None:
     from alembic import command
+
     names = set(inspect(conn).get_table_names())
     if "schema_version" not in names or "alembic_version" in names:
         return
     legacy = conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar() or 0
     if legacy not in LEGACY_REVISIONS:
-        raise ConfigError(f"database schema version {legacy} predates 3 (the oldest one that upgrades in place); "
-                          "migrate it with the release that created it first")
+        raise ConfigError(
+            f"database schema version {legacy} predates 3 (the oldest one that upgrades in place); "
+            "migrate it with the release that created it first"
+        )
     revision = LEGACY_REVISIONS[legacy]
     log.info("adopting hand-written schema version %d as Alembic revision %s", legacy, revision)
     config.attributes["connection"] = conn

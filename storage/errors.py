@@ -1,4 +1,5 @@
 """Kept for compatibility: the errors live in ``undertow.errors``; import them from there."""
+
 from undertow.errors import (
     ArtifactIntegrityError,
     ConfigError,

@@ -1,4 +1,5 @@
 """Repository functions. Each takes a Session and never commits."""
+
 from __future__ import annotations
 
 import functools
@@ -73,13 +74,17 @@ def insert_values(session: Session, table: Table, columns: list[str], rows: list
         from psycopg import sql  # installed wherever the psycopg driver is
 
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
         with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(row)
     elif dialect.paramstyle == "qmark":
-        converters = [(i, convert) for i, name in enumerate(columns)
-                      if (convert := table.c[name].type.bind_processor(dialect)) is not None]
+        converters = [
+            (i, convert)
+            for i, name in enumerate(columns)
+            if (convert := table.c[name].type.bind_processor(dialect)) is not None
+        ]
         if converters:  # column by column: a call per value only where the type asks for one
             rows = [list(row) for row in rows]
             for i, convert in converters:
@@ -95,29 +100,40 @@ def _insert_sql(table: Table, columns: tuple[str, ...], dialect) -> str:
     return str(table.insert().compile(dialect=dialect, column_keys=list(columns)))  # compiling cost ~1 ms
 
 
-def load_offsets(conn: Connection | Session, group_id: str,
-                 partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+def load_offsets(
+    conn: Connection | Session, group_id: str, partitions: Iterable[TopicPartitionKey]
+) -> dict[TopicPartitionKey, int]:
     """Stored next offsets for the given partitions (absent: never processed)."""
     return {key: offset for key, (offset, _) in load_positions(conn, group_id, partitions).items()}
 
 
-def load_positions(conn: Connection | Session, group_id: str,
-                   partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, tuple[int, str | None]]:
+def load_positions(
+    conn: Connection | Session, group_id: str, partitions: Iterable[TopicPartitionKey]
+) -> dict[TopicPartitionKey, tuple[int, str | None]]:
     """Stored (next offset, topic id) for the given partitions (absent: never processed)."""
     wanted = set(partitions)
-    rows = conn.execute(select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset,
-                               ConsumerOffset.topic_id).where(ConsumerOffset.group_id == group_id))
+    rows = conn.execute(
+        select(
+            ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset, ConsumerOffset.topic_id
+        ).where(ConsumerOffset.group_id == group_id)
+    )
     return {(t, p): (o, tid) for t, p, o, tid in rows if (t, p) in wanted}
 
 
 def all_offsets(session: Session) -> list[ConsumerOffset]:
-    return list(session.scalars(select(ConsumerOffset).order_by(
-        ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition)))
+    return list(
+        session.scalars(
+            select(ConsumerOffset).order_by(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition)
+        )
+    )
 
 
-def advance_offsets(session: Session, group_id: str,
-                    moves: Mapping[TopicPartitionKey, tuple[int | None, int]],
-                    topic_ids: Mapping[str, str] | None = None) -> None:
+def advance_offsets(
+    session: Session,
+    group_id: str,
+    moves: Mapping[TopicPartitionKey, tuple[int | None, int]],
+    topic_ids: Mapping[str, str] | None = None,
+) -> None:
     """Compare-and-set each partition's offset from ``expected`` to ``new``.
 
     ``expected`` None means no row may exist yet. A mismatch means another
@@ -131,18 +147,30 @@ def advance_offsets(session: Session, group_id: str,
         if topic_ids.get(topic):
             values["topic_id"] = topic_ids[topic]
         if expected is None:
-            exists = session.execute(select(ConsumerOffset.next_offset).where(
-                ConsumerOffset.group_id == group_id, ConsumerOffset.topic == topic,
-                ConsumerOffset.partition == partition)).first()
+            exists = session.execute(
+                select(ConsumerOffset.next_offset).where(
+                    ConsumerOffset.group_id == group_id,
+                    ConsumerOffset.topic == topic,
+                    ConsumerOffset.partition == partition,
+                )
+            ).first()
             if exists is not None:
                 raise StaleOffsets(f"{topic}[{partition}] already has a stored offset {exists[0]}")
-            session.execute(ConsumerOffset.__table__.insert().values(
-                group_id=group_id, topic=topic, partition=partition, **values))
+            session.execute(
+                ConsumerOffset.__table__.insert().values(group_id=group_id, topic=topic, partition=partition, **values)
+            )
             continue
         table = ConsumerOffset.__table__
-        result = session.execute(update(table).where(
-            table.c.group_id == group_id, table.c.topic == topic, table.c.partition == partition,
-            table.c.next_offset == expected).values(**values))
+        result = session.execute(
+            update(table)
+            .where(
+                table.c.group_id == group_id,
+                table.c.topic == topic,
+                table.c.partition == partition,
+                table.c.next_offset == expected,
+            )
+            .values(**values)
+        )
         if result.rowcount != 1:
             raise StaleOffsets(f"{topic}[{partition}] is no longer at offset {expected}")
 
@@ -160,22 +188,32 @@ def partition_gaps(session: Session, group_id: str | None = None) -> list[Partit
 
 def seen_blocks(session: Session, topic: str, partition: int) -> list[tuple[int, int, str]]:
     """(first offset, next offset, keys) of a source partition's duplicate-filter blocks, in write order."""
-    return [tuple(row) for row in session.execute(
-        select(SeenBlock.first_offset, SeenBlock.next_offset, SeenBlock.keys).where(
-            SeenBlock.topic == topic, SeenBlock.partition == partition).order_by(SeenBlock.id))]
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(SeenBlock.first_offset, SeenBlock.next_offset, SeenBlock.keys)
+            .where(SeenBlock.topic == topic, SeenBlock.partition == partition)
+            .order_by(SeenBlock.id)
+        )
+    ]
 
 
-def add_seen_block(session: Session, topic: str, partition: int, first_offset: int, next_offset: int,
-                   keys: str) -> None:
-    session.execute(SeenBlock.__table__.insert().values(topic=topic, partition=partition, first_offset=first_offset,
-                                                        next_offset=next_offset, keys=keys))
+def add_seen_block(
+    session: Session, topic: str, partition: int, first_offset: int, next_offset: int, keys: str
+) -> None:
+    session.execute(
+        SeenBlock.__table__.insert().values(
+            topic=topic, partition=partition, first_offset=first_offset, next_offset=next_offset, keys=keys
+        )
+    )
 
 
 def expire_seen_blocks(session: Session, topic: str, partition: int, below_offset: int) -> None:
     """Delete the blocks whose every offset is below ``below_offset``."""
     table = SeenBlock.__table__
-    session.execute(delete(table).where(table.c.topic == topic, table.c.partition == partition,
-                                        table.c.next_offset <= below_offset))
+    session.execute(
+        delete(table).where(table.c.topic == topic, table.c.partition == partition, table.c.next_offset <= below_offset)
+    )
 
 
 class ModelCounts(NamedTuple):
@@ -189,8 +227,16 @@ class ModelCounts(NamedTuple):
     max_ts: float | None = None
 
 
-def add_model_counts(session: Session, model_id: str, *, predictions: int = 0, labels: int = 0,
-                     duplicates: int = 0, min_ts: float | None = None, max_ts: float | None = None) -> None:
+def add_model_counts(
+    session: Session,
+    model_id: str,
+    *,
+    predictions: int = 0,
+    labels: int = 0,
+    duplicates: int = 0,
+    min_ts: float | None = None,
+    max_ts: float | None = None,
+) -> None:
     add_model_counts_many(session, [ModelCounts(model_id, predictions, labels, duplicates, min_ts, max_ts)])
 
 
@@ -205,24 +251,53 @@ def add_model_counts_many(session: Session, counts: list[ModelCounts]) -> None:
         return
     table = ModelStats.__table__
     lo, hi = bindparam("b_min_ts", type_=Float), bindparam("b_max_ts", type_=Float)
-    statement = update(table).where(table.c.model_id == bindparam("b_model_id")).values(
-        predictions=table.c.predictions + bindparam("b_predictions"),
-        labels=table.c.labels + bindparam("b_labels"),
-        duplicates=table.c.duplicates + bindparam("b_duplicates"),
-        first_event_ts=case((table.c.first_event_ts.is_(None), lo), (lo < table.c.first_event_ts, lo),
-                            else_=table.c.first_event_ts),
-        last_event_ts=case((table.c.last_event_ts.is_(None), hi), (hi > table.c.last_event_ts, hi),
-                           else_=table.c.last_event_ts))
-    updated = session.execute(statement, [
-        {"b_model_id": c.model_id, "b_predictions": c.predictions, "b_labels": c.labels,
-         "b_duplicates": c.duplicates, "b_min_ts": c.min_ts, "b_max_ts": c.max_ts} for c in counts]).rowcount
+    statement = (
+        update(table)
+        .where(table.c.model_id == bindparam("b_model_id"))
+        .values(
+            predictions=table.c.predictions + bindparam("b_predictions"),
+            labels=table.c.labels + bindparam("b_labels"),
+            duplicates=table.c.duplicates + bindparam("b_duplicates"),
+            first_event_ts=case(
+                (table.c.first_event_ts.is_(None), lo), (lo < table.c.first_event_ts, lo), else_=table.c.first_event_ts
+            ),
+            last_event_ts=case(
+                (table.c.last_event_ts.is_(None), hi), (hi > table.c.last_event_ts, hi), else_=table.c.last_event_ts
+            ),
+        )
+    )
+    updated = session.execute(
+        statement,
+        [
+            {
+                "b_model_id": c.model_id,
+                "b_predictions": c.predictions,
+                "b_labels": c.labels,
+                "b_duplicates": c.duplicates,
+                "b_min_ts": c.min_ts,
+                "b_max_ts": c.max_ts,
+            }
+            for c in counts
+        ],
+    ).rowcount
     if updated == len(counts):
         return
-    existing = set(session.scalars(select(table.c.model_id).where(
-        table.c.model_id.in_([c.model_id for c in counts]))))
-    session.execute(insert(table), [
-        {"model_id": c.model_id, "predictions": c.predictions, "labels": c.labels, "duplicates": c.duplicates,
-         "first_event_ts": c.min_ts, "last_event_ts": c.max_ts} for c in counts if c.model_id not in existing])
+    existing = set(session.scalars(select(table.c.model_id).where(table.c.model_id.in_([c.model_id for c in counts]))))
+    session.execute(
+        insert(table),
+        [
+            {
+                "model_id": c.model_id,
+                "predictions": c.predictions,
+                "labels": c.labels,
+                "duplicates": c.duplicates,
+                "first_event_ts": c.min_ts,
+                "last_event_ts": c.max_ts,
+            }
+            for c in counts
+            if c.model_id not in existing
+        ],
+    )
 
 
 def model_stats(session: Session) -> list[ModelStats]:
@@ -245,11 +320,19 @@ def dead_letter_stats(session: Session) -> list[DeadLetterStats]:
 OUTBOX_WRITTEN = "undertow.outbox_written"  # a key of Session.info
 
 
-def enqueue(session: Session, topic: str, key: bytes | None, value: bytes | None,
-            headers: list[tuple[str, bytes]] = ()) -> None:
+def enqueue(
+    session: Session, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] = ()
+) -> None:
     session.info[OUTBOX_WRITTEN] = True  # the checkpoint publishes after a transaction that wrote here
-    session.add(OutboxMessage(topic=topic, key=key, value=value, created_at=time.time(),
-                              headers=json.dumps([[n, v.hex()] for n, v in headers])))
+    session.add(
+        OutboxMessage(
+            topic=topic,
+            key=key,
+            value=value,
+            created_at=time.time(),
+            headers=json.dumps([[n, v.hex()] for n, v in headers]),
+        )
+    )
 
 
 def pending_outbox(session: Session, limit: int) -> list[OutboxMessage]:
@@ -263,8 +346,11 @@ def decode_headers(message: OutboxMessage) -> list[tuple[str, bytes]]:
 def delete_outbox(session: Session, ids: Iterable[int]) -> None:
     ids = list(ids)
     for i in range(0, len(ids), _IN_CHUNK):
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids[i:i + _IN_CHUNK]))
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            delete(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids[i : i + _IN_CHUNK]))
+            .execution_options(synchronize_session=False)
+        )
 
 
 def drift_states(session: Session) -> list[DriftState]:
@@ -276,21 +362,34 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
     return session.get(DriftState, (model_id, version))
 
 
-def save_drift_state(session: Session, model_id: str, version: str, columns: dict, episodes: str,
-                     state_format: int, exists: bool) -> None:
+def save_drift_state(
+    session: Session, model_id: str, version: str, columns: dict, episodes: str, state_format: int, exists: bool
+) -> None:
     """Write a model version's window state without reading the old buffer back; ``state_format`` is the
     format number of ``episodes`` (models.drift.drift_state), stored beside it."""
     if exists:
-        session.execute(_UPDATE_DRIFT_STATE, {"b_model_id": model_id, "b_version": version, **columns,
-                                              "episodes": episodes, "state_format": state_format})
+        session.execute(
+            _UPDATE_DRIFT_STATE,
+            {
+                "b_model_id": model_id,
+                "b_version": version,
+                **columns,
+                "episodes": episodes,
+                "state_format": state_format,
+            },
+        )
     else:
-        session.execute(DriftState.__table__.insert().values(model_id=model_id, version=version, episodes=episodes,
-                                                             state_format=state_format, **columns))
+        session.execute(
+            DriftState.__table__.insert().values(
+                model_id=model_id, version=version, episodes=episodes, state_format=state_format, **columns
+            )
+        )
 
 
 # Core, built once (it runs every batch): the ORM's bulk-update path costs more than the write.
 _UPDATE_DRIFT_STATE = update(DriftState.__table__).where(
-    DriftState.__table__.c.model_id == bindparam("b_model_id"), DriftState.__table__.c.version == bindparam("b_version"))
+    DriftState.__table__.c.model_id == bindparam("b_model_id"), DriftState.__table__.c.version == bindparam("b_version")
+)
 
 
 def add_window_results(session: Session, rows: list[dict]) -> None:
@@ -299,20 +398,43 @@ def add_window_results(session: Session, rows: list[dict]) -> None:
 
 def latest_window_results(session: Session) -> list[WindowResult]:
     """Per model version, the feature rows of its newest window."""
-    newest = (select(WindowResult.model_id, WindowResult.version,
-                     func.max(WindowResult.window_index).label("window_index"))
-              .group_by(WindowResult.model_id, WindowResult.version).subquery())
-    return list(session.scalars(select(WindowResult).join(newest, and_(
-        WindowResult.model_id == newest.c.model_id, WindowResult.version == newest.c.version,
-        WindowResult.window_index == newest.c.window_index)).order_by(
-        WindowResult.model_id, WindowResult.version, WindowResult.feature)))
+    newest = (
+        select(WindowResult.model_id, WindowResult.version, func.max(WindowResult.window_index).label("window_index"))
+        .group_by(WindowResult.model_id, WindowResult.version)
+        .subquery()
+    )
+    return list(
+        session.scalars(
+            select(WindowResult)
+            .join(
+                newest,
+                and_(
+                    WindowResult.model_id == newest.c.model_id,
+                    WindowResult.version == newest.c.version,
+                    WindowResult.window_index == newest.c.window_index,
+                ),
+            )
+            .order_by(WindowResult.model_id, WindowResult.version, WindowResult.feature)
+        )
+    )
 
 
 def window_history(session: Session, model_id: str) -> list:
     """(version, window_index, feature, end_ts, psi, severity) of every window result of a model, by end time."""
-    return list(session.execute(select(
-        WindowResult.version, WindowResult.window_index, WindowResult.feature, WindowResult.end_ts, WindowResult.psi,
-        WindowResult.severity).where(WindowResult.model_id == model_id).order_by(WindowResult.end_ts)).all())
+    return list(
+        session.execute(
+            select(
+                WindowResult.version,
+                WindowResult.window_index,
+                WindowResult.feature,
+                WindowResult.end_ts,
+                WindowResult.psi,
+                WindowResult.severity,
+            )
+            .where(WindowResult.model_id == model_id)
+            .order_by(WindowResult.end_ts)
+        ).all()
+    )
 
 
 def add_alert(session: Session, alert: Alert) -> None:
@@ -333,17 +455,25 @@ def alert_history(session: Session, model_id: str) -> list[str]:
 
 def pending_index(session: Session, model_id: str) -> list[tuple[int, str, str, str | None, float]]:
     """(seq, kind, event_id, version, ts) of every waiting prediction and label of a model."""
-    return [tuple(row) for row in session.execute(select(
-        PendingEvent.seq, PendingEvent.kind, PendingEvent.event_id, PendingEvent.version, PendingEvent.ts).where(
-        PendingEvent.model_id == model_id))]
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                PendingEvent.seq, PendingEvent.kind, PendingEvent.event_id, PendingEvent.version, PendingEvent.ts
+            ).where(PendingEvent.model_id == model_id)
+        )
+    ]
 
 
 def pending_payloads(session: Session, model_id: str, seqs: list[int]) -> dict[int, str]:
     """The stored JSON of waiting events, by seq."""
     found: dict[int, str] = {}
     for i in range(0, len(seqs), _IN_CHUNK):
-        rows = session.execute(select(PendingEvent.seq, PendingEvent.payload).where(
-            PendingEvent.model_id == model_id, PendingEvent.seq.in_(seqs[i:i + _IN_CHUNK])))
+        rows = session.execute(
+            select(PendingEvent.seq, PendingEvent.payload).where(
+                PendingEvent.model_id == model_id, PendingEvent.seq.in_(seqs[i : i + _IN_CHUNK])
+            )
+        )
         found.update((seq, payload) for seq, payload in rows)
     return found
 
@@ -359,11 +489,18 @@ def add_pending(session: Session, rows: list[list]) -> None:
 def remove_pending(session: Session, model_id: str, seqs: list[int]) -> None:
     table = PendingEvent.__table__
     for i in range(0, len(seqs), _IN_CHUNK):
-        session.execute(delete(table).where(table.c.model_id == model_id, table.c.seq.in_(seqs[i:i + _IN_CHUNK])))
+        session.execute(delete(table).where(table.c.model_id == model_id, table.c.seq.in_(seqs[i : i + _IN_CHUNK])))
 
 
-JOIN_COUNTERS = ("pending_predictions", "pending_labels", "joined", "expired_predictions", "expired_labels",
-                 "evicted_predictions", "evicted_labels")
+JOIN_COUNTERS = (
+    "pending_predictions",
+    "pending_labels",
+    "joined",
+    "expired_predictions",
+    "expired_labels",
+    "evicted_predictions",
+    "evicted_labels",
+)
 
 
 def load_join_stats(session: Session, model_id: str) -> dict:
@@ -380,23 +517,41 @@ def load_join_stats(session: Session, model_id: str) -> dict:
 def save_join_stats(session: Session, rows: list[dict]) -> None:
     """Write the join statistics of several models (rows from ``load_join_stats``) in one statement."""
     if rows:
-        session.execute(_UPDATE_JOIN_STATS, [
-            {"b_model_id": row["model_id"], "watermark_ts": row["watermark_ts"], "arrived_at": row["arrived_at"],
-             **{name: row[name] for name in JOIN_COUNTERS}} for row in rows])
+        session.execute(
+            _UPDATE_JOIN_STATS,
+            [
+                {
+                    "b_model_id": row["model_id"],
+                    "watermark_ts": row["watermark_ts"],
+                    "arrived_at": row["arrived_at"],
+                    **{name: row[name] for name in JOIN_COUNTERS},
+                }
+                for row in rows
+            ],
+        )
 
 
 # Built once, like the drift state's: they run every batch.
 _UPDATE_JOIN_STATS = update(JoinStats.__table__).where(JoinStats.__table__.c.model_id == bindparam("b_model_id"))
 _UPDATE_CONCEPT_STATE = update(ConceptState.__table__).where(
     ConceptState.__table__.c.model_id == bindparam("b_model_id"),
-    ConceptState.__table__.c.version == bindparam("b_version"))
+    ConceptState.__table__.c.version == bindparam("b_version"),
+)
 
 
 def join_stats(session: Session, model_id: str) -> JoinStats:
     stats = session.get(JoinStats, model_id)
     if stats is None:
-        stats = JoinStats(model_id=model_id, pending_predictions=0, pending_labels=0, joined=0,
-                          expired_predictions=0, expired_labels=0, evicted_predictions=0, evicted_labels=0)
+        stats = JoinStats(
+            model_id=model_id,
+            pending_predictions=0,
+            pending_labels=0,
+            joined=0,
+            expired_predictions=0,
+            expired_labels=0,
+            evicted_predictions=0,
+            evicted_labels=0,
+        )
         session.add(stats)
     return stats
 
@@ -438,13 +593,17 @@ def save_concept_state(session: Session, model_id: str, version: str, values: di
 
 
 def open_retrain_request(session: Session, model_id: str) -> RetrainRequest | None:
-    return session.scalars(select(RetrainRequest).where(
-        RetrainRequest.model_id == model_id, RetrainRequest.status == "open")).first()
+    return session.scalars(
+        select(RetrainRequest).where(RetrainRequest.model_id == model_id, RetrainRequest.status == "open")
+    ).first()
 
 
 def last_retrain_request(session: Session, model_id: str) -> RetrainRequest | None:
-    return session.scalars(select(RetrainRequest).where(RetrainRequest.model_id == model_id).order_by(
-        RetrainRequest.created_ts.desc(), RetrainRequest.request_id)).first()
+    return session.scalars(
+        select(RetrainRequest)
+        .where(RetrainRequest.model_id == model_id)
+        .order_by(RetrainRequest.created_ts.desc(), RetrainRequest.request_id)
+    ).first()
 
 
 def retrain_requests(session: Session, model_id: str | None = None) -> list[RetrainRequest]:
@@ -468,8 +627,9 @@ def count_pairs(session: Session, model_id: str, predicted_from: float | None = 
     return int(session.scalar(query))
 
 
-def newest_pairs(session: Session, model_id: str, limit: int | None,
-                 predicted_from: float | None = None) -> list[LabelledPair]:
+def newest_pairs(
+    session: Session, model_id: str, limit: int | None, predicted_from: float | None = None
+) -> list[LabelledPair]:
     """The newest labelled pairs by prediction time (at most ``limit``), oldest first."""
     query = select(LabelledPair).where(LabelledPair.model_id == model_id)
     if predicted_from is not None:
@@ -482,24 +642,30 @@ def newest_pairs(session: Session, model_id: str, limit: int | None,
 
 def error_history(session: Session, model_id: str) -> list:
     """(prediction_ts, error, version, features) of every labelled pair of a model, by prediction time."""
-    return list(session.execute(select(
-        LabelledPair.prediction_ts, LabelledPair.error, LabelledPair.version, LabelledPair.features).where(
-        LabelledPair.model_id == model_id).order_by(LabelledPair.prediction_ts)).all())
+    return list(
+        session.execute(
+            select(LabelledPair.prediction_ts, LabelledPair.error, LabelledPair.version, LabelledPair.features)
+            .where(LabelledPair.model_id == model_id)
+            .order_by(LabelledPair.prediction_ts)
+        ).all()
+    )
 
 
 def alert(session: Session, alert_id: str) -> Alert | None:
     return session.get(Alert, alert_id)
 
 
-UNREGISTERED_COLUMNS = ("model_id", "predictions", "labels", "ids", "kept", "expired", "first_seen_at",
-                        "last_seen_at")
+UNREGISTERED_COLUMNS = ("model_id", "predictions", "labels", "ids", "kept", "expired", "first_seen_at", "last_seen_at")
 
 
 def unregistered_models(session: Session) -> list[UnregisteredModel]:
     """The tracked unregistered ids, most events first, and the "(other)" row."""
     table = UnregisteredModel.__table__
-    return list(session.scalars(select(UnregisteredModel).order_by(
-        (table.c.predictions + table.c.labels).desc(), table.c.model_id)))
+    return list(
+        session.scalars(
+            select(UnregisteredModel).order_by((table.c.predictions + table.c.labels).desc(), table.c.model_id)
+        )
+    )
 
 
 def save_unregistered(session: Session, rows: list[dict], new_ids: set[str], removed: Iterable[str]) -> None:
@@ -508,14 +674,16 @@ def save_unregistered(session: Session, rows: list[dict], new_ids: set[str], rem
     table = UnregisteredModel.__table__
     removed = list(removed)
     for i in range(0, len(removed), _IN_CHUNK):
-        session.execute(delete(table).where(table.c.model_id.in_(removed[i:i + _IN_CHUNK])))
+        session.execute(delete(table).where(table.c.model_id.in_(removed[i : i + _IN_CHUNK])))
     inserts = [row for row in rows if row["model_id"] in new_ids]
     updates = [row for row in rows if row["model_id"] not in new_ids]
     if inserts:
         session.execute(insert(table), inserts)
     if updates:
-        session.execute(update(table).where(table.c.model_id == bindparam("b_model_id")), [
-            {"b_model_id": row["model_id"], **{k: row[k] for k in UNREGISTERED_COLUMNS[1:]}} for row in updates])
+        session.execute(
+            update(table).where(table.c.model_id == bindparam("b_model_id")),
+            [{"b_model_id": row["model_id"], **{k: row[k] for k in UNREGISTERED_COLUMNS[1:]}} for row in updates],
+        )
 
 
 def _unregistered(column):
@@ -525,18 +693,30 @@ def _unregistered(column):
 def waiting_unregistered(session: Session) -> int:
     """Events of unregistered models waiting in the join buffer (UNDERTOW_WAIT_FOR_REGISTRATION's cap)."""
     table = JoinStats.__table__
-    return int(session.scalar(select(func.coalesce(func.sum(table.c.pending_predictions + table.c.pending_labels), 0))
-                              .where(_unregistered(table.c.model_id))) or 0)
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(table.c.pending_predictions + table.c.pending_labels), 0)).where(
+                _unregistered(table.c.model_id)
+            )
+        )
+        or 0
+    )
 
 
 def stale_unregistered_joins(session: Session, arrived_before: float) -> list[tuple[str, int]]:
     """Unregistered models whose last event arrived before ``arrived_before`` (wall clock), with their
     waiting events; rows written before arrival times were kept count as stale."""
     table = JoinStats.__table__
-    return [(model_id, int(n)) for model_id, n in session.execute(
-        select(table.c.model_id, table.c.pending_predictions + table.c.pending_labels).where(
-            _unregistered(table.c.model_id),
-            (table.c.arrived_at < arrived_before) | table.c.arrived_at.is_(None)).order_by(table.c.model_id))]
+    return [
+        (model_id, int(n))
+        for model_id, n in session.execute(
+            select(table.c.model_id, table.c.pending_predictions + table.c.pending_labels)
+            .where(
+                _unregistered(table.c.model_id), (table.c.arrived_at < arrived_before) | table.c.arrived_at.is_(None)
+            )
+            .order_by(table.c.model_id)
+        )
+    ]
 
 
 def forget_model(session: Session, model_id: str) -> None:
@@ -561,8 +741,9 @@ def add_schema_mismatches(session: Session, counts: Iterable[MismatchCount], now
     for c in counts:
         row = session.get(SchemaMismatch, (c.model_id, c.reason))
         if row is None:
-            row = SchemaMismatch(model_id=c.model_id, reason=c.reason, predictions=0, dead_lettered=0,
-                                 first_seen_at=now)
+            row = SchemaMismatch(
+                model_id=c.model_id, reason=c.reason, predictions=0, dead_lettered=0, first_seen_at=now
+            )
             session.add(row)
         row.predictions += c.predictions
         row.dead_lettered += c.dead_lettered

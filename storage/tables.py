@@ -3,6 +3,7 @@
 Event times are stored as float seconds since the epoch (UTC): portable across
 SQLite and PostgreSQL and cheap to compare for windows and expiry.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Text
@@ -70,6 +71,7 @@ class SchemaMismatch(Base):
     number). A prediction with several faults counts once under each.
     Bounded: three rows per registered model at most.
     """
+
     __tablename__ = "schema_mismatches"
 
     model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -90,6 +92,7 @@ class UnregisteredModel(Base):
     ``OTHER_UNREGISTERED``): a producer with a typo in its model id, or an
     attacker inventing ids, cannot grow it.
     """
+
     __tablename__ = "unregistered_models"
 
     model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -159,7 +162,7 @@ class ModelVersion(Base):
     version: Mapped[str] = mapped_column(String(200), primary_key=True)
     stage: Mapped[str] = mapped_column(String(20))  # candidate | champion | archived | rejected
     created_at: Mapped[float] = mapped_column(Float)
-    profile: Mapped[str] = mapped_column(Text)       # ReferenceProfile JSON
+    profile: Mapped[str] = mapped_column(Text)  # ReferenceProfile JSON
     drift_config: Mapped[str] = mapped_column(Text)  # DriftConfig JSON
     feature_schema: Mapped[str] = mapped_column(Text, default="{}")
     model_card: Mapped[str] = mapped_column(Text, default="{}")
@@ -273,7 +276,7 @@ class LabelledPair(Base):
     label_ts: Mapped[float] = mapped_column(Float)
     features: Mapped[str] = mapped_column(Text)
     prediction: Mapped[str] = mapped_column(Text)  # JSON scalar
-    label: Mapped[str] = mapped_column(Text)       # JSON scalar
+    label: Mapped[str] = mapped_column(Text)  # JSON scalar
     error: Mapped[float] = mapped_column(Float)
     score_loss: Mapped[float | None] = mapped_column(Float)
 
@@ -322,7 +325,7 @@ class RetrainRequest(Base):
     version: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))  # open | closed
     created_ts: Mapped[float] = mapped_column(Float)  # event time of the triggering alert
-    alert_ids: Mapped[str] = mapped_column(Text)      # JSON list
+    alert_ids: Mapped[str] = mapped_column(Text)  # JSON list
     cloudevent: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str | None] = mapped_column(Text)
 
@@ -358,7 +361,7 @@ class TrainingRun(Base):
     candidate_version: Mapped[str | None] = mapped_column(String(200))
     # accepted -> waiting (for data after the change) -> running -> promoted | rejected | gave_up | failed
     status: Mapped[str] = mapped_column(String(20))
-    trigger: Mapped[str] = mapped_column(Text)         # JSON: reason, alert ids, change time, data policy
+    trigger: Mapped[str] = mapped_column(Text)  # JSON: reason, alert ids, change time, data policy
     accepted_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)

@@ -1,4 +1,5 @@
 """Shared fixtures: a real embedded broker, a real database, helpers to drive the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -113,13 +114,24 @@ class Env:
         self.prefix = f"t{uuid.uuid4().hex[:10]}."
         self.group_id = f"g{uuid.uuid4().hex[:10]}"
         self.topics = Topics(self.prefix)
-        self.settings = load_settings({"kafka_bootstrap_servers": self.bootstrap, "db_url": db_url,
-                                       "topic_prefix": self.prefix, "group_id": self.group_id,
-                                       "wait_for_registration": True, "unregistered_max_pending": 10**8},
-                                      MonitorSettings)
+        self.settings = load_settings(
+            {
+                "kafka_bootstrap_servers": self.bootstrap,
+                "db_url": db_url,
+                "topic_prefix": self.prefix,
+                "group_id": self.group_id,
+                "wait_for_registration": True,
+                "unregistered_max_pending": 10**8,
+            },
+            MonitorSettings,
+        )
         self.create_topics(partitions)
-        self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, enable_idempotence=False,
-                                      max_in_flight_requests_per_connection=1)
+        self.producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
+        )
         self.engine = db.make_engine(db_url)
         db.migrate(self.engine)
         self.artifacts_dir = Path(tempfile.mkdtemp(prefix="artifacts-"))
@@ -134,37 +146,67 @@ class Env:
 
     def counts(self) -> tuple[int, int, int]:
         """(predictions, labels, duplicates) over every model."""
-        return tuple(int(self.scalar(f"SELECT COALESCE(SUM({column}), 0) FROM model_stats"))
-                     for column in ("predictions", "labels", "duplicates"))
+        return tuple(
+            int(self.scalar(f"SELECT COALESCE(SUM({column}), 0) FROM model_stats"))
+            for column in ("predictions", "labels", "duplicates")
+        )
 
     def status(self) -> dict:
         """``undertow status --json`` as a user runs it."""
         import json
-        done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "status", "--json", *self.cli_args()], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+
+        done = subprocess.run(
+            [sys.executable, "-m", "undertow.worker.cli", "status", "--json", *self.cli_args()],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     def cli_args(self, group: str | None = None) -> list[str]:
-        return ["--bootstrap-servers", self.bootstrap, "--db-url", self.db_url, "--topic-prefix", self.prefix,
-                "--group-id", group or self.group_id, "--artifacts-dir", str(self.artifacts_dir)]
+        return [
+            "--bootstrap-servers",
+            self.bootstrap,
+            "--db-url",
+            self.db_url,
+            "--topic-prefix",
+            self.prefix,
+            "--group-id",
+            group or self.group_id,
+            "--artifacts-dir",
+            str(self.artifacts_dir),
+        ]
 
-    def start_monitor(self, *extra: str, env: dict | None = None, db_url: str | None = None,
-                      log_level: str = "WARNING") -> subprocess.Popen:
+    def start_monitor(
+        self, *extra: str, env: dict | None = None, db_url: str | None = None, log_level: str = "WARNING"
+    ) -> subprocess.Popen:
         """The monitor as the CLI runs it; its output goes to a file (``log_of``), never a pipe that could fill."""
         return self.start_service("monitor", *extra, env=env, db_url=db_url, log_level=log_level)
 
     def start_trainer(self, *extra: str, env: dict | None = None, log_level: str = "INFO") -> subprocess.Popen:
         return self.start_service("trainer", *extra, env=env, log_level=log_level, group=self.group_id + "-trainer")
 
-    def start_service(self, command: str, *extra: str, env: dict | None = None, db_url: str | None = None,
-                      log_level: str = "WARNING", group: str | None = None, cwd: Path = REPO) -> subprocess.Popen:
+    def start_service(
+        self,
+        command: str,
+        *extra: str,
+        env: dict | None = None,
+        db_url: str | None = None,
+        log_level: str = "WARNING",
+        group: str | None = None,
+        cwd: Path = REPO,
+    ) -> subprocess.Popen:
         args = self.cli_args(group) if db_url is None else [*self.cli_args(group), "--db-url", db_url]
         log_file = tempfile.NamedTemporaryFile(prefix=f"{command}-", suffix=".log", delete=False)
         proc = subprocess.Popen(
             [sys.executable, "-m", "undertow.worker.cli", "--log-level", log_level, command, *args, *extra],
-            cwd=cwd, env={**os.environ, **WAIT_FOR_REGISTRATION, **(env or {})}, stdout=log_file,
-            stderr=subprocess.STDOUT)
+            cwd=cwd,
+            env={**os.environ, **WAIT_FOR_REGISTRATION, **(env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
         log_file.close()
         proc.log_path = log_file.name
         self.processes.append(proc)
@@ -174,8 +216,9 @@ class Env:
     def log_of(proc: subprocess.Popen, tail: int = 3000) -> str:
         return Path(proc.log_path).read_text(errors="replace")[-tail:]
 
-    def drain(self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None,
-              db_url: str | None = None) -> str:
+    def drain(
+        self, idle: float = 3.0, timeout: float = 120.0, env: dict | None = None, db_url: str | None = None
+    ) -> str:
         """Run the monitor until its input has been idle for ``idle`` seconds; its log."""
         proc = self.start_monitor("--until-idle", str(idle), env=env, db_url=db_url)
         try:
@@ -219,6 +262,7 @@ class Env:
         ``rate`` paces the records per second (pacing the producer, not synchronisation).
         """
         from undertow.worker.dev.sample import encode
+
         topics = {"prediction": self.topics.predictions, "label": self.topics.labels}
         sent, start, futures = 0, time.monotonic(), []
         for kind, event in items:
@@ -233,9 +277,11 @@ class Env:
         assert not failed, f"{len(failed)} records were not produced: {failed[:3]}"
         return sent
 
-    def send_events(self, pairs, rate: float | None = None, labels: bool = True,
-                    duplicate_every: int | None = None) -> int:
+    def send_events(
+        self, pairs, rate: float | None = None, labels: bool = True, duplicate_every: int | None = None
+    ) -> int:
         """Produce (prediction, label) pairs; every ``duplicate_every``-th prediction twice."""
+
         def items():
             for i, (prediction, label) in enumerate(pairs):
                 yield "prediction", prediction
@@ -243,6 +289,7 @@ class Env:
                     yield "label", label
                 if duplicate_every and i % duplicate_every == 0:
                     yield "prediction", prediction
+
         return self.send_sequence(items(), rate)
 
     def register_reference(self, stream, model_id: str = "housing", rows: int = 5000, **config) -> None:
@@ -250,17 +297,26 @@ class Env:
         from undertow.models import registry
         from undertow.models.reference import load_reference
         from undertow.worker.dev.sample import write_reference_csv
+
         path = Path(tempfile.mkdtemp()) / "reference.csv"
         write_reference_csv(stream, path, rows)
         reference = load_reference(path, target="target", prediction="prediction")
         with db.make_session_factory(self.engine).begin() as session:
-            registry.register(session, model_id=model_id, profile=reference.profile, artifacts_dir=path.parent,
-                              drift_config=registry.DriftConfig(**config), baseline_error=reference.baseline_error,
-                              error_sample=reference.error_sample, test_set=reference.test_set,
-                              data_sha256=reference.data_sha256)
+            registry.register(
+                session,
+                model_id=model_id,
+                profile=reference.profile,
+                artifacts_dir=path.parent,
+                drift_config=registry.DriftConfig(**config),
+                baseline_error=reference.baseline_error,
+                error_sample=reference.error_sample,
+                test_set=reference.test_set,
+                data_sha256=reference.data_sha256,
+            )
 
-    def run_with_kills(self, produce: Callable[[], None], seed: int, min_kills: int = 3, max_kills: int = 5,
-                       env: dict | None = None) -> int:
+    def run_with_kills(
+        self, produce: Callable[[], None], seed: int, min_kills: int = 3, max_kills: int = 5, env: dict | None = None
+    ) -> int:
         """Run ``produce`` in a thread while the monitor is SIGKILLed at random moments, then drain."""
         rng = random.Random(seed)
         sent: list[int] = []  # records produced, once the producer is done
@@ -274,8 +330,11 @@ class Env:
                 before = progress()
                 # Or nothing is left: a monitor that keeps up may have processed every record before its kill
                 # while the producer thread was still closing.
-                wait_for(lambda: progress() > before or proc.poll() is not None or (sent and before >= sent[0]), 90,
-                         "the restarted monitor to make progress")
+                wait_for(
+                    lambda: progress() > before or proc.poll() is not None or (sent and before >= sent[0]),
+                    90,
+                    "the restarted monitor to make progress",
+                )
                 assert proc.poll() is None, self.log_of(proc)
                 time.sleep(rng.uniform(0.0, 1.5))  # a random moment to crash at, not synchronisation
                 proc.send_signal(signal.SIGKILL)

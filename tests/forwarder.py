@@ -1,4 +1,5 @@
 """A TCP forwarder on loopback whose link can be cut: a database outage as the client sees it."""
+
 from __future__ import annotations
 
 import socket

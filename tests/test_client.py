@@ -1,5 +1,6 @@
 """undertow.client against the embedded broker: records the monitor accepts, refusals that send nothing,
 and the monitor counting and joining what the client logged (issue 30)."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,19 @@ def _client(env, **options) -> Client:
 
 def _end_offsets(env, topic: str) -> int:
     from undertow.worker.runtime.transport import log_end_offsets
+
     return sum(log_end_offsets(env.settings, [], topics=[topic]).values())
 
 
 def test_records_land_keyed_by_model_as_compact_json_the_monitor_accepts(env):
     with _client(env) as client:
-        event_id = client.log_prediction("housing", {"x": np.float64(1.5), "n": np.int64(3), "c": "red", "z": None,
-                                                     "m": np.float64("nan")},
-                                         np.float32(2.5), ts="2026-11-27T15:06:28.5+01:00", model_version=3)
+        event_id = client.log_prediction(
+            "housing",
+            {"x": np.float64(1.5), "n": np.int64(3), "c": "red", "z": None, "m": np.float64("nan")},
+            np.float32(2.5),
+            ts="2026-11-27T15:06:28.5+01:00",
+            model_version=3,
+        )
         client.log_label("housing", event_id, 2.0, ts=datetime(2026, 11, 28, 9, tzinfo=UTC))
         assert client.flush() == 0
         assert (client.delivered, client.undelivered, client.pending) == (2, 0, 0)
@@ -37,13 +43,19 @@ def test_records_land_keyed_by_model_as_compact_json_the_monitor_accepts(env):
     [label] = env.read_all(env.topics.labels, 1)
     assert prediction.key == label.key == b"housing"
     assert len(event_id) == 32 and int(event_id, 16) >= 0  # uuid4 hex
-    assert prediction.value == (
-        '{"event_id":"%s","model_id":"housing","ts":"2026-11-27T14:06:28.500000Z","model_version":"3",'
-        '"features":{"x":1.5,"n":3,"c":"red","z":null,"m":null},"prediction":2.5}' % event_id).encode()
+    assert (
+        prediction.value
+        == (
+            '{"event_id":"%s","model_id":"housing","ts":"2026-11-27T14:06:28.500000Z","model_version":"3",'
+            '"features":{"x":1.5,"n":3,"c":"red","z":null,"m":null},"prediction":2.5}' % event_id
+        ).encode()
+    )
     event = parse_prediction(prediction.value, DEFAULT_MAX_EVENT_BYTES)
     assert (event.features["n"], event.features["z"], event.model_version) == (3, None, "3")
-    assert label.value == ('{"event_id":"%s","model_id":"housing","ts":"2026-11-28T09:00:00Z","label":2.0}'
-                           % event_id).encode()
+    assert (
+        label.value
+        == ('{"event_id":"%s","model_id":"housing","ts":"2026-11-28T09:00:00Z","label":2.0}' % event_id).encode()
+    )
     assert parse_label(label.value, DEFAULT_MAX_EVENT_BYTES).event_id == event_id
 
 
@@ -63,12 +75,16 @@ def test_settings_as_the_services_take_them(env, monkeypatch):
 def test_a_dataframe_of_1000_rows_with_numpy_dtypes_and_missing_values(env):
     n = 1000
     rng = np.random.default_rng(4)
-    frame = pd.DataFrame({
-        "f64": rng.normal(size=n), "f32": rng.normal(size=n).astype(np.float32),
-        "i64": rng.integers(0, 100, size=n), "i8": rng.integers(0, 5, size=n).astype(np.int8),
-        "region": pd.Categorical(rng.choice(["north", "south"], size=n)),
-        "nullable": pd.array([1, None] * (n // 2), dtype="Int64"),
-    })
+    frame = pd.DataFrame(
+        {
+            "f64": rng.normal(size=n),
+            "f32": rng.normal(size=n).astype(np.float32),
+            "i64": rng.integers(0, 100, size=n),
+            "i8": rng.integers(0, 5, size=n).astype(np.int8),
+            "region": pd.Categorical(rng.choice(["north", "south"], size=n)),
+            "nullable": pd.array([1, None] * (n // 2), dtype="Int64"),
+        }
+    )
     frame.loc[7, "f64"] = np.nan
     frame.loc[8, "region"] = np.nan
     predictions = rng.normal(size=n)
@@ -89,13 +105,16 @@ def test_a_dataframe_of_1000_rows_with_numpy_dtypes_and_missing_values(env):
     assert first.ts == datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda row, p: (row, float("nan")), "row 3: prediction: must be a finite number"),
-    (lambda row, p: ({**row, "x": [1, 2]}, p), "row 3: features.x: must be a number, a string or null"),
-    (lambda row, p: ({**row, "c": "r" * 300_000}, p), "row 3: features.c: the event would be"),
-    (lambda row, p: ({**row, "c": "a\nb"}, p), "row 3: features.c: must not contain control characters"),
-    (lambda row, p: ({**row, 5: 1.0}, p), "row 3: features: feature names must be strings"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda row, p: (row, float("nan")), "row 3: prediction: must be a finite number"),
+        (lambda row, p: ({**row, "x": [1, 2]}, p), "row 3: features.x: must be a number, a string or null"),
+        (lambda row, p: ({**row, "c": "r" * 300_000}, p), "row 3: features.c: the event would be"),
+        (lambda row, p: ({**row, "c": "a\nb"}, p), "row 3: features.c: must not contain control characters"),
+        (lambda row, p: ({**row, 5: 1.0}, p), "row 3: features: feature names must be strings"),
+    ],
+)
 def test_a_bad_row_raises_naming_the_field_and_sends_nothing(env, change, field):
     rows = [{"x": float(i), "c": "red"} for i in range(10)]
     predictions = [float(i) for i in range(10)]
@@ -113,8 +132,11 @@ def test_a_bad_row_raises_naming_the_field_and_sends_nothing(env, change, field)
 
 def test_single_events_refused_name_the_field(env):
     with _client(env) as client:
-        with pytest.raises(InvalidEvent, match=r"^log_prediction refused the event, nothing was sent: ts: "
-                                               r"2026-11-01T00:00:00 is a naive datetime"):
+        with pytest.raises(
+            InvalidEvent,
+            match=r"^log_prediction refused the event, nothing was sent: ts: "
+            r"2026-11-01T00:00:00 is a naive datetime",
+        ):
             client.log_prediction("housing", {"x": 1.0}, 1.0, ts=datetime(2026, 11, 1))
         with pytest.raises(InvalidEvent, match="ts: .* is more than 3600 s in the future"):
             client.log_prediction("housing", {"x": 1.0}, 1.0, ts=datetime.now(UTC) + timedelta(hours=2))
@@ -138,23 +160,44 @@ def test_scores_with_integer_class_keys_become_string_keys(env):
         client.log_prediction("churn", {"x": 1.0}, 1, scores=np.array([0.25, 0.75]), classes=classes)
         frame = pd.DataFrame({"x": [1.0, 2.0]})
         # predict_proba's rows may sum a rounding step past 1: 1.0000000000000002 is sent as 1.0.
-        client.log_predictions("churn", frame, np.array([0, 1]),
-                               scores=np.array([[0.9, 0.1], [-1e-17, 1.0000000000000002]]), classes=classes)
-        client.log_predictions("churn", frame, np.array([1.0, 0.0]),
-                               scores=pd.DataFrame({1.0: [0.6, 0.2], 0.0: [0.4, 0.8]}))
+        client.log_predictions(
+            "churn",
+            frame,
+            np.array([0, 1]),
+            scores=np.array([[0.9, 0.1], [-1e-17, 1.0000000000000002]]),
+            classes=classes,
+        )
+        client.log_predictions(
+            "churn", frame, np.array([1.0, 0.0]), scores=pd.DataFrame({1.0: [0.6, 0.2], 0.0: [0.4, 0.8]})
+        )
         assert client.flush() == 0
     events = [parse_prediction(r.value, DEFAULT_MAX_EVENT_BYTES) for r in env.read_all(env.topics.predictions, 6)]
-    assert sorted(map(str, (e.scores for e in events))) == sorted(map(str, [
-        {"0": 0.3, "1": 0.7}, {"0": 0.25, "1": 0.75}, {"0": 0.9, "1": 0.1}, {"0": 0.0, "1": 1.0},
-        {"1": 0.6, "0": 0.4}, {"1": 0.2, "0": 0.8}]))
+    assert sorted(map(str, (e.scores for e in events))) == sorted(
+        map(
+            str,
+            [
+                {"0": 0.3, "1": 0.7},
+                {"0": 0.25, "1": 0.75},
+                {"0": 0.9, "1": 0.1},
+                {"0": 0.0, "1": 1.0},
+                {"1": 0.6, "0": 0.4},
+                {"1": 0.2, "0": 0.8},
+            ],
+        )
+    )
     assert {type(e.prediction) for e in events} == {int, float}
 
 
 def test_boolean_classes_are_sent_as_their_text_as_the_server_answers_them(env):
     classes = np.array([False, True])
     with _client(env) as client:
-        ids = client.log_predictions("churn", pd.DataFrame({"x": [1.0, 2.0]}), np.array([True, False]),
-                                     scores=np.array([[0.2, 0.8], [0.9, 0.1]]), classes=classes)
+        ids = client.log_predictions(
+            "churn",
+            pd.DataFrame({"x": [1.0, 2.0]}),
+            np.array([True, False]),
+            scores=np.array([[0.2, 0.8], [0.9, 0.1]]),
+            classes=classes,
+        )
         client.log_label("churn", ids[0], np.bool_(True))
         client.log_labels("churn", ids[1:], pd.Series([False]))
         assert client.flush() == 0
@@ -173,12 +216,18 @@ def test_with_the_broker_paused_the_bound_holds_and_what_is_lost_is_counted_once
     from undertow.worker.runtime.settings import Settings
     from undertow.worker.runtime.topics import Topics, ensure_topics
     from undertow.worker.runtime.transport import make_admin
+
     with EmbeddedBroker() as own:  # paused below: the shared broker stays out of it
         admin = make_admin(Settings(kafka_bootstrap_servers=own.bootstrap_servers))
         ensure_topics(admin, Topics(env.prefix), 1)
         admin.close()
-        client = Client(bootstrap_servers=own.bootstrap_servers, topic_prefix=env.prefix, max_pending=10,
-                        max_block=0.3, delivery_timeout=2.0)
+        client = Client(
+            bootstrap_servers=own.bootstrap_servers,
+            topic_prefix=env.prefix,
+            max_pending=10,
+            max_block=0.3,
+            delivery_timeout=2.0,
+        )
         try:
             client.log_predictions("housing", [{"x": 1.0}] * 5, [1.0] * 5)
             assert client.flush() == 0 and client.delivered == 5
@@ -226,14 +275,17 @@ def test_end_to_end_the_monitor_counts_and_joins_what_the_client_logged(env):
 
 def test_monitored_model_logs_its_batch_predictions(env):
     from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
     model = LogisticRegression().fit(frame, (frame["a"] > 0).astype(int))
     with _client(env) as client:
         predictions, ids = client.monitored(model, "churn", model_version="2").predict(frame.to_numpy())
         assert client.flush() == 0
-    events = {e.event_id: e for e in (parse_prediction(r.value, DEFAULT_MAX_EVENT_BYTES)
-                                      for r in env.read_all(env.topics.predictions, 200))}
+    events = {
+        e.event_id: e
+        for e in (parse_prediction(r.value, DEFAULT_MAX_EVENT_BYTES) for r in env.read_all(env.topics.predictions, 200))
+    }
     first = events[ids[0]]
     assert first.prediction == predictions[0] and set(first.scores) == {"0", "1"}
     assert first.model_version == "2" and set(first.features) == {"a", "b", "c"}
@@ -244,6 +296,7 @@ def test_no_broker_is_one_clear_error_within_seconds_not_half_a_minute():
     import socket
 
     from undertow.worker.runtime.transport import BrokerUnavailable
+
     with socket.socket() as placeholder:  # a port nobody listens on: bound, never listening
         placeholder.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{placeholder.getsockname()[1]}"

@@ -2,6 +2,7 @@
 accepted by the settings of the service that reads it, every command exists in the CLI, the start-up
 order holds (topics before the services, health checks behind every condition), and every Undertow
 service gets a signing key that compose refuses to go without."""
+
 import re
 import shlex
 from pathlib import Path
@@ -34,6 +35,7 @@ _VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:\?|
 
 def _interpolate(value: str, environ: dict[str, str]) -> str:
     """Compose's interpolation of ${NAME}, ${NAME:-default}, ${NAME:?message} and $$ (the forms used here)."""
+
     def substitute(match: re.Match) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -42,6 +44,7 @@ def _interpolate(value: str, environ: dict[str, str]) -> str:
         if op == ":?" and not given:
             raise MissingVariable(f"{name}: {arg}")
         return given or (arg if op == ":-" else "")
+
     return _VARIABLE.sub(substitute, value)
 
 
@@ -53,8 +56,9 @@ def test_the_undertow_services_run_cli_commands_that_exist_with_settings_that_ar
         command = service["command"] if isinstance(service["command"], list) else shlex.split(service["command"])
         args = parser.parse_args(command)  # exits (fails the test) on an unknown command or flag
         cls = SETTINGS[command[0]]
-        env = {k: _interpolate(str(v), {"UNDERTOW_SIGNING_KEY": "a-test-key"})
-               for k, v in service["environment"].items()}
+        env = {
+            k: _interpolate(str(v), {"UNDERTOW_SIGNING_KEY": "a-test-key"}) for k, v in service["environment"].items()
+        }
         assert all(k.startswith("UNDERTOW_") for k in env), env
         unknown = [k for k in env if k.removeprefix("UNDERTOW_").lower() not in cls.model_fields]
         assert unknown == [], f"{name}: {unknown} are not settings of {cls.__name__}"
@@ -87,7 +91,7 @@ def test_start_up_order_waits_for_healthy_dependencies_and_the_topics(compose):
     script = services["kafka-init"]["command"][0]
     for topic in ("predictions", "labels", "retrain", "models", "alerts", "predictions.DLT", "labels.DLT"):
         assert f" {topic} " in f" {script.split('for topic in ')[1].split(';')[0]} ", topic
-    assert (REPO / "Dockerfile").read_text().count("ENTRYPOINT [\"undertow\"]") == 1
+    assert (REPO / "Dockerfile").read_text().count('ENTRYPOINT ["undertow"]') == 1
 
 
 def test_every_undertow_service_gets_the_signing_key_and_compose_refuses_to_start_without_one(compose):

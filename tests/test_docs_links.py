@@ -8,6 +8,7 @@ targets), lowercased, every character that is not a letter, a digit, ``_``, ``-`
 turned into hyphens; a repeated heading gets ``-1``, ``-2``, ... An ``<a id="...">`` or ``name="..."`` in a
 page is an anchor too.
 """
+
 from __future__ import annotations
 
 import re
@@ -131,13 +132,18 @@ def test_every_docs_page_is_in_the_index_and_the_index_in_the_readme():
 def test_the_checker_finds_a_missing_file_a_missing_anchor_and_accepts_the_good_ones(tmp_path):
     (tmp_path / "other.md").write_text("# Other page\n\n## Same\n\n## Same\n\n```\n# not a heading\n```\n")
     page = tmp_path / "page.md"
-    page.write_text("# A page: with `code`\n\n"
-                    "[ok](other.md) [ok](other.md#same-1) [ok](#a-page-with-code) [ok](https://example.org/x)\n"
-                    "[gone](missing.md) [bad](other.md#not-a-heading) [bad](#nowhere) [bad](other.md#same-2)\n"
-                    "`[in code](missing-too.md)`\n<!-- [commented](missing-three.md) -->\n"
-                    "```\n[fenced](missing-four.md)\n```\n[ref]: also-missing.md\n")
+    page.write_text(
+        "# A page: with `code`\n\n"
+        "[ok](other.md) [ok](other.md#same-1) [ok](#a-page-with-code) [ok](https://example.org/x)\n"
+        "[gone](missing.md) [bad](other.md#not-a-heading) [bad](#nowhere) [bad](other.md#same-2)\n"
+        "`[in code](missing-too.md)`\n<!-- [commented](missing-three.md) -->\n"
+        "```\n[fenced](missing-four.md)\n```\n[ref]: also-missing.md\n"
+    )
     broken = broken_links([page])
     assert [line.split(": ", 1)[1] for line in broken] == [
-        "missing.md: no such file", "other.md#not-a-heading: no heading with this anchor in other.md",
+        "missing.md: no such file",
+        "other.md#not-a-heading: no heading with this anchor in other.md",
         "#nowhere: no heading with this anchor in page.md",
-        "other.md#same-2: no heading with this anchor in other.md", "also-missing.md: no such file"], broken
+        "other.md#same-2: no heading with this anchor in other.md",
+        "also-missing.md: no such file",
+    ], broken

@@ -27,6 +27,7 @@ Then the acceptance of issue 30: the model card says ``classification`` and ``Lo
 and the estimated accuracy are on (a concept alert on the ``log_loss`` metric besides the ``misclassification``
 one; ``estimated_accuracy`` in ``status --json``); ``report.html`` is an Undertow report.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,9 +97,12 @@ class Walkthrough:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def run(self, command: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(["bash", "-c", command], cwd=self.folder, env=self.env, capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT)
-        assert done.returncode == 0, f"{command!r} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=STEP_TIMEOUT
+        )
+        assert done.returncode == 0, (
+            f"{command!r} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
         self.outputs[command] = done
         return done
 
@@ -109,21 +113,25 @@ class Walkthrough:
         executable = shutil.which(argv[0], path=self.env["PATH"])
         assert executable, f"{argv[0]} is not on the venv's PATH"
         with open(self.folder / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen([executable, *argv[1:]], cwd=self.folder, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [executable, *argv[1:]], cwd=self.folder, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         self.background[name] = proc
 
         def alive() -> None:
             assert proc.poll() is None, f"undertow {name} exited with {proc.returncode}:\n{self.log(name)}"
 
         if name == "broker":
+
             def ready():
                 alive()
                 return f"bootstrap servers: {self.bootstrap}" in self.log(name)
         else:
+
             def ready():
                 alive()
                 return self.input_topics_exist()
+
         try:
             wait_for(ready, READY_TIMEOUT, f"undertow {name} to be ready", interval=0.2)
         except AssertionError as exc:
@@ -150,6 +158,7 @@ class Walkthrough:
             partitions = [p for p in self.status()["partitions"] if p["topic"] in inputs]
             written = sum(p["end_offset"] or 0 for p in partitions)
             return written > 0 and all(p["lag"] == 0 for p in partitions)
+
         try:
             wait_for(caught_up, READY_TIMEOUT, "the monitor to consume every prediction and label", interval=0.5)
         except AssertionError as exc:
@@ -181,15 +190,13 @@ def walkthrough(tmp_path):
     venv_bin = Path(sys.executable).parent  # the venv's bin, not resolved: its python is the venv's
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNDERTOW_")}
     bootstrap = f"127.0.0.1:{free_port()}"
-    env.update({"UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"})
+    env.update({"UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"})
     world = Walkthrough(folder, env, bootstrap)
     yield world
     world.close()
 
 
-def test_the_readmes_own_model_walkthrough_runs_from_a_logistic_regression_to_a_concept_alert_and_a_report(
-        walkthrough):
+def test_the_readmes_own_model_walkthrough_runs_from_a_logistic_regression_to_a_concept_alert_and_a_report(walkthrough):
     blocks = walkthrough_blocks((REPO / "README.md").read_text(encoding="utf-8"))
     assert {b.language for b in blocks} == {"python", "sh"}, [b.language for b in blocks]
     ran: list[str] = []
@@ -197,8 +204,14 @@ def test_the_readmes_own_model_walkthrough_runs_from_a_logistic_regression_to_a_
         if block.language == "python":
             script = walkthrough.folder / f"walkthrough_{i}.py"
             script.write_text(block.code)
-            done = subprocess.run([sys.executable, script.name], cwd=walkthrough.folder, env=walkthrough.env,
-                                  capture_output=True, text=True, timeout=STEP_TIMEOUT)
+            done = subprocess.run(
+                [sys.executable, script.name],
+                cwd=walkthrough.folder,
+                env=walkthrough.env,
+                capture_output=True,
+                text=True,
+                timeout=STEP_TIMEOUT,
+            )
             assert done.returncode == 0, f"README.md:{block.line}: the python block failed:\n{done.stderr[-3000:]}"
             if "monitor" in walkthrough.background:
                 walkthrough.wait_for_the_monitor()
@@ -211,12 +224,20 @@ def test_the_readmes_own_model_walkthrough_runs_from_a_logistic_regression_to_a_
             else:
                 walkthrough.run(command)
             ran.append(" ".join(argv[:3]))
-    for needed in ("undertow models register", "undertow broker", "undertow monitor", "undertow status",
-                   "undertow alerts --model-id", "undertow report --model-id"):
+    for needed in (
+        "undertow models register",
+        "undertow broker",
+        "undertow monitor",
+        "undertow status",
+        "undertow alerts --model-id",
+        "undertow report --model-id",
+    ):
         assert any(r.startswith(needed) for r in ran), f"the walkthrough no longer runs {needed!r}: {ran}"
 
     # The card says classification and names the algorithm.
-    register = next(out for command, out in walkthrough.outputs.items() if command.startswith("undertow models register"))
+    register = next(
+        out for command, out in walkthrough.outputs.items() if command.startswith("undertow models register")
+    )
     assert "task: classification" in register.stderr, register.stderr
     card = next(out for command, out in walkthrough.outputs.items() if command.startswith("undertow models card"))
     assert "**task**: classification" in card.stdout and "**algorithm**: LogisticRegression" in card.stdout, card.stdout

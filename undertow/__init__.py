@@ -6,6 +6,7 @@ the top of the repository, installed under this name (``package-dir`` in
 server, CLI), ``undertow.models`` (the ML lifecycle and the drift domain)
 and ``undertow.storage`` (persistence).
 """
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

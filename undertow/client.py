@@ -33,6 +33,7 @@ returns ``undelivered``, so a batch job checks it once at the end. At most
 ``max_pending`` records wait for the broker (kafka-python 3 buffers without
 a bound of its own); past it a call waits for acknowledgements.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,11 @@ __all__ = ["Client", "InvalidEvent", "Monitored"]
 
 log = logging.getLogger(__name__)
 
-_SECURITY = frozenset(name[len("kafka_"):] for name in Settings.model_fields
-                      if name.startswith("kafka_") and name != "kafka_bootstrap_servers")
+_SECURITY = frozenset(
+    name[len("kafka_") :]
+    for name in Settings.model_fields
+    if name.startswith("kafka_") and name != "kafka_bootstrap_servers"
+)
 _SCALARS = frozenset({str, float, int, type(None)})
 # Problems listed in an InvalidEvent's message (all of them are in .problems).
 _SHOWN = 5
@@ -139,8 +143,9 @@ def _scores(scores: object, classes: Sequence | None) -> dict | None:
         return None
     if not isinstance(scores, Mapping):
         if classes is None:
-            raise _Refused(("scores",), "give the classes (e.g. classes=model.classes_) with scores that are "
-                                        "not a dict")
+            raise _Refused(
+                ("scores",), "give the classes (e.g. classes=model.classes_) with scores that are not a dict"
+            )
         values = list(np.asarray(scores).ravel())
         if len(values) != len(classes):
             raise _Refused(("scores",), f"{len(values)} scores for {len(classes)} classes")
@@ -164,8 +169,12 @@ def _utc_text(ts: object, max_ahead: float | None, loc: tuple = ("ts",)) -> str:
     if ts is pd.NaT or not isinstance(ts, datetime):
         raise _Refused(loc, f"must be a datetime with a timezone or an RFC 3339 string, not {ts!r}"[:200])
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise _Refused(loc, f"{ts.isoformat()} is a naive datetime: give its timezone, e.g. "
-                            "datetime.now(timezone.utc) or ts.replace(tzinfo=timezone.utc)", str(ts))
+        raise _Refused(
+            loc,
+            f"{ts.isoformat()} is a naive datetime: give its timezone, e.g. "
+            "datetime.now(timezone.utc) or ts.replace(tzinfo=timezone.utc)",
+            str(ts),
+        )
     if isinstance(ts, pd.Timestamp):
         ts = ts.to_pydatetime(warn=False)  # nanoseconds would not parse back as RFC 3339
     try:
@@ -234,9 +243,13 @@ def _placed(problems: list[dict], event: dict, size: int, max_bytes: int) -> lis
     placed = []
     for problem in problems:
         if problem["type"] == "event_too_large":
-            problem = {**problem, "loc": _largest(event),
-                       "msg": f"the event would be {size:,} bytes, over the monitor's max_event_bytes "
-                              f"({max_bytes:,}); the largest value is this one", "input": None}
+            problem = {
+                **problem,
+                "loc": _largest(event),
+                "msg": f"the event would be {size:,} bytes, over the monitor's max_event_bytes "
+                f"({max_bytes:,}); the largest value is this one",
+                "input": None,
+            }
         placed.append(problem)
     return placed
 
@@ -299,10 +312,19 @@ class Client:
     setting.
     """
 
-    def __init__(self, bootstrap_servers: str | Sequence[str] | None = None, topic_prefix: str | None = None, *,
-                 settings: Settings | None = None, max_pending: int = 100_000, max_block: float = 10.0,
-                 delivery_timeout: float = 60.0, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                 max_clock_skew: float | None = 3600.0, **security: Any):
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str] | None = None,
+        topic_prefix: str | None = None,
+        *,
+        settings: Settings | None = None,
+        max_pending: int = 100_000,
+        max_block: float = 10.0,
+        delivery_timeout: float = 60.0,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_clock_skew: float | None = 3600.0,
+        **security: Any,
+    ):
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.settings = _settings(settings, bootstrap_servers, topic_prefix, security)
@@ -333,10 +355,18 @@ class Client:
 
     # -- logging events
 
-    def log_prediction(self, model_id: str, features: Mapping[str, Any], prediction: Any, *,
-                       event_id: str | None = None, ts: datetime | str | None = None,
-                       scores: Mapping | Sequence | np.ndarray | None = None, classes: Sequence | None = None,
-                       model_version: str | None = None) -> str:
+    def log_prediction(
+        self,
+        model_id: str,
+        features: Mapping[str, Any],
+        prediction: Any,
+        *,
+        event_id: str | None = None,
+        ts: datetime | str | None = None,
+        scores: Mapping | Sequence | np.ndarray | None = None,
+        classes: Sequence | None = None,
+        model_version: str | None = None,
+    ) -> str:
         """Validate and send one prediction; its event id (a new uuid4 hex unless given).
 
         ``features``: name -> number, string or None (NaN counts as None);
@@ -344,18 +374,27 @@ class Client:
         """
         self._check_open()
         try:
-            event_id, value = self._prediction(model_id, features, prediction, event_id, ts, scores, classes,
-                                               model_version)
+            event_id, value = self._prediction(
+                model_id, features, prediction, event_id, ts, scores, classes, model_version
+            )
         except (_Refused, _ParserRefused) as exc:
             problems = _problems(exc)
             raise InvalidEvent(_refused_message("log_prediction", problems, None), problems) from None
         self._send(self.topics.predictions, model_id, [value])
         return event_id
 
-    def log_predictions(self, model_id: str, frame: pd.DataFrame | Sequence[Mapping], predictions: Iterable, *,
-                        scores: np.ndarray | pd.DataFrame | Sequence | None = None, classes: Sequence | None = None,
-                        event_ids: Sequence[str] | None = None, ts: Any = None,
-                        model_version: str | None = None) -> list[str]:
+    def log_predictions(
+        self,
+        model_id: str,
+        frame: pd.DataFrame | Sequence[Mapping],
+        predictions: Iterable,
+        *,
+        scores: np.ndarray | pd.DataFrame | Sequence | None = None,
+        classes: Sequence | None = None,
+        event_ids: Sequence[str] | None = None,
+        ts: Any = None,
+        model_version: str | None = None,
+    ) -> list[str]:
         """Validate every row, then send them all; their event ids, in row order.
 
         ``frame``: a DataFrame (one feature per column) or a list of dicts.
@@ -368,14 +407,25 @@ class Client:
         self._check_open()
         rows = _rows(frame)
         n = len(rows)
-        columns = {"predictions": _listed(predictions, n), "scores": _score_rows(scores, classes, n),
-                   "event_ids": _listed(event_ids, n), "ts": _per_row_ts(ts, n)}
+        columns = {
+            "predictions": _listed(predictions, n),
+            "scores": _score_rows(scores, classes, n),
+            "event_ids": _listed(event_ids, n),
+            "ts": _per_row_ts(ts, n),
+        }
         ids, values, problems = [], [], []
         for i in range(n):
             try:
-                event_id, value = self._prediction(model_id, rows[i], columns["predictions"][i],
-                                                   columns["event_ids"][i], columns["ts"][i],
-                                                   columns["scores"][i], classes, model_version)
+                event_id, value = self._prediction(
+                    model_id,
+                    rows[i],
+                    columns["predictions"][i],
+                    columns["event_ids"][i],
+                    columns["ts"][i],
+                    columns["scores"][i],
+                    classes,
+                    model_version,
+                )
             except (_Refused, _ParserRefused) as exc:
                 problems += [{**p, "loc": (i, *p["loc"])} for p in _problems(exc)]
                 continue
@@ -390,8 +440,9 @@ class Client:
         """Validate and send the ground truth of the prediction ``event_id``."""
         self.log_labels(model_id, [event_id], [label], ts=ts, _call="log_label")
 
-    def log_labels(self, model_id: str, event_ids: Sequence[str], labels: Iterable, *, ts: Any = None,
-                   _call: str = "log_labels") -> None:
+    def log_labels(
+        self, model_id: str, event_ids: Sequence[str], labels: Iterable, *, ts: Any = None, _call: str = "log_labels"
+    ) -> None:
         """Validate every label, then send them all (``ts``: one time, or one per label)."""
         self._check_open()
         if isinstance(event_ids, str):
@@ -402,9 +453,12 @@ class Client:
         values, problems = [], []
         for i in range(n):
             try:
-                event = {"event_id": _id(ids[i]), "model_id": model_id,
-                         "ts": _utc_text(times[i], self.max_clock_skew),
-                         "label": _target(("label",), values_in[i])}
+                event = {
+                    "event_id": _id(ids[i]),
+                    "model_id": model_id,
+                    "ts": _utc_text(times[i], self.max_clock_skew),
+                    "label": _target(("label",), values_in[i]),
+                }
                 values.append(_encode(event, parse_label, self.max_event_bytes))
             except (_Refused, _ParserRefused) as exc:
                 problems += [{**p, "loc": (i, *p["loc"])} for p in _problems(exc)]
@@ -454,8 +508,11 @@ class Client:
             self._closed = True
             self._producer.close(timeout=5)
         if self._undelivered:
-            log.error("the Undertow client could not deliver %d of %d records", self._undelivered,
-                      self._undelivered + self._delivered)
+            log.error(
+                "the Undertow client could not deliver %d of %d records",
+                self._undelivered,
+                self._undelivered + self._delivered,
+            )
 
     def __enter__(self) -> Client:
         return self
@@ -469,15 +526,17 @@ class Client:
         if self._closed:
             raise RuntimeError("this Undertow client is closed")
 
-    def _prediction(self, model_id, features, prediction, event_id, ts, scores, classes,
-                    model_version) -> tuple[str, bytes]:
+    def _prediction(
+        self, model_id, features, prediction, event_id, ts, scores, classes, model_version
+    ) -> tuple[str, bytes]:
         event_id = uuid.uuid4().hex if event_id is None else _id(event_id)
         event = {"event_id": event_id, "model_id": model_id, "ts": _utc_text(ts, self.max_clock_skew)}
         if model_version is not None:
             event["model_version"] = _version(model_version)
         if not isinstance(features, Mapping):
-            raise _Refused(("features",), f"must be a mapping of feature names to values, not "
-                                          f"{type(features).__name__}")
+            raise _Refused(
+                ("features",), f"must be a mapping of feature names to values, not {type(features).__name__}"
+            )
         event["features"] = _features(features)
         event["prediction"] = _target(("prediction",), prediction)
         row_scores = _scores(scores, classes)
@@ -489,8 +548,9 @@ class Client:
         key = model_id.encode()  # validated by the parser: the pattern allows ASCII only
         for i, value in enumerate(values):
             if not self._reserve():
-                self._lost(topic, len(values) - i, f"{self._max_pending} records waited for the broker "
-                                                   f"for {self._max_block} s")
+                self._lost(
+                    topic, len(values) - i, f"{self._max_pending} records waited for the broker for {self._max_block} s"
+                )
                 return
             try:
                 future = self._producer.send(topic, key=key, value=value)
@@ -536,8 +596,9 @@ class Client:
                 return
             self._last_log = now
             total = self._undelivered
-        log.error("Undertow client: %d records to %s not delivered (%s); %d undelivered so far", count, topic,
-                  reason, total)
+        log.error(
+            "Undertow client: %d records to %s not delivered (%s); %d undelivered so far", count, topic, reason, total
+        )
 
 
 class Monitored:
@@ -555,10 +616,10 @@ class Monitored:
             X = pd.DataFrame(np.asarray(X), columns=list(names))
         predictions = self.model.predict(X)
         classes = getattr(self.model, "classes_", None)
-        scores = self.model.predict_proba(X) if classes is not None and hasattr(self.model, "predict_proba") \
-            else None
-        ids = self.client.log_predictions(self.model_id, X, predictions, scores=scores, classes=classes,
-                                          model_version=self.model_version)
+        scores = self.model.predict_proba(X) if classes is not None and hasattr(self.model, "predict_proba") else None
+        ids = self.client.log_predictions(
+            self.model_id, X, predictions, scores=scores, classes=classes, model_version=self.model_version
+        )
         return predictions, ids
 
 
@@ -572,8 +633,9 @@ def _settings(settings: Settings | None, bootstrap_servers, topic_prefix, securi
     values = {} if settings is None else settings.model_dump()
     values.update({f"kafka_{name}": value for name, value in security.items()})
     if bootstrap_servers is not None:
-        values["kafka_bootstrap_servers"] = (bootstrap_servers if isinstance(bootstrap_servers, str)
-                                             else ",".join(bootstrap_servers))
+        values["kafka_bootstrap_servers"] = (
+            bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+        )
     if topic_prefix is not None:
         values["topic_prefix"] = topic_prefix
     return load_settings(values, Settings)
@@ -590,12 +652,19 @@ def _producer(settings: Settings, max_pending: int, max_block: float, delivery_t
     if unreachable is not None:
         raise BrokerUnavailable(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers} ({unreachable})")
     try:
-        return KafkaProducer(**client_options(settings), client_id="undertow-client", acks="all", linger_ms=5,
-                             enable_idempotence=False, max_in_flight_requests_per_connection=max_pending + 1,
-                             max_block_ms=int(max_block * 1000),
-                             request_timeout_ms=int(min(10.0, delivery_timeout / 2) * 1000),
-                             delivery_timeout_ms=int(delivery_timeout * 1000), reconnect_backoff_max_ms=1000,
-                             allow_auto_create_topics=False)
+        return KafkaProducer(
+            **client_options(settings),
+            client_id="undertow-client",
+            acks="all",
+            linger_ms=5,
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=max_pending + 1,
+            max_block_ms=int(max_block * 1000),
+            request_timeout_ms=int(min(10.0, delivery_timeout / 2) * 1000),
+            delivery_timeout_ms=int(delivery_timeout * 1000),
+            reconnect_backoff_max_ms=1000,
+            allow_auto_create_topics=False,
+        )
     except KafkaTimeoutError:
         raise BrokerUnavailable(f"no Kafka broker reachable at {settings.kafka_bootstrap_servers}") from None
 

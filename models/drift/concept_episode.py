@@ -8,6 +8,7 @@ End: once the rolling mean has stayed within one standard error of the baseline 
 evaluations, at least a window of labels after the episode began (hysteresis: a drift sitting near the
 threshold would otherwise start episode after episode).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ class Escalated:
 
 @dataclass(frozen=True)
 class Ended:
-    value: float       # the rolling mean
+    value: float  # the rolling mean
     calm_level: float  # one standard error
 
 
@@ -95,10 +96,13 @@ class Episode:
         c = self.config
         self.level = level = float(np.mean(self.level_z))
         self.escalation = escalation = Cusum(
-            c.cusum_k, c.cusum_false_alarm_every,
-            reference_z=np.array(self.level_z) - level if len(self.level_z) >= 100 else None)
-        self.escalation_pt = escalation_pt = PredictionTimeCusum(c.cusum_k, escalation.threshold,
-                                                                 c.pt_bucket_seconds, c.pt_horizon_buckets)
+            c.cusum_k,
+            c.cusum_false_alarm_every,
+            reference_z=np.array(self.level_z) - level if len(self.level_z) >= 100 else None,
+        )
+        self.escalation_pt = escalation_pt = PredictionTimeCusum(
+            c.cusum_k, escalation.threshold, c.pt_bucket_seconds, c.pt_horizon_buckets
+        )
         return escalation, escalation_pt
 
     def escalate(self, z: float, prediction_ts: float) -> Escalated | None:
@@ -116,8 +120,9 @@ class Episode:
             raise ValueError("an episode with a level has its escalation detectors")
         escalation.update(z - level)
         escalation_pt.update(z - level, prediction_ts)
-        fired: Cusum | PredictionTimeCusum | None = escalation if escalation.drift_detected else (
-            escalation_pt if escalation_pt.drift_detected else None)
+        fired: Cusum | PredictionTimeCusum | None = (
+            escalation if escalation.drift_detected else (escalation_pt if escalation_pt.drift_detected else None)
+        )
         if fired is None:
             return None
         change = escalation_pt.change_ts
@@ -141,11 +146,19 @@ class Episode:
         self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
 
     def counts(self) -> EpisodeCounts:
-        return EpisodeCounts(in_episode=self.in_episode, episode_started_label=self.started_label,
-                             episodes=self.episodes, silenced_alarms=self.silenced_alarms,
-                             calm_evaluations=self.calm_evaluations)
+        return EpisodeCounts(
+            in_episode=self.in_episode,
+            episode_started_label=self.started_label,
+            episodes=self.episodes,
+            silenced_alarms=self.silenced_alarms,
+            calm_evaluations=self.calm_evaluations,
+        )
 
     def state(self) -> EpisodeState:
-        return EpisodeState(level_z=self.level_z, level=self.level, level_from=self.level_from,
-                            escalation=None if self.escalation is None else self.escalation.state(),
-                            escalation_pt=None if self.escalation_pt is None else self.escalation_pt.state())
+        return EpisodeState(
+            level_z=self.level_z,
+            level=self.level,
+            level_from=self.level_from,
+            escalation=None if self.escalation is None else self.escalation.state(),
+            escalation_pt=None if self.escalation_pt is None else self.escalation_pt.state(),
+        )

@@ -20,6 +20,7 @@ written before formats were numbered: their rows have ``state_format`` NULL):
 Each upgrade takes format n to n + 1. Some need what the monitor knows besides the blob (the validation
 baseline and its sample, the configuration): ``concept_codec(context)`` closes them over it.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ class Context:
 
 def concept_codec(context: Context, log_loss_context: Context) -> StateCodec[ConceptState]:
     """The codec of a version's concept state (``log_loss_context``: the same for its log-loss stream)."""
+
     def stepwise(step: Callable[[dict[str, Any], Context], None]) -> Callable[[dict[str, Any]], dict[str, Any]]:
         def upgrade(blob: dict[str, Any]) -> dict[str, Any]:
             step(blob, context)
@@ -74,14 +76,22 @@ def concept_codec(context: Context, log_loss_context: Context) -> StateCodec[Con
                 step(inner, log_loss_context)
                 blob["log_loss"] = {**blob["log_loss"], "detectors": json.dumps(inner)}
             return blob
+
         return upgrade
 
-    return StateCodec("concept", ConceptState, current=CURRENT_FORMAT, upgrades={
-        1: lambda blob: _from_1(blob, context),
-        **{n: stepwise(step) for n, step in ((2, _from_2), (3, _from_3), (4, _from_4), (5, _from_5),
-                                             (6, _from_6), (7, _from_7))},
-        8: _from_8,
-    })
+    return StateCodec(
+        "concept",
+        ConceptState,
+        current=CURRENT_FORMAT,
+        upgrades={
+            1: lambda blob: _from_1(blob, context),
+            **{
+                n: stepwise(step)
+                for n, step in ((2, _from_2), (3, _from_3), (4, _from_4), (5, _from_5), (6, _from_6), (7, _from_7))
+            },
+            8: _from_8,
+        },
+    )
 
 
 def legacy_format(blob: str, horizon: int) -> int:
@@ -96,14 +106,20 @@ def legacy_format(blob: str, horizon: int) -> int:
     if "detectors" not in data:
         return 1
     production = data["production"]
-    for key, number in (("tighten_at", 8), ("skewness", 7), ("settled_thresholds", 6), ("first_labels", 5),
-                        ("small_cusum_h", 4)):
+    for key, number in (
+        ("tighten_at", 8),
+        ("skewness", 7),
+        ("settled_thresholds", 6),
+        ("first_labels", 5),
+        ("small_cusum_h", 4),
+    ):
         if key in production:
             return number
     return 2 if len(data["detectors"]["prediction_time_cusum"]) == 4 + horizon else 3
 
 
 # Upgrades, each format n to n + 1 (the detector states positional lists until format 9).
+
 
 def _fresh_prediction_time_cusum(config: DriftConfig) -> list[float]:
     return [math.nan, math.nan, 0.0, 0.0, 0.0, *([0.0] * config.pt_horizon_buckets)]
@@ -115,11 +131,16 @@ def _from_1(blob: dict[str, Any], context: Context) -> dict[str, Any]:
     if context.validation is None:  # format 1 was written only for versions with a baseline error
         raise UndertowError("concept state of format 1 needs the version's validation baseline")
     mean, sd = context.validation
-    detectors = {**blob, "rolling_mean_long": [0, 0.0, math.nan, *([0.0] * c.rolling_long_window)],
-                 "prediction_time_cusum": [math.nan, math.nan, 0.0, 0.0, *([0.0] * c.pt_horizon_buckets)]}
-    return {"detectors": detectors,
-            "production": {"mean": mean, "sd": sd, "errors": None, "cusum_h": None, "labels": None, "refine": None},
-            "episode": {"level_z": [], "level": None, "level_from": None, "escalation": None, "escalation_pt": None}}
+    detectors = {
+        **blob,
+        "rolling_mean_long": [0, 0.0, math.nan, *([0.0] * c.rolling_long_window)],
+        "prediction_time_cusum": [math.nan, math.nan, 0.0, 0.0, *([0.0] * c.pt_horizon_buckets)],
+    }
+    return {
+        "detectors": detectors,
+        "production": {"mean": mean, "sd": sd, "errors": None, "cusum_h": None, "labels": None, "refine": None},
+        "episode": {"level_z": [], "level": None, "level_from": None, "escalation": None, "escalation_pt": None},
+    }
 
 
 def _prefix_sums(state: list[float]) -> list[float]:
@@ -138,8 +159,11 @@ def _from_3(blob: dict[str, Any], context: Context) -> None:
     production = blob["production"]
     blob["detectors"]["prediction_time_cusum_small"] = _fresh_prediction_time_cusum(context.config)
     production["gap_pending"] = False
-    production["small_cusum_h"] = (None if production["cusum_h"] is None
-                                   else _small_threshold(production["cusum_h"], production["labels"], context))
+    production["small_cusum_h"] = (
+        None
+        if production["cusum_h"] is None
+        else _small_threshold(production["cusum_h"], production["labels"], context)
+    )
 
 
 def _small_threshold(cusum_h: float, baseline_labels: int | None, context: Context) -> float:
@@ -174,8 +198,9 @@ def _from_6(blob: dict[str, Any], context: Context) -> None:
 
 def _from_7(blob: dict[str, Any], context: Context) -> None:
     settled = blob["production"].pop("settled_thresholds")
-    blob["production"]["tighten_at"] = (None if settled is None
-                                        else [[context.config.production_refine_labels, *settled]])
+    blob["production"]["tighten_at"] = (
+        None if settled is None else [[context.config.production_refine_labels, *settled]]
+    )
 
 
 def _from_8(blob: dict[str, Any]) -> dict[str, Any]:
@@ -190,19 +215,40 @@ def _from_8(blob: dict[str, Any]) -> dict[str, Any]:
 
 def _typed_stream(blob: dict[str, Any]) -> dict[str, Any]:
     episode = blob["episode"]
-    typed_detectors = {name: (_page_hinkley if name == "page_hinkley" else _rolling_mean if name.startswith(
-        "rolling_mean") else _prediction_time_cusum)(numbers) for name, numbers in blob["detectors"].items()}
-    return {"detectors": typed_detectors, "production": blob["production"],
-            "episode": {**episode,
-                        "escalation": None if episode["escalation"] is None else _cusum(episode["escalation"]),
-                        "escalation_pt": (None if episode["escalation_pt"] is None
-                                          else _prediction_time_cusum(episode["escalation_pt"]))}}
+    typed_detectors = {
+        name: (
+            _page_hinkley
+            if name == "page_hinkley"
+            else _rolling_mean
+            if name.startswith("rolling_mean")
+            else _prediction_time_cusum
+        )(numbers)
+        for name, numbers in blob["detectors"].items()
+    }
+    return {
+        "detectors": typed_detectors,
+        "production": blob["production"],
+        "episode": {
+            **episode,
+            "escalation": None if episode["escalation"] is None else _cusum(episode["escalation"]),
+            "escalation_pt": (
+                None if episode["escalation_pt"] is None else _prediction_time_cusum(episode["escalation_pt"])
+            ),
+        },
+    }
 
 
 def _page_hinkley(numbers: list[float]) -> dict[str, Any]:
     n, mean, sum_increase, sum_decrease, min_increase, max_decrease, detected = numbers
-    return {"n": n, "mean": mean, "sum_increase": sum_increase, "sum_decrease": sum_decrease,
-            "min_increase": min_increase, "max_decrease": max_decrease, "drift_detected": bool(detected)}
+    return {
+        "n": n,
+        "mean": mean,
+        "sum_increase": sum_increase,
+        "sum_decrease": sum_decrease,
+        "min_increase": min_increase,
+        "max_decrease": max_decrease,
+        "drift_detected": bool(detected),
+    }
 
 
 def _cusum(numbers: list[float]) -> dict[str, Any]:
@@ -210,11 +256,21 @@ def _cusum(numbers: list[float]) -> dict[str, Any]:
 
 
 def _rolling_mean(numbers: list[float]) -> dict[str, Any]:
-    return {"count": int(numbers[0]), "drift_detected": bool(numbers[1]),
-            "value": None if math.isnan(numbers[2]) else numbers[2], "values": numbers[3:]}
+    return {
+        "count": int(numbers[0]),
+        "drift_detected": bool(numbers[1]),
+        "value": None if math.isnan(numbers[2]) else numbers[2],
+        "values": numbers[3:],
+    }
 
 
 def _prediction_time_cusum(numbers: list[float]) -> dict[str, Any]:
     first, floor, detected, too_late, total, *prefix = numbers
-    return {"first": None if math.isnan(first) else int(first), "floor": None if math.isnan(floor) else int(floor),
-            "drift_detected": bool(detected), "too_late": int(too_late), "total": total, "prefix": prefix}
+    return {
+        "first": None if math.isnan(first) else int(first),
+        "floor": None if math.isnan(floor) else int(floor),
+        "drift_detected": bool(detected),
+        "too_late": int(too_late),
+        "total": total,
+        "prefix": prefix,
+    }

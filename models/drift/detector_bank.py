@@ -4,6 +4,7 @@ Page-Hinkley and two rolling means in label-arrival order, and two CUSUMs in pre
 at their prediction's time, however late they come), one tuned to a step of 2k and one to a step of k, each
 at its own calibrated threshold. The first to fire (in this order) is the one reported.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,25 +40,38 @@ PREDICTION_TIME = ("prediction_time_cusum", "prediction_time_cusum_small")
 
 
 class DetectorBank:
-    def __init__(self, config: DriftConfig, cusum_h: float, small_cusum_h: float, baseline_labels: int | None,
-                 skewness: float | None):
+    def __init__(
+        self,
+        config: DriftConfig,
+        cusum_h: float,
+        small_cusum_h: float,
+        baseline_labels: int | None,
+        skewness: float | None,
+    ):
         c = config
         # No CUSUM in arrival order: on the benchmark's 150 changes under varying label delays it started
         # no episode before the prediction-time ones, and on long stationary streams it raised a third of
         # the false alarms.
         self.page_hinkley = PageHinkley(c.ph_delta, c.ph_threshold)
-        self.rolling_mean = RollingMean(c.rolling_window, c.rolling_step, c.rolling_sigmas, baseline_labels,
-                                        skewness or 0.0)
+        self.rolling_mean = RollingMean(
+            c.rolling_window, c.rolling_step, c.rolling_sigmas, baseline_labels, skewness or 0.0
+        )
         # Slow, gradual changes: a mean over a longer window notices a smaller shift, and is nearer
         # normal (less skewed by 0/1 or heavy-tailed errors), so a lower threshold keeps its false alarms.
-        self.rolling_mean_long = RollingMean(c.rolling_long_window, c.rolling_step, c.rolling_long_sigmas,
-                                             baseline_labels, skewness or 0.0, weights="linear")
+        self.rolling_mean_long = RollingMean(
+            c.rolling_long_window,
+            c.rolling_step,
+            c.rolling_long_sigmas,
+            baseline_labels,
+            skewness or 0.0,
+            weights="linear",
+        )
         # At an arrival-order CUSUM's threshold: in prediction time it alarms less often on the same
         # stream, so the promised false-alarm rate holds.
-        self.prediction_time_cusum = PredictionTimeCusum(c.cusum_k, cusum_h, c.pt_bucket_seconds,
-                                                         c.pt_horizon_buckets)
-        self.prediction_time_cusum_small = PredictionTimeCusum(c.cusum_k / 2, small_cusum_h, c.pt_bucket_seconds,
-                                                               c.pt_horizon_buckets)
+        self.prediction_time_cusum = PredictionTimeCusum(c.cusum_k, cusum_h, c.pt_bucket_seconds, c.pt_horizon_buckets)
+        self.prediction_time_cusum_small = PredictionTimeCusum(
+            c.cusum_k / 2, small_cusum_h, c.pt_bucket_seconds, c.pt_horizon_buckets
+        )
         # By name, in the bank's order (the order in which firing detectors are reported).
         self.detectors: dict[str, Detector[Any]] = {
             "page_hinkley": self.page_hinkley,
@@ -105,10 +119,13 @@ class DetectorBank:
         self.prediction_time_cusum_small.threshold = small_cusum_h
 
     def state(self) -> BankState:
-        return BankState(page_hinkley=self.page_hinkley.state(), rolling_mean=self.rolling_mean.state(),
-                         rolling_mean_long=self.rolling_mean_long.state(),
-                         prediction_time_cusum=self.prediction_time_cusum.state(),
-                         prediction_time_cusum_small=self.prediction_time_cusum_small.state())
+        return BankState(
+            page_hinkley=self.page_hinkley.state(),
+            rolling_mean=self.rolling_mean.state(),
+            rolling_mean_long=self.rolling_mean_long.state(),
+            prediction_time_cusum=self.prediction_time_cusum.state(),
+            prediction_time_cusum_small=self.prediction_time_cusum_small.state(),
+        )
 
     def from_state(self, state: BankState) -> DetectorBank:
         self.page_hinkley.from_state(state.page_hinkley)

@@ -13,6 +13,7 @@ behind one interface): ``update(z, prediction_ts)``, ``drift_detected``,
 parameters, which are configuration and not state). Parameters are checked in
 ``__init__``.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,9 +150,15 @@ class PageHinkley(Detector[PageHinkleyState]):
         return self._sum_increase - self._min_increase
 
     def state(self) -> PageHinkleyState:
-        return PageHinkleyState(n=self._n, mean=self._mean, sum_increase=self._sum_increase,
-                                sum_decrease=self._sum_decrease, min_increase=self._min_increase,
-                                max_decrease=self._max_decrease, drift_detected=self._drift_detected)
+        return PageHinkleyState(
+            n=self._n,
+            mean=self._mean,
+            sum_increase=self._sum_increase,
+            sum_decrease=self._sum_decrease,
+            min_increase=self._min_increase,
+            max_decrease=self._max_decrease,
+            drift_detected=self._drift_detected,
+        )
 
     def from_state(self, state: PageHinkleyState) -> PageHinkley:
         self._n, self._mean = state.n, state.mean
@@ -186,8 +193,9 @@ def cusum_threshold(k: float, arl: float) -> float:
     return (low + high) / 2
 
 
-def cusum_threshold_for(sample: npt.ArrayLike, k: float, arl: float, clip: float, states: int = 150,
-                        at_least: float = 0.0) -> float:
+def cusum_threshold_for(
+    sample: npt.ArrayLike, k: float, arl: float, clip: float, states: int = 150, at_least: float = 0.0
+) -> float:
     """Decision interval h for an in-control ARL, for errors distributed like ``sample`` (and at least
     ``at_least``: a threshold that must also hold for other errors; one chain solve where it does here).
 
@@ -208,8 +216,9 @@ def cusum_threshold_for(sample: npt.ArrayLike, k: float, arl: float, clip: float
     z = np.sort(np.clip(np.asarray(sample, dtype=float), -clip, clip))
     values, counts = np.unique(z, return_counts=True)
     if values.size <= DISCRETE_VALUES:
-        return _solve_h(lambda h: _lattice_run_length(values, counts / z.size, k, h, states), arl,
-                        cusum_threshold(k, arl), at_least)
+        return _solve_h(
+            lambda h: _lattice_run_length(values, counts / z.size, k, h, states), arl, cusum_threshold(k, arl), at_least
+        )
     offsets = np.arange(1 - states, states) + 0.5
     toeplitz = np.arange(states)[None, :] - np.arange(states)[:, None] + states - 1
 
@@ -230,8 +239,9 @@ def cusum_threshold_for(sample: npt.ArrayLike, k: float, arl: float, clip: float
 DISCRETE_VALUES = 64  # samples with at most this many distinct values get the lattice chain
 
 
-def _solve_h(run_length: Callable[[float], float], arl: float, guess: float, at_least: float = 0.0,
-             rel_tol: float = 1e-4) -> float:
+def _solve_h(
+    run_length: Callable[[float], float], arl: float, guess: float, at_least: float = 0.0, rel_tol: float = 1e-4
+) -> float:
     """The h whose run length reaches ``arl``, to ``rel_tol``: the upper end of a bracket whose lower end
     falls short; ``at_least`` itself if its run length reaches ``arl`` already.
 
@@ -292,8 +302,9 @@ def _solve_h(run_length: Callable[[float], float], arl: float, guess: float, at_
     return high
 
 
-def _lattice_run_length(values: npt.NDArray[np.float64], probabilities: npt.NDArray[np.float64], k: float, h: float,
-                        states: int) -> float:
+def _lattice_run_length(
+    values: npt.NDArray[np.float64], probabilities: npt.NDArray[np.float64], k: float, h: float, states: int
+) -> float:
     """ARL of the CUSUM on states 0, h/(states-1), ..., h; a step to x is split between the states around it."""
     levels = np.linspace(0.0, h, states)
     position = np.maximum(levels[:, None] + values[None, :] - k, 0.0) / levels[1]
@@ -314,8 +325,9 @@ DEFAULT_CLIP = 5.0  # standardised errors beyond it count as it: one wild error 
 MIN_CALIBRATION_SAMPLE = 100  # fewer reference errors than this say too little: normal theory sets h
 
 
-def cusum_threshold_from(reference_z: npt.NDArray[np.float64] | None, k: float, arl: float, clip: float = DEFAULT_CLIP,
-                         at_least: float = 0.0) -> float:
+def cusum_threshold_from(
+    reference_z: npt.NDArray[np.float64] | None, k: float, arl: float, clip: float = DEFAULT_CLIP, at_least: float = 0.0
+) -> float:
     """h for errors distributed like ``reference_z`` where there are enough of them, else under normal
     errors; at least ``at_least`` (a threshold that must also hold for other errors)."""
     if reference_z is not None and len(reference_z) >= MIN_CALIBRATION_SAMPLE:
@@ -348,8 +360,14 @@ class Cusum(Detector[CusumState]):
     True
     """
 
-    def __init__(self, k: float = 0.5, false_alarm_every: float = 50_000, clip: float = DEFAULT_CLIP,
-                 reference_z: npt.NDArray[np.float64] | None = None, h: float | None = None):
+    def __init__(
+        self,
+        k: float = 0.5,
+        false_alarm_every: float = 50_000,
+        clip: float = DEFAULT_CLIP,
+        reference_z: npt.NDArray[np.float64] | None = None,
+        h: float | None = None,
+    ):
         if k <= 0 or clip <= k or false_alarm_every <= 1 or (h is not None and h <= 0):
             raise ValueError("k > 0, clip > k, false_alarm_every > 1 and h > 0 (if given) are required")
         self.k = k
@@ -387,11 +405,11 @@ class Cusum(Detector[CusumState]):
 
 
 class PredictionTimeCusumState(DetectorState):
-    first: int | None   # the oldest bucket kept (None before the first label)
-    floor: int | None   # buckets before it no longer count (after an alarm)
+    first: int | None  # the oldest bucket kept (None before the first label)
+    floor: int | None  # buckets before it no longer count (after an alarm)
     drift_detected: bool
     too_late: int
-    total: float        # T, the sum over all kept buckets
+    total: float  # T, the sum over all kept buckets
     prefix: list[float]  # P_v = sum of the buckets before v: the numbers the updates work on, so a restore
     #                      continues bit for bit (suffix sums T - P_v, recomputed, can be off in the last bit)
 
@@ -425,8 +443,14 @@ class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
     (True, True)
     """
 
-    def __init__(self, k: float = 0.5, h: float = 15.0, bucket_seconds: float = 60.0, horizon: int = 1440,
-                 clip: float = DEFAULT_CLIP):
+    def __init__(
+        self,
+        k: float = 0.5,
+        h: float = 15.0,
+        bucket_seconds: float = 60.0,
+        horizon: int = 1440,
+        clip: float = DEFAULT_CLIP,
+    ):
         if k <= 0 or h <= 0 or bucket_seconds <= 0 or horizon < 2 or clip <= k:
             raise ValueError("k > 0, h > 0, bucket_seconds > 0, horizon >= 2 and clip > k are required")
         self.k = k
@@ -442,9 +466,9 @@ class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
         # only the buckets after its own.
         self._prefix = np.zeros(self.horizon)  # index 0 = bucket ``_first``
         self._total = 0.0
-        self._min, self._argmin = 0.0, 0        # min(P) and its first index
+        self._min, self._argmin = 0.0, 0  # min(P) and its first index
         self._first: int | None = None if floor is None else floor - self.horizon + 1
-        self._floor = floor                    # buckets before it no longer count (after an alarm)
+        self._floor = floor  # buckets before it no longer count (after an alarm)
         self._detected = False
         self.too_late = 0
 
@@ -470,7 +494,7 @@ class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
         step = (clip if z > clip else -clip if z < -clip else z) - self.k
         self._total += step
         if index < horizon - 1:
-            tail = self._prefix[index + 1:]
+            tail = self._prefix[index + 1 :]
             tail += step
             if step < 0:
                 at = int(tail.argmin())
@@ -518,13 +542,20 @@ class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
         return self._detected
 
     def state(self) -> PredictionTimeCusumState:
-        return PredictionTimeCusumState(first=self._first, floor=self._floor, drift_detected=self._detected,
-                                        too_late=self.too_late, total=self._total, prefix=self._prefix.tolist())
+        return PredictionTimeCusumState(
+            first=self._first,
+            floor=self._floor,
+            drift_detected=self._detected,
+            too_late=self.too_late,
+            total=self._total,
+            prefix=self._prefix.tolist(),
+        )
 
     def from_state(self, state: PredictionTimeCusumState) -> PredictionTimeCusum:
         if len(state.prefix) != self.horizon:
-            raise ValueError(f"a prediction-time CUSUM state of {len(state.prefix)} buckets does not fit a horizon "
-                             f"of {self.horizon}")
+            raise ValueError(
+                f"a prediction-time CUSUM state of {len(state.prefix)} buckets does not fit a horizon of {self.horizon}"
+            )
         self._first, self._floor = state.first, state.floor
         self._detected, self.too_late = state.drift_detected, state.too_late
         self._total, self._prefix = state.total, np.array(state.prefix, dtype=float)
@@ -578,8 +609,15 @@ class RollingMean(Detector[RollingMeanState]):
     0.346
     """
 
-    def __init__(self, window: int = 500, step: int = 50, sigmas: float = 3.0, baseline_labels: int | None = None,
-                 skewness: float = 0.0, weights: Literal["equal", "linear"] = "equal"):
+    def __init__(
+        self,
+        window: int = 500,
+        step: int = 50,
+        sigmas: float = 3.0,
+        baseline_labels: int | None = None,
+        skewness: float = 0.0,
+        weights: Literal["equal", "linear"] = "equal",
+    ):
         if window < 2 or not 1 <= step <= window or sigmas <= 0 or not math.isfinite(skewness):
             raise ValueError("window >= 2, 1 <= step <= window, sigmas > 0 and a finite skewness are required")
         if weights not in ("equal", "linear"):
@@ -591,7 +629,8 @@ class RollingMean(Detector[RollingMeanState]):
         self.weights = weights
         # The linear weights, oldest first, summing to 1 (None: equal weights).
         self.kernel: npt.NDArray[np.float64] | None = (
-            None if weights == "equal" else np.arange(1.0, window + 1) / (window * (window + 1) / 2))
+            None if weights == "equal" else np.arange(1.0, window + 1) / (window * (window + 1) / 2)
+        )
         self.set_baseline_labels(baseline_labels)
         self._values = np.zeros(window)
         self._count = 0
@@ -606,11 +645,11 @@ class RollingMean(Detector[RollingMeanState]):
         if self.kernel is None:
             variance, effective_window = 1 / self.window, self.window
         else:  # the weighted mean's variance, and the window of an equal mean as skewed as it
-            variance = float(np.sum(self.kernel ** 2))
-            effective_window = variance ** 3 / float(np.sum(self.kernel ** 3)) ** 2
+            variance = float(np.sum(self.kernel**2))
+            effective_window = variance**3 / float(np.sum(self.kernel**3)) ** 2
         standard_error = math.sqrt(variance + (1 / baseline_labels if baseline_labels else 0.0))
         self.threshold = skew_sigmas(self.sigmas, effective_window, self.skewness) * standard_error  # in baseline sd
-        self.calm_level = standard_error               # one standard error: "back to normal"
+        self.calm_level = standard_error  # one standard error: "back to normal"
 
     def update(self, z: float, prediction_ts: float | None = None) -> None:
         self._values[self._count % self.window] = z
@@ -623,8 +662,10 @@ class RollingMean(Detector[RollingMeanState]):
 
     def _weighted_mean(self, kernel: npt.NDArray[np.float64]) -> float:
         oldest = self._count % self.window  # the ring buffer's oldest value, once full
-        return float(np.dot(self._values[oldest:], kernel[:self.window - oldest])
-                     + np.dot(self._values[:oldest], kernel[self.window - oldest:]))
+        return float(
+            np.dot(self._values[oldest:], kernel[: self.window - oldest])
+            + np.dot(self._values[:oldest], kernel[self.window - oldest :])
+        )
 
     @property
     def statistic(self) -> float:
@@ -650,12 +691,15 @@ class RollingMean(Detector[RollingMeanState]):
         return float(self._values[:n].mean()) if n else None
 
     def state(self) -> RollingMeanState:
-        return RollingMeanState(count=self._count, drift_detected=self._detected, value=self.value,
-                                values=self._values.tolist())
+        return RollingMeanState(
+            count=self._count, drift_detected=self._detected, value=self.value, values=self._values.tolist()
+        )
 
     def from_state(self, state: RollingMeanState) -> RollingMean:
         if len(state.values) != self.window:
-            raise ValueError(f"a rolling-mean state of {len(state.values)} values does not fit a window of {self.window}")
+            raise ValueError(
+                f"a rolling-mean state of {len(state.values)} values does not fit a window of {self.window}"
+            )
         self._count, self._detected, self.value = state.count, state.drift_detected, state.value
         self._values = np.array(state.values, dtype=float)
         return self
@@ -669,7 +713,7 @@ def skew_sigmas(sigmas: float, window: float, skewness: float) -> float:
     probability of ``sigmas`` under normal errors: the Cornish-Fisher quantile. Left skew would lower it, and
     a sample's skewness is too noisy for that; above ``MAX_SKEWNESS`` it is capped (0/1 errors at 0.5 %,
     window 500: 6.27 where the binomial says 6.66; at 1 % and more it errs on the high side)."""
-    return sigmas + (sigmas ** 2 - 1) * min(max(skewness, 0.0), MAX_SKEWNESS) / (6 * math.sqrt(window))
+    return sigmas + (sigmas**2 - 1) * min(max(skewness, 0.0), MAX_SKEWNESS) / (6 * math.sqrt(window))
 
 
 def sample_skewness(errors: npt.NDArray[np.float64]) -> float:
@@ -679,4 +723,3 @@ def sample_skewness(errors: npt.NDArray[np.float64]) -> float:
         sd = float(errors.std())
         skewness = float(np.mean(((errors - errors.mean()) / sd) ** 3)) if sd > 0 else 0.0
     return skewness if math.isfinite(skewness) else 0.0
-

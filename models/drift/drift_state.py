@@ -17,6 +17,7 @@ worker/monitor/data_drift.py and models/drift/episodes.py:
 Rows written before formats were numbered (``state_format`` NULL) go through ``legacy_blob``, the one place
 that looks at a state's shape; the row is saved with its number at its next update.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ from undertow.models.state_format import StateCodec
 DATASET = "__dataset__"
 MULTIVARIATE = "__multivariate__"
 PERFORMANCE = "__performance__"
-EVIDENCE = "__evidence__"                      # per feature, the newest windows' z
-CONFIDENCE_COLUMN = "__confidence_column__"    # the buffer's last column is the model's confidence
+EVIDENCE = "__evidence__"  # per feature, the newest windows' z
+CONFIDENCE_COLUMN = "__confidence_column__"  # the buffer's last column is the model's confidence
 CHECKS = (MULTIVARIATE, PERFORMANCE)
 
 
@@ -54,8 +55,8 @@ class DataDriftState(BaseModel):
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
-    episodes: dict[str, Episode] = {}          # input features, __prediction__, __dataset__
-    checks: dict[str, CheckEpisode] = {}       # __multivariate__, __performance__
+    episodes: dict[str, Episode] = {}  # input features, __prediction__, __dataset__
+    checks: dict[str, CheckEpisode] = {}  # __multivariate__, __performance__
     evidence: dict[str, list[float]] = {}
     confidence_column: bool = False
 
@@ -88,9 +89,14 @@ class StoredDriftState(Protocol):
 def _peaks(old: dict[str, Any]) -> dict[str, Any]:
     """1 -> 2: an episode's peak is its level (the hysteresis came later); no evidence yet."""
     reserved = {EVIDENCE, CONFIDENCE_COLUMN}
-    return {**{name: [level, calm, level] for name, (level, calm) in
-               ((name, state) for name, state in old.items() if name not in reserved)},
-            EVIDENCE: {}, CONFIDENCE_COLUMN: old[CONFIDENCE_COLUMN]}
+    return {
+        **{
+            name: [level, calm, level]
+            for name, (level, calm) in ((name, state) for name, state in old.items() if name not in reserved)
+        },
+        EVIDENCE: {},
+        CONFIDENCE_COLUMN: old[CONFIDENCE_COLUMN],
+    }
 
 
 def _moving_sums(old: dict[str, Any]) -> dict[str, Any]:
@@ -103,8 +109,7 @@ def _layout_written(old: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
-CODEC = StateCodec("drift_state", DataDriftState, current=4,
-                   upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written})
+CODEC = StateCodec("drift_state", DataDriftState, current=4, upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written})
 
 
 def legacy_blob(row: StoredDriftState, feature_columns: int) -> tuple[str, int]:

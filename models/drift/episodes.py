@@ -10,6 +10,7 @@ a band, and **escalates** when it reaches a band above its peak so far
 brings it back to stable. A drift hovering around a threshold therefore
 costs a subscriber at most two alerts (started, escalated) until it ends.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,13 @@ STABLE, MODERATE, SIGNIFICANT = "stable", "moderate", "significant"
 _RANK = {STABLE: 0, MODERATE: 1, SIGNIFICANT: 2}
 
 
-def severity(stats: FeatureStats, config: DriftConfig, moderate: float | None = None,
-             significant: float | None = None, scale: float = 1.0) -> str:
+def severity(
+    stats: FeatureStats,
+    config: DriftConfig,
+    moderate: float | None = None,
+    significant: float | None = None,
+    scale: float = 1.0,
+) -> str:
     """Effect size (PSI) decides the band; a p-value only vetoes noise. Thresholds default to the config's
     (times ``scale``: the lower thresholds of the hysteresis).
 

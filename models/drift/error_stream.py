@@ -1,6 +1,7 @@
 """One error stream of a model version (its 0/1 or absolute error, or its log loss): the production baseline,
 the detector bank and the episode, composed. ``update`` returns what the stream has to say as ``Signal``s;
 turning them into alerts is the monitor's business."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,10 +35,10 @@ class Signal:
     """An alert's content, as the stream saw it at that label."""
 
     detector: str
-    episode: str                    # deployment_gap | started | escalated | ended
+    episode: str  # deployment_gap | started | escalated | ended
     value: float
     threshold: float | None
-    baseline: tuple[float, float]   # mean and sd the value is measured against
+    baseline: tuple[float, float]  # mean and sd the value is measured against
     recent_mean_error: float | None  # the rolling mean's plain mean, in error units
     label_count: int
     unit: str = "baseline_sd"
@@ -46,14 +47,21 @@ class Signal:
 
 
 class ErrorStream:
-    def __init__(self, config: DriftConfig, validation: tuple[float, float] | None,
-                 validation_sample: list[float] | None, state: StreamState | None = None,
-                 counts: StreamCounts | None = None, describe: str = ""):
+    def __init__(
+        self,
+        config: DriftConfig,
+        validation: tuple[float, float] | None,
+        validation_sample: list[float] | None,
+        state: StreamState | None = None,
+        counts: StreamCounts | None = None,
+        describe: str = "",
+    ):
         counts = counts or StreamCounts()
         self.config, self.describe = config, describe
         self.labels, self.error_sum = counts.labels, counts.error_sum
-        self.baseline = ProductionBaseline(config, validation, validation_sample,
-                                           None if state is None else state.production, describe)
+        self.baseline = ProductionBaseline(
+            config, validation, validation_sample, None if state is None else state.production, describe
+        )
         # While the production baseline is collected the detectors are silent, and are rebuilt (and
         # calibrated) once it is set: calibrating the placeholders would be wasted.
         self.baseline.calibrate(validation_sample if not self.baseline.collecting else None)
@@ -113,8 +121,15 @@ class ErrorStream:
         signals = []
         escalated = self.episode.escalate(z, predicted_at)
         if escalated is not None:
-            signals.append(self._signal("escalation_cusum", "escalated", escalated.statistic, escalated.threshold,
-                                        change_ts=escalated.change_ts))
+            signals.append(
+                self._signal(
+                    "escalation_cusum",
+                    "escalated",
+                    escalated.statistic,
+                    escalated.threshold,
+                    change_ts=escalated.change_ts,
+                )
+            )
         ended = self.episode.calm(self.bank.rolling, self.labels)
         if ended is not None:
             signals.append(self._signal("rolling_mean", "ended", ended.value, ended.calm_level, severity="stable"))
@@ -123,19 +138,40 @@ class ErrorStream:
         return signals
 
     def _gap(self, gap: DeploymentGap) -> Signal:
-        return self._signal("production_baseline", "deployment_gap", gap.production_mean, gap.threshold,
-                            unit="error", baseline=gap.validation, severity="moderate")
+        return self._signal(
+            "production_baseline",
+            "deployment_gap",
+            gap.production_mean,
+            gap.threshold,
+            unit="error",
+            baseline=gap.validation,
+            severity="moderate",
+        )
 
-    def _signal(self, detector: str, episode: str, value: float, threshold: float | None,
-                baseline: tuple[float, float] | None = None, **details: Any) -> Signal:
+    def _signal(
+        self,
+        detector: str,
+        episode: str,
+        value: float,
+        threshold: float | None,
+        baseline: tuple[float, float] | None = None,
+        **details: Any,
+    ) -> Signal:
         recent = self.bank.rolling.mean
         mean, sd = self.baseline.mean, self.baseline.sd
-        return Signal(detector, episode, value, threshold, baseline or (mean, sd),
-                      None if recent is None else mean + sd * recent, self.labels, **details)
+        return Signal(
+            detector,
+            episode,
+            value,
+            threshold,
+            baseline or (mean, sd),
+            None if recent is None else mean + sd * recent,
+            self.labels,
+            **details,
+        )
 
     def counts(self) -> StreamCounts:
         return StreamCounts(labels=self.labels, error_sum=self.error_sum, **self.episode.counts().model_dump())
 
     def state(self) -> StreamState:
-        return StreamState(detectors=self.bank.state(), production=self.baseline.state(),
-                           episode=self.episode.state())
+        return StreamState(detectors=self.bank.state(), production=self.baseline.state(), episode=self.episode.state())

@@ -1,4 +1,5 @@
 """The one definition of a prediction's error, for the baseline at registration and for live labels."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,10 @@ def errors(targets: list[Any], predictions: list[Any], classes: bool = False) ->
     >>> errors([1.0, None, "a"], [1.5, 2.0, "b"]).tolist()
     [0.5, 1.0]
     """
-    return np.array([prediction_error(p, y, classes)[0] for y, p in zip(targets, predictions)
-                     if y is not None and p is not None], dtype=float)
+    return np.array(
+        [prediction_error(p, y, classes)[0] for y, p in zip(targets, predictions) if y is not None and p is not None],
+        dtype=float,
+    )
 
 
 def score_loss(scores: dict[str, float] | None, label: Any) -> float | None:

@@ -3,6 +3,7 @@ one window's PSI. Each window's test becomes a standard normal score (``window_z
 newest 1, 2, 4 and 8 windows are compared with one threshold, and the windows that raised an alarm are
 forgotten (re-armed) so they do not raise it again.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from scipy.special import chdtrc, ndtr, ndtri
 
 from undertow.models.drift.stats import FeatureStats
 
-EVIDENCE_SCALES = (1, 2, 4, 8)   # windows summed: a drift too slow for one window adds up over several
+EVIDENCE_SCALES = (1, 2, 4, 8)  # windows summed: a drift too slow for one window adds up over several
 
 
 def window_z(stats: FeatureStats, reference_rows: int) -> float:
@@ -72,8 +73,10 @@ class EvidenceAccumulator:
         """Adds a window's z; True when a moving sum crosses the threshold (the feature's sums then start
         afresh). Every window is tested against the same reference sample, so the windows' z share its
         sampling error: correlation ``rho`` = n / (n + reference), which the sums' spread must include."""
-        recent = ([z] + self.recent.get(name, []))[:EVIDENCE_SCALES[-1]]
-        raised = max(sum(recent[:m]) / math.sqrt(m + m * (m - 1) * rho) for m in EVIDENCE_SCALES
-                     if m <= len(recent)) > self.threshold
+        recent = ([z] + self.recent.get(name, []))[: EVIDENCE_SCALES[-1]]
+        raised = (
+            max(sum(recent[:m]) / math.sqrt(m + m * (m - 1) * rho) for m in EVIDENCE_SCALES if m <= len(recent))
+            > self.threshold
+        )
         self.recent[name] = [] if raised else recent
         return raised

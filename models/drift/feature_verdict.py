@@ -1,5 +1,6 @@
 """One feature's verdict on one window: its statistics, its bands by the upper and the lower thresholds
 (the hysteresis of ``episodes``), and the rule that decided."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +15,9 @@ from undertow.models.profile import PREDICTION_FEATURE
 class FeatureVerdict:
     name: str
     stats: FeatureStats
-    upper: str   # the band by the upper thresholds: the window's severity
-    lower: str   # the band by the lower thresholds: whether an open episode calms down
-    rule: str    # "window" (this window's PSI) or "cumulative" (evidence summed over windows)
+    upper: str  # the band by the upper thresholds: the window's severity
+    lower: str  # the band by the lower thresholds: whether an open episode calms down
+    rule: str  # "window" (this window's PSI) or "cumulative" (evidence summed over windows)
 
     @property
     def is_input(self) -> bool:
@@ -37,8 +38,11 @@ def judge(name: str, stats: FeatureStats, config: DriftConfig, small: bool, evid
     if small:
         return FeatureVerdict(name, stats, STABLE, STABLE, "window")
     c = config
-    thresholds = ((c.prediction_psi_moderate, c.prediction_psi_significant) if name == PREDICTION_FEATURE
-                  else (c.psi_moderate, c.psi_significant))
+    thresholds = (
+        (c.prediction_psi_moderate, c.prediction_psi_significant)
+        if name == PREDICTION_FEATURE
+        else (c.psi_moderate, c.psi_significant)
+    )
     upper = severity(stats, c, *thresholds)
     lower = severity(stats, c, *thresholds, scale=c.psi_exit_ratio)
     if evidence_raised and upper == STABLE:

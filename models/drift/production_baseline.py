@@ -10,6 +10,7 @@ estimate, and tightened for the smaller allowance as it refines: at each doublin
 once it settles on ``production_refine_labels``. (``production_baseline_labels = 0``: the validation
 baseline is used.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,17 +36,17 @@ class BaselineState(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
-    mean: float | None              # None while its labels are collected
+    mean: float | None  # None while its labels are collected
     sd: float | None
-    errors: list[float] | None      # the labels collected so far; None once the baseline is set
-    cusum_h: float | None           # the CUSUM thresholds (k, k/2); None: not calibrated yet
+    errors: list[float] | None  # the labels collected so far; None once the baseline is set
+    cusum_h: float | None  # the CUSUM thresholds (k, k/2); None: not calibrated yet
     small_cusum_h: float | None
-    labels: int | None              # what the baseline rests on (None: a validation baseline)
-    refine: tuple[int, float, float] | None   # count, sum and sum of squares while it refines
-    first_labels: tuple[int, float] | None    # count and mean of its first labels, for the trend rule
-    gap_pending: bool               # a gap not yet significant, tested again as it refines
+    labels: int | None  # what the baseline rests on (None: a validation baseline)
+    refine: tuple[int, float, float] | None  # count, sum and sum of squares while it refines
+    first_labels: tuple[int, float] | None  # count and mean of its first labels, for the trend rule
+    gap_pending: bool  # a gap not yet significant, tested again as it refines
     tighten_at: list[tuple[int, float, float]] | None  # [labels, k's, k/2's] thresholds ahead
-    skewness: float | None          # of the baseline errors, for the rolling means' thresholds
+    skewness: float | None  # of the baseline errors, for the rolling means' thresholds
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class DeploymentGap:
     """Production's baseline above the validation estimate by more than the margin, significantly."""
 
     production_mean: float
-    threshold: float                 # the validation mean plus the margin
+    threshold: float  # the validation mean plus the margin
     validation: tuple[float, float]  # its mean and sd
 
 
@@ -61,8 +62,9 @@ def floored_sd(mean: float, sd: float) -> float:
     return max(sd, 1e-9, abs(mean) * 1e-6)  # a perfect score must not divide by zero
 
 
-def reference_z(errors: Sequence[float] | npt.NDArray[np.float64], mean: float, sd: float,
-                estimated_from: int | None) -> npt.NDArray[np.float64]:
+def reference_z(
+    errors: Sequence[float] | npt.NDArray[np.float64], mean: float, sd: float, estimated_from: int | None
+) -> npt.NDArray[np.float64]:
     """Reference errors in baseline units, raised by the 2 standard errors an estimated baseline may be off by."""
     z = (np.array(errors) - mean) / sd
     return z + 2.0 / math.sqrt(estimated_from) if estimated_from else z
@@ -80,15 +82,25 @@ def threshold_for_all(samples: list[npt.NDArray[np.float64]], k: float, every: f
 class ProductionBaseline:
     """Level and spread the detectors measure errors against, and the CUSUM thresholds calibrated on it."""
 
-    def __init__(self, config: DriftConfig, validation: tuple[float, float] | None,
-                 validation_sample: list[float] | None, state: BaselineState | None, describe: str = ""):
-        self.config, self.validation, self.validation_sample, self.describe = (config, validation, validation_sample,
-                                                                               describe)
+    def __init__(
+        self,
+        config: DriftConfig,
+        validation: tuple[float, float] | None,
+        validation_sample: list[float] | None,
+        state: BaselineState | None,
+        describe: str = "",
+    ):
+        self.config, self.validation, self.validation_sample, self.describe = (
+            config,
+            validation,
+            validation_sample,
+            describe,
+        )
         if state is None:
             state = self._fresh()
         self.collected = None if state.errors is None else list(state.errors)
         self.labels = state.labels
-        self.refine = state.refine            # count, sum and sum of squares while it refines
+        self.refine = state.refine  # count, sum and sum of squares while it refines
         self.first_labels = state.first_labels
         self.gap_pending = state.gap_pending
         self.tighten_at = None if state.tighten_at is None else list(state.tighten_at)  # [labels, h, small h]
@@ -105,12 +117,24 @@ class ProductionBaseline:
         else one that collects."""
         sample = self.validation_sample
         validation = self.validation if self.config.production_baseline_labels == 0 else None  # None: collect
-        skewness = (sample_skewness(np.array(sample)) if validation is not None and sample
-                    and len(sample) >= MIN_CALIBRATION_SAMPLE else None)
+        skewness = (
+            sample_skewness(np.array(sample))
+            if validation is not None and sample and len(sample) >= MIN_CALIBRATION_SAMPLE
+            else None
+        )
         return BaselineState(
-            mean=None if validation is None else validation[0], sd=None if validation is None else validation[1],
-            errors=[] if validation is None else None, cusum_h=None, small_cusum_h=None, labels=None, refine=None,
-            first_labels=None, gap_pending=False, tighten_at=None, skewness=skewness)
+            mean=None if validation is None else validation[0],
+            sd=None if validation is None else validation[1],
+            errors=[] if validation is None else None,
+            cusum_h=None,
+            small_cusum_h=None,
+            labels=None,
+            refine=None,
+            first_labels=None,
+            gap_pending=False,
+            tighten_at=None,
+            skewness=skewness,
+        )
 
     @property
     def collecting(self) -> bool:
@@ -140,7 +164,7 @@ class ProductionBaseline:
         self.collected, self.labels = None, errors.size
         mean, sd = float(errors.mean()), float(errors.std())
         if self.config.production_refine_labels > errors.size:
-            self.refine = (int(errors.size), float(errors.sum()), float((errors ** 2).sum()))
+            self.refine = (int(errors.size), float(errors.sum()), float((errors**2).sum()))
             self.first_labels = (int(errors.size), mean)
         # Calibrate on the (larger) validation sample standardised by its own level, and on the production
         # errors: a thousand errors say little about the tail, which sets a CUSUM's false-alarm rate.
@@ -149,8 +173,14 @@ class ProductionBaseline:
         self.cusum_h, self.small_cusum_h = self._thresholds(errors, errors.size)
         if self.refine is not None:
             self.tighten_at = [(labels, *self._thresholds(errors, labels)) for labels in self._milestones(errors.size)]
-        log.info("%s: production baseline from %d labels: %.4g (sd %.4g); validation %s", self.describe,
-                 errors.size, mean, sd, "unknown" if self.validation is None else f"{self.validation[0]:.4g}")
+        log.info(
+            "%s: production baseline from %d labels: %.4g (sd %.4g); validation %s",
+            self.describe,
+            errors.size,
+            mean,
+            sd,
+            "unknown" if self.validation is None else f"{self.validation[0]:.4g}",
+        )
         return True
 
     def first_gap_test(self) -> DeploymentGap | None:
@@ -174,12 +204,17 @@ class ProductionBaseline:
         the allowance's business: two standard errors, 0.063 baseline sd on 1,000 labels, 0.02 on 10,000)."""
         mean = float(errors.mean())
         samples = [reference_z(errors, mean, floored_sd(mean, float(errors.std())), labels)]
-        if (self.validation is not None and self.validation_sample
-                and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE):
+        if (
+            self.validation is not None
+            and self.validation_sample
+            and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE
+        ):
             samples.insert(0, reference_z(self.validation_sample, *self.validation, labels))
         every = self.config.cusum_false_alarm_every
-        return (threshold_for_all(samples, self.config.cusum_k, every),
-                threshold_for_all(samples, self.config.cusum_k / 2, every))
+        return (
+            threshold_for_all(samples, self.config.cusum_k, every),
+            threshold_for_all(samples, self.config.cusum_k / 2, every),
+        )
 
     def _settles_on(self, labels: int) -> int:
         """How many labels a baseline set on ``labels`` rests on when it settles: refinements come every
@@ -205,12 +240,11 @@ class ProductionBaseline:
             return None
         validation_mean, validation_sd = self.validation
         gap = self.mean - validation_mean
-        variance = self.sd ** 2 / labels
+        variance = self.sd**2 / labels
         if self.validation_sample:
-            variance += validation_sd ** 2 / len(self.validation_sample)
+            variance += validation_sd**2 / len(self.validation_sample)
         if gap > self.config.deployment_gap_margin * abs(validation_mean) and gap > sigmas * math.sqrt(variance):
-            return DeploymentGap(self.mean, validation_mean * (1 + self.config.deployment_gap_margin),
-                                 self.validation)
+            return DeploymentGap(self.mean, validation_mean * (1 + self.config.deployment_gap_margin), self.validation)
         return None
 
     def refine_with(self, error: float) -> tuple[bool, DeploymentGap | None]:
@@ -231,14 +265,21 @@ class ProductionBaseline:
         before, mean_before = self.labels, self.mean
         newest = n - before  # at least one: n has grown past the labels the baseline rests on
         first_n, first_mean = self.first_labels or (before, mean_before)
-        if ((total - mean_before * before) / newest - first_mean
-                > TREND_SIGMAS * self.sd * math.sqrt(1 / newest + 1 / first_n)):
+        if (total - mean_before * before) / newest - first_mean > TREND_SIGMAS * self.sd * math.sqrt(
+            1 / newest + 1 / first_n
+        ):
             self.refine, self.gap_pending, self.tighten_at = None, False, None
-            log.info("%s: the newest %d labels of the production baseline are above its first %d: a change, not "
-                     "the deployment's level; the baseline stays at %.4g", self.describe, newest, first_n, self.mean)
+            log.info(
+                "%s: the newest %d labels of the production baseline are above its first %d: a change, not "
+                "the deployment's level; the baseline stays at %.4g",
+                self.describe,
+                newest,
+                first_n,
+                self.mean,
+            )
             return False, None
         self.mean = total / n
-        self.sd = floored_sd(self.mean, math.sqrt(max(squares / n - self.mean ** 2, 0.0)))
+        self.sd = floored_sd(self.mean, math.sqrt(max(squares / n - self.mean**2, 0.0)))
         self.labels = n
         gap = None
         if self.gap_pending:
@@ -250,8 +291,13 @@ class ProductionBaseline:
         if n >= self.config.production_refine_labels:
             # Settled: counts past it (none, as calibrated) are never reached.
             self.refine, self.gap_pending, self.tighten_at = None, False, None
-            log.info("%s: production baseline settled on %d labels: error %.4g (sd %.4g)", self.describe, n,
-                     self.mean, self.sd)
+            log.info(
+                "%s: production baseline settled on %d labels: error %.4g (sd %.4g)",
+                self.describe,
+                n,
+                self.mean,
+                self.sd,
+            )
         return True, gap
 
     def _tighten(self, labels: int, tighten_at: list[tuple[int, float, float]]) -> None:
@@ -259,15 +305,22 @@ class ProductionBaseline:
         the square root of its labels, and with it the threshold a small shift must reach. Never a looser
         one: calibrations on different allowances need not be monotonic to the last digit."""
         due = [t for t in tighten_at if t[0] <= labels]
-        self.tighten_at = tighten_at[len(due):] or None
+        self.tighten_at = tighten_at[len(due) :] or None
         cusum_h, small_cusum_h = self.calibrated_thresholds()
         self.cusum_h, self.small_cusum_h = min(cusum_h, due[-1][1]), min(small_cusum_h, due[-1][2])
 
     def state(self) -> BaselineState:
         collecting = self.collected is not None
         return BaselineState(
-            mean=None if collecting else self.mean, sd=None if collecting else self.sd, errors=self.collected,
-            cusum_h=self.cusum_h, small_cusum_h=self.small_cusum_h, labels=self.labels,
-            refine=self.refine, first_labels=self.first_labels, gap_pending=self.gap_pending,
+            mean=None if collecting else self.mean,
+            sd=None if collecting else self.sd,
+            errors=self.collected,
+            cusum_h=self.cusum_h,
+            small_cusum_h=self.small_cusum_h,
+            labels=self.labels,
+            refine=self.refine,
+            first_labels=self.first_labels,
+            gap_pending=self.gap_pending,
             tighten_at=None if self.tighten_at is None else list(self.tighten_at),
-            skewness=self.skewness)
+            skewness=self.skewness,
+        )

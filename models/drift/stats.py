@@ -5,6 +5,7 @@ columns hold bucket codes (``CategoricalEncoder``). Everything the reference
 contributes is precomputed once per profile: bin shares with the missing
 bucket, the sorted KS sample. A window costs one sort of its own values.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,10 @@ def ks_against_sorted(reference: npt.NDArray[np.float64], window: npt.NDArray[np
     return (d, float(kstwo.sf(d, effective))) if effective else (math.nan, math.nan)
 
 
-def chi_square_statistic(expected_shares: npt.NDArray[np.float64], counts: npt.NDArray[np.float64],
-                         ) -> tuple[float, int]:
+def chi_square_statistic(
+    expected_shares: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.float64],
+) -> tuple[float, int]:
     """Pearson chi-square of observed counts against expected shares (floored), and its degrees of freedom."""
     n = counts.sum()
     if n == 0:
@@ -107,7 +110,7 @@ class FeatureStats:
     chi2_pvalue: float
     missing_share: float
     chi2_dof: int = 0
-    rank_z: float | None = None   # Mann-Whitney z against the reference (numeric features)
+    rank_z: float | None = None  # Mann-Whitney z against the reference (numeric features)
 
 
 # A window column's statistics before the p-values: (n, psi, ks statistic, ks effective size, chi-square,
@@ -168,8 +171,16 @@ class FeatureEvaluator:
             ks_d, ks_n, rank_z = None, 0, None
         counts = np.append(binned, missing.sum()).astype(float)
         chi2_statistic, dof = chi_square_statistic(self.expected, counts)
-        return (column.size, psi(self.expected, counts / column.size), ks_d, ks_n, chi2_statistic, dof,
-                float(missing.mean()), rank_z)
+        return (
+            column.size,
+            psi(self.expected, counts / column.size),
+            ks_d,
+            ks_n,
+            chi2_statistic,
+            dof,
+            float(missing.mean()),
+            rank_z,
+        )
 
     def evaluate(self, column: npt.NDArray[np.float64]) -> FeatureStats:
         return evaluate_window([self], column.reshape(-1, 1))[0]
@@ -212,8 +223,17 @@ def evaluate_window(evaluators: list[FeatureEvaluator], rows: npt.NDArray[np.flo
     tested = [(i, (s[2], s[3])) for i, s in enumerate(stats) if s[2] is not None and s[3]]  # numeric, not empty
     ks_p = dict(zip([i for i, _ in tested], ks_sf([key for _, key in tested])))
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
-    return [FeatureStats(n=n, psi=value, ks_statistic=d if i in ks_p or d is None else math.nan,
-                         ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),
-                         chi2_statistic=chi2, chi2_pvalue=float(chi2_p[i]), missing_share=missing, chi2_dof=dof,
-                         rank_z=rank_z)
-            for i, (n, value, d, _, chi2, dof, missing, rank_z) in enumerate(stats)]
+    return [
+        FeatureStats(
+            n=n,
+            psi=value,
+            ks_statistic=d if i in ks_p or d is None else math.nan,
+            ks_pvalue=float(ks_p[i]) if i in ks_p else (None if d is None else math.nan),
+            chi2_statistic=chi2,
+            chi2_pvalue=float(chi2_p[i]),
+            missing_share=missing,
+            chi2_dof=dof,
+            rank_z=rank_z,
+        )
+        for i, (n, value, d, _, chi2, dof, missing, rank_z) in enumerate(stats)
+    ]

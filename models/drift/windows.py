@@ -1,6 +1,7 @@
 """Window state of one model version: count windows (tumbling or hopping) or
 tumbling event-time windows. Bounded by the window size, never the stream.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,9 +47,18 @@ class WindowState:
     [(0, 100, 0.0, 99.0), (1, 100, 50.0, 149.0), (2, 100, 100.0, 199.0), (3, 100, 150.0, 249.0)]
     """
 
-    def __init__(self, config: DriftConfig, columns: int, *, next_window: int = 0,
-                 rows: npt.NDArray[np.float64] | None = None, ts: npt.NDArray[np.float64] | None = None,
-                 since_evaluation: int = 0, window_start_ts: float | None = None, late_events: int = 0):
+    def __init__(
+        self,
+        config: DriftConfig,
+        columns: int,
+        *,
+        next_window: int = 0,
+        rows: npt.NDArray[np.float64] | None = None,
+        ts: npt.NDArray[np.float64] | None = None,
+        since_evaluation: int = 0,
+        window_start_ts: float | None = None,
+        late_events: int = 0,
+    ):
         self.config = config
         self.columns = columns
         self.next_window = next_window
@@ -63,11 +73,19 @@ class WindowState:
             return self._add_by_time(rows, ts, self.config.window_seconds)
         return self._add_by_count(rows, ts)
 
-    def _close(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], start: float | None = None,
-               end: float | None = None) -> ClosedWindow:
-        window = ClosedWindow(self.next_window, rows.copy(),
-                              float(ts.min()) if start is None else start,
-                              float(ts.max()) if end is None else end)
+    def _close(
+        self,
+        rows: npt.NDArray[np.float64],
+        ts: npt.NDArray[np.float64],
+        start: float | None = None,
+        end: float | None = None,
+    ) -> ClosedWindow:
+        window = ClosedWindow(
+            self.next_window,
+            rows.copy(),
+            float(ts.min()) if start is None else start,
+            float(ts.max()) if end is None else end,
+        )
         self.next_window += 1
         return window
 
@@ -93,8 +111,9 @@ class WindowState:
                     self.rows, self.ts = self.rows[:0], self.ts[:0]
         return closed
 
-    def _add_by_time(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64],
-                     seconds: float) -> list[ClosedWindow]:
+    def _add_by_time(
+        self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], seconds: float
+    ) -> list[ClosedWindow]:
         """Tumbling windows of ``seconds`` (``window_seconds``) event time, one open at a time.
 
         An event of a later window closes the open one; an event of an
@@ -121,8 +140,9 @@ class WindowState:
             self.ts = np.concatenate([self.ts, ts[keep]])
         return closed
 
-    def _flush_time_window(self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], keep: list[int],
-                           start: float, seconds: float) -> list[ClosedWindow]:
+    def _flush_time_window(
+        self, rows: npt.NDArray[np.float64], ts: npt.NDArray[np.float64], keep: list[int], start: float, seconds: float
+    ) -> list[ClosedWindow]:
         """The open window (``start``, ``seconds`` long): what the state holds and ``keep`` of ``rows``."""
         window_rows = np.concatenate([self.rows, rows[keep]])
         window_ts = np.concatenate([self.ts, ts[keep]])
@@ -133,17 +153,31 @@ class WindowState:
 
     # Persistence as plain numbers: float64 bytes, never pickles.
     def to_columns(self) -> dict[str, Any]:
-        return {"next_window": self.next_window, "rows": len(self.rows),
-                "buffer": self.rows.astype("<f8").tobytes(), "buffer_ts": self.ts.astype("<f8").tobytes(),
-                "since_evaluation": self.since_evaluation, "window_start_ts": self.window_start_ts,
-                "late_events": self.late_events}
+        return {
+            "next_window": self.next_window,
+            "rows": len(self.rows),
+            "buffer": self.rows.astype("<f8").tobytes(),
+            "buffer_ts": self.ts.astype("<f8").tobytes(),
+            "since_evaluation": self.since_evaluation,
+            "window_start_ts": self.window_start_ts,
+            "late_events": self.late_events,
+        }
 
     @classmethod
     def from_columns(cls, config: DriftConfig, columns: int, record: StoredWindow) -> WindowState:
-        rows = np.frombuffer(record.buffer or b"", dtype="<f8").reshape(-1, columns).copy() \
-            if columns else np.empty((0, 0))
+        rows = (
+            np.frombuffer(record.buffer or b"", dtype="<f8").reshape(-1, columns).copy()
+            if columns
+            else np.empty((0, 0))
+        )
         ts = np.frombuffer(record.buffer_ts or b"", dtype="<f8").copy()
-        return cls(config, columns, next_window=record.next_window, rows=rows, ts=ts,
-                   since_evaluation=record.since_evaluation, window_start_ts=record.window_start_ts,
-                   late_events=record.late_events)
-
+        return cls(
+            config,
+            columns,
+            next_window=record.next_window,
+            rows=rows,
+            ts=ts,
+            since_evaluation=record.since_evaluation,
+            window_start_ts=record.window_start_ts,
+            late_events=record.late_events,
+        )

@@ -1,4 +1,5 @@
 """Alembic environment: the services' own engine and connection, SQLite in batch mode."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ def run_migrations() -> None:
         _run(connection)
         return
     from undertow.storage.db import make_engine  # the alembic command line: UNDERTOW_DB_URL
+
     engine = make_engine(os.environ.get("UNDERTOW_DB_URL", "sqlite:///undertow.db"))
     try:
         with engine.begin() as connection:
@@ -25,9 +27,13 @@ def run_migrations() -> None:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      # SQLite cannot ALTER most things: Alembic copies the table instead.
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        # SQLite cannot ALTER most things: Alembic copies the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

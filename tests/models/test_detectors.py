@@ -1,4 +1,5 @@
 """Our Page-Hinkley against river's, step for step, on the same streams: the reference it is tested against."""
+
 import json
 
 import numpy as np
@@ -77,6 +78,7 @@ def _simulated_arl(rng, steps: np.ndarray, probabilities: np.ndarray, k: float, 
 @pytest.mark.parametrize("k", [0.25, 0.5])
 def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rate, k):
     from undertow.models.drift.detectors import cusum_threshold_for
+
     sd = np.sqrt(rate * (1 - rate))
     steps, probabilities = np.array([-rate / sd, (1 - rate) / sd]), np.array([1 - rate, rate])
     sample = np.repeat(steps, (np.array([1 - rate, rate]) * 5000).round().astype(int))
@@ -90,6 +92,7 @@ def test_cusum_threshold_on_zero_one_errors_keeps_the_run_length_it_promises(rat
 @pytest.mark.parametrize("k", [0.25, 0.5])
 def test_a_threshold_for_two_samples_holds_for_both_and_costs_one_solve_where_the_first_suffices(k):
     from undertow.models.drift.detectors import cusum_threshold_for
+
     rng = np.random.default_rng(5)
     light, heavy = rng.normal(size=2000), rng.normal(size=2000) ** 2  # symmetric; skewed like squared errors
     light, heavy = (light - light.mean()) / light.std(), (heavy - heavy.mean()) / heavy.std()
@@ -105,10 +108,13 @@ def test_a_threshold_for_two_samples_holds_for_both_and_costs_one_solve_where_th
 
 
 def _detectors():
-    return {"page_hinkley": lambda: PageHinkley(), "cusum": lambda: Cusum(k=0.5, h=6.0),
-            "rolling_mean": lambda: RollingMean(window=100, step=10),
-            "rolling_mean_linear": lambda: RollingMean(window=100, step=10, weights="linear"),
-            "prediction_time_cusum": lambda: PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)}
+    return {
+        "page_hinkley": lambda: PageHinkley(),
+        "cusum": lambda: Cusum(k=0.5, h=6.0),
+        "rolling_mean": lambda: RollingMean(window=100, step=10),
+        "rolling_mean_linear": lambda: RollingMean(window=100, step=10, weights="linear"),
+        "prediction_time_cusum": lambda: PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50),
+    }
 
 
 @pytest.mark.parametrize("name", list(_detectors()))
@@ -167,8 +173,13 @@ def test_prediction_time_cusum_restored_from_its_state_every_few_labels_continue
 
 
 def test_detectors_reject_parameters_that_cannot_work():
-    for make in (lambda: Cusum(k=0.5, clip=0.4), lambda: Cusum(k=0.5, h=0.0), lambda: RollingMean(window=1),
-                 lambda: PredictionTimeCusum(h=0.0), lambda: PredictionTimeCusum(horizon=1)):
+    for make in (
+        lambda: Cusum(k=0.5, clip=0.4),
+        lambda: Cusum(k=0.5, h=0.0),
+        lambda: RollingMean(window=1),
+        lambda: PredictionTimeCusum(h=0.0),
+        lambda: PredictionTimeCusum(horizon=1),
+    ):
         with pytest.raises(ValueError):
             make()
 
@@ -185,8 +196,12 @@ class _SuffixSumCusum:
     def update(self, z, prediction_ts):
         if self.detected:
             newest = self.first + self.horizon - 1
-            self.suffix, self.first, self.floor, self.detected = np.zeros(self.horizon), newest - self.horizon + 1, \
-                newest, False
+            self.suffix, self.first, self.floor, self.detected = (
+                np.zeros(self.horizon),
+                newest - self.horizon + 1,
+                newest,
+                False,
+            )
         bucket = int(prediction_ts // self.bucket_seconds)
         if self.first is None:
             self.first = bucket - self.horizon + 1
@@ -213,8 +228,8 @@ def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
     reference = _SuffixSumCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     now, alarms = 0.0, 0
     for i in range(6000):
-        now += rng.exponential(2.0) + (5000.0 if i % 1500 == 1499 else 0.0)   # now and then a long gap
-        delay = rng.lognormal(np.log(30.0), 2.0)                               # seconds to hours late
+        now += rng.exponential(2.0) + (5000.0 if i % 1500 == 1499 else 0.0)  # now and then a long gap
+        delay = rng.lognormal(np.log(30.0), 2.0)  # seconds to hours late
         z = rng.normal(1.2 if 2000 <= i < 2600 or i >= 4500 else 0.0)
         fast.update(z, prediction_ts=now - delay)
         reference.update(z, prediction_ts=now - delay)

@@ -1,5 +1,6 @@
 """The gate on its own (noise never promotes, a real gain does), the registry's lifecycle and history,
 and the time-ordered split, against a real database."""
+
 import math
 
 import joblib
@@ -22,11 +23,12 @@ def test_two_equally_good_models_are_promoted_at_most_at_the_nominal_rate():
     for seed in range(200):
         rng = np.random.default_rng(seed)
         truth = rng.normal(size=600)
-        champion = np.abs(truth + rng.normal(0, 0.5, 600) - truth)   # same model quality, different noise
+        champion = np.abs(truth + rng.normal(0, 0.5, 600) - truth)  # same model quality, different noise
         challenger = np.abs(truth + rng.normal(0, 0.5, 600) - truth)
         naive += challenger.mean() < champion.mean()
-        passed += gate.judge(champion, challenger, rules, champion_sha256="a", candidate_sha256="b",
-                             own_test=None, seed=seed).passed
+        passed += gate.judge(
+            champion, challenger, rules, champion_sha256="a", candidate_sha256="b", own_test=None, seed=seed
+        ).passed
     assert naive > 70  # a single-number comparison "improves" about half the time
     assert passed <= 8  # one-sided 2.5 % nominal: 5 expected of 200
 
@@ -35,19 +37,21 @@ def test_a_real_improvement_passes_and_every_rule_can_fail_it():
     rng = np.random.default_rng(1)
     champion = np.abs(rng.normal(0, 1.0, 2000))
     better = np.abs(rng.normal(0, 0.6, 2000))
-    ok = gate.judge(champion, better, gate.GateRules(), champion_sha256="a", candidate_sha256="b",
-                    own_test=(0.5, 0.52))
+    ok = gate.judge(champion, better, gate.GateRules(), champion_sha256="a", candidate_sha256="b", own_test=(0.5, 0.52))
     assert ok.passed and ok.numbers["improvement_low"] > 0.2
-    few = gate.judge(champion[:100], better[:100], gate.GateRules(), champion_sha256="a", candidate_sha256="b",
-                     own_test=None)
+    few = gate.judge(
+        champion[:100], better[:100], gate.GateRules(), champion_sha256="a", candidate_sha256="b", own_test=None
+    )
     assert not few.passed and "only 100 held-out pairs" in few.reasons[0]
-    forgot = gate.judge(champion, better, gate.GateRules(), champion_sha256="a", candidate_sha256="b",
-                        own_test=(0.5, 0.6))
+    forgot = gate.judge(
+        champion, better, gate.GateRules(), champion_sha256="a", candidate_sha256="b", own_test=(0.5, 0.6)
+    )
     assert not forgot.passed and "own test set" in forgot.reasons[0]
     same = gate.judge(champion, better, gate.GateRules(), champion_sha256="a", candidate_sha256="a", own_test=None)
     assert same.reasons == ["the candidate's artifact is the champion's"]
-    gain = gate.judge(champion, better, gate.GateRules(min_gain=0.5), champion_sha256="a", candidate_sha256="b",
-                      own_test=None)
+    gain = gate.judge(
+        champion, better, gate.GateRules(min_gain=0.5), champion_sha256="a", candidate_sha256="b", own_test=None
+    )
     assert not gain.passed and "minimum gain 0.5" in gain.reasons[0]
 
 
@@ -64,8 +68,16 @@ def _register(session, store, version=None, stage="champion"):
     model = LinearRegression().fit(np.arange(10.0).reshape(-1, 1), np.arange(10.0) * (1 + len(store.name)))
     path = candidate.dump_model(model)
     profile = build_profile({"x": [float(i) for i in range(100)]})
-    return registry.register(session, model_id="m", profile=profile, artifacts_dir=store, artifact=path,
-                             version=version, stage=stage, reason="test")
+    return registry.register(
+        session,
+        model_id="m",
+        profile=profile,
+        artifacts_dir=store,
+        artifact=path,
+        version=version,
+        stage=stage,
+        reason="test",
+    )
 
 
 def test_promote_rollback_and_the_champion_at_any_time(engine, tmp_path):
@@ -84,8 +96,11 @@ def test_promote_rollback_and_the_champion_at_any_time(engine, tmp_path):
         assert restored.version == "1"
     with sessions.begin() as s:
         history = [(h.version, h.previous_version, h.action, h.actor) for h in registry.history(s, "m")]
-        assert history == [("1", None, "registered", "operator"), ("2", "1", "promoted", "trainer"),
-                           ("1", "2", "rolled_back", "operator")]
+        assert history == [
+            ("1", None, "registered", "operator"),
+            ("2", "1", "promoted", "trainer"),
+            ("1", "2", "rolled_back", "operator"),
+        ]
         assert registry.champion_at(s, "m", promoted_at) == "2"
         # As the CLI prints it (cut to the millisecond) and `models history --at` reads it back.
         assert registry.champion_at(s, "m", math.floor(promoted_at * 1000) / 1000) == "2"
@@ -122,10 +137,19 @@ def test_an_artifact_written_by_a_transaction_that_rolls_back_is_removed(engine,
 def test_finished_runs_are_mirrored_to_mlflow_and_a_broken_mirror_only_warns(tmp_path, caplog):
     mlflow = pytest.importorskip("mlflow")
     from undertow.models.runs import mirror_to_mlflow
-    run = {"run_id": "run-1", "model_id": "m", "status": "promoted", "outcome": "gate passed", "request_id": "r1",
-           "candidate_version": "2", "params": {"task": "regression", "min_holdout": 500},
-           "metrics": {"gate": {"improvement_low": 0.1, "champion_sha256": "abc"}, "candidate": {"mae": 0.4}},
-           "data": {"pairs": 1000}, "durations": {"fit_seconds": 1.2}}
+
+    run = {
+        "run_id": "run-1",
+        "model_id": "m",
+        "status": "promoted",
+        "outcome": "gate passed",
+        "request_id": "r1",
+        "candidate_version": "2",
+        "params": {"task": "regression", "min_holdout": 500},
+        "metrics": {"gate": {"improvement_low": 0.1, "champion_sha256": "abc"}, "candidate": {"mae": 0.4}},
+        "data": {"pairs": 1000},
+        "durations": {"fit_seconds": 1.2},
+    }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mirrored = mirror_to_mlflow(uri, run)
     got = mlflow.MlflowClient(tracking_uri=uri).get_run(mirrored).data
@@ -139,8 +163,17 @@ def test_finished_runs_are_mirrored_to_mlflow_and_a_broken_mirror_only_warns(tmp
 def test_run_statuses_are_stored_as_the_plain_strings_earlier_releases_wrote(engine):
     """RunStatus is a StrEnum: the column holds 'running', 'promoted', ...; a row read back compares equal."""
     from undertow.models.runs import RunStatus
-    assert [s.value for s in RunStatus] == ["accepted", "waiting", "running", "promoted", "rejected", "gave_up",
-                                           "failed", "registered"]
+
+    assert [s.value for s in RunStatus] == [
+        "accepted",
+        "waiting",
+        "running",
+        "promoted",
+        "rejected",
+        "gave_up",
+        "failed",
+        "registered",
+    ]
     sessions = db.make_session_factory(engine)
     with sessions.begin() as s:
         run = runs.new_run(s, run_id="run-1", model_id="m", champion_version=None, trigger={})

@@ -43,9 +43,15 @@ def test_reference_profile_from_csv(reference_csv):
     assert 0.05 < mean < 0.12 and std > 0
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("", "empty"), ("a,a\n1,2\n", "duplicate column"), ("a,b\n1\n", "do not have 2 fields"), ("a\n\n", "empty"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "empty"),
+        ("a,a\n1,2\n", "duplicate column"),
+        ("a,b\n1\n", "do not have 2 fields"),
+        ("a\n\n", "empty"),
+    ],
+)
 def test_bad_reference_files_are_clear_errors(tmp_path, content, fragment):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -88,11 +94,39 @@ def test_drift_config_rules_are_validated():
 
 def test_cli_register_and_list(tmp_path, db_url, reference_csv):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "undertow.worker.cli", *args, "--db-url", db_url,
-                               "--artifacts-dir", str(tmp_path / "store")],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
-    done = cli("models", "register", "--model-id", "m", "--reference", str(reference_csv), "--target", "y",
-               "--prediction-column", "pred", "--window-size", "500", "--hop", "100")
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "undertow.worker.cli",
+                *args,
+                "--db-url",
+                db_url,
+                "--artifacts-dir",
+                str(tmp_path / "store"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = cli(
+        "models",
+        "register",
+        "--model-id",
+        "m",
+        "--reference",
+        str(reference_csv),
+        "--target",
+        "y",
+        "--prediction-column",
+        "pred",
+        "--window-size",
+        "500",
+        "--hop",
+        "100",
+    )
     assert done.returncode == 0, done.stderr
     assert '"window_size": 500' in done.stdout and '"hop": 100' in done.stdout
     listed = cli("models", "list", "--json")
@@ -104,9 +138,26 @@ def test_cli_register_and_list(tmp_path, db_url, reference_csv):
 
 
 def _register_cli(tmp_path, db_url, reference_csv, *flags):
-    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", "models", "register", "--db-url", db_url,
-                           "--artifacts-dir", str(tmp_path / "store"), "--reference", str(reference_csv), *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "undertow.worker.cli",
+            "models",
+            "register",
+            "--db-url",
+            db_url,
+            "--artifacts-dir",
+            str(tmp_path / "store"),
+            "--reference",
+            str(reference_csv),
+            *flags,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -116,15 +167,17 @@ def model_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model-id", "../../evil"], "--model-id '../../evil' must start with a letter or digit"),
-    (["--model-id", "/abs/path"], "--model-id '/abs/path' must start with a letter or digit"),
-    (["--model-id", "b", "--version", "../a/1"], "--version '../a/1' must start with a letter or digit"),
-    (["--model-id", "m" * 300], "(at most 128 characters)"),
-    (["--model-id", "m", "--window-size", "10"], "--window-size: Input should be greater than or equal to 50"),
-])
-def test_register_refuses_unsafe_ids_and_names_the_flag(tmp_path, db_url, reference_csv, model_file, flags,
-                                                        message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model-id", "../../evil"], "--model-id '../../evil' must start with a letter or digit"),
+        (["--model-id", "/abs/path"], "--model-id '/abs/path' must start with a letter or digit"),
+        (["--model-id", "b", "--version", "../a/1"], "--version '../a/1' must start with a letter or digit"),
+        (["--model-id", "m" * 300], "(at most 128 characters)"),
+        (["--model-id", "m", "--window-size", "10"], "--window-size: Input should be greater than or equal to 50"),
+    ],
+)
+def test_register_refuses_unsafe_ids_and_names_the_flag(tmp_path, db_url, reference_csv, model_file, flags, message):
     """Issue 7, case 6: ids become path components; nothing is written outside the artifact store."""
     before = sorted(p for p in tmp_path.rglob("*"))
     done = _register_cli(tmp_path, db_url, reference_csv, "--artifact", str(model_file), *flags)
@@ -137,8 +190,9 @@ def test_register_refuses_unsafe_ids_and_names_the_flag(tmp_path, db_url, refere
 def test_an_existing_artifact_is_never_overwritten(engine, tmp_path, reference_csv, model_file):
     ref = load_reference(reference_csv, target="y", prediction="pred")
     with db.make_session_factory(engine).begin() as s:
-        row = registry.register(s, model_id="a", version="1", profile=ref.profile, artifacts_dir=tmp_path / "store",
-                                artifact=model_file)
+        row = registry.register(
+            s, model_id="a", version="1", profile=ref.profile, artifacts_dir=tmp_path / "store", artifact=model_file
+        )
     original = registry.sha256_file(Path(row.artifact_path))
     other = tmp_path / "other" / "model.joblib"
     other.parent.mkdir()
@@ -149,10 +203,13 @@ def test_an_existing_artifact_is_never_overwritten(engine, tmp_path, reference_c
     assert registry.store_artifact(model_file, tmp_path / "store", "a", "1") == Path(row.artifact_path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a pickle at all", "cannot be loaded as a joblib model file"),
-    (None, "holds a dict, which has no predict()"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a pickle at all", "cannot be loaded as a joblib model file"),
+        (None, "holds a dict, which has no predict()"),
+    ],
+)
 def test_an_artifact_must_be_a_model(tmp_path, db_url, reference_csv, content, message):
     path = tmp_path / "artifact.bin"
     if content is None:

@@ -1,4 +1,5 @@
 """Storage against a real database (SQLite, or PostgreSQL via UNDERTOW_DB_URL)."""
+
 from pathlib import Path
 
 import pytest
@@ -39,22 +40,32 @@ def test_a_database_of_the_last_hand_written_schema_upgrades_in_place(db_url):
             body = "\n".join(line for line in statement.splitlines() if not line.startswith("--")).strip()
             if body:
                 conn.exec_driver_sql(body)
-        conn.exec_driver_sql("INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
-                             "VALUES ('undertow-monitor', 'undertow.predictions', 0, 12345)")
-        conn.exec_driver_sql("INSERT INTO model_stats (model_id, predictions, labels, duplicates) "
-                             "VALUES ('housing', 12000, 11000, 7)")
+        conn.exec_driver_sql(
+            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) "
+            "VALUES ('undertow-monitor', 'undertow.predictions', 0, 12345)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO model_stats (model_id, predictions, labels, duplicates) VALUES ('housing', 12000, 11000, 7)"
+        )
         conn.exec_driver_sql(
             "INSERT INTO concept_state (model_id, version, labels, error_sum, in_episode, episodes, "
             "silenced_alarms, calm_evaluations, detectors) VALUES ('housing', '1', 11000, 4321.5, FALSE, 1, 2, 0, "
-            "'{\"page_hinkley\": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}')")
+            "'{\"page_hinkley\": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}')"
+        )
     try:
         assert db.migrate(engine) == HEAD
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT next_offset, topic_id FROM consumer_offsets").one() == (12345, None)
             assert conn.exec_driver_sql("SELECT predictions, labels, duplicates FROM model_stats").one() == (
-                12000, 11000, 7)
+                12000,
+                11000,
+                7,
+            )
             assert conn.exec_driver_sql("SELECT labels, error_sum, detectors FROM concept_state").one() == (
-                11000, 4321.5, '{"page_hinkley": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}')
+                11000,
+                4321.5,
+                '{"page_hinkley": [11000.0, 0.1, 3.0, 4.0, -1.0, 5.0, 0.0]}',
+            )
         tables = set(inspect(engine).get_table_names())
         assert "schema_version" not in tables and "partition_gaps" in tables
         assert _schema_differences(engine) == []
@@ -67,6 +78,7 @@ def test_stored_evidence_budgets_are_rescaled_to_the_model_so_alert_rates_stay(d
     import json
 
     from alembic import command
+
     engine = db.make_engine(db_url)
     config = db.alembic_config()
     profile = json.dumps({"rows": 10, "features": {"a": {}, "b": {}, "c": {}, "d": {}, "__prediction__": {}}})
@@ -77,7 +89,8 @@ def test_stored_evidence_budgets_are_rescaled_to_the_model_so_alert_rates_stay(d
             conn.exec_driver_sql(
                 "INSERT INTO model_versions (model_id, version, stage, created_at, profile, drift_config, "
                 "feature_schema, model_card) VALUES ('m', '1', 'champion', 0, %s, %s, '{}', '{}')"
-                % (_quote(profile), _quote(json.dumps({"window_size": 1000, "evidence_false_alarm_windows": 20000}))))
+                % (_quote(profile), _quote(json.dumps({"window_size": 1000, "evidence_false_alarm_windows": 20000})))
+            )
         assert db.migrate(engine) == HEAD
         with engine.connect() as conn:
             stored = json.loads(conn.exec_driver_sql("SELECT drift_config FROM model_versions").scalar_one())

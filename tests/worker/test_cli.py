@@ -1,4 +1,5 @@
 """The command line as a user runs it: broker, topics, status."""
+
 import json
 import signal
 import socket
@@ -16,14 +17,20 @@ from undertow.worker.runtime.transport import make_admin
 
 
 def _cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_broker_command_serves_and_stops_cleanly_on_sigterm():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == f"bootstrap servers: 127.0.0.1:{port}"
@@ -46,11 +53,13 @@ def test_topics_create_refuses_predictions_and_labels_that_are_not_co_partitione
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"undertow: error: {prefix}predictions has 3 partitions but {prefix}labels has 2: "
-        "predictions and labels must be co-partitioned"]
+        "predictions and labels must be co-partitioned"
+    ]
 
 
 def test_status_reports_counts_offsets_and_lag(env):
     from undertow.worker.dev.sample import SampleStream
+
     env.send_events(SampleStream(seed=41).events(300))
     env.drain(idle=2.0)
     done = _cli("status", "--json", *env.cli_args())
@@ -71,8 +80,14 @@ def test_status_reports_counts_offsets_and_lag(env):
 
 
 def test_monitor_without_a_reachable_broker_fails_with_one_line(tmp_path):
-    done = _cli("monitor", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--db-url",
-                f"sqlite:///{tmp_path / 'x.db'}", timeout=120)
+    done = _cli(
+        "monitor",
+        "--bootstrap-servers",
+        f"127.0.0.1:{free_port()}",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        timeout=120,
+    )
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()  # the pre-flight probe: none of the Kafka client's retry lines
     assert line.startswith("undertow: error: no Kafka broker reachable") and "`undertow broker`" in line
@@ -81,12 +96,12 @@ def test_monitor_without_a_reachable_broker_fails_with_one_line(tmp_path):
 def test_status_answers_quickly_and_quietly_with_the_broker_down(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     from undertow.storage import db
+
     engine = db.make_engine(url)
     db.migrate(engine)
     engine.dispose()
     started = time.monotonic()
-    done = _cli("--log-level", "WARNING", "status", "--db-url", url, "--bootstrap-servers",
-                f"127.0.0.1:{free_port()}")
+    done = _cli("--log-level", "WARNING", "status", "--db-url", url, "--bootstrap-servers", f"127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 15  # ~3 s probe plus interpreter start-up
     assert done.returncode == 0, done.stderr
     (line,) = done.stderr.strip().splitlines()
@@ -101,7 +116,8 @@ def test_reading_commands_refuse_a_missing_database_instead_of_creating_it(tmp_p
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"undertow: error: no database at {missing}: nothing has been recorded there yet "
-        "(check --db-url / UNDERTOW_DB_URL)"]
+        "(check --db-url / UNDERTOW_DB_URL)"
+    ]
     assert not missing.exists()
 
 
@@ -110,8 +126,17 @@ def test_database_connection_errors_are_one_line(tmp_path):
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("undertow: error: database unavailable: ") and "refused" in line
-    no_dir = _cli("models", "register", "--model-id", "m", "--reference", str(REPO / "README.md"), "--no-target",
-                  "--db-url", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    no_dir = _cli(
+        "models",
+        "register",
+        "--model-id",
+        "m",
+        "--reference",
+        str(REPO / "README.md"),
+        "--no-target",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}",
+    )
     assert no_dir.returncode == 2 and len(no_dir.stderr.strip().splitlines()) == 1
 
 
@@ -119,10 +144,18 @@ def test_a_second_monitor_on_the_same_sqlite_file_is_refused(env):
     requires_sqlite(env.db_url)
     first = env.start_monitor(log_level="INFO")
     try:
-        wait_for(lambda: first.poll() is not None or "assigned" in env.log_of(first, tail=100_000), 60,
-                 "the first monitor to be assigned its partitions")
-        second = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "monitor", *env.cli_args()], cwd=REPO,
-                                capture_output=True, text=True, timeout=60)
+        wait_for(
+            lambda: first.poll() is not None or "assigned" in env.log_of(first, tail=100_000),
+            60,
+            "the first monitor to be assigned its partitions",
+        )
+        second = subprocess.run(
+            [sys.executable, "-m", "undertow.worker.cli", "monitor", *env.cli_args()],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2
         (line,) = second.stderr.strip().splitlines()
         assert "another monitor already runs on" in line and "use PostgreSQL" in line
@@ -134,16 +167,24 @@ def test_a_second_monitor_on_the_same_sqlite_file_is_refused(env):
 
 def test_a_broker_killed_with_sigkill_takes_its_tansu_process_with_it():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "undertow.worker.cli", "broker", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == f"bootstrap servers: 127.0.0.1:{port}"
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         (tansu,) = [int(pid) for pid in children]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        wait_for(lambda: not Path(f"/proc/{tansu}").exists() or "Z" in _state(tansu), 15,
-                 "the orphaned broker binary to exit")
+        wait_for(
+            lambda: not Path(f"/proc/{tansu}").exists() or "Z" in _state(tansu),
+            15,
+            "the orphaned broker binary to exit",
+        )
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
@@ -162,12 +203,28 @@ def test_drift_rule_flags_come_from_the_configuration_model():
     from undertow.models.drift.config import DriftConfig
     from undertow.worker.cli import build_parser
     from undertow.worker.cli.drift_flags import drift_config_from
-    args = build_parser().parse_args([
-        "models", "register", "--model-id", "m", "--reference", "r.csv", "--window-size", "500",
-        "--no-retrain-on-data-drift", "--retrain-data-policy", "all", "--psi-significant", "0.3"])
+
+    args = build_parser().parse_args(
+        [
+            "models",
+            "register",
+            "--model-id",
+            "m",
+            "--reference",
+            "r.csv",
+            "--window-size",
+            "500",
+            "--no-retrain-on-data-drift",
+            "--retrain-data-policy",
+            "all",
+            "--psi-significant",
+            "0.3",
+        ]
+    )
     config = drift_config_from(args)
-    assert config == DriftConfig(window_size=500, retrain_on_data_drift=False, retrain_data_policy="all",
-                                 psi_significant=0.3)
+    assert config == DriftConfig(
+        window_size=500, retrain_on_data_drift=False, retrain_data_policy="all", psi_significant=0.3
+    )
     register = _cli("models", "register", "--help").stdout
     for name, field in DriftConfig.model_fields.items():  # every rule has its flag and help
         flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
@@ -182,6 +239,7 @@ def test_drift_rule_flags_come_from_the_configuration_model():
 
 def test_a_normal_exit_prints_no_client_errors(env):
     from undertow.worker.dev.sample import SampleStream
+
     env.send_events(SampleStream(seed=42).events(200))
     done = _cli("monitor", "--until-idle", "2", *env.cli_args(), timeout=120)
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,5 @@
 """Concept drift: detectors against river on the same error streams, and end to end with late labels."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ from undertow.worker.runtime import cloudevents
 def _record_module():
     import importlib.util
     from pathlib import Path
+
     path = Path(__file__).resolve().parent.parent / "data" / "concept_state" / "record.py"
     spec = importlib.util.spec_from_file_location("concept_state_record", path)
     module = importlib.util.module_from_spec(spec)
@@ -34,27 +36,57 @@ RECORD = _record_module()
 
 def _positional(blob: dict) -> dict:
     """A stream's typed state (format 9) with its detector states as the positional lists of formats 1-8."""
+
     def numbers(state: dict | None, kind: str) -> list | None:
         if state is None:
             return None
         if kind == "page_hinkley":
-            return [state["n"], state["mean"], state["sum_increase"], state["sum_decrease"],
-                    min(state["min_increase"], 1e308), state["max_decrease"], float(state["drift_detected"])]
+            return [
+                state["n"],
+                state["mean"],
+                state["sum_increase"],
+                state["sum_decrease"],
+                min(state["min_increase"], 1e308),
+                state["max_decrease"],
+                float(state["drift_detected"]),
+            ]
         if kind == "cusum":
             return [state["sum"], float(state["drift_detected"])]
         if kind.startswith("rolling_mean"):
-            return [state["count"], float(state["drift_detected"]),
-                    math.nan if state["value"] is None else state["value"], *state["values"]]
-        return [math.nan if state["first"] is None else float(state["first"]),
-                math.nan if state["floor"] is None else float(state["floor"]), float(state["drift_detected"]),
-                float(state["too_late"]), state["total"], *state["prefix"]]
+            return [
+                state["count"],
+                float(state["drift_detected"]),
+                math.nan if state["value"] is None else state["value"],
+                *state["values"],
+            ]
+        return [
+            math.nan if state["first"] is None else float(state["first"]),
+            math.nan if state["floor"] is None else float(state["floor"]),
+            float(state["drift_detected"]),
+            float(state["too_late"]),
+            state["total"],
+            *state["prefix"],
+        ]
+
     episode = blob["episode"]
-    return {"detectors": {name: numbers(state, name) for name, state in blob["detectors"].items()},
-            "production": {key: (list(map(list, value)) if key == "tighten_at" and value else
-                                  list(value) if isinstance(value, list) else value)
-                           for key, value in blob["production"].items()},
-            "episode": {**episode, "escalation": numbers(episode["escalation"], "cusum"),
-                        "escalation_pt": numbers(episode["escalation_pt"], "prediction_time_cusum")}}
+    return {
+        "detectors": {name: numbers(state, name) for name, state in blob["detectors"].items()},
+        "production": {
+            key: (
+                list(map(list, value))
+                if key == "tighten_at" and value
+                else list(value)
+                if isinstance(value, list)
+                else value
+            )
+            for key, value in blob["production"].items()
+        },
+        "episode": {
+            **episode,
+            "escalation": numbers(episode["escalation"], "cusum"),
+            "escalation_pt": numbers(episode["escalation_pt"], "prediction_time_cusum"),
+        },
+    }
 
 
 def _as_written_before(state: dict, format_number: int):
@@ -77,8 +109,9 @@ def _errors(rng, n: int, change: int | None, shift: float) -> np.ndarray:
 
 
 def _run(errors, baseline) -> tuple[list[int], list[int]]:
-    ours = ErrorStreamMonitor("m", "1", DriftConfig(), float(baseline.mean()), float(baseline.std()),
-                              error_sample=error_sample(baseline))
+    ours = ErrorStreamMonitor(
+        "m", "1", DriftConfig(), float(baseline.mean()), float(baseline.std()), error_sample=error_sample(baseline)
+    )
     river = RiverPageHinkley()
     our_alerts, river_alarms = [], []
     for i, e in enumerate(errors):
@@ -116,8 +149,12 @@ def test_stationary_100k_labels_give_fewer_false_alarms_than_river_page_hinkley(
 def test_detector_state_round_trips_through_json():
     rng = np.random.default_rng(4)
     z = rng.normal(size=700)
-    for make in (lambda: PageHinkley(), lambda: Cusum(), lambda: RollingMean(window=100, step=10),
-                 lambda: RollingMean(window=100, step=10, weights="linear")):
+    for make in (
+        lambda: PageHinkley(),
+        lambda: Cusum(),
+        lambda: RollingMean(window=100, step=10),
+        lambda: RollingMean(window=100, step=10, weights="linear"),
+    ):
         a, b = make(), make()
         for v in z[:500]:
             a.update(float(v))
@@ -145,8 +182,7 @@ def test_cusum_threshold_keeps_its_false_alarm_rate_on_skewed_errors():
 def _late_labelled_stream(n: int, change: int, late: int, lost_every: int, shift: float, seed: int):
     """Predictions in order; each label sent ``late`` predictions later; every ``lost_every``-th never."""
     stream = SampleStream(seed=seed)
-    pairs = list(stream.events(change)) + list(stream.events(n - change, start_index=change,
-                                                             concept_shift=shift))
+    pairs = list(stream.events(change)) + list(stream.events(n - change, start_index=change, concept_shift=shift))
     sent_labels = []
     for i, (prediction, _) in enumerate(pairs):
         yield "prediction", prediction
@@ -186,9 +222,10 @@ def test_late_and_lost_labels_still_detect_drift_once_and_ask_for_one_retrain(en
     published = env.read_all(env.topics.retrain, expected=1)
     assert [json.loads(r.value)["id"] for r in published] == [request_id]
 
-    (pending_p, pending_l, joined, expired_p, evicted_p), = _rows(
-        env, "SELECT pending_predictions, pending_labels, joined, expired_predictions, evicted_predictions "
-             "FROM join_stats")
+    ((pending_p, pending_l, joined, expired_p, evicted_p),) = _rows(
+        env,
+        "SELECT pending_predictions, pending_labels, joined, expired_predictions, evicted_predictions FROM join_stats",
+    )
     lost = len(range(0, n, 20))
     assert joined == n - lost
     assert pending_p + expired_p + evicted_p == lost  # every prediction without a label is accounted for
@@ -209,8 +246,9 @@ def test_sigkill_with_labels_gives_the_uninterrupted_state(make_env):
         world.register_reference(SampleStream(seed=32))
     uninterrupted.send_sequence(stream())
     uninterrupted.drain(env=JOIN_ENV)
-    kills = crashed.run_with_kills(lambda: crashed.send_sequence(stream(), rate=350), seed=9,
-                                   env={**JOIN_ENV, "UNDERTOW_BATCH_MAX_RECORDS": "150"})
+    kills = crashed.run_with_kills(
+        lambda: crashed.send_sequence(stream(), rate=350), seed=9, env={**JOIN_ENV, "UNDERTOW_BATCH_MAX_RECORDS": "150"}
+    )
     assert kills >= 3
 
     queries = [
@@ -245,8 +283,14 @@ def _production_stream(n: int, seed: int, gap: float, shifts: dict[int, float]):
 
 
 def _alerts(validation, labels, monitor=None):
-    monitor = monitor or ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()),
-                                            float(validation.std()), error_sample=error_sample(validation))
+    monitor = monitor or ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
     out = []
     for error, arrived, predicted in labels:
         out += [(a.data.episode, predicted, a) for a in monitor.update(error, "absolute_error", arrived, predicted)]
@@ -270,10 +314,19 @@ def test_a_classifier_gap_too_small_for_the_first_labels_is_alerted_once_as_the_
     validation = np.zeros(5000)
     validation[:500] = 1.0  # exactly 10 %
     errors = (rng.random(60_000) < 0.115).astype(float)
-    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
-    alerts = [(i, a.data) for i, e in enumerate(errors)
-              for a in monitor.update(float(e), "misclassification", float(i), float(i))]
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
+    alerts = [
+        (i, a.data)
+        for i, e in enumerate(errors)
+        for a in monitor.update(float(e), "misclassification", float(i), float(i))
+    ]
     assert [a.episode for _, a in alerts] == ["deployment_gap"], alerts
     at, gap = alerts[0]
     assert 1000 < at <= 10_000 and gap.value > gap.threshold and gap.metric == "misclassification"
@@ -288,10 +341,19 @@ def test_a_deployment_gap_is_not_tested_across_a_concept_change():
     rate = np.full(60_000, 0.115)
     rate[2000:4000] = 0.4
     errors = (rng.random(60_000) < rate).astype(float)
-    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
-    episodes = [a.data.episode for i, e in enumerate(errors)
-                for a in monitor.update(float(e), "misclassification", float(i), float(i))]
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
+    episodes = [
+        a.data.episode
+        for i, e in enumerate(errors)
+        for a in monitor.update(float(e), "misclassification", float(i), float(i))
+    ]
     assert episodes[0] == "started" and "ended" in episodes and "deployment_gap" not in episodes, episodes
 
 
@@ -306,10 +368,19 @@ def test_a_drift_under_way_while_the_baseline_refines_is_seldom_taken_for_a_depl
         validation = (rng.random(5000) < 0.10).astype(float)
         rate = 0.10 * (1 + 0.5 * np.clip((np.arange(20_000) - 1000) / 8000, 0, 1))
         errors = (rng.random(20_000) < rate).astype(float)
-        monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                     error_sample=error_sample(validation))
-        episodes = [a.data.episode for i, e in enumerate(errors)
-                    for a in monitor.update(float(e), "misclassification", float(i), float(i))]
+        monitor = ErrorStreamMonitor(
+            "m",
+            "1",
+            DriftConfig(),
+            float(validation.mean()),
+            float(validation.std()),
+            error_sample=error_sample(validation),
+        )
+        episodes = [
+            a.data.episode
+            for i, e in enumerate(errors)
+            for a in monitor.update(float(e), "misclassification", float(i), float(i))
+        ]
         gaps += "deployment_gap" in episodes
         started += "started" in episodes
     assert gaps <= 3 and started >= 8, (gaps, started)
@@ -321,8 +392,15 @@ def test_state_written_before_the_first_labels_were_kept_still_refines():
     state = monitor.state_values()
     assert json.loads(state["detectors"])["production"]["first_labels"][0] == 1_000
     old = _as_written_before(state, 4)  # before the trend rule: no first labels
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=old, error_sample=error_sample(validation))
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=old,
+        error_sample=error_sample(validation),
+    )
     assert _alerts(validation, labels[3_500:], restored)[0] == []
     assert restored.error.baseline.labels == 4_000 and restored.error.baseline.refine is not None
 
@@ -336,29 +414,48 @@ def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_
     def calibrated(baseline_labels):
         # On the first 1,000 errors and the validation sample, as when the baseline was set, with the
         # allowance of that many labels (2 standard errors: 0.02 sd on 10,000, not 0.063 on 1,000).
-        samples = [reference_z(validation.tolist(), float(validation.mean()), float(validation.std()),
-                                baseline_labels),
-                   reference_z(first, float(first.mean()), float(first.std()), baseline_labels)]
+        samples = [
+            reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), baseline_labels),
+            reference_z(first, float(first.mean()), float(first.std()), baseline_labels),
+        ]
         return threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)
 
-    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
     _alerts(validation, labels[:1_000], monitor)
     set_at = (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h)
     _alerts(validation, labels[1_000:5_000], monitor)
     # Each doubling of the first 1,000 labels, then the 10,000 it settles on.
     assert [t[0] for t in monitor.error.baseline.tighten_at] == [8_000, 10_000]
-    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(calibrated(4_000), rel=1e-9)
+    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(
+        calibrated(4_000), rel=1e-9
+    )
     state = monitor.state_values()
     assert len(json.loads(state["detectors"])["production"]["tighten_at"]) == 2  # numbers, not the errors
-    restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                  state=SimpleNamespace(**state), error_sample=error_sample(validation))
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        config,
+        float(validation.mean()),
+        float(validation.std()),
+        state=SimpleNamespace(**state),
+        error_sample=error_sample(validation),
+    )
     for m in (monitor, restored):
         assert _alerts(validation, labels[5_000:], m)[0] == []
-    assert monitor.error.baseline.labels == 10_000 and monitor.error.baseline.refine is None and monitor.error.baseline.tighten_at is None
+    assert (
+        monitor.error.baseline.labels == 10_000
+        and monitor.error.baseline.refine is None
+        and monitor.error.baseline.tighten_at is None
+    )
     assert restored.state_values() == monitor.state_values()
-    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(calibrated(10_000), rel=1e-9)
-    assert monitor.error.baseline.cusum_h < 0.95 * set_at[0] and monitor.error.baseline.small_cusum_h < 0.9 * set_at[1], set_at
+    assert (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h) == pytest.approx(
+        calibrated(10_000), rel=1e-9
+    )
+    assert (
+        monitor.error.baseline.cusum_h < 0.95 * set_at[0] and monitor.error.baseline.small_cusum_h < 0.9 * set_at[1]
+    ), set_at
     assert monitor.error.bank.detectors["prediction_time_cusum"].threshold == monitor.error.baseline.cusum_h
     assert monitor.error.bank.detectors["prediction_time_cusum_small"].threshold == monitor.error.baseline.small_cusum_h
 
@@ -366,39 +463,59 @@ def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_
 def test_state_from_before_the_milestones_settles_with_its_one_pair_of_thresholds():
     validation, labels = _production_stream(10_800, 8, gap=0.1, shifts={})
     config = DriftConfig(production_refine_labels=10_000)
-    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
     _alerts(validation, labels[:1_500], monitor)  # set, not yet tightened: as old state had it
     first = [monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h]
     state = monitor.state_values()
     settled = json.loads(state["detectors"])["production"]["tighten_at"][-1][1:]
     # As written then: the pair for when it settles (settled_thresholds).
-    old = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                             state=_as_written_before(state, 7), error_sample=error_sample(validation))
+    old = ErrorStreamMonitor(
+        "m",
+        "1",
+        config,
+        float(validation.mean()),
+        float(validation.std()),
+        state=_as_written_before(state, 7),
+        error_sample=error_sample(validation),
+    )
     for count, (error, arrived, predicted) in enumerate(labels[1_500:], start=1_501):
         assert old.update(error, "absolute_error", arrived, predicted) == []
-        assert [old.error.baseline.cusum_h, old.error.baseline.small_cusum_h] == (first if count < 10_000 else settled), count
+        assert [old.error.baseline.cusum_h, old.error.baseline.small_cusum_h] == (
+            first if count < 10_000 else settled
+        ), count
     assert old.error.baseline.labels == 10_000 and old.error.baseline.tighten_at is None
     assert all(tight < loose for tight, loose in zip(settled, first))
 
 
-@pytest.mark.parametrize(("baseline", "refine", "milestones"), [
-    (1_000, 30_000, [2_000, 4_000, 8_000, 16_000, 30_000]), (1_500, 30_000, [3_000, 6_000, 12_000, 24_000, 30_000]),
-    (1_000, 2_500, [2_000, 3_000]), (2_000, 2_001, [3_000]),
-    (1_850, 30_000, [4_000, 8_000, 15_000, 30_000])])  # 29,600 rounds up to where it settles: once
+@pytest.mark.parametrize(
+    ("baseline", "refine", "milestones"),
+    [
+        (1_000, 30_000, [2_000, 4_000, 8_000, 16_000, 30_000]),
+        (1_500, 30_000, [3_000, 6_000, 12_000, 24_000, 30_000]),
+        (1_000, 2_500, [2_000, 3_000]),
+        (2_000, 2_001, [3_000]),
+        (1_850, 30_000, [4_000, 8_000, 15_000, 30_000]),
+    ],
+)  # 29,600 rounds up to where it settles: once
 def test_the_cusum_thresholds_tighten_at_each_doubling_of_the_first_labels_and_where_the_baseline_settles(
-        baseline, refine, milestones):
+    baseline, refine, milestones
+):
     config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)
     assert ErrorStreamMonitor("m", "1", config, 0.5, 0.3).error.baseline._milestones(baseline) == milestones
 
 
-@pytest.mark.parametrize(("baseline", "refine", "settles_on"), [(1_000, 10_000, 10_000), (1_500, 10_000, 10_000),
-                                                                 (1_000, 2_500, 3_000), (2_000, 2_001, 3_000)])
+@pytest.mark.parametrize(
+    ("baseline", "refine", "settles_on"),
+    [(1_000, 10_000, 10_000), (1_500, 10_000, 10_000), (1_000, 2_500, 3_000), (2_000, 2_001, 3_000)],
+)
 def test_the_baseline_settles_on_the_labels_its_thresholds_were_calibrated_for(baseline, refine, settles_on):
     validation, labels = _production_stream(settles_on + 1_000, 10, gap=0.0, shifts={})
     config = DriftConfig(production_baseline_labels=baseline, production_refine_labels=refine)
-    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
     for count, (error, arrived, predicted) in enumerate(labels[:settles_on], start=1):
         monitor.update(error, "absolute_error", arrived, predicted)
         assert (monitor.error.baseline.tighten_at is None) == (count < baseline or count == settles_on)
@@ -410,7 +527,10 @@ def test_a_half_sd_step_is_found_by_the_small_prediction_time_cusum_without_fals
     alerts, monitor = _alerts(validation, labels)
     started = [(predicted, a.data) for episode, predicted, a in alerts if episode == "started"]
     assert len(started) == 1 and 25_000 <= started[0][0] < 26_500, started
-    assert started[0][1].detector == "prediction_time_cusum" and started[0][1].threshold == monitor.error.baseline.small_cusum_h
+    assert (
+        started[0][1].detector == "prediction_time_cusum"
+        and started[0][1].threshold == monitor.error.baseline.small_cusum_h
+    )
     # When the change began comes from the CUSUM that fired.
     assert abs(cloudevents.epoch(started[0][1].change_started_at) - 25_000) < 300
 
@@ -420,10 +540,20 @@ def test_state_written_before_the_small_cusum_existed_still_loads():
     _, monitor = _alerts(validation, labels)
     state = monitor.state_values()
     old = _as_written_before(state, 3)  # before the k/2 CUSUM and gap_pending
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=old, error_sample=error_sample(validation))
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=old,
+        error_sample=error_sample(validation),
+    )
     # Scaled from the calibrated k CUSUM's threshold: near what calibration gives, not below it by the gap.
-    assert restored.error.baseline.small_cusum_h == pytest.approx(monitor.error.baseline.small_cusum_h, rel=0.1) and not restored.error.baseline.gap_pending
+    assert (
+        restored.error.baseline.small_cusum_h == pytest.approx(monitor.error.baseline.small_cusum_h, rel=0.1)
+        and not restored.error.baseline.gap_pending
+    )
     assert restored.update(1.0, "absolute_error", 5_001.0, 5_000.0) == []
 
 
@@ -432,18 +562,30 @@ def test_state_with_the_arrival_order_cusum_of_before_loads_and_goes_on_as_state
     _, monitor = _alerts(validation, labels[:3_000])
     state = monitor.state_values()
     assert "cusum" not in json.loads(state["detectors"])["detectors"]
-    old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                             state=_as_written_before(state, 6),  # as written while it existed
-                             error_sample=error_sample(validation))
+    old = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=_as_written_before(state, 6),  # as written while it existed
+        error_sample=error_sample(validation),
+    )
     alerts, _ = _alerts(validation, labels[3_000:], old)
     assert [episode for episode, _, _ in alerts][:1] == ["started"]
     # Its cusum entry is ignored: whatever it held, the same alerts and state follow.
     row = _as_written_before(state, 6)
     blob = json.loads(row.detectors)
     blob["detectors"]["cusum"] = [1e6, 1.0]
-    other = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                               state=SimpleNamespace(**{**vars(row), "detectors": json.dumps(blob)}),
-                               error_sample=error_sample(validation))
+    other = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=SimpleNamespace(**{**vars(row), "detectors": json.dumps(blob)}),
+        error_sample=error_sample(validation),
+    )
     assert alerts == _alerts(validation, labels[3_000:], other)[0] and old.state_values() == other.state_values()
 
 
@@ -455,8 +597,8 @@ def test_the_linear_rolling_mean_weighs_each_label_by_its_age_in_the_window():
     for i, value in enumerate(z, start=1):
         rolling.update(float(value))
         if i >= 300:  # across the ring buffer's wrap-around too
-            assert rolling.value == pytest.approx(float(np.dot(z[i - 300:i], weights)), abs=1e-12)
-    standard_error = math.sqrt(np.sum(weights ** 2))
+            assert rolling.value == pytest.approx(float(np.dot(z[i - 300 : i], weights)), abs=1e-12)
+    standard_error = math.sqrt(np.sum(weights**2))
     assert rolling.threshold == pytest.approx(4.3 * standard_error)
     assert standard_error == pytest.approx(math.sqrt(4 / (3 * 300)), rel=0.01)
     # Skewness counts less than in an equal mean of the same window: the weights' effective window is smaller.
@@ -490,6 +632,7 @@ def test_the_long_rolling_mean_finds_a_ramp_sooner_with_linear_weights_at_its_ca
 
 def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():
     from scipy import stats
+
     # 0/1 errors at 10 %: the window mean's exact upper tail (binomial) at the normal 4.7 sd's probability.
     skewness = 0.8 / math.sqrt(0.09)
     for window, sigmas in ((500, 4.7), (2000, 4.5)):
@@ -504,21 +647,47 @@ def test_rolling_thresholds_for_skewed_errors_match_the_binomial_tail():
 def test_a_classifier_s_rolling_means_allow_for_its_skewed_errors_and_old_state_keeps_normal_ones():
     rng = np.random.default_rng(4)
     validation, errors = (rng.random(5000) < 0.1).astype(float), (rng.random(3000) < 0.1).astype(float)
-    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
     for i, e in enumerate(errors):
         monitor.update(float(e), "misclassification", float(i), float(i))
     first = errors[:1000]
     expected = float(np.mean((first - first.mean()) ** 3) / first.std() ** 3)
     assert monitor.error.baseline.skewness == pytest.approx(expected) and 2.0 < monitor.error.baseline.skewness < 3.4
-    assert monitor.error.bank.detectors["rolling_mean"].skewness == monitor.error.bank.detectors["rolling_mean_long"].skewness == monitor.error.baseline.skewness
+    assert (
+        monitor.error.bank.detectors["rolling_mean"].skewness
+        == monitor.error.bank.detectors["rolling_mean_long"].skewness
+        == monitor.error.baseline.skewness
+    )
     state = monitor.state_values()
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=SimpleNamespace(**state), error_sample=error_sample(validation))
-    assert restored.error.bank.detectors["rolling_mean"].threshold == monitor.error.bank.detectors["rolling_mean"].threshold
-    old = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                             state=_as_written_before(state, 6),  # before the skewness
-                             error_sample=error_sample(validation))
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=SimpleNamespace(**state),
+        error_sample=error_sample(validation),
+    )
+    assert (
+        restored.error.bank.detectors["rolling_mean"].threshold
+        == monitor.error.bank.detectors["rolling_mean"].threshold
+    )
+    old = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=_as_written_before(state, 6),  # before the skewness
+        error_sample=error_sample(validation),
+    )
     assert old.error.baseline.skewness is None and old.error.bank.detectors["rolling_mean"].skewness == 0.0
 
 
@@ -526,14 +695,24 @@ def test_a_validation_baseline_takes_the_skewness_of_its_sample_and_keeps_it_acr
     rng = np.random.default_rng(5)
     validation = np.abs(rng.normal(0, 1, 5000))
     config = DriftConfig(production_baseline_labels=0)
-    monitor = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
+    )
     assert 0.7 < monitor.error.baseline.skewness < 1.3  # a half-normal's is 0.995
     monitor.update(0.5, "absolute_error", 1.0, 0.0)
-    restored = ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                  state=SimpleNamespace(**monitor.state_values()),
-                                  error_sample=error_sample(validation))
-    assert restored.error.baseline.skewness == monitor.error.baseline.skewness and restored.state_values() == monitor.state_values()
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        config,
+        float(validation.mean()),
+        float(validation.std()),
+        state=SimpleNamespace(**monitor.state_values()),
+        error_sample=error_sample(validation),
+    )
+    assert (
+        restored.error.baseline.skewness == monitor.error.baseline.skewness
+        and restored.state_values() == monitor.state_values()
+    )
 
 
 def test_errors_near_the_float_limit_set_a_baseline_without_overflow():
@@ -545,13 +724,16 @@ def test_errors_near_the_float_limit_set_a_baseline_without_overflow():
 
 
 def test_every_change_of_at_least_one_sd_is_alerted_started_or_escalated_inside_one_episode():
-    validation, labels = _production_stream(100_000, 3, gap=0.08,
-                                            shifts={25_000: 0.5, 50_000: 1.0, 75_000: 2.0})
+    validation, labels = _production_stream(100_000, 3, gap=0.08, shifts={25_000: 0.5, 50_000: 1.0, 75_000: 2.0})
     alerts, monitor = _alerts(validation, labels)
     raised = [(episode, predicted) for episode, predicted, _ in alerts if episode in ("started", "escalated")]
     for change in (50_000, 75_000):
         assert any(change <= predicted < change + 2000 for _, predicted in raised), (change, raised)
-    assert raised[0][0] == "started" and all(e == "escalated" for e, _ in raised[1:]) and monitor.error.episode.episodes == 1
+    assert (
+        raised[0][0] == "started"
+        and all(e == "escalated" for e, _ in raised[1:])
+        and monitor.error.episode.episodes == 1
+    )
     started = next(a for e, _, a in alerts if e == "started").data
     estimated = cloudevents.epoch(started.change_started_at)  # prediction time, here seconds since 1970
     assert abs(estimated - raised[0][1]) < 3600
@@ -561,9 +743,15 @@ def test_the_monitor_state_round_trips_mid_episode():
     validation, labels = _production_stream(30_000, 4, gap=0.0, shifts={10_000: 1.5, 20_000: 2.0})
     whole, _ = _alerts(validation, labels)
     first, monitor = _alerts(validation, labels[:15_000])
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
-                                  error_sample=error_sample(validation))
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
+        error_sample=error_sample(validation),
+    )
     second, _ = _alerts(validation, labels[15_000:], restored)
     assert [a.id for _, _, a in whole] == [a.id for _, _, a in first + second]
     assert len(whole) >= 2
@@ -573,7 +761,7 @@ def _scored_stream(n: int, seed: int, change: int, flip: float):
     """A calibrated binary classifier's (0/1 error, log loss) per label; from ``change`` on a share ``flip``
     of the labels contradicts the scores (the concept moved), in arrival order after lognormal delays."""
     rng = np.random.default_rng(seed)
-    p = rng.beta(1, 4, n)                         # score of the positive class
+    p = rng.beta(1, 4, n)  # score of the positive class
     q = np.where(np.arange(n) >= change, p + flip * (1 - 2 * p), p)
     y = rng.random(n) < q
     errors = ((p >= 0.5) != y).astype(float)
@@ -587,14 +775,26 @@ def _scored_stream(n: int, seed: int, change: int, flip: float):
 
 def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline_and_alerts():
     validation, labels = _scored_stream(40_000, 5, change=30_000, flip=0.15)
-    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
     alerts = []
     for i, (error, loss, arrived, predicted) in enumerate(labels):
         if i == 20_000:  # the log-loss monitor's state travels inside the version's state
-            monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                         state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
-                                         error_sample=error_sample(validation))
+            monitor = ErrorStreamMonitor(
+                "m",
+                "1",
+                DriftConfig(),
+                float(validation.mean()),
+                float(validation.std()),
+                state=SimpleNamespace(**json.loads(json.dumps(monitor.state_values()))),
+                error_sample=error_sample(validation),
+            )
         alerts += [(a, predicted) for a in monitor.update(error, "misclassification", arrived, predicted)]
         alerts += [(a, predicted) for a in monitor.update_log_loss(loss, arrived, predicted)]
     loss_alerts = [(a, predicted) for a, predicted in alerts if a.data.metric == "log_loss"]
@@ -610,12 +810,28 @@ def test_log_loss_of_scored_classifiers_is_a_second_stream_with_its_own_baseline
 def test_a_classifier_state_from_before_the_small_cusum_gets_a_threshold_near_a_calibrated_one(rate):
     rng = np.random.default_rng(2)
     validation, errors = (rng.random(5000) < rate).astype(float), (rng.random(3000) < rate).astype(float)
-    monitor = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                 error_sample=error_sample(validation))
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
     for i, e in enumerate(errors):
         monitor.update(float(e), "misclassification", float(i), float(i))
     state = monitor.state_values()
-    restored = ErrorStreamMonitor("m", "1", DriftConfig(), float(validation.mean()), float(validation.std()),
-                                  state=_as_written_before(state, 3),
-                                  error_sample=error_sample(validation))
-    assert 0.9 * monitor.error.baseline.small_cusum_h <= restored.error.baseline.small_cusum_h <= 1.2 * monitor.error.baseline.small_cusum_h
+    restored = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=_as_written_before(state, 3),
+        error_sample=error_sample(validation),
+    )
+    assert (
+        0.9 * monitor.error.baseline.small_cusum_h
+        <= restored.error.baseline.small_cusum_h
+        <= 1.2 * monitor.error.baseline.small_cusum_h
+    )

@@ -7,6 +7,7 @@ loading it and its alerts and state after the rest of the stream. Here today's c
 same alerts after it and the same state at the end (compared in today's format: the old code's format-8
 rows upgraded), and its own rows must read back byte for byte.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,9 +44,11 @@ def _world(record: dict):
 
     def monitor(row: dict | None = None) -> ErrorStreamMonitor:
         state = None if row is None else SimpleNamespace(**{"state_format": None, **row})
-        return ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()), state,
-                                  error_sample(validation))
-    return monitor, labels[s["cut"]:], s["metric"]
+        return ErrorStreamMonitor(
+            "m", "1", config, float(validation.mean()), float(validation.std()), state, error_sample(validation)
+        )
+
+    return monitor, labels[s["cut"] :], s["metric"]
 
 
 def _feed(monitor: ErrorStreamMonitor, labels, metric: str) -> list[dict]:
@@ -54,9 +57,19 @@ def _feed(monitor: ErrorStreamMonitor, labels, metric: str) -> list[dict]:
         alerts += monitor.update(error, metric, arrived, predicted)
         if loss is not None:
             alerts += monitor.update_log_loss(loss, arrived, predicted)
-    return [{"id": a.id, "episode": a.data.episode, "detector": a.data.detector, "metric": a.data.metric,
-             "value": a.data.value, "threshold": a.data.threshold, "label_count": a.data.label_count,
-             "change_started_at": a.data.change_started_at} for a in alerts]
+    return [
+        {
+            "id": a.id,
+            "episode": a.data.episode,
+            "detector": a.data.detector,
+            "metric": a.data.metric,
+            "value": a.data.value,
+            "threshold": a.data.threshold,
+            "label_count": a.data.label_count,
+            "change_started_at": a.data.change_started_at,
+        }
+        for a in alerts
+    ]
 
 
 def _as_today(monitor_of, old_row: dict) -> dict:

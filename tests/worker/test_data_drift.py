@@ -1,4 +1,5 @@
 """Data drift end to end: register a reference, stream predictions through the monitor."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,25 @@ from undertow.worker.dev.sample import SampleStream
 
 def _alerts(env) -> list[dict]:
     from sqlalchemy import text
+
     with env.engine.connect() as conn:
         return [json.loads(v) for (v,) in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY event_ts, id"))]
 
 
 def _windows(env) -> list[tuple]:
     from sqlalchemy import text
+
     with env.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT model_id, version, window_index, feature, start_ts, end_ts, n, psi, ks_statistic, ks_pvalue, "
-            "chi2_statistic, chi2_pvalue, missing_share, severity FROM window_results "
-            "ORDER BY model_id, version, window_index, feature"))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT model_id, version, window_index, feature, start_ts, end_ts, n, psi, ks_statistic, ks_pvalue, "
+                    "chi2_statistic, chi2_pvalue, missing_share, severity FROM window_results "
+                    "ORDER BY model_id, version, window_index, feature"
+                )
+            )
+        ]
 
 
 def _started(alerts, kind="undertow.drift.data"):
@@ -110,8 +119,11 @@ def test_sigkill_during_a_drifted_stream_gives_the_uninterrupted_results(make_en
         world.register_reference(SampleStream(seed=26))
     uninterrupted.send_events(stream_pairs(), labels=False)
     uninterrupted.drain()
-    kills = crashed.run_with_kills(lambda: crashed.send_events(stream_pairs(), rate=250, labels=False), seed=5,
-                                   env={"UNDERTOW_BATCH_MAX_RECORDS": "150"})
+    kills = crashed.run_with_kills(
+        lambda: crashed.send_events(stream_pairs(), rate=250, labels=False),
+        seed=5,
+        env={"UNDERTOW_BATCH_MAX_RECORDS": "150"},
+    )
     assert kills >= 3
     expected_windows = _windows(uninterrupted)
     assert len(expected_windows) == 12 * 6

@@ -1,6 +1,7 @@
 """The data-drift rules on windows fed straight to a version's monitor: hysteresis (a drift hovering around
 a threshold costs at most two alerts), prediction drift as its own event, evidence over windows for gradual
 drift, the multivariate check, and the performance estimate before labels."""
+
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -19,10 +20,17 @@ def _monitor(reference: dict, accuracy: float | None = None, **config) -> ModelV
 
 
 def _events(rows: list[dict], predictions, scores=None, start: int = 0) -> list[PredictionEvent]:
-    return [PredictionEvent(event_id=f"e{start + i}", model_id="m",
-                            ts=(START + timedelta(seconds=start + i)).isoformat(),
-                            features=row, prediction=p, scores=None if scores is None else scores[i])
-            for i, (row, p) in enumerate(zip(rows, predictions))]
+    return [
+        PredictionEvent(
+            event_id=f"e{start + i}",
+            model_id="m",
+            ts=(START + timedelta(seconds=start + i)).isoformat(),
+            features=row,
+            prediction=p,
+            scores=None if scores is None else scores[i],
+        )
+        for i, (row, p) in enumerate(zip(rows, predictions))
+    ]
 
 
 def _feed(monitor, events) -> list:
@@ -89,8 +97,13 @@ def _first_alarms(monitor, matrix: np.ndarray, after: int = 0) -> tuple[int | No
     ours = ks = None
     started = 0
     for i in range(matrix.shape[0] // 1000):
-        rows, ts = monitor.encode(_events([dict(zip(names, map(float, r))) for r in matrix[i * 1000:(i + 1) * 1000]],
-                                          [0.0] * 1000, start=i * 1000))
+        rows, ts = monitor.encode(
+            _events(
+                [dict(zip(names, map(float, r))) for r in matrix[i * 1000 : (i + 1) * 1000]],
+                [0.0] * 1000,
+                start=i * 1000,
+            )
+        )
         for window in monitor.window.add(rows, ts):
             results, alerts = monitor.evaluate(window)
             started += sum(1 for a in alerts if a.data.episode == "started")
@@ -119,8 +132,13 @@ def test_gradual_drift_is_found_no_later_than_ks_bonferroni_and_stationary_data_
         stationary = rng.normal(size=(50_000, 4))
         _, _, false_ours_here = _first_alarms(monitor, stationary)
         false_ours += false_ours_here
-        false_theirs += sum(1 for i in range(50) if any(  # KS-Bonferroni's alarmed windows, any feature
-            _ks_p(monitor, stationary[i * 1000:(i + 1) * 1000, j], j) < 0.01 / 4 for j in range(4)))
+        false_theirs += sum(
+            1
+            for i in range(50)
+            if any(  # KS-Bonferroni's alarmed windows, any feature
+                _ks_p(monitor, stationary[i * 1000 : (i + 1) * 1000, j], j) < 0.01 / 4 for j in range(4)
+            )
+        )
     assert None not in ours and np.median(ours) <= np.median(theirs), (ours, theirs)
     assert false_ours <= false_theirs, (false_ours, false_theirs)
 
@@ -135,6 +153,7 @@ def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_
     two = _monitor({f"x{j}": list(reference[:, j]) for j in range(2)})
     eight = _monitor({f"x{j}": list(reference[:, j]) for j in range(8)})
     from scipy.special import ndtr
+
     # One false alarm per 250 windows of the model: split over 4 moving sums and the input features.
     assert 4 * 2 * 250 * float(ndtr(-two.evidence.threshold)) == pytest.approx(1)
     assert 4 * 8 * 250 * float(ndtr(-eight.evidence.threshold)) == pytest.approx(1)
@@ -143,7 +162,7 @@ def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_
 
 def _correlated(rng, n, rho):
     x0 = rng.normal(size=n)
-    x1 = rho * x0 + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
+    x1 = rho * x0 + np.sqrt(1 - rho**2) * rng.normal(size=n)
     return [{"x0": float(a), "x1": float(b), "x2": float(c)} for a, b, c in zip(x0, x1, rng.normal(size=n))]
 
 
@@ -165,19 +184,27 @@ def test_the_performance_estimate_flags_a_classifier_losing_accuracy_under_covar
 
     def scored(n, shift):
         x = rng.normal(shift, 1, n)
-        p = 1 / (1 + np.exp(-3 * x))     # calibrated: the true P(class "1")
+        p = 1 / (1 + np.exp(-3 * x))  # calibrated: the true P(class "1")
         predicted = np.where(p >= 0.5, "1", "0")
         confidence = np.where(p >= 0.5, p, 1 - p)
         realised = float(np.mean(predicted == np.where(rng.random(n) < p, "1", "0")))  # labels, hours later
-        return ([{"x": float(v)} for v in x], list(predicted),
-                [{"1": float(q), "0": float(1 - q)} for q in p], realised)
+        return (
+            [{"x": float(v)} for v in x],
+            list(predicted),
+            [{"1": float(q), "0": float(1 - q)} for q in p],
+            realised,
+        )
+
     rows, _, _, accuracy = scored(5000, 1.5)  # validation: far from the boundary, about 0.94
     monitor = _monitor({"x": [r["x"] for r in rows]}, accuracy=accuracy)
     rows, predicted, scores, _ = scored(1000, 1.5)
     assert _feed(monitor, _events(rows, predicted, scores)) == []
     rows, predicted, scores, realised = scored(1000, 0.0)  # shifted onto the boundary: about 0.75
-    alerts = [a for a in _feed(monitor, _events(rows, predicted, scores, start=1000))
-              if a.type == "undertow.performance.estimated"]
+    alerts = [
+        a
+        for a in _feed(monitor, _events(rows, predicted, scores, start=1000))
+        if a.type == "undertow.performance.estimated"
+    ]
     assert len(alerts) == 1 and alerts[0].data.estimated is True
     assert abs(alerts[0].data.value - realised) < 0.03 and alerts[0].data.value < accuracy - 0.05
 
@@ -185,31 +212,44 @@ def test_the_performance_estimate_flags_a_classifier_losing_accuracy_under_covar
 @pytest.mark.parametrize("width", ["legacy", "new"])
 def test_a_window_stored_before_the_confidence_column_still_loads(width):
     from types import SimpleNamespace
+
     rng = np.random.default_rng(6)
     reference = _normal_rows(rng, 2000)
     profile = build_profile({k: [r[k] for r in reference] for k in reference[0]})
     columns = 4 + (width == "new")
-    state = SimpleNamespace(buffer=np.zeros((10, columns)).tobytes(), buffer_ts=np.zeros(10).tobytes(),
-                            next_window=0, window_start_ts=None, since_evaluation=0, late_events=0,
-                            episodes="{}", state_format=None)  # written before formats were numbered
+    state = SimpleNamespace(
+        buffer=np.zeros((10, columns)).tobytes(),
+        buffer_ts=np.zeros(10).tobytes(),
+        next_window=0,
+        window_start_ts=None,
+        since_evaluation=0,
+        late_events=0,
+        episodes="{}",
+        state_format=None,
+    )  # written before formats were numbered
     monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(), state, accuracy=0.9)
     assert monitor.scored == (width == "new") and monitor.window.rows.shape == (10, columns)
 
 
-@pytest.mark.parametrize("names", [("colour",), ("colour", "x0"), ("colour", "x0", "x1", "x2")],
-                         ids=["categorical only", "one numeric", "several numeric"])
+@pytest.mark.parametrize(
+    "names",
+    [("colour",), ("colour", "x0"), ("colour", "x0", "x1", "x2")],
+    ids=["categorical only", "one numeric", "several numeric"],
+)
 def test_encoding_takes_any_mix_of_feature_kinds_and_counts_nulls_strings_and_absent_values_as_missing(names):
     rng = np.random.default_rng(8)
-    reference = [{name: str(rng.choice(["red", "blue"])) if name == "colour" else float(rng.normal())
-                  for name in names} for _ in range(500)]
+    reference = [
+        {name: str(rng.choice(["red", "blue"])) if name == "colour" else float(rng.normal()) for name in names}
+        for _ in range(500)
+    ]
     monitor = _monitor({k: [r[k] for r in reference] for k in names})
     clean = [{name: "red" if name == "colour" else 0.5 for name in names}] * 3
     messy = [dict(clean[0]), {**clean[0], names[-1]: None}, {k: v for k, v in clean[0].items() if k != names[-1]}]
     if len(names) > 1:
         messy.append({**clean[0], names[-1]: "oops"})  # a string in a numeric column counts as missing
     rows, _ = monitor.encode(_events(clean, [1.0] * len(clean)))
-    assert not np.isnan(rows[:, :len(names)]).any()
+    assert not np.isnan(rows[:, : len(names)]).any()
     rows, _ = monitor.encode(_events(messy, [1.0] * len(messy)))
     last = monitor.columns.index(names[-1])
-    assert not np.isnan(rows[0, :len(names)]).any()
+    assert not np.isnan(rows[0, : len(names)]).any()
     assert np.isnan(rows[1:, last]).all()

@@ -37,8 +37,8 @@ def test_categorical_evaluator_buckets_known_other_and_unseen():
     values = ["a"] * 60 + ["b"] * 40 + [f"rare{i}" for i in range(5)]
     profile = build_profile({"c": values}).features["c"]
     from undertow.models.drift.stats import CategoricalEncoder
-    encoder = CategoricalEncoder(profile.model_copy(update={"categories": ["a", "b"],
-                                                            "other_categories": ["rare0"]}))
+
+    encoder = CategoricalEncoder(profile.model_copy(update={"categories": ["a", "b"], "other_categories": ["rare0"]}))
     assert [encoder.encode(v) for v in ("a", "b", "rare0", "never")] == [0, 1, 2, 3]
     assert np.isnan(encoder.encode(None))
 
@@ -48,7 +48,9 @@ def test_event_time_windows_close_on_a_later_event_and_count_late_ones():
     ts = np.array([0.0, 10, 59, 30, 61, 70, 5, 125])
     closed = state.add(np.arange(8.0).reshape(-1, 1), ts)
     assert [(w.index, w.start_ts, w.end_ts, w.rows[:, 0].tolist()) for w in closed] == [
-        (0, 0.0, 60.0, [0.0, 1.0, 2.0, 3.0]), (1, 60.0, 120.0, [4.0, 5.0])]
+        (0, 0.0, 60.0, [0.0, 1.0, 2.0, 3.0]),
+        (1, 60.0, 120.0, [4.0, 5.0]),
+    ]
     assert state.late_events == 1 and state.window_start_ts == 120.0 and len(state.rows) == 1
 
 
@@ -58,6 +60,7 @@ def test_window_state_survives_a_round_trip_through_its_columns():
 
     class Record:
         pass
+
     record = Record()
     for name, value in state.to_columns().items():
         setattr(record, "buffer" if name == "buffer" else name, value)
@@ -77,8 +80,12 @@ class _SuffixSumCusum:
     def update(self, z, prediction_ts):
         if self.detected:
             newest = self.first + self.horizon - 1
-            self.suffix, self.first, self.floor, self.detected = np.zeros(self.horizon), newest - self.horizon + 1, \
-                newest, False
+            self.suffix, self.first, self.floor, self.detected = (
+                np.zeros(self.horizon),
+                newest - self.horizon + 1,
+                newest,
+                False,
+            )
         bucket = int(prediction_ts // self.bucket_seconds)
         if self.first is None:
             self.first = bucket - self.horizon + 1
@@ -101,13 +108,14 @@ def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
     """Late labels (seconds to hours), time jumps past the horizon, alarms and restarts, a save and load
     midway: the statistic, its alarm and its change time are those of the O(horizon) definition."""
     from undertow.models.drift.detectors import PredictionTimeCusum
+
     rng = np.random.default_rng(seed)
     fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     reference = _SuffixSumCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     now, alarms = 0.0, 0
     for i in range(6000):
-        now += rng.exponential(2.0) + (5000.0 if i % 1500 == 1499 else 0.0)   # now and then a long gap
-        delay = rng.lognormal(np.log(30.0), 2.0)                               # seconds to hours late
+        now += rng.exponential(2.0) + (5000.0 if i % 1500 == 1499 else 0.0)  # now and then a long gap
+        delay = rng.lognormal(np.log(30.0), 2.0)  # seconds to hours late
         z = rng.normal(1.2 if 2000 <= i < 2600 or i >= 4500 else 0.0)
         fast.update(z, prediction_ts=now - delay)
         reference.update(z, prediction_ts=now - delay)
@@ -129,6 +137,7 @@ def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
     import json
 
     from undertow.models.drift.detectors import PredictionTimeCusum
+
     rng = np.random.default_rng(4)
     kept = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
     restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50)
@@ -141,7 +150,8 @@ def test_prediction_time_cusum_restored_from_its_state_continues_bit_for_bit():
         restored.update(z, prediction_ts=ts)
         if i % 7 == 0:
             restored = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(
-                type(restored.state()).model_validate(json.loads(restored.state().model_dump_json())))
+                type(restored.state()).model_validate(json.loads(restored.state().model_dump_json()))
+            )
         assert restored.statistic == kept.statistic and restored.drift_detected == kept.drift_detected
     assert restored.state() == kept.state()
 
@@ -150,6 +160,7 @@ def test_prediction_time_cusum_still_loads_the_suffix_sums_it_stored_before():
     """The suffix sums of the old format become the prefix sums in the concept state's upgrade."""
     from undertow.models.drift.concept_state import _prefix_sums
     from undertow.models.drift.detectors import PredictionTimeCusum
+
     rng = np.random.default_rng(5)
     detector = PredictionTimeCusum(k=0.5, h=50.0, bucket_seconds=60, horizon=20)
     for i in range(500):

@@ -5,6 +5,7 @@ each row goes into a fresh database with its ``state_format`` NULL, as the relea
 it, and the same continuation follows; the window results and alerts must be those the old code gave, and
 the window buffer it leaves the same. A row of the current format round-trips byte for byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,21 @@ from undertow.models.drift.drift_state import CODEC, legacy_blob, load_state
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "drift_state"
 CASES = sorted(path.name for path in DATA.glob("*.json"))
-FEATURE_COLUMNS = {"housing": 6, "stable": 6, "scored": 4}   # inputs and the prediction
+FEATURE_COLUMNS = {"housing": 6, "stable": 6, "scored": 4}  # inputs and the prediction
 
 
 def _row(case: dict, state_format: int | None = None) -> SimpleNamespace:
     import base64
+
     columns = case["row"]
-    return SimpleNamespace(**{**columns, "buffer": base64.b64decode(columns["buffer"]),
-                              "buffer_ts": base64.b64decode(columns["buffer_ts"]), "state_format": state_format})
+    return SimpleNamespace(
+        **{
+            **columns,
+            "buffer": base64.b64decode(columns["buffer"]),
+            "buffer_ts": base64.b64decode(columns["buffer_ts"]),
+            "state_format": state_format,
+        }
+    )
 
 
 @pytest.mark.parametrize("name", CASES)

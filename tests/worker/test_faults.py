@@ -6,6 +6,7 @@ monitor process kept going (it exits 0 on SIGTERM afterwards). The last two
 restart PostgreSQL (as its clients see it) under the trainer's claim of a
 run and under the database metrics' exporter lock.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,9 @@ def wait_mid_stream(env: Env, monitor, timeout: float = 60) -> None:
     try:
         wait_for(lambda: 0 < sum(env.counts()[:2]) < 8000, timeout, "the monitor to be mid-stream")
     except AssertionError as timed_out:
-        raise AssertionError(f"{timed_out}: counts {env.counts()}, monitor exit code {monitor.poll()}, its log: "
-                             f"{env.log_of(monitor)}") from None
+        raise AssertionError(
+            f"{timed_out}: counts {env.counts()}, monitor exit code {monitor.poll()}, its log: {env.log_of(monitor)}"
+        ) from None
 
 
 def retried_through_the_fault(env: Env, proc, failures: int = 2):
@@ -96,8 +98,11 @@ def test_broker_paused_mid_stream_until_the_monitor_loses_its_group(private_brok
         wait_mid_stream(env, monitor)
         os.kill(private_broker.pid, signal.SIGSTOP)
         try:
-            wait_for(lambda: "Heartbeat session expired" in env.log_of(monitor, tail=10**8), 120,
-                     "the monitor's group session to expire on the stalled broker")
+            wait_for(
+                lambda: "Heartbeat session expired" in env.log_of(monitor, tail=10**8),
+                120,
+                "the monitor's group session to expire on the stalled broker",
+            )
         finally:
             os.kill(private_broker.pid, signal.SIGCONT)
         env.send_events(events(1000, seed=2))
@@ -122,8 +127,9 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
         # Producers come back first; their topics get another partition count.
         env.create_topics(partitions=4)
         env.send_events(events(1000, seed=2))  # far fewer records than the stored offsets
-        wait_for(lambda: env.counts()[:2] == (4000, 4000), 120,
-                 "the new log to be read from its start, all four partitions")
+        wait_for(
+            lambda: env.counts()[:2] == (4000, 4000), 120, "the new log to be read from its start, all four partitions"
+        )
         status = env.status()
         partitions = {(p["topic"], p["partition"]): p for p in status["partitions"]}
         assert {p for t, p in partitions if t == env.topics.predictions} == {0, 1, 2, 3}
@@ -138,10 +144,15 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
         # re-read (moves from a stored offset within it). (Seen once in CI: 74.)
         duplicates = env.counts()[2]
         with env.engine.connect() as conn:
-            moves = [tuple(r) for r in conn.execute(text(
-                "SELECT topic, partition, stored_offset, resumed_at FROM partition_gaps"))]
-        reread = sum(stored - resumed for topic, partition, stored, resumed in moves
-                     if resumed < stored <= partitions[(topic, partition)]["end_offset"])
+            moves = [
+                tuple(r)
+                for r in conn.execute(text("SELECT topic, partition, stored_offset, resumed_at FROM partition_gaps"))
+            ]
+        reread = sum(
+            stored - resumed
+            for topic, partition, stored, resumed in moves
+            if resumed < stored <= partitions[(topic, partition)]["end_offset"]
+        )
         assert duplicates <= reread, (duplicates, moves, partitions)
 
         # Again while no monitor runs, and the new log grows past the stored
@@ -152,11 +163,18 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
         env.send_events(events(4000, seed=3))
         log = env.drain()
         with env.engine.connect() as conn:
-            gaps = [tuple(r) for r in conn.execute(text(
-                "SELECT topic, partition, kind, stored_offset, resumed_at, detail FROM partition_gaps ORDER BY id"))]
+            gaps = [
+                tuple(r)
+                for r in conn.execute(
+                    text(
+                        "SELECT topic, partition, kind, stored_offset, resumed_at, detail FROM partition_gaps ORDER BY id"
+                    )
+                )
+            ]
         # No monitor ran while the topics were recreated: nothing is read twice this time.
-        assert env.counts() == (8000, 8000, duplicates), [(t.rsplit(".", 1)[-1], p, k, so, r, d[:22])
-                                                          for t, p, k, so, r, d in gaps]
+        assert env.counts() == (8000, 8000, duplicates), [
+            (t.rsplit(".", 1)[-1], p, k, so, r, d[:22]) for t, p, k, so, r, d in gaps
+        ]
         assert "topic recreated" in log
     finally:
         env.close()
@@ -234,7 +252,6 @@ def test_one_of_two_monitors_killed_during_a_database_outage(broker, db_url):
         env.close()
 
 
-
 # -- PostgreSQL restarts and advisory locks (issue 29, points 6 and 7) -------------------------------------------
 
 
@@ -261,9 +278,29 @@ def train_v1_on_stationary_pairs(env: Env) -> None:
     """Champion version 1 of ``housing`` (the CLI's ``train``), then 3,000 labelled pairs joined by a monitor."""
     data = Path(tempfile.mkdtemp()) / "train.csv"
     write_training_csv(SampleStream(seed=2), data, 4000)
-    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "train", "--model-id",
-                           "housing", "--data", str(data), "--target", "target", "--time-column", "ts",
-                           *env.cli_args()], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "undertow.worker.cli",
+            "--log-level",
+            "WARNING",
+            "train",
+            "--model-id",
+            "housing",
+            "--data",
+            str(data),
+            "--target",
+            "target",
+            "--time-column",
+            "ts",
+            *env.cli_args(),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     env.send_events(list(SampleStream(seed=6).events(3000)))
     env.drain(idle=2.0)
@@ -323,13 +360,33 @@ def test_postgres_restarted_while_the_trainer_claims_a_run(broker, db_url, monke
         request_id = f"r-restart-{uuid.uuid4().hex[:8]}"  # the lock's key is database-wide: unique per test run
         run_id = runs.run_id_for(request_id)
         with db.make_session_factory(env.engine).begin() as session:
-            runs.new_run(session, run_id=run_id, model_id="housing", champion_version="1", request_id=request_id,
-                         trigger={"reason": "operator", "alert_ids": ["manual"], "data_policy": {"kind": "all"},
-                                  "change_at": None})
-        worker = TrainingWorker(load_settings({
-            "kafka_bootstrap_servers": env.bootstrap, "db_url": through(forwarder, db_url),
-            "topic_prefix": env.prefix, "group_id": env.group_id + "-trainer", "artifacts_dir": str(env.artifacts_dir),
-            "min_train_pairs": 500, "gate_min_holdout": 300}, TrainerSettings))
+            runs.new_run(
+                session,
+                run_id=run_id,
+                model_id="housing",
+                champion_version="1",
+                request_id=request_id,
+                trigger={
+                    "reason": "operator",
+                    "alert_ids": ["manual"],
+                    "data_policy": {"kind": "all"},
+                    "change_at": None,
+                },
+            )
+        worker = TrainingWorker(
+            load_settings(
+                {
+                    "kafka_bootstrap_servers": env.bootstrap,
+                    "db_url": through(forwarder, db_url),
+                    "topic_prefix": env.prefix,
+                    "group_id": env.group_id + "-trainer",
+                    "artifacts_dir": str(env.artifacts_dir),
+                    "min_train_pairs": 500,
+                    "gate_min_holdout": 300,
+                },
+                TrainerSettings,
+            )
+        )
         key = RunLock(worker.engine, run_id).key
         faults = RestartsDuringClaims(forwarder, key, worker.engine, monkeypatch)
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -337,15 +394,25 @@ def test_postgres_restarted_while_the_trainer_claims_a_run(broker, db_url, monke
 
         def reads() -> int:  # the claims that read the run's pairs
             return sum("training a candidate" in r.getMessage() for r in caplog.records)
+
         attempts = "SELECT attempts FROM training_runs WHERE run_id = :r"
         try:
-            wait_for(lambda: not thread.is_alive() or env.scalar(
-                "SELECT status FROM training_runs WHERE run_id = :r AND status IN ('promoted', 'rejected')",
-                r=run_id), 120, "the run to end")
+            wait_for(
+                lambda: (
+                    not thread.is_alive()
+                    or env.scalar(
+                        "SELECT status FROM training_runs WHERE run_id = :r AND status IN ('promoted', 'rejected')",
+                        r=run_id,
+                    )
+                ),
+                120,
+                "the run to end",
+            )
         except AssertionError as timed_out:
-            raise AssertionError(f"{timed_out}: {len(faults.claims)} claims, {reads()} reads of the pairs, "
-                                 f"attempts {env.scalar(attempts, r=run_id)}, lock free: {lock_is_free(db_url, key)}"
-                                 ) from None
+            raise AssertionError(
+                f"{timed_out}: {len(faults.claims)} claims, {reads()} reads of the pairs, "
+                f"attempts {env.scalar(attempts, r=run_id)}, lock free: {lock_is_free(db_url, key)}"
+            ) from None
         assert thread.is_alive(), "the training thread ended (its exception is in the log)"
         stop.set()
         thread.join(timeout=60)
@@ -388,6 +455,7 @@ def test_database_metrics_exported_by_one_monitor_after_a_postgres_restart(db_ur
 
     def exporting() -> list[bool]:
         return [any(True for _ in collector.collect()) for collector in (first, second)]
+
     try:
         assert exporting() == [True, False]  # the first to scrape takes the lock
         forwarder.cut()

@@ -8,6 +8,7 @@ significant digits, see ``_near``).
 Record anew only for a deliberate behaviour change, and say so in the
 commit: ``UNDERTOW_WRITE_GOLDEN=1 pytest tests/worker/test_golden.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,12 @@ def _records(topics):
         return ConsumerRecord(topic, 0, -1, offset, ts, 0, key, value, [], None, len(key), len(value), -1)
 
     drifting = SampleStream(seed=7, model_id="housing")
-    pairs = [*drifting.events(3000), *drifting.events(1500, start_index=3000, shift=1.5),
-             *drifting.events(1500, start_index=4500, shift=1.5, new_region="central"),
-             *drifting.events(1500, start_index=6000, shift=1.5, concept_shift=1.0)]
+    pairs = [
+        *drifting.events(3000),
+        *drifting.events(1500, start_index=3000, shift=1.5),
+        *drifting.events(1500, start_index=4500, shift=1.5, new_region="central"),
+        *drifting.events(1500, start_index=6000, shift=1.5, concept_shift=1.0),
+    ]
     stable = list(SampleStream(seed=8, model_id="stable").events(3000))
     out = []
     for i, (prediction, _) in enumerate(pairs):
@@ -69,16 +73,22 @@ def _run(env: Env) -> dict:
     runner = ServiceRunner(env.settings, monitor_service(env.settings, clock=lambda: 2_000_000_000))
     records = _records(Topics(env.settings.topic_prefix))
     for start in range(0, len(records), BATCH):
-        batch = build_batch(records[start:start + BATCH], runner.service.parse)
+        batch = build_batch(records[start : start + BATCH], runner.service.parse)
         with runner.sessions.begin() as session:
             runner.apply(session, batch)
     runner.engine.dispose()
     with env.engine.connect() as conn:
         alerts = [json.loads(row[0]) for row in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY id"))]
-        windows = [dict(row._mapping) for row in conn.execute(text(
-            "SELECT * FROM window_results ORDER BY model_id, version, window_index, feature"))]
-        requests = [json.loads(row[0]) for row in conn.execute(text(
-            "SELECT cloudevent FROM retrain_requests ORDER BY request_id"))]
+        windows = [
+            dict(row._mapping)
+            for row in conn.execute(
+                text("SELECT * FROM window_results ORDER BY model_id, version, window_index, feature")
+            )
+        ]
+        requests = [
+            json.loads(row[0])
+            for row in conn.execute(text("SELECT cloudevent FROM retrain_requests ORDER BY request_id"))
+        ]
     return {"alerts": alerts, "window_results": windows, "retrain_requests": requests}
 
 
@@ -120,6 +130,7 @@ def test_the_stream_gives_the_recorded_alerts_and_window_results(env):
         assert got[part] == _near(golden[part]), part
     # == holds for 1 == 1.0; the published events must not turn an int into a float or back.
     assert [_canonical(_typed(a)) for a in got["alerts"]] == [_canonical(_typed(a)) for a in golden["alerts"]]
-    assert ([_canonical(_typed(r)) for r in got["retrain_requests"]]
-            == [_canonical(_typed(r)) for r in golden["retrain_requests"]])
+    assert [_canonical(_typed(r)) for r in got["retrain_requests"]] == [
+        _canonical(_typed(r)) for r in golden["retrain_requests"]
+    ]
     assert {a["type"] for a in golden["alerts"]} >= {"undertow.drift.data", "undertow.drift.concept"}

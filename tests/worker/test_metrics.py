@@ -1,4 +1,5 @@
 """/metrics of the monitor and the trainer, read after a short stream and checked against what was sent."""
+
 import httpx
 
 from tests.conftest import wait_for
@@ -22,10 +23,10 @@ def _metrics(port: int) -> dict[str, float]:
 def test_monitor_and_trainer_metrics_count_what_was_sent(env):
     env.register_reference(SampleStream(seed=1))
     pairs = list(SampleStream(seed=2).events(1500))
-    env.send_events(pairs[:1200])                      # 1,200 predictions with labels
-    env.send_events(pairs[1200:], labels=False)        # 300 predictions still waiting for theirs
-    env.send_events(pairs[:100], labels=False)         # 100 retries of predictions already sent
-    env.send(env.topics.predictions, b"{not json")     # one bad record
+    env.send_events(pairs[:1200])  # 1,200 predictions with labels
+    env.send_events(pairs[1200:], labels=False)  # 300 predictions still waiting for theirs
+    env.send_events(pairs[:100], labels=False)  # 100 retries of predictions already sent
+    env.send(env.topics.predictions, b"{not json")  # one bad record
     typo = [{**p, "model_id": "housnig", "event_id": f"typo-{i}"} for i, (p, _) in enumerate(pairs[:30])]
     env.send_sequence([("prediction", p) for p in typo])  # 30 predictions of a model id nobody registered
     port, trainer_port = free_port(), free_port()
@@ -34,8 +35,9 @@ def test_monitor_and_trainer_metrics_count_what_was_sent(env):
     predictions, labels = env.topics.predictions, env.topics.labels
     try:
         consumed = f'undertow_events_consumed_total{{kind="prediction",topic="{predictions}"}}'
-        values = wait_for(lambda: (m := _metrics(port)).get(consumed, 0) >= 1630 and m, 120,
-                          "the monitor to consume the stream")
+        values = wait_for(
+            lambda: (m := _metrics(port)).get(consumed, 0) >= 1630 and m, 120, "the monitor to consume the stream"
+        )
         # Retries and the unregistered id's events are valid events: consumed, then counted as
         # duplicates and as unregistered.
         assert values[consumed] == 1630
@@ -43,16 +45,24 @@ def test_monitor_and_trainer_metrics_count_what_was_sent(env):
         assert values['undertow_dead_letters_total{reason="InvalidEvent",stage="validate"}'] == 1
         assert values["undertow_duplicates_total"] == 100
         unregistered = 'undertow_unregistered_events_total{kind="prediction",model_id="housnig"}'
-        values = wait_for(lambda: (m := _metrics(port)).get(unregistered, 0) >= 30 and m, 30,
-                          "the unregistered id's predictions to be counted")
+        values = wait_for(
+            lambda: (m := _metrics(port)).get(unregistered, 0) >= 30 and m,
+            30,
+            "the unregistered id's predictions to be counted",
+        )
         assert values[unregistered] == 30 and values["undertow_unregistered_model_ids"] == 1
         assert values['undertow_join_pending{kind="prediction"}'] == 300
         assert values['undertow_join_pending{kind="label"}'] == 0
         assert values["undertow_batch_duration_seconds_count"] >= 1
         assert values[f'undertow_last_event_timestamp_seconds{{topic="{predictions}"}}'] > 1.7e9
+
         def lags():
-            return [v for k, v in _metrics(port).items() if k.startswith("undertow_consumer_lag{")
-                    and f'topic="{predictions}"' in k]
+            return [
+                v
+                for k, v in _metrics(port).items()
+                if k.startswith("undertow_consumer_lag{") and f'topic="{predictions}"' in k
+            ]
+
         wait_for(lambda: lags() and not any(lags()), 30, "the stored offsets to reach the log end")
         trainer_values = wait_for(lambda: _metrics(trainer_port), 60, "the trainer's metrics")
         assert trainer_values['undertow_training_runs{status="promoted"}'] == 0

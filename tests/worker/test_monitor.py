@@ -1,4 +1,5 @@
 """The monitor against the embedded broker and a real database, run as the CLI runs it."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,22 @@ from undertow.worker.dev.sample import SampleStream
 
 
 def _counts(env) -> tuple[int, int, int]:
-    row = (env.scalar("SELECT COALESCE(SUM(predictions), 0) FROM model_stats"),
-           env.scalar("SELECT COALESCE(SUM(labels), 0) FROM model_stats"),
-           env.scalar("SELECT COALESCE(SUM(duplicates), 0) FROM model_stats"))
+    row = (
+        env.scalar("SELECT COALESCE(SUM(predictions), 0) FROM model_stats"),
+        env.scalar("SELECT COALESCE(SUM(labels), 0) FROM model_stats"),
+        env.scalar("SELECT COALESCE(SUM(duplicates), 0) FROM model_stats"),
+    )
     return tuple(int(v) for v in row)
 
 
 def _prediction(event_id: str, model_id: str = "m", **changes) -> dict:
-    event = {"event_id": event_id, "model_id": model_id, "ts": "2026-11-27T14:06:28Z",
-             "features": {"x": 1.0, "c": "red"}, "prediction": 1.5}
+    event = {
+        "event_id": event_id,
+        "model_id": model_id,
+        "ts": "2026-11-27T14:06:28Z",
+        "features": {"x": 1.0, "c": "red"},
+        "prediction": 1.5,
+    }
     event.update(changes)
     return event
 
@@ -29,7 +37,11 @@ def test_poison_records_go_to_the_dead_letter_topic_and_good_ones_count(env):
     p, lab = env.topics.predictions, env.topics.labels
     good = json.dumps(_prediction("ok")).encode()
     bad_predictions = [
-        b"{not json", b"", None, b"[1, 2, 3]", b"42",
+        b"{not json",
+        b"",
+        None,
+        b"[1, 2, 3]",
+        b"42",
         json.dumps({"event_id": "x", "model_id": "m"}).encode(),
         json.dumps(_prediction("x", features=[1, 2])).encode(),
         json.dumps(_prediction("x", prediction={"no": 1})).encode(),
@@ -39,8 +51,12 @@ def test_poison_records_go_to_the_dead_letter_topic_and_good_ones_count(env):
         json.dumps(_prediction("x", ts="2026-11-27T14:06:28")).encode(),
         json.dumps(_prediction("x", features={"blob": "y" * 300_000})).encode(),
     ]
-    bad_labels = [b"{}", json.dumps({"event_id": "ok", "model_id": "m", "ts": "2026-11-27T15:00:00Z",
-                                     "label": float("inf")}, allow_nan=True).encode()]
+    bad_labels = [
+        b"{}",
+        json.dumps(
+            {"event_id": "ok", "model_id": "m", "ts": "2026-11-27T15:00:00Z", "label": float("inf")}, allow_nan=True
+        ).encode(),
+    ]
     good_count = 0
     for i, value in enumerate(bad_predictions):
         env.send(p, value, headers=[("trace", f"t{i}".encode())])
@@ -49,8 +65,9 @@ def test_poison_records_go_to_the_dead_letter_topic_and_good_ones_count(env):
     env.send(p, json.dumps(_prediction("wrong-key")).encode(), key=b"other-model")
     for value in bad_labels:
         env.send(lab, value)
-    env.send(lab, json.dumps({"event_id": "good-0", "model_id": "m", "ts": "2026-11-27T15:00:00Z",
-                              "label": 1.0}).encode())
+    env.send(
+        lab, json.dumps({"event_id": "good-0", "model_id": "m", "ts": "2026-11-27T15:00:00Z", "label": 1.0}).encode()
+    )
     env.flush()
 
     env.drain()
@@ -82,8 +99,9 @@ def test_duplicate_event_ids_are_counted_once(env):
         env.send(p, json.dumps(_prediction("dup")).encode())
     env.send(p, json.dumps(_prediction("unique")).encode())
     for _ in range(2):
-        env.send(lab, json.dumps({"event_id": "dup", "model_id": "m", "ts": "2026-11-27T15:00:00Z",
-                                  "label": 2.0}).encode())
+        env.send(
+            lab, json.dumps({"event_id": "dup", "model_id": "m", "ts": "2026-11-27T15:00:00Z", "label": 2.0}).encode()
+        )
     env.flush()
     env.drain()
     assert _counts(env) == (2, 1, 3)
@@ -94,10 +112,12 @@ def test_duplicate_event_ids_are_counted_once(env):
 
 def _produce_stream(env, n: int, models: int = 6, rate: float | None = None) -> int:
     """n distinct predictions and their labels across models, every 50th prediction sent twice."""
+
     def pairs():
         for i, (prediction, label) in enumerate(SampleStream(seed=3).events(n)):
             prediction["model_id"] = label["model_id"] = f"model-{i % models}"
             yield prediction, label
+
     return env.send_events(pairs(), rate=rate, duplicate_every=50)
 
 
@@ -107,8 +127,9 @@ def test_sigkill_at_random_moments_counts_every_event_exactly_once(env):
     n = 10_000  # predictions; with their labels 20,000 distinct valid events
     # Paced so the stream lasts longer than several restarts (each group rejoin
     # after a SIGKILL takes ~11 s on Tansu): every kill lands mid-stream.
-    kills = env.run_with_kills(lambda: _produce_stream(env, n, rate=400), seed=11,
-                               env={"UNDERTOW_BATCH_MAX_RECORDS": "300"})
+    kills = env.run_with_kills(
+        lambda: _produce_stream(env, n, rate=400), seed=11, env={"UNDERTOW_BATCH_MAX_RECORDS": "300"}
+    )
     predictions, labels, duplicates = _counts(env)
     assert kills >= 3
     assert (predictions, labels) == (n, n)
@@ -138,6 +159,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(env):
     assert labels == stored_labels
     # Kafka's committed offsets mirror the database for lag tools.
     from kafka import KafkaConsumer, TopicPartition
+
     consumer = KafkaConsumer(bootstrap_servers=env.bootstrap, group_id=env.group_id, enable_auto_commit=False)
     try:
         for (topic, partition), offset in stored.items():
@@ -150,6 +172,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(env):
 
 def _stored_offsets(env):
     from sqlalchemy import text
+
     with env.engine.connect() as conn:
         return list(conn.execute(text("SELECT topic, partition, next_offset FROM consumer_offsets")))
 

@@ -1,4 +1,5 @@
 """The monitor's rules on their own, against a real database: the retrain cooldown, the join's bounds, the duplicate filter."""
+
 import json
 
 import pytest
@@ -20,10 +21,27 @@ T0 = 1_800_000_000.0
 
 
 def _alert(at: float, n: int) -> ConceptDriftAlert:
-    return ConceptDriftAlert(id=f"alert-{n}", subject="m", time=cloudevents.rfc3339(at), data=ConceptDrift(
-        model_id="m", model_version="1", severity="significant", episode="started", detector="cusum",
-        metric="absolute_error", value=9.0, threshold=5.0, unit="baseline_sd", baseline=Baseline(mean=1, sd=1),
-        recent_mean_error=2.0, detected_at=cloudevents.rfc3339(at), label_count=n, change_started_at=None))
+    return ConceptDriftAlert(
+        id=f"alert-{n}",
+        subject="m",
+        time=cloudevents.rfc3339(at),
+        data=ConceptDrift(
+            model_id="m",
+            model_version="1",
+            severity="significant",
+            episode="started",
+            detector="cusum",
+            metric="absolute_error",
+            value=9.0,
+            threshold=5.0,
+            unit="baseline_sd",
+            baseline=Baseline(mean=1, sd=1),
+            recent_mean_error=2.0,
+            detected_at=cloudevents.rfc3339(at),
+            label_count=n,
+            change_started_at=None,
+        ),
+    )
 
 
 def test_retrain_requests_wait_for_the_open_one_and_for_the_cooldown(engine):
@@ -44,8 +62,13 @@ def test_retrain_requests_wait_for_the_open_one_and_for_the_cooldown(engine):
 
 
 def _prediction(n: int, at: float):
-    raw = {"event_id": f"e{n}", "model_id": "m", "ts": cloudevents.rfc3339(at), "features": {"x": 1.0},
-           "prediction": 1.0}
+    raw = {
+        "event_id": f"e{n}",
+        "model_id": "m",
+        "ts": cloudevents.rfc3339(at),
+        "features": {"x": 1.0},
+        "prediction": 1.0,
+    }
     return parse_prediction(json.dumps(raw).encode(), 4096)
 
 
@@ -65,8 +88,17 @@ def _apply(sessions, stage, events, restore: bool = False) -> None:
 def _join(sessions) -> tuple[dict, set]:
     with sessions() as session:
         stats = repo.join_stats(session, "m")
-        numbers = {k: getattr(stats, k) for k in ("pending_predictions", "pending_labels", "joined",
-                                                   "expired_predictions", "expired_labels", "evicted_predictions")}
+        numbers = {
+            k: getattr(stats, k)
+            for k in (
+                "pending_predictions",
+                "pending_labels",
+                "joined",
+                "expired_predictions",
+                "expired_labels",
+                "evicted_predictions",
+            )
+        }
         waiting = {(p.kind, p.event_id) for p in session.scalars(select(PendingEvent))}
     return numbers, waiting
 
@@ -74,8 +106,9 @@ def _join(sessions) -> tuple[dict, set]:
 @pytest.mark.parametrize("restore", [False, True], ids=["in-memory", "restored-each-batch"])
 def test_the_join_evicts_the_oldest_beyond_its_cap_and_expires_by_event_time(engine, restore):
     sessions = db.make_session_factory(engine)
-    stage = ConceptStage("alerts", RetrainPolicy("retrain"), join_ttl_seconds=100, join_max_pending=5,
-                         pairs_retention=1000)
+    stage = ConceptStage(
+        "alerts", RetrainPolicy("retrain"), join_ttl_seconds=100, join_max_pending=5, pairs_retention=1000
+    )
     _apply(sessions, stage, [_prediction(n, T0 + n) for n in range(8)], restore)
     numbers, waiting = _join(sessions)
     assert numbers["pending_predictions"] == 5 and numbers["evicted_predictions"] == 3

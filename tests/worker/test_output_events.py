@@ -1,4 +1,5 @@
 """Output events: every published event parses into its model, and the JSON Schemas in the repository match the models."""
+
 import json
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def test_the_schemas_in_the_repository_are_the_models_schemas():
 def test_every_recorded_event_parses_into_its_model_and_encodes_to_the_same_bytes():
     golden = json.loads(GOLDEN.read_text())
     events = golden["alerts"] + golden["retrain_requests"]
-    assert {e["type"] for e in events} == {"undertow.drift.data", "undertow.drift.prediction", "undertow.drift.concept",
-                                           "undertow.retrain.requested"}
+    assert {e["type"] for e in events} == {
+        "undertow.drift.data",
+        "undertow.drift.prediction",
+        "undertow.drift.concept",
+        "undertow.retrain.requested",
+    }
     for raw in events:
         event = parse_event(json.dumps(raw))
         assert event.type == raw["type"] and type(event).model_fields["type"].default == raw["type"]
@@ -39,11 +44,24 @@ def test_every_recorded_event_parses_into_its_model_and_encodes_to_the_same_byte
 
 
 def test_a_dataset_alert_round_trips():
-    window = output_events.Window(index=3, start_ts="2026-11-01T00:00:00.000Z", end_ts="2026-11-01T00:10:00.000Z",
-                                  n=500)
-    alert = output_events.DatasetDriftAlert(id="x", subject="m", time=window.end_ts, data=output_events.DatasetDrift(
-        model_id="m", model_version="1", severity="moderate", episode="started", drifted_share=0.5,
-        drifted_features=["a", "b"], threshold=0.5, window=window))
+    window = output_events.Window(
+        index=3, start_ts="2026-11-01T00:00:00.000Z", end_ts="2026-11-01T00:10:00.000Z", n=500
+    )
+    alert = output_events.DatasetDriftAlert(
+        id="x",
+        subject="m",
+        time=window.end_ts,
+        data=output_events.DatasetDrift(
+            model_id="m",
+            model_version="1",
+            severity="moderate",
+            episode="started",
+            drifted_share=0.5,
+            drifted_features=["a", "b"],
+            threshold=0.5,
+            window=window,
+        ),
+    )
     assert parse_event(output_events.encode(alert)) == alert
     assert json.loads(output_events.encode(alert))["type"] == "undertow.drift.dataset"
 
@@ -56,11 +74,14 @@ def test_events_are_frozen():
         alert.data.value = 0.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"type": "undertow.drift.unknown"}, "type"),
-    ({"type": "undertow.drift.concept", "extra": 1}, "extra"),
-    ({"type": "undertow.drift.concept", "data": {"detector": "adwin"}}, "detector"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"type": "undertow.drift.unknown"}, "type"),
+        ({"type": "undertow.drift.concept", "extra": 1}, "extra"),
+        ({"type": "undertow.drift.concept", "data": {"detector": "adwin"}}, "detector"),
+    ],
+)
 def test_events_that_do_not_fit_are_rejected_with_the_field(raw, fragment):
     golden = json.loads(GOLDEN.read_text())
     concept = next(a for a in golden["alerts"] if a["type"] == "undertow.drift.concept")

@@ -2,6 +2,7 @@
 shows its value against the threshold it was compared with, and the alert and episode tables never show
 "None" or "nan". A regressor and a classifier, each registered in a real database, with alerts recorded as
 the monitor records them (``record_alert``); the report run through the CLI as a user runs it."""
+
 import re
 import subprocess
 import sys
@@ -43,23 +44,58 @@ def _window(minute: int) -> Window:
     return Window(index=minute, start_ts=_ts(minute - 1), end_ts=_ts(minute), n=1000)
 
 
-def _data(model_id, minute, feature, episode, severity, psi, categorical=False,
-          rule="window") -> DataDriftAlert | PredictionDriftAlert:
-    tests = ({"ks_statistic": None, "ks_pvalue": None, "chi2_statistic": 41.5, "chi2_pvalue": 2e-9} if categorical
-             else {"ks_statistic": 0.21, "ks_pvalue": 1e-9, "chi2_statistic": None, "chi2_pvalue": None})
+def _data(
+    model_id, minute, feature, episode, severity, psi, categorical=False, rule="window"
+) -> DataDriftAlert | PredictionDriftAlert:
+    tests = (
+        {"ks_statistic": None, "ks_pvalue": None, "chi2_statistic": 41.5, "chi2_pvalue": 2e-9}
+        if categorical
+        else {"ks_statistic": 0.21, "ks_pvalue": 1e-9, "chi2_statistic": None, "chi2_pvalue": None}
+    )
     kind = PredictionDriftAlert if feature == PREDICTION_FEATURE else DataDriftAlert
-    return kind(id=f"{model_id}-data-{minute}", subject=model_id, time=_ts(minute), data=DataDrift(
-        model_id=model_id, model_version="1", severity=severity, episode=episode, feature=feature, rule=rule,
-        psi=psi, missing_share=0.0, window=_window(minute), **tests))
+    return kind(
+        id=f"{model_id}-data-{minute}",
+        subject=model_id,
+        time=_ts(minute),
+        data=DataDrift(
+            model_id=model_id,
+            model_version="1",
+            severity=severity,
+            episode=episode,
+            feature=feature,
+            rule=rule,
+            psi=psi,
+            missing_share=0.0,
+            window=_window(minute),
+            **tests,
+        ),
+    )
 
 
-def _concept(model_id, minute, episode, detector, metric, value, threshold, unit="baseline_sd",
-             severity="significant") -> ConceptDriftAlert:
-    return ConceptDriftAlert(id=f"{model_id}-concept-{minute}", subject=model_id, time=_ts(minute), data=ConceptDrift(
-        model_id=model_id, model_version="1", severity=severity, episode=episode, detector=detector, metric=metric,
-        value=value, threshold=threshold, unit=unit, baseline=Baseline(mean=0.4, sd=0.3),
-        recent_mean_error=0.55 if episode != "deployment_gap" else None, detected_at=_ts(minute), label_count=5000,
-        change_started_at=_ts(minute - 5) if episode == "started" else None))
+def _concept(
+    model_id, minute, episode, detector, metric, value, threshold, unit="baseline_sd", severity="significant"
+) -> ConceptDriftAlert:
+    return ConceptDriftAlert(
+        id=f"{model_id}-concept-{minute}",
+        subject=model_id,
+        time=_ts(minute),
+        data=ConceptDrift(
+            model_id=model_id,
+            model_version="1",
+            severity=severity,
+            episode=episode,
+            detector=detector,
+            metric=metric,
+            value=value,
+            threshold=threshold,
+            unit=unit,
+            baseline=Baseline(mean=0.4, sd=0.3),
+            recent_mean_error=0.55 if episode != "deployment_gap" else None,
+            detected_at=_ts(minute),
+            label_count=5000,
+            change_started_at=_ts(minute - 5) if episode == "started" else None,
+        ),
+    )
 
 
 def _window_checks(model_id: str, input_feature: str, categorical: bool) -> list[tuple]:
@@ -71,13 +107,47 @@ def _window_checks(model_id: str, input_feature: str, categorical: bool) -> list
         (_data(model_id, 12, input_feature, "ended", "stable", 0.0312, categorical), "0.0312", "0.08"),
         (_data(model_id, 13, "x1", "started", "moderate", 0.0613, rule="cumulative"), "0.0613", "0.1"),
         (_data(model_id, 14, PREDICTION_FEATURE, "started", "significant", 0.3317, categorical), "0.3317", "0.25"),
-        (DatasetDriftAlert(id=f"{model_id}-dataset", subject=model_id, time=_ts(15), data=DatasetDrift(
-            model_id=model_id, model_version="1", severity="significant", episode="started", drifted_share=0.6667,
-            drifted_features=[input_feature, "x1"], threshold=0.5, window=_window(15))), "0.6667", "0.5"),
+        (
+            DatasetDriftAlert(
+                id=f"{model_id}-dataset",
+                subject=model_id,
+                time=_ts(15),
+                data=DatasetDrift(
+                    model_id=model_id,
+                    model_version="1",
+                    severity="significant",
+                    episode="started",
+                    drifted_share=0.6667,
+                    drifted_features=[input_feature, "x1"],
+                    threshold=0.5,
+                    window=_window(15),
+                ),
+            ),
+            "0.6667",
+            "0.5",
+        ),
         # z against its threshold, both in standard errors; the raw reconstruction error (0.4321) is another unit.
-        (MultivariateDriftAlert(id=f"{model_id}-mv", subject=model_id, time=_ts(16), data=MultivariateDrift(
-            model_id=model_id, model_version="1", severity="significant", episode="started", features=["x0", "x1"],
-            value=0.4321, reference=0.3012, z=7.25, threshold=6.0, window=_window(16))), "7.25", "6"),
+        (
+            MultivariateDriftAlert(
+                id=f"{model_id}-mv",
+                subject=model_id,
+                time=_ts(16),
+                data=MultivariateDrift(
+                    model_id=model_id,
+                    model_version="1",
+                    severity="significant",
+                    episode="started",
+                    features=["x0", "x1"],
+                    value=0.4321,
+                    reference=0.3012,
+                    z=7.25,
+                    threshold=6.0,
+                    window=_window(16),
+                ),
+            ),
+            "7.25",
+            "6",
+        ),
     ]
 
 
@@ -86,16 +156,46 @@ def _concept_checks(model_id: str, metric: str) -> list[tuple]:
         (_concept(model_id, 30, "started", "page_hinkley", metric, 12.5, 10.0), "12.5", "10"),
         (_concept(model_id, 31, "escalated", "escalation_cusum", metric, 8.75, 7.5), "8.75", "7.5"),
         (_concept(model_id, 32, "ended", "rolling_mean", metric, 0.125, 0.5, severity="stable"), "0.125", "0.5"),
-        (_concept(model_id, 33, "deployment_gap", "production_baseline", metric, 0.62, 0.55, unit="error",
-                  severity="moderate"), "0.62", "0.55"),
+        (
+            _concept(
+                model_id,
+                33,
+                "deployment_gap",
+                "production_baseline",
+                metric,
+                0.62,
+                0.55,
+                unit="error",
+                severity="moderate",
+            ),
+            "0.62",
+            "0.55",
+        ),
         (_concept(model_id, 34, "started", "cusum", metric, 6.5, None), "6.5", "–"),  # no threshold recorded
     ]
 
 
 def _performance_check(model_id: str) -> tuple:
-    return (PerformanceEstimateAlert(id=f"{model_id}-perf", subject=model_id, time=_ts(20), data=PerformanceEstimate(
-        model_id=model_id, model_version="1", severity="significant", episode="started", value=0.7512,
-        reference=0.94, threshold=0.89, scored_rows=1000, window=_window(20))), "0.7512", "0.89")
+    return (
+        PerformanceEstimateAlert(
+            id=f"{model_id}-perf",
+            subject=model_id,
+            time=_ts(20),
+            data=PerformanceEstimate(
+                model_id=model_id,
+                model_version="1",
+                severity="significant",
+                episode="started",
+                value=0.7512,
+                reference=0.94,
+                threshold=0.89,
+                scored_rows=1000,
+                window=_window(20),
+            ),
+        ),
+        "0.7512",
+        "0.89",
+    )
 
 
 def _register_classifier(env, model_id: str) -> None:
@@ -109,11 +209,18 @@ def _register_classifier(env, model_id: str) -> None:
     predicted = np.where(x0 > 0, "yes", "no")
     target = np.where(rng.random(n) < 0.9, predicted, np.where(predicted == "yes", "no", "yes"))
     errors = (predicted != target).astype(float)
-    profile = build_profile({"x0": x0.tolist(), "x1": x1.tolist(), "plan": plan,
-                             PREDICTION_FEATURE: predicted.tolist()})
+    profile = build_profile(
+        {"x0": x0.tolist(), "x1": x1.tolist(), "plan": plan, PREDICTION_FEATURE: predicted.tolist()}
+    )
     with db.make_session_factory(env.engine).begin() as session:
-        registry.register(session, model_id=model_id, profile=profile, artifacts_dir=env.artifacts_dir,
-                          baseline_error=(float(errors.mean()), float(errors.std())), task="classification")
+        registry.register(
+            session,
+            model_id=model_id,
+            profile=profile,
+            artifacts_dir=env.artifacts_dir,
+            baseline_error=(float(errors.mean()), float(errors.std())),
+            task="classification",
+        )
 
 
 class _Tables(HTMLParser):
@@ -146,9 +253,26 @@ class _Tables(HTMLParser):
 
 
 def _report(env, model_id, out) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "undertow", "--log-level", "WARNING", "report", "--model-id",
-                           model_id, *env.cli_args(), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "undertow",
+            "--log-level",
+            "WARNING",
+            "report",
+            "--model-id",
+            model_id,
+            *env.cli_args(),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
@@ -160,9 +284,12 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
     else:
         model_id, metric = "churn", "misclassification"
         _register_classifier(env, model_id)
-        checks = (_window_checks(model_id, "plan", categorical=True) + [_performance_check(model_id)]
-                  + _concept_checks(model_id, metric)
-                  + [(_concept(model_id, 40, "started", "page_hinkley", "log_loss", 11.0, 10.0), "11", "10")])
+        checks = (
+            _window_checks(model_id, "plan", categorical=True)
+            + [_performance_check(model_id)]
+            + _concept_checks(model_id, metric)
+            + [(_concept(model_id, 40, "started", "page_hinkley", "log_loss", 11.0, 10.0), "11", "10")]
+        )
     with db.make_session_factory(env.engine).begin() as session:
         for event, _, _ in checks:
             record_alert(session, env.topics.alerts, event)
@@ -173,8 +300,18 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
     parser = _Tables()
     parser.feed(out.read_text())
     header, *rows = parser.tables["alerts"]
-    assert header == ["time", "type", "version", "about", "severity", "episode", "measure", "value", "threshold",
-                      "note"]
+    assert header == [
+        "time",
+        "type",
+        "version",
+        "about",
+        "severity",
+        "episode",
+        "measure",
+        "value",
+        "threshold",
+        "note",
+    ]
     assert len(rows) == len(checks)
     cells = {(row[1], row[0]): row for row in rows}  # by type and time: one alert each
     for event, value, threshold in checks:
@@ -182,8 +319,13 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
         assert (row[5], row[7], row[8]) == (event.data.episode, value, threshold), row
         assert all(row), row  # every cell says something
     types = {event.type for event, _, _ in checks}
-    assert {"undertow.drift.data", "undertow.drift.prediction", "undertow.drift.dataset",
-            "undertow.drift.multivariate", "undertow.drift.concept"} <= types
+    assert {
+        "undertow.drift.data",
+        "undertow.drift.prediction",
+        "undertow.drift.dataset",
+        "undertow.drift.multivariate",
+        "undertow.drift.concept",
+    } <= types
     assert ("undertow.performance.estimated" in types) == (task == "classification")
 
     by_time = {row[0]: row for row in rows}
@@ -198,8 +340,12 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
     spans = {(e[0], e[2], e[4]) for e in episodes}
     input_feature = "x0" if task == "regression" else "plan"
     assert ("drift.data", input_feature, _ts(12)) in spans
-    assert {("drift.dataset", "dataset", "open"), ("drift.multivariate", "multivariate", "open"),
-            ("drift.prediction", "model output (__prediction__)", "open"), ("drift.data", "x1", "open")} <= spans
+    assert {
+        ("drift.dataset", "dataset", "open"),
+        ("drift.multivariate", "multivariate", "open"),
+        ("drift.prediction", "model output (__prediction__)", "open"),
+        ("drift.data", "x1", "open"),
+    } <= spans
     # The concept episode on the metric: started, escalated and ended (its cusum restarted it afterwards).
     assert ("drift.concept", metric, _ts(32)) in spans and ("drift.concept", metric, "open") in spans
     if task == "classification":

@@ -1,6 +1,7 @@
 """``undertow report --out``: an earlier report is replaced, any other file only with ``--force``, a
 directory or special file never; a missing folder is one line of error and exit code 2. The CLI as a
 user runs it, on a real database."""
+
 import hashlib
 import os
 import sqlite3
@@ -17,9 +18,26 @@ pytestmark = pytest.mark.postgres
 
 
 def _report(env, out, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", "report", "--model-id",
-                           "housing", *env.cli_args(), "--out", str(out), *extra], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "undertow.worker.cli",
+            "--log-level",
+            "WARNING",
+            "report",
+            "--model-id",
+            "housing",
+            *env.cli_args(),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _sha(path) -> str:

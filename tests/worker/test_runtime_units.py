@@ -1,4 +1,5 @@
 """The runtime's parts on their own: the co-partition merger, the checkpoint, the outbox relay."""
+
 import json
 import random
 
@@ -34,8 +35,10 @@ def _stream(partition: int, n: int, seed: int) -> dict[str, list]:
     rng = random.Random(seed)
     ts_p = sorted(rng.randrange(0, 5 * n) for _ in range(n))
     ts_l = sorted(rng.randrange(0, 5 * n) for _ in range(n))
-    return {P: [_record(P, partition, i, t) for i, t in enumerate(ts_p)],
-            L: [_record(L, partition, i, t) for i, t in enumerate(ts_l)]}
+    return {
+        P: [_record(P, partition, i, t) for i, t in enumerate(ts_p)],
+        L: [_record(L, partition, i, t) for i, t in enumerate(ts_l)],
+    }
 
 
 def _key(r):
@@ -61,7 +64,7 @@ def test_merger_release_order_does_not_depend_on_how_the_records_were_polled(see
         key = rng.choice([k for k in fetched if fetched[k] < 300])  # fetches arrive in random chunks
         start = fetched[key]
         fetched[key] = min(300, start + rng.randint(1, 40))
-        merger.add({TopicPartition(*key): streams[key[1]][key[0]][start:fetched[key]]})
+        merger.add({TopicPartition(*key): streams[key[1]][key[0]][start : fetched[key]]})
         got += merger.release(lambda k: fetched[k] == 300, limit=rng.randint(1, 100), now=0.0)
     got += merger.release(lambda k: True, limit=10_000, now=0.0)
     for number in (0, 1):  # partitions are independent; within one the order is the reference's
@@ -81,8 +84,12 @@ def test_merger_holds_a_partition_back_until_its_partner_catches_up_or_the_wait_
 
 def test_merger_releases_beyond_max_buffered_and_forgets_revoked_partitions():
     merger = CoPartitionMerger(P, L, max_wait_s=60.0, max_buffered=3)
-    merger.add({TopicPartition(P, 0): [_record(P, 0, i, i) for i in range(5)],
-                TopicPartition(P, 1): [_record(P, 1, i, i) for i in range(2)]})
+    merger.add(
+        {
+            TopicPartition(P, 0): [_record(P, 0, i, i) for i in range(5)],
+            TopicPartition(P, 1): [_record(P, 1, i, i) for i in range(2)],
+        }
+    )
     released = merger.release(lambda key: False, limit=100, now=0.0)
     assert [(r.partition, r.offset) for r in released] == [(0, 0), (0, 1), (0, 2)]  # down to max_buffered - 1
     assert merger.next_fetch((P, 0)) == 5 and len(merger) == 4
@@ -106,6 +113,7 @@ class _Recorded:
 
 def _parse(record):
     from undertow.errors import InvalidEvent
+
     if record.value == b"bad":
         raise InvalidEvent("not an event")
     return json.loads(record.value)
@@ -125,8 +133,11 @@ def parts(env):
 
 
 def _batch(topic: str):
-    records = [_record(topic, 0, 0, 1, b'{"n": 0}'), _record(topic, 0, 1, 2, b"bad"),
-               _record(topic, 0, 2, 3, b'{"n": 2}')]
+    records = [
+        _record(topic, 0, 0, 1, b'{"n": 0}'),
+        _record(topic, 0, 1, 2, b"bad"),
+        _record(topic, 0, 2, 3, b'{"n": 2}'),
+    ]
     return build_batch(records, _parse)
 
 
@@ -200,8 +211,7 @@ def test_checkpoint_reads_the_outbox_after_writing_to_it_or_once_the_check_is_du
     monkeypatch.setattr(Checkpoint, "OUTBOX_CHECK_S", 0.0)
     checkpoint.commit(build_batch([_record(topic, 0, 3, 4, b'{"n": 3}')], _parse), expected, quiet)
     assert env.scalar("SELECT count(*) FROM outbox") == 0
-    assert sorted(r.value for r in env.read_all(out, 3)) == [b"left again", b"left by another writer",
-                                                             b'{"offset": 2}']
+    assert sorted(r.value for r in env.read_all(out, 3)) == [b"left again", b"left by another writer", b'{"offset": 2}']
     assert _stored_offsets(sessions) == {(topic, 0): 4}
 
 
@@ -232,6 +242,7 @@ def test_kafka_pythons_read_of_a_socket_closed_under_it_is_not_logged_but_real_r
     import logging
 
     import undertow.worker.runtime.transport  # noqa: F401 - installs the filter
+
     log = logging.getLogger("kafka.net.transport")
     with caplog.at_level(logging.ERROR, logger="kafka.net.transport"):
         for error in (AttributeError("'NoneType' object has no attribute 'recv'"), ConnectionResetError("reset")):

@@ -1,5 +1,6 @@
 """Predictions whose features do not match the registered schema (issue 30, point 5): counted per model
 and reason in ``status`` and ``/metrics`` with a rate-limited warning, or dead-lettered for a strict version."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def test_a_renamed_feature_is_counted_in_status_and_metrics_and_warned_about_onc
     monitor = env.start_monitor("--metrics-port", str(port), env=NO_WAITING)
     try:
         missing = 'undertow_schema_mismatches_total{model_id="housing",reason="missing"}'
-        values = wait_for(lambda: (m := _metrics(port)).get(missing, 0) >= 40 and m, 120,
-                          "the renamed feature's predictions to be counted")
+        values = wait_for(
+            lambda: (m := _metrics(port)).get(missing, 0) >= 40 and m,
+            120,
+            "the renamed feature's predictions to be counted",
+        )
         assert values[missing] == 40
         assert values['undertow_schema_mismatches_total{model_id="housing",reason="extra"}'] == 60
         assert values['undertow_schema_mismatches_total{model_id="housing",reason="type"}'] == 30
@@ -74,8 +78,14 @@ def test_text_status_names_the_model_reason_and_feature(env):
     import sys
 
     from tests.conftest import REPO
-    done = subprocess.run([sys.executable, "-m", "undertow", "status", *env.cli_args()], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "undertow", "status", *env.cli_args()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("schema mismatches of housing")]
     assert any("40 predictions missing" in line and "'x0'" in line for line in lines), done.stdout

@@ -2,6 +2,7 @@
 a champion without an artifact and an artifact that cannot be loaded (a pickled class whose module is not
 importable) each end the process with exit code 2 and one line on stderr, well before a port is bound; a
 servable champion still starts and is ready."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ from undertow.worker.dev.sample import SampleStream, write_reference_csv
 EXIT_WITHIN = 10.0  # seconds: the acceptance bound; the check itself takes about as long as the imports
 
 # A transformer from the user's own code: pickled by reference to this module, which serve must import.
-USER_MODULE = USER_MODELS + '''
+USER_MODULE = (
+    USER_MODELS
+    + '''
 
 
 class Refuses(BaseEstimator):
@@ -38,14 +41,15 @@ class Refuses(BaseEstimator):
             raise ValueError("this model refuses every row\\nand says more on a second line")
         return np.zeros(len(X))
 '''
+)
 
 FIT = FIT_CLIP.format(module="serve_start_transforms")
 
-FIT_REFUSING = '''
+FIT_REFUSING = """
 import joblib
 from serve_start_transforms import Refuses
 joblib.dump(Refuses(), "model.joblib")
-'''
+"""
 
 
 def _without_pythonpath(**extra: str) -> dict:
@@ -54,16 +58,31 @@ def _without_pythonpath(**extra: str) -> dict:
 
 
 def _serve_args(env, model_id: str) -> list[str]:
-    return [sys.executable, "-m", "undertow", "serve", "--model-id", model_id, *env.cli_args(),
-            "--port", str(free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "undertow",
+        "serve",
+        "--model-id",
+        model_id,
+        *env.cli_args(),
+        "--port",
+        str(free_port()),
+    ]
 
 
 def _serve_refused(env, model_id: str, cwd: Path = REPO, environ: dict | None = None) -> tuple[str, float]:
     """Run serve as a user does (default log level); its one stderr line, after asserting exit 2 in time."""
     started = time.monotonic()
     try:
-        done = subprocess.run(_serve_args(env, model_id), cwd=cwd, capture_output=True, text=True,
-                              timeout=EXIT_WITHIN, env=environ or _without_pythonpath())
+        done = subprocess.run(
+            _serve_args(env, model_id),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=EXIT_WITHIN,
+            env=environ or _without_pythonpath(),
+        )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"serve still running after {EXIT_WITHIN} s; stderr: {exc.stderr!r}") from None
     took = time.monotonic() - started
@@ -90,12 +109,12 @@ def test_an_empty_registry_exits_2_saying_nothing_is_registered(env):
 
 def test_a_registered_model_without_a_champion_exits_2_saying_to_promote_one(env):
     from sqlalchemy import text
+
     env.register_reference(SampleStream(seed=2))
     with env.engine.begin() as conn:  # a candidate only (as the trainer registers them), never promoted
         conn.execute(text("UPDATE model_versions SET stage = 'candidate'"))
     line, _ = _serve_refused(env, "housing")
-    assert "model 'housing' has no champion (versions: 1 candidate); promote one with `undertow models promote`" \
-        in line
+    assert "model 'housing' has no champion (versions: 1 candidate); promote one with `undertow models promote`" in line
 
 
 def test_a_champion_without_an_artifact_exits_2_saying_to_register_one(env):
@@ -107,8 +126,14 @@ def test_a_champion_without_an_artifact_exits_2_saying_to_register_one(env):
 def test_a_database_that_does_not_exist_exits_2_in_one_line(env, tmp_path):
     args = _serve_args(env, "housing")
     missing = tmp_path / "nowhere.db"
-    done = subprocess.run([*args, "--db-url", f"sqlite:///{missing}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=EXIT_WITHIN, env=_without_pythonpath())
+    done = subprocess.run(
+        [*args, "--db-url", f"sqlite:///{missing}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_WITHIN,
+        env=_without_pythonpath(),
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and str(missing) in done.stderr, done.stderr
 
@@ -123,14 +148,37 @@ def _register_user_model(env, tmp_path: Path, fit: str) -> Path:
     project.mkdir()
     write_reference_csv(SampleStream(seed=2), project / "reference.csv", 2000)
     on_path = _without_pythonpath(PYTHONPATH=str(code))
-    fitted = subprocess.run([sys.executable, "-c", fit], cwd=project, capture_output=True, text=True, timeout=120,
-                            env=on_path)
+    fitted = subprocess.run(
+        [sys.executable, "-c", fit], cwd=project, capture_output=True, text=True, timeout=120, env=on_path
+    )
     assert fitted.returncode == 0, fitted.stderr
     registered = subprocess.run(
-        [sys.executable, "-m", "undertow", "--log-level", "WARNING", "models", "register", "--model-id", "housing",
-         "--reference", "reference.csv", "--target", "target", "--prediction-column", "prediction",
-         "--artifact", "model.joblib", *env.cli_args()], cwd=project, capture_output=True, text=True, timeout=120,
-        env=on_path)
+        [
+            sys.executable,
+            "-m",
+            "undertow",
+            "--log-level",
+            "WARNING",
+            "models",
+            "register",
+            "--model-id",
+            "housing",
+            "--reference",
+            "reference.csv",
+            "--target",
+            "target",
+            "--prediction-column",
+            "prediction",
+            "--artifact",
+            "model.joblib",
+            *env.cli_args(),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=on_path,
+    )
     assert registered.returncode == 0, registered.stderr
     return code
 
@@ -140,8 +188,7 @@ def custom_pipeline(env, tmp_path) -> Path:
     return _register_user_model(env, tmp_path, FIT)
 
 
-def test_an_artifact_whose_class_cannot_be_imported_exits_2_with_the_pythonpath_hint(env, custom_pipeline,
-                                                                                   tmp_path):
+def test_an_artifact_whose_class_cannot_be_imported_exits_2_with_the_pythonpath_hint(env, custom_pipeline, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # neither the project nor the module's directory: not importable
     elsewhere.mkdir()
     line, _ = _serve_refused(env, "housing", cwd=elsewhere)
@@ -150,22 +197,20 @@ def test_an_artifact_whose_class_cannot_be_imported_exits_2_with_the_pythonpath_
     assert "must be importable" in line and "PYTHONPATH" in line, line
 
 
-def test_a_class_missing_from_an_importable_module_exits_2_with_the_pythonpath_hint(env, custom_pipeline,
-                                                                                  tmp_path):
+def test_a_class_missing_from_an_importable_module_exits_2_with_the_pythonpath_hint(env, custom_pipeline, tmp_path):
     # The module is found but no longer defines the class: pickle's "Can't get attribute" AttributeError.
     (custom_pipeline / "serve_start_transforms.py").write_text("# Clip moved elsewhere\n")
-    line, _ = _serve_refused(env, "housing", cwd=tmp_path,
-                             environ=_without_pythonpath(PYTHONPATH=str(custom_pipeline)))
+    line, _ = _serve_refused(env, "housing", cwd=tmp_path, environ=_without_pythonpath(PYTHONPATH=str(custom_pipeline)))
     assert "AttributeError: Can't get attribute 'Clip'" in line
     assert "must be importable" in line and "PYTHONPATH" in line, line
 
 
 def test_a_champion_that_fails_its_warm_up_exits_2_with_the_first_line_of_the_error(env, tmp_path):
     code = _register_user_model(env, tmp_path, FIT_REFUSING)
-    line, _ = _serve_refused(env, "housing", cwd=tmp_path,
-                             environ=_without_pythonpath(PYTHONPATH=str(code), SERVE_START_REFUSE="1"))
-    assert "model 'housing' version 1 failed its warm-up prediction (ValueError: this model refuses every row)" \
-        in line
+    line, _ = _serve_refused(
+        env, "housing", cwd=tmp_path, environ=_without_pythonpath(PYTHONPATH=str(code), SERVE_START_REFUSE="1")
+    )
+    assert "model 'housing' version 1 failed its warm-up prediction (ValueError: this model refuses every row)" in line
 
 
 def _starts(env, cwd: Path = REPO, environ: dict | None = None) -> None:
@@ -173,8 +218,9 @@ def _starts(env, cwd: Path = REPO, environ: dict | None = None) -> None:
     port = int(args[-1])
     log = cwd / f"serve-{port}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env=environ or _without_pythonpath())
+        proc = subprocess.Popen(
+            args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environ or _without_pythonpath()
+        )
     env.processes.append(proc)  # killed by the fixture if the test fails midway
 
     def ready():
@@ -183,6 +229,7 @@ def _starts(env, cwd: Path = REPO, environ: dict | None = None) -> None:
             return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
+
     try:
         wait_for(ready, 60, "the server to be ready")
         answer = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).json()

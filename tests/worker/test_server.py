@@ -2,6 +2,7 @@
 database; predictions become events the monitor joins with posted labels, bad requests are refused
 saying why, promotions swap the version under load without a failed request, a tampered artifact is
 never served, and a paused broker costs events (counted), not answers."""
+
 import json
 import os
 import signal
@@ -30,9 +31,24 @@ class Server:
             args[args.index("--bootstrap-servers") + 1] = bootstrap
         log_file = tempfile.NamedTemporaryFile(prefix="serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "undertow.worker.cli", "--log-level", "INFO", "serve", "--model-id", "housing",
-             "--port", str(self.port), *args], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, **(extra_env or {})})
+            [
+                sys.executable,
+                "-m",
+                "undertow.worker.cli",
+                "--log-level",
+                "INFO",
+                "serve",
+                "--model-id",
+                "housing",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(extra_env or {})},
+        )
         self.log_path = log_file.name
         log_file.close()
         self.client = httpx.Client(base_url=self.url, timeout=10)
@@ -65,7 +81,7 @@ class Server:
 
 def _row(i: int = 0) -> dict:
     stream = SampleStream(seed=11)
-    (prediction, _), = list(stream.events(1, start_index=i))
+    ((prediction, _),) = list(stream.events(1, start_index=i))
     return prediction["features"]
 
 
@@ -96,8 +112,11 @@ def test_predictions_become_events_and_posted_labels_are_joined_by_the_monitor(e
         assert env.scalar("SELECT count(*) FROM labelled_pairs") == 10
         assert env.scalar("SELECT predictions FROM model_stats") == 101
 
-        wait_for(lambda: server.metric("undertow_server_events_emitted_total", kind="prediction") == 101,
-                 10, "the broker to acknowledge every event")
+        wait_for(
+            lambda: server.metric("undertow_server_events_emitted_total", kind="prediction") == 101,
+            10,
+            "the broker to acknowledge every event",
+        )
         assert server.metric("undertow_server_predictions_total") == 101
         assert server.metric("undertow_server_requests_total", endpoint="/predict", status="200") == 2
         assert server.metric("undertow_server_events_dropped_total", reason="queue_full") == 0
@@ -107,20 +126,25 @@ def test_predictions_become_events_and_posted_labels_are_joined_by_the_monitor(e
         server.stop()
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"features": {**_row(), "unknown_feature": 1.0}}, 422, "unknown_feature"),
-    ({"features": {k: v for k, v in _row().items() if k != "x1"}}, 422, "x1"),
-    ({"features": {**_row(), "x2": "3.5"}}, 422, "x2"),
-    (b"", 422, "empty body"),
-    (b"{not json", 422, "json"),
-    ({"instances": []}, 422, "instances"),
-    (b"x" * (10 * 1024 * 1024), 413, "at most"),
-])
-def test_bad_requests_get_4xx_that_say_what_is_wrong_and_the_server_keeps_serving(env, body, status, says,
-                                                                                   served):
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"features": {**_row(), "unknown_feature": 1.0}}, 422, "unknown_feature"),
+        ({"features": {k: v for k, v in _row().items() if k != "x1"}}, 422, "x1"),
+        ({"features": {**_row(), "x2": "3.5"}}, 422, "x2"),
+        (b"", 422, "empty body"),
+        (b"{not json", 422, "json"),
+        ({"instances": []}, 422, "instances"),
+        (b"x" * (10 * 1024 * 1024), 413, "at most"),
+    ],
+)
+def test_bad_requests_get_4xx_that_say_what_is_wrong_and_the_server_keeps_serving(env, body, status, says, served):
     server = served(env)
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \
+    kwargs = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
         else {"json": body}
+    )
     response = server.client.post("/predict", **kwargs)
     assert response.status_code == status, response.text
     assert says.lower() in response.text.lower()
@@ -137,6 +161,7 @@ def served(request):
             _train_v1(env)
             holder["server"] = Server(env)
         return holder["server"]
+
     yield get
     if "server" in holder:
         holder["server"].stop()
@@ -159,6 +184,7 @@ def _load(server, stop: threading.Event, answers: list, failures: list) -> None:
 
 def test_a_promotion_under_load_swaps_versions_without_a_failed_request_and_a_tampered_one_is_refused(env):
     from sqlalchemy import text
+
     _train_v1(env)
     _train_v1(env, seed=3)  # version 2, champion; roll back so that 1 serves and 2 waits
     assert _cli(env, "models", "rollback", "--model-id", "housing", "--reason", "test").returncode == 0
@@ -193,10 +219,15 @@ def test_a_promotion_under_load_swaps_versions_without_a_failed_request_and_a_ta
         with env.engine.connect() as conn:
             path = conn.execute(text("SELECT artifact_path FROM model_versions WHERE version = '3'")).scalar()
         Path(path).write_bytes(Path(path).read_bytes() + b"tampered")
-        assert _cli(env, "models", "promote", "--model-id", "housing", "--version", "3",
-                    "--reason", "test").returncode == 0
-        wait_for(lambda: server.metric("undertow_server_model_swaps_total", outcome="failed") == 1, 30,
-                 "the failed load to be counted")
+        assert (
+            _cli(env, "models", "promote", "--model-id", "housing", "--version", "3", "--reason", "test").returncode
+            == 0
+        )
+        wait_for(
+            lambda: server.metric("undertow_server_model_swaps_total", outcome="failed") == 1,
+            30,
+            "the failed load to be counted",
+        )
         assert server.client.post("/predict", json={"features": _row()}).json()["model_version"] == "2"
         assert "does not match the registry" in server.log()
         assert server.client.get("/health/ready").json()["model_version"] == "2"
@@ -209,15 +240,23 @@ def test_with_the_broker_paused_predictions_are_answered_and_drops_are_counted_t
     from undertow.worker.runtime.settings import Settings
     from undertow.worker.runtime.topics import Topics, ensure_topics
     from undertow.worker.runtime.transport import make_admin
+
     _train_v1(env)
     with EmbeddedBroker() as own:  # paused below: the shared broker stays out of it
         admin = make_admin(Settings(kafka_bootstrap_servers=own.bootstrap_servers))
         ensure_topics(admin, Topics(env.prefix), 1)
         admin.close()
-        server = Server(env, bootstrap=own.bootstrap_servers,
-                        extra_env={"UNDERTOW_EVENT_QUEUE_SIZE": "50", "UNDERTOW_PRODUCER_MAX_PENDING": "100",
-                                   "UNDERTOW_PRODUCER_MAX_BLOCK_MS": "200"})
+        server = Server(
+            env,
+            bootstrap=own.bootstrap_servers,
+            extra_env={
+                "UNDERTOW_EVENT_QUEUE_SIZE": "50",
+                "UNDERTOW_PRODUCER_MAX_PENDING": "100",
+                "UNDERTOW_PRODUCER_MAX_BLOCK_MS": "200",
+            },
+        )
         try:
+
             def timed(n: int) -> list[float]:
                 took = []
                 for i in range(n):
@@ -225,23 +264,38 @@ def test_with_the_broker_paused_predictions_are_answered_and_drops_are_counted_t
                     assert server.client.post("/predict", json={"features": _row(i % 50)}).status_code == 200
                     took.append(time.perf_counter() - started)
                 return sorted(took)
+
             before = timed(100)
-            wait_for(lambda: server.metric("undertow_server_events_emitted_total",
-                                           kind="prediction") == 100, 20, "events to flow")
+            wait_for(
+                lambda: server.metric("undertow_server_events_emitted_total", kind="prediction") == 100,
+                20,
+                "events to flow",
+            )
             os.kill(own.pid, signal.SIGSTOP)
             try:
                 paused = timed(300)  # beyond the queue (50) and the unacknowledged records (100)
-                wait_for(lambda: sum(server.metric("undertow_server_events_dropped_total", reason=r)
-                                     for r in ("queue_full", "send_failed")) > 0, 20, "drops to be counted")
+                wait_for(
+                    lambda: (
+                        sum(
+                            server.metric("undertow_server_events_dropped_total", reason=r)
+                            for r in ("queue_full", "send_failed")
+                        )
+                        > 0
+                    ),
+                    20,
+                    "drops to be counted",
+                )
             finally:
                 os.kill(own.pid, signal.SIGCONT)
             # The answers did not wait for the broker: the median stays at its usual order.
             assert paused[len(paused) // 2] < max(5 * before[len(before) // 2], 0.05)
             emitted = server.metric("undertow_server_events_emitted_total", kind="prediction")
             timed(50)
-            wait_for(lambda: server.metric("undertow_server_events_emitted_total",
-                                           kind="prediction") >= emitted + 50, 60,
-                     "events to flow again after the pause")
+            wait_for(
+                lambda: server.metric("undertow_server_events_emitted_total", kind="prediction") >= emitted + 50,
+                60,
+                "events to flow again after the pause",
+            )
             assert "dropped" in server.log()
         finally:
             server.stop()

@@ -4,6 +4,7 @@ NaN and infinity are a 422 naming the field that keeps the connection and is cou
 at most a short prefix of the input, only JSON is taken (415), a bearer token guards the POST routes
 when set (401), and a model that predicts NaN or infinity gets a 500 naming the rows, counted, with no
 event emitted."""
+
 from __future__ import annotations
 
 import json
@@ -62,17 +63,22 @@ def _settled(server) -> float:
     return answered
 
 
-@pytest.mark.parametrize("path, body, loc", [
-    ("/predict", {"features": {**_row(), "x0": float("nan")}}, ["features", "x0"]),
-    ("/predict", {"instances": [_row(0), {**_row(1), "x1": float("inf")}]}, ["instances", 1, "x1"]),
-    ("/predict", {"features": {**_row(), "x2": float("-inf")}}, ["features", "x2"]),
-    ("/predict", {"features": {**_row(), "region": float("nan")}}, ["features", "region"]),
-    ("/labels", {"labels": [{"event_id": "a", "label": 1.0}, {"event_id": "b", "label": float("nan")}]},
-     ["labels", 1, "label"]),
-    ("/labels", {"labels": [{"event_id": "a", "label": float("-inf")}]}, ["labels", 0, "label"]),
-])
-def test_nan_and_infinity_are_a_422_naming_the_field_counted_on_a_connection_that_stays_open(server, path, body,
-                                                                                          loc):
+@pytest.mark.parametrize(
+    "path, body, loc",
+    [
+        ("/predict", {"features": {**_row(), "x0": float("nan")}}, ["features", "x0"]),
+        ("/predict", {"instances": [_row(0), {**_row(1), "x1": float("inf")}]}, ["instances", 1, "x1"]),
+        ("/predict", {"features": {**_row(), "x2": float("-inf")}}, ["features", "x2"]),
+        ("/predict", {"features": {**_row(), "region": float("nan")}}, ["features", "region"]),
+        (
+            "/labels",
+            {"labels": [{"event_id": "a", "label": 1.0}, {"event_id": "b", "label": float("nan")}]},
+            ["labels", 1, "label"],
+        ),
+        ("/labels", {"labels": [{"event_id": "a", "label": float("-inf")}]}, ["labels", 0, "label"]),
+    ],
+)
+def test_nan_and_infinity_are_a_422_naming_the_field_counted_on_a_connection_that_stays_open(server, path, body, loc):
     before = server.metric("undertow_server_requests_total", endpoint=path, status="422")
     first = _good(server, path)
     raw = json.dumps(body).encode()  # NaN, Infinity, -Infinity: the literals many JSON encoders write
@@ -86,13 +92,16 @@ def test_nan_and_infinity_are_a_422_naming_the_field_counted_on_a_connection_tha
     assert server.metric("undertow_server_requests_total", endpoint=path, status="422") == before + 1
 
 
-@pytest.mark.parametrize("body, loc", [
-    ({"features": {**_row(), "x0": "y" * 500_000}}, ["features", "x0"]),           # a string for a number
-    ({"features": {**_row(), "region": {"deep": ["z" * 500_000]}}}, ["features", "region"]),
-    ('{"features": {"x0": ' + "9" * 4000 + "}}", ["features", "x0"]),  # repr() of it is 4,000 characters
-    ('{"features": {"x0": ' + "9" * 5000 + "}}", []),  # past the 4,300-digit limit: "number out of range"
-    ('{"features": "' + "w" * 500_000, []),                                        # not JSON at all
-])
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ({"features": {**_row(), "x0": "y" * 500_000}}, ["features", "x0"]),  # a string for a number
+        ({"features": {**_row(), "region": {"deep": ["z" * 500_000]}}}, ["features", "region"]),
+        ('{"features": {"x0": ' + "9" * 4000 + "}}", ["features", "x0"]),  # repr() of it is 4,000 characters
+        ('{"features": {"x0": ' + "9" * 5000 + "}}", []),  # past the 4,300-digit limit: "number out of range"
+        ('{"features": "' + "w" * 500_000, []),  # not JSON at all
+    ],
+)
 def test_error_bodies_echo_at_most_a_short_prefix_of_the_input(server, body, loc):
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     response = server.client.post("/predict", content=raw, headers=JSON)
@@ -111,12 +120,16 @@ def test_a_batch_of_bad_rows_lists_at_most_twenty_errors(server):
     assert detail[0]["loc"] == ["instances", 0, "x0"]
 
 
-@pytest.mark.parametrize("region, says", [
-    ("x" * 300_000, "max_event_bytes"),         # a category the monitor dead-letters for the event's size
-    (int("9" * 400), "too large"),              # an integer category no float can hold
-])
+@pytest.mark.parametrize(
+    "region, says",
+    [
+        ("x" * 300_000, "max_event_bytes"),  # a category the monitor dead-letters for the event's size
+        (int("9" * 400), "too large"),  # an integer category no float can hold
+    ],
+)
 def test_a_row_the_monitor_would_dead_letter_is_a_422_naming_it_and_no_row_of_the_request_is_emitted(
-        server, world, region, says):
+    server, world, region, says
+):
     rows = [_row(i) for i in range(5)]
     rows[3] = {**rows[3], "region": region}
     response = server.client.post("/predict", content=json.dumps({"instances": rows}).encode(), headers=JSON)
@@ -136,27 +149,30 @@ def test_a_row_the_monitor_would_dead_letter_is_a_422_naming_it_and_no_row_of_th
     assert not any(isinstance(json.loads(r.value)["features"]["region"], int) for r in records)
 
 
-@pytest.mark.parametrize("content_type, status", [
-    ("text/plain", 415),
-    ("application/x-www-form-urlencoded", 415),
-    ("multipart/form-data; boundary=x", 415),
-    (None, 415),
-    ("application/json; charset=utf-8", None),
-    ("Application/JSON", None),
-    ("application/vnd.undertow+json", None),
-])
+@pytest.mark.parametrize(
+    "content_type, status",
+    [
+        ("text/plain", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data; boundary=x", 415),
+        (None, 415),
+        ("application/json; charset=utf-8", None),
+        ("Application/JSON", None),
+        ("application/vnd.undertow+json", None),
+    ],
+)
 @pytest.mark.parametrize("path", ["/predict", "/labels"])
 def test_only_json_bodies_are_taken(server, path, content_type, status):
     body = {"features": _row()} if path == "/predict" else {"labels": [{"event_id": "ct", "label": 2.0}]}
     before = server.metric("undertow_server_requests_total", endpoint=path, status="415")
-    response = server.client.post(path, content=json.dumps(body).encode(),
-                                  headers={} if content_type is None else {"content-type": content_type})
+    response = server.client.post(
+        path, content=json.dumps(body).encode(), headers={} if content_type is None else {"content-type": content_type}
+    )
     expected = status or (200 if path == "/predict" else 202)
     assert response.status_code == expected, response.text
     if expected == 415:
         assert "application/json" in response.json()["detail"]
-    assert server.metric("undertow_server_requests_total", endpoint=path,
-                         status="415") == before + (expected == 415)
+    assert server.metric("undertow_server_requests_total", endpoint=path, status="415") == before + (expected == 415)
 
 
 def test_with_a_token_set_the_post_routes_need_it_and_health_and_metrics_stay_open(world):
@@ -164,8 +180,13 @@ def test_with_a_token_set_the_post_routes_need_it_and_health_and_metrics_stay_op
     try:
         answered = server.metric("undertow_server_predictions_total")
         body = json.dumps({"features": _row()}).encode()
-        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"},
-                        {"authorization": f"Bearer {TOKEN}x"}, {"authorization": "Bearer"}):
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong"},
+            {"authorization": f"Basic {TOKEN}"},
+            {"authorization": f"Bearer {TOKEN}x"},
+            {"authorization": "Bearer"},
+        ):
             refused = server.client.post("/predict", content=body, headers={**JSON, **headers})
             assert refused.status_code == 401, (headers, refused.text)
             assert refused.headers["www-authenticate"].startswith("Bearer")
@@ -178,8 +199,12 @@ def test_with_a_token_set_the_post_routes_need_it_and_health_and_metrics_stay_op
         for scheme in ("Bearer", "bearer"):
             auth = {"authorization": f"{scheme} {TOKEN}"}
             assert server.client.post("/predict", content=body, headers={**JSON, **auth}).status_code == 200
-            assert server.client.post("/labels", json={"labels": [{"event_id": "t", "label": 1}]},
-                                      headers=auth).status_code == 202
+            assert (
+                server.client.post(
+                    "/labels", json={"labels": [{"event_id": "t", "label": 1}]}, headers=auth
+                ).status_code
+                == 202
+            )
         for route in ("/health/live", "/health/ready", "/metrics"):
             assert server.client.get(route).status_code == 200
     finally:
@@ -196,6 +221,7 @@ def _nonfinite_model(task: str, schema: dict):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.tree import DecisionTreeRegressor
+
     frame = training.to_frame([{**_row(), "x0": x} for x in (-3.0, -1.0, 1.0, 3.0)], schema)
     x0 = ColumnTransformer([("x0", "passthrough", ["x0"])])
     if task == "regression":
@@ -212,20 +238,26 @@ def _nonfinite_model(task: str, schema: dict):
 
 
 # Rows 1 and 3 of the request: x0 values the model answers NaN or infinity for (its rows), or not.
-@pytest.mark.parametrize("task, x0s, bad_rows", [
-    ("regression", (10.0, -10.0), [1, 3]),          # infinity, NaN
-    ("classification", (10.0, 0.0), [3]),           # finite scores (0 and 1), NaN scores
-])
-def test_a_model_that_predicts_nan_or_infinity_gets_a_500_naming_the_rows_counted_and_no_event(env, task, x0s,
-                                                                                             bad_rows):
+@pytest.mark.parametrize(
+    "task, x0s, bad_rows",
+    [
+        ("regression", (10.0, -10.0), [1, 3]),  # infinity, NaN
+        ("classification", (10.0, 0.0), [3]),  # finite scores (0 and 1), NaN scores
+    ],
+)
+def test_a_model_that_predicts_nan_or_infinity_gets_a_500_naming_the_rows_counted_and_no_event(
+    env, task, x0s, bad_rows
+):
     _train_v1(env)
     with env.engine.begin() as conn:
         schema = json.loads(conn.execute(text("SELECT feature_schema FROM model_versions")).scalar())
         schema = {name: kind for name, kind in schema.items() if not name.startswith("__")}
         path = env.artifacts_dir / f"nonfinite-{task}.joblib"
         joblib.dump(_nonfinite_model(task, schema), path)
-        conn.execute(text("UPDATE model_versions SET artifact_path = :p, artifact_sha256 = :s, task = :t"),
-                     {"p": str(path), "s": registry.sha256_file(path), "t": task})
+        conn.execute(
+            text("UPDATE model_versions SET artifact_path = :p, artifact_sha256 = :s, task = :t"),
+            {"p": str(path), "s": registry.sha256_file(path), "t": task},
+        )
     server = Server(env)
     try:
         rows = [_row(), {**_row(), "x0": x0s[0]}, _row(), {**_row(), "x0": x0s[1]}]
@@ -254,16 +286,23 @@ def test_a_model_that_raises_on_a_row_gets_a_one_line_500_counted_and_no_event(e
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import make_pipeline
+
     _train_v1(env)
     with env.engine.begin() as conn:
         schema = json.loads(conn.execute(text("SELECT feature_schema FROM model_versions")).scalar())
         schema = {name: kind for name, kind in schema.items() if not name.startswith("__")}
         frame = training.to_frame([{**_row(), "x0": x} for x in (-3.0, -1.0, 1.0, 3.0)], schema)
         path = env.artifacts_dir / "no-imputer.joblib"
-        joblib.dump(make_pipeline(ColumnTransformer([("x0", "passthrough", ["x0"])]), LinearRegression())
-                    .fit(frame, [0.0, 1.0, 2.0, 3.0]), path)
-        conn.execute(text("UPDATE model_versions SET artifact_path = :p, artifact_sha256 = :s"),
-                     {"p": str(path), "s": registry.sha256_file(path)})
+        joblib.dump(
+            make_pipeline(ColumnTransformer([("x0", "passthrough", ["x0"])]), LinearRegression()).fit(
+                frame, [0.0, 1.0, 2.0, 3.0]
+            ),
+            path,
+        )
+        conn.execute(
+            text("UPDATE model_versions SET artifact_path = :p, artifact_sha256 = :s"),
+            {"p": str(path), "s": registry.sha256_file(path)},
+        )
     server = Server(env)
     try:
         answer = server.client.post("/predict", json={"features": {**_row(), "x0": None}})
@@ -284,14 +323,23 @@ def test_a_model_that_raises_on_a_row_gets_a_one_line_500_counted_and_no_event(e
 
 # Values the corpus does not hold, through both edges: refused by both, or accepted by both.
 EXTRA = [
-    ("predict", {"region": "9" * 400}),           # a 400-digit integer category
-    ("predict", {"x0": "NaN"}), ("predict", {"x1": "Infinity"}), ("predict", {"x2": "-Infinity"}),
+    ("predict", {"region": "9" * 400}),  # a 400-digit integer category
+    ("predict", {"x0": "NaN"}),
+    ("predict", {"x1": "Infinity"}),
+    ("predict", {"x2": "-Infinity"}),
     ("predict", {"region": "Infinity"}),
-    ("labels", {"label": "NaN"}), ("labels", {"label": "-Infinity"}), ("labels", {"label": "9" * 400}),
+    ("labels", {"label": "NaN"}),
+    ("labels", {"label": "-Infinity"}),
+    ("labels", {"label": "9" * 400}),
     ("labels", {"event_id": json.dumps("e" * 201)}),
-    ("predict", {}), ("predict", {"region": json.dumps("y" * 1000)}), ("predict", {"region": "7"}),
-    ("predict", {"x0": "null", "region": "null"}), ("predict", {"x0": "1e308"}),
-    ("labels", {}), ("labels", {"label": json.dumps("class-a")}), ("labels", {"label": "3"}),
+    ("predict", {}),
+    ("predict", {"region": json.dumps("y" * 1000)}),
+    ("predict", {"region": "7"}),
+    ("predict", {"x0": "null", "region": "null"}),
+    ("predict", {"x0": "1e308"}),
+    ("labels", {}),
+    ("labels", {"label": json.dumps("class-a")}),
+    ("labels", {"label": "3"}),
 ]
 
 
@@ -302,8 +350,10 @@ def _edge_request(kind: str, fields: dict, row: dict, version: str, n: int) -> t
     if kind == "predict":
         values = {name: json.dumps(value) for name, value in row.items()} | fields
         features = "{" + ", ".join(f"{json.dumps(name)}: {raw}" for name, raw in values.items()) + "}"
-        event = (f'{{"event_id": "{uuid.uuid4().hex}", "model_id": "housing", "model_version": "{version}", '
-                 f'"ts": "{ts}", "features": {features}, "prediction": 1.0}}')
+        event = (
+            f'{{"event_id": "{uuid.uuid4().hex}", "model_id": "housing", "model_version": "{version}", '
+            f'"ts": "{ts}", "features": {features}, "prediction": 1.0}}'
+        )
         return "/predict", f'{{"features": {features}}}'.encode(), event.encode()
     values = {"event_id": json.dumps(f"edge-{n}"), "label": "1.0"} | fields
     label = f'"event_id": {values["event_id"]}, "label": {values["label"]}'
@@ -338,22 +388,29 @@ def test_the_hostile_corpus_through_both_edges_server_4xx_iff_monitor_dead_lette
         if response.status_code != 422:
             accepted.append((path, response.json()))
     assert [v for v in verdicts if v[2] != v[3]] == []  # server refuses <=> the monitor dead-letters
-    assert all(v[3] for v in verdicts[:len(corpus)])  # every corpus record is dead-lettered, as sent here too
+    assert all(v[3] for v in verdicts[: len(corpus)])  # every corpus record is dead-lettered, as sent here too
     assert len(accepted) == 8  # EXTRA's last eight
 
     # What the server did emit for the accepted ones, the monitor takes.
     _settled(server)
     ids = {p["event_id"] for path, answer in accepted if path == "/predict" for p in answer["predictions"]}
-    emitted = [r.value for r in world.read_all(world.topics.predictions,
-                                               int(server.metric(EMITTED, kind="prediction")))
-               if json.loads(r.value)["event_id"] in ids]
+    emitted = [
+        r.value
+        for r in world.read_all(world.topics.predictions, int(server.metric(EMITTED, kind="prediction")))
+        if json.loads(r.value)["event_id"] in ids
+    ]
     assert len(emitted) == len(ids) == 5
 
     def edge_labels() -> list[bytes]:  # every label record there is (read for a second), of this test
-        return [r.value for r in world.read_all(world.topics.labels, 10**9, timeout=1.0)
-                if json.loads(r.value)["event_id"].startswith("edge-")]
-    labels = wait_for(lambda: (lambda found: found if len(found) >= 3 else None)(edge_labels()), 30,
-                      "the accepted labels' events")
+        return [
+            r.value
+            for r in world.read_all(world.topics.labels, 10**9, timeout=1.0)
+            if json.loads(r.value)["event_id"].startswith("edge-")
+        ]
+
+    labels = wait_for(
+        lambda: (lambda found: found if len(found) >= 3 else None)(edge_labels()), 30, "the accepted labels' events"
+    )
     assert len(labels) == 3
     assert [_dead_lettered("/predict", v) for v in emitted] == [None] * 5
     assert [_dead_lettered("/labels", v) for v in labels] == [None] * 3

@@ -13,6 +13,7 @@ from undertow.worker.runtime.settings import MonitorSettings, Settings, load_set
 def clean_env(monkeypatch, tmp_path):
     """No UNDERTOW_* variables and no .env file but the test's own."""
     import os
+
     for name in list(os.environ):
         if name.startswith("UNDERTOW_"):
             monkeypatch.delenv(name)
@@ -21,9 +22,13 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def test_environment_then_flags(clean_env):
-    for name, value in {"UNDERTOW_DB_URL": "sqlite:///x.db", "UNDERTOW_TOPIC_PREFIX": "a.",
-                        "UNDERTOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "UNDERTOW_MAX_EVENT_BYTES": "4096",
-                        "UNDERTOW_KAFKA_SSL_CHECK_HOSTNAME": "false"}.items():
+    for name, value in {
+        "UNDERTOW_DB_URL": "sqlite:///x.db",
+        "UNDERTOW_TOPIC_PREFIX": "a.",
+        "UNDERTOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "UNDERTOW_MAX_EVENT_BYTES": "4096",
+        "UNDERTOW_KAFKA_SSL_CHECK_HOSTNAME": "false",
+    }.items():
         clean_env.setenv(name, value)
     settings = load_settings({"topic_prefix": "b.", "db_url": None}, MonitorSettings)
     assert settings.db_url == "sqlite:///x.db"
@@ -43,13 +48,16 @@ def test_passwords_are_secrets_and_a_dotenv_file_is_read(clean_env, tmp_path):
     assert settings.kafka_options["sasl_plain_password"] == "hunter2"  # only where the client needs it
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"kafka_bootstrap_servers": "localhost"}, "not host:port"),
-    ({"kafka_bootstrap_servers": "127.0.0.1:99999"}, "not host:port"),
-    ({"db_url": "::::"}, "DB_URL"),
-    ({"topic_prefix": "bad prefix!"}, "TOPIC_PREFIX"),
-    ({"kafka_security_protocol": "TLS"}, "UNDERTOW_KAFKA_SECURITY_PROTOCOL"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"kafka_bootstrap_servers": "localhost"}, "not host:port"),
+        ({"kafka_bootstrap_servers": "127.0.0.1:99999"}, "not host:port"),
+        ({"db_url": "::::"}, "DB_URL"),
+        ({"topic_prefix": "bad prefix!"}, "TOPIC_PREFIX"),
+        ({"kafka_security_protocol": "TLS"}, "UNDERTOW_KAFKA_SECURITY_PROTOCOL"),
+    ],
+)
 def test_bad_settings_are_one_line_config_errors(clean_env, overrides, fragment):
     with pytest.raises(ConfigError) as info:
         load_settings(overrides)
@@ -58,8 +66,13 @@ def test_bad_settings_are_one_line_config_errors(clean_env, overrides, fragment)
 
 @pytest.mark.parametrize("flags", [["--bootstrap-servers", "nohostport"], ["--db-url", "::::"]])
 def test_cli_reports_bad_settings_in_one_line(flags):
-    proc = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "monitor", *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", "monitor", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("undertow: error: invalid settings"), proc.stderr

@@ -1,6 +1,7 @@
 """The trainer end to end: the monitor's retrain request, the wait for data after the change, the gate,
 the promotion the monitor follows, rejection, redelivery, a crash while training, a tampered artifact,
 rollback and forged control events; on the embedded broker and a real database."""
+
 import json
 import signal
 import subprocess
@@ -23,22 +24,30 @@ from undertow.worker.runtime.output_events import (
 
 pytestmark = pytest.mark.postgres
 
-TRAINER_ENV = {"UNDERTOW_MIN_TRAIN_PAIRS": "500", "UNDERTOW_GATE_MIN_HOLDOUT": "300",
-               "UNDERTOW_WAIT_CHECK_SECONDS": "1", "UNDERTOW_MAX_WAIT_SECONDS": "300"}
+TRAINER_ENV = {
+    "UNDERTOW_MIN_TRAIN_PAIRS": "500",
+    "UNDERTOW_GATE_MIN_HOLDOUT": "300",
+    "UNDERTOW_WAIT_CHECK_SECONDS": "1",
+    "UNDERTOW_MAX_WAIT_SECONDS": "300",
+}
 SHIFT = 1.5  # labels move by three baseline error sds: a real concept change
 
 
 def _cli(env, *args, group=None):
-    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args,
-                           *env.cli_args(group)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", "--log-level", "WARNING", *args, *env.cli_args(group)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return done
 
 
 def _train_v1(env, seed: int = 2):
     data = Path(tempfile.mkdtemp()) / "train.csv"
     write_training_csv(SampleStream(seed=seed), data, 4000)
-    done = _cli(env, "train", "--model-id", "housing", "--data", str(data), "--target", "target",
-                "--time-column", "ts")
+    done = _cli(env, "train", "--model-id", "housing", "--data", str(data), "--target", "target", "--time-column", "ts")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -46,16 +55,24 @@ def _train_v1(env, seed: int = 2):
 def _run(env) -> dict | None:
     """The one training run of the test (None before it exists)."""
     from sqlalchemy import text
+
     with env.engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(
-            "SELECT run_id, status, attempts, candidate_version, outcome, data FROM training_runs "
-            "WHERE request_id IS NOT NULL"))]
+        rows = [
+            dict(r._mapping)
+            for r in conn.execute(
+                text(
+                    "SELECT run_id, status, attempts, candidate_version, outcome, data FROM training_runs "
+                    "WHERE request_id IS NOT NULL"
+                )
+            )
+        ]
     assert len(rows) <= 1, rows
     return rows[0] if rows else None
 
 
 def _rows(env, sql: str) -> list:
     from sqlalchemy import text
+
     with env.engine.connect() as conn:
         return list(conn.execute(text(sql)))
 
@@ -74,6 +91,7 @@ def _with_model_predictions(env, pairs, version: str):
     """What the serving endpoint would send: the champion's own predictions, no version named."""
     from undertow.models import registry, training
     from undertow.storage import db
+
     with db.make_session_factory(env.engine)() as session:
         row = registry.get_version(session, "housing", version)
         model, schema = registry.load_artifact(row), json.loads(row.feature_schema)
@@ -89,18 +107,24 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         stream = SampleStream(seed=5)
         # Version 1's predictions name it, as `undertow serve` does: those still unprocessed when version 2
         # is promoted must not count for version 2 (under load the monitor lags the stream by thousands).
-        first = [({**p, "model_version": "1"}, label) for p, label in
-                 [*stream.events(3000), *stream.events(7000, start_index=3000, concept_shift=SHIFT)]]
+        first = [
+            ({**p, "model_version": "1"}, label)
+            for p, label in [*stream.events(3000), *stream.events(7000, start_index=3000, concept_shift=SHIFT)]
+        ]
         env.send_events(first)
-        wait_for(lambda: _finished(env) or monitor.poll() is not None or trainer.poll() is not None, 240,
-                 "the retrain request to be trained and judged")
+        wait_for(
+            lambda: _finished(env) or monitor.poll() is not None or trainer.poll() is not None,
+            240,
+            "the retrain request to be trained and judged",
+        )
         run = _finished(env)
         assert run is not None, env.log_of(trainer)
         assert run["status"] == "promoted", run["outcome"]
         data = json.loads(run["data"])
         request = json.loads(env.scalar("SELECT cloudevent FROM retrain_requests"))
-        alert = json.loads(env.scalar("SELECT cloudevent FROM alerts WHERE id = :id",
-                                      id=request["data"]["alert_ids"][0]))
+        alert = json.loads(
+            env.scalar("SELECT cloudevent FROM alerts WHERE id = :id", id=request["data"]["alert_ids"][0])
+        )
         assert alert["type"] == "undertow.drift.concept"
         # trained and judged only on pairs predicted after the change began (the prediction-time CUSUM's
         # estimate: the stream changes at its prediction 3000, 00:50:00), newest held out
@@ -122,11 +146,18 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         # The monitor follows: new predictions (from version 2, naming no version) are checked against it.
         later = _with_model_predictions(env, list(stream.events(3000, start_index=10_000, concept_shift=SHIFT)), "2")
         env.send_events(later)
-        wait_for(lambda: (env.scalar("SELECT labels FROM concept_state WHERE version = '2'") or 0) >= 3000, 120,
-                 "version 2 to receive the new labels")
+        wait_for(
+            lambda: (env.scalar("SELECT labels FROM concept_state WHERE version = '2'") or 0) >= 3000,
+            120,
+            "version 2 to receive the new labels",
+        )
         assert env.scalar("SELECT count(*) FROM window_results WHERE version = '2'") > 0
-        concept = [json.loads(row[0])["data"] for row in _rows(
-            env, "SELECT cloudevent FROM alerts WHERE version = '2' AND type = 'undertow.drift.concept'")]
+        concept = [
+            json.loads(row[0])["data"]
+            for row in _rows(
+                env, "SELECT cloudevent FROM alerts WHERE version = '2' AND type = 'undertow.drift.concept'"
+            )
+        ]
         # Version 2 sees only its own predictions: no drift. (A deployment_gap may come: its holdout of a few
         # hundred post-change pairs can flatter it, and saying so once is what that alert is for.)
         assert [a for a in concept if a["episode"] != "deployment_gap"] == [], concept
@@ -134,12 +165,18 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         done = _cli(env, "models", "rollback", "--model-id", "housing", "--reason", "test")
         assert done.returncode == 0, done.stderr
         history = json.loads(_cli(env, "models", "history", "--model-id", "housing", "--json").stdout)
-        assert [(h["version"], h["action"]) for h in history] == [("1", "registered"), ("2", "promoted"),
-                                                                  ("1", "rolled_back")]
+        assert [(h["version"], h["action"]) for h in history] == [
+            ("1", "registered"),
+            ("2", "promoted"),
+            ("1", "rolled_back"),
+        ]
         before = env.scalar("SELECT labels FROM concept_state WHERE version = '1'")
         env.send_events(list(stream.events(500, start_index=13_000)))
-        wait_for(lambda: env.scalar("SELECT labels FROM concept_state WHERE version = '1'") >= before + 500, 120,
-                 "the rolled-back version 1 to receive the new labels")
+        wait_for(
+            lambda: env.scalar("SELECT labels FROM concept_state WHERE version = '1'") >= before + 500,
+            120,
+            "the rolled-back version 1 to receive the new labels",
+        )
     finally:
         for proc in (monitor, trainer):
             _stop(proc)
@@ -147,10 +184,19 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
 
 
 def _request(request_id: str, alert_ids=("manual",)) -> tuple[bytes, RetrainRequested]:
-    event = RetrainRequested(id=request_id, subject="housing", time=cloudevents.rfc3339(1_793_000_000),
-                             data=RetrainRequest(request_id=request_id, model_id="housing", model_version="1",
-                                                 reason="operator", alert_ids=list(alert_ids),
-                                                 data_policy=AllData()))
+    event = RetrainRequested(
+        id=request_id,
+        subject="housing",
+        time=cloudevents.rfc3339(1_793_000_000),
+        data=RetrainRequest(
+            request_id=request_id,
+            model_id="housing",
+            model_version="1",
+            reason="operator",
+            alert_ids=list(alert_ids),
+            data_policy=AllData(),
+        ),
+    )
     return output_events.encode(event), event
 
 
@@ -234,13 +280,25 @@ def test_with_a_signing_key_forged_control_events_are_dead_lettered_and_change_n
     _train_v1(env)
     forged_request, _ = _request("r-forged")
     env.send(env.topics.retrain, forged_request, key=b"housing")  # unsigned
-    env.send(env.topics.retrain, forged_request, key=b"housing",
-             headers=[("undertow.signature", b"0" * 64)])  # signed with another key
-    promotion = output_events.ModelPromoted(id="forged", subject="housing", time=cloudevents.rfc3339(1_793_000_000),
-                                            data=output_events.ModelChange(
-                                                model_id="housing", model_version="1", previous_version=None,
-                                                action="promoted", actor="trainer", reason="forged", request_id=None,
-                                                run_id=None, gate=None))
+    env.send(
+        env.topics.retrain, forged_request, key=b"housing", headers=[("undertow.signature", b"0" * 64)]
+    )  # signed with another key
+    promotion = output_events.ModelPromoted(
+        id="forged",
+        subject="housing",
+        time=cloudevents.rfc3339(1_793_000_000),
+        data=output_events.ModelChange(
+            model_id="housing",
+            model_version="1",
+            previous_version=None,
+            action="promoted",
+            actor="trainer",
+            reason="forged",
+            request_id=None,
+            run_id=None,
+            gate=None,
+        ),
+    )
     env.send(env.topics.models, output_events.encode(promotion), key=b"housing")
     env.flush()
     trainer = env.start_trainer("--until-idle", "2", env=key)
@@ -248,7 +306,9 @@ def test_with_a_signing_key_forged_control_events_are_dead_lettered_and_change_n
     env.drain(idle=2.0, env=key)
     letters = env.read_all(env.topics.dead_letter(env.topics.retrain), 2)
     assert sorted(dict(r.headers)["undertow.error.message"].decode()[:20] for r in letters) == [
-        "the control event's ", "unsigned control eve"]
+        "the control event's ",
+        "unsigned control eve",
+    ]
     (forged,) = env.read_all(env.topics.dead_letter(env.topics.models), 1)
     assert b"unsigned control event" in dict(forged.headers)["undertow.error.message"]
     assert env.scalar("SELECT count(*) FROM training_runs WHERE request_id IS NOT NULL") == 0
@@ -260,6 +320,7 @@ def test_with_a_signing_key_forged_control_events_are_dead_lettered_and_change_n
     from pydantic import SecretStr
 
     from undertow.worker.runtime.signing import signed_headers
+
     value, _ = _request("r-signed")
     signed.send(env.topics.retrain, value, key=b"housing", headers=signed_headers([], value, SecretStr("s3cret")))
     signed.close()
@@ -276,8 +337,14 @@ def test_a_run_waits_for_enough_pairs_then_gives_up_saying_why(env):
     env.flush()
     trainer = env.start_trainer(env={**TRAINER_ENV, "UNDERTOW_MAX_WAIT_SECONDS": "4"})
     try:
-        wait_for(lambda: env.scalar("SELECT status FROM training_runs WHERE request_id = 'r-short'") == "waiting"
-                 or trainer.poll() is not None, 60, "the run to wait")
+        wait_for(
+            lambda: (
+                env.scalar("SELECT status FROM training_runs WHERE request_id = 'r-short'") == "waiting"
+                or trainer.poll() is not None
+            ),
+            60,
+            "the run to wait",
+        )
         listed = _cli(env, "runs", "list").stdout
         assert "waiting" in listed and "labelled pairs: 200 so far" in listed
         wait_for(lambda: _finished(env) or trainer.poll() is not None, 60, "the run to give up")
@@ -302,5 +369,7 @@ def test_a_champion_registered_without_an_artifact_is_retrained_with_the_default
     gate_numbers = json.loads(env.scalar("SELECT metrics FROM training_runs WHERE request_id = 'r-registered'"))
     assert run["status"] in ("promoted", "rejected"), run
     assert gate_numbers["gate"]["champion_sha256"] is None and "champion_own_test_error" in gate_numbers["gate"]
-    assert json.loads(env.scalar("SELECT params FROM training_runs WHERE request_id = 'r-registered'"))[
-        "pipeline"] == "default recipe"
+    assert (
+        json.loads(env.scalar("SELECT params FROM training_runs WHERE request_id = 'r-registered'"))["pipeline"]
+        == "default recipe"
+    )

@@ -1,4 +1,5 @@
 """Events of model ids nobody registered: counted and warned about, not kept (issue 29, point 1)."""
+
 from __future__ import annotations
 
 import json
@@ -22,22 +23,39 @@ def _database_bytes(env) -> int:
     if env.db_url.startswith("sqlite"):
         path = env.db_url.removeprefix("sqlite:///")
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
-    return int(env.scalar("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                          "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                          "WHERE n.nspname = current_schema() AND c.relkind = 'r'"))
+    return int(
+        env.scalar(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        )
+    )
 
 
 def _ghost_predictions(ids: int, per_id: int):
     for i in range(ids):
         model_id = f"ghost-{i:05d}"
         for j in range(per_id):
-            yield "prediction", {"event_id": f"{model_id}-{j}", "model_id": model_id, "ts": "2026-11-01T00:10:00Z",
-                                 "features": {"x0": 0.5, "region": "north"}, "prediction": 1.0}
+            yield (
+                "prediction",
+                {
+                    "event_id": f"{model_id}-{j}",
+                    "model_id": model_id,
+                    "ts": "2026-11-01T00:10:00Z",
+                    "features": {"x0": 0.5, "region": "north"},
+                    "prediction": 1.0,
+                },
+            )
 
 
 def _status_json(env) -> str:
-    done = subprocess.run([sys.executable, "-m", "undertow.worker.cli", "status", "--json", *env.cli_args()], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", "status", "--json", *env.cli_args()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

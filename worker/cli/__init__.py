@@ -1,4 +1,5 @@
 """The ``undertow`` command line: one module per command group, each adding its parsers."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,12 @@ _EXAMPLES = {"status": "undertow status --json"}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="undertow", description="Drift monitor for models in production.", formatter_class=HelpFormatter,
+        prog="undertow",
+        description="Drift monitor for models in production.",
+        formatter_class=HelpFormatter,
         epilog="Examples:\n  undertow demo                     # the whole loop end to end, in about a minute\n"
-               "  undertow models register --help   # each command's options, and an example")
+        "  undertow models register --help   # each command's options, and an example",
+    )
     parser.add_argument("--version", action="version", version=f"undertow {__version__}")
     parser.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL", help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,8 +56,9 @@ def _global_options_everywhere(parser: argparse.ArgumentParser) -> None:
         helps = {choice.dest: choice.help for choice in action._choices_actions}
         for name, subparser in action.choices.items():
             if "--log-level" not in subparser._option_string_actions:
-                subparser.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL",
-                                       help=_LOG_LEVEL_HELP)
+                subparser.add_argument(
+                    "--log-level", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LOG_LEVEL_HELP
+                )
             if subparser.epilog is None and name in _EXAMPLES:
                 subparser.formatter_class = HelpFormatter
                 subparser.description = subparser.description or f"{helps[name][:1].upper()}{helps[name][1:]}."
@@ -71,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         # `undertow alerts | head`: the reader closed the pipe. Python would print a traceback at exit
         # when flushing stdout again, so stdout goes to /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("undertow: error: the output was closed before everything was written (broken pipe)",
-              file=sys.stderr)
+        print("undertow: error: the output was closed before everything was written (broken pipe)", file=sys.stderr)
         return 1
 
 
@@ -82,8 +86,9 @@ def _run(args) -> int:
     # never shadows an installed package.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's requests, one line each
     logging.getLogger("alembic").setLevel(logging.WARNING)  # storage.db logs the revisions it applies

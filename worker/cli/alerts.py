@@ -1,4 +1,5 @@
 """``undertow alerts``: the drift alerts the monitor published, newest first."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,15 @@ def cmd_alerts(args) -> int:
             subject = f"{subject} on {d['metric']}"
         # The multivariate check compares z (standard errors) with its threshold, not its raw value.
         measured = "z" if "z" in d else "value"
-        numbers = "  ".join(f"{k}={d[k]:.4g}" for k in ("psi", "ks_statistic", "drifted_share", measured, "threshold")
-                            if isinstance(d.get(k), (int, float)))
-        print(f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
-              f"{d['severity']} ({d['episode']})  {numbers}")
+        numbers = "  ".join(
+            f"{k}={d[k]:.4g}"
+            for k in ("psi", "ks_statistic", "drifted_share", measured, "threshold")
+            if isinstance(d.get(k), (int, float))
+        )
+        print(
+            f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
+            f"{d['severity']} ({d['episode']})  {numbers}"
+        )
     return 0
 
 
@@ -43,7 +49,8 @@ def add_parsers(sub) -> None:
     p = command(sub, "alerts", "list drift alerts, newest first", "undertow alerts --model-id churn --limit 20")
     add_connection_flags(p, "db")
     p.add_argument("--model-id", help="only this model's alerts (default: every model's)")
-    p.add_argument("--limit", type=positive_int, default=100,
-                   help="newest alerts shown, at least 1 (default: %(default)s)")
+    p.add_argument(
+        "--limit", type=positive_int, default=100, help="newest alerts shown, at least 1 (default: %(default)s)"
+    )
     add_json_flag(p, "the alerts' CloudEvents as a JSON array")
     p.set_defaults(func=cmd_alerts)

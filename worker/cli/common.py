@@ -1,4 +1,5 @@
 """What every command shares: connection flags, settings, sessions, stop handling."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,16 @@ from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settin
 log = logging.getLogger("undertow")
 
 # Flags that override settings; a command without one of them leaves it to the environment.
-_SETTINGS_FLAGS = ("kafka_bootstrap_servers", "db_url", "artifacts_dir", "topic_prefix", "group_id", "metrics_port",
-                   "host", "port")
+_SETTINGS_FLAGS = (
+    "kafka_bootstrap_servers",
+    "db_url",
+    "artifacts_dir",
+    "topic_prefix",
+    "group_id",
+    "metrics_port",
+    "host",
+    "port",
+)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -31,15 +40,23 @@ def command(sub, name: str, help: str, *examples: str) -> argparse.ArgumentParse
     ``help`` is the line in the parent's command list; the description is the same sentence.
     """
     label = "Example" if len(examples) == 1 else "Examples"
-    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
-                          epilog=f"{label}:\n" + "\n".join(f"  {e}" for e in examples) if examples else None,
-                          formatter_class=HelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[:1].upper() + help[1:] + ".",
+        epilog=f"{label}:\n" + "\n".join(f"  {e}" for e in examples) if examples else None,
+        formatter_class=HelpFormatter,
+    )
 
 
 # use -> (flag, settings field, metavar, what it is). Each command shows the ones it uses, with their real default.
 _CONNECTION = {
-    "kafka": ("--bootstrap-servers", "kafka_bootstrap_servers", "HOST:PORT",
-              "Kafka bootstrap address(es), comma-separated"),
+    "kafka": (
+        "--bootstrap-servers",
+        "kafka_bootstrap_servers",
+        "HOST:PORT",
+        "Kafka bootstrap address(es), comma-separated",
+    ),
     "db": ("--db-url", "db_url", "URL", "SQLAlchemy database URL"),
     "artifacts": ("--artifacts-dir", "artifacts_dir", "DIR", "where model files are stored"),
     "topics": ("--topic-prefix", "topic_prefix", "PREFIX", "prefix of the topic names"),
@@ -62,15 +79,20 @@ def add_connection_flags(parser: argparse.ArgumentParser, *uses: str, service: s
             parser.add_argument(flag, dest=field, help=argparse.SUPPRESS)
             continue
         default = f"undertow-{service}" if use == "group" else Settings.model_fields[field].default
-        group.add_argument(flag, dest=field, metavar=metavar,
-                           help=f"{what} (default: {default}; {ENV_PREFIX}{field.upper()})")
+        group.add_argument(
+            flag, dest=field, metavar=metavar, help=f"{what} (default: {default}; {ENV_PREFIX}{field.upper()})"
+        )
 
 
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
     host = ServiceSettings.model_fields["metrics_host"].default
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help=f"serve Prometheus /metrics on this port (default: off; {ENV_PREFIX}METRICS_PORT); "
-                             f"the address is {ENV_PREFIX}METRICS_HOST (default: {host})")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"serve Prometheus /metrics on this port (default: off; {ENV_PREFIX}METRICS_PORT); "
+        f"the address is {ENV_PREFIX}METRICS_HOST (default: {host})",
+    )
 
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str = "a JSON array") -> None:
@@ -97,9 +119,11 @@ def database(settings: Settings, must_exist: bool = False) -> Iterator[sessionma
 
 def install_stop_handlers(stop) -> None:
     """SIGTERM and SIGINT only ask to stop: the service finishes its batch and commits."""
+
     def handler(signum, _frame):
         log.info("received %s: finishing the batch, then exiting", signal.Signals(signum).name)
         stop()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
@@ -126,8 +150,10 @@ def rfc3339_time(value: str) -> str:
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time with its offset, "
-                                         "such as 2026-12-06T03:04:05Z or 2026-12-06T04:04:05+01:00")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an RFC 3339 time with its offset, "
+            "such as 2026-12-06T03:04:05Z or 2026-12-06T04:04:05+01:00"
+        )
     return value
 
 
@@ -144,8 +170,10 @@ def unreachable_broker(settings: Settings, seconds: float = BROKER_PROBE_SECONDS
 def require_broker(settings: Settings) -> None:
     """Stop in a few seconds with one line, not half a minute of client log lines, when no broker is there."""
     from undertow.worker.runtime.transport import BrokerUnavailable
+
     reason = unreachable_broker(settings)
     if reason is not None:
         raise BrokerUnavailable(
             f"no Kafka broker reachable at {settings.kafka_bootstrap_servers} ({reason}): start one with "
-            f"`undertow broker`, or point --bootstrap-servers / {ENV_PREFIX}KAFKA_BOOTSTRAP_SERVERS at yours")
+            f"`undertow broker`, or point --bootstrap-servers / {ENV_PREFIX}KAFKA_BOOTSTRAP_SERVERS at yours"
+        )

@@ -9,6 +9,7 @@ the market re-prices (concept drift). A timeline shows what the services
 did, read from the database they share; a summary table and the HTML
 report end it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,11 +29,15 @@ import numpy as np
 from undertow.worker.cli.common import command, install_stop_handlers
 
 MODEL_ID = "housing"
-TRAINER_ENV = {"UNDERTOW_MIN_TRAIN_PAIRS": "600", "UNDERTOW_GATE_MIN_HOLDOUT": "300",
-               "UNDERTOW_WAIT_CHECK_SECONDS": "1", "UNDERTOW_MAX_WAIT_SECONDS": "120"}
-BATCH = 100            # rows per /predict request
-LABEL_DELAY = 300      # median label delay, in predictions (lognormal, heavy tail)
-MONITOR_LAG = 300      # the sender waits while the monitor is further behind: the story unfolds in order
+TRAINER_ENV = {
+    "UNDERTOW_MIN_TRAIN_PAIRS": "600",
+    "UNDERTOW_GATE_MIN_HOLDOUT": "300",
+    "UNDERTOW_WAIT_CHECK_SECONDS": "1",
+    "UNDERTOW_MAX_WAIT_SECONDS": "120",
+}
+BATCH = 100  # rows per /predict request
+LABEL_DELAY = 300  # median label delay, in predictions (lognormal, heavy tail)
+MONITOR_LAG = 300  # the sender waits while the monitor is further behind: the story unfolds in order
 
 
 class Timeline:
@@ -51,12 +56,14 @@ class Timeline:
 
     def poll(self) -> None:
         from sqlalchemy import text
+
         with self.engine.connect() as conn:
             tables = set(self.engine.dialect.get_table_names(conn))
             if "alerts" not in tables:
                 return
-            for alert_id, kind, cloudevent in conn.execute(text("SELECT id, type, cloudevent FROM alerts "
-                                                                "ORDER BY event_ts, id")):
+            for alert_id, kind, cloudevent in conn.execute(
+                text("SELECT id, type, cloudevent FROM alerts ORDER BY event_ts, id")
+            ):
                 if alert_id not in self.seen:
                     self.seen.add(alert_id)
                     self._alert(kind, json.loads(cloudevent)["data"])
@@ -64,14 +71,16 @@ class Timeline:
                 if request_id not in self.seen:
                     self.seen.add(request_id)
                     self.say("retrain", f"retrain requested: {json.loads(reason)['data']['reason']}")
-            for run_id, status, outcome, metrics in conn.execute(text(
-                    "SELECT run_id, status, outcome, metrics FROM training_runs WHERE request_id IS NOT NULL")):
+            for run_id, status, outcome, metrics in conn.execute(
+                text("SELECT run_id, status, outcome, metrics FROM training_runs WHERE request_id IS NOT NULL")
+            ):
                 if self.run_status.get(run_id) != status:
                     self.run_status[run_id] = status
                     self._run(status, outcome, json.loads(metrics or "{}"))
-            for seq, version, action, actor in conn.execute(text(
-                    "SELECT seq, version, action, actor FROM champion_history WHERE model_id = :m ORDER BY seq"),
-                    {"m": MODEL_ID}):
+            for seq, version, action, actor in conn.execute(
+                text("SELECT seq, version, action, actor FROM champion_history WHERE model_id = :m ORDER BY seq"),
+                {"m": MODEL_ID},
+            ):
                 if f"champion-{seq}" not in self.seen:
                     self.seen.add(f"champion-{seq}")
                     self.say("champion", f"version {version} is champion ({action} by {actor})")
@@ -81,34 +90,48 @@ class Timeline:
             what = "prediction drift" if kind.endswith("prediction") else f"data drift: {data['feature']}"
             self.say("data", f"{what} {data['severity']} ({data.get('episode')}), PSI {data['psi']:.2f}")
         elif kind == "undertow.drift.multivariate":
-            self.say("data", f"multivariate drift ({data['episode']}): reconstruction error {data['z']:.1f} "
-                             f"standard errors above the reference")
+            self.say(
+                "data",
+                f"multivariate drift ({data['episode']}): reconstruction error {data['z']:.1f} "
+                f"standard errors above the reference",
+            )
         elif kind == "undertow.drift.dataset":
             self.say("data", f"dataset drift: {data.get('drifted_share', 0):.0%} of the inputs drifted")
         elif kind == "undertow.drift.concept":
-            self.say("concept", f"concept drift {data['episode']} ({data['detector']}): mean error "
-                                f"{data.get('recent_mean_error') or data['value']:.3f} against "
-                                f"{data['baseline']['mean']:.3f}")
+            self.say(
+                "concept",
+                f"concept drift {data['episode']} ({data['detector']}): mean error "
+                f"{data.get('recent_mean_error') or data['value']:.3f} against "
+                f"{data['baseline']['mean']:.3f}",
+            )
         else:
             self.say("alert", kind)
 
     def _run(self, status: str, outcome: str | None, metrics: dict) -> None:
         from undertow.models.runs import RunStatus
+
         gate = metrics.get("gate") or {}
         if status in (RunStatus.PROMOTED, RunStatus.REJECTED) and gate:
             verdict = "passed" if status == RunStatus.PROMOTED else "failed"
-            self.say("gate", f"gate {verdict}: on {gate['holdout_pairs']} "
-                             f"held-out pairs the champion's mean error {gate['champion_mean_error']:.3f}, the "
-                             f"candidate's {gate['candidate_mean_error']:.3f}; 95 % interval of the improvement "
-                             f"[{gate['improvement_low']:.3f}, {gate['improvement_high']:.3f}]")
+            self.say(
+                "gate",
+                f"gate {verdict}: on {gate['holdout_pairs']} "
+                f"held-out pairs the champion's mean error {gate['champion_mean_error']:.3f}, the "
+                f"candidate's {gate['candidate_mean_error']:.3f}; 95 % interval of the improvement "
+                f"[{gate['improvement_low']:.3f}, {gate['improvement_high']:.3f}]",
+            )
         else:
             self.say("run", f"training run {status}" + (f": {outcome}" if outcome else ""))
 
 
 def _service(command: str, common: list[str], workdir: Path, env: dict | None = None, *extra: str):
     log = open(workdir / f"{command}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "undertow.worker.cli", "--log-level", "INFO", command, *common, *extra],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "undertow.worker.cli", "--log-level", "INFO", command, *common, *extra],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _wait(condition, timeout: float, interval: float = 0.2):
@@ -123,12 +146,16 @@ def _wait(condition, timeout: float, interval: float = 0.2):
 
 def _data_source(name: str, seed: int):
     from undertow.worker.dev.housing import CaliforniaData, HousingData
+
     if name == "california":
         try:
             return CaliforniaData(seed)
         except Exception as exc:  # noqa: BLE001 - offline, blocked, or a broken cache: say so and go on
-            print(f"cannot use California housing ({type(exc).__name__}: {exc}); using the generated housing "
-                  f"data instead", flush=True)
+            print(
+                f"cannot use California housing ({type(exc).__name__}: {exc}); using the generated housing "
+                f"data instead",
+                flush=True,
+            )
     return HousingData(seed)
 
 
@@ -149,32 +176,62 @@ def cmd_demo(args) -> int:
     stopping = []
     install_stop_handlers(lambda: stopping.append(True))
     n = args.events
-    phases = [("stationary", int(n * 0.2), 1.0, False), ("covariate drift", int(n * 0.2), 1.3, False),
-              ("concept drift", int(n * 0.4), 1.3, True)]
+    phases = [
+        ("stationary", int(n * 0.2), 1.0, False),
+        ("covariate drift", int(n * 0.2), 1.3, False),
+        ("concept drift", int(n * 0.4), 1.3, True),
+    ]
     after = n - sum(p[1] for p in phases)
     started = time.monotonic()
     with EmbeddedBroker() as broker:
         port = free_port()
-        common = ["--bootstrap-servers", broker.bootstrap_servers, "--db-url", f"sqlite:///{workdir / 'undertow.db'}",
-                  "--artifacts-dir", str(workdir / "artifacts")]
-        print(f"Undertow demo: {data.name}; embedded broker on {broker.bootstrap_servers}; state in {workdir}",
-              flush=True)
+        common = [
+            "--bootstrap-servers",
+            broker.bootstrap_servers,
+            "--db-url",
+            f"sqlite:///{workdir / 'undertow.db'}",
+            "--artifacts-dir",
+            str(workdir / "artifacts"),
+        ]
+        print(
+            f"Undertow demo: {data.name}; embedded broker on {broker.bootstrap_servers}; state in {workdir}", flush=True
+        )
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):
             main(["topics", "create", *common[:2], "--partitions", "3"])
             data.write_training_csv(workdir / "train.csv", 6000)
-            code = main(["train", *common, "--model-id", MODEL_ID, "--data", str(workdir / "train.csv"),
-                         "--target", data.target, "--time-column", "ts", "--no-retrain-on-data-drift",
-                         "--retrain-cooldown-seconds", "0", "--description", "demo: housing prices"])
+            code = main(
+                [
+                    "train",
+                    *common,
+                    "--model-id",
+                    MODEL_ID,
+                    "--data",
+                    str(workdir / "train.csv"),
+                    "--target",
+                    data.target,
+                    "--time-column",
+                    "ts",
+                    "--no-retrain-on-data-drift",
+                    "--retrain-cooldown-seconds",
+                    "0",
+                    "--description",
+                    "demo: housing prices",
+                ]
+            )
         if code:
             return code
-        trained = json.loads(quiet.getvalue()[quiet.getvalue().index("{"):])
-        print(f"trained version 1 with `undertow train`: holdout MAE {trained['holdout']['mae']:.3f} on "
-              f"{trained['holdout']['holdout_rows']} rows; artifact sha256 {trained['artifact_sha256'][:12]}…",
-              flush=True)
-        services = {"monitor": _service("monitor", common, workdir),
-                    "trainer": _service("trainer", common, workdir, TRAINER_ENV),
-                    "server": _service("serve", common, workdir, None, "--model-id", MODEL_ID, "--port", str(port))}
+        trained = json.loads(quiet.getvalue()[quiet.getvalue().index("{") :])
+        print(
+            f"trained version 1 with `undertow train`: holdout MAE {trained['holdout']['mae']:.3f} on "
+            f"{trained['holdout']['holdout_rows']} rows; artifact sha256 {trained['artifact_sha256'][:12]}…",
+            flush=True,
+        )
+        services = {
+            "monitor": _service("monitor", common, workdir),
+            "trainer": _service("trainer", common, workdir, TRAINER_ENV),
+            "server": _service("serve", common, workdir, None, "--model-id", MODEL_ID, "--port", str(port)),
+        }
         engine = db.make_engine(f"sqlite:///{workdir / 'undertow.db'}")
         try:
             timeline = Timeline(engine, started)
@@ -183,18 +240,24 @@ def cmd_demo(args) -> int:
                 if not _wait(lambda: _ready(client), 60):
                     print("the serving endpoint did not start; see", workdir / "serve.log")
                     return 1
-                print(f"monitor, trainer and `undertow serve` running (logs in {workdir}); sending {n:,} requests",
-                      flush=True)
+                print(
+                    f"monitor, trainer and `undertow serve` running (logs in {workdir}); sending {n:,} requests",
+                    flush=True,
+                )
                 sender = Sender(client, timeline, rng, n, engine)
                 for name, count, income, concept in phases:
-                    timeline.say("phase", f"-- {name}: {count:,} districts" +
-                                 (f" (median income x{income})" if income != 1 else "") +
-                                 (", priced by the new market" if concept else ""))
+                    timeline.say(
+                        "phase",
+                        f"-- {name}: {count:,} districts"
+                        + (f" (median income x{income})" if income != 1 else "")
+                        + (", priced by the new market" if concept else ""),
+                    )
                     sender.send(data, count, income, concept, stopping)
                 sender.post_all_labels()
                 timeline.say("phase", "-- waiting for the trainer's decision")
-                _wait(lambda: timeline.poll() or any(s in runs.FINISHED
-                                                     for s in timeline.run_status.values()), 120, 0.5)
+                _wait(
+                    lambda: timeline.poll() or any(s in runs.FINISHED for s in timeline.run_status.values()), 120, 0.5
+                )
                 _wait(lambda: sender.probe(data) == "2" or None, 30, 0.5)
                 timeline.say("phase", f"-- after the decision: {after:,} districts of the new market")
                 sender.send(data, after, 1.3, True, stopping)
@@ -213,8 +276,10 @@ def cmd_demo(args) -> int:
     width = max(len(k) for k, _ in summary)
     for key, value in summary:
         print(f"  {key:<{width}}  {value}")
-    print(f"\nreport: {report}\nstate:  {workdir / 'undertow.db'}  (try: undertow status --db-url "
-          f"sqlite:///{workdir / 'undertow.db'})\nfinished in {time.monotonic() - started:.0f} s")
+    print(
+        f"\nreport: {report}\nstate:  {workdir / 'undertow.db'}  (try: undertow status --db-url "
+        f"sqlite:///{workdir / 'undertow.db'})\nfinished in {time.monotonic() - started:.0f} s"
+    )
     return 0
 
 
@@ -273,7 +338,7 @@ class Sender:
             _, event_id, label = self.pending.popleft()
             labels.append({"event_id": event_id, "label": label})
         for start in range(0, len(labels), 1000):
-            self.client.post("/labels", json={"labels": labels[start:start + 1000]}).raise_for_status()
+            self.client.post("/labels", json={"labels": labels[start : start + 1000]}).raise_for_status()
 
 
 def _progress(done: int, total: int) -> None:
@@ -285,6 +350,7 @@ def _progress(done: int, total: int) -> None:
 
 def _ready(client) -> bool:
     import httpx
+
     try:
         return client.get("/health/ready").status_code == 200
     except httpx.TransportError:
@@ -293,6 +359,7 @@ def _ready(client) -> bool:
 
 def _processed(engine) -> int:
     from sqlalchemy import text
+
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT COALESCE(SUM(predictions), 0) FROM model_stats")).scalar())
 
@@ -303,27 +370,46 @@ def _summary(conn, text, sender: Sender, timeline: Timeline) -> list[tuple[str, 
     champion = conn.execute(text("SELECT version FROM model_versions WHERE stage = 'champion'")).scalar()
     gate = [e for e in timeline.events if e[1] == "gate"]
     promoted_at = next((t for t, kind, msg in timeline.events if kind == "champion" and "promoted" in msg), None)
-    after = [e for e in timeline.events if promoted_at is not None and e[0] > promoted_at
-             and e[1] == "concept" and "started" in e[2]]
-    return [("predictions answered", f"{sender.sent:,} ({', '.join(f'version {v}: {c:,}' for v, c in sender.versions.items())})"),
-            ("windows evaluated", f"{windows}"),
-            ("data-drift alerts", f"{alerts.get('undertow.drift.data', 0)} on inputs, "
-                                  f"{alerts.get('undertow.drift.prediction', 0)} on the prediction, "
-                                  f"{alerts.get('undertow.drift.multivariate', 0)} multivariate, "
-                                  f"{alerts.get('undertow.drift.dataset', 0)} dataset"),
-            ("concept-drift alerts", f"{alerts.get('undertow.drift.concept', 0)}"),
-            ("retrain requests", f"{conn.execute(text('SELECT count(*) FROM retrain_requests')).scalar()}"),
-            ("gate", gate[-1][2] if gate else "no decision"),
-            ("champion now", f"version {champion}"),
-            ("new concept episodes after the promotion", f"{len(after)}")]
+    after = [
+        e
+        for e in timeline.events
+        if promoted_at is not None and e[0] > promoted_at and e[1] == "concept" and "started" in e[2]
+    ]
+    return [
+        (
+            "predictions answered",
+            f"{sender.sent:,} ({', '.join(f'version {v}: {c:,}' for v, c in sender.versions.items())})",
+        ),
+        ("windows evaluated", f"{windows}"),
+        (
+            "data-drift alerts",
+            f"{alerts.get('undertow.drift.data', 0)} on inputs, "
+            f"{alerts.get('undertow.drift.prediction', 0)} on the prediction, "
+            f"{alerts.get('undertow.drift.multivariate', 0)} multivariate, "
+            f"{alerts.get('undertow.drift.dataset', 0)} dataset",
+        ),
+        ("concept-drift alerts", f"{alerts.get('undertow.drift.concept', 0)}"),
+        ("retrain requests", f"{conn.execute(text('SELECT count(*) FROM retrain_requests')).scalar()}"),
+        ("gate", gate[-1][2] if gate else "no decision"),
+        ("champion now", f"version {champion}"),
+        ("new concept episodes after the promotion", f"{len(after)}"),
+    ]
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "demo", "the whole loop end to end: embedded broker, monitor, trainer, server and a report",
-                "undertow demo --events 6000 --workdir demo")
+    p = command(
+        sub,
+        "demo",
+        "the whole loop end to end: embedded broker, monitor, trainer, server and a report",
+        "undertow demo --events 6000 --workdir demo",
+    )
     p.add_argument("--events", type=int, default=12_000, help="prediction requests in all (default: 12,000)")
     p.add_argument("--seed", type=int, default=7, help="seed of the data and the drift (default: %(default)s)")
-    p.add_argument("--dataset", choices=["generated", "california"], default="generated",
-                   help="generated housing data (default) or scikit-learn's California housing (downloaded)")
+    p.add_argument(
+        "--dataset",
+        choices=["generated", "california"],
+        default="generated",
+        help="generated housing data (default) or scikit-learn's California housing (downloaded)",
+    )
     p.add_argument("--workdir", help="where the database, logs and report go (default: a new temporary folder)")
     p.set_defaults(func=cmd_demo)

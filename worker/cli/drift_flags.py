@@ -5,6 +5,7 @@ the same with X; a ``Literal`` gets its values as choices; a boolean that
 defaults to True becomes ``--no-<name>`` (and one that defaults to False
 ``--<name>``). Help is the field's description and its default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,13 @@ def add_drift_flags(parser: argparse.ArgumentParser) -> None:
         kind = _base_type(field.annotation)
         if kind is bool:
             switch = "--no-" + name.replace("_", "-") if default else flag
-            group.add_argument(switch, dest=name, action="store_const", const=not default,
-                               help=f"{'turn off: ' if default else ''}{field.description}")
+            group.add_argument(
+                switch,
+                dest=name,
+                action="store_const",
+                const=not default,
+                help=f"{'turn off: ' if default else ''}{field.description}",
+            )
         elif typing.get_origin(kind) is Literal:
             group.add_argument(flag, dest=name, choices=typing.get_args(kind), help=help_text)
         else:
@@ -41,9 +47,12 @@ def drift_config_from(args: argparse.Namespace) -> DriftConfig:
     try:
         return DriftConfig(**given)
     except ValidationError as exc:
-        raise UndertowError("; ".join(
-            (f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors())) from None
+        raise UndertowError(
+            "; ".join(
+                (f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+        ) from None
 
 
 def _base_type(annotation):

@@ -1,4 +1,5 @@
 """``undertow models``: register, list, show, promote, roll back, the champion history, model cards."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ def cmd_models_register(args) -> int:
     from undertow.models.ids import check_id
     from undertow.models.profile import ProfileError
     from undertow.models.reference import load_reference
+
     settings = settings_from(args)
     # Everything the user typed is checked before anything is read or written.
     check_id(args.model_id, "--model-id")
@@ -46,14 +48,31 @@ def cmd_models_register(args) -> int:
         card["intended_use"] = {"description": args.description}
     with database(settings) as sessions, sessions.begin() as session:
         row = registry.register(
-            session, model_id=args.model_id, version=args.version, profile=reference.profile,
-            artifacts_dir=Path(settings.artifacts_dir), artifact=Path(args.artifact) if args.artifact else None,
-            drift_config=config, baseline_error=reference.baseline_error, error_sample=reference.error_sample,
-            data_sha256=reference.data_sha256, test_set=reference.test_set, task=task, card=card or None)
-        summary = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": task,
-                   "features": json.loads(row.feature_schema), "artifact_sha256": row.artifact_sha256,
-                   "baseline_error_mean": row.baseline_error_mean, "baseline_error_std": row.baseline_error_std,
-                   "drift_config": config.model_dump()}
+            session,
+            model_id=args.model_id,
+            version=args.version,
+            profile=reference.profile,
+            artifacts_dir=Path(settings.artifacts_dir),
+            artifact=Path(args.artifact) if args.artifact else None,
+            drift_config=config,
+            baseline_error=reference.baseline_error,
+            error_sample=reference.error_sample,
+            data_sha256=reference.data_sha256,
+            test_set=reference.test_set,
+            task=task,
+            card=card or None,
+        )
+        summary = {
+            "model_id": row.model_id,
+            "version": row.version,
+            "stage": row.stage,
+            "task": task,
+            "features": json.loads(row.feature_schema),
+            "artifact_sha256": row.artifact_sha256,
+            "baseline_error_mean": row.baseline_error_mean,
+            "baseline_error_std": row.baseline_error_std,
+            "drift_config": config.model_dump(),
+        }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -66,8 +85,11 @@ def _checked_artifact(path: Path, columns: dict[str, list], args):
     here, not found out by ``serve`` or the trainer later."""
     from undertow.models import registry, training
     from undertow.models.profile import build_profile
+
     model = registry.check_model_file(path)  # before the database is created or touched
-    features = {k: v[:ARTIFACT_CHECK_ROWS] for k, v in columns.items() if k not in (args.target, args.prediction_column)}
+    features = {
+        k: v[:ARTIFACT_CHECK_ROWS] for k, v in columns.items() if k not in (args.target, args.prediction_column)
+    }
     schema = {name: f.kind for name, f in build_profile(features).features.items()}
     rows = [{name: values[i] for name, values in features.items()} for i in range(len(next(iter(features.values()))))]
     try:
@@ -75,7 +97,8 @@ def _checked_artifact(path: Path, columns: dict[str, list], args):
     except Exception as exc:  # noqa: BLE001 - the model's own failure on the reference rows
         raise registry.RegistryError(
             f"--artifact {path} cannot predict on the reference's rows ({type(exc).__name__}: {_first_line(exc)}); "
-            f"its input columns must be the reference's features: {', '.join(schema)}") from None
+            f"its input columns must be the reference's features: {', '.join(schema)}"
+        ) from None
     return model
 
 
@@ -86,26 +109,38 @@ def _require_target(args, columns: dict[str, list]) -> None:
     """Without --target every column is profiled as an input feature, the target and the model's own
     prediction included, and concept drift is off: only --no-target says that is meant."""
     from undertow.errors import ConfigError
-    suspects = [name for name in columns if _LOOKS_LIKE_AN_OUTPUT.search(name)
-                and name not in (args.target, args.prediction_column)]
+
+    suspects = [
+        name
+        for name in columns
+        if _LOOKS_LIKE_AN_OUTPUT.search(name) and name not in (args.target, args.prediction_column)
+    ]
     if args.target is not None and args.prediction_column is None:
         if suspects and not args.no_prediction_column:
             # Profiled as an input, a prediction column would also be a feature the producers never send.
-            raise ConfigError(f"--prediction-column is missing and {', '.join(suspects)} look(s) like the model's "
-                              "predictions: name the column with --prediction-column (the baseline error and concept "
-                              "drift need it), or say --no-prediction-column to profile it as an input")
-        print("warning: no --prediction-column: without the model's predictions on the reference there is "
-              "no baseline error, and concept drift is off for this version", file=sys.stderr)
+            raise ConfigError(
+                f"--prediction-column is missing and {', '.join(suspects)} look(s) like the model's "
+                "predictions: name the column with --prediction-column (the baseline error and concept "
+                "drift need it), or say --no-prediction-column to profile it as an input"
+            )
+        print(
+            "warning: no --prediction-column: without the model's predictions on the reference there is "
+            "no baseline error, and concept drift is off for this version",
+            file=sys.stderr,
+        )
     if args.target is not None or args.no_target:
         return
     hint = f" (columns that look like one: {', '.join(suspects)})" if suspects else ""
-    raise ConfigError(f"--target is missing: name the target column{hint} and, for the baseline error, "
-                      "--prediction-column; or say --no-target to watch data drift only")
+    raise ConfigError(
+        f"--target is missing: name the target column{hint} and, for the baseline error, "
+        "--prediction-column; or say --no-target to watch data drift only"
+    )
 
 
 def _task(given: str | None, model, targets: list | None) -> tuple[str | None, str]:
     """The version's task, and why: as given, from the artifact, or from the target's values."""
     from undertow.models.training import infer_task
+
     if given is not None:
         return given, "--task"
     if model is not None:
@@ -131,11 +166,19 @@ def _first_line(exc: BaseException) -> str:
 
 def cmd_models_list(args) -> int:
     from undertow.models import registry
+
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
-        rows = [{"model_id": r.model_id, "version": r.version, "stage": r.stage,
-                 "artifact_sha256": r.artifact_sha256, "registered_at": iso(r.created_at)}
-                for r in registry.list_versions(session, args.model_id)]
+        rows = [
+            {
+                "model_id": r.model_id,
+                "version": r.version,
+                "stage": r.stage,
+                "artifact_sha256": r.artifact_sha256,
+                "registered_at": iso(r.created_at),
+            }
+            for r in registry.list_versions(session, args.model_id)
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -147,14 +190,25 @@ def cmd_models_list(args) -> int:
 
 def cmd_models_show(args) -> int:
     from undertow.models import registry
+
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
-        shown = {"model_id": row.model_id, "version": row.version, "stage": row.stage, "task": row.task,
-                 "registered_at": iso(row.created_at), "artifact_path": row.artifact_path,
-                 "artifact_sha256": row.artifact_sha256, "data_sha256": row.data_sha256, "run_id": row.run_id,
-                 "features": json.loads(row.feature_schema), "baseline_error_mean": row.baseline_error_mean,
-                 "baseline_error_std": row.baseline_error_std, "drift_config": json.loads(row.drift_config),
-                 "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0}
+        shown = {
+            "model_id": row.model_id,
+            "version": row.version,
+            "stage": row.stage,
+            "task": row.task,
+            "registered_at": iso(row.created_at),
+            "artifact_path": row.artifact_path,
+            "artifact_sha256": row.artifact_sha256,
+            "data_sha256": row.data_sha256,
+            "run_id": row.run_id,
+            "features": json.loads(row.feature_schema),
+            "baseline_error_mean": row.baseline_error_mean,
+            "baseline_error_std": row.baseline_error_std,
+            "drift_config": json.loads(row.drift_config),
+            "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0,
+        }
     print(json.dumps(shown, indent=2))
     return 0
 
@@ -162,6 +216,7 @@ def cmd_models_show(args) -> int:
 def _champion(session, model_id: str) -> str:
     from undertow.errors import NotFound
     from undertow.models import registry
+
     registry.require_registered(session, model_id)  # "not registered", naming the ids that are, before "no champion"
     version = registry.champions(session, [model_id]).get(model_id)
     if version is None:
@@ -176,8 +231,10 @@ def _change(args, action: str) -> int:
         with sessions.begin() as session:
             previous, version = _make_change(session, settings, args, action)
         published = _try_publish(settings, sessions)
-    print(f"{args.model_id}: version {version} is champion ({action}; was {previous}); the event is "
-          + ("published" if published else "in the outbox: a running service publishes it"))
+    print(
+        f"{args.model_id}: version {version} is champion ({action}; was {previous}); the event is "
+        + ("published" if published else "in the outbox: a running service publishes it")
+    )
     return 0
 
 
@@ -189,6 +246,7 @@ def _make_change(session, settings, args, action: str) -> tuple[str, str]:
     from undertow.worker.runtime.output_events import ModelChange, ModelPromoted
     from undertow.worker.runtime.signing import signed_headers
     from undertow.worker.runtime.topics import Topics
+
     previous = _champion(session, args.model_id)
     if action == "promoted":
         row = registry.promote(session, args.model_id, args.version, actor="operator", reason=args.reason)
@@ -196,13 +254,29 @@ def _make_change(session, settings, args, action: str) -> tuple[str, str]:
         row = registry.rollback(session, args.model_id, actor="operator", reason=args.reason)
     (change,) = registry.history(session, args.model_id)[-1:]
     event = ModelPromoted(
-        id=cloudevents.event_id(args.model_id, row.version, action, change.seq), subject=args.model_id,
-        time=cloudevents.rfc3339(change.changed_at), data=ModelChange(
-            model_id=args.model_id, model_version=row.version, previous_version=previous, action=action,
-            actor="operator", reason=args.reason, request_id=None, run_id=None, gate=None))
+        id=cloudevents.event_id(args.model_id, row.version, action, change.seq),
+        subject=args.model_id,
+        time=cloudevents.rfc3339(change.changed_at),
+        data=ModelChange(
+            model_id=args.model_id,
+            model_version=row.version,
+            previous_version=previous,
+            action=action,
+            actor="operator",
+            reason=args.reason,
+            request_id=None,
+            run_id=None,
+            gate=None,
+        ),
+    )
     value = output_events.encode(event)
-    repo.enqueue(session, Topics(settings.topic_prefix).models, args.model_id.encode(), value,
-                 signed_headers(output_events.HEADERS, value, settings.signing_key))
+    repo.enqueue(
+        session,
+        Topics(settings.topic_prefix).models,
+        args.model_id.encode(),
+        value,
+        signed_headers(output_events.HEADERS, value, settings.signing_key),
+    )
     return previous, row.version
 
 
@@ -210,6 +284,7 @@ def _try_publish(settings, sessions) -> bool:
     import logging
 
     from undertow.worker.runtime.transport import OutboxRelay, TransientError, make_producer
+
     if unreachable_broker(settings) is not None:
         return False  # in seconds, not after the client's own timeout
     kafka_log = logging.getLogger("kafka")
@@ -240,14 +315,26 @@ def cmd_models_rollback(args) -> int:
 
 def cmd_models_history(args) -> int:
     from undertow.models import registry
+
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
-        rows = [{"at": iso(c.changed_at), "version": c.version, "previous_version": c.previous_version,
-                 "action": c.action, "actor": c.actor, "reason": c.reason, "request_id": c.request_id,
-                 "run_id": c.run_id} for c in registry.history(session, args.model_id)]
+        rows = [
+            {
+                "at": iso(c.changed_at),
+                "version": c.version,
+                "previous_version": c.previous_version,
+                "action": c.action,
+                "actor": c.actor,
+                "reason": c.reason,
+                "request_id": c.request_id,
+                "run_id": c.run_id,
+            }
+            for c in registry.history(session, args.model_id)
+        ]
         at = None
         if args.at:
             from undertow.worker.runtime.cloudevents import epoch
+
             at = registry.champion_at(session, args.model_id, epoch(args.at))
     if args.at:
         return _print_champion_at(args, at)
@@ -255,8 +342,10 @@ def cmd_models_history(args) -> int:
         print(json.dumps(rows, indent=2))
     for r in [] if args.json else rows:
         was = f"(was {r['previous_version']})  " if r["previous_version"] is not None else ""
-        print(f"{r['at']}  {r['action']:<11} {r['version']:<6} {was}by {r['actor']}: "
-              f"{r['reason']}" + (f"  [request {r['request_id']}, {r['run_id']}]" if r["request_id"] else ""))
+        print(
+            f"{r['at']}  {r['action']:<11} {r['version']:<6} {was}by {r['actor']}: "
+            f"{r['reason']}" + (f"  [request {r['request_id']}, {r['run_id']}]" if r["request_id"] else "")
+        )
     return 0
 
 
@@ -272,6 +361,7 @@ def cmd_models_card(args) -> int:
     from undertow.errors import ConfigError
     from undertow.models import registry, runs
     from undertow.models.card import markdown, model_card
+
     args.model_id = args.model_id or args.legacy_model_id
     if not args.model_id:
         raise ConfigError("models card needs --model-id")
@@ -284,8 +374,12 @@ def cmd_models_card(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "models", "the model registry: register, list, show, promote, roll back, history, cards",
-                "undertow models list --model-id churn")
+    p = command(
+        sub,
+        "models",
+        "the model registry: register, list, show, promote, roll back, history, cards",
+        "undertow models list --model-id churn",
+    )
     models_sub = p.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     _add_register(models_sub)
     p = command(models_sub, "list", "registered versions, oldest first", "undertow models list --model-id churn --json")
@@ -293,17 +387,30 @@ def add_parsers(sub) -> None:
     p.add_argument("--model-id", help="only this model (default: every model)")
     add_json_flag(p)
     p.set_defaults(func=cmd_models_list)
-    p = command(models_sub, "show", "one version in full, as JSON (default: the champion)",
-                "undertow models show --model-id churn --version 2")
+    p = command(
+        models_sub,
+        "show",
+        "one version in full, as JSON (default: the champion)",
+        "undertow models show --model-id churn --version 2",
+    )
     add_connection_flags(p, "db")
     p.add_argument("--model-id", required=True)
     p.add_argument("--version", help="default: the champion")
     p.set_defaults(func=cmd_models_show)
     for name, text, example, func in (
-            ("promote", "make a version the champion (recorded in the history)",
-             'undertow models promote --model-id churn --version 3 --reason "validated offline"', cmd_models_promote),
-            ("rollback", "restore the previous champion (recorded in the history)",
-             'undertow models rollback --model-id churn --reason "complaints since 09:00"', cmd_models_rollback)):
+        (
+            "promote",
+            "make a version the champion (recorded in the history)",
+            'undertow models promote --model-id churn --version 3 --reason "validated offline"',
+            cmd_models_promote,
+        ),
+        (
+            "rollback",
+            "restore the previous champion (recorded in the history)",
+            'undertow models rollback --model-id churn --reason "complaints since 09:00"',
+            cmd_models_rollback,
+        ),
+    ):
         p = command(models_sub, name, text, example)
         add_connection_flags(p, "db", "kafka", "topics")  # the model event is published, or left in the outbox
         p.add_argument("--model-id", required=True)
@@ -311,16 +418,28 @@ def add_parsers(sub) -> None:
             p.add_argument("--version", required=True)
         p.add_argument("--reason", required=True, help="why, for the history")
         p.set_defaults(func=func)
-    p = command(models_sub, "history", "every change of champion: when, which version, who, why",
-                "undertow models history --model-id churn --at 2026-12-06T03:04:05Z")
+    p = command(
+        models_sub,
+        "history",
+        "every change of champion: when, which version, who, why",
+        "undertow models history --model-id churn --at 2026-12-06T03:04:05Z",
+    )
     add_connection_flags(p, "db")
     p.add_argument("--model-id", required=True)
-    p.add_argument("--at", metavar="TIME", type=rfc3339_time,
-                   help="only the version that was champion at this RFC 3339 time (e.g. 2026-12-06T03:04:05Z)")
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        type=rfc3339_time,
+        help="only the version that was champion at this RFC 3339 time (e.g. 2026-12-06T03:04:05Z)",
+    )
     add_json_flag(p, "JSON (an array; with --at, an object)")
     p.set_defaults(func=cmd_models_history)
-    p = command(models_sub, "card", "the model card of a version (default: the champion)",
-                "undertow models card --model-id churn --format json")
+    p = command(
+        models_sub,
+        "card",
+        "the model card of a version (default: the champion)",
+        "undertow models card --model-id churn --format json",
+    )
     add_connection_flags(p, "db")
     # --model-id as everywhere else; the positional form of earlier releases still works.
     p.add_argument("--model-id", dest="model_id")
@@ -331,25 +450,42 @@ def add_parsers(sub) -> None:
 
 
 def _add_register(models_sub) -> None:
-    p = command(models_sub, "register", "register a model version as champion, with its reference profile",
-                "undertow models register --model-id churn --reference train.csv --target churned "
-                "--prediction-column predicted --artifact model.joblib")
+    p = command(
+        models_sub,
+        "register",
+        "register a model version as champion, with its reference profile",
+        "undertow models register --model-id churn --reference train.csv --target churned "
+        "--prediction-column predicted --artifact model.joblib",
+    )
     add_connection_flags(p, "db", "artifacts")
     p.add_argument("--model-id", required=True, help="the model's id, as the events carry it")
     p.add_argument("--reference", required=True, help="reference (training) data, CSV or Parquet")
-    p.add_argument("--target", help="target column (excluded from features; with --prediction-column gives "
-                                    "the baseline error)")
+    p.add_argument(
+        "--target", help="target column (excluded from features; with --prediction-column gives the baseline error)"
+    )
     p.add_argument("--prediction-column", help="the model's predictions on the reference; profiled like a feature")
-    p.add_argument("--no-prediction-column", action="store_true",
-                   help="the reference has no predictions, even if a column looks like them: no baseline error, "
-                        "no concept drift (without it, a column named like a prediction is refused)")
-    p.add_argument("--no-target", action="store_true",
-                   help="the reference has no target: data drift only (without it, a missing --target is refused)")
-    p.add_argument("--artifact", help="model file copied into the artifact store, SHA-256 recorded; it must load "
-                                      "and predict on the reference's rows")
-    p.add_argument("--task", choices=("regression", "classification"),
-                   help="default: inferred from the artifact (predict_proba, classes_), else from the target's "
-                        "values; a classifier's 0/1 or boolean labels are classes")
+    p.add_argument(
+        "--no-prediction-column",
+        action="store_true",
+        help="the reference has no predictions, even if a column looks like them: no baseline error, "
+        "no concept drift (without it, a column named like a prediction is refused)",
+    )
+    p.add_argument(
+        "--no-target",
+        action="store_true",
+        help="the reference has no target: data drift only (without it, a missing --target is refused)",
+    )
+    p.add_argument(
+        "--artifact",
+        help="model file copied into the artifact store, SHA-256 recorded; it must load "
+        "and predict on the reference's rows",
+    )
+    p.add_argument(
+        "--task",
+        choices=("regression", "classification"),
+        help="default: inferred from the artifact (predict_proba, classes_), else from the target's "
+        "values; a classifier's 0/1 or boolean labels are classes",
+    )
     p.add_argument("--version", help="default: the next integer")
     p.add_argument("--description", help="intended use, for the model card")
     add_drift_flags(p)

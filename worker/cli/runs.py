@@ -1,4 +1,5 @@
 """``undertow runs``: training runs as experiments - cause, data, parameters, metrics, durations, outcome."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def readable(run: dict) -> dict:
 
 def cmd_runs_list(args) -> int:
     from undertow.models import registry, runs
+
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
         rows = [readable(runs.as_dict(r)) for r in runs.list_runs(session, args.model_id)]
@@ -29,16 +31,22 @@ def cmd_runs_list(args) -> int:
         print("no training runs yet")
     for r in rows:
         gate = r["metrics"].get("gate") or {}
-        numbers = (f"  error {gate['champion_mean_error']:.4g} -> {gate['candidate_mean_error']:.4g}"
-                   if "candidate_mean_error" in gate else "")
-        print(f"{r['accepted_at']}  {r['run_id']}  {r['model_id']}  {r['status']:<10} "
-              f"{r['champion_version'] or '-'} -> {r['candidate_version'] or '-'}{numbers}  "
-              f"{r['trigger'].get('reason', '')}: {r['outcome'] or ''}")
+        numbers = (
+            f"  error {gate['champion_mean_error']:.4g} -> {gate['candidate_mean_error']:.4g}"
+            if "candidate_mean_error" in gate
+            else ""
+        )
+        print(
+            f"{r['accepted_at']}  {r['run_id']}  {r['model_id']}  {r['status']:<10} "
+            f"{r['champion_version'] or '-'} -> {r['candidate_version'] or '-'}{numbers}  "
+            f"{r['trigger'].get('reason', '')}: {r['outcome'] or ''}"
+        )
     return 0
 
 
 def cmd_runs_show(args) -> int:
     from undertow.models import runs
+
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         shown = readable(runs.as_dict(runs.get_run(session, args.run_id)))
     print(json.dumps(shown, indent=2, default=str))
@@ -46,8 +54,12 @@ def cmd_runs_show(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "runs", "training runs: cause, data, parameters, metrics, durations, outcome",
-                "undertow runs list --model-id churn")
+    p = command(
+        sub,
+        "runs",
+        "training runs: cause, data, parameters, metrics, durations, outcome",
+        "undertow runs list --model-id churn",
+    )
     runs_sub = p.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
     p = command(runs_sub, "list", "training runs, oldest first", "undertow runs list --model-id churn --json")
     add_connection_flags(p, "db")

@@ -1,4 +1,5 @@
 """Commands that run something: the embedded broker, topic creation, the monitor."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ def cmd_broker(args) -> int:
     import threading
 
     from undertow.worker.dev.broker import EmbeddedBroker
+
     stopping = threading.Event()
     install_stop_handlers(stopping.set)
     with EmbeddedBroker(args.host, args.port) as broker:
@@ -39,6 +41,7 @@ def cmd_broker(args) -> int:
 def cmd_topics_create(args) -> int:
     from undertow.worker.runtime.topics import Topics, ensure_topics
     from undertow.worker.runtime.transport import make_admin
+
     settings = settings_from(args)
     require_broker(settings)
     admin = make_admin(settings)
@@ -55,6 +58,7 @@ def cmd_topics_create(args) -> int:
 
 def cmd_monitor(args) -> int:
     from undertow.worker.monitor.service import Monitor
+
     settings = settings_from(args, MonitorSettings)
     require_broker(settings)  # before the database is created or migrated
     monitor = Monitor(settings, partitions=args.partitions)
@@ -64,6 +68,7 @@ def cmd_monitor(args) -> int:
 
 def cmd_serve(args) -> int:
     from undertow.models.ids import check_id
+
     settings = settings_from(args, ServerSettings)
     model_id = check_id(args.model_id)
     # Before uvicorn binds (and before it and FastAPI are even imported, to exit sooner): an unknown id, a
@@ -75,6 +80,7 @@ def cmd_serve(args) -> int:
 
     from undertow.worker.monitor.model_events import warn_if_unsigned
     from undertow.worker.server.app import create_app
+
     app = create_app(settings, model_id)
     # The app's follower then finds this version already served and only watches for the next one.
     app.state.slot.current = served
@@ -84,8 +90,12 @@ def cmd_serve(args) -> int:
     if unreachable is not None:
         # Serving does not wait for Kafka (its events wait in memory, up to UNDERTOW_EVENT_QUEUE_SIZE):
         # one line now, and the client's own retries from here on.
-        log.warning("no Kafka broker reachable at %s (%s): serving anyway; prediction events wait in memory "
-                    "until one is (start one with `undertow broker`)", settings.kafka_bootstrap_servers, unreachable)
+        log.warning(
+            "no Kafka broker reachable at %s (%s): serving anyway; prediction events wait in memory "
+            "until one is (start one with `undertow broker`)",
+            settings.kafka_bootstrap_servers,
+            unreachable,
+        )
     # The server follows undertow.models too (a model event only makes it re-read the registry's champion).
     warn_if_unsigned(settings, log)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown: requests finish, the lifespan flushes the producer.
@@ -97,43 +107,68 @@ def _first_version(settings, model_id: str):
     """The champion, loaded and warmed up (``follower.load_champion``), on an engine of its own."""
     from undertow.storage.db import make_engine, make_session_factory
     from undertow.worker.server.follower import load_champion
+
     engine = make_engine(settings.db_url, must_exist=True)
     try:
-        return load_champion(make_session_factory(engine), model_id, settings.max_batch_rows,
-                             settings.model_threads)
+        return load_champion(make_session_factory(engine), model_id, settings.max_batch_rows, settings.model_threads)
     finally:
         engine.dispose()
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "broker", "run the embedded Kafka-compatible broker in the foreground, until Ctrl-C",
-                "undertow broker --port 9092")
+    p = command(
+        sub,
+        "broker",
+        "run the embedded Kafka-compatible broker in the foreground, until Ctrl-C",
+        "undertow broker --port 9092",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=9092, help="port to listen on (default: %(default)s)")
     p.set_defaults(func=cmd_broker)
 
     p = command(sub, "topics", "manage the Kafka topics", "undertow topics create --partitions 3")
     topics_sub = p.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
-    p = command(topics_sub, "create", "create the topics, or check the ones there (idempotent)",
-                "undertow topics create --bootstrap-servers 127.0.0.1:9092 --partitions 6")
+    p = command(
+        topics_sub,
+        "create",
+        "create the topics, or check the ones there (idempotent)",
+        "undertow topics create --bootstrap-servers 127.0.0.1:9092 --partitions 6",
+    )
     add_connection_flags(p, "kafka", "topics")
-    p.add_argument("--partitions", type=positive_int, default=3,
-                   help="partitions of each new topic (default: %(default)s)")
+    p.add_argument(
+        "--partitions", type=positive_int, default=3, help="partitions of each new topic (default: %(default)s)"
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_topics_create)
 
-    p = command(sub, "monitor", "run the drift monitor: consume predictions and labels, publish alerts",
-                "undertow monitor --bootstrap-servers 127.0.0.1:9092 --db-url sqlite:///undertow.db")
+    p = command(
+        sub,
+        "monitor",
+        "run the drift monitor: consume predictions and labels, publish alerts",
+        "undertow monitor --bootstrap-servers 127.0.0.1:9092 --db-url sqlite:///undertow.db",
+    )
     add_connection_flags(p, "kafka", "db", "topics", "group", service="monitor")
-    p.add_argument("--until-idle", type=float, metavar="SECONDS",
-                   help="exit once the input topics have given nothing for this long (default: run until stopped)")
-    p.add_argument("--partitions", type=positive_int, default=3,
-                   help="partitions of the topics it has to create (default: %(default)s)")
+    p.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit once the input topics have given nothing for this long (default: run until stopped)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=3,
+        help="partitions of the topics it has to create (default: %(default)s)",
+    )
     add_metrics_flag(p)
     p.set_defaults(func=cmd_monitor)
 
-    p = command(sub, "serve", "serve a model's champion over HTTP, emitting prediction events",
-                "undertow serve --model-id churn --port 8000")
+    p = command(
+        sub,
+        "serve",
+        "serve a model's champion over HTTP, emitting prediction events",
+        "undertow serve --model-id churn --port 8000",
+    )
     add_connection_flags(p, "kafka", "db", "topics")
     p.add_argument("--model-id", required=True, help="the registered model to serve")
     fields = ServerSettings.model_fields

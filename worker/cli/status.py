@@ -1,4 +1,5 @@
 """``undertow status``: what the monitor has done, read from the database, beside the broker's log ends."""
+
 from __future__ import annotations
 
 import json
@@ -18,54 +19,131 @@ def collect_status(settings) -> dict:
         stats = repo.model_stats(session)
         registered = registry.registered(session, [m.model_id for m in stats])
         # With UNDERTOW_WAIT_FOR_REGISTRATION, events of unregistered ids are counted here too: marked.
-        models = [{"model_id": m.model_id, "registered": m.model_id in registered, "predictions": m.predictions,
-                   "labels": m.labels, "duplicates": m.duplicates, "first_event_ts": iso(m.first_event_ts),
-                   "last_event_ts": iso(m.last_event_ts)} for m in stats]
-        offsets = {(o.group_id, o.topic, o.partition): {
-            "group_id": o.group_id, "topic": o.topic, "partition": o.partition, "stored_offset": o.next_offset,
-            "end_offset": None, "lag": None, "gaps": 0, "last_gap": None} for o in repo.all_offsets(session)}
+        models = [
+            {
+                "model_id": m.model_id,
+                "registered": m.model_id in registered,
+                "predictions": m.predictions,
+                "labels": m.labels,
+                "duplicates": m.duplicates,
+                "first_event_ts": iso(m.first_event_ts),
+                "last_event_ts": iso(m.last_event_ts),
+            }
+            for m in stats
+        ]
+        offsets = {
+            (o.group_id, o.topic, o.partition): {
+                "group_id": o.group_id,
+                "topic": o.topic,
+                "partition": o.partition,
+                "stored_offset": o.next_offset,
+                "end_offset": None,
+                "lag": None,
+                "gaps": 0,
+                "last_gap": None,
+            }
+            for o in repo.all_offsets(session)
+        }
         for gap in repo.partition_gaps(session):
             row = offsets.get((gap.group_id, gap.topic, gap.partition))
             if row is not None:
                 row["gaps"] += 1
                 row["last_gap"] = {"kind": gap.kind, "detail": gap.detail, "detected_at": iso(gap.detected_at)}
-        dead = [{"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
-                for d in repo.dead_letter_stats(session)]
+        dead = [
+            {"source_topic": d.source_topic, "count": d.count, "last_error": d.last_error}
+            for d in repo.dead_letter_stats(session)
+        ]
         windows = _last_windows(session)
-        joins = [{"model_id": j.model_id, "pending_predictions": j.pending_predictions,
-                  "pending_labels": j.pending_labels, "joined": j.joined,
-                  "expired_predictions": j.expired_predictions, "expired_labels": j.expired_labels,
-                  "evicted_predictions": j.evicted_predictions, "evicted_labels": j.evicted_labels}
-                 for j in repo.all_join_stats(session)]
-        concept = [{"model_id": c.model_id, "version": c.version, "labels": c.labels,
-                    "mean_error": c.error_sum / c.labels if c.labels else None, "in_episode": c.in_episode,
-                    "episodes": c.episodes, "silenced_alarms": c.silenced_alarms}
-                   for c in repo.all_concept_states(session)]
+        joins = [
+            {
+                "model_id": j.model_id,
+                "pending_predictions": j.pending_predictions,
+                "pending_labels": j.pending_labels,
+                "joined": j.joined,
+                "expired_predictions": j.expired_predictions,
+                "expired_labels": j.expired_labels,
+                "evicted_predictions": j.evicted_predictions,
+                "evicted_labels": j.evicted_labels,
+            }
+            for j in repo.all_join_stats(session)
+        ]
+        concept = [
+            {
+                "model_id": c.model_id,
+                "version": c.version,
+                "labels": c.labels,
+                "mean_error": c.error_sum / c.labels if c.labels else None,
+                "in_episode": c.in_episode,
+                "episodes": c.episodes,
+                "silenced_alarms": c.silenced_alarms,
+            }
+            for c in repo.all_concept_states(session)
+        ]
         checks = _data_checks(session)
         unregistered = _unregistered(repo.unregistered_models(session))
-        mismatches = [{"model_id": m.model_id, "reason": m.reason, "predictions": m.predictions,
-                       "dead_lettered": m.dead_lettered, "feature": m.feature, "model_version": m.model_version,
-                       "first_seen_at": iso(m.first_seen_at), "last_seen_at": iso(m.last_seen_at)}
-                      for m in repo.schema_mismatches(session)]
-        requests = [{"request_id": r.request_id, "model_id": r.model_id, "version": r.version,
-                     "status": r.status, "requested_at": iso(r.created_ts)}
-                    for r in repo.retrain_requests(session) if r.status == "open"]
+        mismatches = [
+            {
+                "model_id": m.model_id,
+                "reason": m.reason,
+                "predictions": m.predictions,
+                "dead_lettered": m.dead_lettered,
+                "feature": m.feature,
+                "model_version": m.model_version,
+                "first_seen_at": iso(m.first_seen_at),
+                "last_seen_at": iso(m.last_seen_at),
+            }
+            for m in repo.schema_mismatches(session)
+        ]
+        requests = [
+            {
+                "request_id": r.request_id,
+                "model_id": r.model_id,
+                "version": r.version,
+                "status": r.status,
+                "requested_at": iso(r.created_ts),
+            }
+            for r in repo.retrain_requests(session)
+            if r.status == "open"
+        ]
     partitions, reachable = _with_log_ends(settings, offsets)
-    return {"models": models, "last_windows": list(windows.values()), "label_join": joins,
-            "data_checks": checks, "concept": concept, "open_retrain_requests": requests, "partitions": partitions,
-            "dead_letters": dead, "unregistered": unregistered, "schema_mismatches": mismatches,
-            "broker_reachable": reachable}
+    return {
+        "models": models,
+        "last_windows": list(windows.values()),
+        "label_join": joins,
+        "data_checks": checks,
+        "concept": concept,
+        "open_retrain_requests": requests,
+        "partitions": partitions,
+        "dead_letters": dead,
+        "unregistered": unregistered,
+        "schema_mismatches": mismatches,
+        "broker_reachable": reachable,
+    }
 
 
 def _last_windows(session) -> dict[tuple[str, str], dict]:
     windows: dict[tuple[str, str], dict] = {}
     for r in repo.latest_window_results(session):
-        w = windows.setdefault((r.model_id, r.version), {
-            "model_id": r.model_id, "version": r.version, "window_index": r.window_index,
-            "start_ts": iso(r.start_ts), "end_ts": iso(r.end_ts), "n": r.n, "features": {}})
-        w["features"][r.feature] = {"psi": r.psi, "ks_statistic": r.ks_statistic, "ks_pvalue": r.ks_pvalue,
-                                    "chi2_pvalue": r.chi2_pvalue, "missing_share": r.missing_share,
-                                    "severity": r.severity}
+        w = windows.setdefault(
+            (r.model_id, r.version),
+            {
+                "model_id": r.model_id,
+                "version": r.version,
+                "window_index": r.window_index,
+                "start_ts": iso(r.start_ts),
+                "end_ts": iso(r.end_ts),
+                "n": r.n,
+                "features": {},
+            },
+        )
+        w["features"][r.feature] = {
+            "psi": r.psi,
+            "ks_statistic": r.ks_statistic,
+            "ks_pvalue": r.ks_pvalue,
+            "chi2_pvalue": r.chi2_pvalue,
+            "missing_share": r.missing_share,
+            "severity": r.severity,
+        }
     return windows
 
 
@@ -91,12 +169,24 @@ UNREGISTERED_SHOWN = 10
 
 def _unregistered(rows) -> dict:
     """Events of model ids nobody registered: totals, then the most frequent ids."""
-    totals = {"model_ids": sum(r.ids for r in rows), "predictions": sum(r.predictions for r in rows),
-              "labels": sum(r.labels for r in rows), "kept_for_join": sum(r.kept for r in rows),
-              "expired": sum(r.expired for r in rows)}
-    top = [{"model_id": r.model_id, "predictions": r.predictions, "labels": r.labels,
-            "first_seen_at": iso(r.first_seen_at), "last_seen_at": iso(r.last_seen_at)}
-           for r in rows if r.model_id != OTHER_UNREGISTERED][:UNREGISTERED_SHOWN]
+    totals = {
+        "model_ids": sum(r.ids for r in rows),
+        "predictions": sum(r.predictions for r in rows),
+        "labels": sum(r.labels for r in rows),
+        "kept_for_join": sum(r.kept for r in rows),
+        "expired": sum(r.expired for r in rows),
+    }
+    top = [
+        {
+            "model_id": r.model_id,
+            "predictions": r.predictions,
+            "labels": r.labels,
+            "first_seen_at": iso(r.first_seen_at),
+            "last_seen_at": iso(r.last_seen_at),
+        }
+        for r in rows
+        if r.model_id != OTHER_UNREGISTERED
+    ][:UNREGISTERED_SHOWN]
     return {**totals, "most_frequent": top}
 
 
@@ -111,14 +201,19 @@ def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
     """
     from undertow.worker.runtime.topics import Topics
     from undertow.worker.runtime.transport import TransientError, log_end_offsets
+
     topics = Topics(settings.topic_prefix)
     group = settings.group_for("monitor")
     kafka_log = logging.getLogger("kafka")
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # the client logs every failed connection attempt
     try:
-        ends = log_end_offsets(settings, [(o["topic"], o["partition"]) for o in offsets.values()],
-                               timeout_s=BROKER_PROBE_TIMEOUT_S, topics=[topics.predictions, topics.labels])
+        ends = log_end_offsets(
+            settings,
+            [(o["topic"], o["partition"]) for o in offsets.values()],
+            timeout_s=BROKER_PROBE_TIMEOUT_S,
+            topics=[topics.predictions, topics.labels],
+        )
         reachable = True
     except TransientError as exc:
         log.warning("broker unreachable at %s: log ends and lag unknown (%s)", settings.kafka_bootstrap_servers, exc)
@@ -128,8 +223,15 @@ def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
     for topic, partition in ends:
         if topic in (topics.predictions, topics.labels) and (group, topic, partition) not in offsets:
             offsets[(group, topic, partition)] = {
-                "group_id": group, "topic": topic, "partition": partition, "stored_offset": None,
-                "end_offset": None, "lag": None, "gaps": 0, "last_gap": None}
+                "group_id": group,
+                "topic": topic,
+                "partition": partition,
+                "stored_offset": None,
+                "end_offset": None,
+                "lag": None,
+                "gaps": 0,
+                "last_gap": None,
+            }
     for o in offsets.values():
         end = ends.get((o["topic"], o["partition"]))
         if end is not None:
@@ -159,8 +261,10 @@ def _print_models(status: dict) -> None:
 
 def _print_drift(status: dict) -> None:
     for w in status["last_windows"]:
-        print(f"last window of {w['model_id']}@{w['version']}: #{w['window_index']} n={w['n']} "
-              f"{w['start_ts']} .. {w['end_ts']}")
+        print(
+            f"last window of {w['model_id']}@{w['version']}: #{w['window_index']} n={w['n']} "
+            f"{w['start_ts']} .. {w['end_ts']}"
+        )
         for name, f in w["features"].items():
             ks = "" if f["ks_statistic"] is None else f"  ks={f['ks_statistic']:.3f} (p={f['ks_pvalue']:.2g})"
             print(f"    {name:<20} psi={f['psi']:.3f}{ks}  missing={f['missing_share']:.2%}  {f['severity']}")
@@ -169,20 +273,26 @@ def _print_drift(status: dict) -> None:
         if "multivariate_z" in c:
             parts.append(f"multivariate z={c['multivariate_z']['value']:.2f} ({c['multivariate_z']['severity']})")
         if "estimated_accuracy" in c:
-            parts.append(f"estimated accuracy={c['estimated_accuracy']['value']:.3f} "
-                         f"({c['estimated_accuracy']['severity']}, no labels used)")
+            parts.append(
+                f"estimated accuracy={c['estimated_accuracy']['value']:.3f} "
+                f"({c['estimated_accuracy']['severity']}, no labels used)"
+            )
         print(f"last window checks of {c['model_id']}@{c['version']}: " + "; ".join(parts))
 
 
 def _print_joins(status: dict) -> None:
     for j in status["label_join"]:
-        print(f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
-              f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
-              f"evicted={j['evicted_predictions']}/{j['evicted_labels']}")
+        print(
+            f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
+            f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
+            f"evicted={j['evicted_predictions']}/{j['evicted_labels']}"
+        )
     for c in status["concept"]:
         mean = "-" if c["mean_error"] is None else f"{c['mean_error']:.4g}"
-        print(f"concept drift of {c['model_id']}@{c['version']}: labels={c['labels']} mean error={mean} "
-              f"{'IN EPISODE' if c['in_episode'] else 'stable'} episodes={c['episodes']}")
+        print(
+            f"concept drift of {c['model_id']}@{c['version']}: labels={c['labels']} mean error={mean} "
+            f"{'IN EPISODE' if c['in_episode'] else 'stable'} episodes={c['episodes']}"
+        )
     for r in status["open_retrain_requests"]:
         print(f"open retrain request {r['request_id']} for {r['model_id']}@{r['version']} since {r['requested_at']}")
 
@@ -195,8 +305,7 @@ def _print_partitions(status: dict) -> None:
         gaps = f"  gaps={o['gaps']} (last: {o['last_gap']['detail']})" if o["gaps"] else ""
         stored = "-" if o["stored_offset"] is None else o["stored_offset"]
         end = "?" if o["end_offset"] is None else o["end_offset"]
-        print(f"  {o['topic']}[{o['partition']}]  stored={stored}  end={end}  "
-              f"lag={lag}{note}{gaps}")
+        print(f"  {o['topic']}[{o['partition']}]  stored={stored}  end={end}  lag={lag}{note}{gaps}")
 
 
 def _print_problems(status: dict) -> None:
@@ -205,22 +314,31 @@ def _print_problems(status: dict) -> None:
     _print_schema_mismatches(status)
     u = status["unregistered"]
     if u["model_ids"]:
-        print(f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
-              f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
-              + ", ".join(f"{m['model_id']} ({m['predictions'] + m['labels']:,} events, last {m['last_seen_at']})"
-                          for m in u["most_frequent"]))
+        print(
+            f"unregistered model ids: {u['model_ids']:,} ({u['predictions']:,} predictions, {u['labels']:,} labels, "
+            f"{u['kept_for_join']:,} kept for the join, {u['expired']:,} of those expired); most frequent: "
+            + ", ".join(
+                f"{m['model_id']} ({m['predictions'] + m['labels']:,} events, last {m['last_seen_at']})"
+                for m in u["most_frequent"]
+            )
+        )
 
 
-_REASON_TEXT = {"missing": "without feature {f!r}", "extra": "with feature {f!r}, not in the schema",
-                "type": "with a string for numeric feature {f!r}"}
+_REASON_TEXT = {
+    "missing": "without feature {f!r}",
+    "extra": "with feature {f!r}, not in the schema",
+    "type": "with a string for numeric feature {f!r}",
+}
 
 
 def _print_schema_mismatches(status: dict) -> None:
     for m in status["schema_mismatches"]:
         fate = f", {m['dead_lettered']:,} dead-lettered" if m["dead_lettered"] else ""
-        print(f"schema mismatches of {m['model_id']}: {m['predictions']:,} predictions {m['reason']} "
-              f"(newest: {_REASON_TEXT[m['reason']].format(f=m['feature'])}, checked against version "
-              f"{m['model_version']}, last {m['last_seen_at']}{fate})")
+        print(
+            f"schema mismatches of {m['model_id']}: {m['predictions']:,} predictions {m['reason']} "
+            f"(newest: {_REASON_TEXT[m['reason']].format(f=m['feature'])}, checked against version "
+            f"{m['model_version']}, last {m['last_seen_at']}{fate})"
+        )
 
 
 def add_parsers(sub) -> None:

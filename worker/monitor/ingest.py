@@ -1,4 +1,5 @@
 """The ingest stage: duplicate filtering and per-model counts."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -54,12 +55,15 @@ class IngestStage:
             by_partition[(position.topic, position.partition)].append(i)
         first = [True] * len(events)
         duplicates: dict[str, int] = defaultdict(int)
-        every_key = [f"{'prediction' if event.__class__ is PredictionEvent else 'label'}\t{event.model_id}"
-                     f"\t{event.event_id}" for _, event in events]
+        every_key = [
+            f"{'prediction' if event.__class__ is PredictionEvent else 'label'}\t{event.model_id}\t{event.event_id}"
+            for _, event in events
+        ]
         for (topic, partition), indices in by_partition.items():
             keys = every_key if len(indices) == len(events) else [every_key[i] for i in indices]
             taken = self._filter(session, topic, partition).take(
-                session, keys, events[indices[0]][0].offset, events[indices[-1]][0].offset + 1)
+                session, keys, events[indices[0]][0].offset, events[indices[-1]][0].offset + 1
+            )
             if all(taken):
                 continue
             for i, is_first in zip(indices, taken):
@@ -81,8 +85,11 @@ class IngestStage:
                 entry[2] = epoch
             elif epoch > entry[3]:
                 entry[3] = epoch
-        counts = [repo.ModelCounts(model_id, predictions, labels, duplicates.get(model_id, 0), lo, hi)
-                  for model_id, (predictions, labels, lo, hi) in per_model.items()]
-        counts += [repo.ModelCounts(model_id, duplicates=n) for model_id, n in duplicates.items()
-                   if model_id not in per_model]
+        counts = [
+            repo.ModelCounts(model_id, predictions, labels, duplicates.get(model_id, 0), lo, hi)
+            for model_id, (predictions, labels, lo, hi) in per_model.items()
+        ]
+        counts += [
+            repo.ModelCounts(model_id, duplicates=n) for model_id, n in duplicates.items() if model_id not in per_model
+        ]
         repo.add_model_counts_many(session, counts)

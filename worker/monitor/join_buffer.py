@@ -1,4 +1,5 @@
 """A model's join buffer: held in memory, written to SQL as a changelog once per batch."""
+
 from __future__ import annotations
 
 import heapq
@@ -18,10 +19,10 @@ KINDS = ("prediction", "label")
 class Waiting:
     """One event waiting for its other half."""
 
-    seq: int             # its row in ``join_pending``: arrival order per model
+    seq: int  # its row in ``join_pending``: arrival order per model
     version: str | None
     ts: float
-    fields: Any          # the event (or, read back from SQL, its JSON as a dict); None once in SQL only
+    fields: Any  # the event (or, read back from SQL, its JSON as a dict); None once in SQL only
     payload: str | None  # their JSON, until written to ``join_pending`` (or taken before it was)
 
 
@@ -48,8 +49,9 @@ class JoinBuffer:
     compacted away.
     """
 
-    def __init__(self, model_id: str, rows: Iterable[tuple[int, str, str, str | None, float]] = (),
-                 stats: dict | None = None):
+    def __init__(
+        self, model_id: str, rows: Iterable[tuple[int, str, str, str | None, float]] = (), stats: dict | None = None
+    ):
         self.model_id = model_id
         # The model's join_stats row, kept with the buffer it describes and written with it.
         self.stats = stats if stats is not None else {}
@@ -57,7 +59,7 @@ class JoinBuffer:
         self._heaps: dict[str, list[tuple[float, str]]] = {kind: [] for kind in KINDS}
         # Arrivals since the last flush, in arrival (= seq) order; those taken meanwhile have no payload.
         self._added: list[tuple[str, str, Waiting]] = []
-        self._removed: list[int] = []                                     # seqs in SQL, to delete
+        self._removed: list[int] = []  # seqs in SQL, to delete
         self._recent: list[Waiting] = []  # written by the last flush, their fields still in memory
         self._next_seq = 0
         for seq, kind, event_id, version, ts in rows:

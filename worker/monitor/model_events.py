@@ -11,6 +11,7 @@ signing key set the parser dead-letters those not signed with it; key or
 not, an event naming a model that is not registered or a version that does
 not exist is dead-lettered here (``check_known``), never logged as a change.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ from undertow.worker.runtime.output_events import ModelPromoted, ModelRejected
 
 log = logging.getLogger(__name__)
 
-UNSIGNED_NOTICE = ("control events are unsigned (UNDERTOW_SIGNING_KEY is not set): acting only on those for "
-                   "registered models and existing versions; set a key in production")
+UNSIGNED_NOTICE = (
+    "control events are unsigned (UNDERTOW_SIGNING_KEY is not set): acting only on those for "
+    "registered models and existing versions; set a key in production"
+)
 
 
 def warn_if_unsigned(settings, logger: logging.Logger) -> None:
@@ -55,8 +58,7 @@ def check_known(session: Session, what: str, model_id: str, *versions: str | Non
         return
     if not registry.registered(session, [model_id]):
         raise InvalidEvent(f"{what} names model {model_id!r}, which is not registered: not acted on")
-    raise InvalidEvent(f"{what} names version {version!r} of model {model_id!r}, which does not exist: "
-                       "not acted on")
+    raise InvalidEvent(f"{what} names version {version!r} of model {model_id!r}, which does not exist: not acted on")
 
 
 class ModelEventsStage:
@@ -88,12 +90,24 @@ class ModelEventsStage:
         for position, event in batch.events:
             if isinstance(event, ModelPromoted):
                 d = event.data
-                log.info("model %s: champion is now version %s (%s by %s: %s); from %s[%d]@%d", d.model_id,
-                         d.model_version, d.action, d.actor, d.reason, position.topic, position.partition,
-                         position.offset)
+                log.info(
+                    "model %s: champion is now version %s (%s by %s: %s); from %s[%d]@%d",
+                    d.model_id,
+                    d.model_version,
+                    d.action,
+                    d.actor,
+                    d.reason,
+                    position.topic,
+                    position.partition,
+                    position.offset,
+                )
             elif isinstance(event, ModelRejected):
-                log.info("model %s: candidate %s rejected; champion stays %s", event.data.model_id,
-                         event.data.model_version, event.data.champion_version)
+                log.info(
+                    "model %s: candidate %s rejected; champion stays %s",
+                    event.data.model_id,
+                    event.data.model_version,
+                    event.data.champion_version,
+                )
             else:
                 kept.append((position, event))
         batch.events = kept
@@ -105,7 +119,8 @@ def batch_champions(session: Session, batch: Batch) -> dict[str, str]:
     champions = batch.shared.get("champions")
     if champions is None:
         champions = batch.shared["champions"] = registry.champions(
-            session, sorted({event.model_id for _, event in batch.events}))
+            session, sorted({event.model_id for _, event in batch.events})
+        )
     return champions
 
 

@@ -4,6 +4,7 @@ A producer with a typo in its model id, or one that invents ids, must not
 fill the database: before this stage every such event waited in the join
 buffer forever (its expiry only moves with that model's own newer events).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,9 @@ class UnregisteredPolicy:
     """What to do with events of unregistered model ids (the monitor's settings of that name)."""
 
     wait_for_registration: bool = False  # keep them for the join until the model is registered
-    max_pending: int = 10_000            # ... at most this many waiting, over all unregistered ids
-    ttl_seconds: float = 3600.0          # ... each model's at most this long after its last event (wall clock)
-    tracked_ids: int = 100               # ids counted one by one; the rest share the "(other)" row
+    max_pending: int = 10_000  # ... at most this many waiting, over all unregistered ids
+    ttl_seconds: float = 3600.0  # ... each model's at most this long after its last event (wall clock)
+    tracked_ids: int = 100  # ids counted one by one; the rest share the "(other)" row
     warn_interval_seconds: float = 3600.0
 
 
@@ -114,8 +115,10 @@ class RegistrationStage:
 
     def _load(self, session: Session) -> dict[str, dict]:
         if self._rows is None:
-            self._rows = {row.model_id: {name: getattr(row, name) for name in repo.UNREGISTERED_COLUMNS}
-                          for row in repo.unregistered_models(session)}
+            self._rows = {
+                row.model_id: {name: getattr(row, name) for name in repo.UNREGISTERED_COLUMNS}
+                for row in repo.unregistered_models(session)
+            }
         return self._rows
 
     def _count(self, session: Session, tally: dict[str, list[int]], now: float) -> None:
@@ -149,7 +152,7 @@ class RegistrationStage:
             other["ids"] = 0
             new_ids.add(OTHER_UNREGISTERED)
         folded = set()
-        for row in tracked[self.policy.tracked_ids:]:
+        for row in tracked[self.policy.tracked_ids :]:
             for name in ("predictions", "labels", "ids", "kept", "expired"):
                 other[name] += row[name]
             other["first_seen_at"] = min(other["first_seen_at"], row["first_seen_at"])
@@ -163,8 +166,12 @@ class RegistrationStage:
         rows = self._load(session)
         for model_id in registered.intersection(rows):
             row = rows.pop(model_id)
-            log.info("model id %r is registered now; %d predictions and %d labels came before its registration",
-                     model_id, row["predictions"], row["labels"])
+            log.info(
+                "model id %r is registered now; %d predictions and %d labels came before its registration",
+                model_id,
+                row["predictions"],
+                row["labels"],
+            )
             repo.save_unregistered(session, [], set(), [model_id])
 
     def _warn(self, tally: dict[str, list[int]], now: float) -> None:
@@ -179,11 +186,20 @@ class RegistrationStage:
                 dropped = predictions + labels - kept
                 fate = f"{kept} kept for the join until it is registered" + (
                     f", {dropped} dropped (UNDERTOW_UNREGISTERED_MAX_PENDING={self.policy.max_pending} events "
-                    "of unregistered ids already wait)" if dropped else "")
-            log.warning("model id %r is not registered: %d predictions and %d labels in this batch, %s "
-                        "(register the model, or correct the producer's model_id; `undertow status` counts them; "
-                        "next warning for this id in %g s at the earliest)",
-                        model_id, predictions, labels, fate, interval)
+                    "of unregistered ids already wait)"
+                    if dropped
+                    else ""
+                )
+            log.warning(
+                "model id %r is not registered: %d predictions and %d labels in this batch, %s "
+                "(register the model, or correct the producer's model_id; `undertow status` counts them; "
+                "next warning for this id in %g s at the earliest)",
+                model_id,
+                predictions,
+                labels,
+                fate,
+                interval,
+            )
         if len(self._warned) > MAX_WARNED_IDS:
             self._warned = {k: t for k, t in self._warned.items() if now - t < interval}
             if len(self._warned) > MAX_WARNED_IDS:
@@ -205,11 +221,23 @@ class RegistrationStage:
                 changed[row["model_id"]] = row
         repo.save_unregistered(session, list(changed.values()), set(), ())
         expired = sum(waiting for _, waiting in stale)
-        log.info("deleted the join state of %d unregistered model ids silent for %g s (%d waiting events)",
-                 len(stale), self.policy.ttl_seconds, expired)
+        log.info(
+            "deleted the join state of %d unregistered model ids silent for %g s (%d waiting events)",
+            len(stale),
+            self.policy.ttl_seconds,
+            expired,
+        )
         batch.shared[FORGOTTEN] = {model_id for model_id, _ in stale}
 
 
 def _new_row(model_id: str, now: float) -> dict:
-    return {"model_id": model_id, "predictions": 0, "labels": 0, "ids": 1, "kept": 0, "expired": 0,
-            "first_seen_at": now, "last_seen_at": now}
+    return {
+        "model_id": model_id,
+        "predictions": 0,
+        "labels": 0,
+        "ids": 1,
+        "kept": 0,
+        "expired": 0,
+        "first_seen_at": now,
+        "last_seen_at": now,
+    }

@@ -1,4 +1,5 @@
 """When drift asks for retraining: one open request per model, and a cooldown."""
+
 from __future__ import annotations
 
 import json
@@ -45,21 +46,48 @@ class RetrainPolicy:
             return None
         last = repo.last_retrain_request(session, model_id)
         if last is not None and trigger_ts - last.created_ts < config.retrain_cooldown_seconds:
-            log.info("%s: retrain cooldown until %s; alert %s only counts", model_id,
-                     cloudevents.rfc3339(last.created_ts + config.retrain_cooldown_seconds), alert.id)
+            log.info(
+                "%s: retrain cooldown until %s; alert %s only counts",
+                model_id,
+                cloudevents.rfc3339(last.created_ts + config.retrain_cooldown_seconds),
+                alert.id,
+            )
             return None
         request_id = cloudevents.event_id(model_id, version, "retrain", alert.id)
-        policy = (RollingData(max_pairs=config.retrain_window_pairs) if config.retrain_data_policy == "rolling"
-                  else AllData())
+        policy = (
+            RollingData(max_pairs=config.retrain_window_pairs) if config.retrain_data_policy == "rolling" else AllData()
+        )
         event = RetrainRequested(
-            id=request_id, subject=model_id, time=alert.time,
-            data=RetrainRequest(request_id=request_id, model_id=model_id, model_version=version, reason=reason,
-                                alert_ids=[alert.id], data_policy=policy))
-        session.add(RetrainRequestRow(request_id=request_id, model_id=model_id, version=version, status="open",
-                                      created_ts=trigger_ts, alert_ids=json.dumps([alert.id]),
-                                      cloudevent=output_events.encode(event).decode()))
+            id=request_id,
+            subject=model_id,
+            time=alert.time,
+            data=RetrainRequest(
+                request_id=request_id,
+                model_id=model_id,
+                model_version=version,
+                reason=reason,
+                alert_ids=[alert.id],
+                data_policy=policy,
+            ),
+        )
+        session.add(
+            RetrainRequestRow(
+                request_id=request_id,
+                model_id=model_id,
+                version=version,
+                status="open",
+                created_ts=trigger_ts,
+                alert_ids=json.dumps([alert.id]),
+                cloudevent=output_events.encode(event).decode(),
+            )
+        )
         value = output_events.encode(event)
-        repo.enqueue(session, self.retrain_topic, model_id.encode(), value,
-                     signed_headers(output_events.HEADERS, value, self.signing_key))
+        repo.enqueue(
+            session,
+            self.retrain_topic,
+            model_id.encode(),
+            value,
+            signed_headers(output_events.HEADERS, value, self.signing_key),
+        )
         log.info("%s: retrain requested (%s) after %s", model_id, request_id, reason)
         return request_id

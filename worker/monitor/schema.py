@@ -5,6 +5,7 @@ feature would otherwise be monitored as if the feature were missing, with
 nothing to say why: the HTTP endpoint refuses such rows with 422, and the
 event path now at least counts them, per model and reason, and says so.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -62,8 +63,9 @@ class VersionSchema:
     @classmethod
     def of(cls, row: registry.ModelVersion) -> VersionSchema:
         # Columns such as __prediction__ are profiled for drift, not sent as features (as the server reads it).
-        kinds = {name: kind for name, kind in json.loads(row.feature_schema or "{}").items()
-                 if not name.startswith("__")}
+        kinds = {
+            name: kind for name, kind in json.loads(row.feature_schema or "{}").items() if not name.startswith("__")
+        }
         strict = DriftConfig.model_validate_json(row.drift_config).strict_schema
         return cls(row.version, kinds.keys(), tuple(n for n, kind in kinds.items() if kind == "numeric"), strict)
 
@@ -86,9 +88,11 @@ class VersionSchema:
 
     def faults(self, features: dict) -> dict[str, list[str]]:
         """Per reason, the features at fault (in schema order, then the event's)."""
-        found = {MISSING: [n for n in self.names if n not in features],
-                 EXTRA: [n for n in features if n not in self.names],
-                 TYPE: [n for n in self.numeric if features.get(n).__class__ not in _NUMBER_TYPES]}
+        found = {
+            MISSING: [n for n in self.names if n not in features],
+            EXTRA: [n for n in features if n not in self.names],
+            TYPE: [n for n in self.numeric if features.get(n).__class__ not in _NUMBER_TYPES],
+        }
         return {reason: names for reason, names in found.items() if names}
 
 
@@ -101,11 +105,13 @@ def describe(model_id: str, version: str, faults: dict[str, list[str]], features
         like = extra if len(missing) == len(extra) == 1 else difflib.get_close_matches(name, extra, n=1, cutoff=0.6)
         parts.append(f"feature {name!r} missing" + (f" (renamed to {like[0]!r}?)" if like else ""))
     if faults.get(EXTRA):
-        parts.append("not in the schema: " + ", ".join(map(repr, faults[EXTRA][:5]))
-                     + (f" and {len(faults[EXTRA]) - 5} more" if len(faults[EXTRA]) > 5 else ""))
+        parts.append(
+            "not in the schema: "
+            + ", ".join(map(repr, faults[EXTRA][:5]))
+            + (f" and {len(faults[EXTRA]) - 5} more" if len(faults[EXTRA]) > 5 else "")
+        )
     for name in faults.get(TYPE, []):
-        parts.append(f"numeric feature {name!r} sent as {type(features[name]).__name__} "
-                     f"{str(features[name])[:40]!r}")
+        parts.append(f"numeric feature {name!r} sent as {type(features[name]).__name__} {str(features[name])[:40]!r}")
     return f"model {model_id!r} version {version}: " + "; ".join(parts)
 
 
@@ -173,8 +179,9 @@ class SchemaStage:
             self._schemas[key] = None if row is None else VersionSchema.of(row)
         return self._schemas[key]
 
-    def _tally(self, session: Session, batch: Batch, model_id: str, schema: VersionSchema, items: list,
-               refused: set[int]) -> list[repo.MismatchCount]:
+    def _tally(
+        self, session: Session, batch: Batch, model_id: str, schema: VersionSchema, items: list, refused: set[int]
+    ) -> list[repo.MismatchCount]:
         counts: dict[str, list] = {}  # reason -> [predictions, feature of the newest]
         examples: dict[str, str] = {}  # reason -> the description of its first prediction, for the warning
         for position, event in items:
@@ -186,28 +193,45 @@ class SchemaStage:
                 if reason not in examples:
                     examples[reason] = describe(model_id, schema.version, faults, event.features)
             if schema.strict:
-                error = InvalidEvent(describe(model_id, schema.version, faults, event.features)
-                                     + " (the version was registered with --strict-schema)")
+                error = InvalidEvent(
+                    describe(model_id, schema.version, faults, event.features)
+                    + " (the version was registered with --strict-schema)"
+                )
                 letter = dead_letter(position, "schema", error)
                 store_dead_letter(session, letter)
                 batch.dead_letters.append(letter)  # counted by the service metrics like the validator's
                 refused.add(id(event))
         self._warn(model_id, schema, {r: c[0] for r, c in counts.items()}, examples)
-        return [repo.MismatchCount(model_id, reason, schema.version, feature, n, n if schema.strict else 0)
-                for reason, (n, feature) in counts.items()]
+        return [
+            repo.MismatchCount(model_id, reason, schema.version, feature, n, n if schema.strict else 0)
+            for reason, (n, feature) in counts.items()
+        ]
 
     def _warn(self, model_id: str, schema: VersionSchema, counts: dict[str, int], examples: dict[str, str]) -> None:
         now = self.clock()
-        due = [r for r in REASONS if r in counts
-               and now - self._warned.get((model_id, r), -self.warn_interval_seconds) >= self.warn_interval_seconds]
+        due = [
+            r
+            for r in REASONS
+            if r in counts
+            and now - self._warned.get((model_id, r), -self.warn_interval_seconds) >= self.warn_interval_seconds
+        ]
         if not due:
             return
         for reason in due:
             self._warned[(model_id, reason)] = now
-        fate = ("dead-lettered (strict schema)" if schema.strict else
-                "monitored with what matches (a missing or mistyped feature counts as missing; register the "
-                "version with --strict-schema to dead-letter them)")
+        fate = (
+            "dead-lettered (strict schema)"
+            if schema.strict
+            else "monitored with what matches (a missing or mistyped feature counts as missing; register the "
+            "version with --strict-schema to dead-letter them)"
+        )
         tally = ", ".join(f"{counts[r]} {r}" for r in due)
         example = " | ".join(dict.fromkeys(examples[r] for r in due))  # a prediction with several faults once
-        log.warning("schema mismatch: %s; predictions in this batch: %s; %s. `undertow status` counts them; next "
-                    "warning for these in %g s at the earliest", example, tally, fate, self.warn_interval_seconds)
+        log.warning(
+            "schema mismatch: %s; predictions in this batch: %s; %s. `undertow status` counts them; next "
+            "warning for these in %g s at the earliest",
+            example,
+            tally,
+            fate,
+            self.warn_interval_seconds,
+        )

@@ -1,4 +1,5 @@
 """The monitor service: predictions and labels in, state in SQL, alerts and retrain requests out."""
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,14 @@ class EventParser:
     would move them for good.
     """
 
-    def __init__(self, topics: Topics, max_event_bytes: int, max_clock_skew: float,
-                 clock: Callable[[], float] = time.time, signing_key=None):
+    def __init__(
+        self,
+        topics: Topics,
+        max_event_bytes: int,
+        max_clock_skew: float,
+        clock: Callable[[], float] = time.time,
+        signing_key=None,
+    ):
         self.topics = topics
         self._models, self._predictions = topics.models, topics.predictions  # looked up per record
         self.max_event_bytes = max_event_bytes
@@ -66,23 +73,28 @@ class EventParser:
         if record.key != event.model_id.encode():
             raise InvalidEvent(
                 f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
-                "keyed by model_id so predictions and labels of a model share a partition")
+                "keyed by model_id so predictions and labels of a model share a partition"
+            )
         now = self.clock()
         if event.epoch > now + self.max_clock_skew:
             raise InvalidEvent(
                 f"ts {event.ts.isoformat()} is more than {self.max_clock_skew:g} s ahead of the monitor's clock "
-                f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}); see UNDERTOW_MAX_CLOCK_SKEW_SECONDS")
+                f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}); see UNDERTOW_MAX_CLOCK_SKEW_SECONDS"
+            )
         return event
 
 
 def unregistered_policy(settings: MonitorSettings) -> UnregisteredPolicy:
-    return UnregisteredPolicy(settings.wait_for_registration, settings.unregistered_max_pending,
-                              settings.unregistered_ttl_seconds, settings.unregistered_tracked_ids,
-                              settings.unregistered_warn_interval_seconds)
+    return UnregisteredPolicy(
+        settings.wait_for_registration,
+        settings.unregistered_max_pending,
+        settings.unregistered_ttl_seconds,
+        settings.unregistered_tracked_ids,
+        settings.unregistered_warn_interval_seconds,
+    )
 
 
-def monitor_service(settings: MonitorSettings, partitions: int = 3,
-                    clock: Callable[[], float] = time.time) -> Service:
+def monitor_service(settings: MonitorSettings, partitions: int = 3, clock: Callable[[], float] = time.time) -> Service:
     """The monitor as a service of the shared runtime: its topics, parser and stages."""
     topics = Topics(settings.topic_prefix)
     policy = RetrainPolicy(topics.retrain, settings.signing_key)
@@ -96,16 +108,23 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3,
     return Service(
         name="monitor",
         topics=[topics.predictions, topics.labels, topics.models],
-        parse=EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock,
-                          settings.signing_key),
+        parse=EventParser(
+            topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock, settings.signing_key
+        ),
         stages=[
             ModelEventsStage(topics.models),
             RegistrationStage(unregistered_policy(settings), clock),
             SchemaStage(settings.schema_warn_interval_seconds, clock),
             IngestStage(settings.duplicate_horizon),
             DataDriftStage(topics.alerts, policy),
-            ConceptStage(topics.alerts, policy, settings.join_ttl_seconds, settings.join_max_pending,
-                         settings.pairs_retention, clock),
+            ConceptStage(
+                topics.alerts,
+                policy,
+                settings.join_ttl_seconds,
+                settings.join_max_pending,
+                settings.pairs_retention,
+                clock,
+            ),
         ],
         make_intake=lambda: CoPartitionMerger(topics.predictions, topics.labels, max_buffered=MERGER_MAX_BUFFERED),
         prepare=prepare,

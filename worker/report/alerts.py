@@ -11,6 +11,7 @@ The events are read as the stored JSON, not parsed into the pydantic
 models: an event stored by an earlier release (an ``episode`` of
 "changed", a field since added) must still show, not stop the report.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,17 @@ from undertow.worker.runtime.output_events import (
     PredictionDriftAlert,
 )
 
-NONE_SHOWN = "–"       # a number the event does not carry (never "None" in the page)
-FEATURES_SHOWN = 8     # features named in a note; more are counted
+NONE_SHOWN = "–"  # a number the event does not carry (never "None" in the page)
+FEATURES_SHOWN = 8  # features named in a note; more are counted
 
 
 @dataclass(frozen=True)
 class Detail:
     """What one alert row shows beside its time, type, version, severity and episode."""
-    what: str        # the feature, check or detector the alert is about
-    stream: str      # what an episode of it is about: alerts of one stream make one episode
-    measure: str     # what value and threshold measure, with their unit
+
+    what: str  # the feature, check or detector the alert is about
+    stream: str  # what an episode of it is about: alerts of one stream make one episode
+    measure: str  # what value and threshold measure, with their unit
     value: str
     threshold: str
     note: str = ""
@@ -106,18 +108,32 @@ def data_drift(d: dict, config: DriftConfig) -> Detail:
 def dataset_drift(d: dict, config: DriftConfig) -> Detail:
     drifted = d.get("drifted_features") or []
     note = f"drifting: {_names(drifted)}" if drifted else "no input drifting"
-    return Detail("dataset", "dataset", "share of inputs drifting (moderate or significant)",
-                  number(d["drifted_share"]), number(d["threshold"]), note)
+    return Detail(
+        "dataset",
+        "dataset",
+        "share of inputs drifting (moderate or significant)",
+        number(d["drifted_share"]),
+        number(d["threshold"]),
+        note,
+    )
 
 
 def multivariate_drift(d: dict, config: DriftConfig) -> Detail:
     """z against its threshold (both in standard errors): the raw reconstruction error is in other units
     and goes in the note, beside its reference."""
     threshold = _exit(d["threshold"], config) if d["episode"] == "ended" else d["threshold"]
-    note = (f"PCA reconstruction error {number(d['value'])} against {number(d['reference'])} on the reference; "
-            f"features: {_names(d.get('features') or [])}")
-    return Detail("multivariate", "multivariate", "z: standard errors of the reconstruction error above the "
-                  "reference", number(d["z"]), number(threshold), note)
+    note = (
+        f"PCA reconstruction error {number(d['value'])} against {number(d['reference'])} on the reference; "
+        f"features: {_names(d.get('features') or [])}"
+    )
+    return Detail(
+        "multivariate",
+        "multivariate",
+        "z: standard errors of the reconstruction error above the reference",
+        number(d["z"]),
+        number(threshold),
+        note,
+    )
 
 
 def performance_estimate(d: dict, config: DriftConfig) -> Detail:
@@ -126,8 +142,14 @@ def performance_estimate(d: dict, config: DriftConfig) -> Detail:
     if d["episode"] == "ended":  # the exit keeps the same share of the gap under the validation accuracy
         threshold = d["reference"] - (d["reference"] - threshold) * config.psi_exit_ratio
     note = f"validation accuracy {number(d['reference'])}; {d.get('scored_rows', 0):,} scored rows, no label used"
-    return Detail("estimated accuracy", "estimated accuracy", "estimated accuracy (alert below the threshold)",
-                  number(d["value"]), number(threshold), note)
+    return Detail(
+        "estimated accuracy",
+        "estimated accuracy",
+        "estimated accuracy (alert below the threshold)",
+        number(d["value"]),
+        number(threshold),
+        note,
+    )
 
 
 DETECTORS = {
@@ -159,8 +181,14 @@ def concept_drift(d: dict, config: DriftConfig) -> Detail:
     deviations, or the metric itself (the deployment gap: production error against validation error)."""
     unit = "baseline sd" if d.get("unit") == "baseline_sd" else d["metric"]
     detector = d["detector"]
-    return Detail(f"{detector} on {d['metric']}", d["metric"], f"{DETECTORS.get(detector, detector)} ({unit})",
-                  number(d["value"]), number(d.get("threshold")), _concept_note(d))
+    return Detail(
+        f"{detector} on {d['metric']}",
+        d["metric"],
+        f"{DETECTORS.get(detector, detector)} ({unit})",
+        number(d["value"]),
+        number(d.get("threshold")),
+        _concept_note(d),
+    )
 
 
 def unknown(d: dict, config: DriftConfig) -> Detail:
@@ -191,9 +219,17 @@ def detail(event: dict, configs: dict[str, DriftConfig], default: DriftConfig) -
 
 
 def alert_rows(events: list[dict], details: list[Detail]) -> list[dict]:
-    return [{"time": e["time"], "type": e["type"].removeprefix("undertow."), "version": e["data"]["model_version"],
-             "severity": e["data"]["severity"], "episode": e["data"]["episode"], "detail": dt}
-            for e, dt in zip(events, details)]
+    return [
+        {
+            "time": e["time"],
+            "type": e["type"].removeprefix("undertow."),
+            "version": e["data"]["model_version"],
+            "severity": e["data"]["severity"],
+            "episode": e["data"]["episode"],
+            "detail": dt,
+        }
+        for e, dt in zip(events, details)
+    ]
 
 
 def episodes(events: list[dict], details: list[Detail]) -> list[dict]:
@@ -205,8 +241,14 @@ def episodes(events: list[dict], details: list[Detail]) -> list[dict]:
         d = event["data"]
         key = (event["type"], d["model_version"], dt.stream)
         if d["episode"] == "started":
-            open_[key] = {"type": event["type"].removeprefix("undertow."), "version": d["model_version"],
-                          "what": dt.stream, "started": event["time"], "ended": None, "alerts": 1}
+            open_[key] = {
+                "type": event["type"].removeprefix("undertow."),
+                "version": d["model_version"],
+                "what": dt.stream,
+                "started": event["time"],
+                "ended": None,
+                "alerts": 1,
+            }
             spans.append(open_[key])
         elif key in open_:
             open_[key]["alerts"] += 1

@@ -10,6 +10,7 @@ The page carries ``<meta name="generator" content="undertow report">``: it
 is how ``--out`` tells an earlier report, which it replaces, from any other
 file, which it replaces only with ``--force`` (``check_out``).
 """
+
 from __future__ import annotations
 
 import io
@@ -33,12 +34,12 @@ from undertow.models.profile import ReferenceProfile
 from undertow.storage import db, repo
 from undertow.worker.report import alerts as report_alerts
 
-RECENT_VALUES = 2000   # newest labelled predictions shown as "recent"
-ERROR_BUCKETS = 150    # points of the error-over-time curve
+RECENT_VALUES = 2000  # newest labelled predictions shown as "recent"
+ERROR_BUCKETS = 150  # points of the error-over-time curve
 GENERATOR_MARKER = b'<meta name="generator" content="undertow report">'
 # Reports written before the marker existed start with this title; they are reports too.
 LEGACY_MARKER = b"<title>Undertow report: "
-MARKER_WITHIN = 4096   # bytes of an existing file read to find a marker (both sit in the <head>)
+MARKER_WITHIN = 4096  # bytes of an existing file read to find a marker (both sit in the <head>)
 
 
 class ReportError(UndertowError):
@@ -73,11 +74,13 @@ def check_out(path: Path, force: bool = False) -> None:
     try:
         report = is_report(path)
     except OSError as exc:
-        raise ReportError(f"--out {str(path)!r} exists and cannot be read ({exc.strerror}): not replacing it; "
-                          "--force replaces it") from None
+        raise ReportError(
+            f"--out {str(path)!r} exists and cannot be read ({exc.strerror}): not replacing it; --force replaces it"
+        ) from None
     if not report:
-        raise ReportError(f"--out {str(path)!r} exists and is not an Undertow report: not replacing it; "
-                          "--force replaces it")
+        raise ReportError(
+            f"--out {str(path)!r} exists and is not an Undertow report: not replacing it; --force replaces it"
+        )
 
 
 def _write(path: Path, html: str) -> None:
@@ -110,6 +113,7 @@ def write_report(db_url: str, model_id: str, out: str | Path, force: bool = Fals
     again just before it is replaced, in case it appeared meanwhile.
     """
     import jinja2
+
     path = Path(out)
     check_out(path, force)
     engine = db.make_engine(db_url, must_exist=True)
@@ -120,9 +124,9 @@ def write_report(db_url: str, model_id: str, out: str | Path, force: bool = Fals
         engine.dispose()
     figures = {"distributions": distributions_figure(data), "psi": psi_figure(data), "error": error_figure(data)}
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
-        resources.files("undertow.worker.report").joinpath("report.html.j2").read_text())
-    html = template.render(model_id=model_id, generated=_iso(datetime.now(UTC).timestamp()),
-                           figures=figures, **data)
+        resources.files("undertow.worker.report").joinpath("report.html.j2").read_text()
+    )
+    html = template.render(model_id=model_id, generated=_iso(datetime.now(UTC).timestamp()), figures=figures, **data)
     check_out(path, force)
     _write(path, html)
     return path.resolve()
@@ -141,11 +145,19 @@ def gather(session: Session, model_id: str) -> dict:
     configs = {v.version: DriftConfig.model_validate_json(v.drift_config) for v in versions}
     details = [report_alerts.detail(e, configs, config) for e in events]
     recent = [json.loads(f) for _, _, _, f in pairs[-RECENT_VALUES:]]
-    return {"versions": _version_rows(session, model_id, versions), "champion": champion.version,
-            "profile": ReferenceProfile.model_validate_json(champion.profile), "windows": windows, "pairs": pairs,
-            "recent": recent, "baselines": _baselines(session, model_id, versions, config), "config": config,
-            "alerts": report_alerts.alert_rows(events, details), "alert_events": events,
-            "episodes": report_alerts.episodes(events, details)}
+    return {
+        "versions": _version_rows(session, model_id, versions),
+        "champion": champion.version,
+        "profile": ReferenceProfile.model_validate_json(champion.profile),
+        "windows": windows,
+        "pairs": pairs,
+        "recent": recent,
+        "baselines": _baselines(session, model_id, versions, config),
+        "config": config,
+        "alerts": report_alerts.alert_rows(events, details),
+        "alert_events": events,
+        "episodes": report_alerts.episodes(events, details),
+    }
 
 
 def _version_rows(session: Session, model_id: str, versions: list) -> list[dict]:
@@ -154,18 +166,30 @@ def _version_rows(session: Session, model_id: str, versions: list) -> list[dict]
     for v in versions:
         run = runs.get(v.version)
         metrics = json.loads(run.metrics) if run is not None else {}
-        rows.append({"version": v.version, "stage": v.stage, "created": _iso(v.created_at),
-                     "sha256": v.artifact_sha256 or "", "gate": metrics.get("gate"),
-                     "run_status": run.status if run else None, "outcome": run.outcome if run else None,
-                     "card": json.dumps(_times_readable(json.loads(v.model_card or "{}")), indent=2)})
+        rows.append(
+            {
+                "version": v.version,
+                "stage": v.stage,
+                "created": _iso(v.created_at),
+                "sha256": v.artifact_sha256 or "",
+                "gate": metrics.get("gate"),
+                "run_status": run.status if run else None,
+                "outcome": run.outcome if run else None,
+                "card": json.dumps(_times_readable(json.loads(v.model_card or "{}")), indent=2),
+            }
+        )
     return rows
 
 
 def _times_readable(value):
     """The stored card with its epoch times (``registered_at``) in RFC 3339, as the report shows every time."""
     if isinstance(value, dict):
-        return {k: _iso(v) if k.endswith(("_at", "_ts")) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                else _times_readable(v) for k, v in value.items()}
+        return {
+            k: _iso(v)
+            if k.endswith(("_at", "_ts")) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            else _times_readable(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_times_readable(v) for v in value]
     return value
@@ -182,27 +206,36 @@ def _baselines(session: Session, model_id: str, versions: list, config: DriftCon
         mean = production.get("mean") if production.get("mean") is not None else v.baseline_error_mean
         sd = production.get("sd") if production.get("sd") is not None else v.baseline_error_std
         if mean is not None and sd is not None:
-            rolling = RollingMean(config.rolling_window, config.rolling_step, config.rolling_sigmas,
-                                  production.get("labels"), production.get("skewness") or 0.0)
+            rolling = RollingMean(
+                config.rolling_window,
+                config.rolling_step,
+                config.rolling_sigmas,
+                production.get("labels"),
+                production.get("skewness") or 0.0,
+            )
             baselines[v.version] = (mean, mean + rolling.threshold * sd)
     return baselines
 
 
 def _svg(fig) -> str:
     import matplotlib.pyplot as plt
+
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(fig)
     svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined in HTML
+    return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
 
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
-    matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                                "axes.spines.right": False})
+    matplotlib.rcParams.update(
+        {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+    )
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -213,7 +246,7 @@ def distributions_figure(data: dict) -> str:
     cols = 3
     rows = max(1, math.ceil(len(features) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), squeeze=False)
-    for ax in axes.flat[len(features):]:
+    for ax in axes.flat[len(features) :]:
         ax.set_visible(False)
     for ax, (name, profile) in zip(axes.flat, features):
         values = [r.get(name) for r in data["recent"] if r.get(name) is not None]
@@ -229,14 +262,15 @@ def distributions_figure(data: dict) -> str:
             categories = profile.categories[:8]
             counts = np.array([sum(1 for v in values if str(v) == c) for c in categories], dtype=float)
             x = np.arange(len(categories))
-            ax.bar(x - 0.2, profile.shares[:len(categories)], 0.4, label="reference", color="#4c72b0")
+            ax.bar(x - 0.2, profile.shares[: len(categories)], 0.4, label="reference", color="#4c72b0")
             if counts.sum():
                 ax.bar(x + 0.2, counts / max(len(values), 1), 0.4, label="recent", color="#dd8452")
             ax.set_xticks(x, categories, rotation=30, ha="right")
         ax.set_title(name)
     axes.flat[0].legend(frameon=False)
-    fig.suptitle(f"reference (training) against the newest {min(len(data['recent']), RECENT_VALUES):,} "
-                 f"labelled predictions")
+    fig.suptitle(
+        f"reference (training) against the newest {min(len(data['recent']), RECENT_VALUES):,} labelled predictions"
+    )
     return _svg(fig)
 
 
@@ -246,8 +280,13 @@ def psi_figure(data: dict) -> str:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     config = data["config"]
     ax.axhspan(config.psi_moderate, config.psi_significant, color="#f3d9a4", alpha=0.5, label="moderate")
-    ax.axhspan(config.psi_significant, max([config.psi_significant * 2] + [w.psi for w in data["windows"]]) * 1.05,
-               color="#f2b5a7", alpha=0.5, label="significant")
+    ax.axhspan(
+        config.psi_significant,
+        max([config.psi_significant * 2] + [w.psi for w in data["windows"]]) * 1.05,
+        color="#f2b5a7",
+        alpha=0.5,
+        label="significant",
+    )
     by_feature: dict[str, list] = {}
     for w in data["windows"]:
         by_feature.setdefault(w.feature, []).append((w.end_ts, w.psi))

@@ -1,4 +1,5 @@
 """One poll's worth of records, validated: the unit of processing and commit."""
+
 from __future__ import annotations
 
 import logging

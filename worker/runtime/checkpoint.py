@@ -1,4 +1,5 @@
 """The checkpoint: the one object that owns the commit of a batch and the offsets it moves."""
+
 from __future__ import annotations
 
 import logging
@@ -51,9 +52,15 @@ class Checkpoint:
 
     OUTBOX_CHECK_S = 1.0
 
-    def __init__(self, sessions: sessionmaker[Session], consumer: KafkaConsumer, tracker: PartitionTracker,
-                 relay: OutboxRelay, topic_ids: Mapping[str, str],
-                 on_commit: Callable[[Batch, float], None] | None = None):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        consumer: KafkaConsumer,
+        tracker: PartitionTracker,
+        relay: OutboxRelay,
+        topic_ids: Mapping[str, str],
+        on_commit: Callable[[Batch, float], None] | None = None,
+    ):
         self._sessions = sessions
         self._on_commit = on_commit  # after step 1 only: a replayed batch is never counted twice
         self._consumer = consumer
@@ -62,13 +69,13 @@ class Checkpoint:
         self._topic_ids = topic_ids
         self._outbox_checked_at: float | None = None  # None: a publish is due (start-up, or one failed)
 
-    def commit(self, batch: Batch, expected: dict[Key, int | None],
-               apply: Callable[[Session, Batch], None]) -> None:
+    def commit(self, batch: Batch, expected: dict[Key, int | None], apply: Callable[[Session, Batch], None]) -> None:
         moves = {key: (expected.get(key), offset) for key, offset in batch.next_offsets.items()}
         started = time.perf_counter()
         # What was consumed, before the stages take some events out; copied only when someone counts it.
-        consumed = None if self._on_commit is None else Batch(events=list(batch.events),
-                                                              dead_letters=batch.dead_letters)
+        consumed = (
+            None if self._on_commit is None else Batch(events=list(batch.events), dead_letters=batch.dead_letters)
+        )
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._tracker.group_id, moves, self._topic_ids)
             for letter in batch.dead_letters:
@@ -84,9 +91,10 @@ class Checkpoint:
                 if key in self._tracker.expected and self._tracker.expected[key] == old:
                     self._tracker.expected[key] = new
         try:
-            self._consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                         for (t, p), o in batch.next_offsets.items()},
-                                        callback=_log_failed_commit)
+            self._consumer.commit_async(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in batch.next_offsets.items()},
+                callback=_log_failed_commit,
+            )
         except KafkaError as exc:
             _log_failed_commit(None, exc)
         checked = self._outbox_checked_at
@@ -97,8 +105,11 @@ class Checkpoint:
     def close(self) -> None:
         """Commit the owned partitions' stored offsets to Kafka synchronously (at exit, for lag tools)."""
         with self._tracker.lock:
-            owned = {TopicPartition(*key): OffsetAndMetadata(offset, "", -1)
-                     for key, offset in self._tracker.expected.items() if offset is not None}
+            owned = {
+                TopicPartition(*key): OffsetAndMetadata(offset, "", -1)
+                for key, offset in self._tracker.expected.items()
+                if offset is not None
+            }
         if not owned:
             return
         try:
@@ -120,5 +131,8 @@ def store_dead_letter(session: Session, letter: DeadLetter) -> None:
     so the service metrics count it like the validator's.
     """
     repo.enqueue(session, letter.topic, letter.key, letter.value, letter.headers)
-    repo.add_dead_letter(session, letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
-                         dict(letter.headers).get("undertow.error.message", b"").decode())
+    repo.add_dead_letter(
+        session,
+        letter.topic.removesuffix(DEAD_LETTER_SUFFIX),
+        dict(letter.headers).get("undertow.error.message", b"").decode(),
+    )

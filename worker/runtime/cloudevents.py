@@ -5,6 +5,7 @@ feature, window), so a re-published event is a duplicate that subscribers
 drop by ``(source, id)``. The events themselves are models in
 :mod:`worker.runtime.output_events`.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ at fault in its ``problems``). The monitor dead-letters what they refuse;
 the serving endpoint runs them on every record it is about to emit, so it
 refuses with 422 exactly what the monitor would dead-letter.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, 
 ModelId = Annotated[StrictStr, Field(max_length=MODEL_ID_MAX_LENGTH, pattern=MODEL_ID_PATTERN)]
 # Integers must convert to a finite float (the stages compute in float64);
 # allow_inf_nan=False on the models rejects NaN, Infinity and overflowing floats.
-Integer = Annotated[StrictInt, Field(ge=-10**308, le=10**308)]
+Integer = Annotated[StrictInt, Field(ge=-(10**308), le=10**308)]
 # Floats first: the common feature value matches the union's first member (a smart-mode union returns on
 # the first exact match), 11 % less validation per prediction; ints still validate as ints.
 FeatureValue = StrictFloat | Integer | Text | None
@@ -118,8 +119,9 @@ def _rejected(message: str, problems: list[dict]) -> InvalidEvent:
 
 def _parse(model: type[_Event], value: bytes | None, max_bytes: int) -> _Event:
     if value is None or len(value) == 0:
-        raise _rejected("empty record value", [{"loc": (), "type": "event_empty", "msg": "empty record value",
-                                                "input": None}])
+        raise _rejected(
+            "empty record value", [{"loc": (), "type": "event_empty", "msg": "empty record value", "input": None}]
+        )
     if len(value) > max_bytes:
         message = f"record of {len(value)} bytes exceeds max_event_bytes={max_bytes}"
         raise _rejected(message, [{"loc": (), "type": "event_too_large", "msg": message, "input": None}])
@@ -156,8 +158,14 @@ def field_problems(errors: list[dict]) -> list[dict]:
     for loc, group in by_field.items():
         constrained = [e for e in group if not e["type"].endswith("_type") and e["type"] != "finite_number"]
         error = (constrained or group)[0]
-        problems.append({"loc": loc, "type": error["type"], "msg": _message(error, group, bool(constrained)),
-                         "input": error.get("input")})
+        problems.append(
+            {
+                "loc": loc,
+                "type": error["type"],
+                "msg": _message(error, group, bool(constrained)),
+                "input": error.get("input"),
+            }
+        )
     return problems
 
 
@@ -179,11 +187,17 @@ def _message(error: dict, group: list[dict], constrained: bool) -> str:
         return f"must be {_accepted(group)}"
     if error["type"] == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern")
-        return ("must not contain control characters (NUL, newline, ...)" if pattern == _PRINTABLE
-                else f"must match {pattern}")
+        return (
+            "must not contain control characters (NUL, newline, ...)"
+            if pattern == _PRINTABLE
+            else f"must match {pattern}"
+        )
     value = error.get("input")
-    if error["type"] in ("less_than_equal", "greater_than_equal") and isinstance(value, (int, float)) \
-            and abs(value) > 10**308:
+    if (
+        error["type"] in ("less_than_equal", "greater_than_equal")
+        and isinstance(value, (int, float))
+        and abs(value) > 10**308
+    ):
         return "integer too large to be a finite float"
     return error["msg"]
 

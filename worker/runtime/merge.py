@@ -4,6 +4,7 @@
 two co-partitioned topics deterministically (the monitor's predictions and
 labels). Records not yet released are not committed: a crash re-reads them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,8 +128,7 @@ class CoPartitionMerger:
     def __len__(self) -> int:
         return len(self._passthrough) + sum(len(b) for b in self._buffers.values())
 
-    def release(self, caught_up: Callable[[tuple[str, int]], bool], limit: int,
-                now: float | None = None) -> list:
+    def release(self, caught_up: Callable[[tuple[str, int]], bool], limit: int, now: float | None = None) -> list:
         """Up to ``limit`` records, in merge order."""
         now = time.monotonic() if now is None else now
         released: list = self._passthrough.release(caught_up, limit)
@@ -136,8 +136,9 @@ class CoPartitionMerger:
             self._release_partition(number, caught_up, limit, released, now)
         return released
 
-    def _release_partition(self, number: int, caught_up: Callable[[tuple[str, int]], bool], limit: int,
-                           released: list, now: float) -> None:
+    def _release_partition(
+        self, number: int, caught_up: Callable[[tuple[str, int]], bool], limit: int, released: list, now: float
+    ) -> None:
         """Move partition ``number``'s records that may go now to ``released``, in merge order, up to ``limit``."""
         first, second = self.topics
         a = self._buffers.get((first, number)) or deque()
@@ -178,6 +179,11 @@ class CoPartitionMerger:
             return False
         if number not in self._released_unmerged:
             self._released_unmerged.add(number)
-            log.info("partition %d: %s not caught up after %.1fs with %d records waiting; "
-                     "releasing in arrival order", number, other[0], now - since, waiting)
+            log.info(
+                "partition %d: %s not caught up after %.1fs with %d records waiting; releasing in arrival order",
+                number,
+                other[0],
+                now - since,
+                waiting,
+            )
         return True

@@ -16,6 +16,7 @@ Two kinds, kept apart so that nothing is counted twice:
 Names follow the Prometheus conventions: ``undertow_`` prefix, base units,
 ``_total`` counters, bounded labels, pre-initialised.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,14 +56,21 @@ class ServiceMetrics:
     def __init__(self, service: str, topics: Iterable[str]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.consumed = Counter("undertow_events_consumed", "valid events committed, by topic and kind",
-                                ["topic", "kind"], registry=r)
-        self.dead_letters = Counter("undertow_dead_letters", "records dead-lettered, by stage and reason",
-                                    ["stage", "reason"], registry=r)
-        self.batch_seconds = Histogram("undertow_batch_duration_seconds", "time to process and commit a batch",
-                                       buckets=BATCH_BUCKETS, registry=r)
-        self.last_event = Gauge("undertow_last_event_timestamp_seconds",
-                                "event time of the last committed event, by topic", ["topic"], registry=r)
+        self.consumed = Counter(
+            "undertow_events_consumed", "valid events committed, by topic and kind", ["topic", "kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "undertow_dead_letters", "records dead-lettered, by stage and reason", ["stage", "reason"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            "undertow_batch_duration_seconds", "time to process and commit a batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.last_event = Gauge(
+            "undertow_last_event_timestamp_seconds",
+            "event time of the last committed event, by topic",
+            ["topic"],
+            registry=r,
+        )
         self.service = service
         for topic in topics:
             self.last_event.labels(topic)
@@ -86,8 +94,9 @@ class ServiceMetrics:
             self.last_event.labels(topic).set(ts)
         for letter in batch.dead_letters:
             headers = dict(letter.headers)
-            self.dead_letters.labels(headers.get("undertow.error.stage", b"?").decode(),
-                                     headers.get("undertow.error.class", b"?").decode()).inc()
+            self.dead_letters.labels(
+                headers.get("undertow.error.stage", b"?").decode(), headers.get("undertow.error.class", b"?").decode()
+            ).inc()
         self.batch_seconds.observe(seconds)
 
     def serve(self, port: int, host: str, database: DatabaseCollector | None = None):
@@ -109,12 +118,27 @@ class DatabaseCollector(Collector):
     that has taken the lock meanwhile.
     """
 
-    SECTIONS = {"monitor": ("model_stats", "join_stats", "concept_state", "alerts", "retrain_requests",
-                            "unregistered_models", "schema_mismatches"),
-                "trainer": ("training_runs",)}
+    SECTIONS = {
+        "monitor": (
+            "model_stats",
+            "join_stats",
+            "concept_state",
+            "alerts",
+            "retrain_requests",
+            "unregistered_models",
+            "schema_mismatches",
+        ),
+        "trainer": ("training_runs",),
+    }
 
-    def __init__(self, engine: Engine, service: str, group_id: str,
-                 log_ends: Callable[[list[tuple[str, int]]], dict], topics: list[str]):
+    def __init__(
+        self,
+        engine: Engine,
+        service: str,
+        group_id: str,
+        log_ends: Callable[[list[tuple[str, int]]], dict],
+        topics: list[str],
+    ):
         self.engine, self.group_id, self.log_ends, self.topics = engine, group_id, log_ends, topics
         self.sections = self.SECTIONS.get(service, ())  # each table's numbers come from one service
         self._lock_key = _EXPORTER_LOCK + sum(service.encode())
@@ -143,9 +167,13 @@ class DatabaseCollector(Collector):
         """Whether the lock connection is alive and its session holds the lock (asked of the server)."""
         conn = self._lock_connection
         try:
-            held = conn.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() "
-                "AND ((classid::bigint << 32) | objid::bigint) = :k AND objsubid = 1"), {"k": self._lock_key}).scalar()
+            held = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() "
+                    "AND ((classid::bigint << 32) | objid::bigint) = :k AND objsubid = 1"
+                ),
+                {"k": self._lock_key},
+            ).scalar()
             conn.rollback()  # not left idle in a transaction; the session's lock outlives it
         except Exception as exc:  # noqa: BLE001 - whatever the failure, this connection proves nothing any more
             log.warning("the database metrics' exporter lock was lost (%s): trying to take it again", exc)
@@ -201,10 +229,14 @@ class DatabaseCollector(Collector):
 
     def _collect(self, conn):
         started = time.perf_counter()
-        offsets = conn.execute(text("SELECT topic, partition, next_offset FROM consumer_offsets "
-                                    "WHERE group_id = :g"), {"g": self.group_id}).all()
-        lag = GaugeMetricFamily("undertow_consumer_lag", "records behind the log end, by partition (stored "
-                                "offsets, all members of the group)", labels=["topic", "partition"])
+        offsets = conn.execute(
+            text("SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = :g"), {"g": self.group_id}
+        ).all()
+        lag = GaugeMetricFamily(
+            "undertow_consumer_lag",
+            "records behind the log end, by partition (stored offsets, all members of the group)",
+            labels=["topic", "partition"],
+        )
         ends = self.log_ends([(t, p) for t, p, _ in offsets if t in self.topics]) if offsets else {}
         for topic, partition, offset in offsets:
             if (topic, partition) in ends:
@@ -230,8 +262,9 @@ def _duplicates(conn):
 
 def _join_pending(conn):
     pending = GaugeMetricFamily("undertow_join_pending", "events waiting for their partner", labels=["kind"])
-    row = conn.execute(text("SELECT COALESCE(SUM(pending_predictions), 0), "
-                            "COALESCE(SUM(pending_labels), 0) FROM join_stats")).one()
+    row = conn.execute(
+        text("SELECT COALESCE(SUM(pending_predictions), 0), COALESCE(SUM(pending_labels), 0) FROM join_stats")
+    ).one()
     pending.add_metric(["prediction"], row[0])
     pending.add_metric(["label"], row[1])
     yield pending
@@ -261,7 +294,9 @@ def _open_episodes(conn):
 
 
 def _alerts(conn):
-    alerts = CounterMetricFamily("undertow_alerts", "alerts recorded, by type and detector", labels=["type", "detector"])
+    alerts = CounterMetricFamily(
+        "undertow_alerts", "alerts recorded, by type and detector", labels=["type", "detector"]
+    )
     tally: Tally = Tally()
     for kind, cloudevent in conn.execute(text("SELECT type, cloudevent FROM alerts")):
         tally[(kind, json.loads(cloudevent)["data"].get("detector", "window"))] += 1
@@ -279,13 +314,22 @@ def _retrain_requests(conn):
 
 
 def _training_runs(conn):
-    runs = GaugeMetricFamily("undertow_training_runs", "training runs, by status (promoted and rejected "
-                             "are the gate's decisions)", labels=["status"])
-    seconds = GaugeMetricFamily("undertow_training_run_duration_seconds_sum",
-                                "wall time of finished runs, by status", labels=["status"])
-    counts = {status: (n, total) for status, n, total in conn.execute(text(
-        "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs "
-        "GROUP BY status")).all()}
+    runs = GaugeMetricFamily(
+        "undertow_training_runs",
+        "training runs, by status (promoted and rejected are the gate's decisions)",
+        labels=["status"],
+    )
+    seconds = GaugeMetricFamily(
+        "undertow_training_run_duration_seconds_sum", "wall time of finished runs, by status", labels=["status"]
+    )
+    counts = {
+        status: (n, total)
+        for status, n, total in conn.execute(
+            text(
+                "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs GROUP BY status"
+            )
+        ).all()
+    }
     for status in RunStatus:
         if status is RunStatus.ACCEPTED:
             continue  # not yet looked at by a trainer: not a series of its own
@@ -298,14 +342,20 @@ def _training_runs(conn):
 
 def _unregistered(conn):
     """Events of unregistered model ids: bounded labels (the tracked ids and "(other)")."""
-    events = CounterMetricFamily("undertow_unregistered_events", "events of model ids that are not registered, "
-                                 "by id (the most frequent ids, the rest as '(other)') and kind",
-                                 labels=["model_id", "kind"])
-    ids = GaugeMetricFamily("undertow_unregistered_model_ids", "model ids seen that are not registered "
-                            "(an upper bound: an id folded into '(other)' and seen again counts again)")
+    events = CounterMetricFamily(
+        "undertow_unregistered_events",
+        "events of model ids that are not registered, by id (the most frequent ids, the rest as '(other)') and kind",
+        labels=["model_id", "kind"],
+    )
+    ids = GaugeMetricFamily(
+        "undertow_unregistered_model_ids",
+        "model ids seen that are not registered "
+        "(an upper bound: an id folded into '(other)' and seen again counts again)",
+    )
     total = 0
-    for model_id, predictions, labels, n in conn.execute(text(
-            "SELECT model_id, predictions, labels, ids FROM unregistered_models")):
+    for model_id, predictions, labels, n in conn.execute(
+        text("SELECT model_id, predictions, labels, ids FROM unregistered_models")
+    ):
         events.add_metric([model_id, "prediction"], predictions)
         events.add_metric([model_id, "label"], labels)
         total += n
@@ -316,13 +366,19 @@ def _unregistered(conn):
 
 def _schema_mismatches(conn):
     """Predictions whose features did not match their version's schema: a row per model and reason."""
-    family = CounterMetricFamily("undertow_schema_mismatches", "predictions whose features did not match their "
-                                 "version's schema, by model and reason (missing, extra, type)",
-                                 labels=["model_id", "reason"])
-    dead = CounterMetricFamily("undertow_schema_mismatches_dead_lettered", "of those, dead-lettered (versions "
-                               "registered with --strict-schema)", labels=["model_id", "reason"])
-    for model_id, reason, predictions, dead_lettered in conn.execute(text(
-            "SELECT model_id, reason, predictions, dead_lettered FROM schema_mismatches")):
+    family = CounterMetricFamily(
+        "undertow_schema_mismatches",
+        "predictions whose features did not match their version's schema, by model and reason (missing, extra, type)",
+        labels=["model_id", "reason"],
+    )
+    dead = CounterMetricFamily(
+        "undertow_schema_mismatches_dead_lettered",
+        "of those, dead-lettered (versions registered with --strict-schema)",
+        labels=["model_id", "reason"],
+    )
+    for model_id, reason, predictions, dead_lettered in conn.execute(
+        text("SELECT model_id, reason, predictions, dead_lettered FROM schema_mismatches")
+    ):
         family.add_metric([model_id, reason], predictions)
         dead.add_metric([model_id, reason], dead_lettered)
     yield family
@@ -330,7 +386,13 @@ def _schema_mismatches(conn):
 
 
 # What each table of DatabaseCollector.SECTIONS exports, in that order.
-_TABLE_METRICS = {"model_stats": _duplicates, "join_stats": _join_pending, "concept_state": _open_episodes,
-                  "alerts": _alerts, "retrain_requests": _retrain_requests, "unregistered_models": _unregistered,
-                  "schema_mismatches": _schema_mismatches,
-                  "training_runs": _training_runs}
+_TABLE_METRICS = {
+    "model_stats": _duplicates,
+    "join_stats": _join_pending,
+    "concept_state": _open_episodes,
+    "alerts": _alerts,
+    "retrain_requests": _retrain_requests,
+    "unregistered_models": _unregistered,
+    "schema_mismatches": _schema_mismatches,
+    "training_runs": _training_runs,
+}

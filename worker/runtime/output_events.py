@@ -14,6 +14,7 @@ disagree with these models).
 >>> parse_event(encode(alert)) == alert
 True
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ class _DriftData(_Frozen):
 class DataDrift(_DriftData):
     feature: str = Field(description="feature name, or __prediction__ for the model's output")
     rule: Literal["window", "cumulative"] = Field(
-        default="window", description="window: this window's PSI band; cumulative: evidence summed over windows "
-                                      "(a CUSUM of the windows' test statistics) for drift too gradual for one")
+        default="window",
+        description="window: this window's PSI band; cumulative: evidence summed over windows "
+        "(a CUSUM of the windows' test statistics) for drift too gradual for one",
+    )
     psi: float
     ks_statistic: float | None = Field(description="numeric features only")
     ks_pvalue: float | None
@@ -101,14 +104,23 @@ class Baseline(_Frozen):
 class ConceptDrift(_DriftData):
     episode: Literal["started", "escalated", "ended", "deployment_gap"] = Field(
         description="started: a change; escalated: a further rise inside the episode; ended: back to the "
-                    "baseline; deployment_gap: production error above the validation estimate (once)")
-    detector: Literal["page_hinkley", "cusum", "rolling_mean", "rolling_mean_long", "prediction_time_cusum",
-                      "escalation_cusum", "production_baseline"]
+        "baseline; deployment_gap: production error above the validation estimate (once)"
+    )
+    detector: Literal[
+        "page_hinkley",
+        "cusum",
+        "rolling_mean",
+        "rolling_mean_long",
+        "prediction_time_cusum",
+        "escalation_cusum",
+        "production_baseline",
+    ]
     metric: Literal["absolute_error", "misclassification", "log_loss"]
     value: float
     threshold: float | None
-    unit: Literal["baseline_sd", "error"] = Field(description="baseline_sd: standardised by the baseline; "
-                                                              "error: in the metric's own units")
+    unit: Literal["baseline_sd", "error"] = Field(
+        description="baseline_sd: standardised by the baseline; error: in the metric's own units"
+    )
     baseline: Baseline = Field(description="the production baseline (validation for deployment_gap)")
     recent_mean_error: float | None
     detected_at: str = Field(description="event time of the label that fired, RFC 3339")
@@ -218,19 +230,44 @@ class ModelRejected(_CloudEvent):
     data: ModelRejection
 
 
-Alert = (DataDriftAlert | PredictionDriftAlert | DatasetDriftAlert | MultivariateDriftAlert
-         | PerformanceEstimateAlert | ConceptDriftAlert)
+Alert = (
+    DataDriftAlert
+    | PredictionDriftAlert
+    | DatasetDriftAlert
+    | MultivariateDriftAlert
+    | PerformanceEstimateAlert
+    | ConceptDriftAlert
+)
 ModelEvent = ModelPromoted | ModelRejected
-UndertowEvent = Annotated[DataDriftAlert | PredictionDriftAlert | DatasetDriftAlert | MultivariateDriftAlert | PerformanceEstimateAlert | ConceptDriftAlert | RetrainRequested | ModelPromoted | ModelRejected, Field(discriminator="type")]
+UndertowEvent = Annotated[
+    DataDriftAlert
+    | PredictionDriftAlert
+    | DatasetDriftAlert
+    | MultivariateDriftAlert
+    | PerformanceEstimateAlert
+    | ConceptDriftAlert
+    | RetrainRequested
+    | ModelPromoted
+    | ModelRejected,
+    Field(discriminator="type"),
+]
 _EVENT = TypeAdapter(UndertowEvent)
-EVENT_TYPES = (DataDriftAlert, PredictionDriftAlert, DatasetDriftAlert, MultivariateDriftAlert,
-               PerformanceEstimateAlert, ConceptDriftAlert, RetrainRequested, ModelPromoted, ModelRejected)
+EVENT_TYPES = (
+    DataDriftAlert,
+    PredictionDriftAlert,
+    DatasetDriftAlert,
+    MultivariateDriftAlert,
+    PerformanceEstimateAlert,
+    ConceptDriftAlert,
+    RetrainRequested,
+    ModelPromoted,
+    ModelRejected,
+)
 
 
 def encode(event: _CloudEvent) -> bytes:
     """Compact JSON with sorted keys: the same event always gives the same bytes."""
-    return json.dumps(event.model_dump(mode="json"), separators=(",", ":"), sort_keys=True,
-                      allow_nan=False).encode()
+    return json.dumps(event.model_dump(mode="json"), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
 def parse_event(value: bytes | str) -> UndertowEvent:

@@ -1,4 +1,5 @@
 """Where each owned partition is read from, and keeping that honest against the broker's logs."""
+
 from __future__ import annotations
 
 import logging
@@ -129,14 +130,26 @@ class LogPositions:
             current_id = self.topic_ids.get(key[0])
             start = starts[TopicPartition(*key)]
             if stored_id and current_id and stored_id != current_id:
-                self._move(tracker, key, offset, start, "log_reset",
-                           f"topic recreated (id {stored_id} is now {current_id}): the stored offset {offset} "
-                           f"belongs to the old log; reading the new log from {start}")
+                self._move(
+                    tracker,
+                    key,
+                    offset,
+                    start,
+                    "log_reset",
+                    f"topic recreated (id {stored_id} is now {current_id}): the stored offset {offset} "
+                    f"belongs to the old log; reading the new log from {start}",
+                )
                 moved.add(key)
             elif offset < start:
-                self._move(tracker, key, offset, start, "records_deleted",
-                           f"stored offset {offset} is below the log start {start}: records {offset}..{start - 1} "
-                           "were deleted before the monitor read them")
+                self._move(
+                    tracker,
+                    key,
+                    offset,
+                    start,
+                    "records_deleted",
+                    f"stored offset {offset} is below the log start {start}: records {offset}..{start - 1} "
+                    "were deleted before the monitor read them",
+                )
                 moved.add(key)
         return moved
 
@@ -172,15 +185,26 @@ class LogPositions:
                 continue
             if self._seen_short.get(key) != position:
                 self._seen_short[key] = position
-                log.info("%s[%d]: position %d is beyond the log end %d; checking again in %.0fs", *key, position,
-                         end, CONFIRM_INTERVAL_S)
+                log.info(
+                    "%s[%d]: position %d is beyond the log end %d; checking again in %.0fs",
+                    *key,
+                    position,
+                    end,
+                    CONFIRM_INTERVAL_S,
+                )
                 continue
             del self._seen_short[key]
             stored = owned[key]
             start = consumer.beginning_offsets([TopicPartition(*key)])[TopicPartition(*key)]
-            self._move(tracker, key, stored, start, "log_reset",
-                       f"position {position} (stored offset {stored}) is beyond the log end {end}: the log was "
-                       f"truncated or started again (a broker restarted without its data?); reading it from {start}")
+            self._move(
+                tracker,
+                key,
+                stored,
+                start,
+                "log_reset",
+                f"position {position} (stored offset {stored}) is beyond the log end {end}: the log was "
+                f"truncated or started again (a broker restarted without its data?); reading it from {start}",
+            )
             moved.add(key)
         return moved
 
@@ -200,9 +224,15 @@ class LogPositions:
     def moved_back(self, tracker: PartitionTracker, key: Key, stored: int, offset: int) -> None:
         """The consumer reads ``key`` from ``offset``, below the stored offset: the log started again."""
         self.topic_ids.update(self._current_topic_ids([key[0]]))
-        self._move(tracker, key, stored, offset, "log_reset",
-                   f"the client went back from the stored offset {stored} to {offset}: the log was truncated or "
-                   f"the topic recreated (a broker restarted without its data?); reading it from {offset}")
+        self._move(
+            tracker,
+            key,
+            stored,
+            offset,
+            "log_reset",
+            f"the client went back from the stored offset {stored} to {offset}: the log was truncated or "
+            f"the topic recreated (a broker restarted without its data?); reading it from {offset}",
+        )
 
     def _current_topic_ids(self, topics: list[str]) -> dict[str, str]:
         ids = {}
@@ -212,13 +242,22 @@ class LogPositions:
                 ids[description["name"]] = str(topic_id)
         return ids
 
-    def _move(self, tracker: PartitionTracker, key: Key, stored: int | None, new: int, kind: str,
-              detail: str) -> None:
+    def _move(self, tracker: PartitionTracker, key: Key, stored: int | None, new: int, kind: str, detail: str) -> None:
         topic, partition = key
         with self._sessions.begin() as session:
             repo.advance_offsets(session, self._group_id, {key: (stored, new)}, self.topic_ids)
-            repo.add_partition_gap(session, PartitionGap(
-                group_id=self._group_id, topic=topic, partition=partition, kind=kind, stored_offset=stored,
-                resumed_at=new, detail=detail, detected_at=time.time()))
+            repo.add_partition_gap(
+                session,
+                PartitionGap(
+                    group_id=self._group_id,
+                    topic=topic,
+                    partition=partition,
+                    kind=kind,
+                    stored_offset=stored,
+                    resumed_at=new,
+                    detail=detail,
+                    detected_at=time.time(),
+                ),
+            )
         log.warning("%s[%d]: %s", topic, partition, detail)
         tracker.moved(key, new)

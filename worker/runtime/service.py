@@ -21,6 +21,7 @@ the rest:
 - ``run(until_idle=S)`` returns once the input has been idle for S seconds
   and the group has consumed every partition (backfills, tests).
 """
+
 from __future__ import annotations
 
 import gc
@@ -77,9 +78,9 @@ class Stage(Protocol):
 class Service:
     """What a consuming service is made of; ``ServiceRunner`` runs it."""
 
-    name: str                                   # the lock name, and the group is undertow-<name> by default
-    topics: Sequence[str]                       # consumed
-    parse: Callable[[Any], Any]                 # a record to its event; raises InvalidEvent
+    name: str  # the lock name, and the group is undertow-<name> by default
+    topics: Sequence[str]  # consumed
+    parse: Callable[[Any], Any]  # a record to its event; raises InvalidEvent
     stages: list[Stage]
     make_intake: Callable[[], Intake] = FifoIntake
     prepare: Callable[[KafkaAdminClient], None] | None = None  # e.g. create the topics, at start-up
@@ -167,12 +168,19 @@ class ServiceRunner:
                 consumer = make_consumer(self.settings, self.group_id)
                 tracker.consumer = consumer
                 consumer.subscribe(list(self.service.topics), listener=tracker)
-                positions = LogPositions(self.sessions, self.group_id, admin,
-                                         lambda keys: log_end_offsets(self.settings, keys))
+                positions = LogPositions(
+                    self.sessions, self.group_id, admin, lambda keys: log_end_offsets(self.settings, keys)
+                )
                 relay = OutboxRelay(self.sessions, producer)
                 metrics, metrics_server = self._serve_metrics()
-                checkpoint = Checkpoint(self.sessions, consumer, tracker, relay, positions.topic_ids,
-                                        on_commit=None if metrics is None else metrics.committed)
+                checkpoint = Checkpoint(
+                    self.sessions,
+                    consumer,
+                    tracker,
+                    relay,
+                    positions.topic_ids,
+                    on_commit=None if metrics is None else metrics.committed,
+                )
                 loop = _Loop(self, consumer, tracker, positions, checkpoint, relay)
                 background = self._start_background()
                 gc.freeze()  # what start-up made lives as long as the process: keep it out of every collection
@@ -189,7 +197,6 @@ class ServiceRunner:
                 admin.close()
                 self.engine.dispose()
 
-
     BACKGROUND_JOIN_S = 10.0
 
     def _serve_metrics(self):
@@ -197,16 +204,18 @@ class ServiceRunner:
             return None, None
         topics = list(self.service.topics)
         metrics = ServiceMetrics(self.service.name, topics)
-        database = DatabaseCollector(self.engine, self.service.name, self.group_id, lambda keys: log_end_offsets(self.settings, keys),
-                                     topics)
+        database = DatabaseCollector(
+            self.engine, self.service.name, self.group_id, lambda keys: log_end_offsets(self.settings, keys), topics
+        )
         return metrics, metrics.serve(self.settings.metrics_port, self.settings.metrics_host, database)
 
     def _start_background(self) -> tuple[threading.Thread, threading.Event] | None:
         if self.service.background is None:
             return None
         stop = threading.Event()
-        thread = threading.Thread(target=self.service.background, args=(stop,), daemon=True,
-                                  name=f"undertow-{self.service.name}-background")
+        thread = threading.Thread(
+            target=self.service.background, args=(stop,), daemon=True, name=f"undertow-{self.service.name}-background"
+        )
         thread.start()
         return thread, stop
 
@@ -218,15 +227,25 @@ class ServiceRunner:
         stop.set()
         thread.join(self.BACKGROUND_JOIN_S)
         if thread.is_alive():
-            log.warning("background work of %s still running after %.0fs: it resumes at the next start",
-                        self.service.name, self.BACKGROUND_JOIN_S)
+            log.warning(
+                "background work of %s still running after %.0fs: it resumes at the next start",
+                self.service.name,
+                self.BACKGROUND_JOIN_S,
+            )
 
 
 class _Loop:
     """The poll loop of one run: its clients and the little state that lives between turns."""
 
-    def __init__(self, runner: ServiceRunner, consumer, tracker: PartitionTracker, positions: LogPositions,
-                 checkpoint: Checkpoint, relay: OutboxRelay):
+    def __init__(
+        self,
+        runner: ServiceRunner,
+        consumer,
+        tracker: PartitionTracker,
+        positions: LogPositions,
+        checkpoint: Checkpoint,
+        relay: OutboxRelay,
+    ):
         self.runner, self.settings = runner, runner.settings
         self.consumer, self.tracker, self.positions = consumer, tracker, positions
         self.checkpoint, self.relay = checkpoint, relay
@@ -265,8 +284,10 @@ class _Loop:
             self.relay.publish_pending()
         started = time.perf_counter()
         # A full release last turn means the intake may hold more: fetch what is there, do not wait for more.
-        records = self.consumer.poll(timeout_ms=0 if self.intake_backlog else self.settings.poll_timeout_ms,
-                                     max_records=self.settings.batch_max_records)
+        records = self.consumer.poll(
+            timeout_ms=0 if self.intake_backlog else self.settings.poll_timeout_ms,
+            max_records=self.settings.batch_max_records,
+        )
         self.runner.step_seconds["poll"] += time.perf_counter() - started
         unchecked = self._follow_assignment()
         if unchecked is None:
@@ -350,8 +371,13 @@ class _Loop:
             if start is None:
                 start = stored
             if start is not None and recs and recs[0].offset != start:
-                log.info("%s[%d]: expected offset %d, but the log continues at %d", tp.topic, tp.partition,
-                         start, recs[0].offset)
+                log.info(
+                    "%s[%d]: expected offset %d, but the log continues at %d",
+                    tp.topic,
+                    tp.partition,
+                    start,
+                    recs[0].offset,
+                )
             owned[tp] = recs
         return owned
 
@@ -393,25 +419,38 @@ class _Loop:
                 error = exc
             if len(part) > 1:
                 if len(part) == len(records):
-                    log.warning("a batch of %d records failed (%s: %s); isolating the record that causes it",
-                                len(part), type(error).__name__, error)
+                    log.warning(
+                        "a batch of %d records failed (%s: %s); isolating the record that causes it",
+                        len(part),
+                        type(error).__name__,
+                        error,
+                    )
                 middle = len(part) // 2
                 pending.extendleft([part[middle:], part[:middle]])
                 continue
             record = part[0]
             # A stage that refuses the record's content says why in one line: no traceback for that.
-            log.error("%s[%d]@%d: processing failed (%s: %s); dead-lettering the record and going on",
-                      record.topic, record.partition, record.offset, type(error).__name__, error,
-                      exc_info=None if isinstance(error, InvalidEvent) else error)
+            log.error(
+                "%s[%d]@%d: processing failed (%s: %s); dead-lettering the record and going on",
+                record.topic,
+                record.partition,
+                record.offset,
+                type(error).__name__,
+                error,
+                exc_info=None if isinstance(error, InvalidEvent) else error,
+            )
             letter = dead_letter(record, "process", error)
-            self.checkpoint.commit(Batch(dead_letters=[letter],
-                                         next_offsets={(record.topic, record.partition): record.offset + 1}),
-                                   expected, self.runner.apply)
+            self.checkpoint.commit(
+                Batch(dead_letters=[letter], next_offsets={(record.topic, record.partition): record.offset + 1}),
+                expected,
+                self.runner.apply,
+            )
 
     def _back_off(self, exc: Exception) -> None:
         self.backoff = min(MAX_BACKOFF_S, max(0.2, self.backoff * 2))
-        log.warning("batch failed (%s: %s); rewinding to stored offsets, retry in %.1fs",
-                    type(exc).__name__, exc, self.backoff)
+        log.warning(
+            "batch failed (%s: %s); rewinding to stored offsets, retry in %.1fs", type(exc).__name__, exc, self.backoff
+        )
         self.runner._stop.wait(self.backoff)
         self.intake.clear()
         self.rewind_needed = True  # never poll on from a position past an uncommitted batch
@@ -439,13 +478,17 @@ class _Loop:
 
     def _lagging_partitions(self) -> dict[Key, int]:
         """Input partitions whose stored offset (any member's) is behind the log end."""
-        keys = [(topic, p) for topic in self.runner.service.topics
-                for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        keys = [
+            (topic, p)
+            for topic in self.runner.service.topics
+            for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+        ]
         ends = log_end_offsets(self.settings, keys)
         with self.runner.engine.connect() as conn:
             stored = repo.load_offsets(conn, self.runner.group_id, keys)
-        return {key: ends[key] - stored.get(key, 0) for key in keys
-                if key not in ends or ends[key] > stored.get(key, 0)}
+        return {
+            key: ends[key] - stored.get(key, 0) for key in keys if key not in ends or ends[key] > stored.get(key, 0)
+        }
 
     def _flush_outbox(self) -> None:
         try:

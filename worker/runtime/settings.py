@@ -8,6 +8,7 @@ loop's knobs; each service has its own subclass. Kafka security options are
 typed fields named ``UNDERTOW_KAFKA_<OPTION>`` (kafka-python's option
 names); passwords are secrets that never appear in ``repr`` or logs.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,14 @@ _KAFKA_PREFIX = "kafka_"
 class Settings(BaseSettings):
     """What every command needs: where the broker, the database and the artifacts are."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8",
-                                      # ignore: a .env file serves every service, each reads its own
-                                      frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        # ignore: a .env file serves every service, each reads its own
+        frozen=True,
+        extra="ignore",
+    )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     db_url: str = "sqlite:///undertow.db"
@@ -105,7 +111,7 @@ class Settings(BaseSettings):
             if name.startswith(_KAFKA_PREFIX) and name != "kafka_bootstrap_servers" and value is not None:
                 if isinstance(value, SecretStr):
                     value = value.get_secret_value()
-                options[name[len(_KAFKA_PREFIX):]] = str(value) if isinstance(value, Path) else value
+                options[name[len(_KAFKA_PREFIX) :]] = str(value) if isinstance(value, Path) else value
         return options
 
     def group_for(self, service: str) -> str:
@@ -206,8 +212,7 @@ class ServerSettings(Settings):
 SettingsType = TypeVar("SettingsType", bound=Settings)
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None,
-                  cls: type[SettingsType] = Settings) -> SettingsType:
+def load_settings(overrides: Mapping[str, Any] | None = None, cls: type[SettingsType] = Settings) -> SettingsType:
     """Settings from the environment and ``.env``, then ``overrides`` (flags; None means unset).
 
     Raises ConfigError with one line naming each problem's variable.
@@ -218,5 +223,6 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors())
+            for e in exc.errors()
+        )
         raise ConfigError(f"invalid settings: {problems}") from None

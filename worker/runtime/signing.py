@@ -6,6 +6,7 @@ and their consumers dead-letter any that is unsigned or whose signature
 does not match, acting on nothing. Kafka ACLs (who may write to the control
 topics at all) stay the first line of defence; the signature is the second.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Topic names (from the configured prefix) and their idempotent creation."""
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,8 @@ def ensure_topics(admin: KafkaAdminClient, topics: Topics, partitions: int) -> d
     if len(set(counts.values())) > 1:
         raise ConfigError(
             f"{topics.predictions} has {counts[topics.predictions]} partitions but {topics.labels} has "
-            f"{counts[topics.labels]}: predictions and labels must be co-partitioned")
+            f"{counts[topics.labels]}: predictions and labels must be co-partitioned"
+        )
     # A missing input topic gets its partner's partition count, whatever was asked.
     input_partitions = next(iter(counts.values()), partitions)
     for name in wanted:

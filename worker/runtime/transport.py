@@ -1,4 +1,5 @@
 """Kafka clients, dead-letter records and the outbox relay."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,9 @@ class _CancelledOnClose(logging.Filter):
     """kafka-python 3 logs a metadata refresh that a closing client cancels at ERROR; it is a normal close."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == "Metadata refresh: failed %s" and record.args
-                    and isinstance(record.args[0], Cancelled))
+        return not (
+            record.msg == "Metadata refresh: failed %s" and record.args and isinstance(record.args[0], Cancelled)
+        )
 
 
 logging.getLogger("kafka.cluster").addFilter(_CancelledOnClose())
@@ -80,9 +82,18 @@ def make_producer(settings: Settings) -> KafkaProducer:
     # loses its state (Tansu is memory-only), and the producer then fails
     # for good. Outbox records carry deterministic ids, so a retry's duplicate
     # is dropped by subscribers; one request in flight keeps them in order.
-    return _connect(KafkaProducer, settings, client_id="undertow-producer", acks="all", linger_ms=5,
-                    enable_idempotence=False, max_in_flight_requests_per_connection=1,
-                    delivery_timeout_ms=30_000, request_timeout_ms=10_000, max_block_ms=10_000)
+    return _connect(
+        KafkaProducer,
+        settings,
+        client_id="undertow-producer",
+        acks="all",
+        linger_ms=5,
+        enable_idempotence=False,
+        max_in_flight_requests_per_connection=1,
+        delivery_timeout_ms=30_000,
+        request_timeout_ms=10_000,
+        max_block_ms=10_000,
+    )
 
 
 def make_event_producer(settings: Settings, max_block_ms: int, max_pending: int) -> KafkaProducer:
@@ -94,23 +105,45 @@ def make_event_producer(settings: Settings, max_block_ms: int, max_pending: int)
     records unacknowledged, one request holds at least one, so an in-flight limit above that is never
     reached. acks=1 already rules out idempotence, which would cap the limit at 5; it is said here.
     """
-    return _connect(KafkaProducer, settings, client_id="undertow-server", acks=1, linger_ms=5,
-                    max_block_ms=max_block_ms, request_timeout_ms=10_000,
-                    delivery_timeout_ms=60_000, reconnect_backoff_max_ms=1000, enable_idempotence=False,
-                    max_in_flight_requests_per_connection=max_pending + 1)
+    return _connect(
+        KafkaProducer,
+        settings,
+        client_id="undertow-server",
+        acks=1,
+        linger_ms=5,
+        max_block_ms=max_block_ms,
+        request_timeout_ms=10_000,
+        delivery_timeout_ms=60_000,
+        reconnect_backoff_max_ms=1000,
+        enable_idempotence=False,
+        max_in_flight_requests_per_connection=max_pending + 1,
+    )
 
 
 def make_tail_consumer(settings: Settings, client_id: str) -> KafkaConsumer:
     """A consumer outside any group, for following a topic from its end (the server's model events)."""
-    return _connect(KafkaConsumer, settings, group_id=None, client_id=client_id, enable_auto_commit=False,
-                    auto_offset_reset="latest", fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                    allow_auto_create_topics=False, metadata_max_age_ms=METADATA_MAX_AGE_MS)
+    return _connect(
+        KafkaConsumer,
+        settings,
+        group_id=None,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        allow_auto_create_topics=False,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
+    )
 
 
 def make_consumer(settings: ServiceSettings, group_id: str, **options) -> KafkaConsumer:
     return _connect(
-        KafkaConsumer, settings, group_id=group_id, client_id=group_id, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=settings.batch_max_records,
+        KafkaConsumer,
+        settings,
+        group_id=group_id,
+        client_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_records,
         # Range assignment gives one consumer the same partition number of
         # every subscribed topic: predictions and labels of a model meet here.
         partition_assignment_strategy=[RangePartitionAssignor],
@@ -118,11 +151,15 @@ def make_consumer(settings: ServiceSettings, group_id: str, **options) -> KafkaC
         # while the others wait behind it; 500 ms (the default) stalls a backlog.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         # Short timeouts: group joins take ~3 s on Tansu instead of ~23 s.
-        session_timeout_ms=6000, heartbeat_interval_ms=1000,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
         # A consumer never creates topics (a missing one means a broker that
         # lost its data, or a typo), and sees partitions added to its topics
         # within METADATA_MAX_AGE_MS (the group then rebalances).
-        allow_auto_create_topics=False, metadata_max_age_ms=METADATA_MAX_AGE_MS, **options)
+        allow_auto_create_topics=False,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        **options,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +215,10 @@ class OutboxRelay:
         published = 0
         while True:
             with self._sessions.begin() as session:
-                rows = [(m.id, m.topic, m.key, m.value, repo.decode_headers(m))
-                        for m in repo.pending_outbox(session, self._chunk)]
+                rows = [
+                    (m.id, m.topic, m.key, m.value, repo.decode_headers(m))
+                    for m in repo.pending_outbox(session, self._chunk)
+                ]
             if not rows:
                 return published
             futures, failed = [], None
@@ -204,8 +243,9 @@ class OutboxRelay:
                 raise TransientError(f"outbox publish failed: {failed}")
 
 
-def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeout_s: float = 5.0,
-                    topics: list[str] = ()) -> dict:
+def log_end_offsets(
+    settings: Settings, partitions: list[tuple[str, int]], timeout_s: float = 5.0, topics: list[str] = ()
+) -> dict:
     """The high watermark of each partition (and of every partition of ``topics``), from fetch responses.
 
     Tansu's ListOffsets(latest) can return the base offset of the last batch
@@ -213,9 +253,16 @@ def log_end_offsets(settings: Settings, partitions: list[tuple[str, int]], timeo
     Partitions whose watermark is not known by the deadline are left out;
     an unreachable broker raises BrokerUnavailable within about ``timeout_s``.
     """
-    consumer = _connect(KafkaConsumer, settings, group_id=None, enable_auto_commit=False, max_poll_records=1,
-                        request_timeout_ms=5000, allow_auto_create_topics=False,
-                        bootstrap_timeout_ms=int(timeout_s * 1000))
+    consumer = _connect(
+        KafkaConsumer,
+        settings,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=1,
+        request_timeout_ms=5000,
+        allow_auto_create_topics=False,
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+    )
     try:
         wanted = set(partitions)
         for topic in topics:

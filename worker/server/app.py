@@ -14,6 +14,7 @@ emitted (``edge``): what the monitor would dead-letter is a 422 here, naming
 the field. A NaN or infinite prediction is a 500 naming the rows, counted in
 ``undertow_server_nonfinite_predictions_total``, with no event.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,10 +75,22 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
         engine = make_engine(settings.db_url, must_exist=True)
         emitter = EventEmitter(
             lambda: make_event_producer(settings, settings.producer_max_block_ms, settings.producer_max_pending),
-            settings.event_queue_size, settings.producer_max_pending, metrics.dropped, metrics.emitted).start()
-        follower = PromotionFollower(settings, model_id, slot, make_session_factory(engine), topics.models,
-                                     metrics.swapped, settings.registry_check_seconds,
-                                     settings.max_batch_rows, settings.model_threads).start()
+            settings.event_queue_size,
+            settings.producer_max_pending,
+            metrics.dropped,
+            metrics.emitted,
+        ).start()
+        follower = PromotionFollower(
+            settings,
+            model_id,
+            slot,
+            make_session_factory(engine),
+            topics.models,
+            metrics.swapped,
+            settings.registry_check_seconds,
+            settings.max_batch_rows,
+            settings.model_threads,
+        ).start()
         app.state.emitter = emitter
         try:
             yield
@@ -86,9 +99,12 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             emitter.close(settings.shutdown_flush_seconds)
             engine.dispose()
 
-    app = FastAPI(title=f"Undertow: {model_id}", lifespan=lifespan,
-                  description="Predictions of the registry's champion; every answered row becomes a "
-                              "prediction event, and labels posted here become label events.")
+    app = FastAPI(
+        title=f"Undertow: {model_id}",
+        lifespan=lifespan,
+        description="Predictions of the registry's champion; every answered row becomes a "
+        "prediction event, and labels posted here become label events.",
+    )
     app.state.slot, app.state.metrics = slot, metrics
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServerFault, FaultAnswer())
@@ -141,12 +157,22 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - the model's own failure (e.g. a null it cannot impute)
             metrics.model_errors.inc()
             reason = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise ServerFault(f"{model_id} version {served.version} could not predict this request "
-                              f"({type(exc).__name__}: {reason}); a null feature the pipeline does not impute "
-                              "is a common cause; no event was emitted") from None
+            raise ServerFault(
+                f"{model_id} version {served.version} could not predict this request "
+                f"({type(exc).__name__}: {reason}); a null feature the pipeline does not impute "
+                "is a common cause; no event was emitted"
+            ) from None
         check_finite(f"{model_id} version {served.version}", predictions, scores, metrics.nonfinite)
-        records = prediction_records(model_id, served.version, cloudevents.rfc3339(time.time()), rows,
-                                     predictions, scores, max_event_bytes, batch=parsed.instances is not None)
+        records = prediction_records(
+            model_id,
+            served.version,
+            cloudevents.rfc3339(time.time()),
+            rows,
+            predictions,
+            scores,
+            max_event_bytes,
+            batch=parsed.instances is not None,
+        )
         answers = []
         emit = request.app.state.emitter.emit
         for i, (event_id, value) in enumerate(records):  # every record valid: only now is any emitted
@@ -176,8 +202,14 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
         served = slot.current
         if served is None:
             return JSONResponse({"status": "loading", "model_id": model_id}, status_code=503)
-        return JSONResponse({"status": "ready", "model_id": model_id, "model_version": served.version,
-                             "artifact_sha256": served.artifact_sha256})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model_id": model_id,
+                "model_version": served.version,
+                "artifact_sha256": served.artifact_sha256,
+            }
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:

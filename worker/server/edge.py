@@ -14,6 +14,7 @@
   fault, not the client's: ServerFault, which ``FaultAnswer`` turns into a
   500 naming the rows (logged at most once a second); no event is emitted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,19 +83,24 @@ class RequestGate:
         declared = request.headers.get("content-type", "")
         media = declared.split(";", 1)[0].strip().lower()
         if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-            raise HTTPException(415, f"send the body as JSON (Content-Type: application/json), not "
-                                     f"{short_text(declared) if declared else 'no content type'}")
+            raise HTTPException(
+                415,
+                f"send the body as JSON (Content-Type: application/json), not "
+                f"{short_text(declared) if declared else 'no content type'}",
+            )
 
     def _authorize(self, header: str | None) -> None:
         scheme, _, credentials = (header or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise HTTPException(401, "this endpoint needs Authorization: Bearer <token>",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "this endpoint needs Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
+            )
         # Starlette decodes headers as latin-1: encoding back gives the bytes the client sent.
         given = hashlib.sha256(credentials.strip().encode("latin-1")).digest()
         if not hmac.compare_digest(given, self._digest):
-            raise HTTPException(401, "invalid bearer token",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise HTTPException(
+                401, "invalid bearer token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
 
 
 def short_text(text: str, limit: int = MAX_ECHO) -> str:
@@ -121,8 +127,15 @@ def short_input(value: object) -> object:
 
 def public_errors(problems: list[dict]) -> list[dict]:
     """``field_problems`` as the 422's ``detail``: at most MAX_ERRORS entries, inputs shortened."""
-    detail = [{"type": p["type"], "loc": list(p["loc"]), "msg": short_text(str(p["msg"]), MAX_MESSAGE),
-               "input": short_input(p.get("input"))} for p in problems[:MAX_ERRORS]]
+    detail = [
+        {
+            "type": p["type"],
+            "loc": list(p["loc"]),
+            "msg": short_text(str(p["msg"]), MAX_MESSAGE),
+            "input": short_input(p.get("input")),
+        }
+        for p in problems[:MAX_ERRORS]
+    ]
     if len(problems) > MAX_ERRORS:
         detail.append({"type": "too_many_errors", "loc": [], "msg": f"and {len(problems) - MAX_ERRORS} more"})
     return detail
@@ -153,12 +166,22 @@ def check_finite(source: str, predictions: list, scores: list[dict] | None, coun
     if bad:
         counter.inc(len(bad))
         shown = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
-        raise ServerFault(f"{source} predicted NaN or infinity (prediction or scores) for {len(bad)} of "
-                          f"{len(predictions)} rows (rows {shown}); no event was emitted for this request")
+        raise ServerFault(
+            f"{source} predicted NaN or infinity (prediction or scores) for {len(bad)} of "
+            f"{len(predictions)} rows (rows {shown}); no event was emitted for this request"
+        )
 
 
-def prediction_records(model_id: str, version: str, ts: str, rows: list[dict], predictions: list,
-                       scores: list[dict] | None, max_bytes: int, batch: bool) -> list[tuple[str, bytes]]:
+def prediction_records(
+    model_id: str,
+    version: str,
+    ts: str,
+    rows: list[dict],
+    predictions: list,
+    scores: list[dict] | None,
+    max_bytes: int,
+    batch: bool,
+) -> list[tuple[str, bytes]]:
     """(event id, record value) per row, each checked by the monitor's parser; nothing when any is refused.
 
     HTTPException(422) names the fields at fault where the request has them
@@ -168,8 +191,14 @@ def prediction_records(model_id: str, version: str, ts: str, rows: list[dict], p
     records, refused = [], []
     for i, (row, prediction) in enumerate(zip(rows, predictions)):
         event_id = uuid.uuid4().hex
-        event = {"event_id": event_id, "model_id": model_id, "model_version": version, "ts": ts,
-                 "features": row, "prediction": prediction}
+        event = {
+            "event_id": event_id,
+            "model_id": model_id,
+            "model_version": version,
+            "ts": ts,
+            "features": row,
+            "prediction": prediction,
+        }
         if scores is not None:
             event["scores"] = scores[i]
         value = json.dumps(event).encode()
@@ -178,10 +207,16 @@ def prediction_records(model_id: str, version: str, ts: str, rows: list[dict], p
         except InvalidEvent as exc:
             # The request's row is the event's "features": its fields go under instances.<i> (or features).
             place = ("instances", i) if batch else ("features",)
-            refused += _placed(exc, f"{model_id} version {version}, row {i}", place, strip=1,
-                               client_fields=("features",),
-                               largest=lambda: (max(row, key=lambda name: len(json.dumps(row[name]))),),
-                               size=len(value), max_bytes=max_bytes)
+            refused += _placed(
+                exc,
+                f"{model_id} version {version}, row {i}",
+                place,
+                strip=1,
+                client_fields=("features",),
+                largest=lambda: (max(row, key=lambda name: len(json.dumps(row[name]))),),
+                size=len(value),
+                max_bytes=max_bytes,
+            )
         records.append((event_id, value))
     _refuse(refused)
     return records
@@ -195,16 +230,32 @@ def label_records(model_id: str, ts: str, labels: list, max_bytes: int) -> list[
         try:
             parse_label(value, max_bytes)
         except InvalidEvent as exc:
-            refused += _placed(exc, f"{model_id}, label {i}", ("labels", i), strip=0,
-                               client_fields=("event_id", "label"),
-                               largest=lambda: ("label",), size=len(value), max_bytes=max_bytes)
+            refused += _placed(
+                exc,
+                f"{model_id}, label {i}",
+                ("labels", i),
+                strip=0,
+                client_fields=("event_id", "label"),
+                largest=lambda: ("label",),
+                size=len(value),
+                max_bytes=max_bytes,
+            )
         records.append(value)
     _refuse(refused)
     return records
 
 
-def _placed(exc: InvalidEvent, source: str, place: tuple, *, strip: int, client_fields: tuple[str, ...],
-            largest, size: int, max_bytes: int) -> list[dict]:
+def _placed(
+    exc: InvalidEvent,
+    source: str,
+    place: tuple,
+    *,
+    strip: int,
+    client_fields: tuple[str, ...],
+    largest,
+    size: int,
+    max_bytes: int,
+) -> list[dict]:
     """The problems of a refused record, located in the request (``place`` + the field's path without its
     first ``strip`` parts); a problem in a field the server fills itself raises ServerFault."""
     placed = []
@@ -212,14 +263,20 @@ def _placed(exc: InvalidEvent, source: str, place: tuple, *, strip: int, client_
         loc = problem["loc"]
         if problem["type"] == "event_too_large":
             # Only the error path pays for finding the value that made the record too large (largest()).
-            placed.append({**problem, "loc": place + largest(),
-                           "msg": f"the event of this row would be {size:,} bytes, over the monitor's "
-                                  f"max_event_bytes ({max_bytes:,}); the largest value is this one"})
+            placed.append(
+                {
+                    **problem,
+                    "loc": place + largest(),
+                    "msg": f"the event of this row would be {size:,} bytes, over the monitor's "
+                    f"max_event_bytes ({max_bytes:,}); the largest value is this one",
+                }
+            )
         elif loc[:1] and loc[0] in client_fields:
             placed.append({**problem, "loc": place + loc[strip:]})
         else:
-            raise ServerFault(f"{source}: the event would be dead-lettered by the monitor: "
-                              f"{describe_problems([problem])}")
+            raise ServerFault(
+                f"{source}: the event would be dead-lettered by the monitor: {describe_problems([problem])}"
+            )
     return placed
 
 

@@ -10,6 +10,7 @@ beyond that; the queue then fills. When the queue is full, or the producer
 refuses a record or fails to deliver it, the record is counted by reason in
 ``undertow_server_events_dropped_total`` and logged: never silently lost.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,15 @@ _STOP = object()
 
 
 class EventEmitter:
-    def __init__(self, make_producer: Callable[[], object], queue_size: int, max_pending: int,
-                 dropped: Callable[[str, int], None], emitted: Callable[[str], None], retry_seconds: float = 1.0):
+    def __init__(
+        self,
+        make_producer: Callable[[], object],
+        queue_size: int,
+        max_pending: int,
+        dropped: Callable[[str, int], None],
+        emitted: Callable[[str], None],
+        retry_seconds: float = 1.0,
+    ):
         self._make_producer = make_producer
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._pending = threading.BoundedSemaphore(max_pending)
@@ -112,5 +120,6 @@ class EventEmitter:
         now = time.monotonic()
         if now - self._last_drop_log >= 1.0:  # a broker outage drops thousands: one line a second
             self._last_drop_log = now
-            log.error("event to %s dropped (%s): %s; see undertow_server_events_dropped_total", topic or "-",
-                      reason, message)
+            log.error(
+                "event to %s dropped (%s): %s; see undertow_server_events_dropped_total", topic or "-", reason, message
+            )

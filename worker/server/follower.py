@@ -14,6 +14,7 @@ the server binds its port, and ``undertow serve`` exits saying why when it
 cannot (no such model, no artifact, an artifact that will not load), rather
 than answering 503 for ever.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 _LISTED_IDS = 10  # ids (or versions) named in the message: enough to spot a typo, still one readable line
 
 
-def load_champion(sessions: sessionmaker[Session], model_id: str, max_rows: int = MAX_BATCH_ROWS,
-                  threads: int = 1) -> ServedModel:
+def load_champion(
+    sessions: sessionmaker[Session], model_id: str, max_rows: int = MAX_BATCH_ROWS, threads: int = 1
+) -> ServedModel:
     """The champion of ``model_id``, loaded and warmed up, or an ``UndertowError`` saying why it cannot be.
 
     For start-up: a server with nothing it could ever serve would answer 503
@@ -59,8 +61,9 @@ def _no_champion(session: Session, model_id: str) -> NotFound:
     if stages:
         listed = ", ".join(f"{version} {stage}" for version, stage in stages[-_LISTED_IDS:])
         listed = ("..., " if len(stages) > _LISTED_IDS else "") + listed  # the newest, those likely promoted
-        return NotFound(f"model {model_id!r} has no champion (versions: {listed}); promote one with "
-                        "`undertow models promote`")
+        return NotFound(
+            f"model {model_id!r} has no champion (versions: {listed}); promote one with `undertow models promote`"
+        )
     return registry.not_registered(session, model_id)
 
 
@@ -72,9 +75,18 @@ class ModelSlot:
 
 
 class PromotionFollower:
-    def __init__(self, settings: Settings, model_id: str, slot: ModelSlot, sessions: sessionmaker[Session],
-                 topic: str, on_swap: Callable[[str, str], None], check_seconds: float = 10.0,
-                 max_rows: int = 1000, threads: int = 1):
+    def __init__(
+        self,
+        settings: Settings,
+        model_id: str,
+        slot: ModelSlot,
+        sessions: sessionmaker[Session],
+        topic: str,
+        on_swap: Callable[[str, str], None],
+        check_seconds: float = 10.0,
+        max_rows: int = 1000,
+        threads: int = 1,
+    ):
         self.settings, self.model_id, self.slot, self.sessions = settings, model_id, slot, sessions
         self.topic, self.on_swap, self.check_seconds, self.max_rows = topic, on_swap, check_seconds, max_rows
         self.threads = threads
@@ -107,13 +119,22 @@ class PromotionFollower:
                 self._failed.add(key)
                 # load_served's own errors already name the version and the cause; anything else gets its type.
                 reason = str(exc) if isinstance(exc, UndertowError) else f"{type(exc).__name__}: {exc}"
-                log.error("model %s version %s could not be served (%s); still serving %s", self.model_id,
-                          version, reason, "nothing" if current is None else current.version)
+                log.error(
+                    "model %s version %s could not be served (%s); still serving %s",
+                    self.model_id,
+                    version,
+                    reason,
+                    "nothing" if current is None else current.version,
+                )
                 self.on_swap(version, "failed")
                 return False
         self.slot.current = served
-        log.info("model %s: now serving version %s (was %s)", self.model_id, version,
-                 "none" if current is None else current.version)
+        log.info(
+            "model %s: now serving version %s (was %s)",
+            self.model_id,
+            version,
+            "none" if current is None else current.version,
+        )
         self.on_swap(version, "loaded")
         return True
 
@@ -132,8 +153,12 @@ class PromotionFollower:
             try:
                 polled = consumer.poll(timeout_ms=500)
             except KafkaError as exc:
-                log.warning("reading %s failed (%s); the registry is still checked every %.0f s", self.topic,
-                            exc, self.check_seconds)
+                log.warning(
+                    "reading %s failed (%s); the registry is still checked every %.0f s",
+                    self.topic,
+                    exc,
+                    self.check_seconds,
+                )
                 self._stop.wait(1.0)
                 continue
             if any(self._concerns_us(r) for records in polled.values() for r in records):
@@ -144,8 +169,9 @@ class PromotionFollower:
     def _tail(self):
         try:
             consumer = make_tail_consumer(self.settings, f"undertow-server-{self.model_id}")
-            partitions = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic)
-                                                                         or ())]
+            partitions = [
+                TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or ())
+            ]
             if not partitions:
                 consumer.close()
                 log.warning("topic %s not found; following the registry only", self.topic)
@@ -164,8 +190,7 @@ class PromotionFollower:
             signing.verify(record, self.settings.signing_key)
             event = parse_event(record.value)
         except InvalidEvent as exc:
-            log.warning("ignoring a model event at %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                        exc)
+            log.warning("ignoring a model event at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             return False
         return isinstance(event, ModelPromoted) and event.data.model_id == self.model_id
 

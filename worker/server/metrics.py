@@ -6,6 +6,7 @@ included; ``undertow_server_nonfinite_predictions_total`` counts the rows a
 model predicted NaN or infinity for (answered 500, no event emitted);
 ``undertow_server_model_errors_total`` the requests the model raised on.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,23 +22,37 @@ class ServerMetrics:
     def __init__(self, model_id: str):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("undertow_server_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("undertow_server_request_duration_seconds", "time to answer, by endpoint",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "undertow_server_requests", "HTTP requests by endpoint and status code", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "undertow_server_request_duration_seconds",
+            "time to answer, by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.predictions = Counter("undertow_server_predictions", "rows predicted", registry=r)
-        self.nonfinite = Counter("undertow_server_nonfinite_predictions",
-                                 "rows whose prediction or scores were NaN or infinite (answered 500, no event)",
-                                 registry=r)
-        self.model_errors = Counter("undertow_server_model_errors", "requests the model raised an error on "
-                                    "(answered 500, no event)", registry=r)
-        self.events = Counter("undertow_server_events_emitted", "events the broker acknowledged, by kind",
-                              ["kind"], registry=r)
-        self.events_dropped = Counter("undertow_server_events_dropped",
-                                      "events that could not be queued, sent or delivered, by reason",
-                                      ["reason"], registry=r)
-        self.swaps = Counter("undertow_server_model_swaps", "versions loaded (or that failed to load)",
-                             ["outcome"], registry=r)
+        self.nonfinite = Counter(
+            "undertow_server_nonfinite_predictions",
+            "rows whose prediction or scores were NaN or infinite (answered 500, no event)",
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "undertow_server_model_errors", "requests the model raised an error on (answered 500, no event)", registry=r
+        )
+        self.events = Counter(
+            "undertow_server_events_emitted", "events the broker acknowledged, by kind", ["kind"], registry=r
+        )
+        self.events_dropped = Counter(
+            "undertow_server_events_dropped",
+            "events that could not be queued, sent or delivered, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.swaps = Counter(
+            "undertow_server_model_swaps", "versions loaded (or that failed to load)", ["outcome"], registry=r
+        )
         self.queued = Gauge("undertow_server_event_queue_size", "events waiting for the producer", registry=r)
         self.model = Info("undertow_server_model", "the version being served", registry=r)
         for endpoint in ENDPOINTS:

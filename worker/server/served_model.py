@@ -4,6 +4,7 @@ A ``ServedModel`` is immutable: a promotion builds a new one and the
 endpoint swaps one reference, so a request that took the old one finishes
 on it and names it in its answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ class NotServable(UndertowError):
     """A version whose artifact would not load or that failed its warm-up prediction; the message says which."""
 
 
-def request_model(model_id: str, version: str, schema: dict[str, str],
-                  max_rows: int = MAX_BATCH_ROWS) -> type[BaseModel]:
+def request_model(
+    model_id: str, version: str, schema: dict[str, str], max_rows: int = MAX_BATCH_ROWS
+) -> type[BaseModel]:
     """The ``/predict`` body for this version: ``{"features": row}`` or ``{"instances": [row, ...]}``.
 
     Every feature of the schema is required (``null`` means missing, which
@@ -45,10 +47,13 @@ def request_model(model_id: str, version: str, schema: dict[str, str],
     """
     fields: dict[str, Any] = {
         f"f{i}": ((_NUMBER if kind == "numeric" else _CATEGORY) | None, Field(..., alias=name))
-        for i, (name, kind) in enumerate(schema.items())}
-    row = create_model(f"Row_{model_id}_{version}".replace("-", "_").replace(".", "_"),
-                       __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
-                                             populate_by_name=False), **fields)
+        for i, (name, kind) in enumerate(schema.items())
+    }
+    row = create_model(
+        f"Row_{model_id}_{version}".replace("-", "_").replace(".", "_"),
+        __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=False),
+        **fields,
+    )
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,8 +92,7 @@ class ServedModel:
             return predictions, None
         probabilities = self.model.predict_proba(training.to_frame(rows, self.schema))
         classes = [str(c) for c in self.model.classes_]
-        return predictions, [{c: min(max(float(p), 0.0), 1.0) for c, p in zip(classes, row)}
-                             for row in probabilities]
+        return predictions, [{c: min(max(float(p), 0.0), 1.0) for c, p in zip(classes, row)} for row in probabilities]
 
 
 def _limit_openmp(threads: int) -> None:
@@ -115,15 +119,22 @@ def load_served(row: registry.ModelVersion, max_rows: int = MAX_BATCH_ROWS, thre
     it as it exits at start-up, the follower logs it on a later swap.
     """
     # Columns such as __prediction__ are profiled for drift, not fed to the model.
-    schema = {name: kind for name, kind in json.loads(row.feature_schema or "{}").items()
-              if not name.startswith("__")}
+    schema = {name: kind for name, kind in json.loads(row.feature_schema or "{}").items() if not name.startswith("__")}
     if not schema:
         raise registry.RegistryError(f"model {row.model_id} version {row.version} has no feature schema")
     model = _load_model(row)
     # Versions registered from elsewhere may not say their task: a model with classes_ classifies.
     task = row.task or ("classification" if hasattr(model, "classes_") else "regression")
-    served = ServedModel(row.model_id, row.version, task, schema, model, row.artifact_sha256,
-                         request_model(row.model_id, row.version, schema, max_rows), threads)
+    served = ServedModel(
+        row.model_id,
+        row.version,
+        task,
+        schema,
+        model,
+        row.artifact_sha256,
+        request_model(row.model_id, row.version, schema, max_rows),
+        threads,
+    )
     _warm_up(served, row)
     return served
 
@@ -135,25 +146,33 @@ def _warm_up(served: ServedModel, row: registry.ModelVersion) -> None:
     try:
         served.predict([{name: warm_row.get(name) for name in schema}])
     except Exception as exc:  # whatever the model raises, it would raise on every request
-        raise NotServable(f"model {row.model_id!r} version {row.version} failed its warm-up prediction "
-                          f"({_first_line(exc)}); it would fail requests too") from exc
+        raise NotServable(
+            f"model {row.model_id!r} version {row.version} failed its warm-up prediction "
+            f"({_first_line(exc)}); it would fail requests too"
+        ) from exc
 
 
 def _load_model(row: registry.ModelVersion):
     if not row.artifact_path:
         # Registered from a reference alone (monitoring only): nothing to predict with.
-        raise NotFound(f"model {row.model_id!r} version {row.version} has no artifact: register it with "
-                       "--artifact to serve it")
+        raise NotFound(
+            f"model {row.model_id!r} version {row.version} has no artifact: register it with --artifact to serve it"
+        )
     try:
         return registry.load_artifact(row)
     except UndertowError:
         raise  # missing file, SHA-256 mismatch: already one line that says so
     except Exception as exc:  # unpickling runs arbitrary code: any error means "cannot load"
-        hint = ("; the module that defined the model's classes when it was saved must be importable, with those "
-                "classes, where `undertow serve` runs (on PYTHONPATH, or installed in its environment)"
-                if isinstance(exc, _IMPORT_FAILURES) else "")
-        raise NotServable(f"model {row.model_id!r} version {row.version}: the artifact {row.artifact_path} cannot "
-                          f"be loaded ({_first_line(exc)}){hint}") from exc
+        hint = (
+            "; the module that defined the model's classes when it was saved must be importable, with those "
+            "classes, where `undertow serve` runs (on PYTHONPATH, or installed in its environment)"
+            if isinstance(exc, _IMPORT_FAILURES)
+            else ""
+        )
+        raise NotServable(
+            f"model {row.model_id!r} version {row.version}: the artifact {row.artifact_path} cannot "
+            f"be loaded ({_first_line(exc)}){hint}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

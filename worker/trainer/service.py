@@ -9,6 +9,7 @@ recorded with it. A request naming a model that is not registered or a
 version that does not exist is dead-lettered instead, signing key or not:
 no run, no training, no artifact.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,24 +68,47 @@ class AcceptStage:
         # All checked before any is accepted: a failed check rolls the batch back, and the good requests,
         # processed again without the culprit, would otherwise be logged as accepted twice.
         for _, event in batch.events:
-            check_known(session, f"retrain request {event.data.request_id!r}", event.data.model_id,
-                        event.data.model_version)
+            check_known(
+                session, f"retrain request {event.data.request_id!r}", event.data.model_id, event.data.model_version
+            )
         for position, event in batch.events:
             request = event.data
             run_id = runs.run_id_for(request.request_id)
             if runs.find_run(session, run_id) is not None:
-                log.info("retrain request %s (%s[%d]@%d) was accepted before as %s: ignored", request.request_id,
-                         position.topic, position.partition, position.offset, run_id)
+                log.info(
+                    "retrain request %s (%s[%d]@%d) was accepted before as %s: ignored",
+                    request.request_id,
+                    position.topic,
+                    position.partition,
+                    position.offset,
+                    run_id,
+                )
                 continue
-            trigger = {"reason": request.reason, "alert_ids": request.alert_ids, "requested_at": event.time,
-                       "request_version": request.model_version, "data_policy": request.data_policy.model_dump(),
-                       "change_at": _change_at(session, request.alert_ids)}
+            trigger = {
+                "reason": request.reason,
+                "alert_ids": request.alert_ids,
+                "requested_at": event.time,
+                "request_version": request.model_version,
+                "data_policy": request.data_policy.model_dump(),
+                "change_at": _change_at(session, request.alert_ids),
+            }
             champion = registry.champions(session, [request.model_id]).get(request.model_id)
-            run = runs.new_run(session, run_id=run_id, model_id=request.model_id, champion_version=champion,
-                               trigger=trigger, request_id=request.request_id)
+            run = runs.new_run(
+                session,
+                run_id=run_id,
+                model_id=request.model_id,
+                champion_version=champion,
+                trigger=trigger,
+                request_id=request.request_id,
+            )
             run.wait_until = self.clock() + self.max_wait_seconds
-            log.info("retrain request %s for %s accepted as %s (%s)", request.request_id, request.model_id, run_id,
-                     request.reason)
+            log.info(
+                "retrain request %s for %s accepted as %s (%s)",
+                request.request_id,
+                request.model_id,
+                run_id,
+                request.reason,
+            )
 
 
 def _change_at(session: Session, alert_ids: list[str]) -> float | None:
@@ -111,9 +135,15 @@ def trainer_service(settings: TrainerSettings, partitions: int = 3, worker: Trai
         warn_if_unsigned(settings, log)
         ensure_topics(admin, topics, partitions)
 
-    return Service(name="trainer", topics=[topics.retrain], parse=RequestParser(settings.signing_key),
-                   stages=[AcceptStage(settings.max_wait_seconds)], prepare=prepare,
-                   background=worker.run, busy=worker.busy)
+    return Service(
+        name="trainer",
+        topics=[topics.retrain],
+        parse=RequestParser(settings.signing_key),
+        stages=[AcceptStage(settings.max_wait_seconds)],
+        prepare=prepare,
+        background=worker.run,
+        busy=worker.busy,
+    )
 
 
 class Trainer(ServiceRunner):

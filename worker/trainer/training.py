@@ -17,6 +17,7 @@ cut) gives the lock back, and the run is tried again after a back-off of
 1 s, doubling up to 30 s, as is a run another trainer is claiming; a
 failed step of the loop backs off the same way. Success resets both.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -171,9 +172,13 @@ class TrainingWorker:
         self.topics = Topics(settings.topic_prefix)
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.make_session_factory(self.engine)
-        self.rules = gate.GateRules(min_holdout=settings.gate_min_holdout, min_gain=settings.gate_min_gain,
-                                    confidence=settings.gate_confidence, resamples=settings.gate_resamples,
-                                    tolerance=settings.gate_tolerance)
+        self.rules = gate.GateRules(
+            min_holdout=settings.gate_min_holdout,
+            min_gain=settings.gate_min_gain,
+            confidence=settings.gate_confidence,
+            resamples=settings.gate_resamples,
+            tolerance=settings.gate_tolerance,
+        )
         self._next_check: dict[str, float] = {}
         self._training: set[str] = set()  # runs this process trains right now
         self._retry_in: dict[str, float] = {}  # per run: the back-off after its next failed or lost claim
@@ -218,8 +223,11 @@ class TrainingWorker:
     def recover(self) -> int:
         """Runs left ``running`` by a trainer that died go back to ``accepted``."""
         with self.sessions.begin() as session:
-            orphans = [r for r in runs.list_runs(session, status=(RunStatus.RUNNING,))
-                       if r.run_id not in self._training and not RunLock(self.engine, r.run_id).held_elsewhere()]
+            orphans = [
+                r
+                for r in runs.list_runs(session, status=(RunStatus.RUNNING,))
+                if r.run_id not in self._training and not RunLock(self.engine, r.run_id).held_elsewhere()
+            ]
             for run in orphans:
                 run.status, run.outcome = RunStatus.ACCEPTED, "resumed: the trainer that ran it stopped"
         for run in orphans:
@@ -230,8 +238,11 @@ class TrainingWorker:
         """Process the oldest due run; False when none is due."""
         now = self.clock()
         with self.sessions() as session:
-            due = [r.run_id for r in runs.list_runs(session, status=(RunStatus.ACCEPTED, RunStatus.WAITING))
-                   if self._next_check.get(r.run_id, 0) <= now]
+            due = [
+                r.run_id
+                for r in runs.list_runs(session, status=(RunStatus.ACCEPTED, RunStatus.WAITING))
+                if self._next_check.get(r.run_id, 0) <= now
+            ]
         if not due:
             return False
         self.process(due[0])
@@ -332,8 +343,13 @@ class TrainingWorker:
         run.status, run.started_at, run.attempts = RunStatus.RUNNING, self.clock(), run.attempts + 1
         run.champion_version = champion.version
         run.outcome = None
-        log.info("run %s: training a candidate for %s on %d pairs (attempt %d)", run.run_id, run.model_id,
-                 len(pairs), run.attempts)
+        log.info(
+            "run %s: training a candidate for %s on %d pairs (attempt %d)",
+            run.run_id,
+            run.model_id,
+            len(pairs),
+            run.attempts,
+        )
         return _plan_of(run, champion, model, pairs, predicted_from)
 
     def _wait_or_give_up(self, session: Session, run: TrainingRun, usable: int, predicted_from: float | None) -> None:
@@ -346,41 +362,70 @@ class TrainingWorker:
             self._next_check[run.run_id] = self.clock() + self.settings.wait_check_seconds
             log.info("run %s: %s", run.run_id, run.outcome)
             return
-        self._end_without_candidate(session, run, RunStatus.GAVE_UP, f"only {usable} labelled pairs{since} by the "
-                                    f"deadline; {needed} are needed for training and a held-out part")
+        self._end_without_candidate(
+            session,
+            run,
+            RunStatus.GAVE_UP,
+            f"only {usable} labelled pairs{since} by the "
+            f"deadline; {needed} are needed for training and a held-out part",
+        )
 
     def pairs_needed(self) -> int:
         s = self.settings
-        return max(math.ceil(s.min_train_pairs / (1 - s.holdout_fraction - s.gap_fraction)),
-                   math.ceil((s.min_train_pairs + s.gate_min_holdout) / (1 - s.gap_fraction)))
+        return max(
+            math.ceil(s.min_train_pairs / (1 - s.holdout_fraction - s.gap_fraction)),
+            math.ceil((s.min_train_pairs + s.gate_min_holdout) / (1 - s.gap_fraction)),
+        )
 
     def _train_and_judge(self, plan: Plan) -> Outcome:
         """Fit a candidate on the plan's pairs and judge it against the champion; nothing is stored."""
         started = time.perf_counter()
         task = plan.champion_task or training.infer_task(plan.targets)
-        split = training.split_by_time(plan.times, self.settings.holdout_fraction, self.settings.gap_fraction,
-                                       self.settings.gate_min_holdout)
-        pipeline = plan.champion_model if plan.champion_model is not None else \
-            training.default_pipeline(plan.schema, task)
+        split = training.split_by_time(
+            plan.times, self.settings.holdout_fraction, self.settings.gap_fraction, self.settings.gate_min_holdout
+        )
+        pipeline = (
+            plan.champion_model if plan.champion_model is not None else training.default_pipeline(plan.schema, task)
+        )
         built = candidates.build_version(pipeline, plan.rows, plan.targets, plan.schema, task, split)
         champion_errors = _champion_holdout_errors(plan, task, split)
         own_test, own_test_note = _own_test(plan, task, built.model)
         artifact = candidates.dump_model(built.model)
         started_gate = time.perf_counter()
-        decision = gate.judge(champion_errors, built.holdout_errors, self.rules,
-                              champion_sha256=plan.champion_sha256, candidate_sha256=registry.sha256_file(artifact),
-                              own_test=own_test, own_test_note=own_test_note,
-                              seed=int(hashlib.sha256(plan.run_id.encode()).hexdigest()[:8], 16))
-        return Outcome(built=built, task=task, artifact=artifact, decision=decision, data=_data_section(plan, split),
-                       durations={**built.durations, "gate_seconds": time.perf_counter() - started_gate,
-                                  "total_seconds": time.perf_counter() - started},
-                       params=self._params(plan, built, task))
+        decision = gate.judge(
+            champion_errors,
+            built.holdout_errors,
+            self.rules,
+            champion_sha256=plan.champion_sha256,
+            candidate_sha256=registry.sha256_file(artifact),
+            own_test=own_test,
+            own_test_note=own_test_note,
+            seed=int(hashlib.sha256(plan.run_id.encode()).hexdigest()[:8], 16),
+        )
+        return Outcome(
+            built=built,
+            task=task,
+            artifact=artifact,
+            decision=decision,
+            data=_data_section(plan, split),
+            durations={
+                **built.durations,
+                "gate_seconds": time.perf_counter() - started_gate,
+                "total_seconds": time.perf_counter() - started,
+            },
+            params=self._params(plan, built, task),
+        )
 
     def _params(self, plan: Plan, built: candidates.BuiltVersion, task: str) -> dict[str, object]:
         """The run's parameters section: the recipe, the estimator, the split and the gate's rules."""
-        return {"pipeline": "champion clone" if plan.champion_model is not None else "default recipe",
-                "estimator": _estimator_name(built.model), "holdout_fraction": self.settings.holdout_fraction,
-                "gap_fraction": self.settings.gap_fraction, "task": task, **self.rules.model_dump()}
+        return {
+            "pipeline": "champion clone" if plan.champion_model is not None else "default recipe",
+            "estimator": _estimator_name(built.model),
+            "holdout_fraction": self.settings.holdout_fraction,
+            "gap_fraction": self.settings.gap_fraction,
+            "task": task,
+            **self.rules.model_dump(),
+        }
 
     def _commit(self, session: Session, plan: Plan, outcome: Outcome) -> str:
         """Store what the outcome means, in one transaction, unless another attempt finished the run meanwhile."""
@@ -391,49 +436,105 @@ class TrainingWorker:
         built, decision = outcome.built, outcome.decision
         champion = _champion(session, plan.model_id)
         if champion.version != plan.champion_version:
-            decision = gate.GateDecision(False, [f"the champion changed to {champion.version} during training"],
-                                         decision.numbers)
+            decision = gate.GateDecision(
+                False, [f"the champion changed to {champion.version} during training"], decision.numbers
+            )
         row = registry.register(
-            session, model_id=plan.model_id, profile=built.profile,
-            artifacts_dir=Path(self.settings.artifacts_dir), artifact=outcome.artifact,
-            drift_config=DriftConfig.model_validate_json(plan.drift_config), baseline_error=built.baseline_error,
-            error_sample=built.error_sample, data_sha256=outcome.data["sha256"], card=_card(plan, outcome, decision),
-            stage="candidate", task=outcome.task, test_set=built.test_set, run_id=plan.run_id, actor="trainer",
-            reason="trained on request", request_id=plan.request_id)
+            session,
+            model_id=plan.model_id,
+            profile=built.profile,
+            artifacts_dir=Path(self.settings.artifacts_dir),
+            artifact=outcome.artifact,
+            drift_config=DriftConfig.model_validate_json(plan.drift_config),
+            baseline_error=built.baseline_error,
+            error_sample=built.error_sample,
+            data_sha256=outcome.data["sha256"],
+            card=_card(plan, outcome, decision),
+            stage="candidate",
+            task=outcome.task,
+            test_set=built.test_set,
+            run_id=plan.run_id,
+            actor="trainer",
+            reason="trained on request",
+            request_id=plan.request_id,
+        )
         status, reason, event = self._promote_or_reject(session, plan, row, decision)
         self._enqueue(session, event)
         if plan.request_id:
             repo.close_retrain_request(session, plan.request_id, f"{status}: {reason}")
         run.candidate_version = row.version
-        runs.finish(run, status, reason, params=outcome.params,
-                    metrics={"candidate": built.metrics, "gate": decision.numbers}, data=outcome.data,
-                    durations=outcome.durations)
+        runs.finish(
+            run,
+            status,
+            reason,
+            params=outcome.params,
+            metrics={"candidate": built.metrics, "gate": decision.numbers},
+            data=outcome.data,
+            durations=outcome.durations,
+        )
         log.info("run %s: candidate %s@%s %s (%s)", plan.run_id, plan.model_id, row.version, status, reason)
         return status
 
-    def _promote_or_reject(self, session: Session, plan: Plan, row: ModelVersion, decision: gate.GateDecision
-                           ) -> tuple[RunStatus, str, ModelPromoted | ModelRejected]:
+    def _promote_or_reject(
+        self, session: Session, plan: Plan, row: ModelVersion, decision: gate.GateDecision
+    ) -> tuple[RunStatus, str, ModelPromoted | ModelRejected]:
         """The gate's decision applied to the registered candidate: the run's status, why, and the model event."""
         numbers = decision.numbers
         if not decision.passed:
             reason = "gate failed: " + "; ".join(decision.reasons)
             registry.reject(session, row)
-            return RunStatus.REJECTED, reason, ModelRejected(
-                id=cloudevents.event_id(plan.model_id, row.version, "rejected", plan.run_id), subject=plan.model_id,
-                time=cloudevents.rfc3339(self.clock()), data=ModelRejection(
-                    model_id=plan.model_id, model_version=row.version, champion_version=plan.champion_version,
-                    reasons=decision.reasons, request_id=plan.request_id, run_id=plan.run_id, gate=numbers))
-        reason = (f"gate passed: error {numbers['champion_mean_error']:.4g} -> {numbers['candidate_mean_error']:.4g},"
-                  f" improvement {numbers['improvement_low']:.4g}..{numbers['improvement_high']:.4g} "
-                  f"({numbers['confidence']:.0%}) on {numbers['holdout_pairs']} held-out pairs")
-        registry.promote(session, plan.model_id, row.version, actor="trainer", reason=reason,
-                         request_id=plan.request_id, run_id=plan.run_id)
-        return RunStatus.PROMOTED, reason, ModelPromoted(
-            id=cloudevents.event_id(plan.model_id, row.version, "promoted", plan.run_id), subject=plan.model_id,
-            time=cloudevents.rfc3339(self.clock()), data=ModelChange(
-                model_id=plan.model_id, model_version=row.version, previous_version=plan.champion_version,
-                action="promoted", actor="trainer", reason=reason, request_id=plan.request_id,
-                run_id=plan.run_id, gate=numbers))
+            return (
+                RunStatus.REJECTED,
+                reason,
+                ModelRejected(
+                    id=cloudevents.event_id(plan.model_id, row.version, "rejected", plan.run_id),
+                    subject=plan.model_id,
+                    time=cloudevents.rfc3339(self.clock()),
+                    data=ModelRejection(
+                        model_id=plan.model_id,
+                        model_version=row.version,
+                        champion_version=plan.champion_version,
+                        reasons=decision.reasons,
+                        request_id=plan.request_id,
+                        run_id=plan.run_id,
+                        gate=numbers,
+                    ),
+                ),
+            )
+        reason = (
+            f"gate passed: error {numbers['champion_mean_error']:.4g} -> {numbers['candidate_mean_error']:.4g},"
+            f" improvement {numbers['improvement_low']:.4g}..{numbers['improvement_high']:.4g} "
+            f"({numbers['confidence']:.0%}) on {numbers['holdout_pairs']} held-out pairs"
+        )
+        registry.promote(
+            session,
+            plan.model_id,
+            row.version,
+            actor="trainer",
+            reason=reason,
+            request_id=plan.request_id,
+            run_id=plan.run_id,
+        )
+        return (
+            RunStatus.PROMOTED,
+            reason,
+            ModelPromoted(
+                id=cloudevents.event_id(plan.model_id, row.version, "promoted", plan.run_id),
+                subject=plan.model_id,
+                time=cloudevents.rfc3339(self.clock()),
+                data=ModelChange(
+                    model_id=plan.model_id,
+                    model_version=row.version,
+                    previous_version=plan.champion_version,
+                    action="promoted",
+                    actor="trainer",
+                    reason=reason,
+                    request_id=plan.request_id,
+                    run_id=plan.run_id,
+                    gate=numbers,
+                ),
+            ),
+        )
 
     def _end_without_candidate(self, session: Session, run: TrainingRun, status: RunStatus, reason: str) -> None:
         runs.finish(run, status, reason)
@@ -443,8 +544,13 @@ class TrainingWorker:
 
     def _enqueue(self, session: Session, event) -> None:
         value = output_events.encode(event)
-        repo.enqueue(session, self.topics.models, event.data.model_id.encode(), value,
-                     signed_headers(output_events.HEADERS, value, self.settings.signing_key))
+        repo.enqueue(
+            session,
+            self.topics.models,
+            event.data.model_id.encode(),
+            value,
+            signed_headers(output_events.HEADERS, value, self.settings.signing_key),
+        )
 
     def _publish(self) -> None:
         if self._relay is None:
@@ -462,19 +568,35 @@ def _champion(session: Session, model_id: str) -> ModelVersion:
     return row
 
 
-def _plan_of(run: TrainingRun, champion: ModelVersion, model: object | None, pairs: list[LabelledPair],
-             predicted_from: float | None) -> Plan:
+def _plan_of(
+    run: TrainingRun,
+    champion: ModelVersion,
+    model: object | None,
+    pairs: list[LabelledPair],
+    predicted_from: float | None,
+) -> Plan:
     """A claimed run's plan: its champion (loaded ``model``, or None without an artifact) and its pairs."""
     schema = {k: v for k, v in json.loads(champion.feature_schema).items() if k != PREDICTION_FEATURE}
     return Plan(
-        run_id=run.run_id, attempt=run.attempts, model_id=run.model_id, request_id=run.request_id,
-        champion_version=champion.version, champion_task=champion.task, schema=schema, champion_model=model,
+        run_id=run.run_id,
+        attempt=run.attempts,
+        model_id=run.model_id,
+        request_id=run.request_id,
+        champion_version=champion.version,
+        champion_task=champion.task,
+        schema=schema,
+        champion_model=model,
         champion_sha256=champion.artifact_sha256,
         champion_test_set=json.loads(champion.test_set) if champion.test_set else None,
-        drift_config=champion.drift_config, champion_card=json.loads(champion.model_card or "{}"),
-        rows=[json.loads(p.features) for p in pairs], targets=[json.loads(p.label) for p in pairs],
-        times=[p.prediction_ts for p in pairs], recorded_predictions=[json.loads(p.prediction) for p in pairs],
-        event_ids=[p.event_id for p in pairs], predicted_from=predicted_from)
+        drift_config=champion.drift_config,
+        champion_card=json.loads(champion.model_card or "{}"),
+        rows=[json.loads(p.features) for p in pairs],
+        targets=[json.loads(p.label) for p in pairs],
+        times=[p.prediction_ts for p in pairs],
+        recorded_predictions=[json.loads(p.prediction) for p in pairs],
+        event_ids=[p.event_id for p in pairs],
+        predicted_from=predicted_from,
+    )
 
 
 def _champion_holdout_errors(plan: Plan, task: str, split: training.Split) -> np.ndarray:
@@ -493,8 +615,10 @@ NO_TEST_SET = "the champion has no test set"
 def _own_test(plan: Plan, task: str, candidate: object) -> tuple[tuple[float, float] | None, str]:
     """(champion, candidate) mean error on the champion's own test set, or None; and the gate's note for None."""
     if plan.predicted_from is not None:
-        return None, ("not applied: the request follows a concept change, so the champion's test set "
-                      "carries the old concept's labels")
+        return None, (
+            "not applied: the request follows a concept change, so the champion's test set "
+            "carries the old concept's labels"
+        )
     test = plan.champion_test_set
     if not test:
         return None, NO_TEST_SET
@@ -511,14 +635,18 @@ def _own_test(plan: Plan, task: str, candidate: object) -> tuple[tuple[float, fl
 def _data_section(plan: Plan, split: training.Split) -> dict[str, object]:
     """The run's data section: how many pairs, how they were split, the time each part covers, their hash."""
     times = np.asarray(plan.times)
-    return {"pairs": len(plan.rows), "train_rows": int(split.train.size), "gap_rows": split.gap,
-            "holdout_rows": int(split.holdout.size),
-            "train_from": cloudevents.rfc3339(float(times[split.train].min())),
-            "train_to": cloudevents.rfc3339(float(times[split.train].max())),
-            "holdout_from": cloudevents.rfc3339(float(times[split.holdout].min())),
-            "holdout_to": cloudevents.rfc3339(float(times[split.holdout].max())),
-            "predicted_from": None if plan.predicted_from is None else cloudevents.rfc3339(plan.predicted_from),
-            "sha256": _data_hash(plan)}
+    return {
+        "pairs": len(plan.rows),
+        "train_rows": int(split.train.size),
+        "gap_rows": split.gap,
+        "holdout_rows": int(split.holdout.size),
+        "train_from": cloudevents.rfc3339(float(times[split.train].min())),
+        "train_to": cloudevents.rfc3339(float(times[split.train].max())),
+        "holdout_from": cloudevents.rfc3339(float(times[split.holdout].min())),
+        "holdout_to": cloudevents.rfc3339(float(times[split.holdout].max())),
+        "predicted_from": None if plan.predicted_from is None else cloudevents.rfc3339(plan.predicted_from),
+        "sha256": _data_hash(plan),
+    }
 
 
 def _estimator_name(model: object) -> str:
@@ -529,10 +657,12 @@ def _estimator_name(model: object) -> str:
 
 def _card(plan: Plan, outcome: Outcome, decision: gate.GateDecision) -> dict:
     """The candidate's model card sections beyond the generated ones; the intended use is the champion's."""
-    return {"model_details": {"algorithm": outcome.params["estimator"]},
-            "intended_use": plan.champion_card.get("intended_use", {}),
-            "training_data": {k: outcome.data[k] for k in ("train_from", "train_to", "train_rows")},
-            "evaluation": {"gate": decision.numbers, "holdout": outcome.built.metrics}}
+    return {
+        "model_details": {"algorithm": outcome.params["estimator"]},
+        "intended_use": plan.champion_card.get("intended_use", {}),
+        "training_data": {k: outcome.data[k] for k in ("train_from", "train_to", "train_rows")},
+        "evaluation": {"gate": decision.numbers, "holdout": outcome.built.metrics},
+    }
 
 
 def _data_hash(plan: Plan) -> str:

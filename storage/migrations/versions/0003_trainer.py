@@ -3,6 +3,7 @@
 Revision ID: 0003
 Revises: 0002
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -34,9 +35,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("model_id", "seq"),
     )
     # Versions that were champion before the history existed get their registration as first entry.
-    op.execute("INSERT INTO champion_history (model_id, seq, version, previous_version, changed_at, action, actor, "
-               "reason) SELECT model_id, 1, version, NULL, created_at, 'registered', 'operator', "
-               "'champion before the history was kept' FROM model_versions WHERE stage = 'champion'")
+    op.execute(
+        "INSERT INTO champion_history (model_id, seq, version, previous_version, changed_at, action, actor, "
+        "reason) SELECT model_id, 1, version, NULL, created_at, 'registered', 'operator', "
+        "'champion before the history was kept' FROM model_versions WHERE stage = 'champion'"
+    )
     op.create_table(
         "training_runs",
         sa.Column("run_id", sa.String(length=64), nullable=False),

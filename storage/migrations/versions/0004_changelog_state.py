@@ -9,6 +9,7 @@ Existing rows are carried over.
 Revision ID: 0004
 Revises: 0003
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -34,18 +35,41 @@ def upgrade() -> None:
     with op.batch_alter_table("seen_blocks") as batch_op:
         batch_op.create_index("ix_seen_blocks_partition", ["topic", "partition", "next_offset"], unique=False)
     bind = op.get_bind()
-    seen = sa.table("seen_events", sa.column("kind"), sa.column("model_id"), sa.column("event_id"),
-                    sa.column("topic"), sa.column("partition"), sa.column("offset"))
+    seen = sa.table(
+        "seen_events",
+        sa.column("kind"),
+        sa.column("model_id"),
+        sa.column("event_id"),
+        sa.column("topic"),
+        sa.column("partition"),
+        sa.column("offset"),
+    )
     blocks: dict[tuple[str, int], list] = {}
-    for kind, model_id, event_id, topic, partition, offset in bind.execute(sa.select(seen).order_by(
-            seen.c.topic, seen.c.partition, seen.c.offset)):
+    for kind, model_id, event_id, topic, partition, offset in bind.execute(
+        sa.select(seen).order_by(seen.c.topic, seen.c.partition, seen.c.offset)
+    ):
         blocks.setdefault((topic, partition), []).append((offset, f"{kind}\t{model_id}\t{event_id}"))
     if blocks:
-        op.bulk_insert(sa.table("seen_blocks", sa.column("topic"), sa.column("partition"), sa.column("first_offset"),
-                                sa.column("next_offset"), sa.column("keys")),
-                       [{"topic": topic, "partition": partition, "first_offset": rows[0][0],
-                         "next_offset": rows[-1][0] + 1, "keys": "\n".join(key for _, key in rows)}
-                        for (topic, partition), rows in blocks.items()])
+        op.bulk_insert(
+            sa.table(
+                "seen_blocks",
+                sa.column("topic"),
+                sa.column("partition"),
+                sa.column("first_offset"),
+                sa.column("next_offset"),
+                sa.column("keys"),
+            ),
+            [
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "first_offset": rows[0][0],
+                    "next_offset": rows[-1][0] + 1,
+                    "keys": "\n".join(key for _, key in rows),
+                }
+                for (topic, partition), rows in blocks.items()
+            ],
+        )
     with op.batch_alter_table("seen_events") as batch_op:
         batch_op.drop_index("ix_seen_events_position")
     op.drop_table("seen_events")
@@ -61,9 +85,11 @@ def upgrade() -> None:
         sa.Column("payload", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("model_id", "seq"),
     )
-    op.execute("INSERT INTO join_pending_new (model_id, seq, kind, event_id, version, ts, payload) "
-               "SELECT model_id, ROW_NUMBER() OVER (PARTITION BY model_id ORDER BY ts, kind, event_id), "
-               "kind, event_id, version, ts, payload FROM join_pending")
+    op.execute(
+        "INSERT INTO join_pending_new (model_id, seq, kind, event_id, version, ts, payload) "
+        "SELECT model_id, ROW_NUMBER() OVER (PARTITION BY model_id ORDER BY ts, kind, event_id), "
+        "kind, event_id, version, ts, payload FROM join_pending"
+    )
     with op.batch_alter_table("join_pending") as batch_op:
         batch_op.drop_index("ix_join_pending_age")
     op.drop_table("join_pending")
@@ -85,16 +111,33 @@ def downgrade() -> None:
         batch_op.create_index("ix_seen_events_position", ["topic", "partition", "offset"], unique=False)
     bind = op.get_bind()
     rows = {}
-    for topic, partition, first_offset, keys in bind.execute(sa.text(
-            "SELECT topic, partition, first_offset, keys FROM seen_blocks ORDER BY id")):
+    for topic, partition, first_offset, keys in bind.execute(
+        sa.text("SELECT topic, partition, first_offset, keys FROM seen_blocks ORDER BY id")
+    ):
         for i, key in enumerate(keys.split("\n") if keys else []):
             kind, model_id, event_id = key.split("\t")
             # a block's offsets are not kept one by one: its first offset stands for all of them
-            rows[(kind, model_id, event_id)] = {"kind": kind, "model_id": model_id, "event_id": event_id,
-                                                "topic": topic, "partition": partition, "offset": first_offset}
+            rows[(kind, model_id, event_id)] = {
+                "kind": kind,
+                "model_id": model_id,
+                "event_id": event_id,
+                "topic": topic,
+                "partition": partition,
+                "offset": first_offset,
+            }
     if rows:
-        op.bulk_insert(sa.table("seen_events", sa.column("kind"), sa.column("model_id"), sa.column("event_id"),
-                                sa.column("topic"), sa.column("partition"), sa.column("offset")), list(rows.values()))
+        op.bulk_insert(
+            sa.table(
+                "seen_events",
+                sa.column("kind"),
+                sa.column("model_id"),
+                sa.column("event_id"),
+                sa.column("topic"),
+                sa.column("partition"),
+                sa.column("offset"),
+            ),
+            list(rows.values()),
+        )
     op.drop_table("seen_blocks")
 
     op.create_table(
@@ -107,9 +150,11 @@ def downgrade() -> None:
         sa.Column("payload", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("model_id", "kind", "event_id"),
     )
-    op.execute("INSERT INTO join_pending_old (model_id, kind, event_id, version, ts, payload) "
-               "SELECT model_id, kind, event_id, version, MIN(ts), MIN(payload) FROM join_pending "
-               "GROUP BY model_id, kind, event_id, version")
+    op.execute(
+        "INSERT INTO join_pending_old (model_id, kind, event_id, version, ts, payload) "
+        "SELECT model_id, kind, event_id, version, MIN(ts), MIN(payload) FROM join_pending "
+        "GROUP BY model_id, kind, event_id, version"
+    )
     op.drop_table("join_pending")
     op.rename_table("join_pending_old", "join_pending")
     with op.batch_alter_table("join_pending") as batch_op:

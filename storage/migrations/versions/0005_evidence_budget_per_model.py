@@ -10,6 +10,7 @@ threshold as before. New registrations get the new default.
 Revision ID: 0005
 Revises: 0004
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ FIELD = "evidence_false_alarm_windows"
 FLOOR = 10.5  # the field must stay above 10
 PREDICTION = "__prediction__"
 
-_versions = sa.table("model_versions", sa.column("model_id"), sa.column("version"), sa.column("profile"),
-                     sa.column("drift_config"))
+_versions = sa.table(
+    "model_versions", sa.column("model_id"), sa.column("version"), sa.column("profile"), sa.column("drift_config")
+)
 
 
 def _rescale(to_model: bool) -> None:
@@ -39,8 +41,11 @@ def _rescale(to_model: bool) -> None:
         inputs = max(1, len([name for name in json.loads(profile).get("features", {}) if name != PREDICTION]))
         value = float(settings[FIELD])
         settings[FIELD] = max(value / inputs, FLOOR) if to_model else value * inputs
-        bind.execute(_versions.update().where(_versions.c.model_id == model_id, _versions.c.version == version)
-                     .values(drift_config=json.dumps(settings, separators=(",", ":"))))
+        bind.execute(
+            _versions.update()
+            .where(_versions.c.model_id == model_id, _versions.c.version == version)
+            .values(drift_config=json.dumps(settings, separators=(",", ":")))
+        )
 
 
 def upgrade() -> None:

@@ -9,6 +9,7 @@ model expire by it. Existing rows get NULL (treated as long ago).
 Revision ID: 0006
 Revises: 0005
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -8,6 +8,7 @@ feature at fault in the newest one and the version it was checked against.
 Revision ID: 0007
 Revises: 0006
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -12,6 +12,7 @@ by undoing each change in turn, as those releases wrote their rows. For every bl
 records its state right after loading and the alerts and state after the rest of the stream: what the new
 code must reproduce.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -92,20 +93,33 @@ def _older(row: dict, format_number: int) -> dict:
 def _format_1(row: dict) -> dict:
     """Before the production baseline (97fbaef, 2026-11-28 20:41): the detectors alone, three of them."""
     detectors = json.loads(row["detectors"])["detectors"]
-    return {**row, "detectors": json.dumps({"page_hinkley": detectors["page_hinkley"], "cusum": [2.5, 0.0],
-                                            "rolling_mean": detectors["rolling_mean"]})}
+    return {
+        **row,
+        "detectors": json.dumps(
+            {"page_hinkley": detectors["page_hinkley"], "cusum": [2.5, 0.0], "rolling_mean": detectors["rolling_mean"]}
+        ),
+    }
 
 
 def _alert(alert) -> dict:
     d = alert.data
-    return {"id": alert.id, "episode": d.episode, "detector": d.detector, "metric": d.metric, "value": d.value,
-            "threshold": d.threshold, "label_count": d.label_count, "change_started_at": d.change_started_at}
+    return {
+        "id": alert.id,
+        "episode": d.episode,
+        "detector": d.detector,
+        "metric": d.metric,
+        "value": d.value,
+        "threshold": d.threshold,
+        "label_count": d.label_count,
+        "change_started_at": d.change_started_at,
+    }
 
 
 def main() -> None:
     from undertow.models.drift.config import DriftConfig
     from undertow.models.reference import error_sample
     from undertow.worker.monitor import concept
+
     print("recording with", concept.__file__, file=sys.stderr)
     streams = _streams()
     for name, (kind, n, seed, gap, shifts, cut, overrides) in SCENARIOS.items():
@@ -114,8 +128,9 @@ def main() -> None:
         metric = "absolute_error" if kind == "regression" else "misclassification"
 
         def monitor(state=None):
-            return concept.ErrorStreamMonitor("m", "1", config, float(validation.mean()), float(validation.std()),
-                                              state, error_sample(validation))
+            return concept.ErrorStreamMonitor(
+                "m", "1", config, float(validation.mean()), float(validation.std()), state, error_sample(validation)
+            )
 
         def feed(m, part):
             alerts = []
@@ -136,13 +151,23 @@ def main() -> None:
             after_loading = loaded.state_values()
             alerts = feed(loaded, labels[cut:])
             record = {
-                "scenario": name, "format": number, "state_format": None,
+                "scenario": name,
+                "format": number,
+                "state_format": None,
                 "written_by": "e8601f9 (the format-8 row as written; older formats undone from it as their "
-                              "releases wrote them: see DOWNGRADES)",
-                "stream": {"kind": kind, "labels": n, "seed": seed, "gap": gap, "shifts": shifts, "cut": cut,
-                           "metric": metric},
+                "releases wrote them: see DOWNGRADES)",
+                "stream": {
+                    "kind": kind,
+                    "labels": n,
+                    "seed": seed,
+                    "gap": gap,
+                    "shifts": shifts,
+                    "cut": cut,
+                    "metric": metric,
+                },
                 "config": json.loads(config.model_dump_json()),
-                "alerts_before_cut": before, "row": blob_row,
+                "alerts_before_cut": before,
+                "row": blob_row,
                 "after_loading": after_loading,
                 "continuation": {"alerts": alerts, "row": loaded.state_values()},
             }

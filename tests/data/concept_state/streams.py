@@ -1,5 +1,6 @@
 """Error streams for the recorded concept states: numpy only, so the recording script (run against the code
 that wrote a format) and the test (run against today's) draw the very same numbers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,5 +32,7 @@ def labelled_stream(kind: str, n: int, seed: int, gap: float = 0.1, shifts: dict
     predicted = np.arange(n, dtype=float)
     arrived = predicted + rng.lognormal(np.log(300), 1.0, n)
     order = np.argsort(arrived, kind="stable")
-    return validation, [(float(errors[i]), None if losses is None else float(losses[i]), float(arrived[i]),
-                         float(predicted[i])) for i in order]
+    return validation, [
+        (float(errors[i]), None if losses is None else float(losses[i]), float(arrived[i]), float(predicted[i]))
+        for i in order
+    ]

@@ -5,6 +5,7 @@
 The domain pieces live in models/drift: production_baseline, detector_bank, concept_episode, error_stream,
 concept_state.
 """
+
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
 from undertow.worker.monitor.concept.stage import ConceptStage, Pair
 

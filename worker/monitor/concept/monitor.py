@@ -5,6 +5,7 @@ The log loss of the true class moves before the 0/1 error does when the model gr
 wrong. No validation estimate exists for it, so its baseline is production's first labels (at least 1,000)
 and it has no ``deployment_gap``; its alerts say ``metric: log_loss`` and have ids of their own.
 """
+
 from __future__ import annotations
 
 from undertow.models.drift.concept_state import ConceptState, Context, LogLossState, concept_codec, legacy_format
@@ -20,15 +21,23 @@ LOG_LOSS_BASELINE_LABELS = 1000  # at least this many labels set the log loss's 
 class ErrorStreamMonitor:
     """``state``: a ``concept_state`` row (or anything with its columns); None for a new version."""
 
-    def __init__(self, model_id: str, version: str, config: DriftConfig, mean: float | None, sd: float | None,
-                 state=None, error_sample: list[float] | None = None):
+    def __init__(
+        self,
+        model_id: str,
+        version: str,
+        config: DriftConfig,
+        mean: float | None,
+        sd: float | None,
+        state=None,
+        error_sample: list[float] | None = None,
+    ):
         self.model_id, self.version, self.config = model_id, version, config
         # None where no validation estimate exists: the production baseline alone counts.
         validation = None if mean is None else (mean, floored_sd(mean, sd))
-        self.log_loss_config = config.model_copy(update={
-            "production_baseline_labels": max(config.production_baseline_labels, LOG_LOSS_BASELINE_LABELS)})
-        self.codec = concept_codec(Context(config, validation, error_sample),
-                                   Context(self.log_loss_config, None, None))
+        self.log_loss_config = config.model_copy(
+            update={"production_baseline_labels": max(config.production_baseline_labels, LOG_LOSS_BASELINE_LABELS)}
+        )
+        self.codec = concept_codec(Context(config, validation, error_sample), Context(self.log_loss_config, None, None))
         self.stored = state is not None
         loaded, counts = (None, None) if state is None else self._load(state)
         self.error = ErrorStream(config, validation, error_sample, loaded, counts, f"{model_id}@{version} error")
@@ -44,25 +53,42 @@ class ErrorStreamMonitor:
     baseline_labels = property(lambda self: self.error.baseline.labels)
 
     def _load(self, row) -> tuple[ConceptState, StreamCounts]:
-        number = row.state_format if row.state_format is not None else legacy_format(row.detectors,
-                                                                                       self.config.pt_horizon_buckets)
-        counts = StreamCounts(labels=row.labels, error_sum=row.error_sum, in_episode=row.in_episode,
-                              episode_started_label=row.episode_started_label, episodes=row.episodes,
-                              silenced_alarms=row.silenced_alarms, calm_evaluations=row.calm_evaluations)
+        number = (
+            row.state_format
+            if row.state_format is not None
+            else legacy_format(row.detectors, self.config.pt_horizon_buckets)
+        )
+        counts = StreamCounts(
+            labels=row.labels,
+            error_sum=row.error_sum,
+            in_episode=row.in_episode,
+            episode_started_label=row.episode_started_label,
+            episodes=row.episodes,
+            silenced_alarms=row.silenced_alarms,
+            calm_evaluations=row.calm_evaluations,
+        )
         return self.codec.load(row.detectors, number), counts
 
     def _log_loss_stream(self, state: LogLossState | None = None) -> ErrorStream:
-        return ErrorStream(self.log_loss_config, None, None, state, None if state is None else state.counts,
-                           f"{self.model_id}@{self.version} log loss")
+        return ErrorStream(
+            self.log_loss_config,
+            None,
+            None,
+            state,
+            None if state is None else state.counts,
+            f"{self.model_id}@{self.version} log loss",
+        )
 
-    def update(self, error: float, metric: str, label_ts: float,
-               prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
+    def update(
+        self, error: float, metric: str, label_ts: float, prediction_ts: float | None = None
+    ) -> list[ConceptDriftAlert]:
         """Feed one error (at its label's and its prediction's event time); the alerts it raises."""
         signals = self.error.update(error, label_ts, prediction_ts)
         return [self._alert(s, "concept", metric, label_ts) for s in signals] if signals else []
 
-    def update_log_loss(self, loss: float, label_ts: float,
-                        prediction_ts: float | None = None) -> list[ConceptDriftAlert]:
+    def update_log_loss(
+        self, loss: float, label_ts: float, prediction_ts: float | None = None
+    ) -> list[ConceptDriftAlert]:
         """Feed the log loss of one labelled prediction whose scores were sent; the alerts it raises."""
         if self.log_loss is None:
             self.log_loss = self._log_loss_stream()
@@ -72,18 +98,35 @@ class ErrorStreamMonitor:
     def _alert(self, signal: Signal, kind: str, metric: str, label_ts: float) -> ConceptDriftAlert:
         mean, sd = signal.baseline
         data = ConceptDrift(
-            model_id=self.model_id, model_version=self.version, detector=signal.detector, metric=metric,
-            value=signal.value, threshold=signal.threshold, unit=signal.unit, baseline=Baseline(mean=mean, sd=sd),
-            recent_mean_error=signal.recent_mean_error, detected_at=cloudevents.rfc3339(label_ts),
-            label_count=signal.label_count, severity=signal.severity, episode=signal.episode,
-            change_started_at=None if signal.change_ts is None else cloudevents.rfc3339(signal.change_ts))
+            model_id=self.model_id,
+            model_version=self.version,
+            detector=signal.detector,
+            metric=metric,
+            value=signal.value,
+            threshold=signal.threshold,
+            unit=signal.unit,
+            baseline=Baseline(mean=mean, sd=sd),
+            recent_mean_error=signal.recent_mean_error,
+            detected_at=cloudevents.rfc3339(label_ts),
+            label_count=signal.label_count,
+            severity=signal.severity,
+            episode=signal.episode,
+            change_started_at=None if signal.change_ts is None else cloudevents.rfc3339(signal.change_ts),
+        )
         name = signal.detector if signal.episode == "started" else signal.episode
-        return ConceptDriftAlert(id=cloudevents.event_id(self.model_id, self.version, kind, name, signal.label_count),
-                                 subject=self.model_id, time=cloudevents.rfc3339(label_ts), data=data)
+        return ConceptDriftAlert(
+            id=cloudevents.event_id(self.model_id, self.version, kind, name, signal.label_count),
+            subject=self.model_id,
+            time=cloudevents.rfc3339(label_ts),
+            data=data,
+        )
 
     def state(self) -> ConceptState:
-        loss = None if self.log_loss is None else LogLossState(**dict(self.log_loss.state()),
-                                                               counts=self.log_loss.counts())
+        loss = (
+            None
+            if self.log_loss is None
+            else LogLossState(**dict(self.log_loss.state()), counts=self.log_loss.counts())
+        )
         return ConceptState(**dict(self.error.state()), log_loss=loss)
 
     def state_values(self) -> dict:

@@ -1,5 +1,6 @@
 """The concept-drift stage: join labels to predictions per model, feed each version's monitor, record its
 alerts and ask for retraining, save its state."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,15 @@ class ConceptStage:
     merger makes independent of fetch timing.
     """
 
-    def __init__(self, alerts_topic: str, policy: RetrainPolicy, join_ttl_seconds: float,
-                 join_max_pending: int, pairs_retention: int, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        alerts_topic: str,
+        policy: RetrainPolicy,
+        join_ttl_seconds: float,
+        join_max_pending: int,
+        pairs_retention: int,
+        clock: Callable[[], float] = time.time,
+    ):
         self.clock = clock
         self.alerts_topic = alerts_topic
         self.policy = policy
@@ -116,9 +124,17 @@ class ConceptStage:
         stats = buffer.stats
         matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
         buffer.load_fields(session, taken)
-        pairs = [_pair(model_id, stats["joined"] + i, eid, prediction, label,
-                       self._is_classifier(session, model_id, prediction.version))
-                 for i, (eid, prediction, label) in enumerate(matches)]
+        pairs = [
+            _pair(
+                model_id,
+                stats["joined"] + i,
+                eid,
+                prediction,
+                label,
+                self._is_classifier(session, model_id, prediction.version),
+            )
+            for i, (eid, prediction, label) in enumerate(matches)
+        ]
         stats["expired_predictions"] += expired["prediction"]
         stats["expired_labels"] += expired["label"]
         stats["joined"] += len(pairs)
@@ -187,9 +203,14 @@ class ConceptStage:
             if row is None or row.baseline_error_mean is None or row.baseline_error_std is None:
                 return None  # no baseline error: pairs are kept, detectors cannot be scaled
             self._monitors[key] = ErrorStreamMonitor(
-                model_id, version, DriftConfig.model_validate_json(row.drift_config), row.baseline_error_mean,
-                row.baseline_error_std, repo.concept_state(session, model_id, version),
-                json.loads(row.baseline_errors) if row.baseline_errors else None)
+                model_id,
+                version,
+                DriftConfig.model_validate_json(row.drift_config),
+                row.baseline_error_mean,
+                row.baseline_error_std,
+                repo.concept_state(session, model_id, version),
+                json.loads(row.baseline_errors) if row.baseline_errors else None,
+            )
         return self._monitors[key]
 
     def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig) -> None:
@@ -222,9 +243,20 @@ class Pair(NamedTuple):
 def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting, classes: bool) -> Pair:
     p, target = _fields(prediction.fields), _fields(label.fields)["label"]
     error, metric = prediction_error(p["prediction"], target, classes)
-    return Pair(model_id, seq, event_id, prediction.version, prediction.ts, label.ts, _to_json(p["features"]),
-                _json_scalar(p["prediction"]), _json_scalar(target), error, score_loss(p.get("scores"), target),
-                metric)
+    return Pair(
+        model_id,
+        seq,
+        event_id,
+        prediction.version,
+        prediction.ts,
+        label.ts,
+        _to_json(p["features"]),
+        _json_scalar(p["prediction"]),
+        _json_scalar(target),
+        error,
+        score_loss(p.get("scores"), target),
+        metric,
+    )
 
 
 def _json_scalar(value) -> str:
