@@ -465,7 +465,8 @@ def main() -> None:
             gaps = ", ".join(f"{r['gap']:.0%}" for r in runs)
             notes.append(
                 f"- {task}, {shape.name}: production error above validation by {gaps}; deployment_gap alerts "
-                f"{[r['deployment_gaps'] for r in runs]}; Undertow {np.mean([r['labels_per_s'] for r in runs]):,.0f} labels/s"
+                f"{[r['deployment_gaps'] for r in runs]}; "
+                f"Undertow {np.mean([r['labels_per_s'] for r in runs]):,.0f} labels/s"
             )
     print()
     print("\n".join(notes))

@@ -172,7 +172,10 @@ def summarise(stream: Stream, runs: list[tuple[int | None, float, int]]) -> tupl
         return "—", false_rate, "—"
     delays = [r[0] for r in runs if r[0] is not None]
     hits = [r[2] for r in runs]
-    spread = lambda v, fmt: f" ({fmt(min(v))}–{fmt(max(v))})" if len(runs) > 1 and min(v) != max(v) else ""
+
+    def spread(v, fmt):
+        return f" ({fmt(min(v))}–{fmt(max(v))})" if len(runs) > 1 and min(v) != max(v) else ""
+
     delay = "not detected" if not delays else f"{np.median(delays):,.0f}" + spread(delays, "{:,}".format)
     if delays and len(delays) < len(runs):
         delay += f", {len(delays)}/{len(runs)} detected"
@@ -405,7 +408,10 @@ def run_concept_stream(stream: ConceptStream, k: int, seed: int) -> dict:
 
 def summarise_concept(stream: ConceptStream, runs: list[tuple[int | None, float, int]]) -> tuple[str, str, str, str]:
     """Over seeds: delay, delay with late labels (median (min-max), detected/seeds), false alarms, repeats."""
-    spread = lambda v, fmt: f" ({fmt(min(v))}–{fmt(max(v))})" if len(v) > 1 and min(v) != max(v) else ""
+
+    def spread(v, fmt):
+        return f" ({fmt(min(v))}–{fmt(max(v))})" if len(v) > 1 and min(v) != max(v) else ""
+
     rates = [r[1] for r in runs]
     false_rate = f"{np.mean(rates):.2f}" + spread(rates, "{:.2f}".format)
     if not stream.drifted:

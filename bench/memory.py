@@ -360,7 +360,10 @@ def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings)
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---:|" * len(header))
-    mib = lambda v: "—" if v is None else f"{v:.1f}"
+
+    def mib(v):
+        return "—" if v is None else f"{v:.1f}"
+
     for row in rows:
         cells = [
             f"{row['predictions']:,}",
@@ -385,7 +388,8 @@ def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings)
         print(
             f"| {row['predictions']:,} | {j.get('pending_predictions', 0):,} | {j.get('pending_labels', 0):,} | "
             f"{j.get('joined', 0):,} | {j.get('expired_predictions', 0):,} | {j.get('expired_labels', 0):,} | "
-            f"{j.get('evicted_predictions', 0):,} | {j.get('evicted_labels', 0):,} | {c[0]:,} | {c[1]} | {bool(c[2])} | {c[3]:,} |"
+            f"{j.get('evicted_predictions', 0):,} | {j.get('evicted_labels', 0):,} | "
+            f"{c[0]:,} | {c[1]} | {bool(c[2])} | {c[3]:,} |"
         )
     last = rows[-1]
     print(
@@ -399,7 +403,8 @@ def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings)
     print(
         f"\nSettings: duplicate_horizon={settings.duplicate_horizon:,} records per source partition (one "
         f"predictions and one labels partition here, so the filters hold <= {2 * settings.duplicate_horizon:,} keys "
-        f"plus one batch, in seen_blocks of one batch each); join_ttl_seconds={settings.join_ttl_seconds:,.0f} of event time (events are 1 s apart, labels "
+        f"plus one batch, in seen_blocks of one batch each); join_ttl_seconds={settings.join_ttl_seconds:,.0f} of "
+        f"event time (events are 1 s apart, labels "
         f"carry prediction time + 3,600 s, so the watermark runs ~{3600 - LABEL_LAG:,} s ahead of the newest "
         f"prediction and a prediction without label expires ~{settings.join_ttl_seconds - 3600 + LABEL_LAG:,.0f} "
         f"predictions after it was made); join_max_pending={settings.join_max_pending:,} per kind; "
@@ -409,7 +414,8 @@ def print_report(rows: list[dict], args, wall: float, settings: MonitorSettings)
     )
     print(
         f"\nBy design: window_results grows by one row per closed window and feature "
-        f"({features} features x {last['predictions'] // 1000:,} windows = {features * (last['predictions'] // 1000):,} "
+        f"({features} features x {last['predictions'] // 1000:,} windows = "
+        f"{features * (last['predictions'] // 1000):,} "
         f"expected): it is the drift time series and has no retention here. alerts grow by one row per alert. "
         f"The outbox holds alerts and retrain requests until OutboxRelay publishes them after each commit; the "
         f"relay (Kafka) does not run here, so its rows stay. SQLite does not shrink the file after deletes: "

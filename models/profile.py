@@ -91,7 +91,9 @@ def profile_multivariate(columns: dict[str, list]) -> MultivariateProfile | None
 
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=2000)
-    >>> p = profile_multivariate({"a": list(x), "b": list(x + rng.normal(0, 0.3, 2000)), "c": list(rng.normal(size=2000))})
+    >>> p = profile_multivariate(
+    ...     {"a": list(x), "b": list(x + rng.normal(0, 0.3, 2000)), "c": list(rng.normal(size=2000))}
+    ... )
     >>> len(p.components), 0 < p.error_mean < 1
     (1, True)
     """

@@ -323,7 +323,10 @@ class Env:
         producer = threading.Thread(target=lambda: sent.append(produce()))
         producer.start()
         kills, proc = 0, None
-        progress = lambda: self.scalar("SELECT COALESCE(SUM(predictions + labels + duplicates), 0) FROM model_stats")
+
+        def progress():
+            return self.scalar("SELECT COALESCE(SUM(predictions + labels + duplicates), 0) FROM model_stats")
+
         try:
             while kills < min_kills or (producer.is_alive() and kills < max_kills):
                 proc = self.start_monitor(env=env)
@@ -331,7 +334,9 @@ class Env:
                 # Or nothing is left: a monitor that keeps up may have processed every record before its kill
                 # while the producer thread was still closing.
                 wait_for(
-                    lambda: progress() > before or proc.poll() is not None or (sent and before >= sent[0]),
+                    lambda before=before, proc=proc: (
+                        progress() > before or proc.poll() is not None or (sent and before >= sent[0])
+                    ),
                     90,
                     "the restarted monitor to make progress",
                 )

@@ -46,7 +46,7 @@ def test_records_land_keyed_by_model_as_compact_json_the_monitor_accepts(env):
     assert (
         prediction.value
         == (
-            '{"event_id":"%s","model_id":"housing","ts":"2026-11-27T14:06:28.500000Z","model_version":"3",'
+            '{"event_id":"%s","model_id":"housing","ts":"2026-11-27T14:06:28.500000Z","model_version":"3",'  # noqa: UP031 - JSON: braces
             '"features":{"x":1.5,"n":3,"c":"red","z":null,"m":null},"prediction":2.5}' % event_id
         ).encode()
     )
@@ -54,7 +54,7 @@ def test_records_land_keyed_by_model_as_compact_json_the_monitor_accepts(env):
     assert (event.features["n"], event.features["z"], event.model_version) == (3, None, "3")
     assert (
         label.value
-        == ('{"event_id":"%s","model_id":"housing","ts":"2026-11-28T09:00:00Z","label":2.0}' % event_id).encode()
+        == ('{"event_id":"%s","model_id":"housing","ts":"2026-11-28T09:00:00Z","label":2.0}' % event_id).encode()  # noqa: UP031 - JSON: braces
     )
     assert parse_label(label.value, DEFAULT_MAX_EVENT_BYTES).event_id == event_id
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-# chi2.sf, norm.cdf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call (per feature and window)
+# chi2.sf, norm.cdf and norm.isf exactly, without scipy.stats' ~0.1 ms of argument handling per call
+# (per feature and window)
 from scipy.special import chdtrc, ndtr, ndtri
 
 from undertow.models.drift.stats import FeatureStats

@@ -87,7 +87,7 @@ def test_stored_evidence_budgets_are_rescaled_to_the_model_so_alert_rates_stay(d
             config.attributes["connection"] = conn
             command.upgrade(config, "0004")
             conn.exec_driver_sql(
-                "INSERT INTO model_versions (model_id, version, stage, created_at, profile, drift_config, "
+                "INSERT INTO model_versions (model_id, version, stage, created_at, profile, drift_config, "  # noqa: UP031 - the SQL holds braces
                 "feature_schema, model_card) VALUES ('m', '1', 'champion', 0, %s, %s, '{}', '{}')"
                 % (_quote(profile), _quote(json.dumps({"window_size": 1000, "evidence_false_alarm_windows": 20000})))
             )

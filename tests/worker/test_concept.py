@@ -619,7 +619,7 @@ def test_the_long_rolling_mean_finds_a_ramp_sooner_with_linear_weights_at_its_ca
         ramp = rng.normal(size=12_000) + np.clip(np.arange(12_000) - 2_000, 0, None) * 7e-5  # 0.14 sd per 2,000
         for weights, sigmas in (("linear", config.rolling_long_sigmas), ("equal", 4.5)):
             rolling = RollingMean(config.rolling_long_window, config.rolling_step, sigmas, 10_000, weights=weights)
-            for i, z in enumerate(ramp):
+            for i, z in enumerate(ramp):  # noqa: B007 - i is read after the loop: where it stopped
                 rolling.update(float(z))
                 if rolling.drift_detected:
                     break

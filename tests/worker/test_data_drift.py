@@ -24,7 +24,8 @@ def _windows(env) -> list[tuple]:
             tuple(r)
             for r in conn.execute(
                 text(
-                    "SELECT model_id, version, window_index, feature, start_ts, end_ts, n, psi, ks_statistic, ks_pvalue, "
+                    "SELECT model_id, version, window_index, feature, start_ts, end_ts, n, psi, ks_statistic, "
+                    "ks_pvalue, "
                     "chi2_statistic, chi2_pvalue, missing_share, severity FROM window_results "
                     "ORDER BY model_id, version, window_index, feature"
                 )

@@ -186,7 +186,6 @@ def test_the_performance_estimate_flags_a_classifier_losing_accuracy_under_covar
         x = rng.normal(shift, 1, n)
         p = 1 / (1 + np.exp(-3 * x))  # calibrated: the true P(class "1")
         predicted = np.where(p >= 0.5, "1", "0")
-        confidence = np.where(p >= 0.5, p, 1 - p)
         realised = float(np.mean(predicted == np.where(rng.random(n) < p, "1", "0")))  # labels, hours later
         return (
             [{"x": float(v)} for v in x],

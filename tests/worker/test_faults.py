@@ -167,7 +167,8 @@ def test_broker_restarted_empty_loses_nothing_and_new_partitions_are_read(privat
                 tuple(r)
                 for r in conn.execute(
                     text(
-                        "SELECT topic, partition, kind, stored_offset, resumed_at, detail FROM partition_gaps ORDER BY id"
+                        "SELECT topic, partition, kind, stored_offset, resumed_at, detail "
+                        "FROM partition_gaps ORDER BY id"
                     )
                 )
             ]

@@ -1,4 +1,5 @@
-"""The monitor's rules on their own, against a real database: the retrain cooldown, the join's bounds, the duplicate filter."""
+"""The monitor's rules on their own, against a real database: the retrain cooldown, the join's bounds, the
+duplicate filter."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""Output events: every published event parses into its model, and the JSON Schemas in the repository match the models."""
+"""Output events: every published event parses into its model, and the JSON Schemas in the repository match the
+models."""
 
 import json
 from pathlib import Path

@@ -105,7 +105,7 @@ class _Recorded:
 
     def __call__(self, session, batch):
         self.calls += 1
-        for position, event in batch.events:
+        for position, _event in batch.events:
             repo.enqueue(session, self.topic, b"m", json.dumps({"offset": position.offset}).encode())
         if self.fail:
             raise ValueError("the stage failed after writing")

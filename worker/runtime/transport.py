@@ -285,8 +285,8 @@ def log_end_offsets(
 
 
 def unreachable_broker(bootstrap_servers: str, seconds: float = 4.0) -> str | None:
-    """Why no server of ``bootstrap_servers`` (comma-separated host:port) takes a TCP connection within ``seconds`` (all are tried at
-    once, name lookups included), or None once one does.
+    """Why no server of ``bootstrap_servers`` (comma-separated host:port) takes a TCP connection within
+    ``seconds`` (all are tried at once, name lookups included), or None once one does.
 
     Only a pre-flight check: the Kafka client would retry for half a minute, logging every attempt, before
     it gave up. A server that takes the connection but is no broker is left to the client.

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +52,9 @@ from undertow.worker.server.metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 
+_Request = TypeVar("_Request", bound=BaseModel)
+
+
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     event_id: Identifier
@@ -59,6 +64,67 @@ class LabelIn(BaseModel):
 class LabelsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
+
+
+def _request_counter(metrics: ServerMetrics) -> Callable[[Request, Any], Awaitable[Response]]:
+    """The HTTP middleware that counts /predict and /labels requests by status and times them."""
+
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        endpoint = request.url.path if request.url.path in ("/predict", "/labels") else None
+        try:
+            response: Response = await call_next(request)
+        except Exception:
+            # A bug's 500 comes from the server error middleware, outside this one: count it here.
+            if endpoint is not None:
+                metrics.request(endpoint, 500, time.perf_counter() - started)
+            raise
+        if endpoint is not None:
+            metrics.request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    return count_requests
+
+
+async def _read_body(request: Request, max_body_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise HTTPException(413, f"the body is {int(declared):,} bytes; at most {max_body_bytes:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise HTTPException(413, f"the body is over {max_body_bytes:,} bytes")
+    if not body.strip():
+        raise HTTPException(422, 'empty body: send {"features": {...}} or {"instances": [{...}, ...]}')
+    return bytes(body)
+
+
+def _parse(model: type[_Request], body: bytes) -> _Request:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        # With the context: the 422's messages name the rule (control characters, not a bare pattern).
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def _emit_predictions(
+    emitter: EventEmitter,
+    topic: str,
+    key: bytes,
+    records: list[tuple[str, bytes]],
+    predictions: list[Any],
+    scores: list[Any] | None,
+) -> list[dict[str, Any]]:
+    """Emit every record (all were checked valid first); the answer per row."""
+    answers = []
+    for i, (event_id, value) in enumerate(records):
+        emitter.emit("prediction", topic, key, value)
+        answer = {"event_id": event_id, "prediction": predictions[i]}
+        if scores is not None:
+            answer["scores"] = scores[i]
+        answers.append(answer)
+    return answers
 
 
 def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
@@ -109,40 +175,10 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ServerFault, FaultAnswer())
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        started = time.perf_counter()
-        endpoint = request.url.path if request.url.path in ("/predict", "/labels") else None
-        try:
-            response = await call_next(request)
-        except Exception:
-            # A bug's 500 comes from the server error middleware, outside this one: count it here.
-            if endpoint is not None:
-                metrics.request(endpoint, 500, time.perf_counter() - started)
-            raise
-        if endpoint is not None:
-            metrics.request(endpoint, response.status_code, time.perf_counter() - started)
-        return response
+    app.middleware("http")(_request_counter(metrics))
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise HTTPException(413, f"the body is {int(declared):,} bytes; at most {settings.max_body_bytes:,}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise HTTPException(413, f"the body is over {settings.max_body_bytes:,} bytes")
-        if not body.strip():
-            raise HTTPException(422, 'empty body: send {"features": {...}} or {"instances": [{...}, ...]}')
-        return bytes(body)
-
-    def parse(model: type[BaseModel], body: bytes):
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            # With the context: the 422's messages name the rule (control characters, not a bare pattern).
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+        return await _read_body(request, settings.max_body_bytes)
 
     @app.post("/predict", summary="predict one row or a batch with the champion")
     async def predict(request: Request) -> dict:
@@ -150,7 +186,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
         served = slot.current  # one version answers the whole request, whatever a swap does meanwhile
         if served is None:
             raise HTTPException(503, f"no version of {model_id} is loaded yet")
-        parsed = parse(served.request, await read_body(request))
+        parsed = _parse(served.request, await read_body(request))
         rows = parsed.rows()
         try:
             predictions, scores = await run_in_threadpool(served.predict, rows)
@@ -173,21 +209,14 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             max_event_bytes,
             batch=parsed.instances is not None,
         )
-        answers = []
-        emit = request.app.state.emitter.emit
-        for i, (event_id, value) in enumerate(records):  # every record valid: only now is any emitted
-            emit("prediction", topics.predictions, key, value)
-            answer = {"event_id": event_id, "prediction": predictions[i]}
-            if scores is not None:
-                answer["scores"] = scores[i]
-            answers.append(answer)
+        answers = _emit_predictions(request.app.state.emitter, topics.predictions, key, records, predictions, scores)
         metrics.predictions.inc(len(answers))
         return {"model_id": model_id, "model_version": served.version, "predictions": answers}
 
     @app.post("/labels", status_code=202, summary="ground truth of earlier predictions, by event id")
     async def labels(request: Request) -> dict:
         gate.check(request)
-        body = parse(LabelsRequest, await read_body(request))
+        body = _parse(LabelsRequest, await read_body(request))
         records = label_records(model_id, cloudevents.rfc3339(time.time()), body.labels, max_event_bytes)
         for value in records:
             request.app.state.emitter.emit("label", topics.labels, key, value)

@@ -213,7 +213,7 @@ def prediction_records(
                 place,
                 strip=1,
                 client_fields=("features",),
-                largest=lambda: (max(row, key=lambda name: len(json.dumps(row[name]))),),
+                largest=lambda row=row: (max(row, key=lambda name: len(json.dumps(row[name]))),),
                 size=len(value),
                 max_bytes=max_bytes,
             )

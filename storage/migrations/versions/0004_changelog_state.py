@@ -114,7 +114,7 @@ def downgrade() -> None:
     for topic, partition, first_offset, keys in bind.execute(
         sa.text("SELECT topic, partition, first_offset, keys FROM seen_blocks ORDER BY id")
     ):
-        for i, key in enumerate(keys.split("\n") if keys else []):
+        for key in keys.split("\n") if keys else []:
             kind, model_id, event_id = key.split("\t")
             # a block's offsets are not kept one by one: its first offset stands for all of them
             rows[(kind, model_id, event_id)] = {

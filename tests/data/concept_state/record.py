@@ -127,12 +127,12 @@ def main() -> None:
         validation, labels = streams.labelled_stream(kind, n, seed, gap, shifts)
         metric = "absolute_error" if kind == "regression" else "misclassification"
 
-        def monitor(state=None):
+        def monitor(state=None, config=config, validation=validation):
             return concept.ErrorStreamMonitor(
                 "m", "1", config, float(validation.mean()), float(validation.std()), state, error_sample(validation)
             )
 
-        def feed(m, part):
+        def feed(m, part, metric=metric):
             alerts = []
             for error, loss, arrived, predicted in part:
                 alerts += m.update(error, metric, arrived, predicted)
