@@ -20,9 +20,10 @@ JSON numbers (never pickles):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from undertow.errors import UndertowError
@@ -67,12 +68,13 @@ class MultivariateProfile(BaseModel):
     error_mean: float  # per-row reconstruction error on held-out reference rows
     error_sd: float
 
-    def row_errors(self, rows: np.ndarray) -> np.ndarray:
+    def row_errors(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Euclidean reconstruction error of each row (columns in ``features`` order; NaN = the mean)."""
         z = (rows - np.array(self.means)) / np.array(self.scales)
         z = np.where(np.isnan(z), 0.0, z)
         axes = np.array(self.components)
-        return np.linalg.norm(z - (z @ axes.T) @ axes, axis=1)
+        errors: npt.NDArray[np.float64] = np.linalg.norm(z - (z @ axes.T) @ axes, axis=1)
+        return errors
 
 
 class ReferenceProfile(BaseModel):
@@ -86,7 +88,7 @@ MULTIVARIATE_VARIANCE = 0.65
 MULTIVARIATE_MIN_ROWS = 200
 
 
-def profile_multivariate(columns: dict[str, list]) -> MultivariateProfile | None:
+def profile_multivariate(columns: dict[str, list[Any]]) -> MultivariateProfile | None:
     """PCA of the numeric inputs fitted on half the rows, its error measured on the other half.
 
     >>> rng = np.random.default_rng(0)
@@ -122,11 +124,11 @@ def profile_multivariate(columns: dict[str, list]) -> MultivariateProfile | None
     )
 
 
-def _is_missing(value) -> bool:
+def _is_missing(value: Any) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
-def profile_numeric(values: list, bins: int = DEFAULT_BINS) -> NumericProfile:
+def profile_numeric(values: list[Any], bins: int = DEFAULT_BINS) -> NumericProfile:
     present = np.array([float(v) for v in values if not _is_missing(v)], dtype=float)
     if present.size == 0:
         raise ProfileError("numeric column has no values")
@@ -145,7 +147,7 @@ def profile_numeric(values: list, bins: int = DEFAULT_BINS) -> NumericProfile:
     )
 
 
-def profile_categorical(values: list, max_categories: int = MAX_CATEGORIES) -> CategoricalProfile:
+def profile_categorical(values: list[Any], max_categories: int = MAX_CATEGORIES) -> CategoricalProfile:
     present = [str(v) for v in values if not _is_missing(v)]
     if not present:
         raise ProfileError("categorical column has no values")
@@ -164,7 +166,7 @@ def profile_categorical(values: list, max_categories: int = MAX_CATEGORIES) -> C
     )
 
 
-def _numeric(values: list) -> bool:
+def _numeric(values: list[Any]) -> bool:
     for v in values:
         if _is_missing(v):
             continue
@@ -173,7 +175,7 @@ def _numeric(values: list) -> bool:
     return True
 
 
-def feature_kinds(columns: dict[str, list]) -> dict[str, str]:
+def feature_kinds(columns: dict[str, list[Any]]) -> dict[str, str]:
     """Each column's kind as profiles give it: ``numeric`` or ``categorical``.
 
     >>> feature_kinds({"x": [1.0, None, 2], "c": ["a", 1.0]})
@@ -182,7 +184,7 @@ def feature_kinds(columns: dict[str, list]) -> dict[str, str]:
     return {name: "numeric" if _numeric(values) else "categorical" for name, values in columns.items()}
 
 
-def build_profile(columns: dict[str, list]) -> ReferenceProfile:
+def build_profile(columns: dict[str, list[Any]]) -> ReferenceProfile:
     """Profile every column; numbers are numeric, anything else categorical.
 
     >>> p = build_profile({"x": [float(i) for i in range(100)], "c": ["a"] * 70 + ["b"] * 30})

@@ -21,6 +21,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
@@ -46,7 +47,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_model_file(path: Path):
+def check_model_file(path: Path) -> Any:
     """Load the user's own model file once: it must be a joblib file of an object with ``predict``; the model.
 
     Only ever called on a file the user names at registration, never on one
@@ -134,7 +135,7 @@ def _next_version(session: Session, model_id: str) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def environment() -> dict:
+def environment() -> dict[str, Any]:
     import numpy
     import sklearn
 
@@ -153,10 +154,10 @@ def register(
     baseline_error: tuple[float, float] | None = None,
     error_sample: list[float] | None = None,
     data_sha256: str | None = None,
-    card: dict | None = None,
+    card: dict[str, Any] | None = None,
     stage: str = "champion",
     task: str | None = None,
-    test_set: dict | None = None,
+    test_set: dict[str, Any] | None = None,
     run_id: str | None = None,
     actor: str = "operator",
     reason: str = "registered",
@@ -211,10 +212,10 @@ def _model_card(
     profile: ReferenceProfile,
     data_sha256: str | None,
     baseline_error: tuple[float, float] | None,
-    card: dict | None,
-) -> dict:
+    card: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The generated model card, extended by the caller's ``card`` sections."""
-    generated = {
+    generated: dict[str, Any] = {
         "model_details": {
             "model_id": model_id,
             "version": version,
@@ -293,9 +294,9 @@ def _make_champion(
         previous.stage = "archived"
     row.stage = "champion"
     seq = (
-        session.scalar(
+        session.execute(
             select(func.coalesce(func.max(ChampionChange.seq), 0)).where(ChampionChange.model_id == row.model_id)
-        )
+        ).scalar_one()
         + 1
     )
     session.add(
@@ -401,7 +402,7 @@ def list_versions(session: Session, model_id: str | None = None) -> list[ModelVe
     return list(session.scalars(query))
 
 
-def load_artifact(row: ModelVersion):
+def load_artifact(row: ModelVersion) -> Any:
     """The model object, after checking the artifact's SHA-256 against the registry."""
     import joblib
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,7 +52,7 @@ def new_run(
     run_id: str,
     model_id: str,
     champion_version: str | None,
-    trigger: dict,
+    trigger: dict[str, Any],
     request_id: str | None = None,
     status: RunStatus = RunStatus.ACCEPTED,
 ) -> TrainingRun:
@@ -75,7 +76,7 @@ def new_run(
     return run
 
 
-def finish(run: TrainingRun, status: RunStatus, outcome: str, **sections: dict) -> None:
+def finish(run: TrainingRun, status: RunStatus, outcome: str, **sections: dict[str, Any]) -> None:
     """Record the outcome and the run's sections (params, metrics, data, durations) as JSON."""
     for name, value in sections.items():
         setattr(run, name, json.dumps(value, default=str))
@@ -103,7 +104,7 @@ def list_runs(session: Session, model_id: str | None = None, status: tuple[RunSt
     return list(session.scalars(query))
 
 
-def as_dict(run: TrainingRun) -> dict:
+def as_dict(run: TrainingRun) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
         "request_id": run.request_id,
@@ -126,7 +127,7 @@ def as_dict(run: TrainingRun) -> dict:
     }
 
 
-def mirror_to_mlflow(tracking_uri: str | None, run: dict, experiment: str = "undertow") -> str | None:
+def mirror_to_mlflow(tracking_uri: str | None, run: dict[str, Any], experiment: str = "undertow") -> str | None:
     """Log a finished run to MLflow (parameters, numeric metrics, the rest as tags); its MLflow run id.
 
     Failures are logged, never raised: MLflow is a mirror, not the record.
@@ -162,14 +163,15 @@ def mirror_to_mlflow(tracking_uri: str | None, run: dict, experiment: str = "und
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 client.log_metric(mirrored.info.run_id, key, float(value))
         client.set_terminated(mirrored.info.run_id, "FINISHED" if run["status"] in FINISHED else "FAILED")
-        return mirrored.info.run_id
+        run_id: str = mirrored.info.run_id  # mlflow is untyped here
+        return run_id
     except Exception as exc:  # noqa: BLE001 - a mirror must never fail the run it mirrors
         log.warning("could not mirror run %s to MLflow at %s: %s", run["run_id"], tracking_uri, exc)
         return None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):

@@ -11,10 +11,12 @@ the same at training and at serving.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -38,7 +40,7 @@ class TrainingError(UndertowError):
     """Data that cannot train a model as asked (too few rows, one class, no features)."""
 
 
-def to_frame(rows: list[dict], schema: dict[str, str]) -> pd.DataFrame:
+def to_frame(rows: list[dict[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
     """Rows as the pipeline's columns, in the schema's order: numbers as floats (NaN = missing),
     categories as strings (missing as ``__missing__``, a number in a categorical column as its text)."""
     columns = {}
@@ -53,7 +55,7 @@ def to_frame(rows: list[dict], schema: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(columns, columns=list(schema))
 
 
-def default_pipeline(schema: dict[str, str], task: Task) -> Pipeline:
+def default_pipeline(schema: Mapping[str, str], task: Task) -> Pipeline:
     """Scaling of numeric columns, one-hot encoding of categorical ones, gradient boosting.
 
     Histogram gradient boosting rather than the chapter's
@@ -91,7 +93,7 @@ def default_pipeline(schema: dict[str, str], task: Task) -> Pipeline:
     return Pipeline([("prepare", prepare), ("model", estimator)])
 
 
-def infer_task(targets: list) -> Task:
+def infer_task(targets: list[Any]) -> Task:
     """Regression for numbers with more than a handful of distinct values, classification otherwise."""
     numbers = [t for t in targets if isinstance(t, (int, float)) and not isinstance(t, bool)]
     if len(numbers) == len(targets) and len(set(numbers)) > 20:
@@ -138,7 +140,7 @@ class Fitted:
     seconds: float
 
 
-def fit(pipeline, rows: list[dict], targets: list, schema: dict[str, str], task: Task) -> Fitted:
+def fit(pipeline: Any, rows: list[dict[str, Any]], targets: list[Any], schema: Mapping[str, str], task: Task) -> Fitted:
     """Fit a fresh clone of ``pipeline`` (never the object passed in)."""
     if task == "classification" and len({str(t) for t in targets}) < 2:
         raise TrainingError("the training rows hold a single class")
@@ -149,7 +151,7 @@ def fit(pipeline, rows: list[dict], targets: list, schema: dict[str, str], task:
     return Fitted(model, time.perf_counter() - started)
 
 
-def predict(model, rows: list[dict], schema: dict[str, str], task: Task) -> list:
+def predict(model: Any, rows: list[dict[str, Any]], schema: Mapping[str, str], task: Task) -> list[Any]:
     """Predictions as event values: floats for regression, class labels as strings for classification."""
     if not rows:
         return []
@@ -157,11 +159,11 @@ def predict(model, rows: list[dict], schema: dict[str, str], task: Task) -> list
     return [float(v) for v in out] if task == "regression" else [str(v) for v in out]
 
 
-def row_errors(predictions: list, targets: list) -> np.ndarray:
+def row_errors(predictions: list[Any], targets: list[Any]) -> npt.NDArray[np.float64]:
     """Per-row errors by the one definition (``models.drift.errors``)."""
     return np.array([prediction_error(p, _target(t))[0] for p, t in zip(predictions, targets)], dtype=float)
 
 
-def _target(value):
+def _target(value: Any) -> Any:
     # Classification predictions come back as strings; compare class labels as text.
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -15,6 +16,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from undertow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ def make_engine(url: str, must_exist: bool = False) -> Engine:
                 raise ConfigError(
                     f"no database at {path}: nothing has been recorded there yet (check --db-url / UNDERTOW_DB_URL)"
                 )
-            busy_ms = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)) * 1000
+            # One ?timeout= (a repeated one, a tuple, fails float() as before).
+            busy_ms = float(cast(str, parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000))) * 1000
             engine = create_engine(parsed, connect_args={"timeout": busy_ms / 1000})
             _configure_sqlite(engine, int(busy_ms))
         else:
@@ -92,7 +97,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     # the first write only), so reads inside `Session.begin()` would not be
     # isolated. Take over: autocommit at the driver, explicit BEGIN from us.
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -103,7 +108,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):
+    def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -119,7 +124,7 @@ _ADVISORY_LOCK = 7243061
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def alembic_config():
+def alembic_config() -> Config:
     from alembic.config import Config
 
     config = Config(str(Path(__file__).resolve().parent / "alembic.ini"))
@@ -127,7 +132,7 @@ def alembic_config():
     return config
 
 
-def migrate(engine: Engine) -> str:
+def migrate(engine: Engine) -> str | None:
     """Bring the schema to Alembic's head; safe to run from several processes at once.
 
     On PostgreSQL a transaction-level advisory lock makes concurrent
@@ -151,7 +156,7 @@ def migrate(engine: Engine) -> str:
         return after
 
 
-def _adopt_legacy_schema(conn: Connection, config) -> None:
+def _adopt_legacy_schema(conn: Connection, config: Config) -> None:
     from alembic import command
 
     names = set(inspect(conn).get_table_names())

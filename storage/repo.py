@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    CursorResult,
+    Dialect,
     Float,
+    Row,
     Table,
     and_,
     bindparam,
@@ -50,14 +54,14 @@ TopicPartitionKey = tuple[str, int]
 _IN_CHUNK = 2000
 
 
-def insert_many(session: Session, table: Table, rows: list[dict]) -> None:
+def insert_many(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows (dicts with the columns to fill, the same in every row); see ``insert_values``."""
     if rows:
         columns = [column.name for column in table.columns if column.name in rows[0]]
         insert_values(session, table, columns, [[row[name] for name in columns] for row in rows])
 
 
-def insert_values(session: Session, table: Table, columns: list[str], rows: list[list]) -> None:
+def insert_values(session: Session, table: Table, columns: list[str], rows: Sequence[Sequence[Any]]) -> None:
     """Insert rows (value lists, in the order of ``columns``) in one executemany, or one COPY with psycopg.
 
     psycopg's COPY writes a batch's rows in one round trip with no SQL to
@@ -76,7 +80,8 @@ def insert_values(session: Session, table: Table, columns: list[str], rows: list
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
-        with connection.connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        dbapi: Any = connection.connection.dbapi_connection  # psycopg's Connection: its cursor has copy()
+        with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(row)
     elif dialect.paramstyle == "qmark":
@@ -86,17 +91,18 @@ def insert_values(session: Session, table: Table, columns: list[str], rows: list
             if (convert := table.c[name].type.bind_processor(dialect)) is not None
         ]
         if converters:  # column by column: a call per value only where the type asks for one
-            rows = [list(row) for row in rows]
+            converted = [list(row) for row in rows]
             for i, convert in converters:
-                for row in rows:
+                for row in converted:
                     row[i] = convert(row[i])
+            rows = converted
         connection.exec_driver_sql(_insert_sql(table, tuple(columns), dialect), [tuple(row) for row in rows])
     else:  # PostgreSQL through another driver
         connection.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_sql(table: Table, columns: tuple[str, ...], dialect) -> str:
+def _insert_sql(table: Table, columns: tuple[str, ...], dialect: Dialect) -> str:
     return str(table.insert().compile(dialect=dialect, column_keys=list(columns)))  # compiling cost ~1 ms
 
 
@@ -143,7 +149,7 @@ def advance_offsets(
     """
     topic_ids = topic_ids or {}
     for (topic, partition), (expected, new) in moves.items():
-        values = {"next_offset": new}
+        values: dict[str, Any] = {"next_offset": new}
         if topic_ids.get(topic):
             values["topic_id"] = topic_ids[topic]
         if expected is None:
@@ -171,7 +177,7 @@ def advance_offsets(
             )
             .values(**values)
         )
-        if result.rowcount != 1:
+        if cast(CursorResult[Any], result).rowcount != 1:  # an UPDATE's result is a CursorResult
             raise StaleOffsets(f"{topic}[{partition}] is no longer at offset {expected}")
 
 
@@ -189,8 +195,8 @@ def partition_gaps(session: Session, group_id: str | None = None) -> list[Partit
 def seen_blocks(session: Session, topic: str, partition: int) -> list[tuple[int, int, str]]:
     """(first offset, next offset, keys) of a source partition's duplicate-filter blocks, in write order."""
     return [
-        tuple(row)
-        for row in session.execute(
+        (first, next_offset, keys)
+        for first, next_offset, keys in session.execute(
             select(SeenBlock.first_offset, SeenBlock.next_offset, SeenBlock.keys)
             .where(SeenBlock.topic == topic, SeenBlock.partition == partition)
             .order_by(SeenBlock.id)
@@ -266,7 +272,7 @@ def add_model_counts_many(session: Session, counts: list[ModelCounts]) -> None:
             ),
         )
     )
-    updated = session.execute(
+    result = session.execute(
         statement,
         [
             {
@@ -279,7 +285,8 @@ def add_model_counts_many(session: Session, counts: list[ModelCounts]) -> None:
             }
             for c in counts
         ],
-    ).rowcount
+    )
+    updated = cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a CursorResult
     if updated == len(counts):
         return
     existing = set(session.scalars(select(table.c.model_id).where(table.c.model_id.in_([c.model_id for c in counts]))))
@@ -321,7 +328,7 @@ OUTBOX_WRITTEN = "undertow.outbox_written"  # a key of Session.info
 
 
 def enqueue(
-    session: Session, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] = ()
+    session: Session, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
 ) -> None:
     session.info[OUTBOX_WRITTEN] = True  # the checkpoint publishes after a transaction that wrote here
     session.add(
@@ -363,7 +370,13 @@ def drift_state(session: Session, model_id: str, version: str) -> DriftState | N
 
 
 def save_drift_state(
-    session: Session, model_id: str, version: str, columns: dict, episodes: str, state_format: int, exists: bool
+    session: Session,
+    model_id: str,
+    version: str,
+    columns: dict[str, Any],
+    episodes: str,
+    state_format: int,
+    exists: bool,
 ) -> None:
     """Write a model version's window state without reading the old buffer back; ``state_format`` is the
     format number of ``episodes`` (models.drift.drift_state), stored beside it."""
@@ -392,7 +405,7 @@ _UPDATE_DRIFT_STATE = update(DriftState.__table__).where(
 )
 
 
-def add_window_results(session: Session, rows: list[dict]) -> None:
+def add_window_results(session: Session, rows: list[dict[str, Any]]) -> None:
     insert_many(session, WindowResult.__table__, rows)
 
 
@@ -419,7 +432,7 @@ def latest_window_results(session: Session) -> list[WindowResult]:
     )
 
 
-def window_history(session: Session, model_id: str) -> list:
+def window_history(session: Session, model_id: str) -> list[Row[str, int, str, float, float, str]]:
     """(version, window_index, feature, end_ts, psi, severity) of every window result of a model, by end time."""
     return list(
         session.execute(
@@ -456,8 +469,8 @@ def alert_history(session: Session, model_id: str) -> list[str]:
 def pending_index(session: Session, model_id: str) -> list[tuple[int, str, str, str | None, float]]:
     """(seq, kind, event_id, version, ts) of every waiting prediction and label of a model."""
     return [
-        tuple(row)
-        for row in session.execute(
+        (seq, kind, event_id, version, ts)
+        for seq, kind, event_id, version, ts in session.execute(
             select(
                 PendingEvent.seq, PendingEvent.kind, PendingEvent.event_id, PendingEvent.version, PendingEvent.ts
             ).where(PendingEvent.model_id == model_id)
@@ -481,7 +494,7 @@ def pending_payloads(session: Session, model_id: str, seqs: list[int]) -> dict[i
 PENDING_COLUMNS = ["model_id", "seq", "kind", "event_id", "version", "ts", "payload"]
 
 
-def add_pending(session: Session, rows: list[list]) -> None:
+def add_pending(session: Session, rows: list[list[Any]]) -> None:
     """Rows of values in the order of ``PENDING_COLUMNS``."""
     insert_values(session, PendingEvent.__table__, PENDING_COLUMNS, rows)
 
@@ -503,7 +516,7 @@ JOIN_COUNTERS = (
 )
 
 
-def load_join_stats(session: Session, model_id: str) -> dict:
+def load_join_stats(session: Session, model_id: str) -> dict[str, Any]:
     """A model's join statistics as column values; a row of zeros is written for a new model."""
     table = JoinStats.__table__
     row = session.execute(select(table).where(table.c.model_id == model_id)).mappings().first()
@@ -514,7 +527,7 @@ def load_join_stats(session: Session, model_id: str) -> dict:
     return values
 
 
-def save_join_stats(session: Session, rows: list[dict]) -> None:
+def save_join_stats(session: Session, rows: list[dict[str, Any]]) -> None:
     """Write the join statistics of several models (rows from ``load_join_stats``) in one statement."""
     if rows:
         session.execute(
@@ -563,7 +576,7 @@ def all_join_stats(session: Session) -> list[JoinStats]:
 _PAIR_COLUMNS = [column.name for column in LabelledPair.__table__.columns]
 
 
-def add_pairs(session: Session, rows: list[tuple]) -> None:
+def add_pairs(session: Session, rows: list[tuple[Any, ...]]) -> None:
     """Insert joined pairs: value tuples in the order of ``labelled_pairs``' columns."""
     insert_values(session, LabelledPair.__table__, _PAIR_COLUMNS, rows)
 
@@ -581,7 +594,7 @@ def all_concept_states(session: Session) -> list[ConceptState]:
     return list(session.scalars(select(ConceptState).order_by(ConceptState.model_id, ConceptState.version)))
 
 
-def save_concept_state(session: Session, model_id: str, version: str, values: dict, exists: bool) -> None:
+def save_concept_state(session: Session, model_id: str, version: str, values: dict[str, Any], exists: bool) -> None:
     """``values``: the row's columns, ``state_format`` among them: the number of the blob's format
     (models.state_format), required so that no row is written without it."""
     if values.get("state_format") is None:
@@ -624,7 +637,7 @@ def count_pairs(session: Session, model_id: str, predicted_from: float | None = 
     query = select(func.count()).select_from(LabelledPair).where(LabelledPair.model_id == model_id)
     if predicted_from is not None:
         query = query.where(LabelledPair.prediction_ts >= predicted_from)
-    return int(session.scalar(query))
+    return int(session.scalar(query) or 0)  # COUNT is never NULL
 
 
 def newest_pairs(
@@ -640,7 +653,7 @@ def newest_pairs(
     return list(reversed(session.scalars(query).all()))
 
 
-def error_history(session: Session, model_id: str) -> list:
+def error_history(session: Session, model_id: str) -> list[Row[float, float, str | None, str]]:
     """(prediction_ts, error, version, features) of every labelled pair of a model, by prediction time."""
     return list(
         session.execute(
@@ -668,7 +681,7 @@ def unregistered_models(session: Session) -> list[UnregisteredModel]:
     )
 
 
-def save_unregistered(session: Session, rows: list[dict], new_ids: set[str], removed: Iterable[str]) -> None:
+def save_unregistered(session: Session, rows: list[dict[str, Any]], new_ids: set[str], removed: Iterable[str]) -> None:
     """Write the rows of ``unregistered_models`` that changed: ``new_ids`` are inserted, the rest updated;
     ``removed`` ids (folded into the "(other)" row) are deleted."""
     table = UnregisteredModel.__table__
@@ -686,7 +699,7 @@ def save_unregistered(session: Session, rows: list[dict], new_ids: set[str], rem
         )
 
 
-def _unregistered(column):
+def _unregistered(column: ColumnElement[str]) -> ColumnElement[bool]:
     return column.not_in(select(ModelVersion.__table__.c.model_id).distinct())
 
 

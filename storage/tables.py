@@ -6,12 +6,16 @@ SQLite and PostgreSQL and cheap to compare for windows and expiry.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Text
+from typing import ClassVar
+
+from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    pass
+    # Every mapped class here has a Table (SQLAlchemy types __table__ as any FromClause):
+    # Core statements on it type-check.
+    __table__: ClassVar[Table]
 
 
 class ConsumerOffset(Base):

@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.column("partition"),
         sa.column("offset"),
     )
-    blocks: dict[tuple[str, int], list] = {}
+    blocks: dict[tuple[str, int], list[tuple[int, str]]] = {}
     for kind, model_id, event_id, topic, partition, offset in bind.execute(
         sa.select(seen).order_by(seen.c.topic, seen.c.partition, seen.c.offset)
     ):
