@@ -30,7 +30,8 @@ from undertow.errors import ArtifactIntegrityError, NotFound, UndertowError
 from undertow.models.drift.config import DriftConfig
 from undertow.models.ids import check_id
 from undertow.models.profile import ReferenceProfile
-from undertow.storage.tables import ChampionChange, ModelVersion
+from undertow.storage.tables import ChampionChange
+from undertow.storage.tables import ModelVersion as ModelVersion  # re-exported: the registry's row type
 
 STAGES = ("candidate", "champion", "archived", "rejected")
 

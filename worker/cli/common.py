@@ -8,12 +8,13 @@ import logging
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import overload
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from undertow.storage import db
 from undertow.worker.runtime import transport
-from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settings, load_settings
+from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settings, SettingsType, load_settings
 
 log = logging.getLogger("undertow")
 
@@ -97,6 +98,12 @@ def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str = "a JSON array") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} instead of text (times in RFC 3339)")
+
+
+@overload
+def settings_from(args: argparse.Namespace) -> Settings: ...
+@overload
+def settings_from(args: argparse.Namespace, cls: type[SettingsType]) -> SettingsType: ...
 
 
 def settings_from(args: argparse.Namespace, cls: type[Settings] = Settings) -> Settings:

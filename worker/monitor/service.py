@@ -64,10 +64,10 @@ class EventParser:
     def __call__(self, record) -> PredictionEvent | LabelEvent | ModelPromoted | ModelRejected:
         if record.topic == self._models:
             verify(record, self.signing_key)
-            event = parse_event(record.value or b"")
-            if not isinstance(event, (ModelPromoted, ModelRejected)):
-                raise InvalidEvent(f"{event.type} does not belong on {record.topic}")
-            return event
+            output = parse_event(record.value or b"")
+            if not isinstance(output, (ModelPromoted, ModelRejected)):
+                raise InvalidEvent(f"{output.type} does not belong on {record.topic}")
+            return output
         parse = parse_prediction if record.topic == self._predictions else parse_label
         event = parse(record.value, self.max_event_bytes)
         if record.key != event.model_id.encode():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -212,7 +212,13 @@ class ServerSettings(Settings):
 SettingsType = TypeVar("SettingsType", bound=Settings)
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None, cls: type[SettingsType] = Settings) -> SettingsType:
+@overload
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings: ...
+@overload
+def load_settings(overrides: Mapping[str, Any] | None, cls: type[SettingsType]) -> SettingsType: ...
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, cls: type[Settings] = Settings) -> Settings:
     """Settings from the environment and ``.env``, then ``overrides`` (flags; None means unset).
 
     Raises ConfigError with one line naming each problem's variable.
