@@ -38,7 +38,7 @@ from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.model_events import batch_prediction_groups
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
-from undertow.worker.monitor.schema import NUMBERS_ONLY
+from undertow.worker.monitor.schema import NUMBER_TYPES, NUMBERS_ONLY
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 CONFIDENCE = "__confidence__"  # a buffer column: the score the model gave its own prediction
 MIN_SCORED_ROWS = 100
-_NUMBERS = frozenset({int, float, type(None)})
 _DETECTOR = {
     DataDriftAlert: "data",
     PredictionDriftAlert: "data",
@@ -162,7 +161,7 @@ class ModelVersionMonitor:
         except KeyError:  # a missing feature
             return set()
         # numpy would read "12" as 12.0; the column-by-column path counts a string as missing, so must this one.
-        if not numbers_only and not _NUMBERS.issuperset(map(type, values)):
+        if not numbers_only and not NUMBER_TYPES.issuperset(map(type, values)):
             return set()
         out[:, columns] = np.array(values, dtype=float).reshape(-1, len(columns))  # None (a null) becomes NaN
         return set(columns)

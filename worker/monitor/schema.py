@@ -35,7 +35,7 @@ REASONS = (MISSING, EXTRA, TYPE)
 # Batch.shared key: the (model id, version) groups whose predictions all match the schema (numeric features
 # hold numbers or nulls): the data-drift stage then skips its own type check of them.
 NUMBERS_ONLY = "schema_numbers_only"
-_NUMBER_TYPES = frozenset({int, float, type(None)})  # what a numeric feature may hold (None: a missing value)
+NUMBER_TYPES = frozenset({int, float, type(None)})  # what a numeric feature may hold (None: a missing value)
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,15 @@ class VersionSchema:
         same_keys = list(map(self.names.__eq__, map(dict.keys, rows)))
         if all(same_keys):
             getter = self._numeric_values
-            if getter is None or _NUMBER_TYPES.issuperset(map(type, itertools.chain.from_iterable(map(getter, rows)))):
+            if getter is None or NUMBER_TYPES.issuperset(map(type, itertools.chain.from_iterable(map(getter, rows)))):
                 return []  # the common case: two passes in C
             bad: set[int] = set()
         else:
             bad = {i for i, same in enumerate(same_keys) if not same}
         for name in self.numeric:
             values = [row.get(name) for row in rows]
-            if not _NUMBER_TYPES.issuperset(map(type, values)):
-                bad.update(i for i, v in enumerate(values) if v.__class__ not in _NUMBER_TYPES)
+            if not NUMBER_TYPES.issuperset(map(type, values)):
+                bad.update(i for i, v in enumerate(values) if v.__class__ not in NUMBER_TYPES)
         return sorted(bad)
 
     def faults(self, features: dict) -> dict[str, list[str]]:
@@ -91,7 +91,7 @@ class VersionSchema:
         found = {
             MISSING: [n for n in self.names if n not in features],
             EXTRA: [n for n in features if n not in self.names],
-            TYPE: [n for n in self.numeric if features.get(n).__class__ not in _NUMBER_TYPES],
+            TYPE: [n for n in self.numeric if features.get(n).__class__ not in NUMBER_TYPES],
         }
         return {reason: names for reason, names in found.items() if names}
 
