@@ -28,15 +28,27 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from undertow.models.drift.drift_state import load_state
-from undertow.models.drift.episodes import STABLE
-from undertow.models.runs import RunStatus
+from undertow.models.drift.concept_state import CURRENT_FORMAT as CONCEPT_FORMAT
+from undertow.models.drift.concept_state import ConceptState
+from undertow.models.drift.drift_state import DATASET, MULTIVARIATE, PERFORMANCE, load_state
+from undertow.models.drift.episodes import MODERATE, SIGNIFICANT, STABLE
+from undertow.models.drift.errors import ABSOLUTE_ERROR, MISCLASSIFICATION
+from undertow.models.profile import PREDICTION_FEATURE
+from undertow.models.runs import FINISHED, RunStatus
 from undertow.worker.runtime.batch import Batch
+from undertow.worker.runtime.output_events import (
+    ConceptDriftAlert,
+    DataDriftAlert,
+    DatasetDriftAlert,
+    MultivariateDriftAlert,
+    PerformanceEstimateAlert,
+    PredictionDriftAlert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +139,7 @@ class DatabaseCollector(Collector):
             "retrain_requests",
             "unregistered_models",
             "schema_mismatches",
+            "model_versions",
         ),
         "trainer": ("training_runs",),
     }
@@ -319,25 +332,30 @@ def _training_runs(conn):
         "training runs, by status (promoted and rejected are the gate's decisions)",
         labels=["status"],
     )
-    seconds = GaugeMetricFamily(
-        "undertow_training_run_duration_seconds_sum", "wall time of finished runs, by status", labels=["status"]
+    # A summary without quantiles: _sum was exported alone as a gauge before, which the exposition format's
+    # linter (promtool check metrics) refuses; as a summary the same series keeps its name and gains _count.
+    seconds = SummaryMetricFamily(
+        "undertow_training_run_duration_seconds", "wall time of finished runs, by outcome", labels=["status"]
     )
     counts = {
-        status: (n, total)
-        for status, n, total in conn.execute(
+        status: (n, timed, total)
+        for status, n, timed, total in conn.execute(
             text(
-                "SELECT status, count(*), COALESCE(SUM(finished_at - started_at), 0) FROM training_runs GROUP BY status"
+                "SELECT status, count(*), COUNT(finished_at - started_at), "
+                "COALESCE(SUM(finished_at - started_at), 0) FROM training_runs GROUP BY status"
             )
         ).all()
     }
     for status in RunStatus:
         if status is RunStatus.ACCEPTED:
             continue  # not yet looked at by a trainer: not a series of its own
-        n, total = counts.get(status.value, (0, 0.0))
+        n, timed, total = counts.get(status.value, (0, 0, 0.0))
         runs.add_metric([status.value], n)
-        seconds.add_metric([status.value], total or 0.0)
+        if status in FINISHED:
+            seconds.add_metric([status.value], count_value=timed, sum_value=total or 0.0)
     yield runs
     yield seconds
+    yield _runs_by_model(conn)
 
 
 def _unregistered(conn):
@@ -385,6 +403,235 @@ def _schema_mismatches(conn):
     yield dead
 
 
+# Per model: what the dashboard and the alert rules need, with bounded labels. A model is a registered
+# model with a champion (operators register models; producers cannot add ids), and each figure is the
+# champion's: after a promotion an archived version's episodes, still open because it gets no more
+# traffic, would otherwise keep an alert firing for ever. Features are capped per model.
+
+MAX_FEATURES = 50  # input features per model with a PSI series (in name order), besides the prediction
+LOG_LOSS = "log_loss"  # the log-loss stream's metric, as its alerts name it
+ERROR_WINDOW = 500  # the newest labelled pairs of the champion its recent error is the mean of
+ALERT_TYPES = tuple(
+    cls.model_fields["type"].default
+    for cls in (
+        DataDriftAlert,
+        PredictionDriftAlert,
+        DatasetDriftAlert,
+        MultivariateDriftAlert,
+        PerformanceEstimateAlert,
+        ConceptDriftAlert,
+    )
+)
+# Open episodes: input features, the prediction, the dataset rule, the two window checks, the error stream.
+EPISODE_KINDS = {
+    PREDICTION_FEATURE: "prediction",
+    DATASET: "dataset",
+    MULTIVARIATE: "multivariate",
+    PERFORMANCE: "performance",
+}
+FINISHED_OUTCOMES = tuple(
+    s.value for s in (RunStatus.PROMOTED, RunStatus.REJECTED, RunStatus.GAVE_UP, RunStatus.FAILED)
+)
+
+
+class Champion(NamedTuple):
+    model_id: str
+    version: str
+    task: str | None
+    validation_error: float | None  # the validation baseline's mean error
+
+
+def _champions(conn) -> list[Champion]:
+    rows = conn.execute(
+        text(
+            "SELECT model_id, version, task, baseline_error_mean FROM model_versions "
+            "WHERE stage = 'champion' ORDER BY model_id"
+        )
+    )
+    return [Champion(*row) for row in rows]
+
+
+def _per_model(conn):
+    champions = _champions(conn)
+    yield from _model_events(conn, champions)
+    yield _feature_psi(conn, champions)
+    yield from _model_error(conn, champions)
+    yield _model_episodes(conn, champions)
+    yield _model_alerts(conn, champions)
+
+
+def _model_events(conn, champions: list[Champion]):
+    events = CounterMetricFamily(
+        "undertow_model_events",
+        "valid events processed, by model and kind (prediction, label)",
+        labels=["model_id", "kind"],
+    )
+    last = GaugeMetricFamily(
+        "undertow_model_last_event_timestamp_seconds",
+        "event time of the newest event of the model (its producers' clocks)",
+        labels=["model_id"],
+    )
+    stats = {
+        model_id: (predictions, labels, last_ts)
+        for model_id, predictions, labels, last_ts in conn.execute(
+            text("SELECT model_id, predictions, labels, last_event_ts FROM model_stats")
+        )
+    }
+    for champion in champions:
+        predictions, labels, last_ts = stats.get(champion.model_id, (0, 0, None))
+        events.add_metric([champion.model_id, "prediction"], predictions)
+        events.add_metric([champion.model_id, "label"], labels)
+        if last_ts is not None:
+            last.add_metric([champion.model_id], last_ts)
+    yield events
+    yield last
+
+
+def _feature_psi(conn, champions: list[Champion]):
+    """The PSI of each feature in the champion's newest closed window (its drift_state says which one)."""
+    psi = GaugeMetricFamily(
+        "undertow_feature_psi",
+        f"PSI of the newest closed window of the champion, by model and feature (__prediction__ and the "
+        f"first {MAX_FEATURES} input features by name)",
+        labels=["model_id", "feature"],
+    )
+    for champion in champions:
+        rows = conn.execute(
+            text(
+                "SELECT w.feature, w.psi FROM drift_state d JOIN window_results w ON w.model_id = d.model_id "
+                "AND w.version = d.version AND w.window_index = d.next_window - 1 "
+                "WHERE d.model_id = :m AND d.version = :v ORDER BY w.feature"
+            ),
+            {"m": champion.model_id, "v": champion.version},
+        ).all()
+        inputs = [(feature, value) for feature, value in rows if feature != PREDICTION_FEATURE]
+        for feature, value in [r for r in rows if r[0] == PREDICTION_FEATURE] + inputs[:MAX_FEATURES]:
+            psi.add_metric([champion.model_id, feature], value)
+    return psi
+
+
+def _model_error(conn, champions: list[Champion]):
+    """The champion's recent error (its newest labelled pairs) and the production baseline it is judged by."""
+    error = GaugeMetricFamily(
+        "undertow_model_error",
+        f"mean error of the champion's newest {ERROR_WINDOW} labelled pairs, by model and metric "
+        "(absolute_error, misclassification, log_loss)",
+        labels=["model_id", "metric"],
+    )
+    baseline = GaugeMetricFamily(
+        "undertow_model_error_baseline",
+        "the champion's production baseline error (its validation baseline until its first labels set it)",
+        labels=["model_id", "metric"],
+    )
+    for champion in champions:
+        metric = MISCLASSIFICATION if champion.task == "classification" else ABSOLUTE_ERROR
+        errors, losses = [], []
+        for value, loss in conn.execute(
+            text(
+                "SELECT error, score_loss FROM labelled_pairs WHERE model_id = :m AND version = :v "
+                "ORDER BY seq DESC LIMIT :n"
+            ),
+            {"m": champion.model_id, "v": champion.version, "n": ERROR_WINDOW},
+        ):
+            errors.append(value)
+            if loss is not None:
+                losses.append(loss)
+        production, log_loss = _production_baselines(conn, champion)
+        for name, values, level in ((metric, errors, production), (LOG_LOSS, losses, log_loss)):
+            if values:
+                error.add_metric([champion.model_id, name], sum(values) / len(values))
+            if level is not None:
+                baseline.add_metric([champion.model_id, name], level)
+    yield error
+    yield baseline
+
+
+def _production_baselines(conn, champion: Champion) -> tuple[float | None, float | None]:
+    """The production baselines' means (error, log loss): None while collected, the validation's for the first.
+
+    Read from state in the current format only; a row still in an older one (the monitor rewrites it at its
+    next label) shows the validation baseline meanwhile.
+    """
+    row = conn.execute(
+        text("SELECT detectors, state_format FROM concept_state WHERE model_id = :m AND version = :v"),
+        {"m": champion.model_id, "v": champion.version},
+    ).first()
+    if row is None or row.state_format != CONCEPT_FORMAT:
+        return champion.validation_error, None
+    state = ConceptState.model_validate_json(row.detectors)
+    log_loss = None if state.log_loss is None else state.log_loss.production.mean
+    mean = state.production.mean
+    return (champion.validation_error if mean is None else mean), log_loss
+
+
+def _model_episodes(conn, champions: list[Champion]):
+    episodes = GaugeMetricFamily(
+        "undertow_model_open_episodes",
+        "the champion's drift episodes not ended, by model, kind (feature, prediction, dataset, multivariate, "
+        "performance, concept) and level (moderate, significant)",
+        labels=["model_id", "kind", "level"],
+    )
+    for champion in champions:
+        tally: Tally = Tally()
+        row = conn.execute(
+            text("SELECT episodes, state_format FROM drift_state WHERE model_id = :m AND version = :v"),
+            {"m": champion.model_id, "v": champion.version},
+        ).first()
+        if row is not None:
+            # Through the state's codec; the buffers are not read (see _open_episodes).
+            state = load_state(_EpisodesOnly(row.episodes, b"", b"", row.state_format), feature_columns=0)
+            for name, level in [(n, e.level) for n, e in state.episodes.items()] + [
+                (n, c.level) for n, c in state.checks.items()
+            ]:
+                if level != STABLE:
+                    tally[(EPISODE_KINDS.get(name, "feature"), level)] += 1
+        concept = conn.execute(
+            text("SELECT in_episode FROM concept_state WHERE model_id = :m AND version = :v"),
+            {"m": champion.model_id, "v": champion.version},
+        ).scalar()
+        tally[("concept", SIGNIFICANT)] += int(bool(concept))  # a concept episode has one level
+        for kind in ("feature", *EPISODE_KINDS.values()):
+            for level in (MODERATE, SIGNIFICANT):
+                episodes.add_metric([champion.model_id, kind, level], tally[(kind, level)])
+        episodes.add_metric([champion.model_id, "concept", SIGNIFICANT], tally[("concept", SIGNIFICANT)])
+    return episodes
+
+
+def _model_alerts(conn, champions: list[Champion]):
+    alerts = CounterMetricFamily(
+        "undertow_model_alerts", "alerts recorded, by model and type (every version)", labels=["model_id", "type"]
+    )
+    counts = {
+        (model_id, kind): n
+        for model_id, kind, n in conn.execute(
+            text("SELECT model_id, type, count(*) FROM alerts GROUP BY model_id, type")
+        )
+    }
+    for champion in champions:
+        for kind in ALERT_TYPES:
+            alerts.add_metric([champion.model_id, kind], counts.get((champion.model_id, kind), 0))
+    return alerts
+
+
+def _runs_by_model(conn):
+    """Finished training runs by model and outcome: the gate's decisions (promoted, rejected) and the failures."""
+    runs = CounterMetricFamily(
+        "undertow_model_training_runs",
+        "finished training runs, by model and outcome (promoted, rejected, gave_up, failed)",
+        labels=["model_id", "outcome"],
+    )
+    counts = {
+        (model_id, status): n
+        for model_id, status, n in conn.execute(
+            text("SELECT model_id, status, count(*) FROM training_runs GROUP BY model_id, status")
+        )
+    }
+    for champion in _champions(conn):
+        for outcome in FINISHED_OUTCOMES:
+            runs.add_metric([champion.model_id, outcome], counts.get((champion.model_id, outcome), 0))
+    return runs
+
+
 # What each table of DatabaseCollector.SECTIONS exports, in that order.
 _TABLE_METRICS = {
     "model_stats": _duplicates,
@@ -394,5 +641,6 @@ _TABLE_METRICS = {
     "retrain_requests": _retrain_requests,
     "unregistered_models": _unregistered,
     "schema_mismatches": _schema_mismatches,
+    "model_versions": _per_model,
     "training_runs": _training_runs,
 }
