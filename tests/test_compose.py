@@ -112,3 +112,92 @@ def test_every_undertow_service_gets_the_signing_key_and_compose_refuses_to_star
             assert "UNDERTOW_SIGNING_KEY" not in (service.get("environment") or {}), name
     header = (REPO / "docker-compose.yml").read_text().split("\nx-undertow:")[0]
     assert "UNDERTOW_SIGNING_KEY=$(openssl rand -hex 32)" in header  # the comment says how to make one
+
+
+# --- the operations services: Prometheus, Alertmanager, Grafana (ops/, docs/operations.md) ---------------------
+
+OPS = ("prometheus", "alertmanager", "grafana")
+
+
+def _mounts(service: dict) -> dict[str, Path]:
+    """Container path -> repository path of the service's bind mounts of files in this repository."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = REPO / source
+    return mounts
+
+
+def _published(service: dict) -> set[int]:
+    return {int(str(port).split(":")[-1]) for port in service.get("ports", [])}
+
+
+def _listens_on(service: dict) -> int:
+    """The port an Undertow service serves /metrics on: --metrics-port (monitor, trainer) or --port (serve)."""
+    command = service["command"]
+    flag = "--port" if command[0] == "serve" else "--metrics-port"
+    return int(command[command.index(flag) + 1])
+
+
+def test_the_operations_services_are_pinned_healthy_and_mount_files_that_exist(compose):
+    services = compose["services"]
+    for name in OPS:
+        service = services[name]
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), image  # a pinned release
+        assert service["restart"] == "unless-stopped" and "healthcheck" in service, name
+        assert "build" not in service and "UNDERTOW_SIGNING_KEY" not in (service.get("environment") or {})
+        mounts = _mounts(service)
+        assert mounts, name
+        for target, source in mounts.items():
+            assert source.exists(), f"{name} mounts {source} at {target}: not in the repository"
+        assert all(v.endswith(":ro") for v in service["volumes"] if v.startswith("./")), name  # read-only config
+        for volume in service["volumes"]:
+            if not volume.startswith("./"):
+                assert volume.split(":")[0] in compose["volumes"], volume
+    assert "notify" not in services  # added once `undertow notify` is finished
+
+
+def test_prometheus_scrapes_the_ports_the_undertow_services_expose_and_loads_the_shipped_rules(compose):
+    services = compose["services"]
+    mounts = _mounts(services["prometheus"])
+    config_path = next(
+        arg.split("=", 1)[1] for arg in services["prometheus"]["command"] if arg.startswith("--config.file=")
+    )
+    config = yaml.safe_load(mounts[config_path].read_text())
+    targets = {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+    for job, name in (("undertow-monitor", "monitor"), ("undertow-trainer", "trainer"), ("undertow-server", "server")):
+        service = services[name]
+        port = _listens_on(service)
+        assert targets[job] == [f"{name}:{port}"], (job, targets[job], port)
+        assert port in _published(service), (name, port)
+        if name != "server":  # the serving endpoint listens on --host 0.0.0.0; the others by this variable
+            assert service["environment"]["UNDERTOW_METRICS_HOST"] == "0.0.0.0", name
+        else:
+            assert service["command"][service["command"].index("--host") + 1] == "0.0.0.0"
+    # The rule file, by its path relative to the configuration inside the container, is the shipped one.
+    for rule_file in config["rule_files"]:
+        in_container = str(Path(config_path).parent / rule_file)
+        assert mounts[in_container] == REPO / "ops/prometheus/undertow-rules.yml", rule_file
+    alertmanagers = [
+        target for am in config["alerting"]["alertmanagers"] for s in am["static_configs"] for target in s["targets"]
+    ]
+    assert alertmanagers == ["alertmanager:9093"] and 9093 in _published(services["alertmanager"])
+    am_config = next(a.split("=", 1)[1] for a in services["alertmanager"]["command"] if a.startswith("--config.file="))
+    assert _mounts(services["alertmanager"])[am_config] == REPO / "ops/alertmanager/alertmanager.yml"
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard(compose):
+    grafana = compose["services"]["grafana"]
+    mounts = _mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [d["url"] for d in datasources] == ["http://prometheus:9090"]
+    assert 9090 in _published(compose["services"]["prometheus"])
+    provider = yaml.safe_load((provisioning / "dashboards" / "undertow.yml").read_text())["providers"][0]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / "undertow.json").is_file()
