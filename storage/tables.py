@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -379,3 +379,58 @@ class TrainingRun(Base):
     outcome: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_training_runs_status", "status"), Index("ix_training_runs_model", "model_id"))
+
+
+class NotifyDelivery(Base):
+    """A message of ``undertow notify`` to one sink: one event, or a digest of one model's events.
+
+    The delivery outbox: rows are written in the transaction that commits the
+    offsets of the events they hold, and sent by the notify sender in order of
+    ``id`` per sink, each marked in its own transaction. ``status``:
+    ``collecting`` (a digest still taking its model's events until ``due_at``),
+    ``pending`` (``due_at``: when the next attempt is due), ``delivered``,
+    ``dead`` (dead-lettered; ``undertow notify retry`` makes it pending
+    again). Bounded: delivered rows are deleted after
+    ``UNDERTOW_NOTIFY_RETENTION_SECONDS``, dead ones after
+    ``UNDERTOW_NOTIFY_DEAD_LETTER_RETENTION_SECONDS``.
+    """
+
+    __tablename__ = "notify_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sink: Mapped[str] = mapped_column(String(200))
+    # The CloudEvent id the message carries (ce-id, the receiver's idempotency key): the event's own id, or a
+    # digest's (a hash of the sink and its first event). The same on every attempt.
+    delivery_id: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)  # wall clock of the notify service
+    due_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[float | None] = mapped_column(Float)  # delivered or dead-lettered
+
+    __table_args__ = (
+        Index("ix_notify_deliveries_sink", "sink", "status", "id"),
+        Index("ix_notify_deliveries_finished", "status", "finished_at"),
+    )
+
+
+class NotifyDeliveryEvent(Base):
+    """An event a delivery carries, as it was consumed. One row per sink and event id: an event read twice
+    (a re-published alert) is delivered once to each sink, for as long as its delivery is kept."""
+
+    __tablename__ = "notify_delivery_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery: Mapped[int] = mapped_column(Integer)  # NotifyDelivery.id
+    sink: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(100))
+    cloudevent: Mapped[str] = mapped_column(Text)  # the record's value: the body a webhook receives
+
+    __table_args__ = (
+        UniqueConstraint("sink", "event_id", name="uq_notify_delivery_events_sink_event"),
+        Index("ix_notify_delivery_events_delivery", "delivery"),
+    )

@@ -89,6 +89,8 @@ class Service:
     # the group membership): run in a thread until the event is set.
     background: Callable[[threading.Event], None] | None = None
     busy: Callable[[], bool] | None = None  # ``until_idle`` waits while this says work is pending
+    # The service's own Prometheus collectors, served with the runtime's metrics on --metrics-port.
+    collectors: list[Any] = field(default_factory=list)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -207,6 +209,8 @@ class ServiceRunner:
         database = DatabaseCollector(
             self.engine, self.service.name, self.group_id, lambda keys: log_end_offsets(self.settings, keys), topics
         )
+        for collector in self.service.collectors:
+            metrics.registry.register(collector)
         return metrics, metrics.serve(self.settings.metrics_port, self.settings.metrics_host, database)
 
     def _start_background(self) -> tuple[threading.Thread, threading.Event] | None:

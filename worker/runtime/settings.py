@@ -183,6 +183,33 @@ class TrainerSettings(ServiceSettings):
     gate_tolerance: float = Field(default=0.10, ge=0)
 
 
+class NotifySettings(ServiceSettings):
+    """``undertow notify``: where its rules and sinks are, and how it retries (docs/notify.md)."""
+
+    # The rules and sinks file (YAML); or one webhook for every event without a file.
+    notify_config: Path | None = None
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
+    # Each attempt: this long at most for the whole request (connect, send, answer), unless a sink sets its own.
+    notify_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Retries: exponential backoff from the initial delay, doubling up to the maximum, with full jitter, or
+    # the receiver's Retry-After when it asks for longer. A delivery is dead-lettered after max_attempts
+    # attempts, or at its first failed attempt give_up_after_seconds after it was queued.
+    notify_max_attempts: int = Field(default=10, ge=1)
+    notify_backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    notify_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    notify_give_up_after_seconds: float = Field(default=3600.0, gt=0)
+    # Delivered deliveries are kept this long (an event read again within it is not sent again), dead-lettered
+    # ones this long (for `undertow notify list` and `retry`); then deleted.
+    notify_retention_seconds: float = Field(default=7 * 86_400, gt=0)
+    notify_dead_letter_retention_seconds: float = Field(default=30 * 86_400, gt=0)
+
+    @field_validator("notify_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _non_blank_secret(value)
+
+
 class ServerSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
