@@ -335,22 +335,24 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
     assert by_time[_ts(33)][6] == f"production mean error ({metric})"  # the gap is in error units
     assert "no threshold recorded" in by_time[_ts(34)][9]
 
-    _, *episodes = parser.tables["episodes"]
-    # (type, what, ended): the data episode ended, every other one is still open.
-    spans = {(e[0], e[2], e[4]) for e in episodes}
+    header, *episodes = parser.tables["episodes"]
+    assert header == ["what drifted", "type", "version", "started", "ended", "alerts"]
+    # (type, what drifted, ended): the data episode ended, every other one is still open.
+    spans = {(e[1], e[0], e[4]) for e in episodes}
     input_feature = "x0" if task == "regression" else "plan"
-    assert ("drift.data", input_feature, _ts(12)) in spans
+    assert ("drift.data", f"input {input_feature}", _ts(12)) in spans
     assert {
-        ("drift.dataset", "dataset", "open"),
-        ("drift.multivariate", "multivariate", "open"),
-        ("drift.prediction", "model output (__prediction__)", "open"),
-        ("drift.data", "x1", "open"),
+        ("drift.dataset", "share of inputs drifting", "open"),
+        ("drift.multivariate", "all inputs together (multivariate)", "open"),
+        ("drift.prediction", "the model's output", "open"),
+        ("drift.data", "input x1", "open"),
     } <= spans
     # The concept episode on the metric: started, escalated and ended (its cusum restarted it afterwards).
-    assert ("drift.concept", metric, _ts(32)) in spans and ("drift.concept", metric, "open") in spans
+    error = f"the model's error ({metric})"
+    assert ("drift.concept", error, _ts(32)) in spans and ("drift.concept", error, "open") in spans
     if task == "classification":
         assert ("performance.estimated", "estimated accuracy", "open") in spans
-        assert ("drift.concept", "log_loss", "open") in spans
+        assert ("drift.concept", "the model's error (log_loss)", "open") in spans
     for table in ("alerts", "episodes"):
         text = " | ".join(" | ".join(row) for row in parser.tables[table])
         assert "None" not in text and not re.search(r"\bnan\b", text, re.IGNORECASE), (table, text)

@@ -232,6 +232,24 @@ def alert_rows(events: list[dict], details: list[Detail]) -> list[dict]:
     ]
 
 
+DESCRIBED = {
+    "drift.data": "input {}",
+    "drift.prediction": "the model's output",
+    "drift.dataset": "share of inputs drifting",
+    "drift.multivariate": "all inputs together (multivariate)",
+    "performance.estimated": "estimated accuracy",
+    "drift.concept": "the model's error ({})",
+}
+
+
+def described(kind: str, stream: str) -> str:
+    """What an episode is about, in words: never empty, never "None" (an unknown type names itself)."""
+    template = DESCRIBED.get(kind)
+    if template is None:
+        return f"{kind} {stream}".strip()
+    return template.format(stream or "unnamed")
+
+
 def episodes(events: list[dict], details: list[Detail]) -> list[dict]:
     """Started ... ended spans per stream: a feature, a check (dataset, multivariate, estimated accuracy) or
     a concept metric; a deployment gap is a single alert, not a span."""
@@ -245,13 +263,17 @@ def episodes(events: list[dict], details: list[Detail]) -> list[dict]:
                 "type": event["type"].removeprefix("undertow."),
                 "version": d["model_version"],
                 "what": dt.stream,
+                "described": described(event["type"].removeprefix("undertow."), dt.stream),
                 "started": event["time"],
+                "first": d,  # the started alert's data: its rule, its estimated start
+                "severity": d["severity"],  # the newest alert's
                 "ended": None,
                 "alerts": 1,
             }
             spans.append(open_[key])
         elif key in open_:
             open_[key]["alerts"] += 1
+            open_[key]["severity"] = d["severity"]
             if d["episode"] == "ended":
                 open_.pop(key)["ended"] = event["time"]
     return spans
