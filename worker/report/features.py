@@ -203,11 +203,13 @@ def _performance(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         for e in data.events
         if e["type"] == "undertow.performance.estimated" and e["data"]["model_version"] == champion.version
     ]
-    floor = (
-        f"accuracy < {number(floors[-1])}"
-        if floors
-        else f"accuracy < {number(accuracy)} − max({number(config.estimate_margin)}, 3 standard errors)"
-    )
+    if floors:
+        floor = f"accuracy < {number(floors[-1])}"
+    else:  # no alert yet: the highest the floor can be (the gap is at least the margin)
+        floor = (
+            f"accuracy < {number(accuracy - config.estimate_margin)} at most ({number(accuracy)} less "
+            f"the larger of {number(config.estimate_margin)} and 3 standard errors of the estimate)"
+        )
     since, since_ts = _since(span) if level != STABLE else ("", None)
     return FeatureRow(
         name=PERFORMANCE,
