@@ -111,7 +111,7 @@ def sections(version: Version) -> list[Section]:
     if gate:
         result.append(Section("Gate", entries(gate)))
     result += [
-        Section("Caveats", notes=card["caveats"] or ["None stated."]),
+        Section("Caveats", notes=card["caveats"] or ["Not stated."]),
         _lineage(version),
         Section("Environment", entries(card["environment"])),
     ]

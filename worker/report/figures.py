@@ -238,7 +238,7 @@ def psi_figure(data: ReportData) -> str:
             color="#222222",
             markersize=6,
             clip_on=False,
-            label=f"past {number(top)}: value written above",
+            label=f"past {number(top)}: value written under the mark",
         )
     _version_changes(ax, data)
     ax.set_ylim(0, top * 1.06)
