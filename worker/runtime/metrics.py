@@ -11,7 +11,10 @@ Two kinds, kept apart so that nothing is counted twice:
   read at scrape time by ``DatabaseCollector`` and exported by **one**
   process per database: on PostgreSQL the one holding an advisory lock,
   on SQLite the single writer. Two monitors scraped side by side therefore
-  never double-count the shared state.
+  never double-count the shared state. Per registered model (its
+  champion), the numbers the Grafana dashboard and the alert rules of
+  ops/ need: events, PSI per feature, the error against its baseline,
+  open episodes, alerts, the gate's decisions (docs/metrics.md#per-model).
 
 Names follow the Prometheus conventions: ``undertow_`` prefix, base units,
 ``_total`` counters, bounded labels, pre-initialised.
