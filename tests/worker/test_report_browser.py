@@ -136,7 +136,9 @@ def test_a_drifting_model_s_report_reads_cleanly_in_headless_chromium(engine, tm
     legends["psi"] |= {"past 0.5: value written under the mark"}  # x0 and x1 run past the clip
     legends["error"] |= {"concept alarm (estimated start)"}
     seen = check_report(report, tmp_path / f"report-drifting-{task}.png", legends)
-    assert seen["headline"].startswith("Drift on version 1, the champion: x0 since 05 Dec 2026 20:50:00 UTC")
+    assert seen["headline"].startswith(
+        "Drift on version 1, the champion, since 05 Dec 2026 20:50:00 UTC: inputs x0, x1;"
+    )
     assert seen["features"][:4] == ["x0", "x1", "plan", PREDICTION_FEATURE]
     psi_texts = {t["text"] for t in seen["figures"]["psi"]["texts"]}
     assert "3.1" in psi_texts  # the largest PSI, past the clip, is written out

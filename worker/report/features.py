@@ -144,6 +144,12 @@ def _dataset(
     share = sum(r.severity != STABLE for r in inputs) / len(inputs) if inputs else None
     level = _level(episode, span)
     since, since_ts = _since(span) if level != STABLE else ("", None)
+    # No hysteresis here: the same share starts the episode and, once under it for end_after windows, ends it.
+    threshold = (
+        f"until share < {number(config.dataset_share)} for {config.end_after} windows"
+        if level != STABLE
+        else f"share ≥ {number(config.dataset_share)}"
+    )
     return FeatureRow(
         name=DATASET,
         label="dataset: share of inputs drifting",
@@ -151,7 +157,7 @@ def _dataset(
         statistic=number(share),
         pvalue=NONE_SHOWN,
         psi=NONE_SHOWN,
-        threshold=f"share ≥ {number(config.dataset_share)}",
+        threshold=threshold,
         drifted=level != STABLE,
         severity=level,
         since=since,
@@ -175,7 +181,7 @@ def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
     return FeatureRow(
         name=MULTIVARIATE,
         label="multivariate: all inputs together",
-        test="PCA reconstruction error: z, standard errors above the reference",
+        test="PCA reconstruction error, z",
         statistic=number(None if check is None else check.value),
         pvalue=NONE_SHOWN,
         psi=NONE_SHOWN,
@@ -184,7 +190,7 @@ def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         severity=level,
         since=since,
         since_ts=since_ts,
-        note="" if check is not None else "no window evaluated yet",
+        note="z: standard errors above the reference" if check is not None else "no window evaluated yet",
     )
 
 
@@ -214,7 +220,7 @@ def _performance(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
     return FeatureRow(
         name=PERFORMANCE,
         label="estimated accuracy",
-        test="confidence-based estimate (no labels)",
+        test="estimate from scores (no labels)",
         statistic=number(None if check is None else check.value),
         pvalue=NONE_SHOWN,
         psi=NONE_SHOWN,
@@ -223,5 +229,5 @@ def _performance(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         severity=level,
         since=since,
         since_ts=since_ts,
-        note=f"validation accuracy {number(accuracy)}",
+        note=f"validation accuracy {number(accuracy)}",  # what the estimate is compared with
     )

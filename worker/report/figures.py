@@ -27,11 +27,13 @@ from undertow.worker.report.alerts import number
 from undertow.worker.report.gather import ReportData
 from undertow.worker.report.times import date_axis, moment, parse
 
-ERROR_BUCKETS = 150  # points of the error-over-time curve
+ERROR_BUCKETS = 150  # points of the error-over-time curve, at most
+BUCKET_PAIRS = 25  # pairs per point of the error curve, at least
+ACCURACY_PAIRS = 100  # per point of the realised accuracy: a share of 0/1 errors needs more to read
 CATEGORIES_SHOWN = 8  # bars per categorical feature; the rest are "other"
 LABEL_CHARS = 18  # a category's label is cut beyond this
 REFERENCE, RECENT = "#4c72b0", "#dd8452"
-MODERATE_BAND, SIGNIFICANT_BAND = "#f6e3b4", "#f4c2b8"
+MODERATE_BAND, SIGNIFICANT_BAND = "#fbeccb", "#f9ddd7"
 ALARM, BASELINE = "#c44e52", "#4c72b0"
 WIDTH = 10.0  # inches: the page's width at 96 px per inch, so the text keeps its size
 
@@ -112,9 +114,9 @@ def _categorical(ax, profile: CategoricalProfile, values: list[Any]) -> None:
     if other_reference > 0.005 or other_recent > 0.005:
         names, reference, recent = names + ["other"], reference + [other_reference], recent + [other_recent]
     y = np.arange(len(names))
-    ax.barh(y - 0.2, reference, 0.4, color=REFERENCE)
+    ax.barh(y - 0.2, reference, 0.4, color=REFERENCE, alpha=0.6)
     if texts:
-        ax.barh(y + 0.2, recent, 0.4, color=RECENT)
+        ax.barh(y + 0.2, recent, 0.4, color=RECENT, alpha=0.6)
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(_ticks(4))
@@ -193,7 +195,8 @@ def _series(data: ReportData) -> Iterator[tuple[str, str, list[datetime], list[f
     grouped: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for version, _, feature, end_ts, psi, _ in data.windows:
         grouped.setdefault((feature, version), []).append((end_ts, psi))
-    for (feature, version), points in grouped.items():
+    order = {name: i for i, name in enumerate(_feature_order(data))}
+    for (feature, version), points in sorted(grouped.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         yield feature, version, [moment(t) for t, _ in points], [p for _, p in points]
 
 
@@ -293,14 +296,16 @@ def _write_clipped(fig, ax, clipped: list[tuple[datetime, float, str]], top: flo
             text = ax.annotate(
                 number(value),
                 (when, top),
-                xytext=(0, -8 - 12 * row),
+                xytext=(0, -8 - 13 * row),
                 textcoords="offset points",
                 ha="center",
                 va="top",
                 fontsize=8,
                 color=colour,
+                # White behind the digits: the lines and bands under them must not cross them.
+                bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
             )
-            box = text.get_window_extent(renderer)
+            box = text.get_window_extent(renderer).padded(2)
             if not any(box.overlaps(other) for other in taken):
                 taken.append(box)
                 break
@@ -310,11 +315,12 @@ def _write_clipped(fig, ax, clipped: list[tuple[datetime, float, str]], top: flo
     return hidden
 
 
-def _buckets(pairs: list[Any]) -> tuple[list[datetime], np.ndarray, np.ndarray, list]:
-    """Bucket centres, the bucket means of the error, the pair times and their versions."""
+def _buckets(pairs: list[Any], least: int = BUCKET_PAIRS) -> tuple[list[datetime], np.ndarray, np.ndarray, list]:
+    """Bucket centres, the bucket means of the error (``least`` pairs each at least), the pair times and
+    their versions."""
     times = np.array([p[0] for p in pairs])
     errors = np.array([p[1] for p in pairs])
-    edges = np.linspace(0, len(pairs), min(ERROR_BUCKETS, len(pairs)) + 1).astype(int)
+    edges = np.linspace(0, len(pairs), max(1, min(ERROR_BUCKETS, len(pairs) // least)) + 1).astype(int)
     centres = [moment(times[a:b].mean()) for a, b in zip(edges, edges[1:])]
     means = np.array([errors[a:b].mean() for a, b in zip(edges, edges[1:])])
     return centres, means, times, [p[2] for p in pairs]
@@ -398,7 +404,7 @@ def performance_figure(data: ReportData) -> str | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH, 3.8), layout="constrained")
     if data.pairs:
-        centres, means, times, versions = _buckets(data.pairs)
+        centres, means, times, versions = _buckets(data.pairs, ACCURACY_PAIRS)
         ax.plot(
             centres, 1.0 - means, color="#333333", linewidth=1.2, label="realised accuracy (joined labels, bucketed)"
         )

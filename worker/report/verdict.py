@@ -51,13 +51,23 @@ def verdict(data: ReportData, rows: list[FeatureRow]) -> Verdict:
     ]
     significant = any(r.severity == SIGNIFICANT for r in drifting) or bool(concept)
     state = DRIFT if significant else WATCH if drifting else CALM
+    return Verdict(state, _headline(champion, drifting, concept), [line for line in lines if line is not None])
+
+
+def _headline(champion: str, drifting: list[FeatureRow], concept: list[dict[str, Any]]) -> str:
+    """One sentence: what drifts, grouped (the inputs, the output, the checks, concept drift), since the
+    earliest start; each one's own start is in the lines under it."""
     if not drifting and not concept:
-        headline = f"No drift on version {champion}, the champion"
-    else:
-        parts = [f"{r.label} since {r.since}" if r.since else r.label for r in drifting]
-        parts += [f"concept drift ({s['what']}) since {_concept_since(s)}" for s in concept]
-        headline = f"Drift on version {champion}, the champion: " + "; ".join(parts)
-    return Verdict(state, headline, [line for line in lines if line is not None])
+        return f"No drift on version {champion}, the champion"
+    inputs = [r.label for r in drifting if not r.is_check and r.name != PREDICTION_FEATURE]
+    parts = [f"input{'s' if len(inputs) > 1 else ''} {', '.join(inputs)}"] if inputs else []
+    parts += ["the model output" for r in drifting if r.name == PREDICTION_FEATURE]
+    parts += [r.label.split(":")[0] for r in drifting if r.is_check]
+    if concept:
+        parts.append(f"concept drift ({', '.join(s['what'] for s in concept)})")
+    starts = [r.since_ts for r in drifting if r.since_ts is not None] + [_concept_start(s) for s in concept]
+    since = f", since {readable(min(starts))}" if starts else ""
+    return f"Drift on version {champion}, the champion{since}: " + "; ".join(parts)
 
 
 def _named(rows: list[FeatureRow]) -> str:
@@ -100,11 +110,13 @@ def _checks(rows: list[FeatureRow]) -> list[Line]:
     ]
 
 
-def _concept_since(span: dict[str, Any]) -> str:
+def _concept_start(span: dict[str, Any]) -> float:
     """The estimated start of the change when the detector gave one, else when the alarm fired."""
-    first = span["first"]
-    when = first.get("change_started_at") or span["started"]
-    return readable(parse(when))
+    return parse(span["first"].get("change_started_at") or span["started"])
+
+
+def _concept_since(span: dict[str, Any]) -> str:
+    return readable(_concept_start(span))
 
 
 def _concept(data: ReportData, spans: list[dict[str, Any]]) -> Line:
@@ -135,22 +147,28 @@ def _champion(data: ReportData) -> Line:
     )
 
 
-def gate_numbers(gate: Gate) -> str:
-    """The gate's numbers in words: both mean errors on the same held-out pairs, and the interval of the
-    improvement against the minimum gain it had to clear."""
-    n = gate.numbers
+def _errors(n: dict[str, Any]) -> str:
     if "champion_mean_error" not in n:
         return f"on {n.get('holdout_pairs', 0)} held-out pairs (at least {n.get('min_holdout', '–')} needed)"
-    text = (
+    return (
         f"on {n['holdout_pairs']} held-out pairs the champion's mean error {number(n['champion_mean_error'])}, "
         f"the candidate's {number(n['candidate_mean_error'])}"
     )
-    if "improvement_low" in n:
-        text += (
-            f"; {n['confidence']:.0%} interval of the improvement [{number(n['improvement_low'])}, "
-            f"{number(n['improvement_high'])}] against a minimum gain of {number(n['min_gain'])}"
-        )
-    return text
+
+
+def _interval(n: dict[str, Any]) -> str:
+    if "improvement_low" not in n:
+        return ""
+    return (
+        f"{n['confidence']:.0%} interval of the improvement [{number(n['improvement_low'])}, "
+        f"{number(n['improvement_high'])}] against a minimum gain of {number(n['min_gain'])}"
+    )
+
+
+def gate_numbers(gate: Gate) -> str:
+    """The gate's numbers in words: both mean errors on the same held-out pairs, and the interval of the
+    improvement against the minimum gain it had to clear."""
+    return "; ".join(part for part in (_errors(gate.numbers), _interval(gate.numbers)) if part)
 
 
 def _last_gate(gates: list[Gate]) -> Line:
@@ -158,10 +176,14 @@ def _last_gate(gates: list[Gate]) -> Line:
         return Line("Last gate decision", "none yet: no candidate has been judged")
     gate = gates[-1]
     when = f" on {readable(gate.finished_at)}" if gate.finished_at else ""
-    text = f"candidate version {gate.candidate} {gate.status}{when}: {gate_numbers(gate)}"
-    if gate.status == "rejected":
-        text += f" ({gate.outcome.removeprefix('gate failed: ')})"
-    return Line("Last gate decision", text, CALM if gate.status == "promoted" else WATCH)
+    head = f"candidate version {gate.candidate} {gate.status}{when}: "
+    if gate.status != "rejected":
+        return Line("Last gate decision", head + gate_numbers(gate), CALM)
+    # A rejection's reasons already quote the numbers that failed; the errors say what was compared.
+    reasons = gate.outcome.removeprefix("gate failed: ")
+    interval = _interval(gate.numbers) if "interval of the improvement" not in reasons else ""
+    parts = [_errors(gate.numbers), interval, reasons]
+    return Line("Last gate decision", head + "; ".join(p for p in parts if p), WATCH)
 
 
 def _earlier(data: ReportData) -> list[Line]:
