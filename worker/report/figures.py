@@ -315,19 +315,24 @@ def _write_clipped(fig, ax, clipped: list[tuple[datetime, float, str]], top: flo
     return hidden
 
 
-def _buckets(pairs: list[Any], least: int = BUCKET_PAIRS) -> tuple[list[datetime], np.ndarray, np.ndarray, list]:
-    """Bucket centres, the bucket means of the error (``least`` pairs each at least), the pair times and
-    their versions."""
-    times = np.array([p[0] for p in pairs])
-    errors = np.array([p[1] for p in pairs])
-    edges = np.linspace(0, len(pairs), max(1, min(ERROR_BUCKETS, len(pairs) // least)) + 1).astype(int)
-    centres = [moment(times[a:b].mean()) for a, b in zip(edges, edges[1:])]
-    means = np.array([errors[a:b].mean() for a, b in zip(edges, edges[1:])])
-    return centres, means, times, [p[2] for p in pairs]
+def _curves(pairs: list[Any], least: int = BUCKET_PAIRS) -> Iterator[tuple[str, list[datetime], np.ndarray]]:
+    """Per version, the bucket centres and the bucket means of its errors (``least`` pairs a bucket at
+    least, ERROR_BUCKETS in all at most): one curve per version, so that no line runs across the gap
+    between two versions' predictions as if it were data."""
+    by_version: dict[str, list[tuple[float, float]]] = {}
+    for p in pairs:
+        by_version.setdefault(p[2] or "", []).append((p[0], p[1]))
+    for version, own in by_version.items():
+        times = np.array([t for t, _ in own])
+        errors = np.array([e for _, e in own])
+        buckets = max(1, min(round(ERROR_BUCKETS * len(own) / len(pairs)), len(own) // least))
+        edges = np.linspace(0, len(own), buckets + 1).astype(int)
+        centres = [moment(times[a:b].mean()) for a, b in zip(edges, edges[1:])]
+        yield version, centres, np.array([errors[a:b].mean() for a, b in zip(edges, edges[1:])])
 
 
-def _version_span(times: np.ndarray, versions: list, version: str) -> list[datetime] | None:
-    own = [t for t, v in zip(times, versions) if v == version]
+def _version_span(pairs: list[Any], version: str) -> list[datetime] | None:
+    own = [p[0] for p in pairs if p[2] == version]
     return [moment(min(own)), moment(max(own))] if own else None
 
 
@@ -335,12 +340,12 @@ def error_figure(data: ReportData) -> str:
     """The error over prediction time with each version's baseline and alert threshold, and the alarms."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH, 3.8), layout="constrained")
+    for i, (_, centres, means) in enumerate(_curves(data.pairs)):
+        ax.plot(centres, means, color="#333333", linewidth=1.2, label=None if i else "mean error (bucketed)")
     if data.pairs:
-        centres, means, times, versions = _buckets(data.pairs)
-        ax.plot(centres, means, color="#333333", linewidth=1.2, label="mean error (bucketed)")
         first = True
         for version, (baseline, threshold) in data.baselines.items():
-            span = _version_span(times, versions, version)
+            span = _version_span(data.pairs, version)
             if span is None:
                 continue
             ax.plot(
@@ -403,14 +408,13 @@ def performance_figure(data: ReportData) -> str | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH, 3.8), layout="constrained")
+    for i, (_, centres, means) in enumerate(_curves(data.pairs, ACCURACY_PAIRS)):
+        realised = None if i else "realised accuracy (joined labels, bucketed)"
+        ax.plot(centres, 1.0 - means, color="#333333", linewidth=1.2, label=realised)
     if data.pairs:
-        centres, means, times, versions = _buckets(data.pairs, ACCURACY_PAIRS)
-        ax.plot(
-            centres, 1.0 - means, color="#333333", linewidth=1.2, label="realised accuracy (joined labels, bucketed)"
-        )
         first = True
         for v in data.versions:
-            span = _version_span(times, versions, v.version)
+            span = _version_span(data.pairs, v.version)
             if span is None or v.validation is None:
                 continue
             ax.plot(

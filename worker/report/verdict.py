@@ -86,7 +86,8 @@ def _inputs(data: ReportData, rows: list[FeatureRow]) -> Line:
     newest = max(w[3] for w in data.windows if w[0] == data.champion.version)
     return Line(
         "Inputs",
-        f"none of {len(inputs)} drifting ({len(windows)} windows evaluated; the newest ended {readable(newest)})",
+        f"none of {len(inputs)} drifting ({len(windows)} window{'s' if len(windows) > 1 else ''} evaluated; "
+        f"the newest ended {readable(newest)})",
         CALM,
     )
 
