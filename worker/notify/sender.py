@@ -24,9 +24,11 @@ pruned after their retention.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 IDLE_CHECK_S = 2.0  # an idle sink looks again this often (deliveries retried by `notify retry` in another process)
 LOCK_CHECK_S = 5.0
 PRUNE_EVERY_S = 300.0
-_SENDER_LOCK = 0x756E6E6F  # PostgreSQL advisory lock key: the one sending process per database
+_SENDER_LOCK = 0x756E6E6F  # high half of the PostgreSQL advisory lock key of the one sending process
 
 
 class DatabaseContext:
@@ -88,8 +90,8 @@ def _config(blob: str) -> DriftConfig:
 
 
 class SenderLock:
-    """Whether this process may send: on PostgreSQL, while its session holds an advisory lock (checked every
-    ``LOCK_CHECK_S``); on SQLite always (one notify process per file, ``db.single_writer_lock``)."""
+    """Whether this process may send: on PostgreSQL, while its session holds an advisory lock (one per schema,
+    checked every ``LOCK_CHECK_S``); on SQLite always (one notify process per file, ``db.single_writer_lock``)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -104,7 +106,10 @@ class SenderLock:
         try:
             if self._connection is None:
                 connection = self.engine.connect()
-                got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _SENDER_LOCK}).scalar()
+                # One sender per schema: deployments in schemas of one database (and the tests) do not share it.
+                schema = str(connection.execute(text("SELECT current_schema()")).scalar())
+                key = (_SENDER_LOCK << 32) | zlib.crc32(schema.encode())
+                got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
                 connection.commit()
                 if got:
                     self._connection = connection
@@ -195,7 +200,10 @@ class SinkWorker:
 
     def _request(self, session: Session, head: NotifyDelivery, now: float) -> Request:
         raw = deliveries.events_of(session, head.id)
-        message = Message(head.delivery_id, raw, digest=self.sink.group_seconds > 0 and len(raw) > 1)
+        if len(raw) > 1:
+            message = Message(head.delivery_id, raw, digest=True)
+        else:  # one event (a digest that collected no other is sent as that event): its own id is the ce-id
+            message = Message(json.loads(raw[0])["id"], raw)
         return build(self.sink, message, DatabaseContext(session), now)
 
     def _record(self, delivery: tuple[int, str, int, float], outcome: Outcome) -> None:
