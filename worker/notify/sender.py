@@ -53,7 +53,7 @@ from undertow.worker.runtime.settings import NotifySettings
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECK_S = 2.0  # an idle sink looks again this often (deliveries retried by `notify retry` in another process)
+IDLE_CHECK_S = 1.0  # an idle sink looks again this often (deliveries retried by `notify retry` in another process)
 LOCK_CHECK_S = 5.0
 PRUNE_EVERY_S = 300.0
 _SENDER_LOCK = 0x756E6E6F  # high half of the PostgreSQL advisory lock key of the one sending process
