@@ -9,10 +9,11 @@ notify is taken again when notify sends it again (a duplicate).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import wait_for
 from undertow.worker.dev.sample import SampleStream
 from undertow.worker.runtime import output_events
 
@@ -182,14 +183,18 @@ def wait_exit(env, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     assert proc.returncode == 0, env.log_of(proc)
 
 
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """``undertow ARGS`` run in this process (a second each saved on start-up), its output captured."""
+    from undertow.worker.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--log-level", "WARNING", *args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def cli(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "undertow", "--log-level", "WARNING", *args, "--db-url", env.db_url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return in_process(*args, "--db-url", env.db_url)
 
 
 def test_every_alert_arrives_through_failures_a_timeout_a_429_and_a_sigkill(env, receiver):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, wait_for
-from tests.worker.test_notify import Answer, receivers
+from tests.worker.test_notify import Answer, in_process, receivers
 from undertow.errors import ConfigError
 from undertow.worker.notify.attempt import Backoff, retry_after, send
 from undertow.worker.notify.config import parse_config
@@ -382,20 +382,22 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_notify_refuses_a_bad_config_file_in_one_line_before_connecting(tmp_path):
     bad = tmp_path / "notify.yaml"
     bad.write_text("sinks:\n  - name: team\n    teams: {url: https://x}\n")
-    done = _cli("notify", "--config", str(bad), "--bootstrap-servers", "127.0.0.1:1")
+    done = _cli("notify", "--config", str(bad), "--bootstrap-servers", "127.0.0.1:1")  # as a user runs it
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"undertow: error: notify config {bad}: sinks.0.teams: unknown sink type 'teams' "
         "(a sink is one of: webhook, slack, alertmanager)"
     ]
     bad.write_text("sinks:\n  - name: [unclosed\n")
-    done = _cli("notify", "--config", str(bad))
+    done = in_process("notify", "--config", str(bad))
     assert done.returncode == 2 and "not valid YAML at line" in done.stderr and len(done.stderr.splitlines()) == 1
-    done = _cli("notify", "--bootstrap-servers", "127.0.0.1:1")
+    done = in_process("notify", "--bootstrap-servers", "127.0.0.1:1")
     assert done.returncode == 2 and "nothing to notify: give --webhook URL" in done.stderr
+    done = in_process("notify", "--webhook", "hooks.example.com", "--bootstrap-servers", "127.0.0.1:1")
+    assert done.returncode == 2 and "--webhook: 'hooks.example.com' is not an http(s) URL" in done.stderr
 
 
-def test_notify_test_sends_a_test_message_and_says_whether_it_was_taken(tmp_path, receiver):
+def test_notify_test_sends_a_test_message_and_says_whether_it_was_taken(tmp_path, receiver, monkeypatch):
     hook = receiver(lambda n, seen: Answer() if seen.path == "/ok" else Answer(403, body=b"invalid_token"))
     config = tmp_path / "notify.yaml"
     config.write_text(
@@ -403,22 +405,22 @@ def test_notify_test_sends_a_test_message_and_says_whether_it_was_taken(tmp_path
         "  - name: team-slack\n    slack: {url_env: TEST_SLACK_URL}\n"
         f"  - name: broken\n    webhook: {{url: '{hook.url}/no'}}\n"
     )
-    done = _cli(
-        "notify", "test", "--config", str(config), "--sink", "team-slack", env={"TEST_SLACK_URL": hook.url + "/ok"}
-    )
+    slack = {"TEST_SLACK_URL": hook.url + "/ok"}
+    done = _cli("notify", "test", "--config", str(config), "--sink", "team-slack", env=slack)  # as a user runs it
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("delivered a test message to team-slack (slack): HTTP 200 in ")
     (taken,) = hook.accepted()
     check_slack_message(taken.json())
     assert "Test message" in taken.json()["text"]
-    refused = _cli("notify", "test", "--config", str(config), "--sink", "broken", env={"TEST_SLACK_URL": "http://x"})
+    monkeypatch.setenv("TEST_SLACK_URL", "http://x")
+    refused = in_process("notify", "test", "--config", str(config), "--sink", "broken")
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         "undertow: error: sink broken (webhook) did not take the test message: HTTP 403 Forbidden: invalid_token"
     )
-    unknown = _cli("notify", "test", "--config", str(config), "--sink", "nope", env={"TEST_SLACK_URL": "http://x"})
+    unknown = in_process("notify", "test", "--config", str(config), "--sink", "nope")
     assert unknown.returncode == 2 and "no sink named 'nope' (sinks: team-slack, broken)" in unknown.stderr
-    hooked = _cli("notify", "test", "--webhook", hook.url + "/ok", "--secret", "k")
+    hooked = in_process("notify", "test", "--webhook", hook.url + "/ok", "--secret", "k")
     assert hooked.returncode == 0, hooked.stderr
     event = hook.accepted()[-1]
     assert event.json()["type"] == "undertow.notify.test" and event.headers["ce-id"] == event.json()["id"]
