@@ -106,6 +106,10 @@ def notify_service(settings: NotifySettings, config: NotifyConfig, sender: Sende
         ensure_topics(admin, topics, partitions)
         sinks = ", ".join(f"{s.name} ({s.kind})" for s in config.sinks)
         log.info("notify: %s to %s", "every event" if config.rules is None else f"{len(config.rules)} rule(s)", sinks)
+        named = {name for rule in config.rules or () for name in rule.sinks}
+        for sink in config.sinks:
+            if config.rules is not None and sink.name not in named:
+                log.warning("sink %s: no rule names it, so it receives nothing", sink.name)
 
     def wake_sender() -> None:
         if stage.queued:
