@@ -43,7 +43,7 @@ def signature(secret: SecretStr, timestamp: int, body: bytes) -> str:
     """``sha256=<hex>`` of ``<timestamp>.<body>``.
 
     >>> signature(SecretStr("s3cret"), 1700000000, b'{"id":"1"}')[:15]
-    'sha256=3d6e1a57'
+    'sha256=2b9dee6c'
     """
     digest = hmac.new(secret.get_secret_value().encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "sha256=" + digest.hexdigest()
