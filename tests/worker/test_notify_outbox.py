@@ -86,3 +86,27 @@ def test_outcomes_and_retries_and_pruning(sessions):
         assert deliveries.prune(session, delivered_before=200.0, dead_before=5000.0) == (0, 1)
         assert {r.id for r, _, _ in deliveries.outstanding(session)} == {ids[0], ids[3]}
         assert not deliveries.seen(session, "a", "e1") and deliveries.seen(session, "a", "e0")
+
+
+def test_one_process_per_schema_sends_and_another_takes_over_when_it_goes(db_url):
+    """PostgreSQL: the sender lock (an advisory lock per schema) is held by one process at a time."""
+    from tests.conftest import requires_postgres
+    from undertow.worker.notify.sender import SenderLock
+
+    requires_postgres(db_url)
+    engines = [db.make_engine(db_url), db.make_engine(db_url)]
+    first, second = (SenderLock(e) for e in engines)
+    try:
+        first.refresh()
+        second.refresh()
+        assert first.held.is_set() and not second.held.is_set()
+        first.refresh()  # still its own
+        assert first.held.is_set()
+        first.release()  # the process goes away: its session ends
+        second.refresh()
+        assert second.held.is_set() and not first.held.is_set()
+    finally:
+        first.release()
+        second.release()
+        for engine in engines:
+            engine.dispose()
