@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import time
 
 import httpx
 
@@ -238,3 +239,28 @@ def test_per_model_metrics_describe_each_registered_models_champion_with_bounded
     for registry in registries.values() if promtool else ():
         done = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_scrape_on_sqlite_reads_without_waiting_for_a_writer(db_url, engine):
+    """Scrapes read a snapshot: they neither take SQLite's write lock nor wait for the process holding it
+    (the services' engines begin every transaction with BEGIN IMMEDIATE; a scrape through them queued for the
+    lock behind the writers, and with several services scraped every second, held the writers up in turn)."""
+    from prometheus_client import CollectorRegistry
+
+    from tests.conftest import requires_sqlite
+    from undertow.worker.runtime.metrics import DatabaseCollector
+
+    requires_sqlite(db_url)
+    _per_model_state(engine)
+    collector = DatabaseCollector(engine, "monitor", "g", lambda partitions: {}, [])
+    registry = CollectorRegistry()
+    registry.register(collector)
+    with engine.connect() as writer:
+        writer.exec_driver_sql("UPDATE model_stats SET predictions = 701 WHERE model_id = 'housing'")  # locked
+        started = time.monotonic()
+        during = registry.get_sample_value("undertow_model_events_total", {"model_id": "housing", "kind": "prediction"})
+        assert time.monotonic() - started < 5 and during == 700  # the committed snapshot, at once
+        writer.commit()
+    after = registry.get_sample_value("undertow_model_events_total", {"model_id": "housing", "kind": "prediction"})
+    assert after == 701
+    collector.close()

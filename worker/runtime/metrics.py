@@ -33,7 +33,8 @@ from typing import NamedTuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import Engine
 
 from undertow.models.drift.concept_state import CURRENT_FORMAT as CONCEPT_FORMAT
@@ -43,6 +44,7 @@ from undertow.models.drift.episodes import MODERATE, SIGNIFICANT, STABLE
 from undertow.models.drift.errors import ABSOLUTE_ERROR, MISCLASSIFICATION
 from undertow.models.profile import PREDICTION_FEATURE
 from undertow.models.runs import FINISHED, RunStatus
+from undertow.storage.db import SQLITE_BUSY_TIMEOUT_MS
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.output_events import (
     ConceptDriftAlert,
@@ -156,6 +158,7 @@ class DatabaseCollector(Collector):
         topics: list[str],
     ):
         self.engine, self.group_id, self.log_ends, self.topics = engine, group_id, log_ends, topics
+        self.reader = _reader(engine)
         self.sections = self.SECTIONS.get(service, ())  # each table's numbers come from one service
         self._lock_key = _EXPORTER_LOCK + sum(service.encode())
         self._lock_connection = None
@@ -228,6 +231,8 @@ class DatabaseCollector(Collector):
         with self._lock_guard:
             if self._lock_connection is not None:
                 self._drop_lock()
+        if self.reader is not self.engine:
+            self.reader.dispose()
 
     def describe(self):
         return []  # collected lazily: the database may be away at registration
@@ -238,7 +243,7 @@ class DatabaseCollector(Collector):
                 exporter = self._exporter()
             if not exporter:
                 return
-            with self.engine.connect() as conn:
+            with self.reader.connect() as conn:
                 yield from self._collect(conn)
         except Exception as exc:  # noqa: BLE001 - a scrape must never take the service down
             log.warning("database metrics unavailable: %s", exc)
@@ -268,6 +273,30 @@ class DatabaseCollector(Collector):
         for table in self.sections:
             if table in tables:
                 yield from _TABLE_METRICS[table](conn)
+
+
+def _reader(engine: Engine) -> Engine:
+    """The engine scrapes read through: the service's own, but on SQLite one whose transactions only read.
+
+    The services' SQLite engines begin every transaction with BEGIN IMMEDIATE (storage.db: reads inside a
+    session are isolated), which takes the database's write lock. A scrape needs no write lock: in WAL mode
+    (which the services' engine set on the file) a deferred transaction reads one consistent snapshot and
+    neither waits for the writers nor makes them wait. With several services scraped every few seconds,
+    scrapes taking the write lock queued behind the writers and held them up in turn.
+    """
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return engine  # PostgreSQL: reads never block writers; an in-memory database is this engine's alone
+    reader = create_engine(engine.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @sqlalchemy_event.listens_for(reader, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own lazy transactions off: ours, below
+
+    @sqlalchemy_event.listens_for(reader, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot at the first SELECT, no write lock
+
+    return reader
 
 
 def _duplicates(conn):
