@@ -158,7 +158,7 @@ class DatabaseCollector(Collector):
         topics: list[str],
     ):
         self.engine, self.group_id, self.log_ends, self.topics = engine, group_id, log_ends, topics
-        self.reader = _reader(engine)
+        self.reader = snapshot_reader(engine)
         self.sections = self.SECTIONS.get(service, ())  # each table's numbers come from one service
         self._lock_key = _EXPORTER_LOCK + sum(service.encode())
         self._lock_connection = None
@@ -275,8 +275,9 @@ class DatabaseCollector(Collector):
                 yield from _TABLE_METRICS[table](conn)
 
 
-def _reader(engine: Engine) -> Engine:
-    """The engine scrapes read through: the service's own, but on SQLite one whose transactions only read.
+def snapshot_reader(engine: Engine) -> Engine:
+    """The engine scrapes read through: the service's own, but on SQLite one whose transactions only read
+    (any collector that reads the database at scrape time may use it).
 
     The services' SQLite engines begin every transaction with BEGIN IMMEDIATE (storage.db: reads inside a
     session are isolated), which takes the database's write lock. A scrape needs no write lock: in WAL mode
