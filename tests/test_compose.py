@@ -11,10 +11,21 @@ import pytest
 import yaml
 
 from undertow.worker.cli import build_parser
-from undertow.worker.runtime.settings import MonitorSettings, ServerSettings, TrainerSettings, load_settings
+from undertow.worker.runtime.settings import (
+    MonitorSettings,
+    NotifySettings,
+    ServerSettings,
+    TrainerSettings,
+    load_settings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = {"monitor": MonitorSettings, "trainer": TrainerSettings, "serve": ServerSettings}
+SETTINGS = {
+    "monitor": MonitorSettings,
+    "trainer": TrainerSettings,
+    "serve": ServerSettings,
+    "notify": NotifySettings,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +61,7 @@ def _interpolate(value: str, environ: dict[str, str]) -> str:
 
 def test_the_undertow_services_run_cli_commands_that_exist_with_settings_that_are_accepted(compose, monkeypatch):
     services = _undertow_services(compose)
-    assert set(services) == {"monitor", "trainer", "server"}
+    assert set(services) == {"monitor", "trainer", "server", "notify"}
     parser = build_parser()
     for name, service in services.items():
         command = service["command"] if isinstance(service["command"], list) else shlex.split(service["command"])
@@ -96,7 +107,7 @@ def test_start_up_order_waits_for_healthy_dependencies_and_the_topics(compose):
 
 def test_every_undertow_service_gets_the_signing_key_and_compose_refuses_to_start_without_one(compose):
     services = _undertow_services(compose)
-    assert set(services) == {"monitor", "trainer", "server"}
+    assert set(services) == {"monitor", "trainer", "server", "notify"}
     for name, service in services.items():
         value = str(service["environment"].get("UNDERTOW_SIGNING_KEY", ""))
         # The key comes from the user's environment or .env, never from this file (it would be the same
@@ -202,3 +213,16 @@ def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard
     provider = yaml.safe_load((provisioning / "dashboards" / "undertow.yml").read_text())["providers"][0]
     dashboards = mounts[provider["options"]["path"]]
     assert (dashboards / "undertow.json").is_file()
+
+
+def test_notify_in_compose_loads_its_shipped_rules_and_sends_drift_alerts_to_compose_s_alertmanager(compose):
+    from undertow.worker.notify.config import load_config
+
+    notify = compose["services"]["notify"]
+    mount = next(v for v in notify["volumes"] if v.endswith(":/etc/undertow/notify.yml:ro"))
+    config = load_config(REPO / mount.split(":")[0].removeprefix("./"), environ={})
+    (sink,) = config.sinks  # the commented Slack sink needs SLACK_WEBHOOK_URL, so it is not on by default
+    assert sink.alertmanager is not None and sink.alertmanager.url == "http://alertmanager:9093"
+    assert (
+        "alertmanager" in compose["services"] and notify["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+    )
