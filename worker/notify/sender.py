@@ -49,6 +49,7 @@ from undertow.worker.notify.config import NotifyConfig, SinkConfig
 from undertow.worker.notify.metrics import NotifyMetrics
 from undertow.worker.notify.request import Message, Request, build
 from undertow.worker.runtime import cloudevents
+from undertow.worker.runtime.metrics import snapshot_reader
 from undertow.worker.runtime.settings import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,10 @@ class Sender:
         self.engine = db.make_engine(settings.db_url)
         self.sessions = db.make_session_factory(self.engine)
         self.lock = SenderLock(self.engine)
-        self.metrics = NotifyMetrics([s.name for s in config.sinks], self.sessions, self.lock.held.is_set)
+        # Scrapes read through a snapshot reader: on SQLite a scrape must not take the write lock the
+        # monitor and the senders need (runtime.metrics.snapshot_reader).
+        scrapes = db.make_session_factory(snapshot_reader(self.engine))
+        self.metrics = NotifyMetrics([s.name for s in config.sinks], scrapes, self.lock.held.is_set)
         self.workers = [SinkWorker(sink, self.sessions, settings, self.metrics) for sink in config.sinks]
         self._pruned_at = 0.0
 
