@@ -61,6 +61,10 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).resolve()
 
 
+# What a user starting a second process usually wants instead (from a trial: a second notify for a second sink).
+_SECOND_PROCESS_HINTS = {"notify": "several sinks go in one --config file (docs/notify.md); "}
+
+
 @contextmanager
 def single_writer_lock(url: str, service: str) -> Iterator[None]:
     """Refuse a second ``service`` process on the same SQLite file (nothing to do elsewhere).
@@ -83,8 +87,9 @@ def single_writer_lock(url: str, service: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            hint = _SECOND_PROCESS_HINTS.get(service, "")
             raise ConfigError(
-                f"another {service} already runs on {path}: a SQLite database takes one {service}; to run "
+                f"another {service} already runs on {path}: a SQLite database takes one {service}; {hint}to run "
                 "several, use PostgreSQL (UNDERTOW_DB_URL=postgresql+psycopg://user@host:5432/db)"
             ) from None
         yield

@@ -240,10 +240,18 @@ def prune(session: Session, *, delivered_before: float, dead_before: float) -> t
 
 
 def episode_started_at(
-    session: Session, *, model_id: str, version: str, event_type: str, feature: str | None, before: float
+    session: Session,
+    *,
+    model_id: str,
+    version: str,
+    event_type: str,
+    feature: str | None,
+    before: float,
+    metric: str | None = None,
 ) -> float | None:
-    """Event time of the newest ``started`` alert of the same stream (model version, type, feature) at or
-    before ``before``: when the episode an escalation or an end belongs to began (None if not recorded)."""
+    """Event time of the newest ``started`` alert of the same stream (model version, type, feature, and the
+    error metric of a concept alert: a model has one concept episode per metric) at or before ``before``:
+    when the episode an escalation or an end belongs to began (None if not recorded)."""
     rows = session.execute(
         select(Alert.event_ts, Alert.cloudevent)
         .where(
@@ -257,7 +265,8 @@ def episode_started_at(
         .limit(200)
     ).all()
     for event_ts, cloudevent in rows:
-        if json.loads(cloudevent).get("data", {}).get("episode") == "started":
+        data = json.loads(cloudevent).get("data", {})
+        if data.get("episode") == "started" and (metric is None or data.get("metric") == metric):
             return float(event_ts)
     return None
 

@@ -110,3 +110,45 @@ def test_one_process_per_schema_sends_and_another_takes_over_when_it_goes(db_url
         second.release()
         for engine in engines:
             engine.dispose()
+
+
+def test_an_ended_concept_episode_dates_from_the_start_of_its_own_metric(sessions):
+    """A model has one concept episode per error metric: the end of the misclassification episode is dated
+    from that episode's start, not from a log-loss episode that started in between (found in a trial)."""
+    import json
+
+    from undertow.storage.tables import Alert
+
+    def concept(alert_id: str, metric: str, episode: str, ts: float) -> Alert:
+        data = {"model_id": "m", "model_version": "1", "metric": metric, "episode": episode}
+        return Alert(
+            id=alert_id,
+            model_id="m",
+            version="1",
+            type="undertow.drift.concept",
+            feature=None,
+            severity="significant",
+            event_ts=ts,
+            cloudevent=json.dumps({"id": alert_id, "data": data}),
+        )
+
+    with sessions.begin() as session:
+        session.add(concept("a", "misclassification", "started", 100.0))
+        session.add(concept("b", "log_loss", "started", 150.0))
+        session.add(concept("c", "misclassification", "ended", 200.0))
+    with sessions() as session:
+
+        def since(metric):
+            return deliveries.episode_started_at(
+                session,
+                model_id="m",
+                version="1",
+                event_type="undertow.drift.concept",
+                feature=None,
+                before=200.0,
+                metric=metric,
+            )
+
+        assert since("misclassification") == 100.0
+        assert since("log_loss") == 150.0
+        assert since(None) == 150.0  # without a metric (data drift): the newest start of the stream

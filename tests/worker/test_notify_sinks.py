@@ -325,7 +325,10 @@ def test_refusals_are_classified_and_retry_after_is_read(receiver):
         ),
         ({"sinks": [{"name": "s", "webhook": {"url": "${NOPE_NOT_SET}/x"}}]}, "environment variable NOPE_NOT_SET"),
         ({"sinks": [{"name": "s"}]}, "a sink is exactly one of webhook, slack, alertmanager (given: none)"),
-        ({"sinks": [{"name": "s", "slack": {"url": "https://x"}}], "rules": [{"sinks": ["t"]}]}, "sink 't'"),
+        (
+            {"sinks": [{"name": "s", "slack": {"url": "https://x"}}], "rules": [{"sinks": ["t"]}]},
+            "notify.yaml: a rule names sink 't', which is not defined",
+        ),
         (
             {
                 "sinks": [{"name": "s", "slack": {"url": "https://x"}}],
@@ -335,6 +338,16 @@ def test_refusals_are_classified_and_retry_after_is_read(receiver):
         ),
         ({"sinks": []}, "sinks: List should have at least 1 item"),
         ({"sink": []}, "sinks: missing; sink: unknown key"),
+        # From a trial: the sink type's typo is named, not the variable its sink would have read.
+        ({"sinks": [{"name": "s", "slak": {"url_env": "NOPE_NOT_SET"}}]}, "sinks.0.slak: unknown sink type 'slak'"),
+        (
+            {"sinks": [{"name": "s", "slack": {"url": "https://x"}}], "rules": [{"sinks": ["s"], "type": "drfit.*"}]},
+            "rules.0.type: 'drfit.*' matches no event type (the types: drift.data,",
+        ),
+        (
+            {"sinks": [{"name": "s", "slack": {"url": "https://x"}}], "rules": [{"sinks": ["s"], "episode": "start"}]},
+            "rules.0.episode.0: Input should be 'started',",
+        ),
     ],
 )
 def test_config_mistakes_are_one_line_naming_the_key(config, says):

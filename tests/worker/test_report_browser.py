@@ -115,8 +115,8 @@ def expected_legends(features: list[str], classifier: bool, champion: str = "1")
     legends = {
         "psi": psi | {"moderate band (0.1)", "significant band (0.25)"},
         "error": {"mean error (bucketed)", "baseline", "rolling-mean threshold"},
-        "distributions": {f"reference (version {champion}'s training data)"},
-        "prediction": {"reference (training)"},
+        "distributions": {f"reference (version {champion}'s reference sample)"},
+        "prediction": {"reference sample"},
     }
     if classifier:
         legends["performance"] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from undertow.errors import ConfigError
+from undertow.worker.runtime.output_events import EVENT_TYPES, RetrainRequested
 
 SINK_KINDS = ("webhook", "slack", "alertmanager")
 SINK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a metrics label value and a column value
@@ -31,6 +33,9 @@ EPISODES = ("started", "escalated", "changed", "ended", "deployment_gap")
 # Keys whose value may come from the environment instead: `<key>_env: VARIABLE`.
 FROM_ENV = ("url", "secret")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The CloudEvent types notify reads (alerts and model events; retrain requests go to the trainer).
+NOTIFIED_TYPES = tuple(str(cls.model_fields["type"].default) for cls in EVENT_TYPES if cls is not RetrainRequested)
+TYPE_PREFIX = "undertow."
 
 
 def _check_url(value: str) -> str:
@@ -133,10 +138,22 @@ class Rule(_Strict):
     severity: list[Literal["stable", "moderate", "significant"]] | None = None
     episode: list[Literal["started", "escalated", "changed", "ended", "deployment_gap"]] | None = None
 
-    @field_validator("model_id", "type", mode="before")
+    @field_validator("model_id", "type", "severity", "episode", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("type")
+    @classmethod
+    def _types_exist(cls, patterns: list[str]) -> list[str]:
+        """A type pattern that matches no event notify reads is a typo (``drfit.*``), not a quiet rule."""
+        for pattern in patterns:
+            if not any(
+                fnmatchcase(t, pattern) or fnmatchcase(t.removeprefix(TYPE_PREFIX), pattern) for t in NOTIFIED_TYPES
+            ):
+                known = ", ".join(t.removeprefix(TYPE_PREFIX) for t in NOTIFIED_TYPES)
+                raise ValueError(f"{pattern!r} matches no event type (the types: {known})")
+        return patterns
 
 
 class NotifyConfig(_Strict):
@@ -191,9 +208,24 @@ def _from_environment(raw: Any, where: str, environ: Mapping[str, str]) -> Any:
     return out
 
 
+class _EveryVariableSet(dict[str, str]):
+    """The environment, with a placeholder (a valid URL, a non-blank secret) for every variable not set."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        super().__init__(environ)
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return "https://unset.invalid/"
+
+
 def _problem(error: Any) -> str:
     loc = [str(part) for part in error["loc"]]
-    where = ".".join(loc) or "the file"
+    if not loc:  # a check across keys (a rule naming a sink that is not defined): its message says where
+        return str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(loc)
     if error["type"] == "extra_forbidden":
         if len(loc) == 3 and loc[0] == "sinks":
             return f"{where}: unknown sink type {loc[-1]!r} (a sink is one of: {', '.join(SINK_KINDS)})"
@@ -207,8 +239,12 @@ def parse_config(raw: Any, source: str, environ: Mapping[str, str] | None = None
     """A parsed YAML document to a NotifyConfig; ConfigError with one line naming ``source`` otherwise."""
     if not isinstance(raw, dict):
         raise ConfigError(f"notify config {source}: expected a mapping with `sinks:` at the top")
+    environ = os.environ if environ is None else environ
     try:
-        expanded = _from_environment(raw, "", os.environ if environ is None else environ)
+        # The file's shape first, with every variable taken as set: a typo in a key or a sink type is named
+        # as such, not as the environment variable its sink would have read.
+        NotifyConfig.model_validate(_from_environment(raw, "", _EveryVariableSet(environ)))
+        expanded = _from_environment(raw, "", environ)
         return NotifyConfig.model_validate(expanded)
     except ConfigError as exc:
         raise ConfigError(f"notify config {source}: {exc}") from None

@@ -105,7 +105,8 @@ def _alert_next(event: Any, context: Context, config: DriftConfig) -> str:
     if request is not None:
         return (
             f"Retraining requested ({request}): the trainer trains a candidate and promotes it only if the gate "
-            f"shows it is better. Follow it with `undertow runs list --model-id {model}`."
+            f"shows it is better. Follow it with `undertow retrain list --model-id {model}` (picked up by a trainer?) "
+            f"and `undertow runs list --model-id {model}`."
         )
     if event.type == "undertow.drift.concept":
         if d.episode == "deployment_gap":

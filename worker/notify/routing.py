@@ -9,9 +9,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-from undertow.worker.notify.config import NotifyConfig, Rule, SinkConfig
-
-TYPE_PREFIX = "undertow."
+from undertow.worker.notify.config import TYPE_PREFIX, NotifyConfig, Rule, SinkConfig
 
 
 def _any(value: str, patterns: list[str]) -> bool:

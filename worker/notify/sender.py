@@ -79,6 +79,7 @@ class DatabaseContext:
             event_type=event.type,
             feature=getattr(d, "feature", None),
             before=cloudevents.epoch(event.time),
+            metric=getattr(d, "metric", None),
         )
 
     def retrain_request(self, event: Any) -> str | None:
@@ -238,7 +239,9 @@ class SinkWorker:
                 row_id,
             )
         else:
-            log.info("sink %s: attempt %d of %s failed (%s)", self.sink.name, attempts, delivery_id, outcome.error)
+            log.info(
+                "sink %s: delivery %s, attempt %d failed (%s)", self.sink.name, delivery_id, attempts, outcome.error
+            )
 
 
 class Sender:

@@ -179,7 +179,9 @@ def _concept_note(d: dict) -> str:
 def concept_drift(d: dict, config: DriftConfig) -> Detail:
     """A detector's statistic against its threshold, both in the event's unit: the baseline's standard
     deviations, or the metric itself (the deployment gap: production error against validation error)."""
-    unit = "baseline sd" if d.get("unit") == "baseline_sd" else d["metric"]
+    # A standardised statistic reads as a rise over the baseline, not as an error: "0.151 against 0.150"
+    # beside a mean error of 0.1 must not look like an error of 0.15.
+    unit = "standard deviations above the baseline error" if d.get("unit") == "baseline_sd" else d["metric"]
     detector = d["detector"]
     return Detail(
         f"{detector} on {d['metric']}",

@@ -138,7 +138,7 @@ def _reference_recent_handles():
 
 
 def distributions_figure(data: ReportData) -> str:
-    """Per input, the reference (training) distribution against the newest labelled predictions' inputs."""
+    """Per input, the registered reference distribution against the newest labelled predictions' inputs."""
     plt = _pyplot()
     features = [(n, p) for n, p in data.champion.profile.features.items() if n != PREDICTION_FEATURE]
     cols = 3
@@ -153,7 +153,7 @@ def distributions_figure(data: ReportData) -> str:
         "distributions",
         _reference_recent_handles(),
         [
-            f"reference (version {data.champion.version}'s training data)",
+            f"reference (version {data.champion.version}'s reference sample)",
             f"recent ({len(data.recent):,} newest labelled)",
         ],
         loc="outside upper center",
@@ -177,7 +177,7 @@ def prediction_figure(data: ReportData) -> str:
         fig,
         "prediction",
         _reference_recent_handles(),
-        ["reference (training)", f"recent ({len(data.recent):,} newest labelled)"],
+        ["reference sample", f"recent ({len(data.recent):,} newest labelled)"],
     )
     return svg(fig)
 
