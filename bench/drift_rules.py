@@ -32,6 +32,7 @@ costs.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import real_streams
 from undertow.models.drift.config import DriftConfig
 from undertow.models.profile import build_profile
 from undertow.worker.monitor.data_drift import ModelVersionMonitor
@@ -56,8 +58,8 @@ VARIANTS = (
 )
 
 
-def _events(rows: np.ndarray, start: int, predictions=None, scores=None) -> list[PredictionEvent]:
-    names = FEATURES[: rows.shape[1]]
+def _events(rows: np.ndarray, start: int, predictions=None, scores=None, names=FEATURES) -> list[PredictionEvent]:
+    names = names[: rows.shape[1]]
     return [
         PredictionEvent.model_construct(
             event_id=f"e{start + i}",
@@ -72,11 +74,11 @@ def _events(rows: np.ndarray, start: int, predictions=None, scores=None) -> list
     ]
 
 
-def _run(monitor: ModelVersionMonitor, blocks) -> list[tuple[int, list, list]]:
+def _run(monitor: ModelVersionMonitor, blocks, names=FEATURES) -> list[tuple[int, list, list]]:
     """(window index, alerts, result rows) per window; ``blocks`` yields (rows, predictions, scores)."""
     out, sent = [], 0
     for rows, predictions, scores in blocks:
-        encoded, ts = monitor.encode(_events(rows, sent, predictions, scores))
+        encoded, ts = monitor.encode(_events(rows, sent, predictions, scores, names))
         sent += rows.shape[0]
         for window in monitor.window.add(encoded, ts):
             results, alerts = monitor.evaluate(window)
@@ -84,14 +86,14 @@ def _run(monitor: ModelVersionMonitor, blocks) -> list[tuple[int, list, list]]:
     return out
 
 
-def _baselines(windows) -> dict[str, list[int]]:
+def _baselines(windows, names=FEATURES) -> dict[str, list[int]]:
     """Windows in which KS-Bonferroni and PSI > 0.2 alarm, per feature: {detector: [(window, feature)]}."""
     ks, psi = [], []
     for index, _, results in windows:
         for r in results:
-            if r["feature"] not in FEATURES:
+            if r["feature"] not in names:
                 continue
-            if r["ks_pvalue"] is not None and r["ks_pvalue"] < 0.01 / len(FEATURES):
+            if r["ks_pvalue"] is not None and r["ks_pvalue"] < 0.01 / len(names):
                 ks.append((index, r["feature"]))
             if r["psi"] > 0.2:
                 psi.append((index, r["feature"]))
@@ -231,6 +233,126 @@ def accuracy(seed: int) -> dict:
     }
 
 
+# --- Real-data features (bench/real_streams.py): gradual and abrupt shifts by re-weighting rows --------------
+
+REAL_RAMPS = (5000, 10_000, 20_000)
+REAL_SIZE = 0.5  # tilt of the gradual ramps: about +0.5 sd of the tilted feature's normal score, as x0's ramp
+ABRUPT_SIZE = 0.25  # an abrupt shift half as large: 0.5 is in every detector's first window
+REFERENCE_ROWS = 5000
+
+
+def _real_monitor_windows(data, reference: np.ndarray, matrix: np.ndarray, config: dict):
+    profile = build_profile({name: reference[:, j].tolist() for j, name in enumerate(data.features)})
+    monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(**config))
+    return _run(monitor, _blocks(matrix), data.features)
+
+
+def _first_after(ends: list[int], change: int) -> int | None:
+    after = [end for end in ends if end > change]
+    return min(after) - change if after else None
+
+
+def real_shift(name: str, seed: int, shape: str, ramp: int, kind: str = "feature") -> dict:
+    """Delay of every detector's first alarm on any input feature after the change (every feature correlated
+    with the tilted one moves too, so any is a true alarm), in predictions."""
+    data = real_streams.load(name)
+    rng = np.random.default_rng(seed)
+    reference = real_streams.reference(data, REFERENCE_ROWS, rng)
+    size = ABRUPT_SIZE if shape == "abrupt" else REAL_SIZE
+    n = CHANGE + (0 if shape == "abrupt" else ramp) + 10 * WINDOW
+    matrix = real_streams.stream(data, n, seed + 1, shape, CHANGE, ramp, size, kind)
+    delays = {}
+    for variant, config in VARIANTS:
+        windows = _real_monitor_windows(data, reference, matrix, config)
+        started = [(i + 1) * WINDOW for i, alerts, _ in windows for a in alerts if _input_started(a)]
+        delays[variant] = _first_after(started, CHANGE)
+        if variant == "Undertow":
+            base = _baselines(windows, data.features)
+    for detector, alarms in base.items():
+        delays[detector] = _first_after([(i + 1) * WINDOW for i, _ in alarms], CHANGE)
+    return delays
+
+
+def _input_started(alert) -> bool:
+    return alert.type == "undertow.drift.data" and alert.data.episode == "started"
+
+
+def real_stationary(name: str, seed: int, n: int = 100_000) -> dict:
+    """Alarms on a stationary stream: episodes started on any input feature; windows a baseline alarms in."""
+    data = real_streams.load(name)
+    rng = np.random.default_rng(seed)
+    reference = real_streams.reference(data, REFERENCE_ROWS, rng)
+    matrix = real_streams.stream(data, n, seed + 1, "stationary")
+    counts = {}
+    for variant, config in VARIANTS:
+        windows = _real_monitor_windows(data, reference, matrix, config)
+        counts[variant] = sum(1 for _, alerts, _ in windows for a in alerts if _input_started(a))
+        if variant == "Undertow":
+            base = _baselines(windows, data.features)
+    for detector, alarms in base.items():
+        counts[detector] = len({i for i, _ in alarms})
+    return counts
+
+
+def _paired(ours: list, theirs: list) -> str:
+    """Per seed, Undertow's delay against KS-Bonferroni's: earlier / same / later (a miss is latest)."""
+    a = [math.inf if v is None else v for v in ours]
+    b = [math.inf if v is None else v for v in theirs]
+    return f"{sum(x < y for x, y in zip(a, b))}/{sum(x == y for x, y in zip(a, b))}/{sum(x > y for x, y in zip(a, b))}"
+
+
+def delay_table(columns: dict[str, list[dict]], still: list[dict]) -> list[str]:
+    """Median delay per column (and, for Undertow's rows, seeds earlier/same/later than KS-Bonferroni),
+    false alarms per 100,000 stationary predictions (mean over seeds; total)."""
+    names = list(still[0])
+    lines = [
+        "| detector | " + " | ".join(columns) + " | false alarms per 100k (total) |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for name in names:
+        cells = []
+        for runs in columns.values():
+            cell = _median([r[name] for r in runs])
+            if name.startswith("Undertow"):
+                cell += f" [{_paired([r[name] for r in runs], [r['KS-Bonferroni'] for r in runs])}]"
+            cells.append(cell)
+        total = sum(c[name] for c in still)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {total / len(still):.2f} ({total}) |")
+    return lines
+
+
+def per_seed(columns: dict[str, list[dict]], detectors=("Undertow", "KS-Bonferroni")) -> list[str]:
+    """Every seed's delay, in windows of 1,000 (- = missed)."""
+    return [
+        f"  - {column}, {d}: " + " ".join("-" if r[d] is None else str(r[d] // WINDOW) for r in runs)
+        for column, runs in columns.items()
+        for d in detectors
+    ]
+
+
+def real_section(seeds: list[int], datasets: tuple[str, ...]) -> None:
+    print(
+        f"\n## Real-data features ({len(seeds)} seeds; rows re-weighted by exponential tilting, "
+        f"bench/real_streams.py)\n\nDelay of the first alarm on any input feature after the change "
+        f"(prediction {CHANGE:,}), median over seeds; [a/b/c]: seeds in which Undertow alarmed earlier / in the "
+        f"same window / later than KS-Bonferroni (p < 0.01 / features, any feature). Gradual: tilt 0 -> "
+        f"{REAL_SIZE} over the ramp, on one feature's rank, on the class mix or on one feature's spread; abrupt: "
+        f"tilt {ABRUPT_SIZE} on the feature. False alarms: 100,000 stationary predictions per seed."
+    )
+    for name in datasets:
+        data = real_streams.load(name)
+        columns = {f"feature over {r:,}": [real_shift(name, s, "gradual", r) for s in seeds] for r in REAL_RAMPS}
+        for kind in ("class mix", "spread"):
+            columns[f"{kind} over 10,000"] = [real_shift(name, s, "gradual", 10_000, kind) for s in seeds]
+        columns[f"abrupt {ABRUPT_SIZE}"] = [real_shift(name, s, "abrupt", 0) for s in seeds]
+        still = [real_stationary(name, s) for s in seeds]
+        moved = real_streams.shift_in_sd(data, REAL_SIZE)[data.tilted]
+        print(f"\n### {name}: {len(data.features)} features, tilt on {data.tilted} ({moved:+.2f} sd at {REAL_SIZE})")
+        print(f"\n{data.source}\n")
+        print("\n".join(delay_table(columns, still)))
+        print("\nPer seed, in windows:\n" + "\n".join(per_seed(columns)))
+
+
 def _median(values) -> str:
     got = [v for v in values if v is not None]
     if not got:
@@ -239,10 +361,7 @@ def _median(values) -> str:
     return text + (f" ({len(got)}/{len(values)})" if len(got) < len(values) else "")
 
 
-def main(seeds: int = 5) -> None:
-    started = time.perf_counter()
-    seeds_ = [11 + 101 * s for s in range(seeds)]
-    print(f"# Data-drift alert rules ({seeds} seeds; windows of {WINDOW:,}; Undertow = DriftConfig() defaults)\n")
+def normal_section(seeds_: list[int]) -> None:
     flap = [flapping(s) for s in seeds_]
     print(
         "Flapping (x0's PSI alternating around 0.25 for 30 windows): alerts on x0 until the drift ends, "
@@ -253,19 +372,13 @@ def main(seeds: int = 5) -> None:
         print(f"| {name} | {np.median([f[name] for f in flap]):.0f} ({max(f[name] for f in flap)}) |")
     still = [stationary(s) for s in seeds_]
     print(
-        "\nGradual drift of x0 to +0.5 sd: delay of the first alarm on x0 in predictions, median over seeds; "
-        "false alarms on 100,000 stationary predictions, total over seeds"
+        "\nGradual drift of x0 to +0.5 sd: delay of the first alarm on x0 in predictions, median over seeds "
+        "([a/b/c]: seeds in which Undertow alarmed earlier / in the same window / later than KS-Bonferroni); "
+        "false alarms on 100,000 stationary predictions per seed\n"
     )
-    names = list(still[0])
-    print("| detector | " + " | ".join(f"over {r:,}" for r in (5000, 10_000, 20_000)) + " | false alarms |")
-    print("|---|" + "---:|" * 4)
-    ramps = {r: [gradual(s, r) for s in seeds_] for r in (5000, 10_000, 20_000)}
-    for name in names:
-        print(
-            f"| {name} | "
-            + " | ".join(_median([g[name] for g in ramps[r]]) for r in ramps)
-            + f" | {sum(c[name] for c in still)} |"
-        )
+    ramps = {f"over {r:,}": [gradual(s, r) for s in seeds_] for r in (5000, 10_000, 20_000)}
+    print("\n".join(delay_table(ramps, still)))
+    print("\nPer seed, in windows:\n" + "\n".join(per_seed(ramps)))
     corr = [correlation(s) for s in seeds_]
     print("\nCorrelation-only drift (x0-x1 correlation +0.8 to -0.8, marginals unchanged)")
     print(
@@ -273,7 +386,7 @@ def main(seeds: int = 5) -> None:
         f"predictions; false alarms before the change {sum(c['false'] for c in corr)}"
     )
     for name in ("KS-Bonferroni", "PSI > 0.2"):
-        print(f"- {name}: alarms after the change (10 windows): {sum(c[name] for c in corr)} over {seeds} seeds")
+        print(f"- {name}: alarms after the change (10 windows): {sum(c[name] for c in corr)} over {len(seeds_)} seeds")
     acc = [accuracy(s) for s in seeds_]
     print("\nAccuracy under covariate shift, labels 3 hours late (one prediction a second)")
     print(
@@ -285,10 +398,26 @@ def main(seeds: int = 5) -> None:
         f"- estimate against realised accuracy per window: mean |error| "
         f"{np.mean([a['mean_abs_error'] for a in acc]):.3f}, largest {max(a['max_abs_error'] for a in acc):.3f}"
     )
+
+
+def main(
+    seeds: int = 5, real_seeds: int | None = None, datasets: tuple[str, ...] = real_streams.DATASETS, only=None
+) -> None:
+    started = time.perf_counter()
+    seeds_ = [11 + 101 * s for s in range(seeds)]
+    print(f"# Data-drift alert rules ({seeds} seeds; windows of {WINDOW:,}; Undertow = DriftConfig() defaults)\n")
+    if only in (None, "normal"):
+        normal_section(seeds_)
+    if only in (None, "real"):
+        real_section([11 + 101 * s for s in range(seeds if real_seeds is None else real_seeds)], datasets)
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    main(parser.parse_args().seeds)
+    parser.add_argument("--real-seeds", type=int, help="seeds of the real-data streams (default: --seeds)")
+    parser.add_argument("--datasets", nargs="+", choices=real_streams.DATASETS, default=real_streams.DATASETS)
+    parser.add_argument("--only", choices=("normal", "real"), help="one section only")
+    args = parser.parse_args()
+    main(args.seeds, args.real_seeds, tuple(args.datasets), args.only)
