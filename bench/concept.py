@@ -12,6 +12,10 @@ Error streams as a monitor sees them in production, per seed:
   the production error is 5-15 % above it (drawn per seed);
 * streams: stationary; abrupt (+1.5 validation sd at 40 % of the stream);
   successive changes of growing size (+0.5, +1.0, +2.0 sd at 25, 50, 75 %);
+  successive local changes of 0.5 sd each (at 25, 50, 75 %: a region of the
+  inputs whose regression errors are 2 sd up grows from a quarter of the
+  predictions to half and three quarters); a recovery (+1.5 sd at 40 %, down
+  to +0.5 sd at 70 %);
   gradual (0 to +1.5 sd over 20 % of the stream from 40 %); recurring
   (+1.5 sd during 40-55 % and 70-85 %);
 * regression (|error| of a normal residual), classification (0/1
@@ -23,8 +27,8 @@ Error streams as a monitor sees them in production, per seed:
 
 Undertow: ``ErrorStreamMonitor`` with ``DriftConfig()`` defaults, the validation
 baseline and error sample, ``update(error, metric, label_ts=arrival, prediction_ts)``;
-its alarms are ``started`` and ``escalated`` alerts (``deployment_gap`` is counted
-apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
+its alarms are ``started``, ``escalated`` and ``improved`` alerts (``deployment_gap`` is
+counted apart). river: ``PageHinkley()`` and ``ADWIN()`` with default parameters on the
 raw errors in arrival order; every ``drift_detected`` is an alarm; "matched",
 the same detectors made as quiet as Undertow (PageHinkley's smallest
 threshold, ADWIN's largest delta, that raise no alarm on the stationary
@@ -74,6 +78,7 @@ from undertow.worker.monitor.concept import ErrorStreamMonitor
 DELAY_MEDIAN_S, DELAY_SIGMA = 300.0, 1.0
 VALIDATION_ROWS = 5000
 FLOOR_LABELS = 10
+ALARMS = ("started", "escalated", "improved")  # Undertow's alerts that say a change (a fall: improved)
 DETECTORS = (
     "Undertow",
     "river PageHinkley()",
@@ -93,6 +98,10 @@ MATCHED_DELTAS = tuple(sorted({float(f"{0.002 * 0.8**k:.2g}") for k in range(60)
 class Shape:
     name: str
     changes: tuple[float, ...]  # change points, as fractions of the stream
+    # A local change: the regression errors of a share shift / local of the predictions (a region of the
+    # inputs) rise by ``local`` sd, instead of all errors by ``shift``. (0/1 errors and log losses drawn
+    # independently per label are the same mixture either way.)
+    local: float | None = None
 
     def shift(self, u: np.ndarray) -> np.ndarray: ...  # each shape defines it
 
@@ -112,6 +121,16 @@ class Successive(Shape):
         return 0.5 * (u >= 0.25) + 1.0 * (u >= 0.5) + 2.0 * (u >= 0.75)
 
 
+class SuccessiveLocal(Shape):
+    def shift(self, u):
+        return 0.5 * ((u >= 0.25).astype(float) + (u >= 0.5) + (u >= 0.75))
+
+
+class Recovery(Shape):
+    def shift(self, u):
+        return np.where(u >= 0.7, 0.5, np.where(u >= 0.4, 1.5, 0.0))
+
+
 class Gradual(Shape):
     def shift(self, u):
         return np.clip((u - 0.4) / 0.2, 0, 1) * 1.5
@@ -126,6 +145,8 @@ SHAPES = [
     Stationary("stationary", ()),
     Abrupt("abrupt +1.5 sd", (0.4,)),
     Successive("successive +0.5, +1.0, +2.0 sd", (0.25, 0.5, 0.75)),
+    SuccessiveLocal("successive_local +0.5 sd three times (a region growing)", (0.25, 0.5, 0.75), local=2.0),
+    Recovery("recovery +1.5 sd, then down to +0.5 sd", (0.4, 0.7)),
     Gradual("gradual to +1.5 sd over 20 %", (0.4,)),
     Recurring("recurring +1.5 sd, twice", (0.4, 0.7)),
 ]
@@ -139,7 +160,10 @@ def stream(shape: Shape, task: str, n: int, seed: int):
     if task == "regression":
         validation = np.abs(rng.normal(0, 1, VALIDATION_ROWS))
         sd = validation.std()
-        errors = np.abs(rng.normal(0, 1, n)) * (1 + gap) + shape.shift(u) * sd
+        shift = shape.shift(u)
+        if shape.local is not None:  # the region: a share shift / local of the predictions, local sd up
+            shift = np.where(rng.random(n) < shift / shape.local, shape.local, 0.0)
+        errors = np.abs(rng.normal(0, 1, n)) * (1 + gap) + shift * sd
     elif task == "classification":
         rate = 0.10
         sd = np.sqrt(rate * (1 - rate))
@@ -277,10 +301,11 @@ def told_size_statistics(
         t = order[at].astype(float)
         z = (watched[order[at]] - mean) / sd
         best = np.zeros(at.size)
-        if kind == "step":
+        if kind == "step":  # a fall watched as a rise of -z
+            sign, size = (1.0, size) if size > 0 else (-1.0, -size)
             cusum = PredictionTimeCusum(k=size / 2, h=math.inf, bucket_seconds=60.0, horizon=720, clip=max(5.0, size))
             for j in range(at.size):
-                cusum.update(float(z[j]), float(t[j]))
+                cusum.update(sign * float(z[j]), float(t[j]))
                 best[j] = cusum.statistic
         else:
             for tau in np.arange(start - 10_000, start + 10_000, 60.0):
@@ -319,6 +344,7 @@ def run(
     )
     ph, adwin = PageHinkley(), ADWIN()
     alarms = {name: [] for name in DETECTORS}
+    phases = dict.fromkeys(ALARMS, 0)
     gaps = 0
     started = time.perf_counter()
     for i in order:
@@ -326,8 +352,9 @@ def run(
         if losses is not None:
             alerts += ours.update_log_loss(float(losses[i]), float(arrived[i]), float(predicted[i]))
         for alert in alerts:
-            if alert.data.episode in ("started", "escalated"):
+            if alert.data.episode in ALARMS:
                 alarms[DETECTORS[0]].append(float(arrived[i]))
+                phases[alert.data.episode] += 1
             gaps += alert.data.episode == "deployment_gap"
     seconds = time.perf_counter() - started
     watched = errors if losses is None else losses
@@ -354,7 +381,14 @@ def run(
             alarms[DETECTORS[6]].append(float(arrived[order[above[0]]]))
     changes = [c * n for c in shape.changes]
     floors = [float(np.sort(arrived[int(c) :])[FLOOR_LABELS - 1]) - c for c in changes]
-    result = {"gap": gap, "deployment_gaps": gaps, "labels_per_s": n / seconds, "floors": floors, "detectors": {}}
+    result = {
+        "gap": gap,
+        "deployment_gaps": gaps,
+        "phases": phases,
+        "labels_per_s": n / seconds,
+        "floors": floors,
+        "detectors": {},
+    }
     for name, times in alarms.items():
         first = changes[0] if changes else float("inf")
         false = [t for t in times if t < first]
@@ -463,9 +497,10 @@ def main() -> None:
                     f"{np.mean([p['false_per_10k'] for p in per]):.2f} | — |"
                 )
             gaps = ", ".join(f"{r['gap']:.0%}" for r in runs)
+            phases = {phase: sum(r["phases"][phase] for r in runs) for phase in ALARMS}
             notes.append(
                 f"- {task}, {shape.name}: production error above validation by {gaps}; deployment_gap alerts "
-                f"{[r['deployment_gaps'] for r in runs]}; "
+                f"{[r['deployment_gaps'] for r in runs]}; Undertow's alarms over seeds {phases}; "
                 f"Undertow {np.mean([r['labels_per_s'] for r in runs]):,.0f} labels/s"
             )
     print()

@@ -1,42 +1,56 @@
 """A concept-drift episode of one error stream: started by the first detector to fire, escalated when the
-error rises again within it, ended once the rolling mean has long been calm.
+error rises again within it, improved when it falls but stays above the baseline, ended once the rolling
+mean has long been calm.
 
-Escalation: inside an episode the next ``rolling_window`` errors estimate the episode's own level; an upper
-CUSUM against that level (in arrival order and in prediction time) escalates when the error rises
-significantly again, and the level is then estimated anew: an episode cannot hide a second, larger change.
-End: once the rolling mean has stayed within one standard error of the baseline for a whole window of
-evaluations, at least a window of labels after the episode began (hysteresis: a drift sitting near the
-threshold would otherwise start episode after episode).
+Phases: after each change (the start, a rise, a fall) the next ``rolling_window`` errors of predictions made
+after it measure the episode's level; the detectors of ``EpisodeBank`` then run against that level, calibrated
+on those errors, until one fires. A rise is alerted at once (``escalated``) and the level measured anew. After
+a fall the level is measured anew too, and the fall alerted (``improved``) as soon as the errors measured put
+that level significantly above the baseline (as much as a rolling mean needs to start an episode); a fall back
+to the baseline is the end's business. End: once the rolling
+mean has stayed within one standard error of the baseline for a whole window of evaluations, at least a window
+of labels after the episode began (hysteresis: a drift sitting near the threshold would otherwise start
+episode after episode). Episodes opened before concept-state format 10 keep the rule that opened them
+(``LegacyEscalation``) until they end.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.detectors import (
-    Cusum,
-    CusumState,
-    PredictionTimeCusum,
-    PredictionTimeCusumState,
-    RollingMean,
-)
+from undertow.models.drift.detectors import RollingMean
+from undertow.models.drift.episode_bank import EpisodeBank, EpisodeBankState
+from undertow.models.drift.legacy_escalation import LegacyEscalation, LegacyEscalationState
+
+MIN_LEVEL_LABELS = 100  # fewer errors say too little of a skewed mean's tail to call a level above the baseline
+
+
+class FallState(BaseModel):
+    """A fall of the episode's level, alerted once the level after it is known."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    statistic: float
+    threshold: float
+    change_ts: float | None
 
 
 class EpisodeState(BaseModel):
-    """The open episode's level and escalation detectors (``episode`` in the concept state)."""
+    """The open episode's phase (``episode`` in the concept state)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
-    level_z: list[float]
-    level: float | None
+    level_z: list[float]  # errors measuring the level (empty once it is measured)
     level_from: float | None  # prediction time the level is measured from
-    escalation: CusumState | None
-    escalation_pt: PredictionTimeCusumState | None
+    bank: EpisodeBankState | None  # the detectors against the measured level
+    fall: FallState | None  # a fall whose level is being measured
+    legacy: LegacyEscalationState | None  # an episode opened before format 10
 
 
 class EpisodeCounts(BaseModel):
@@ -52,7 +66,10 @@ class EpisodeCounts(BaseModel):
 
 
 @dataclass(frozen=True)
-class Escalated:
+class Phase:
+    """A new phase of the open episode: a rise (``escalated``) or a fall (``improved``)."""
+
+    episode: Literal["escalated", "improved"]
     statistic: float
     threshold: float
     change_ts: float | None
@@ -71,64 +88,80 @@ class Episode:
         self.episodes, self.silenced_alarms = counts.episodes, counts.silenced_alarms
         self.calm_evaluations = counts.calm_evaluations
         self.level_z: list[float] = [] if state is None else list(state.level_z)
-        self.level: float | None = None if state is None else state.level
         self.level_from: float | None = None if state is None else state.level_from
-        self.escalation: Cusum | None = None
-        self.escalation_pt: PredictionTimeCusum | None = None
-        if state is not None and state.level is not None:
-            if state.escalation is None or state.escalation_pt is None:
-                raise ValueError("an episode state with a level needs the states of its escalation detectors")
-            escalation, escalation_pt = self._start_escalation()
-            escalation.from_state(state.escalation)
-            escalation_pt.from_state(state.escalation_pt)
+        self.bank: EpisodeBank | None = None
+        if state is not None and state.bank is not None:
+            self.bank = EpisodeBank.restored(config, state.bank)
+        self.fall: FallState | None = None if state is None else state.fall
+        self.legacy: LegacyEscalation | None = None
+        if state is not None and state.legacy is not None:
+            self.legacy = LegacyEscalation(config, state.legacy)
 
     def start(self, labels: int, change_ts: float | None, prediction_ts: float) -> None:
         self.in_episode, self.started_label = True, labels
         self.episodes += 1
+        self.fall = None
         self._measure_level_from(change_ts if change_ts is not None else prediction_ts)
 
     def _measure_level_from(self, prediction_ts: float) -> None:
-        self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
+        self.level_z, self.bank = [], None
         self.level_from = prediction_ts
 
-    def _start_escalation(self) -> tuple[Cusum, PredictionTimeCusum]:
-        """Upper CUSUMs (arrival order and prediction time) against the episode's own level; returns them."""
-        c = self.config
-        self.level = level = float(np.mean(self.level_z))
-        self.escalation = escalation = Cusum(
-            c.cusum_k,
-            c.cusum_false_alarm_every,
-            reference_z=np.array(self.level_z) - level if len(self.level_z) >= 100 else None,
-        )
-        self.escalation_pt = escalation_pt = PredictionTimeCusum(
-            c.cusum_k, escalation.threshold, c.pt_bucket_seconds, c.pt_horizon_buckets
-        )
-        return escalation, escalation_pt
+    def watch(self, z: float, prediction_ts: float, baseline_labels: int | None) -> Phase | None:
+        """One standardised error inside the episode: the level measured first, then watched for a change.
+        ``baseline_labels``: what the production baseline rests on (None: a validation baseline), for how
+        far the level must stand above it to count as still drifting after a fall."""
+        if self.legacy is not None:
+            change = self.legacy.escalate(z, prediction_ts)
+            return None if change is None else Phase("escalated", change.statistic, change.threshold, change.change_ts)
+        bank = self.bank
+        if bank is None:
+            return self._measure(z, prediction_ts, baseline_labels)
+        bank.update(z, prediction_ts)
+        change = bank.change()
+        if change is None:
+            return None
+        self._measure_level_from(change.change_ts if change.change_ts is not None else prediction_ts)
+        if change.direction == "down":
+            self.fall = FallState(statistic=change.statistic, threshold=change.threshold, change_ts=change.change_ts)
+            return None
+        return Phase("escalated", change.statistic, change.threshold, change.change_ts)
 
-    def escalate(self, z: float, prediction_ts: float) -> Escalated | None:
-        """One standardised error inside the episode: its level measured first, then watched for a rise."""
-        level, escalation, escalation_pt = self.level, self.escalation, self.escalation_pt
-        if level is None:
-            # The episode's level from predictions made after the change began: late labels of
-            # earlier predictions would pull it down and make the next rise look like an escalation.
-            if self.level_from is None or prediction_ts >= self.level_from:
-                self.level_z.append(z)
-            if len(self.level_z) >= self.config.rolling_window:
-                self._start_escalation()
-            return None
-        if escalation is None or escalation_pt is None:  # set with the level
-            raise ValueError("an episode with a level has its escalation detectors")
-        escalation.update(z - level)
-        escalation_pt.update(z - level, prediction_ts)
-        fired: Cusum | PredictionTimeCusum | None = (
-            escalation if escalation.drift_detected else (escalation_pt if escalation_pt.drift_detected else None)
-        )
-        if fired is None:
-            return None
-        change = escalation_pt.change_ts
-        escalated = Escalated(fired.statistic, fired.threshold, change)
-        self._measure_level_from(change if change is not None else prediction_ts)
-        return escalated
+    def _measure(self, z: float, prediction_ts: float, baseline_labels: int | None) -> Phase | None:
+        """One more error of the level being measured; after a fall, ``improved`` as soon as the level is
+        significantly above the baseline."""
+        # The level from predictions made after the change began: late labels of earlier predictions
+        # would pull it towards the regime before and make the next label look like a change.
+        if self.level_from is None or prediction_ts >= self.level_from:
+            self.level_z.append(z)
+        improved = None
+        fall = self.fall
+        if fall is not None and self._still_drifting(baseline_labels):
+            improved, self.fall = Phase("improved", fall.statistic, fall.threshold, fall.change_ts), None
+        if len(self.level_z) >= self.config.rolling_window:
+            self.bank = EpisodeBank.measured(self.config, self.level_z, self.level_from)
+            self.level_z, self.fall = [], None  # a fall to a level not above the baseline: the end's business
+        return improved
+
+    def _still_drifting(self, baseline_labels: int | None) -> bool:
+        """Whether the errors measured so far (at least ``MIN_LEVEL_LABELS``) put the level above the
+        baseline by ``rolling_sigmas`` standard errors (the level's and the baseline's own): the evidence a
+        rolling mean needs to start an episode. Looked at on every label up to ``rolling_window``: a level
+        at the baseline crosses 4.7 standard errors on one of 100-500 looks about once in 20,000 falls
+        (normal errors: 4.7 φ(4.7) log 5)."""
+        n = len(self.level_z)
+        if n < MIN_LEVEL_LABELS:
+            return False
+        z = np.asarray(self.level_z)
+        standard_error = math.sqrt(float(z.var()) / n + (1 / baseline_labels if baseline_labels else 0.0))
+        return float(z.mean()) > self.config.rolling_sigmas * standard_error
+
+    @property
+    def level(self) -> float | None:
+        """The episode's measured level, in baseline sd (None while it is measured)."""
+        if self.legacy is not None:
+            return self.legacy.level
+        return None if self.bank is None else self.bank.level
 
     def calm(self, rolling: RollingMean, labels: int) -> Ended | None:
         """Whether the episode ends here (the rolling mean calm for a whole window of evaluations)."""
@@ -143,7 +176,9 @@ class Episode:
 
     def end(self) -> None:
         self.in_episode, self.started_label, self.calm_evaluations = False, None, 0
-        self.level_z, self.level, self.escalation, self.escalation_pt = [], None, None, None
+        if self.legacy is not None:  # where format 9 left it (stored, unused until the next start sets it)
+            self.level_from = self.legacy.level_from
+        self.level_z, self.bank, self.fall, self.legacy = [], None, None, None
 
     def counts(self) -> EpisodeCounts:
         return EpisodeCounts(
@@ -157,8 +192,9 @@ class Episode:
     def state(self) -> EpisodeState:
         return EpisodeState(
             level_z=self.level_z,
-            level=self.level,
-            level_from=self.level_from,
-            escalation=None if self.escalation is None else self.escalation.state(),
-            escalation_pt=None if self.escalation_pt is None else self.escalation_pt.state(),
+            # Format 9 kept one: a legacy episode's own (the converter put it in both places).
+            level_from=self.level_from if self.legacy is None else self.legacy.level_from,
+            bank=None if self.bank is None else self.bank.state(),
+            fall=self.fall,
+            legacy=None if self.legacy is None else self.legacy.state(),
         )

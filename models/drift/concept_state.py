@@ -14,8 +14,11 @@ written before formats were numbered: their rows have ``state_format`` NULL):
 6. eb77700 (2026-11-30): ``settled_thresholds``.
 7. a727c2b (2026-11-30): no arrival-order ``cusum``; ``skewness``.
 8. 6c67401 (2026-11-30): ``tighten_at`` instead of ``settled_thresholds``. The last unnumbered format.
-9. this release: typed (``ConceptState``): each detector's state a model of named fields, the log-loss
-   stream a nested ``LogLossState`` instead of a row with its blob as a JSON string.
+9. 3dd655e (2026-12-06): typed (``ConceptState``): each detector's state a model of named fields, the
+   log-loss stream a nested ``LogLossState`` instead of a row with its blob as a JSON string.
+10. this release: the episode's phases: ``episode`` holds the detectors re-based on the episode's level
+    (``bank``), a fall awaiting its level (``fall``), and format 9's escalation state as ``legacy`` while an
+    episode opened by it is open (it keeps its rule until it ends).
 
 Each upgrade takes format n to n + 1. Some need what the monitor knows besides the blob (the validation
 baseline and its sample, the configuration): ``concept_codec(context)`` closes them over it.
@@ -38,7 +41,7 @@ from undertow.models.drift.error_stream import StreamCounts, StreamState
 from undertow.models.drift.production_baseline import reference_z
 from undertow.models.state_format import StateCodec
 
-CURRENT_FORMAT = 9
+CURRENT_FORMAT = 10
 
 
 class LogLossState(StreamState):
@@ -90,6 +93,7 @@ def concept_codec(context: Context, log_loss_context: Context) -> StateCodec[Con
                 for n, step in ((2, _from_2), (3, _from_3), (4, _from_4), (5, _from_5), (6, _from_6), (7, _from_7))
             },
             8: _from_8,
+            9: _from_9,
         },
     )
 
@@ -273,4 +277,26 @@ def _prediction_time_cusum(numbers: list[float]) -> dict[str, Any]:
         "too_late": int(too_late),
         "total": total,
         "prefix": prefix,
+    }
+
+
+def _from_9(blob: dict[str, Any]) -> dict[str, Any]:
+    """Format 9's episode (a level and its escalation CUSUMs) as the legacy escalation of an open episode."""
+    blob["episode"] = _episode_from_9(blob["episode"])
+    if blob.get("log_loss") is not None:
+        blob["log_loss"]["episode"] = _episode_from_9(blob["log_loss"]["episode"])
+    return blob
+
+
+def _episode_from_9(old: dict[str, Any]) -> dict[str, Any]:
+    """An episode that has measured (part of) its level goes on under its rule (``legacy``). Outside an
+    episode, or one started before a label of its level came, nothing of the old rule is under way: the
+    next level is measured under today's (the row's ``in_episode`` column is not in the blob)."""
+    opened = old["level"] is not None or bool(old["level_z"])
+    return {
+        "level_z": [],
+        "level_from": old["level_from"],
+        "bank": None,
+        "fall": None,
+        "legacy": old if opened else None,
     }

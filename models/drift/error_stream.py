@@ -35,7 +35,7 @@ class Signal:
     """An alert's content, as the stream saw it at that label."""
 
     detector: str
-    episode: str  # deployment_gap | started | escalated | ended
+    episode: str  # deployment_gap | started | escalated | improved | ended
     value: float
     threshold: float | None
     baseline: tuple[float, float]  # mean and sd the value is measured against
@@ -119,15 +119,18 @@ class ErrorStream:
 
     def _during_episode(self, z: float, predicted_at: float) -> list[Signal]:
         signals = []
-        escalated = self.episode.escalate(z, predicted_at)
-        if escalated is not None:
+        phase = self.episode.watch(z, predicted_at, self.baseline.labels)
+        if phase is not None:
+            # A fall leaves a drift that is smaller but still there: moderate.
+            severity = "significant" if phase.episode == "escalated" else "moderate"
             signals.append(
                 self._signal(
                     "escalation_cusum",
-                    "escalated",
-                    escalated.statistic,
-                    escalated.threshold,
-                    change_ts=escalated.change_ts,
+                    phase.episode,
+                    phase.statistic,
+                    phase.threshold,
+                    severity=severity,
+                    change_ts=phase.change_ts,
                 )
             )
         ended = self.episode.calm(self.bank.rolling, self.labels)

@@ -34,8 +34,22 @@ def _record_module():
 RECORD = _record_module()
 
 
+def _episode_as_format_9(episode: dict) -> dict:
+    """Format 10's episode as format 9 wrote it: only an episode under format 9's rule (or none) has one."""
+    if episode["legacy"] is not None:
+        return episode["legacy"]
+    assert episode["bank"] is None and not episode["level_z"], "today's episode rule has no older format"
+    return {
+        "level_z": [],
+        "level": None,
+        "level_from": episode["level_from"],
+        "escalation": None,
+        "escalation_pt": None,
+    }
+
+
 def _positional(blob: dict) -> dict:
-    """A stream's typed state (format 9) with its detector states as the positional lists of formats 1-8."""
+    """A stream's typed state (formats 9-10) with its detector states as the positional lists of formats 1-8."""
 
     def numbers(state: dict | None, kind: str) -> list | None:
         if state is None:
@@ -68,7 +82,7 @@ def _positional(blob: dict) -> dict:
             *state["prefix"],
         ]
 
-    episode = blob["episode"]
+    episode = _episode_as_format_9(blob["episode"])
     return {
         "detectors": {name: numbers(state, name) for name, state in blob["detectors"].items()},
         "production": {
@@ -835,3 +849,68 @@ def test_a_classifier_state_from_before_the_small_cusum_gets_a_threshold_near_a_
         <= restored.error.baseline.small_cusum_h
         <= 1.2 * monitor.error.baseline.small_cusum_h
     )
+
+
+def _local_stream(n: int, seed: int, gap: float, shares: dict[int, float], bump: float = 2.0):
+    """Half-normal errors as ``_production_stream``'s, but the change local: from each prediction index in
+    ``shares`` on, that share of the predictions (a region of the inputs) has its error ``bump`` validation
+    sd higher (the region grows with each entry)."""
+    rng = np.random.default_rng(seed)
+    validation = np.abs(rng.normal(0, 1, 5000))
+    share = np.zeros(n)
+    for start, value in shares.items():
+        share[start:] = value
+    errors = np.abs(rng.normal(0, 1, n)) * (1 + gap) + bump * validation.std() * (rng.random(n) < share)
+    predicted = np.arange(n, dtype=float)
+    arrived = predicted + rng.lognormal(np.log(300), 1.0, n)
+    order = np.argsort(arrived, kind="stable")
+    return validation, [(float(errors[i]), float(arrived[i]), float(predicted[i])) for i in order]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_local_drift_that_widens_in_steps_of_half_an_sd_is_alerted_at_each_step(seed):
+    # The region of the inputs where the model is wrong grows: a quarter, a half, three quarters of the
+    # predictions, each step raising the mean error by 0.5 sd. Escalation against the peak with a fixed
+    # test missed the second step; the detectors re-based on the episode's level find each.
+    changes = (20_000, 40_000, 60_000)
+    validation, labels = _local_stream(80_000, seed, 0.08, dict(zip(changes, (0.25, 0.5, 0.75))))
+    alerts, monitor = _alerts(validation, labels)
+    raised = [(episode, predicted) for episode, predicted, _ in alerts if episode not in ("deployment_gap",)]
+    assert [episode for episode, _ in raised] == ["started", "escalated", "escalated"], raised
+    for (_, predicted), change in zip(raised, changes):
+        assert change <= predicted < change + 3000, raised
+    assert monitor.error.episode.episodes == 1
+
+
+def test_a_fall_inside_an_episode_is_improved_and_a_fall_back_to_the_baseline_ends_it():
+    validation, labels = _production_stream(60_000, 5, gap=0.05, shifts={15_000: 1.5, 30_000: -1.0, 45_000: -0.5})
+    alerts, monitor = _alerts(validation, labels)
+    raised = [(episode, predicted) for episode, predicted, _ in alerts if episode != "deployment_gap"]
+    assert [episode for episode, _ in raised] == ["started", "improved", "ended"], raised
+    assert 30_000 <= raised[1][1] < 32_000 and 45_000 <= raised[2][1] < 48_000
+    improved = next(a for e, _, a in alerts if e == "improved").data
+    assert improved.detector == "escalation_cusum" and improved.severity == "moderate"
+    assert improved.value > improved.threshold
+    assert 29_000 <= cloudevents.epoch(improved.change_started_at) <= 31_000
+    assert not monitor.in_episode
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_episode_at_a_steady_level_raises_nothing_after_it_started(seed):
+    # Inside an episode the re-based detectors keep the baseline's false-alarm promise: 150,000 labels at
+    # the episode's level (0/1 errors at twice the rate, and half-normal errors one sd up) give no
+    # escalated or improved alert.
+    validation, labels = _production_stream(160_000, seed, gap=0.05, shifts={5_000: 1.0})
+    alerts, _ = _alerts(validation, labels)
+    assert [e for e, _, _ in alerts if e != "deployment_gap"] == ["started"], alerts
+    rng = np.random.default_rng(seed)
+    validation01 = (rng.random(5000) < 0.1).astype(float)
+    errors = (rng.random(160_000) < np.where(np.arange(160_000) >= 5_000, 0.2, 0.1)).astype(float)
+    monitor = ErrorStreamMonitor(
+        "m", "1", DriftConfig(), 0.1, float(validation01.std()), error_sample=error_sample(validation01)
+    )
+    arrived = np.arange(160_000) + rng.lognormal(np.log(300), 1.0, 160_000)
+    episodes = []
+    for i in np.argsort(arrived, kind="stable"):
+        episodes += [a.data.episode for a in monitor.update(float(errors[i]), "misclassification", arrived[i], i)]
+    assert [e for e in episodes if e != "deployment_gap"] == ["started"], episodes

@@ -102,9 +102,10 @@ class Baseline(_Frozen):
 
 
 class ConceptDrift(_DriftData):
-    episode: Literal["started", "escalated", "ended", "deployment_gap"] = Field(
-        description="started: a change; escalated: a further rise inside the episode; ended: back to the "
-        "baseline; deployment_gap: production error above the validation estimate (once)"
+    episode: Literal["started", "escalated", "improved", "ended", "deployment_gap"] = Field(
+        description="started: a change; escalated: a further rise inside the episode; improved: a fall inside "
+        "the episode to a level still above the baseline; ended: back to the baseline; deployment_gap: "
+        "production error above the validation estimate (once)"
     )
     detector: Literal[
         "page_hinkley",
