@@ -407,6 +407,74 @@ def run(
     return result
 
 
+@dataclass(frozen=True)
+class Plateau(Shape):
+    """One step at 2 % of the stream, then the level stays: every alarm after the first is a false one."""
+
+    size: float = 1.0
+
+    def shift(self, u):
+        return np.where(u >= 0.02, self.size, 0.0)
+
+
+PLATEAUS = [
+    Plateau("plateau +0.5 sd", (0.02,), size=0.5),
+    Plateau("plateau +1.0 sd", (0.02,), size=1.0),
+    Plateau("plateau +1.0 sd, local (half the predictions 2 sd up)", (0.02,), local=2.0, size=1.0),
+    Plateau("plateau +3.0 sd", (0.02,), size=3.0),
+]
+
+
+def episode_false_alarms(seeds: int, n: int) -> None:
+    """Alarms after the first on streams that step once and stay: inside Undertow's episode its detectors
+    against the episode's level (``escalated``, ``improved``), river's detectors after their restart."""
+    from river.drift import ADWIN, PageHinkley
+
+    print(
+        "| task | stream | labels after the step | Undertow escalated / improved | river PageHinkley() "
+        "| river ADWIN() |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    started = time.perf_counter()
+    for task in ("regression", "classification", "scored classification (log loss)"):
+        for shape in PLATEAUS:
+            if shape.local is not None and task != "regression":
+                continue  # a mixture of 0/1 errors (or of label flips) is the plain step
+            extra = {"escalated": 0, "improved": 0, "ph": 0, "adwin": 0}
+            for seed in range(seeds):
+                validation, errors, predicted, arrived, _, losses = stream(shape, task, n, 1000 * seed + 7)
+                order = np.argsort(arrived, kind="stable")
+                metric = "absolute_error" if task == "regression" else "misclassification"
+                ours = ErrorStreamMonitor(
+                    "bench",
+                    "1",
+                    DriftConfig(),
+                    float(validation.mean()),
+                    float(validation.std()),
+                    error_sample=error_sample(validation),
+                )
+                watched = errors if losses is None else losses
+                ph, adwin, alarms = PageHinkley(), ADWIN(), {"ph": 0, "adwin": 0}
+                for i in order:
+                    alerts = ours.update(float(errors[i]), metric, float(arrived[i]), float(predicted[i]))
+                    if losses is not None:
+                        alerts += ours.update_log_loss(float(losses[i]), float(arrived[i]), float(predicted[i]))
+                    for alert in alerts:
+                        if alert.data.episode in ("escalated", "improved"):
+                            extra[alert.data.episode] += 1
+                    ph.update(float(watched[i]))
+                    adwin.update(float(watched[i]))
+                    alarms["ph"] += ph.drift_detected and arrived[i] >= 0.02 * n
+                    alarms["adwin"] += adwin.drift_detected and arrived[i] >= 0.02 * n
+                extra["ph"] += max(alarms["ph"] - 1, 0)
+                extra["adwin"] += max(alarms["adwin"] - 1, 0)
+            print(
+                f"| {task} | {shape.name} | {seeds} x {0.98 * n:,.0f} | {extra['escalated']} / {extra['improved']} | "
+                f"{extra['ph']} | {extra['adwin']} |"
+            )
+    print(f"\n{seeds} seeds, {n:,} labels per stream. Total {time.perf_counter() - started:.0f} s.")
+
+
 def fmt_delays(values: list) -> str:
     got = [v for v in values if v is not None]
     if not got:
@@ -434,7 +502,15 @@ def main() -> None:
         choices=[shape.name.split()[0] for shape in SHAPES],
         help="only these streams (first word of the name), e.g. --shapes stationary",
     )
+    parser.add_argument(
+        "--episode-false-alarms",
+        action="store_true",
+        help="instead: alarms after the first on streams that step once and stay (plateaus)",
+    )
     args = parser.parse_args()
+    if args.episode_false_alarms:
+        episode_false_alarms(args.seeds, args.labels)
+        return
     shapes = [shape for shape in SHAPES if not args.shapes or shape.name.split()[0] in args.shapes]
     matched_labels = 2 * args.labels if args.matched_labels is None else args.matched_labels
     if matched_labels < 1:
