@@ -14,7 +14,10 @@ JSON numbers (never pickles):
   numeric inputs keeping 65 % of the variance (NannyML's default), and the
   mean and spread of a row's reconstruction error on held-out reference rows:
   a change in how the features move together shows up there even when every
-  marginal stays put.
+  marginal stays put;
+- dependence (two numeric inputs or more): each pair's rank correlation and
+  the variance of its Fisher z per row, for the per-pair test of
+  ``models.drift.dependence``, on at most ``DEPENDENCE_FEATURES`` inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from undertow.errors import UndertowError
+from undertow.models.drift.dependence import reference_dependence
 
 KS_SAMPLE_SIZE = 5000
 DEFAULT_BINS = 10
@@ -77,11 +81,34 @@ class MultivariateProfile(BaseModel):
         return errors
 
 
+class DependenceProfile(BaseModel):
+    """The reference's pairs of numeric inputs: upper triangles, row-major, of ``features`` (in the order the
+    cap takes them: most distinct values first)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    features: list[str]
+    rows: int  # reference rows they were measured on
+    correlations: list[float | None]  # Gaussian rank correlation; None: a pair that cannot be tested
+    variances: list[float | None]  # of atanh(correlation), per row
+
+    def first(self, count: int) -> tuple[list[str], list[float], list[float]]:
+        """The first ``count`` features and their pairs' correlations and variances (NaN for None)."""
+        k = min(count, len(self.features))
+        upper = np.triu_indices(len(self.features), k=1)
+        keep = (upper[0] < k) & (upper[1] < k)
+        values = [
+            np.array([np.nan if x is None else x for x in v], dtype=float)[keep]
+            for v in (self.correlations, self.variances)
+        ]
+        return self.features[:k], values[0].tolist(), values[1].tolist()
+
+
 class ReferenceProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     rows: int
     features: dict[str, NumericProfile | CategoricalProfile]
     multivariate: MultivariateProfile | None = None
+    dependence: DependenceProfile | None = None
 
 
 MULTIVARIATE_VARIANCE = 0.65
@@ -122,6 +149,76 @@ def profile_multivariate(columns: dict[str, list[Any]]) -> MultivariateProfile |
         error_mean=float(errors.mean()),
         error_sd=float(errors.std()),
     )
+
+
+DEPENDENCE_FEATURES = 100  # inputs whose pairs the profile keeps (4,950 pairs); the monitor tests a prefix
+DEPENDENCE_ROWS = 5000  # reference rows they are measured on (evenly spaced), as many as the KS sample: with
+# windows of 1,000 the reference's sampling error adds 10 % to a pair's standard error
+DISTINCT_ENOUGH = 100  # distinct values from which a feature counts as continuous when the cap chooses
+
+
+def profile_dependence(
+    columns: dict[str, list[Any]], max_features: int = DEPENDENCE_FEATURES
+) -> DependenceProfile | None:
+    """Each pair's rank correlation and its variance, for the numeric inputs with most distinct values.
+
+    Features with at least ``DISTINCT_ENOUGH`` distinct values come first, in the reference's column order,
+    then the rest by distinct values: ties (a flag, a count) carry less about dependence.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=1000)
+    >>> p = profile_dependence({"a": list(x), "b": list(x + rng.normal(size=1000)), "flag": [1.0, 0.0] * 500})
+    >>> p.features, round(p.correlations[0], 2), p.rows
+    (['a', 'b', 'flag'], 0.71, 1000)
+    """
+    numeric = {n: _floats(v) for n, v in columns.items() if n != PREDICTION_FEATURE and _numeric(v)}
+    distinct = {n: np.unique(v[~np.isnan(v)]).size for n, v in numeric.items()}
+    names = sorted((n for n in numeric if distinct[n] >= 2), key=lambda n: -min(distinct[n], DISTINCT_ENOUGH))
+    names = names[:max_features]
+    rows = len(next(iter(columns.values()))) if columns else 0
+    if len(names) < 2 or rows < MULTIVARIATE_MIN_ROWS:
+        return None
+    keep = np.unique(np.linspace(0, rows - 1, min(rows, DEPENDENCE_ROWS)).astype(int))
+    data = np.column_stack([numeric[n][keep] for n in names])
+    r, v = reference_dependence(data)
+    upper = np.triu_indices(len(names), k=1)
+    return DependenceProfile(
+        features=names,
+        rows=int(keep.size),
+        correlations=[None if not math.isfinite(x) else round(float(x), 6) for x in r[upper]],
+        variances=[None if not math.isfinite(x) else round(float(x), 6) for x in v[upper]],
+    )
+
+
+def dependence_from_rows(
+    rows: list[dict[str, Any]], profile: ReferenceProfile, max_features: int = DEPENDENCE_FEATURES
+) -> DependenceProfile | None:
+    """The dependence profile of a version registered before profiles kept one, from rows of its reference
+    stored with it (its test set: feature dicts), on (at most ``max_features`` of) the numeric inputs of its
+    profile.
+
+    >>> rng = np.random.default_rng(1)
+    >>> x = rng.normal(size=(400, 2))
+    >>> rows = [{"a": float(a), "b": float(a + b), "c": "k"} for a, b in x]
+    >>> p = build_profile({"a": list(x[:, 0]), "b": list(x.sum(axis=1)), "c": ["k"] * 400})
+    >>> d = dependence_from_rows(rows, p.model_copy(update={"dependence": None}))
+    >>> d.features, round(d.correlations[0], 2), d.correlations == p.dependence.correlations
+    (['a', 'b'], 0.68, True)
+    """
+    names = [
+        name
+        for name, feature in profile.features.items()
+        if isinstance(feature, NumericProfile) and name != PREDICTION_FEATURE
+    ]
+    return profile_dependence({name: [row.get(name) for row in rows] for name in names}, max_features)
+
+
+def _floats(values: list[Any]) -> npt.NDArray[np.float64]:
+    """A numeric column as floats, missing values NaN."""
+    try:
+        return np.array(values, dtype=float)  # None becomes NaN
+    except (TypeError, ValueError):  # an empty string: missing too
+        return np.array([np.nan if _is_missing(v) else v for v in values], dtype=float)
 
 
 def _is_missing(value: Any) -> bool:
@@ -202,4 +299,9 @@ def build_profile(columns: dict[str, list[Any]]) -> ReferenceProfile:
             features[name] = profile_numeric(values) if _numeric(values) else profile_categorical(values)
         except ProfileError as exc:
             raise ProfileError(f"column {name!r}: {exc}") from None
-    return ReferenceProfile(rows=rows.pop(), features=features, multivariate=profile_multivariate(columns))
+    return ReferenceProfile(
+        rows=rows.pop(),
+        features=features,
+        multivariate=profile_multivariate(columns),
+        dependence=profile_dependence(columns),
+    )

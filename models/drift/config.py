@@ -56,6 +56,30 @@ class DriftConfig(BaseModel):
         gt=0,
         description="standard errors of the PCA reconstruction error above the reference that flag a window",
     )
+    # The multivariate check's 6 standard errors (one-sided) would promise one false alarm per 1e9 windows:
+    # the dependence check takes the same budget. Why, in docs/data-drift.md ("Dependence drift").
+    dependence_false_alarm_windows: float = Field(
+        default=1e9,
+        gt=10,
+        description="dependence check (each pair of numeric inputs' rank correlation against the "
+        "reference): at most one false alarm per this many stationary windows, all pairs together",
+    )
+    dependence_moderate: float = Field(
+        default=0.1,
+        gt=0,
+        le=2,
+        description="change of a pair's correlation (absolute, beyond noise) from which dependence drifts moderately",
+    )
+    dependence_significant: float = Field(
+        default=0.3, gt=0, le=2, description="change of a pair's correlation from which dependence drift is significant"
+    )
+    dependence_max_features: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="numeric inputs whose pairs the dependence check tests (the profile's order: most distinct "
+        "values first; cost per window grows with the square); 0 turns the check off",
+    )
     estimate_margin: float = Field(
         default=0.05,
         ge=0,
@@ -121,6 +145,10 @@ class DriftConfig(BaseModel):
             raise ValueError("psi_significant must be at least psi_moderate")
         if self.prediction_psi_significant < self.prediction_psi_moderate:
             raise ValueError("prediction_psi_significant must be at least prediction_psi_moderate")
+        if self.dependence_significant < self.dependence_moderate:
+            raise ValueError("dependence_significant must be at least dependence_moderate")
+        if self.dependence_max_features == 1:
+            raise ValueError("dependence_max_features must be 0 (off) or at least 2 (one pair)")
         if self.hop is not None and self.hop > self.window_size:
             raise ValueError("hop must not exceed window_size")
         if self.rolling_step > self.rolling_window:

@@ -1,5 +1,5 @@
 """The stored state of a model version's data-drift monitor (``drift_state.episodes``) as a typed,
-numbered format: the episodes, the two checks' episodes with their last value, the evidence over windows,
+numbered format: the episodes, the window checks' episodes with their last value, the evidence over windows,
 and the layout of the window buffer (whether it holds a confidence column).
 
 The JSON keeps the flat layout it always had (``feature -> [level, calm, peak]``, the reserved entries
@@ -12,7 +12,10 @@ worker/monitor/data_drift.py and models/drift/episodes.py:
    their last value, ``__evidence__`` one CUSUM number per feature, a confidence column in the buffer of a
    scored classifier;
 3. 1ec774c: ``__evidence__`` the newest windows' z per feature (the moving sums);
-4. this release: the buffer's layout written down (``__confidence_column__``), no longer measured.
+4. af3b1f3 (6 Dec 2026): the buffer's layout written down (``__confidence_column__``), no longer measured;
+5. this release: ``__dependence__``, the dependence check's episode with its last largest |z| (a release
+   of format 4 would read it as a feature's episode and fail on its fourth entry; the format number makes it
+   say "upgrade Undertow" instead).
 
 Rows written before formats were numbered (``state_format`` NULL) go through ``legacy_blob``, the one place
 that looks at a state's shape; the row is saved with its number at its next update.
@@ -31,9 +34,10 @@ from undertow.models.state_format import StateCodec
 DATASET = "__dataset__"
 MULTIVARIATE = "__multivariate__"
 PERFORMANCE = "__performance__"
+DEPENDENCE = "__dependence__"
 EVIDENCE = "__evidence__"  # per feature, the newest windows' z
 CONFIDENCE_COLUMN = "__confidence_column__"  # the buffer's last column is the model's confidence
-CHECKS = (MULTIVARIATE, PERFORMANCE)
+CHECKS = (MULTIVARIATE, PERFORMANCE, DEPENDENCE)
 
 
 class CheckEpisode(NamedTuple):
@@ -50,13 +54,13 @@ class CheckEpisode(NamedTuple):
 
 
 class DataDriftState(BaseModel):
-    """Format 4. Built by the monitor with ``model_construct`` (its parts are already typed); validated when
+    """Format 5. Built by the monitor with ``model_construct`` (its parts are already typed); validated when
     read back."""
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     episodes: dict[str, Episode] = {}  # input features, __prediction__, __dataset__
-    checks: dict[str, CheckEpisode] = {}  # __multivariate__, __performance__
+    checks: dict[str, CheckEpisode] = {}  # __multivariate__, __performance__, __dependence__
     evidence: dict[str, list[float]] = {}
     confidence_column: bool = False
 
@@ -70,7 +74,10 @@ class DataDriftState(BaseModel):
 
     @model_serializer
     def _to_stored(self) -> dict[str, Any]:
-        return {**self.episodes, **self.checks, EVIDENCE: self.evidence, CONFIDENCE_COLUMN: self.confidence_column}
+        # The checks in one order, however the monitor came by them (a state upgraded from format 4 gets its
+        # dependence episode last): the same state is always the same bytes.
+        checks = {name: self.checks[name] for name in CHECKS if name in self.checks}
+        return {**self.episodes, **checks, EVIDENCE: self.evidence, CONFIDENCE_COLUMN: self.confidence_column}
 
 
 class StoredDriftState(Protocol):
@@ -109,7 +116,17 @@ def _layout_written(old: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
-CODEC = StateCodec("drift_state", DataDriftState, current=4, upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written})
+def _dependence(old: dict[str, Any]) -> dict[str, Any]:
+    """4 -> 5: no dependence check yet: its episode starts calm at the next window."""
+    return old
+
+
+CODEC = StateCodec(
+    "drift_state",
+    DataDriftState,
+    current=5,
+    upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written, 4: _dependence},
+)
 
 
 def legacy_blob(row: StoredDriftState, feature_columns: int) -> tuple[str, int]:

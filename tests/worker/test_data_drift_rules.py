@@ -166,7 +166,7 @@ def _correlated(rng, n, rho):
     return [{"x0": float(a), "x1": float(b), "x2": float(c)} for a, b, c in zip(x0, x1, rng.normal(size=n))]
 
 
-def test_a_correlation_only_drift_is_found_by_the_multivariate_check_and_stationary_data_stays_silent():
+def test_a_correlation_only_drift_is_found_by_the_multivariate_and_dependence_checks_and_stationary_data_stays_silent():
     rng = np.random.default_rng(4)
     reference = _correlated(rng, 5000, 0.8)
     monitor = _monitor({k: [r[k] for r in reference] for k in reference[0]})
@@ -175,8 +175,11 @@ def test_a_correlation_only_drift_is_found_by_the_multivariate_check_and_station
         quiet += _feed(monitor, _events(_correlated(rng, 1000, 0.8), [0.0] * 1000, start=i * 1000))
     assert quiet == []
     flipped = _feed(monitor, _events(_correlated(rng, 1000, -0.8), [0.0] * 1000, start=100_000))
-    assert [a.type for a in flipped] == ["undertow.drift.multivariate"]  # the marginals did not move
+    # the marginals did not move
+    assert [a.type for a in flipped] == ["undertow.drift.multivariate", "undertow.drift.dependence"]
     assert flipped[0].data.z > 6 and flipped[0].data.features == ["x0", "x1", "x2"]
+    pair = flipped[1].data.pairs[0]
+    assert pair.features == ["x0", "x1"] and pair.reference > 0.75 and pair.value < -0.75
 
 
 def test_the_performance_estimate_flags_a_classifier_losing_accuracy_under_covariate_shift_before_labels():

@@ -3,7 +3,9 @@
 The rows and their outcomes are recorded in tests/data/drift_state/ (``tests.worker.drift_state_streams``):
 each row goes into a fresh database with its ``state_format`` NULL, as the release before numbering left
 it, and the same continuation follows; the window results and alerts must be those the old code gave, and
-the window buffer it leaves the same. A row of the current format round-trips byte for byte.
+the window buffer it leaves the same. Rows of format 4 (``format4/``, written before the dependence check)
+load with their number and continue as that release continued them. A row of the current format
+round-trips byte for byte.
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ def test_a_row_from_before_numbering_continues_as_the_old_code_continued_it(name
     assert got["window_results"] == recorded["outcome"]["window_results"]
     before = recorded["row_after"]
     assert {k: v for k, v in left.items() if k != "episodes"} == {k: v for k, v in before.items() if k != "episodes"}
+
+
+@pytest.mark.parametrize("model_id", sorted(FEATURE_COLUMNS))
+def test_a_row_of_format_4_loads_without_a_dependence_episode_and_continues_as_that_release_did(model_id, tmp_path):
+    case = json.loads((DATA / "format4" / f"{model_id}.json").read_text())
+    row = _row(case, case["format"])
+    assert row.state_format == 4
+    state = load_state(row, FEATURE_COLUMNS[model_id])
+    assert "__dependence__" not in state.checks and "__multivariate__" in state.checks
+    assert CODEC.dump(state) == (row.episodes, 5)  # nothing else changed: the same blob, the new number
+    got, left = streams.continue_from(tmp_path, model_id, case["row"], case["format"])
+    recorded = json.loads((DATA / "outcomes" / f"written_{model_id}.json").read_text())
+    assert got == recorded["outcome"]  # no dependence alert on these streams: the format-4 code's results
+    assert json.loads(left["episodes"])["__dependence__"][:3] == ["stable", 0, "stable"]  # the check runs
+    assert left["buffer"] == recorded["row_after"]["buffer"]
 
 
 def test_a_row_of_the_current_format_round_trips_byte_for_byte(tmp_path):

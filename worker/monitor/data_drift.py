@@ -1,10 +1,13 @@
 """The data-drift stage: windows of predictions per model version, per-feature
-PSI / KS / chi-square against the reference profile, episode-based alerts.
+PSI / KS / chi-square against the reference profile, window-level checks
+(share of inputs drifting, PCA reconstruction, pairwise dependence, estimated
+accuracy), episode-based alerts.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import operator
@@ -14,9 +17,12 @@ from sqlalchemy.orm import Session
 
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
+from undertow.models.drift.dependence import MIN_WINDOW_ROWS as DEPENDENCE_MIN_ROWS
+from undertow.models.drift.dependence import DependenceTest
 from undertow.models.drift.drift_state import (
     CODEC,
     DATASET,
+    DEPENDENCE,
     MULTIVARIATE,
     PERFORMANCE,
     CheckEpisode,
@@ -31,8 +37,10 @@ from undertow.models.drift.windows import ClosedWindow, WindowState
 from undertow.models.profile import (
     KS_SAMPLE_SIZE,
     PREDICTION_FEATURE,
+    DependenceProfile,
     NumericProfile,
     ReferenceProfile,
+    dependence_from_rows,
 )
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
@@ -48,6 +56,9 @@ from undertow.worker.runtime.output_events import (
     DataDriftAlert,
     DatasetDrift,
     DatasetDriftAlert,
+    DependenceDrift,
+    DependenceDriftAlert,
+    DependencePair,
     MultivariateDrift,
     MultivariateDriftAlert,
     PerformanceEstimate,
@@ -65,6 +76,7 @@ _DETECTOR = {
     PredictionDriftAlert: "data",
     DatasetDriftAlert: "dataset",
     MultivariateDriftAlert: "multivariate",
+    DependenceDriftAlert: "dependence",
     PerformanceEstimateAlert: "performance",
 }
 
@@ -84,7 +96,10 @@ class ModelVersionMonitor:
         config: DriftConfig,
         state=None,
         accuracy: float | None = None,
+        dependence: DependenceProfile | None = None,
     ):
+        """``dependence``: the reference's pairs when the profile has none (a version registered before
+        profiles kept them), measured on rows stored with the version."""
         self.model_id, self.version, self.config = model_id, version, config
         self.stored = state is not None
         self._set_columns(profile)
@@ -93,6 +108,7 @@ class ModelVersionMonitor:
         self._multivariate_columns = (
             None if self.multivariate is None else [self.columns.index(name) for name in self.multivariate.features]
         )
+        self._set_dependence(profile.dependence or dependence)
         self.accuracy = accuracy
         saved = load_state(state, len(self.columns))
         # Classifiers with a validation accuracy get a confidence column for the performance estimate; a
@@ -129,6 +145,20 @@ class ModelVersionMonitor:
             if len(self._numeric_columns) >= 2
             else None
         )
+
+    def _set_dependence(self, profile: DependenceProfile | None) -> None:
+        """The dependence test on the first ``dependence_max_features`` of the profile's inputs (none: off)."""
+        self.dependence: DependenceTest | None = None
+        count = self.config.dependence_max_features
+        if profile is None or count < 2 or not set(profile.features) <= set(self.columns):
+            return
+        features, correlations, variances = profile.first(count)
+        test = DependenceTest(
+            features, correlations, variances, profile.rows, self.config.dependence_false_alarm_windows
+        )
+        if test.pairs:
+            self.dependence = test
+            self._dependence_columns = [self.columns.index(name) for name in features]
 
     def encode(self, events: list[PredictionEvent], numbers_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column). ``numbers_only``:
@@ -174,7 +204,11 @@ class ModelVersionMonitor:
         alerts = [self._feature_alert(verdict, window) for verdict in verdicts]
         alerts.append(self._dataset_check(verdicts, window, small))
         if not small:
-            alerts += [self._multivariate_check(window), self._performance_estimate(window)]
+            alerts += [
+                self._multivariate_check(window),
+                self._dependence_check(window),
+                self._performance_estimate(window),
+            ]
         return [self._result_row(verdict, window) for verdict in verdicts], [a for a in alerts if a]
 
     def _judge(self, name: str, stats: FeatureStats, small: bool) -> FeatureVerdict:
@@ -276,6 +310,39 @@ class ModelVersionMonitor:
             ),
         )
 
+    def _dependence_check(self, window: ClosedWindow) -> Alert | None:
+        """Each pair's rank correlation in the window against the reference (``models.drift.dependence``): a
+        pair drifts when its |z| exceeds the threshold calibrated for the pairs (not noise), and its change of
+        correlation decides the band, as PSI does for a feature; the lower band applies the exit ratio to both."""
+        if self.dependence is None or window.rows.shape[0] < DEPENDENCE_MIN_ROWS:
+            return None
+        test, c = self.dependence, self.config
+        result = test(window.rows[:, self._dependence_columns])
+        bands = (c.dependence_moderate, c.dependence_significant)
+        upper = _band(result.largest_change(test.threshold), *bands)
+        lower = _band(result.largest_change(test.threshold * c.psi_exit_ratio), *bands, scale=c.psi_exit_ratio)
+        return self._check(
+            DEPENDENCE,
+            upper,
+            lower,
+            result.z,
+            window,
+            DependenceDriftAlert,
+            DependenceDrift,
+            dict(
+                pairs=[
+                    DependencePair(features=list(p.features), reference=p.reference, value=p.value, z=p.z)
+                    for p in result.top
+                ],
+                z=result.z,
+                threshold=test.threshold,
+                moderate=c.dependence_moderate,
+                significant=c.dependence_significant,
+                pairs_tested=test.pairs,
+                features=list(test.features),
+            ),
+        )
+
     def _performance_estimate(self, window: ClosedWindow) -> Alert | None:
         """Confidence-based accuracy (NannyML's CBPE for accuracy): with calibrated scores, the chance that a
         prediction is right is the score it was given; the window's mean is the accuracy to expect."""
@@ -371,6 +438,12 @@ class ModelVersionMonitor:
         return self.window.to_columns()
 
 
+def _band(change: float, moderate: float, significant: float, scale: float = 1.0) -> str:
+    if change >= significant * scale:
+        return SIGNIFICANT
+    return MODERATE if change >= moderate * scale else STABLE
+
+
 def _encoded_column(values: list, encoder) -> np.ndarray | list:
     """One column's values as numbers: a numeric one's (None, or a string, becomes NaN), a categorical
     one's bucket codes."""
@@ -435,13 +508,23 @@ class DataDriftStage:
                 if row.task == "classification" and row.baseline_error_mean is not None
                 else None
             )
+            profile = ReferenceProfile.model_validate_json(row.profile)
+            config = DriftConfig.model_validate_json(row.drift_config)
+            # A version registered before profiles kept the pairs: measured once on its stored test set
+            # (rows of its reference), when it has one.
+            dependence = (
+                dependence_from_rows(json.loads(row.test_set)["features"], profile, config.dependence_max_features)
+                if profile.dependence is None and row.test_set and config.dependence_max_features >= 2
+                else None
+            )
             monitor = ModelVersionMonitor(
                 model_id,
                 version,
-                ReferenceProfile.model_validate_json(row.profile),
-                DriftConfig.model_validate_json(row.drift_config),
+                profile,
+                config,
                 repo.drift_state(session, model_id, version),
                 accuracy,
+                dependence,
             )
             self._monitors[(model_id, version)] = monitor
         return monitor

@@ -79,6 +79,26 @@ class MultivariateDrift(_DriftData):
     window: Window
 
 
+class DependencePair(_Frozen):
+    features: list[str] = Field(description="the two numeric inputs")
+    reference: float = Field(description="their rank correlation in the reference")
+    value: float = Field(description="their rank correlation in the window")
+    z: float = Field(description="Fisher z of the change, in its standard errors (signed)")
+
+
+class DependenceDrift(_DriftData):
+    pairs: list[DependencePair] = Field(description="the pairs that moved most, largest |z| first")
+    z: float = Field(description="the largest |z| over the pairs tested")
+    threshold: float = Field(
+        description="the |z| a pair must exceed: the false-alarm budget shared over the pairs (Sidak)"
+    )
+    moderate: float = Field(description="change of a pair's correlation (absolute) from which it drifts moderately")
+    significant: float = Field(description="the same for significant")
+    pairs_tested: int
+    features: list[str] = Field(description="the numeric inputs whose pairs are tested")
+    window: Window
+
+
 class PerformanceEstimate(_DriftData):
     estimated: Literal[True] = Field(default=True, description="always an estimate: no label was used")
     metric: Literal["accuracy"] = "accuracy"
@@ -199,6 +219,11 @@ class MultivariateDriftAlert(_CloudEvent):
     data: MultivariateDrift
 
 
+class DependenceDriftAlert(_CloudEvent):
+    type: Literal["undertow.drift.dependence"] = "undertow.drift.dependence"
+    data: DependenceDrift
+
+
 class PerformanceEstimateAlert(_CloudEvent):
     type: Literal["undertow.performance.estimated"] = "undertow.performance.estimated"
     data: PerformanceEstimate
@@ -236,6 +261,7 @@ Alert = (
     | PredictionDriftAlert
     | DatasetDriftAlert
     | MultivariateDriftAlert
+    | DependenceDriftAlert
     | PerformanceEstimateAlert
     | ConceptDriftAlert
 )
@@ -245,6 +271,7 @@ UndertowEvent = Annotated[
     | PredictionDriftAlert
     | DatasetDriftAlert
     | MultivariateDriftAlert
+    | DependenceDriftAlert
     | PerformanceEstimateAlert
     | ConceptDriftAlert
     | RetrainRequested
@@ -258,6 +285,7 @@ EVENT_TYPES = (
     PredictionDriftAlert,
     DatasetDriftAlert,
     MultivariateDriftAlert,
+    DependenceDriftAlert,
     PerformanceEstimateAlert,
     ConceptDriftAlert,
     RetrainRequested,
