@@ -38,12 +38,15 @@ True
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
+from threadpoolctl import ThreadpoolController
 
 Matrix = npt.NDArray[np.float64]
 
@@ -63,13 +66,21 @@ def normal_scores(rows: Matrix) -> Matrix:
            [ 0.   ,  0.   ,  0.   ]])
     """
     values = np.ascontiguousarray(rows.T, dtype=float)
-    columns, n = values.shape
+    ranks, present, counts = _ranks(values)
+    return _scores(ranks, present, counts)
+
+
+def _ranks(values: Matrix) -> tuple[Matrix, npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+    """Mid-ranks of each row of ``values`` among its values present; which are present; how many."""
     present = ~np.isnan(values)
-    counts = present.sum(axis=1)
     order = np.argsort(values, axis=1)  # NaN last
-    ordered = np.take_along_axis(values, order, axis=1)
     ranks = np.empty_like(values)
-    np.put_along_axis(ranks, order, _mid_ranks(ordered), axis=1)
+    np.put_along_axis(ranks, order, _mid_ranks(np.take_along_axis(values, order, axis=1)), axis=1)
+    return ranks, present, present.sum(axis=1)
+
+
+def _scores(ranks: Matrix, present: npt.NDArray[np.bool_], counts: npt.NDArray[np.intp]) -> Matrix:
+    n = ranks.shape[1]
     if np.all(counts == n):
         # Mid-ranks are multiples of 1/2: one table of Φ⁻¹ for every column (ndtri per value costs 10x).
         table = ndtri(np.arange(2, 2 * n + 1) / (2.0 * (n + 1)))
@@ -91,9 +102,17 @@ def _mid_ranks(ordered: Matrix) -> Matrix:
     return np.asarray((first + last) / 2 + 1, dtype=float)
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded libraries once (threadpool_limits does per call: 0.8 ms)
+
+
 def correlations(scores: Matrix) -> Matrix:
     """The (P, P) correlations of normal scores; NaN for a column without two distinct values."""
-    gram = scores @ scores.T
+    # One BLAS thread: on a busy machine a second one spins (measured: 200 x 1,000 scores 30 ms against 5 ms,
+    # as models/drift/detectors.py found for its solves). The same result either way.
+    with _blas().limit(limits=1, user_api="blas"):
+        gram = scores @ scores.T
     norms = np.sqrt(np.diag(gram))
     with np.errstate(invalid="ignore", divide="ignore"):
         out: Matrix = gram / np.outer(norms, norms)
@@ -104,51 +123,71 @@ def correlations(scores: Matrix) -> Matrix:
 def reference_dependence(rows: Matrix) -> tuple[Matrix, Matrix]:
     """The reference's correlations and each pair's variance of atanh(r) per row, both (P, P).
 
-    The variance comes from the influence function of the rank correlation (Genest, Ghoudi and Rivest
-    1995): a row moves the estimate by its own product of scores and, through the ranks it shifts, by
-    ψ(k) = mean over rows l of (1{u_k ≤ u_l} - u_l) J'(u_l) b_l for each of the pair's two columns (u the
-    pseudo-observations, J = Φ⁻¹, b the other column's scores): suffix sums in each column's order, so
-    O(N P²) for N rows. Missing values enter neither sum; a column present in a share q of the rows has
-    its ψ scaled by 1 / q, as its ranks come from those rows only.
+    From the influence function of r = S_ab / sqrt(S_aa S_bb), S the mean products of scores a, b
+    (Genest, Ghoudi and Rivest 1995, with mid-ranks for ties): a row k moves S_ab by its own a_k b_k and,
+    through the ranks it shifts, by ψ_a(k) = mean over rows l of (δ(x_k, x_l) - F(x_l)) J'(F(x_l)) b_l,
+    δ = 1{x_k < x_l} + 1{x_k = x_l} / 2 and F the mid-distribution, and the same for column b. With ties
+    S_aa moves too (without, it is fixed by the ranks and its terms cancel), so they are kept: a flag or a
+    count's scores depend on its shares. Suffix sums in each column's order make it O(N P²) for N rows.
+    Missing values enter no sum; a column present in a share q of the rows has its ψ scaled by 1 / q, as
+    its ranks come from those rows only.
     """
-    scores = normal_scores(rows)  # (P, N)
+    values = np.ascontiguousarray(rows.T, dtype=float)
+    ranks, present, counts = _ranks(values)
+    scores = _scores(ranks, present, counts)  # (P, N)
     columns, n = scores.shape
-    present = ~np.isnan(np.ascontiguousarray(rows.T, dtype=float))
-    share = np.maximum(present.mean(axis=1), 1.0 / n)
+    share = np.maximum(counts, 1) / n
+    with _blas().limit(limits=1, user_api="blas"):
+        mean_products = scores @ scores.T / n  # S
     r = correlations(scores)
-    u = np.where(present, ndtr(scores), 0.0)
-    slope = np.where(present, np.sqrt(2 * math.pi) * np.exp(scores**2 / 2), 0.0)  # J'(u) = 1 / φ(J(u))
-    ranked = np.where(present, scores, np.inf)  # missing values last, out of every sum
+    ranked = np.where(present, values, np.inf)  # missing values last, out of every sum
     order = np.argsort(ranked, axis=1, kind="stable")
     ordered = np.take_along_axis(ranked, order, axis=1)
-    # Where each row's tie group starts in its column's order: 1{u_k <= u_l} counts the ties too.
-    first = np.stack([np.searchsorted(ordered[j], scores[j], side="left") for j in range(columns)])
-    slope_sorted, u_sorted = np.take_along_axis(slope, order, axis=1), np.take_along_axis(u, order, axis=1)
-    expected = np.where(np.isnan(r), 0.0, r) * np.sqrt(np.outer(share, share))  # E[a b]
+    # Each row's tie group in its column's order: from ``first`` to before ``after``.
+    first = np.stack([np.searchsorted(ordered[j], ranked[j], side="left") for j in range(columns)])
+    after = np.stack([np.searchsorted(ordered[j], ranked[j], side="right") for j in range(columns)])
+    # F(x_l) = (mid-rank - 1/2) / m exactly, so that each ψ has mean 0; J' = 1 / φ(J).
+    mid = np.where(present, (ranks - 0.5) / np.maximum(counts, 1)[:, None], 0.0)
+    slope = np.where(present, np.sqrt(2 * math.pi) * np.exp(scores**2 / 2), 0.0)
+    slope_sorted, mid_sorted = np.take_along_axis(slope, order, axis=1), np.take_along_axis(mid, order, axis=1)
+
+    def psi(weights: Matrix, column: int | slice) -> Matrix:
+        """ψ of the ranks of ``column`` (all of them for a slice), ``weights`` J'(F(x_l)) b_l in its order."""
+        spread = _mid_suffix(weights, first[column], after[column]) - (mid_sorted[column] * weights).sum(
+            axis=-1, keepdims=True
+        )
+        return np.where(
+            present[column], spread / (n * share[column, None] if isinstance(column, slice) else n * share[column]), 0.0
+        )
+
+    own = psi(slope_sorted * np.take_along_axis(scores, order, axis=1), slice(None))  # (P, N): on S_jj
+    self_influence = scores**2 - np.diag(mean_products)[:, None] + 2 * own  # S_jj's influence, per column
+    norms = np.sqrt(np.diag(mean_products))
     variances = np.full((columns, columns), np.nan)
     for i in range(columns):
         partner = np.broadcast_to(scores[i], (columns, n))
-        # ψ of every column j against partner i: in column j's order, weights J'(u_jl) a_il.
-        weights = slope_sorted * np.take_along_axis(partner, order, axis=1)
-        psi_j = _suffix_at(weights, first) - (u_sorted * weights).sum(axis=1, keepdims=True)
-        psi_j = np.where(present, psi_j / (n * share[:, None]), 0.0)
-        # ψ of column i against every partner j: in column i's order, weights J'(u_il) b_jl.
-        own = slope_sorted[i] * scores[:, order[i]]
-        psi_i = _suffix_at(own, np.broadcast_to(first[i], (columns, n))) - (u_sorted[i] * own).sum(
-            axis=1, keepdims=True
-        )
-        psi_i = np.where(present[i], psi_i / (n * share[i]), 0.0)
-        influence = scores[i] * scores - expected[i][:, None] + psi_i + psi_j
-        denominator = share[i] * share * (1 - np.clip(r[i], -DEGENERATE, DEGENERATE) ** 2) ** 2
-        variances[i] = influence.var(axis=1) / denominator
+        psi_j = psi(slope_sorted * np.take_along_axis(partner, order, axis=1), slice(None))  # j's ranks
+        psi_i = psi(slope_sorted[i] * scores[:, order[i]], i)  # i's ranks, against every partner j
+        products = scores[i] * scores - mean_products[i][:, None] + psi_i + psi_j
+        with np.errstate(invalid="ignore", divide="ignore"):
+            influence = products / (norms[i] * norms)[:, None] - r[i][:, None] / 2 * (
+                self_influence[i] / mean_products[i, i] + self_influence / np.diag(mean_products)[:, None]
+            )
+            variances[i] = influence.var(axis=1) / (1 - np.clip(r[i], -DEGENERATE, DEGENERATE) ** 2) ** 2
     np.fill_diagonal(variances, np.nan)
     return r, variances
 
 
-def _suffix_at(weights: Matrix, starts: npt.NDArray[np.intp]) -> Matrix:
-    """Per row of ``weights`` (values in sorted order), the sums from each of ``starts`` to the end."""
-    suffix = np.cumsum(weights[:, ::-1], axis=1)[:, ::-1]
-    return np.asarray(np.take_along_axis(suffix, starts, axis=1), dtype=float)
+def _mid_suffix(weights: Matrix, first: npt.NDArray[np.intp], after: npt.NDArray[np.intp]) -> Matrix:
+    """Per row of ``weights`` (in sorted order), Σ over l of w_l (1{l after the group} + 1{l in it} / 2) for each
+    row's tie group [first, after): the halves of the sums from ``first`` and from ``after``."""
+    suffix = np.zeros(weights.shape[:-1] + (weights.shape[-1] + 1,))
+    suffix[..., :-1] = np.cumsum(weights[..., ::-1], axis=-1)[..., ::-1]
+    starts = np.broadcast_to(first, weights.shape)
+    ends = np.broadcast_to(after, weights.shape)
+    return np.asarray(
+        (np.take_along_axis(suffix, starts, axis=-1) + np.take_along_axis(suffix, ends, axis=-1)) / 2, dtype=float
+    )
 
 
 def pair_threshold(pairs: int, false_alarm_windows: float) -> float:
@@ -210,19 +249,29 @@ class DependenceTest:
         r, v = (r[upper], v[upper]) if r.ndim == 2 else (r, v)
         tested = np.isfinite(r) & np.isfinite(v) & (np.abs(r) <= DEGENERATE)
         self._rows, self._columns = upper[0][tested], upper[1][tested]
+        self.names = [(self.features[i], self.features[j]) for i, j in zip(self._rows, self._columns)]
         self.reference = r[tested]
         self._reference_z = np.arctanh(self.reference)
-        self._variance = np.maximum(v[tested], MIN_VARIANCE)
+        self.variance = np.maximum(v[tested], MIN_VARIANCE)
         self.reference_rows = reference_rows
         self.pairs = int(tested.sum())
         self.threshold = pair_threshold(self.pairs, false_alarm_windows)
+
+    def at_budget(self, false_alarm_windows: float, variance: float | None = None) -> DependenceTest:
+        """The same pairs at another budget; ``variance``: every pair's taken as this instead (1: a plain Fisher
+        z, as Gaussian theory has it). For comparisons (bench/dependence.py)."""
+        other = copy.copy(self)
+        other.threshold = pair_threshold(self.pairs, false_alarm_windows)
+        if variance is not None:
+            other.variance = np.full(self.pairs, variance)
+        return other
 
     def __call__(self, rows: Matrix) -> DependenceResult:
         """The window's test; ``rows`` has the features' columns in order (NaN = missing)."""
         n = rows.shape[0]
         r = correlations(normal_scores(rows))[self._rows, self._columns]
         r = np.clip(np.where(np.isnan(r), self.reference, r), -1 + 1e-12, 1 - 1e-12)  # a constant column: no change
-        spread = np.sqrt(self._variance * (1 / max(n - 3, 1) + 1 / max(self.reference_rows - 3, 1)))
+        spread = np.sqrt(self.variance * (1 / max(n - 3, 1) + 1 / max(self.reference_rows - 3, 1)))
         z = (np.arctanh(r) - self._reference_z) / spread
         abs_z = np.abs(z)
         top = np.argsort(-abs_z, kind="stable")[:TOP_PAIRS]
@@ -231,7 +280,7 @@ class DependenceTest:
             z=float(abs_z.max()) if self.pairs else 0.0,
             top=[
                 PairChange(
-                    (self.features[self._rows[k]], self.features[self._columns[k]]),
+                    self.names[k],
                     float(self.reference[k]),
                     float(r[k]),
                     float(z[k]),
