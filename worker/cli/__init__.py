@@ -90,6 +90,9 @@ def _run(args) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python's own event loop warns when one of its tasks ran over 0.1 s, which a busy machine causes
+    # and nobody can act on (seen in a trial and in CI): its errors still show.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's requests, one line each
     logging.getLogger("alembic").setLevel(logging.WARNING)  # storage.db logs the revisions it applies
     try:
