@@ -154,9 +154,15 @@ def test_a_version_registered_before_profiles_kept_pairs_is_checked_from_its_sto
             artifacts_dir=tmp_path,
             test_set={"features": rows, "targets": [0.0] * len(rows), "predictions": [0.0] * len(rows)},
         )
+    stage = DataDriftStage("alerts")
     with Session(engine) as session, session.begin():
-        monitor = DataDriftStage("alerts")._monitor(session, "m", "1")
+        monitor = stage._monitor(session, "m", "1")
     assert monitor is not None and monitor.dependence is not None and monitor.dependence.pairs == 10
+    stage.reset()  # a rebalance: the monitor is rebuilt, the pairs are not measured again
+    with Session(engine) as session, session.begin():
+        again = stage._monitor(session, "m", "1")
+    assert again is not monitor and list(again.dependence.reference) == list(monitor.dependence.reference)
+    assert len(stage._measured_pairs) == 1
     expected = dependence_from_rows(rows, old_profile)
     assert list(monitor.dependence.reference) == expected.correlations
     alerts = _feed(monitor, _paired(rng, 1000, 5, 0.6), 0)

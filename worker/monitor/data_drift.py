@@ -469,6 +469,9 @@ class DataDriftStage:
         self.alerts_topic = alerts_topic
         self.policy = policy
         self._monitors: dict[tuple[str, str], ModelVersionMonitor] = {}
+        # The pairs of versions registered before profiles kept them, measured from their test sets (about
+        # a second with 50 inputs): a version's test set never changes, so they outlive a reset.
+        self._measured_pairs: dict[tuple[str, str, int], DependenceProfile | None] = {}
 
     def reset(self) -> None:
         """Forget cached state; it is reloaded from the database (after a rewind or rebalance)."""
@@ -512,11 +515,13 @@ class DataDriftStage:
             config = DriftConfig.model_validate_json(row.drift_config)
             # A version registered before profiles kept the pairs: measured once on its stored test set
             # (rows of its reference), when it has one.
-            dependence = (
-                dependence_from_rows(json.loads(row.test_set)["features"], profile, config.dependence_max_features)
-                if profile.dependence is None and row.test_set and config.dependence_max_features >= 2
-                else None
-            )
+            dependence = None
+            if profile.dependence is None and row.test_set and config.dependence_max_features >= 2:
+                key = (model_id, version, config.dependence_max_features)
+                if key not in self._measured_pairs:
+                    rows = json.loads(row.test_set)["features"]
+                    self._measured_pairs[key] = dependence_from_rows(rows, profile, config.dependence_max_features)
+                dependence = self._measured_pairs[key]
             monitor = ModelVersionMonitor(
                 model_id,
                 version,
