@@ -34,6 +34,7 @@ class BankState(BaseModel):
     rolling_mean_long: RollingMeanState
     prediction_time_cusum: PredictionTimeCusumState
     prediction_time_cusum_small: PredictionTimeCusumState
+    since: float | None = None  # labels of predictions made before it are not counted (after an episode)
 
 
 PREDICTION_TIME = ("prediction_time_cusum", "prediction_time_cusum_small")
@@ -47,8 +48,14 @@ class DetectorBank:
         small_cusum_h: float,
         baseline_labels: int | None,
         skewness: float | None,
+        since: float | None = None,
     ):
         c = config
+        # A bank started when an episode ended counts only predictions made after the end: the late labels
+        # of the episode's predictions, still arriving, would otherwise look like a new change to detectors
+        # that start afresh (in bench/concept.py's recovery streams they started an episode anew, which the
+        # end rule closed a minute later).
+        self.since = since
         # No CUSUM in arrival order: on the benchmark's 150 changes under varying label delays it started
         # no episode before the prediction-time ones, and on long stationary streams it raised a third of
         # the false alarms.
@@ -89,6 +96,8 @@ class DetectorBank:
 
     def update(self, z: float, prediction_ts: float) -> list[str]:
         """One standardised error to every detector; the names of those that fired, in the bank's order."""
+        if self.since is not None and prediction_ts < self.since:
+            return []
         fired = []
         for name, detector in self._all:
             detector.update(z, prediction_ts)
@@ -125,6 +134,7 @@ class DetectorBank:
             rolling_mean_long=self.rolling_mean_long.state(),
             prediction_time_cusum=self.prediction_time_cusum.state(),
             prediction_time_cusum_small=self.prediction_time_cusum_small.state(),
+            since=self.since,
         )
 
     def from_state(self, state: BankState) -> DetectorBank:
@@ -133,4 +143,5 @@ class DetectorBank:
         self.rolling_mean_long.from_state(state.rolling_mean_long)
         self.prediction_time_cusum.from_state(state.prediction_time_cusum)
         self.prediction_time_cusum_small.from_state(state.prediction_time_cusum_small)
+        self.since = state.since
         return self

@@ -70,9 +70,9 @@ class ErrorStream:
             self.bank.from_state(state.detectors)
         self.episode = Episode(config, counts, None if state is None else state.episode)
 
-    def _new_bank(self) -> DetectorBank:
+    def _new_bank(self, since: float | None = None) -> DetectorBank:
         b = self.baseline
-        return DetectorBank(self.config, *b.calibrated_thresholds(), b.labels, b.skewness)
+        return DetectorBank(self.config, *b.calibrated_thresholds(), b.labels, b.skewness, since)
 
     def update(self, error: float, label_ts: float, prediction_ts: float | None = None) -> list[Signal]:
         """Feed one error (at its label's and its prediction's event time); what it gives rise to."""
@@ -89,7 +89,7 @@ class ErrorStream:
         fired = self.bank.update(z, predicted_at)
         if episode.in_episode:
             episode.silenced_alarms += len(fired)
-            return self._during_episode(z, predicted_at)
+            return self._during_episode(z, predicted_at, label_ts)
         if fired:
             signals.append(self._start(fired[0], predicted_at))
         return signals
@@ -117,7 +117,7 @@ class ErrorStream:
         reported = "prediction_time_cusum" if name.startswith("prediction_time_cusum") else name
         return self._signal(reported, "started", found.statistic, found.threshold, change_ts=change)
 
-    def _during_episode(self, z: float, predicted_at: float) -> list[Signal]:
+    def _during_episode(self, z: float, predicted_at: float, label_ts: float) -> list[Signal]:
         signals = []
         phase = self.episode.watch(z, predicted_at, self.baseline.labels)
         if phase is not None:
@@ -137,7 +137,7 @@ class ErrorStream:
         if ended is not None:
             signals.append(self._signal("rolling_mean", "ended", ended.value, ended.calm_level, severity="stable"))
             self.episode.end()
-            self.bank = self._new_bank()
+            self.bank = self._new_bank(since=label_ts)  # predictions made after the end
         return signals
 
     def _gap(self, gap: DeploymentGap) -> Signal:

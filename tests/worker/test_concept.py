@@ -83,8 +83,9 @@ def _positional(blob: dict) -> dict:
         ]
 
     episode = _episode_as_format_9(blob["episode"])
+    assert blob["detectors"].get("since") is None, "a bank started after an episode has no older format"
     return {
-        "detectors": {name: numbers(state, name) for name, state in blob["detectors"].items()},
+        "detectors": {name: numbers(state, name) for name, state in blob["detectors"].items() if name != "since"},
         "production": {
             key: (
                 list(map(list, value))
@@ -895,22 +896,54 @@ def test_a_fall_inside_an_episode_is_improved_and_a_fall_back_to_the_baseline_en
     assert not monitor.in_episode
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_an_episode_at_a_steady_level_raises_nothing_after_it_started(seed):
-    # Inside an episode the re-based detectors keep the baseline's false-alarm promise: 150,000 labels at
-    # the episode's level (0/1 errors at twice the rate, and half-normal errors one sd up) give no
-    # escalated or improved alert.
-    validation, labels = _production_stream(160_000, seed, gap=0.05, shifts={5_000: 1.0})
+    # Inside an episode the re-based detectors keep the baseline's false-alarm promise: 75,000 labels at
+    # the episode's level (half-normal errors one sd up, and 0/1 errors at twice the rate) give no escalated
+    # or improved alert (bench/concept.py --episode-false-alarms counts them on millions).
+    validation, labels = _production_stream(80_000, seed, gap=0.05, shifts={5_000: 1.0})
     alerts, _ = _alerts(validation, labels)
     assert [e for e, _, _ in alerts if e != "deployment_gap"] == ["started"], alerts
     rng = np.random.default_rng(seed)
     validation01 = (rng.random(5000) < 0.1).astype(float)
-    errors = (rng.random(160_000) < np.where(np.arange(160_000) >= 5_000, 0.2, 0.1)).astype(float)
+    errors = (rng.random(80_000) < np.where(np.arange(80_000) >= 5_000, 0.2, 0.1)).astype(float)
     monitor = ErrorStreamMonitor(
         "m", "1", DriftConfig(), 0.1, float(validation01.std()), error_sample=error_sample(validation01)
     )
-    arrived = np.arange(160_000) + rng.lognormal(np.log(300), 1.0, 160_000)
+    arrived = np.arange(80_000) + rng.lognormal(np.log(300), 1.0, 80_000)
     episodes = []
     for i in np.argsort(arrived, kind="stable"):
         episodes += [a.data.episode for a in monitor.update(float(errors[i]), "misclassification", arrived[i], i)]
     assert [e for e in episodes if e != "deployment_gap"] == ["started"], episodes
+
+
+def test_the_late_labels_of_an_ended_episode_do_not_start_another():
+    # A pure data drift makes a calibrated classifier less sure for 1,000 s (20 predictions a second): its
+    # log loss and 0/1 error rise, an episode starts and ends on each stream. The labels of the drift's
+    # predictions keep arriving after the end (lognormal delays, median 5 min); detectors started afresh at
+    # the end used to take them for a new change (a started, then ended a minute later).
+    rng = np.random.default_rng(2)
+    n, rate = 200_000, 20.0
+    t = np.arange(n) / rate
+    drift = (t >= 4000) & (t < 5000)
+    p = np.where(drift, rng.beta(2, 4, n), rng.beta(1, 4, n))  # calibrated before and during the drift
+    y = rng.random(n) < p
+    errors, losses = ((p >= 0.5) != y).astype(float), -np.log(np.where(y, p, 1 - p))
+    arrived = t + rng.lognormal(np.log(300), 1.0, n)
+    vp = rng.beta(1, 4, 5000)
+    validation = ((vp >= 0.5) != (rng.random(5000) < vp)).astype(float)
+    monitor = ErrorStreamMonitor(
+        "m",
+        "1",
+        DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        error_sample=error_sample(validation),
+    )
+    alerts = []
+    for i in np.argsort(arrived, kind="stable"):
+        alerts += monitor.update(float(errors[i]), "misclassification", float(arrived[i]), float(t[i]))
+        alerts += monitor.update_log_loss(float(losses[i]), float(arrived[i]), float(t[i]))
+    for metric in ("misclassification", "log_loss"):
+        phases = [a.data.episode for a in alerts if a.data.metric == metric and a.data.episode != "deployment_gap"]
+        assert phases == ["started", "ended"], (metric, phases)
