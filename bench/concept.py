@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/concept.py [--seeds 3] [--labels 100000] [--matched-labels 200000]
                                       [--shapes stationary gradual ...]
+    .venv/bin/python bench/concept.py --episode-false-alarms [--seeds 5] [--labels 300000]
+
+The second form counts the alarms after the first on streams that step once and stay (plateaus of +0.5,
++1.0 and +3.0 sd, and +1.0 sd made by half the predictions 2 sd up): inside Undertow's episode the
+detectors against its own level, river's after their restart; every one is a false alarm.
 
 Error streams as a monitor sees them in production, per seed:
 

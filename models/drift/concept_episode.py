@@ -7,11 +7,10 @@ after it measure the episode's level; the detectors of ``EpisodeBank`` then run 
 on those errors, until one fires. A rise is alerted at once (``escalated``) and the level measured anew. After
 a fall the level is measured anew too, and the fall alerted (``improved``) as soon as the errors measured put
 that level significantly above the baseline (as much as a rolling mean needs to start an episode); a fall back
-to the baseline is the end's business. End: once the rolling
-mean has stayed within one standard error of the baseline for a whole window of evaluations, at least a window
-of labels after the episode began (hysteresis: a drift sitting near the threshold would otherwise start
-episode after episode). Episodes opened before concept-state format 10 keep the rule that opened them
-(``LegacyEscalation``) until they end.
+to the baseline is the end's business. End: once the rolling mean has stayed within one standard error of the
+baseline for a whole window of evaluations, at least a window of labels after the episode began (hysteresis: a
+drift sitting near the threshold would otherwise start episode after episode). Episodes opened before
+concept-state format 10 keep the rule that opened them (``LegacyEscalation``) until they end.
 """
 
 from __future__ import annotations
