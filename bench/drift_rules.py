@@ -18,7 +18,8 @@ costs.
   alerts on x0 until the episode ends;
 * gradual: x0 moving linearly to +0.5 sd over 5,000, 10,000 or 20,000
   predictions from prediction 20,000: delay of the first alarm on x0;
-* stationary: 100,000 predictions: false alarms;
+* stationary: 100,000 predictions: false alarms (episodes started on input features; windows in which a
+  baseline alarms);
 * correlation: x0 and x1 correlated +0.8, then -0.8 from prediction 20,000
   (marginals unchanged): delay of the multivariate alert; alarms of the
   per-feature baselines;
@@ -156,7 +157,7 @@ def stationary(seed: int) -> dict:
     counts = {}
     for name, config in VARIANTS:
         windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig(**config)), _blocks(matrix))
-        counts[name] = sum(1 for _, alerts, _ in windows for a in alerts if a.data.episode == "started")
+        counts[name] = sum(1 for _, alerts, _ in windows for a in alerts if _input_started(a))
         if name == "Undertow":
             base = _baselines(windows)
     for name, alarms in base.items():

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from scipy.stats import chi2 as chi2_distribution
 from scipy.stats import kstwo
 
+from undertow.models.drift.two_sample import SortedReference, anderson_darling_sf, two_sample_tests
 from undertow.models.profile import CategoricalProfile, NumericProfile
 
 # Empty bins are floored before the log: 1e-6 (the chapter) makes one empty
@@ -37,39 +38,6 @@ def psi(expected: npt.NDArray[np.float64], actual: npt.NDArray[np.float64], floo
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def ks_and_rank_sum(reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64]) -> tuple[float, int, float]:
-    """Two-sample KS statistic against an already sorted ``reference``, the effective size, and the
-    Mann-Whitney rank-sum z of the window against the reference (NaN if either is empty).
-
-    Both come from the same two ``searchsorted`` calls: the rank-sum counts the reference values below
-    each window value (ties as half). For a shift of location it is the more powerful test (KS's
-    asymptotic efficiency against it is about 0.64 on normal data), KS the one for changes of shape.
-
-    >>> from scipy.stats import mannwhitneyu, norm
-    >>> rng = np.random.default_rng(1)
-    >>> ref, window = np.sort(rng.normal(size=5000)), rng.normal(0.2, size=1000)
-    >>> d, effective, z = ks_and_rank_sum(ref, window)
-    >>> round(z, 3), effective
-    (7.114, 833)
-    >>> p = mannwhitneyu(window, ref, method="asymptotic", use_continuity=False).pvalue
-    >>> round(float(norm.isf(p / 2)), 3)
-    7.114
-    """
-    w = np.sort(window)
-    n, m = w.size, reference.size
-    if n == 0 or m == 0:
-        return math.nan, 0, math.nan
-    below_or_at = np.searchsorted(reference, w, side="right")
-    below = np.searchsorted(reference, w, side="left")
-    steps = np.arange(1, n + 1) / n
-    d = float(max(np.max(steps - below_or_at / m), np.max(below / m - (steps - 1 / n)), 0.0))
-    # U = pairs (window value above reference value) + half the ties; its null spread without ties,
-    # which ties only narrow (so z errs low).
-    u = (float(below_or_at.sum()) + float(below.sum())) / 2
-    rank_z = (u - n * m / 2) / math.sqrt(n * m * (n + m + 1) / 12)
-    return d, round(m * n / (m + n)), rank_z
-
-
 def ks_against_sorted(reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64]) -> tuple[float, float]:
     """Two-sample KS statistic and asymptotic p-value; ``reference`` is already sorted.
 
@@ -80,7 +48,7 @@ def ks_against_sorted(reference: npt.NDArray[np.float64], window: npt.NDArray[np
     >>> d, p = ks_against_sorted(ref, rng.normal(1.0, size=1000)); d > 0.3 and p < 1e-9
     True
     """
-    d, effective, _ = ks_and_rank_sum(reference, window)
+    d, effective, _, _ = two_sample_tests(reference, window)
     # As scipy's ks_2samp(method="asymp"): the one-sample KS distribution at the effective size.
     return (d, float(kstwo.sf(d, effective))) if effective else (math.nan, math.nan)
 
@@ -110,12 +78,16 @@ class FeatureStats:
     chi2_pvalue: float
     missing_share: float
     chi2_dof: int = 0
-    rank_z: float | None = None  # Mann-Whitney z against the reference (numeric features)
+    rank_z: float | None = None  # Mann-Whitney z against the reference, mid-ranks (numeric features)
+    # Anderson-Darling against the reference with ties broken at random (numeric features): uniform without
+    # drift whatever the ties, and the stronger test of shape (models/drift/two_sample.py).
+    ad_pvalue: float | None = None
 
 
 # A window column's statistics before the p-values: (n, psi, ks statistic, ks effective size, chi-square,
-# dof, missing share, rank-sum z); the KS ones and the rank-sum z are None for a categorical feature.
-WindowStatistics: TypeAlias = tuple[int, float, float | None, int, float, int, float, float | None]
+# dof, missing share, rank-sum z, Anderson-Darling statistic); the last three are None for a categorical
+# feature.
+WindowStatistics: TypeAlias = tuple[int, float, float | None, int, float, int, float, float | None, float | None]
 
 
 class CategoricalEncoder:
@@ -150,25 +122,26 @@ class FeatureEvaluator:
         self.expected = np.append(np.array(profile.shares) * present, profile.missing_share)
         if isinstance(profile, NumericProfile):
             self._edges = np.array(profile.edges)
-            self._ks_sample = np.array(profile.ks_sample)
+            self._ks_sample = SortedReference(np.array(profile.ks_sample))
             self.encoder = None
         else:
             self.encoder = CategoricalEncoder(profile)
 
     def statistics(self, column: npt.NDArray[np.float64]) -> WindowStatistics:
-        """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share, rank-sum z); p-values
-        come later."""
+        """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share, rank-sum z,
+        Anderson-Darling statistic); p-values come later."""
         missing = np.isnan(column)
         present = column[~missing]
         bins = self.expected.size - 1
         ks_d: float | None
         rank_z: float | None
+        ad: float | None
         if self.encoder is None:
             binned = np.bincount(np.searchsorted(self._edges, present, side="left"), minlength=bins)
-            ks_d, ks_n, rank_z = ks_and_rank_sum(self._ks_sample, present)
+            ks_d, ks_n, rank_z, ad = two_sample_tests(self._ks_sample, present)
         else:
             binned = np.bincount(present.astype(np.int64), minlength=bins)
-            ks_d, ks_n, rank_z = None, 0, None
+            ks_d, ks_n, rank_z, ad = None, 0, None, None
         counts = np.append(binned, missing.sum()).astype(float)
         chi2_statistic, dof = chi_square_statistic(self.expected, counts)
         return (
@@ -180,6 +153,7 @@ class FeatureEvaluator:
             dof,
             float(missing.mean()),
             rank_z,
+            ad,
         )
 
     def evaluate(self, column: npt.NDArray[np.float64]) -> FeatureStats:
@@ -214,14 +188,16 @@ def ks_sf(statistics: list[tuple[float, int]]) -> list[float]:
 
 
 def evaluate_window(evaluators: list[FeatureEvaluator], rows: npt.NDArray[np.float64]) -> list[FeatureStats]:
-    """FeatureStats of every column; the p-values in two vectorised calls.
+    """FeatureStats of every column; the p-values in vectorised calls.
 
     scipy's distribution methods cost ~0.1 ms per call whatever the size, so
-    one call per window instead of two per feature.
+    one call per window instead of one per feature.
     """
     stats = [evaluator.statistics(rows[:, i]) for i, evaluator in enumerate(evaluators)]
-    tested = [(i, (s[2], s[3])) for i, s in enumerate(stats) if s[2] is not None and s[3]]  # numeric, not empty
-    ks_p = dict(zip([i for i, _ in tested], ks_sf([key for _, key in tested])))
+    # numeric and not empty: (column, (ks statistic, effective size), Anderson-Darling statistic)
+    tested = [(i, (s[2], s[3]), s[8]) for i, s in enumerate(stats) if s[2] is not None and s[8] is not None and s[3]]
+    ks_p = dict(zip([i for i, _, _ in tested], ks_sf([key for _, key, _ in tested])))
+    ad_p = dict(zip([i for i, _, _ in tested], anderson_darling_sf([a2 for _, _, a2 in tested]).tolist()))
     chi2_p = chi2_distribution.sf([s[4] for s in stats], [s[5] for s in stats])
     return [
         FeatureStats(
@@ -234,6 +210,7 @@ def evaluate_window(evaluators: list[FeatureEvaluator], rows: npt.NDArray[np.flo
             missing_share=missing,
             chi2_dof=dof,
             rank_z=rank_z,
+            ad_pvalue=ad_p.get(i),
         )
-        for i, (n, value, d, _, chi2, dof, missing, rank_z) in enumerate(stats)
+        for i, (n, value, d, _, chi2, dof, missing, rank_z, _) in enumerate(stats)
     ]

@@ -143,6 +143,45 @@ def test_gradual_drift_is_found_no_later_than_ks_bonferroni_and_stationary_data_
     assert false_ours <= false_theirs, (false_ours, false_theirs)
 
 
+def _tied_skewed(rng, n: int, ramp_from: int | None = None, ramp: int = 20_000) -> np.ndarray:
+    """Four real-looking features: integer counts with a heavy right tail (x0, the one that drifts: its log
+    scale moves by 0.4 over ``ramp`` predictions), a binary flag, a skewed measurement on a coarse grid and
+    a 17-level score."""
+    t = np.arange(n)
+    shift = 0.0 if ramp_from is None else np.clip((t - ramp_from) / ramp, 0, 1) * 0.4
+    return np.column_stack(
+        [
+            np.floor(rng.lognormal(0.5 + shift, 0.8, n)),
+            (rng.random(n) < 0.3).astype(float),
+            np.round(rng.gamma(2.0, 1.5, n), 1),
+            rng.binomial(16, 0.25, n).astype(float),
+        ]
+    )
+
+
+def test_gradual_drift_on_tied_skewed_features_is_found_no_later_than_ks_bonferroni_with_fewer_false_alarms():
+    """Real features tie and skew: plain KS piles its p-values up near 1 there, which the evidence over
+    windows once read as evidence against drift, so a gradual drift started from below."""
+    ours, theirs, false_ours, false_theirs = [], [], 0, 0
+    for seed in range(5):
+        rng = np.random.default_rng(200 + seed)
+        reference = _tied_skewed(rng, 5000)
+        columns = {f"x{j}": list(reference[:, j]) for j in range(4)}
+        a, b, _ = _first_alarms(_monitor(columns), _tied_skewed(rng, 40_000, ramp_from=20_000), after=20_000)
+        ours.append(a)
+        theirs.append(b)
+        monitor = _monitor(columns)
+        stationary = _tied_skewed(rng, 50_000)
+        false_ours += _first_alarms(monitor, stationary)[2]
+        false_theirs += sum(
+            1
+            for i in range(50)
+            if any(_ks_p(monitor, stationary[i * 1000 : (i + 1) * 1000, j], j) < 0.01 / 4 for j in range(4))
+        )
+    assert None not in ours and np.median(ours) <= np.median(theirs), (ours, theirs)
+    assert false_ours <= false_theirs, (false_ours, false_theirs)
+
+
 def _ks_p(monitor, column: np.ndarray, j: int) -> float:
     return monitor.evaluators[j].evaluate(column).ks_pvalue
 
@@ -154,9 +193,10 @@ def test_the_evidence_budget_is_per_model_so_more_features_mean_a_stricter_test_
     eight = _monitor({f"x{j}": list(reference[:, j]) for j in range(8)})
     from scipy.special import ndtr
 
-    # One false alarm per 250 windows of the model: split over 4 moving sums and the input features.
-    assert 4 * 2 * 250 * float(ndtr(-two.evidence.threshold)) == pytest.approx(1)
-    assert 4 * 8 * 250 * float(ndtr(-eight.evidence.threshold)) == pytest.approx(1)
+    # One false alarm per 250 windows of the model: split over the input features and the moving sums (as
+    # many false alarms as two independent tests).
+    assert 2 * 2 * 250 * float(ndtr(-two.evidence.threshold)) == pytest.approx(1)
+    assert 2 * 8 * 250 * float(ndtr(-eight.evidence.threshold)) == pytest.approx(1)
     assert eight.evidence.threshold > two.evidence.threshold
 
 
