@@ -438,3 +438,38 @@ def test_notify_test_sends_a_test_message_and_says_whether_it_was_taken(tmp_path
     event = hook.accepted()[-1]
     assert event.json()["type"] == "undertow.notify.test" and event.headers["ce-id"] == event.json()["id"]
     assert verify_signature("k", event.headers, event.body)
+
+
+def test_a_dependence_alert_names_the_pair_and_its_correlations_in_every_sink():
+    """The newest alert type: Slack says which inputs move together and how, Alertmanager names it."""
+    from undertow.worker.notify.alertmanager import labels_of
+    from undertow.worker.notify.notice import notice
+    from undertow.worker.notify.slack import single
+    from undertow.worker.runtime.output_events import DependenceDrift, DependenceDriftAlert, DependencePair, Window
+
+    event = DependenceDriftAlert(
+        id="dep-1",
+        subject="housing",
+        time="2026-11-01T00:10:00.000Z",
+        data=DependenceDrift(
+            model_id="housing",
+            model_version="1",
+            severity="significant",
+            episode="started",
+            pairs=[DependencePair(features=["x0", "x1"], reference=-0.01, value=0.51, z=16.7)],
+            z=16.7,
+            threshold=6.69,
+            moderate=0.1,
+            significant=0.3,
+            pairs_tested=45,
+            features=["x0", "x1", "x2"],
+            window=Window(index=3, start_ts="2026-11-01T00:00:00.000Z", end_ts="2026-11-01T00:10:00.000Z", n=1000),
+        ),
+    )
+    n = notice(event, NoContext())
+    assert n.title == "Dependence drift in housing v1: significant (started)"
+    assert n.what.startswith("x0 and x1 move together differently") and "-0.01 → 0.51" in n.what
+    assert n.value == "largest |z| of a pair's correlation change (standard errors): 16.7 against 6.69"
+    check_slack_message(single(n))
+    sink = parse_config({"sinks": [{"name": "am", "alertmanager": {"url": "http://127.0.0.1:9"}}]}, "t").sinks[0]
+    assert labels_of(sink.alertmanager, event, n)["alertname"] == "UndertowDependenceDrift"

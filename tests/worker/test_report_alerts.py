@@ -25,6 +25,9 @@ from undertow.worker.runtime.output_events import (
     DataDriftAlert,
     DatasetDrift,
     DatasetDriftAlert,
+    DependenceDrift,
+    DependenceDriftAlert,
+    DependencePair,
     MultivariateDrift,
     MultivariateDriftAlert,
     PerformanceEstimate,
@@ -125,6 +128,30 @@ def _window_checks(model_id: str, input_feature: str, categorical: bool) -> list
             ),
             "0.6667",
             "0.5",
+        ),
+        # The largest |z| over the pairs against its Sidak threshold; the pairs as correlations go in the note.
+        (
+            DependenceDriftAlert(
+                id=f"{model_id}-dependence",
+                subject=model_id,
+                time=_ts(17),
+                data=DependenceDrift(
+                    model_id=model_id,
+                    model_version="1",
+                    severity="significant",
+                    episode="started",
+                    pairs=[DependencePair(features=["x0", "x1"], reference=0.01, value=0.51, z=16.7)],
+                    z=16.7,
+                    threshold=6.69,
+                    moderate=0.1,
+                    significant=0.3,
+                    pairs_tested=45,
+                    features=["x0", "x1"],
+                    window=_window(17),
+                ),
+            ),
+            "16.7",
+            "6.69",
         ),
         # z against its threshold, both in standard errors; the raw reconstruction error (0.4321) is another unit.
         (
@@ -324,6 +351,7 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
         "undertow.drift.prediction",
         "undertow.drift.dataset",
         "undertow.drift.multivariate",
+        "undertow.drift.dependence",
         "undertow.drift.concept",
     } <= types
     assert ("undertow.performance.estimated" in types) == (task == "classification")

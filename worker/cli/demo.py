@@ -95,6 +95,14 @@ class Timeline:
                 f"multivariate drift ({data['episode']}): reconstruction error {data['z']:.1f} "
                 f"standard errors above the reference",
             )
+        elif kind == "undertow.drift.dependence":
+            pair = data["pairs"][0] if data.get("pairs") else None
+            moved = (
+                ""
+                if pair is None
+                else (f": {' and '.join(pair['features'])} correlated {pair['reference']:.2f} -> {pair['value']:.2f}")
+            )
+            self.say("data", f"dependence drift ({data['episode']}){moved}, z {data['z']:.1f}")
         elif kind == "undertow.drift.dataset":
             self.say("data", f"dataset drift: {data.get('drifted_share', 0):.0%} of the inputs drifted")
         elif kind == "undertow.drift.concept":

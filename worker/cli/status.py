@@ -6,7 +6,7 @@ import json
 import logging
 
 from undertow.models import registry
-from undertow.models.drift.drift_state import MULTIVARIATE, PERFORMANCE, load_state
+from undertow.models.drift.drift_state import DEPENDENCE, MULTIVARIATE, PERFORMANCE, load_state
 from undertow.storage import repo
 from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
@@ -148,14 +148,18 @@ def _last_windows(session) -> dict[tuple[str, str], dict]:
 
 
 def _data_checks(session) -> list[dict]:
-    """The multivariate and estimated-performance checks of each version's last window."""
+    """The multivariate, dependence and estimated-performance checks of each version's last window."""
     checks = []
     for stored in repo.drift_states(session):
         version = registry.find_version(session, stored.model_id, stored.version)
         columns = len(json.loads(version.feature_schema or "{}")) if version is not None else 0
         state = load_state(stored, columns)
         row = {"model_id": stored.model_id, "version": stored.version}
-        for key, label in ((MULTIVARIATE, "multivariate_z"), (PERFORMANCE, "estimated_accuracy")):
+        for key, label in (
+            (MULTIVARIATE, "multivariate_z"),
+            (DEPENDENCE, "dependence_z"),
+            (PERFORMANCE, "estimated_accuracy"),
+        ):
             check = state.checks.get(key)
             if check is not None:
                 row[label] = {"value": check.value, "severity": check.level}
@@ -272,6 +276,8 @@ def _print_drift(status: dict) -> None:
         parts = []
         if "multivariate_z" in c:
             parts.append(f"multivariate z={c['multivariate_z']['value']:.2f} ({c['multivariate_z']['severity']})")
+        if "dependence_z" in c:
+            parts.append(f"dependence z={c['dependence_z']['value']:.2f} ({c['dependence_z']['severity']})")
         if "estimated_accuracy" in c:
             parts.append(
                 f"estimated accuracy={c['estimated_accuracy']['value']:.3f} "

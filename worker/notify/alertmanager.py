@@ -33,6 +33,7 @@ ALERT_NAMES = {
     "undertow.drift.prediction": "UndertowPredictionDrift",
     "undertow.drift.dataset": "UndertowDatasetDrift",
     "undertow.drift.multivariate": "UndertowMultivariateDrift",
+    "undertow.drift.dependence": "UndertowDependenceDrift",
     "undertow.performance.estimated": "UndertowEstimatedAccuracyDrop",
     "undertow.drift.concept": "UndertowConceptDrift",
     "undertow.notify.test": "UndertowNotifyTest",

@@ -27,6 +27,7 @@ KINDS = {
     "undertow.drift.prediction": "Prediction drift",
     "undertow.drift.dataset": "Dataset drift",
     "undertow.drift.multivariate": "Multivariate drift",
+    "undertow.drift.dependence": "Dependence drift",
     "undertow.performance.estimated": "Estimated accuracy drop",
     "undertow.drift.concept": "Concept drift",
 }
@@ -82,7 +83,14 @@ def _what(event: Any) -> str:
         return f"{len(d.drifted_features)} input(s): {', '.join(d.drifted_features[:8])}"
     if event.type == "undertow.drift.multivariate":
         return "the joint distribution of the numeric inputs"
-    return "estimated accuracy"
+    if event.type == "undertow.drift.dependence":
+        if not d.pairs:
+            return "how the numeric inputs move together"
+        a, b = d.pairs[0].features
+        return f"{a} and {b} move together differently, though each on its own may look as before"
+    if event.type == "undertow.performance.estimated":
+        return "estimated accuracy"
+    return event.type.removeprefix("undertow.")
 
 
 def _since(event: Any, context: Context) -> str | None:

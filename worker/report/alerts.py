@@ -24,6 +24,7 @@ from undertow.worker.runtime.output_events import (
     ConceptDriftAlert,
     DataDriftAlert,
     DatasetDriftAlert,
+    DependenceDriftAlert,
     MultivariateDriftAlert,
     PerformanceEstimateAlert,
     PredictionDriftAlert,
@@ -136,6 +137,32 @@ def multivariate_drift(d: dict, config: DriftConfig) -> Detail:
     )
 
 
+def _pair(p: dict) -> str:
+    a, b = p["features"]
+    return f"{a} & {b}: {number(p['reference'])} → {number(p['value'])} (z {number(p['z'])})"
+
+
+def dependence_drift(d: dict, config: DriftConfig) -> Detail:
+    """The largest |z| over the pairs tested against its threshold (both in standard errors of a pair's
+    Fisher z); the pairs that moved most, as rank correlations reference → window, go in the note."""
+    threshold = _exit(d["threshold"], config) if d["episode"] == "ended" else d["threshold"]
+    pairs = "; ".join(_pair(p) for p in d.get("pairs") or [])
+    note = (
+        f"rank correlation, reference → window: {pairs or 'no pair recorded'}; {d.get('pairs_tested', 0):,} pairs "
+        f"tested; a pair drifts from a change of {number(d.get('moderate'))} (moderate), "
+        f"{number(d.get('significant'))} (significant)"
+    )
+    lead = d["pairs"][0]["features"] if d.get("pairs") else []
+    return Detail(
+        " & ".join(lead) or "dependence",
+        "dependence",  # one episode whichever pair leads each alert
+        "largest |z| of a pair's correlation change (standard errors)",
+        number(d["z"]),
+        number(threshold),
+        note,
+    )
+
+
 def performance_estimate(d: dict, config: DriftConfig) -> Detail:
     """The accuracy the window's scores imply, alerted below the threshold (lower is worse)."""
     threshold = d["threshold"]
@@ -208,6 +235,7 @@ FORMATTERS: dict[str, Callable[[dict, DriftConfig], Detail]] = {
     _type(PredictionDriftAlert): data_drift,
     _type(DatasetDriftAlert): dataset_drift,
     _type(MultivariateDriftAlert): multivariate_drift,
+    _type(DependenceDriftAlert): dependence_drift,
     _type(PerformanceEstimateAlert): performance_estimate,
     _type(ConceptDriftAlert): concept_drift,
 }
@@ -239,6 +267,7 @@ DESCRIBED = {
     "drift.prediction": "the model's output",
     "drift.dataset": "share of inputs drifting",
     "drift.multivariate": "all inputs together (multivariate)",
+    "drift.dependence": "pairs of inputs moving together (dependence)",
     "performance.estimated": "estimated accuracy",
     "drift.concept": "the model's error ({})",
 }

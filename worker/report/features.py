@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.drift_state import DATASET, MULTIVARIATE, PERFORMANCE
+from undertow.models.drift.drift_state import DATASET, DEPENDENCE, MULTIVARIATE, PERFORMANCE
 from undertow.models.drift.episodes import STABLE, Episode
 from undertow.models.profile import PREDICTION_FEATURE
 from undertow.worker.report.alerts import NONE_SHOWN, number
@@ -61,6 +61,9 @@ def feature_rows(data: ReportData) -> list[FeatureRow]:
     rows.append(_dataset(data, latest, episodes.get(DATASET), spans.get(("drift.dataset", "dataset"))))
     if champion.profile.multivariate is not None:
         rows.append(_multivariate(data, spans.get(("drift.multivariate", "multivariate"))))
+    dependence = data.state.checks.get(DEPENDENCE) if data.state is not None else None
+    if dependence is not None or ("drift.dependence", "dependence") in spans:
+        rows.append(_dependence(data, spans.get(("drift.dependence", "dependence"))))
     if champion.is_classifier and champion.validation is not None:
         rows.append(_performance(data, spans.get(("performance.estimated", "estimated accuracy"))))
     return rows
@@ -191,6 +194,42 @@ def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         since=since,
         since_ts=since_ts,
         note="z: standard errors above the reference" if check is not None else "no window evaluated yet",
+    )
+
+
+def _dependence(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
+    """The largest |z| of a pair's correlation change against the threshold the newest dependence alert
+    was held to (it depends on the number of pairs tested), both in standard errors."""
+    config = data.champion.config
+    check = data.state.checks.get(DEPENDENCE) if data.state is not None else None
+    level = check.level if check is not None else _level(None, span)
+    drifted = level != STABLE
+    alerts = [
+        e["data"]
+        for e in data.events
+        if e["type"] == "undertow.drift.dependence" and e["data"]["model_version"] == data.champion.version
+    ]
+    limit = alerts[-1]["threshold"] if alerts else None
+    if limit is None:
+        threshold = "|z| over the pairs' Šidák threshold"
+    elif drifted:
+        threshold = f"until |z| ≤ {number(limit * config.psi_exit_ratio)} for {config.end_after} windows"
+    else:
+        threshold = f"|z| > {number(limit)}"
+    since, since_ts = _since(span) if drifted else ("", None)
+    return FeatureRow(
+        name=DEPENDENCE,
+        label="dependence: pairs of inputs together",
+        test="rank correlation per pair, Fisher z",
+        statistic=number(None if check is None else check.value),
+        pvalue=NONE_SHOWN,
+        psi=NONE_SHOWN,
+        threshold=threshold,
+        drifted=drifted,
+        severity=level,
+        since=since,
+        since_ts=since_ts,
+        note="z: standard errors of the largest change of a pair's correlation",
     )
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 
 from undertow.models.drift.concept_state import CURRENT_FORMAT as CONCEPT_FORMAT
 from undertow.models.drift.concept_state import ConceptState
-from undertow.models.drift.drift_state import DATASET, MULTIVARIATE, PERFORMANCE, load_state
+from undertow.models.drift.drift_state import DATASET, DEPENDENCE, MULTIVARIATE, PERFORMANCE, load_state
 from undertow.models.drift.episodes import MODERATE, SIGNIFICANT, STABLE
 from undertow.models.drift.errors import ABSOLUTE_ERROR, MISCLASSIFICATION
 from undertow.models.profile import PREDICTION_FEATURE
@@ -50,6 +50,7 @@ from undertow.worker.runtime.output_events import (
     ConceptDriftAlert,
     DataDriftAlert,
     DatasetDriftAlert,
+    DependenceDriftAlert,
     MultivariateDriftAlert,
     PerformanceEstimateAlert,
     PredictionDriftAlert,
@@ -451,15 +452,17 @@ ALERT_TYPES = tuple(
         PredictionDriftAlert,
         DatasetDriftAlert,
         MultivariateDriftAlert,
+        DependenceDriftAlert,
         PerformanceEstimateAlert,
         ConceptDriftAlert,
     )
 )
-# Open episodes: input features, the prediction, the dataset rule, the two window checks, the error stream.
+# Open episodes: input features, the prediction, the dataset rule, the three window checks, the error stream.
 EPISODE_KINDS = {
     PREDICTION_FEATURE: "prediction",
     DATASET: "dataset",
     MULTIVARIATE: "multivariate",
+    DEPENDENCE: "dependence",
     PERFORMANCE: "performance",
 }
 FINISHED_OUTCOMES = tuple(
