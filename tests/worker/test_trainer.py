@@ -335,7 +335,9 @@ def test_a_run_waits_for_enough_pairs_then_gives_up_saying_why(env):
     value, _ = _request("r-short")
     env.send(env.topics.retrain, value, key=b"housing")
     env.flush()
-    trainer = env.start_trainer(env={**TRAINER_ENV, "UNDERTOW_MAX_WAIT_SECONDS": "4"})
+    # Long enough for `runs list` (a new process) to see the run still waiting on a loaded machine: with 4 s,
+    # a CI run under load listed it after it had given up.
+    trainer = env.start_trainer(env={**TRAINER_ENV, "UNDERTOW_MAX_WAIT_SECONDS": "20"})
     try:
         wait_for(
             lambda: (
