@@ -473,3 +473,28 @@ def test_a_dependence_alert_names_the_pair_and_its_correlations_in_every_sink():
     check_slack_message(single(n))
     sink = parse_config({"sinks": [{"name": "am", "alertmanager": {"url": "http://127.0.0.1:9"}}]}, "t").sinks[0]
     assert labels_of(sink.alertmanager, event, n)["alertname"] == "UndertowDependenceDrift"
+
+
+def test_an_improved_concept_episode_keeps_firing_at_its_new_severity_and_resolves_the_other():
+    """'improved' (the error fell inside an episode, still above the baseline): a rule may select it, and in
+    Alertmanager the alert at the new severity fires while the other severity's is resolved."""
+    from undertow.worker.notify.alertmanager import alerts_for
+    from undertow.worker.notify.notice import notice
+
+    concept = next(a for a in recorded_alerts() if a.type == "undertow.drift.concept")
+    improved = concept.model_copy(
+        update={"data": concept.data.model_copy(update={"episode": "improved", "severity": "moderate"})}
+    )
+    config = parse_config(
+        {
+            "sinks": [{"name": "am", "alertmanager": {"url": "http://127.0.0.1:9"}}],
+            "rules": [{"sinks": ["am"], "episode": "improved"}],
+        },
+        "t",
+    )
+    assert [s.name for s in Router(config).sinks_for(improved)] == ["am"]
+    n = notice(improved, NoContext())
+    assert "fell inside the episode" in n.next_step
+    now = time.time()
+    by_severity = {a["labels"]["severity"]: a for a in alerts_for(config.sinks[0].alertmanager, improved, n, now)}
+    assert by_severity["moderate"]["endsAt"] > by_severity["significant"]["endsAt"]  # moderate fires on

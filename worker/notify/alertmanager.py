@@ -12,7 +12,8 @@ An episode's alerts keep their labels, except severity:
 - ``started``, ``escalated`` (and ``deployment_gap``, once): the alert at the
   event's severity fires, ``endsAt`` ``resolve_after_seconds`` from now (an
   episode that sends nothing for that long stops firing by itself);
-  an escalation also resolves the alert at the other severity;
+  an escalation or an improvement (a fall inside the episode) also resolves
+  the alert at the other severity;
 - ``ended``: the alerts at both severities are resolved: ``endsAt`` is the
   event's time (never later than now).
 """
@@ -96,7 +97,7 @@ def alerts_for(sink: AlertmanagerSink, event: Any, n: Notice, now: float) -> lis
     resolved = [
         _alert(sink, {**base, "severity": s}, n, min(began, now), now)
         for s in FIRING_SEVERITIES
-        if n.phase in ("escalated", "changed") and s != n.severity
+        if n.phase in ("escalated", "improved", "changed") and s != n.severity
     ]
     return [firing, *resolved]
 

@@ -29,7 +29,7 @@ from undertow.worker.runtime.output_events import EVENT_TYPES, RetrainRequested
 SINK_KINDS = ("webhook", "slack", "alertmanager")
 SINK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a metrics label value and a column value
 SEVERITIES = ("stable", "moderate", "significant")
-EPISODES = ("started", "escalated", "changed", "ended", "deployment_gap")
+EPISODES = ("started", "escalated", "improved", "changed", "ended", "deployment_gap")
 # Keys whose value may come from the environment instead: `<key>_env: VARIABLE`.
 FROM_ENV = ("url", "secret")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -136,7 +136,7 @@ class Rule(_Strict):
     model_id: Patterns = Field(default_factory=lambda: ["*"])
     type: Patterns = Field(default_factory=lambda: ["*"])
     severity: list[Literal["stable", "moderate", "significant"]] | None = None
-    episode: list[Literal["started", "escalated", "changed", "ended", "deployment_gap"]] | None = None
+    episode: list[Literal["started", "escalated", "improved", "changed", "ended", "deployment_gap"]] | None = None
 
     @field_validator("model_id", "type", "severity", "episode", mode="before")
     @classmethod

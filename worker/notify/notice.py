@@ -109,6 +109,11 @@ def _alert_next(event: Any, context: Context, config: DriftConfig) -> str:
     model = d.model_id
     if d.episode == "ended":
         return "Nothing to do: back under the threshold; the episode is closed."
+    if d.episode == "improved":
+        return (
+            "The error fell inside the episode but stays above the baseline: the episode stays open until it is "
+            f"back; see `undertow report --model-id {model}`."
+        )
     request = context.retrain_request(event)
     if request is not None:
         return (
