@@ -100,11 +100,16 @@ class Episode:
         self.in_episode, self.started_label = True, labels
         self.episodes += 1
         self.fall = None
-        self._measure_level_from(change_ts if change_ts is not None else prediction_ts)
+        self._measure_level_after(change_ts, prediction_ts)
 
-    def _measure_level_from(self, prediction_ts: float) -> None:
+    def _measure_level_after(self, change_ts: float | None, prediction_ts: float) -> None:
+        """The level anew, from the bucket after the one where the change began (``change_ts``, its start) or,
+        without an estimate, from ``prediction_ts``. That bucket mixes predictions before and after the change,
+        and its labels of the old regime (up to 60 of the 500 at a prediction a second) put the level low by
+        their share of the step: 0.35 sd on a +3 sd step, more than the allowance, and an upward CUSUM then
+        took the true level for a rise (bench/concept.py --episode-false-alarms, before this)."""
         self.level_z, self.bank = [], None
-        self.level_from = prediction_ts
+        self.level_from = prediction_ts if change_ts is None else change_ts + self.config.pt_bucket_seconds
 
     def watch(self, z: float, prediction_ts: float, baseline_labels: int | None) -> Phase | None:
         """One standardised error inside the episode: the level measured first, then watched for a change.
@@ -120,7 +125,7 @@ class Episode:
         change = bank.change()
         if change is None:
             return None
-        self._measure_level_from(change.change_ts if change.change_ts is not None else prediction_ts)
+        self._measure_level_after(change.change_ts, prediction_ts)
         if change.direction == "down":
             self.fall = FallState(statistic=change.statistic, threshold=change.threshold, change_ts=change.change_ts)
             return None

@@ -14,11 +14,17 @@ an estimate from a few hundred labels. Labels of predictions made before the lev
 (they belong to the regime before the change).
 
 As the production baseline does, the level keeps learning while the detectors are quiet: every
-``len(level_z)`` labels it takes in those since, up to ``REFINE_LABELS``, and at each doubling of its labels
-the thresholds tighten to those calibrated (when the level was measured, on the same errors) for the smaller
-allowance; the CUSUMs keep their sums. Unless the newest ``len(level_z)`` moved away from the first ones by
-more than ``TREND_SIGMAS`` standard errors of the difference: a change is under way, the level stays and stops
-learning.
+``len(level_z)`` labels it counts those since, and at each doubling of its labels, up to ``REFINE_LABELS``, it
+moves to their mean and the thresholds are calibrated anew for the smaller allowance (on the same errors
+around their own mean: a sample of 500 says the errors' shape, the learning level where they lie; measured
+against the learnt level instead, a sample whose 0/1 rate came out 0.02 low would set the CUSUMs' drift too
+low, and their thresholds with it); the CUSUMs keep their sums. Unless the newest ``len(level_z)`` moved away
+from the first ones by more than ``TREND_SIGMAS`` standard errors of the difference: a change is under way,
+the level stays and stops learning.
+
+Where the errors cannot rise above the level by more than k (0/1 errors at a rate near 1: every step of the
+upward CUSUM is negative), the chain says any threshold keeps the promise, and a level a little off would then
+alarm at once; so no threshold is below the one for normal errors of the same spread.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import (
     PredictionTimeCusum,
     PredictionTimeCusumState,
+    cusum_threshold,
     cusum_threshold_from,
 )
 
@@ -52,9 +59,11 @@ class EpisodeBankState(BaseModel):
     level: float  # the episode's level, in baseline sd
     thresholds: Thresholds
     level_from: float | None  # labels of predictions before it do not count
-    refine: tuple[int, float, float] | None  # count, sum and sum of squares of the level's labels while it learns
+    # count, sum and sum of squares of the level's labels while it learns, and the sum at the last look
+    refine: tuple[int, float, float, float] | None
     first: tuple[int, float]  # count and mean of the labels that measured it, for the trend rule
-    tighten_at: list[tuple[int, float, float, float, float]]  # [labels, thresholds] ahead
+    sample: list[float]  # the errors that measured it, for calibrations at the milestones ahead
+    milestones: list[int]  # label counts ahead at which the level moves and the thresholds follow
     up: PredictionTimeCusumState
     up_small: PredictionTimeCusumState
     down: PredictionTimeCusumState
@@ -75,23 +84,30 @@ def rebased_thresholds(config: DriftConfig, level_z: list[float], labels: int | 
     """The four CUSUM thresholds (up k, up k/2, down k, down k/2) for errors distributed like ``level_z``
     around their mean, which estimates the level they are measured against from ``labels`` labels (default:
     ``level_z`` themselves): the errors raised (for the upward CUSUMs; lowered for the downward ones) by
-    ``LEVEL_ALLOWANCE`` standard errors of that mean."""
+    ``LEVEL_ALLOWANCE`` standard errors of that mean. None below the normal-theory threshold for their
+    spread."""
     z = np.asarray(level_z, dtype=float)
+    sd = float(z.std())
     centred = z - z.mean()
-    allowance = LEVEL_ALLOWANCE * float(z.std()) / math.sqrt(labels or z.size)
+    allowance = LEVEL_ALLOWANCE * sd / math.sqrt(labels or z.size)
     k, every = config.cusum_k, config.cusum_false_alarm_every
+
+    def floor(k: float) -> float:  # normal errors of this spread
+        spread = max(sd, 0.05)  # errors without spread: no overflow in the normal-theory formula
+        return spread * cusum_threshold(k / spread, every)
+
     up, down = centred + allowance, -centred + allowance
     return (
-        cusum_threshold_from(up, k, every),
-        cusum_threshold_from(up, k / 2, every),
-        cusum_threshold_from(down, k, every),
-        cusum_threshold_from(down, k / 2, every),
+        cusum_threshold_from(up, k, every, at_least=floor(k)),
+        cusum_threshold_from(up, k / 2, every, at_least=floor(k / 2)),
+        cusum_threshold_from(down, k, every, at_least=floor(k)),
+        cusum_threshold_from(down, k / 2, every, at_least=floor(k / 2)),
     )
 
 
 def milestones(measured: int) -> list[int]:
-    """The label counts at which a level measured on ``measured`` labels tightens its thresholds: each
-    doubling up to ``REFINE_LABELS``."""
+    """The label counts at which a level measured on ``measured`` labels moves to the mean of its labels and
+    its thresholds are calibrated anew: each doubling up to ``REFINE_LABELS``."""
     points, labels = [], 2 * measured
     while labels <= REFINE_LABELS:
         points.append(labels)
@@ -121,8 +137,8 @@ class EpisodeBank:
     >>> first_alarm(+0.6), first_alarm(-0.6), first_alarm(0.0)
     (('up', True), ('down', True), None)
 
-    Quiet, the level learns from further labels and the thresholds tighten at 1,000, 2,000, 4,000 and
-    8,000 of them:
+    Quiet, the level learns from further labels, and its thresholds are calibrated anew (tighter: a smaller
+    allowance) at 1,000, 2,000, 4,000 and 8,000 of them:
 
     >>> bank = EpisodeBank.measured(DriftConfig(), level_z, level_from=0.0)
     >>> h = [bank.thresholds[1]]
@@ -140,16 +156,16 @@ class EpisodeBank:
         level: float,
         thresholds: Thresholds,
         level_from: float | None = None,
-        first: tuple[int, float] | None = None,
-        tighten_at: list[tuple[int, float, float, float, float]] | None = None,
+        sample: list[float] | None = None,
     ):
         if not math.isfinite(level) or min(thresholds) <= 0:
             raise ValueError("a finite level and positive thresholds are required")
         c = config
         self.config, self.level, self.thresholds, self.level_from = config, level, thresholds, level_from
-        self.first = first or (0, level)
-        self.refine: tuple[int, float, float] | None = None
-        self.tighten_at = list(tighten_at or [])
+        self.sample = list(sample or [])
+        self.first = (len(self.sample), level)
+        self.milestones = milestones(len(self.sample)) if self.sample else []
+        self.refine: tuple[int, float, float, float] | None = None
 
         def cusum(k: float, h: float) -> PredictionTimeCusum:
             return PredictionTimeCusum(k, h, c.pt_bucket_seconds, c.pt_horizon_buckets)
@@ -160,14 +176,12 @@ class EpisodeBank:
 
     @classmethod
     def measured(cls, config: DriftConfig, level_z: list[float], level_from: float | None) -> EpisodeBank:
-        """Against the mean of ``level_z``, calibrated on them (and for each milestone of the level's
-        learning); labels of predictions before ``level_from`` (the regime before the change) left out."""
+        """Against the mean of ``level_z``, calibrated on them; labels of predictions before ``level_from``
+        (the regime before the change) left out."""
         z = np.asarray(level_z, dtype=float)
-        ahead = [(labels, *rebased_thresholds(config, level_z, labels)) for labels in milestones(z.size)]
-        level = float(z.mean())
-        bank = cls(config, level, rebased_thresholds(config, level_z), level_from, (z.size, level), ahead)
-        if ahead:
-            bank.refine = (int(z.size), float(z.sum()), float((z**2).sum()))
+        bank = cls(config, float(z.mean()), rebased_thresholds(config, level_z), level_from, list(level_z))
+        if bank.milestones:
+            bank.refine = (int(z.size), float(z.sum()), float((z**2).sum()), float(z.sum()))
         if level_from is not None:
             floor = int(level_from // config.pt_bucket_seconds)
             for detector, _ in bank._all:
@@ -176,8 +190,8 @@ class EpisodeBank:
 
     @classmethod
     def restored(cls, config: DriftConfig, state: EpisodeBankState) -> EpisodeBank:
-        bank = cls(config, state.level, state.thresholds, state.level_from, state.first, state.tighten_at)
-        bank.refine = state.refine
+        bank = cls(config, state.level, state.thresholds, state.level_from, state.sample)
+        bank.first, bank.milestones, bank.refine = state.first, list(state.milestones), state.refine
         bank.up.from_state(state.up)
         bank.up_small.from_state(state.up_small)
         bank.down.from_state(state.down)
@@ -196,30 +210,28 @@ class EpisodeBank:
         """One more label of the level while the detectors are quiet (an alarm ends the bank)."""
         if self.refine is None:
             raise ValueError("the episode's level has stopped learning")
-        n, total, squares = self.refine
+        n, total, squares, looked = self.refine
         n, total, squares = n + 1, total + z, squares + z * z
-        self.refine = (n, total, squares)
+        self.refine = (n, total, squares, looked)
         first_n, first_mean = self.first
         if n % first_n:
             return
         # The newest labels against the first ones: clearly apart, a change is under way (the detectors'
         # business); taking them in would hide part of it.
-        newest_mean = (total - self.level * (n - first_n)) / first_n  # the level: the mean of the labels before
+        newest_mean = (total - looked) / first_n
         sd = math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
         if abs(newest_mean - first_mean) > TREND_SIGMAS * sd * math.sqrt(2 / first_n):
-            self.refine, self.tighten_at = None, []
+            self.refine, self.milestones, self.sample = None, [], []
             return
-        self.level = total / n
-        due = [t for t in self.tighten_at if t[0] <= n]
-        if due:
-            self.tighten_at = self.tighten_at[len(due) :]
-            # Never looser: calibrations on different allowances need not be monotonic to the last digit.
-            tighter = tuple(min(old, new) for old, new in zip(self.thresholds, due[-1][1:]))
-            self.thresholds = (tighter[0], tighter[1], tighter[2], tighter[3])
+        self.refine = (n, total, squares, total)
+        if self.milestones and self.milestones[0] <= n:
+            self.milestones = self.milestones[1:]
+            self.level = total / n
+            self.thresholds = rebased_thresholds(self.config, self.sample, n)
             for (detector, _), h in zip(self._all, self.thresholds):
                 detector.threshold = h
-        if not self.tighten_at:
-            self.refine = None
+        if not self.milestones:
+            self.refine, self.sample = None, []  # settled: the sample is no longer needed
 
     def change(self) -> EpisodeChange | None:
         """The change the last update revealed: a rise before a fall, the k CUSUM's before the k/2 one's."""
@@ -236,7 +248,8 @@ class EpisodeBank:
             level_from=self.level_from,
             refine=self.refine,
             first=self.first,
-            tighten_at=self.tighten_at,
+            sample=self.sample,
+            milestones=self.milestones,
             up=self.up.state(),
             up_small=self.up_small.state(),
             down=self.down.state(),
