@@ -210,6 +210,8 @@ def concept_drift(d: dict, config: DriftConfig) -> Detail:
     # beside a mean error of 0.1 must not look like an error of 0.15.
     unit = "standard deviations above the baseline error" if d.get("unit") == "baseline_sd" else d["metric"]
     detector = d["detector"]
+    if detector == "escalation_cusum":  # a CUSUM against the episode's own level, up (escalated) or down (improved)
+        unit = "CUSUM against the episode's level, in baseline sd"
     return Detail(
         f"{detector} on {d['metric']}",
         d["metric"],
