@@ -168,19 +168,28 @@ def _dataset(
     )
 
 
+def _z_check(
+    data: ReportData, key: str, span: dict[str, Any] | None, limit: float | None, symbol: str
+) -> tuple[Any, str, str, tuple[str, float | None]]:
+    """A check judged by a z against ``limit`` (both in standard errors): its stored state, its level, the
+    threshold that applies now (the entry, or the exit while it drifts) and since when it drifts."""
+    config = data.champion.config
+    check = data.state.checks.get(key) if data.state is not None else None
+    level = check.level if check is not None else _level(None, span)
+    if limit is None:
+        threshold = f"{symbol} over its threshold"
+    elif level != STABLE:
+        threshold = f"until {symbol} ≤ {number(limit * config.psi_exit_ratio)} for {config.end_after} windows"
+    else:
+        threshold = f"{symbol} > {number(limit)}"
+    return check, level, threshold, (_since(span) if level != STABLE else ("", None))
+
+
 def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
     """The PCA reconstruction error's z (standard errors above the reference) against its threshold, both
     in standard errors: the raw reconstruction error is in other units and is not compared with it."""
-    config = data.champion.config
-    check = data.state.checks.get(MULTIVARIATE) if data.state is not None else None
-    level = check.level if check is not None else _level(None, span)
-    drifted = level != STABLE
-    if drifted:
-        exit_z = number(config.multivariate_sigmas * config.psi_exit_ratio)
-        threshold = f"until z ≤ {exit_z} for {config.end_after} windows"
-    else:
-        threshold = f"z > {number(config.multivariate_sigmas)}"
-    since, since_ts = _since(span) if drifted else ("", None)
+    limit = data.champion.config.multivariate_sigmas
+    check, level, threshold, (since, since_ts) = _z_check(data, MULTIVARIATE, span, limit, "z")
     return FeatureRow(
         name=MULTIVARIATE,
         label="multivariate: all inputs together",
@@ -189,7 +198,7 @@ def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         pvalue=NONE_SHOWN,
         psi=NONE_SHOWN,
         threshold=threshold,
-        drifted=drifted,
+        drifted=level != STABLE,
         severity=level,
         since=since,
         since_ts=since_ts,
@@ -199,24 +208,14 @@ def _multivariate(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
 
 def _dependence(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
     """The largest |z| of a pair's correlation change against the threshold the newest dependence alert
-    was held to (it depends on the number of pairs tested), both in standard errors."""
-    config = data.champion.config
-    check = data.state.checks.get(DEPENDENCE) if data.state is not None else None
-    level = check.level if check is not None else _level(None, span)
-    drifted = level != STABLE
+    was held to (it depends on the number of pairs tested: Šidák), both in standard errors."""
     alerts = [
         e["data"]
         for e in data.events
         if e["type"] == "undertow.drift.dependence" and e["data"]["model_version"] == data.champion.version
     ]
     limit = alerts[-1]["threshold"] if alerts else None
-    if limit is None:
-        threshold = "|z| over the pairs' Šidák threshold"
-    elif drifted:
-        threshold = f"until |z| ≤ {number(limit * config.psi_exit_ratio)} for {config.end_after} windows"
-    else:
-        threshold = f"|z| > {number(limit)}"
-    since, since_ts = _since(span) if drifted else ("", None)
+    check, level, threshold, (since, since_ts) = _z_check(data, DEPENDENCE, span, limit, "|z|")
     return FeatureRow(
         name=DEPENDENCE,
         label="dependence: pairs of inputs together",
@@ -225,7 +224,7 @@ def _dependence(data: ReportData, span: dict[str, Any] | None) -> FeatureRow:
         pvalue=NONE_SHOWN,
         psi=NONE_SHOWN,
         threshold=threshold,
-        drifted=drifted,
+        drifted=level != STABLE,
         severity=level,
         since=since,
         since_ts=since_ts,
