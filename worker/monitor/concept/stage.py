@@ -97,7 +97,7 @@ class ConceptStage:
                 if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
                     alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
                 for alert in alerts:
-                    self._raise(session, alert, monitor.config)
+                    self._raise(session, alert, monitor.config, pair.seq)
         self._save_buffers(session, set(by_model))
         for key in touched:
             monitor = self._monitors[key]
@@ -213,7 +213,9 @@ class ConceptStage:
             )
         return self._monitors[key]
 
-    def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig) -> None:
+    def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig, seq: int) -> None:
+        """``seq``: the pair whose error fired, so that what the alert says is read from the pairs joined up to
+        it, whatever the batch boundaries."""
         record_alert(session, self.alerts_topic, alert)
         if alert.data.episode in ("started", "escalated"):
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
