@@ -30,6 +30,7 @@ from undertow.errors import ArtifactIntegrityError, NotFound, UndertowError
 from undertow.models.drift.config import DriftConfig
 from undertow.models.ids import check_id
 from undertow.models.profile import ReferenceProfile
+from undertow.models.segments import Segmentation
 from undertow.storage.tables import ChampionChange
 from undertow.storage.tables import ModelVersion as ModelVersion  # re-exported: the registry's row type
 
@@ -163,8 +164,10 @@ def register(
     actor: str = "operator",
     reason: str = "registered",
     request_id: str | None = None,
+    segments: Segmentation | None = None,
 ) -> ModelVersion:
-    """Add a model version; as champion, the previous champion is archived and the history records it."""
+    """Add a model version; as champion, the previous champion is archived and the history records it.
+    ``segments``: drift per segment (models.segments), fixed from the reference."""
     if stage not in STAGES:
         raise RegistryError(f"unknown stage {stage!r}")
     check_id(model_id, "--model-id")
@@ -195,6 +198,7 @@ def register(
         task=task,
         test_set=json.dumps(test_set) if test_set else None,
         run_id=run_id,
+        segments=None if segments is None else segments.model_dump_json(),
     )
     session.add(row)
     session.flush()

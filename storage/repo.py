@@ -44,6 +44,8 @@ from undertow.storage.tables import (
     RetrainRequest,
     SchemaMismatch,
     SeenBlock,
+    SegmentConceptState,
+    SegmentDriftState,
     UnregisteredModel,
     WindowResult,
 )
@@ -603,6 +605,75 @@ def save_concept_state(session: Session, model_id: str, version: str, values: di
         session.execute(_UPDATE_CONCEPT_STATE, {"b_model_id": model_id, "b_version": version, **values})
     else:
         session.execute(ConceptState.__table__.insert().values(model_id=model_id, version=version, **values))
+
+
+def segment_drift_state(session: Session, model_id: str, version: str, segment: str) -> SegmentDriftState | None:
+    return session.get(SegmentDriftState, (model_id, version, segment))
+
+
+def segment_drift_states(session: Session, model_id: str | None = None) -> list[SegmentDriftState]:
+    """The segments' data-drift states (of one model, or all), by model, version and segment."""
+    query = select(SegmentDriftState)
+    if model_id is not None:
+        query = query.where(SegmentDriftState.model_id == model_id)
+    order = (SegmentDriftState.model_id, SegmentDriftState.version, SegmentDriftState.segment)
+    return list(session.scalars(query.order_by(*order)))
+
+
+def save_segment_drift_state(
+    session: Session,
+    key: tuple[str, str, str],
+    columns: dict[str, Any],
+    episodes: str,
+    state_format: int,
+    exists: bool,
+) -> None:
+    """``save_drift_state`` for one segment; ``key``: (model id, version, segment)."""
+    values = {**columns, "episodes": episodes, "state_format": state_format}
+    _save_segment_row(session, SegmentDriftState.__table__, key, values, exists)
+
+
+def segment_concept_state(session: Session, model_id: str, version: str, segment: str) -> SegmentConceptState | None:
+    return session.get(SegmentConceptState, (model_id, version, segment))
+
+
+def segment_concept_states(session: Session, model_id: str | None = None) -> list[SegmentConceptState]:
+    query = select(SegmentConceptState)
+    if model_id is not None:
+        query = query.where(SegmentConceptState.model_id == model_id)
+    order = (SegmentConceptState.model_id, SegmentConceptState.version, SegmentConceptState.segment)
+    return list(session.scalars(query.order_by(*order)))
+
+
+def save_segment_concept_state(
+    session: Session, key: tuple[str, str, str], values: dict[str, Any], exists: bool
+) -> None:
+    """``save_concept_state`` for one segment; ``key``: (model id, version, segment)."""
+    if values.get("state_format") is None:
+        raise ValueError("a concept state is saved with its state_format")
+    _save_segment_row(session, SegmentConceptState.__table__, key, values, exists)
+
+
+def _save_segment_row(
+    session: Session, table: Table, key: tuple[str, str, str], values: dict[str, Any], exists: bool
+) -> None:
+    model_id, version, segment = key
+    if exists:
+        session.execute(
+            _update_segment_statement(table),
+            {"b_model_id": model_id, "b_version": version, "b_segment": segment, **values},
+        )
+    else:
+        session.execute(table.insert().values(model_id=model_id, version=version, segment=segment, **values))
+
+
+@functools.cache
+def _update_segment_statement(table: Table) -> Any:
+    """Built once per table (it runs every batch), as the drift state's is."""
+    c = table.c
+    return update(table).where(
+        c.model_id == bindparam("b_model_id"), c.version == bindparam("b_version"), c.segment == bindparam("b_segment")
+    )
 
 
 def open_retrain_request(session: Session, model_id: str) -> RetrainRequest | None:

@@ -181,6 +181,9 @@ class ModelVersion(Base):
     # Held-out rows with their targets (JSON {"features": [...], "targets": [...]}): the version's own test set.
     test_set: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(String(64))  # the training run that made it
+    # Drift per segment (models.segments.Segmentation JSON): the columns, the segments fixed from the reference
+    # and each one's reference profile; NULL: not segmented. Kept out of ``profile``, which every reader loads.
+    segments: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_model_versions_stage", "model_id", "stage"),)
 
@@ -318,6 +321,48 @@ class ConceptState(Base):
     calm_evaluations: Mapped[int] = mapped_column(Integer, default=0)
     detectors: Mapped[str] = mapped_column(Text, default="{}")
     # The format of ``detectors`` (models.state_format); NULL: written before formats were numbered (Alembic 0008).
+    state_format: Mapped[int | None] = mapped_column(Integer)
+
+
+SEGMENT_KEY_LENGTH = 500  # a segment's key ("region=north,channel=web", or "__other__"): checked at registration
+
+
+class SegmentDriftState(Base):
+    """``drift_state`` of one segment of a segmented model version (models.segments): the same columns, keyed
+    also by the segment. A table of its own, so every reader of ``drift_state`` keeps one row per version."""
+
+    __tablename__ = "segment_drift_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(SEGMENT_KEY_LENGTH), primary_key=True)
+    next_window: Mapped[int] = mapped_column(Integer, default=0)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    since_evaluation: Mapped[int] = mapped_column(Integer, default=0)
+    buffer: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    buffer_ts: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    window_start_ts: Mapped[float | None] = mapped_column(Float)
+    late_events: Mapped[int] = mapped_column(BigInteger, default=0)
+    episodes: Mapped[str] = mapped_column(Text, default="{}")
+    state_format: Mapped[int | None] = mapped_column(Integer)
+
+
+class SegmentConceptState(Base):
+    """``concept_state`` of one segment's error stream (models.segments), keyed also by the segment."""
+
+    __tablename__ = "segment_concept_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(SEGMENT_KEY_LENGTH), primary_key=True)
+    labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    in_episode: Mapped[bool] = mapped_column(default=False)
+    episode_started_label: Mapped[int | None] = mapped_column(BigInteger)
+    episodes: Mapped[int] = mapped_column(Integer, default=0)
+    silenced_alarms: Mapped[int] = mapped_column(BigInteger, default=0)
+    calm_evaluations: Mapped[int] = mapped_column(Integer, default=0)
+    detectors: Mapped[str] = mapped_column(Text, default="{}")
     state_format: Mapped[int | None] = mapped_column(Integer)
 
 
