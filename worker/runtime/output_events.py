@@ -52,6 +52,12 @@ class _DriftData(_Frozen):
     model_version: str
     severity: Severity
     episode: Episode
+    segment: dict[str, str] | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,  # absent, not null: an unsegmented alert's bytes stay as they were
+        description="the segment the alert is about, column -> value (__other__ for every segment outside the "
+        "top ones); absent: the whole stream",
+    )
 
 
 class DataDrift(_DriftData):
@@ -109,16 +115,48 @@ class PerformanceEstimate(_DriftData):
     window: Window
 
 
+class RankedFeature(_Frozen):
+    feature: str
+    psi: float = Field(description="its PSI in the window")
+    importance: float | None = Field(
+        description="its share of the model's permutation importance, measured at registration (None: no "
+        "artifact or no held-out rows to measure it on)"
+    )
+    score: float = Field(description="psi times importance (psi alone when the importance is unknown)")
+
+
 class DatasetDrift(_DriftData):
     drifted_share: float = Field(description="share of input features at moderate or significant")
     drifted_features: list[str]
     threshold: float
     window: Window
+    ranked: list[RankedFeature] = Field(
+        default_factory=list,
+        exclude_if=lambda value: not value,  # absent when empty: an alert from before it keeps its bytes
+        description="the drifted inputs, those that matter most to the model first: drift times importance",
+    )
 
 
 class Baseline(_Frozen):
     mean: float
     sd: float
+
+
+class ExplainedBin(_Frozen):
+    range: str = Field(description="the bin of the input: an interval of its reference bins, or a category")
+    error_before: float = Field(description="mean error of the pairs in the bin before the change")
+    error_after: float = Field(description="the same after it")
+    share_of_pairs: float = Field(description="the bin's share of the pairs after the change")
+
+
+class Explanation(_Frozen):
+    feature: str
+    share: float = Field(
+        description="part of the error's change that lies in the named bins, beyond the change elsewhere: 1 when "
+        "it is confined to them, 0 when it is even over the input's range"
+    )
+    z: float = Field(description="evidence that the change differs across the input's bins (a normal score)")
+    bins: list[ExplainedBin] = Field(description="where the change stands out, largest part first")
 
 
 class ConceptDrift(_DriftData):
@@ -147,6 +185,18 @@ class ConceptDrift(_DriftData):
     detected_at: str = Field(description="event time of the label that fired, RFC 3339")
     label_count: int
     change_started_at: str | None = Field(description="estimated prediction time at which the change began")
+    explained_by: list[Explanation] = Field(
+        default_factory=list,
+        exclude_if=lambda value: not value,  # absent when empty: an alert from before it keeps its bytes
+        description="the inputs ranked by how much of the error's change they account for (absent for ended, and "
+        "with too few pairs on either side)",
+    )
+    explained_against: Literal["production", "validation"] | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="what the errors after the change were compared with: production pairs before it, or the "
+        "version's held-out rows when production had too few",
+    )
 
 
 class RollingData(_Frozen):

@@ -17,6 +17,7 @@ from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
 from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
@@ -216,6 +217,7 @@ class ConceptStage:
     def _raise(self, session: Session, alert: ConceptDriftAlert, config: DriftConfig, seq: int) -> None:
         """``seq``: the pair whose error fired, so that what the alert says is read from the pairs joined up to
         it, whatever the batch boundaries."""
+        alert = explain_alert(session, alert, seq)
         record_alert(session, self.alerts_topic, alert)
         if alert.data.episode in ("started", "escalated"):
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")

@@ -1,0 +1,91 @@
+"""Which inputs explain a drift: ``explained_by`` on concept alerts, ``ranked`` on dataset-drift alerts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from undertow.models.drift.explain import CategoryBins, NumericBins, explain_change
+from undertow.worker.dev.sample import SampleStream
+
+
+def _concept_alerts(env) -> list[dict]:
+    with env.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT cloudevent FROM alerts WHERE type = 'undertow.drift.concept' ORDER BY event_ts")
+        ).all()
+    return [json.loads(row[0])["data"] for row in rows]
+
+
+def _local_concept_drift(n: int, change: int, seed: int):
+    """Predictions and their labels; from ``change`` on, the target moves by 1.5 where x2 > 0.8 only (a fifth of
+    the rows), so the error rises there and nowhere else."""
+    for i, (prediction, label) in enumerate(SampleStream(seed=seed).events(n)):
+        if i >= change and prediction["features"]["x2"] > 0.8:
+            label = {**label, "label": round(label["label"] + 1.5, 6)}
+        yield prediction, label
+
+
+def _lower_edge(bin_range: str) -> float:
+    """The lower edge of a bin named "(a, b]" or "> a"."""
+    return float(bin_range.lstrip("(>").split(",")[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [41, 42, 43])
+def test_a_concept_drift_confined_to_one_input_s_range_is_explained_by_that_input_first(env, seed):
+    env.register_reference(SampleStream(seed=seed))
+    env.send_events(_local_concept_drift(8000, 4000, seed=seed))
+    env.drain()
+
+    alerts = [a for a in _concept_alerts(env) if a["episode"] != "ended"]
+    assert alerts, "the drift was not found"
+    first_alert = alerts[0]
+    assert first_alert["episode"] == "started" and first_alert["explained_against"] == "production"
+    for alert in alerts:
+        first, *others = alert["explained_by"]
+        assert first["feature"] == "x2", alert["explained_by"]
+        assert first["z"] > 3 and first["share"] > max((other["share"] for other in others), default=0.0)
+        top = first["bins"][0]
+        assert _lower_edge(top["range"]) > 0.5, top  # the top of x2's range, where the target moved
+        assert top["error_after"] > top["error_before"] + 0.5
+
+
+def _sample(rng, n: int) -> dict[str, np.ndarray]:
+    return {"x": rng.uniform(0, 1, n), "region": rng.choice(np.array(["north", "south", "east"], dtype=object), n)}
+
+
+BINS = {"x": NumericBins([0.25, 0.5, 0.75]), "region": CategoryBins(["north", "south"])}
+
+
+def test_a_rise_in_one_category_is_explained_by_that_category_and_an_even_rise_by_nothing():
+    rng = np.random.default_rng(3)
+    before, after = _sample(rng, 6000), _sample(rng, 6000)
+    errors_before = rng.exponential(1.0, 6000)
+    local = rng.exponential(1.0, 6000) + np.where(after["region"] == "east", 1.5, 0.0)  # "east": the other bin
+    found = explain_change(before, errors_before, after, local, BINS)
+    assert [e.feature for e in found][:1] == ["region"]
+    assert found[0].share > 0.9 and [b.label for b in found[0].bins] == ["other"]
+    assert all(e.share < 0.1 for e in found[1:])
+
+    even = rng.exponential(1.0, 6000) + 0.5  # a rise for everyone: no input explains it
+    assert explain_change(before, errors_before, after, even, BINS) == []
+
+
+def test_a_fall_confined_to_one_range_is_explained_as_a_rise_would_be():
+    rng = np.random.default_rng(4)
+    before, after = _sample(rng, 6000), _sample(rng, 6000)
+    errors_before = rng.exponential(1.0, 6000) + np.where(before["x"] < 0.25, 1.0, 0.0)
+    errors_after = rng.exponential(1.0, 6000)  # the low range recovered
+    found = explain_change(before, errors_before, after, errors_after, BINS)
+    assert found[0].feature == "x" and found[0].share > 0.8
+    assert found[0].bins[0].label == "<= 0.25" and found[0].bins[0].error_after < found[0].bins[0].error_before
+
+
+def test_too_few_pairs_on_either_side_explain_nothing():
+    rng = np.random.default_rng(5)
+    few = _sample(rng, 10)
+    assert explain_change(few, rng.random(10), _sample(rng, 500), rng.random(500), BINS) == []
