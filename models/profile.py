@@ -109,6 +109,9 @@ class ReferenceProfile(BaseModel):
     features: dict[str, NumericProfile | CategoricalProfile]
     multivariate: MultivariateProfile | None = None
     dependence: DependenceProfile | None = None
+    # Each input's share of the model's permutation importance (``models.importance``), when the version
+    # came with an artifact and held-out rows.
+    importance: dict[str, float] | None = None
 
 
 MULTIVARIATE_VARIANCE = 0.65

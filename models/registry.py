@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from undertow.errors import ArtifactIntegrityError, NotFound, UndertowError
 from undertow.models.drift.config import DriftConfig
 from undertow.models.ids import check_id
+from undertow.models.importance import importance_shares
 from undertow.models.profile import ReferenceProfile
 from undertow.models.segments import Segmentation
 from undertow.storage.tables import ChampionChange
@@ -176,7 +177,8 @@ def register(
         raise RegistryError(f"model {model_id!r} already has a version {version!r}")
     artifact_path = artifact_sha = None
     if artifact is not None:
-        check_model_file(artifact)
+        model = check_model_file(artifact)
+        profile = profile.model_copy(update={"importance": importance_shares(model, test_set, profile, task)})
         target = store_artifact(artifact, Path(artifacts_dir), model_id, version, session)
         artifact_path, artifact_sha = str(target), sha256_file(target)
     generated = _model_card(model_id, version, artifact_sha, task, profile, data_sha256, baseline_error, card)

@@ -89,3 +89,81 @@ def test_too_few_pairs_on_either_side_explain_nothing():
     rng = np.random.default_rng(5)
     few = _sample(rng, 10)
     assert explain_change(few, rng.random(10), _sample(rng, 500), rng.random(500), BINS) == []
+
+
+def _regression_rows(rng, n: int) -> tuple[list[dict], list[float]]:
+    """y leans on x0, a little on x1, not at all on x2."""
+    x = rng.normal(size=(n, 3))
+    y = 3.0 * x[:, 0] + 0.3 * x[:, 1] + rng.normal(scale=0.1, size=n)
+    return [{"x0": a, "x1": b, "x2": c} for a, b, c in x.tolist()], y.tolist()
+
+
+def test_registration_measures_each_input_s_share_of_permutation_importance_on_the_held_out_rows(engine, tmp_path):
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    from undertow.models import registry, training
+    from undertow.models.profile import build_profile
+    from undertow.storage import db
+
+    rng = np.random.default_rng(8)
+    rows, targets = _regression_rows(rng, 2000)
+    schema = {"x0": "numeric", "x1": "numeric", "x2": "numeric"}
+    model = LinearRegression().fit(training.to_frame(rows, schema), targets)
+    artifact = tmp_path / "model.joblib"
+    joblib.dump(model, artifact)
+    predictions = model.predict(training.to_frame(rows, schema)).tolist()
+    profile = build_profile({name: [row[name] for row in rows] for name in schema})
+    with db.make_session_factory(engine).begin() as session:
+        row = registry.register(
+            session,
+            model_id="m",
+            profile=profile,
+            artifacts_dir=tmp_path / "artifacts",
+            artifact=artifact,
+            test_set={"features": rows, "targets": targets, "predictions": predictions},
+            task="regression",
+        )
+        stored = registry.ReferenceProfile.model_validate_json(row.profile).importance
+        without = registry.register(session, model_id="n", profile=profile, artifacts_dir=tmp_path / "artifacts")
+        assert registry.ReferenceProfile.model_validate_json(without.profile).importance is None
+    assert stored is not None and set(stored) == set(schema)
+    assert stored["x0"] > 0.85 and stored["x1"] > stored["x2"] and stored["x2"] < 0.01
+    assert abs(sum(stored.values()) - 1.0) < 1e-5
+
+
+def test_a_dataset_drift_ranks_the_drifted_inputs_by_drift_times_importance():
+    from datetime import UTC, datetime, timedelta
+
+    from undertow.models.drift.config import DriftConfig
+    from undertow.models.profile import build_profile
+    from undertow.worker.monitor.data_drift import ModelVersionMonitor
+    from undertow.worker.runtime.events import PredictionEvent
+
+    rng = np.random.default_rng(9)
+    reference = rng.normal(size=(5000, 3))
+    profile = build_profile({f"x{j}": reference[:, j].tolist() for j in range(3)}).model_copy(
+        update={"importance": {"x0": 0.9, "x1": 0.1, "x2": 0.0}}
+    )
+    monitor = ModelVersionMonitor("m", "1", profile, DriftConfig())
+    shifted = rng.normal(size=(3000, 3)) + np.array([0.5, 1.0, 2.0])  # x2 moves most, x0 least
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    events = [
+        PredictionEvent.model_construct(
+            event_id=f"e{i}",
+            model_id="m",
+            model_version=None,
+            ts=start + timedelta(seconds=i),
+            features={f"x{j}": float(v) for j, v in enumerate(row)},
+            prediction=0.0,
+            scores=None,
+        )
+        for i, row in enumerate(shifted)
+    ]
+    rows, ts = monitor.encode(events)
+    alerts = [a for window in monitor.window.add(rows, ts) for a in monitor.evaluate(window)[1]]
+    dataset = [a for a in alerts if a.type == "undertow.drift.dataset"]
+    assert dataset, [a.type for a in alerts]
+    ranked = dataset[0].data.ranked
+    assert [r.feature for r in ranked] == ["x0", "x1", "x2"]  # by PSI alone it would be x2, x1, x0
+    assert ranked[0].psi < ranked[2].psi and ranked[0].importance == 0.9 and ranked[2].score == 0.0

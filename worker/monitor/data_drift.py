@@ -44,6 +44,7 @@ from undertow.models.profile import (
 )
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.dataset_ranking import rank_drifted
 from undertow.worker.monitor.model_events import batch_prediction_groups
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
 from undertow.worker.monitor.schema import NUMBER_TYPES, NUMBERS_ONLY
@@ -104,6 +105,7 @@ class ModelVersionMonitor:
         self.stored = state is not None
         self._set_columns(profile)
         self.reference_rows = profile.rows
+        self.importance = profile.importance  # ranks a dataset drift's inputs
         self.multivariate = profile.multivariate
         self._multivariate_columns = (
             None if self.multivariate is None else [self.columns.index(name) for name in self.multivariate.features]
@@ -280,7 +282,12 @@ class ModelVersionMonitor:
             window,
             DatasetDriftAlert,
             DatasetDrift,
-            dict(drifted_share=share, drifted_features=drifted, threshold=c.dataset_share),
+            dict(
+                drifted_share=share,
+                drifted_features=drifted,
+                threshold=c.dataset_share,
+                ranked=rank_drifted(inputs, drifted, self.importance),
+            ),
         )
         return alert
 
