@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from undertow.models import registry, runs
+from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.drift_state import CODEC, DATASET, MULTIVARIATE, PERFORMANCE, CheckEpisode, DataDriftState
 from undertow.models.drift.episodes import CALM, Episode
 from undertow.models.profile import PREDICTION_FEATURE, build_profile
 from undertow.storage import db, repo
 from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.report.alerts import dataset_drift
 from undertow.worker.report.cards import sections
 from undertow.worker.report.features import feature_rows
 from undertow.worker.report.figures import psi_figure
@@ -32,11 +34,14 @@ from undertow.worker.runtime.output_events import (
     DataDriftAlert,
     DatasetDrift,
     DatasetDriftAlert,
+    ExplainedBin,
+    Explanation,
     MultivariateDrift,
     MultivariateDriftAlert,
     PerformanceEstimate,
     PerformanceEstimateAlert,
     PredictionDriftAlert,
+    RankedFeature,
     Window,
 )
 
@@ -189,6 +194,10 @@ def _alerts(s: Scenario) -> list:
                 drifted_features=["x0", "x1"],
                 threshold=0.5,
                 window=_window(s, X1_STARTED),
+                ranked=[
+                    RankedFeature(feature="x1", psi=0.4, importance=0.7, score=0.28),
+                    RankedFeature(feature="x0", psi=2.9, importance=0.05, score=0.145),
+                ],
             ),
         ),
         MultivariateDriftAlert(
@@ -221,6 +230,15 @@ def _alerts(s: Scenario) -> list:
                 detected_at=cloudevents.rfc3339(s.end(CONCEPT_DETECTED)),
                 label_count=2000,
                 change_started_at=cloudevents.rfc3339(s.end(CONCEPT_CHANGE)),
+                explained_by=[
+                    Explanation(
+                        feature="x1",
+                        share=0.93,
+                        z=11.2,
+                        bins=[ExplainedBin(range="> 1.28", error_before=0.21, error_after=0.9, share_of_pairs=0.1)],
+                    )
+                ],
+                explained_against="production",
             ),
         ),
     ]
@@ -378,6 +396,14 @@ def test_a_drifting_model_s_verdict_and_table_name_what_drifts_and_since_when(en
     assert lines["Model output"].startswith("drifting (significant, PSI 0.7) since ")
     # Concept drift since the detector's estimate of the change, not since the alarm.
     assert lines["Concept drift"].startswith(f"{metric} since {readable(s.end(CONCEPT_CHANGE))} (page_hinkley fired at")
+    # What explains it, and which drifted inputs matter to the model.
+    assert lines["Concept drift"].endswith("explained by x1 (93 % of the change, in > 1.28: error 0.21 to 0.9)"), lines[
+        "Concept drift"
+    ]
+    (dataset,) = [a.data.model_dump() for a in _alerts(s) if a.type == "undertow.drift.dataset"]
+    assert dataset_drift(dataset, DriftConfig()).note == (
+        "drifting, those that matter most to the model first (PSI x importance): x1 (0.4 x 0.7), x0 (2.9 x 0.05)"
+    )
     assert lines["Champion"].startswith(f"version 1 ({task}), registered by operator on ")
     assert lines["Last gate decision"].startswith("candidate version 2 rejected on ")
     for words in ("0.5123", "0.5011", "[-0.0042, 0.0265]", "412 held-out pairs", "does not lie above"):

@@ -109,6 +109,13 @@ def data_drift(d: dict, config: DriftConfig) -> Detail:
 def dataset_drift(d: dict, config: DriftConfig) -> Detail:
     drifted = d.get("drifted_features") or []
     note = f"drifting: {_names(drifted)}" if drifted else "no input drifting"
+    if d.get("ranked") and d["ranked"][0].get("importance") is not None:
+        top = d["ranked"][:3]
+        note = "drifting, those that matter most to the model first (PSI x importance): " + ", ".join(
+            f"{r['feature']} ({number(r['psi'])} x {number(r['importance'])})" for r in top
+        )
+        if len(drifted) > len(top):
+            note += f" and {len(drifted) - len(top)} more"
     return Detail(
         "dataset",
         "dataset",
@@ -200,6 +207,29 @@ def _concept_note(d: dict) -> str:
         parts.append(f"change began about {d['change_started_at']}")
     if d.get("threshold") is None:
         parts.append("no threshold recorded")
+    if d.get("explained_by"):
+        parts.append(f"explained by {explained(d['explained_by'])}")
+    return "; ".join(parts)
+
+
+def explained(explanations: list[dict], most: int = 2) -> str:
+    """The inputs that explain a change of the error, the first ``most`` of them: where, and how much.
+
+    >>> explained([{"feature": "rooms", "share": 0.92, "z": 12.0, "bins": [
+    ...     {"range": "> 6.5", "error_before": 0.4, "error_after": 2.1, "share_of_pairs": 0.2}]}])
+    'rooms (92 % of the change, in > 6.5: error 0.4 to 2.1)'
+    >>> explained([{"feature": "zip", "share": 0.0, "z": 3.1, "bins": []}])
+    'zip (uneven over its range, z 3.1)'
+    """
+    parts = []
+    for e in explanations[:most]:
+        bins = e.get("bins") or []
+        if e["share"] > 0 and bins:
+            b = bins[0]
+            where = f"in {b['range']}: error {number(b['error_before'])} to {number(b['error_after'])}"
+            parts.append(f"{e['feature']} ({round(100 * e['share'])} % of the change, {where})")
+        else:
+            parts.append(f"{e['feature']} (uneven over its range, z {number(e['z'])})")
     return "; ".join(parts)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from undertow.models.drift.episodes import SIGNIFICANT
 from undertow.models.profile import PREDICTION_FEATURE
-from undertow.worker.report.alerts import number
+from undertow.worker.report.alerts import explained, number
 from undertow.worker.report.features import FeatureRow
 from undertow.worker.report.gather import Gate, ReportData
 from undertow.worker.report.times import parse, readable
@@ -125,6 +125,11 @@ def _concept(data: ReportData, spans: list[dict[str, Any]]) -> Line:
     if spans:
         text = "; ".join(
             f"{s['what']} since {_concept_since(s)} ({s['first']['detector']} fired at {readable(parse(s['started']))})"
+            + (
+                f", explained by {explained(s['first']['explained_by'], most=1)}"
+                if s["first"].get("explained_by")
+                else ""
+            )
             for s in spans
         )
         return Line("Concept drift", text, DRIFT)
