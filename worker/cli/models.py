@@ -42,6 +42,7 @@ def cmd_models_register(args) -> int:
         reference = load_reference(args.reference, args.target, args.prediction_column, task)
     except ProfileError as exc:
         raise ProfileError(f"--reference: {exc}") from None
+    segments = _segments(args, columns, reference.profile, task)
     print(f"task: {task or 'unknown'} ({why})", file=sys.stderr)
     card = {"model_details": {"algorithm": _algorithm(model)}} if model is not None else {}
     if args.description:
@@ -61,6 +62,7 @@ def cmd_models_register(args) -> int:
             test_set=reference.test_set,
             task=task,
             card=card or None,
+            segments=segments,
         )
         summary = {
             "model_id": row.model_id,
@@ -73,11 +75,38 @@ def cmd_models_register(args) -> int:
             "baseline_error_std": row.baseline_error_std,
             "drift_config": config.model_dump(),
         }
+        if segments is not None:
+            summary["segments"] = {
+                "by": segments.by,
+                "segments": [{"segment": s.values, "reference_rows": s.rows} for s in segments.segments],
+            }
     print(json.dumps(summary, indent=2))
     return 0
 
 
 ARTIFACT_CHECK_ROWS = 100
+
+
+def _segments(args, columns: dict[str, list], profile, task: str | None):
+    """The version's segments (models.segments) from --segment-by, or None; a bad column is refused in one
+    line before anything is written."""
+    if args.segment_by is None:
+        if args.segments_top is not None:
+            from undertow.models.segments import SegmentError
+
+            raise SegmentError("--segments-top: only with --segment-by")
+        return None
+    from undertow.models.segments import DEFAULT_TOP, build_segmentation
+
+    return build_segmentation(
+        columns,
+        [column.strip() for column in args.segment_by.split(",")],
+        profile,
+        top=DEFAULT_TOP if args.segments_top is None else args.segments_top,
+        target=args.target,
+        prediction=args.prediction_column,
+        classes=task == "classification",
+    )
 
 
 def _checked_artifact(path: Path, columns: dict[str, list], args):
@@ -488,5 +517,17 @@ def _add_register(models_sub) -> None:
     )
     p.add_argument("--version", help="default: the next integer")
     p.add_argument("--description", help="intended use, for the model card")
+    p.add_argument(
+        "--segment-by",
+        metavar="COL[,COL]",
+        help="categorical inputs to watch drift per segment on: the top segments of the reference by rows "
+        "(--segments-top) plus __other__, each judged against its own reference rows (docs/data-drift.md)",
+    )
+    p.add_argument(
+        "--segments-top",
+        type=int,
+        metavar="K",
+        help="segments kept with --segment-by, most reference rows first (default 20); the rest are __other__",
+    )
     add_drift_flags(p)
     p.set_defaults(func=cmd_models_register)

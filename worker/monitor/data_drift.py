@@ -42,6 +42,7 @@ from undertow.models.profile import (
     ReferenceProfile,
     dependence_from_rows,
 )
+from undertow.models.segments import Segment
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.dataset_ranking import rank_drifted
@@ -98,10 +99,13 @@ class ModelVersionMonitor:
         state=None,
         accuracy: float | None = None,
         dependence: DependenceProfile | None = None,
+        segment: Segment | None = None,
     ):
         """``dependence``: the reference's pairs when the profile has none (a version registered before
-        profiles kept them), measured on rows stored with the version."""
+        profiles kept them), measured on rows stored with the version. ``segment``: the one segment of the
+        version's predictions this monitor watches (``profile`` is then the segment's), named in its alerts."""
         self.model_id, self.version, self.config = model_id, version, config
+        self.segment = segment
         self.stored = state is not None
         self._set_columns(profile)
         self.reference_rows = profile.rows
@@ -422,9 +426,12 @@ class ModelVersionMonitor:
                 end_ts=cloudevents.rfc3339(window.end_ts),
                 n=int(window.rows.shape[0]),
             ),
+            segment=None if self.segment is None else self.segment.values,
         )
+        # A segment's windows are numbered on their own: its key keeps the ids apart from the whole stream's.
+        where = () if self.segment is None else (self.segment.key,)
         return episode, event_type(
-            id=cloudevents.event_id(self.model_id, self.version, _DETECTOR[event_type], name, window.index),
+            id=cloudevents.event_id(self.model_id, self.version, _DETECTOR[event_type], name, window.index, *where),
             subject=self.model_id,
             time=cloudevents.rfc3339(window.end_ts),
             data=data,
@@ -479,10 +486,15 @@ class DataDriftStage:
         # The pairs of versions registered before profiles kept them, measured from their test sets (about
         # a second with 50 inputs): a version's test set never changes, so they outlive a reset.
         self._measured_pairs: dict[tuple[str, str, int], DependenceProfile | None] = {}
+        # Imported here: the segments' monitors are ModelVersionMonitors (worker.monitor.segments imports this).
+        from undertow.worker.monitor.segments import SegmentDataDrift
+
+        self._segments = SegmentDataDrift(alerts_topic)
 
     def reset(self) -> None:
         """Forget cached state; it is reloaded from the database (after a rewind or rebalance)."""
         self._monitors.clear()
+        self._segments.reset()
 
     def apply(self, session: Session, batch: Batch) -> None:
         numbers_only = batch.shared.get(NUMBERS_ONLY, ())
@@ -506,6 +518,7 @@ class DataDriftStage:
             blob, state_format = monitor.state_blob()
             repo.save_drift_state(session, *key, monitor.state_columns(), blob, state_format, exists=monitor.stored)
             monitor.stored = True
+            self._segments.apply(session, key, [event for _, event in items], key in numbers_only)
 
     def _monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
         monitor = self._monitors.get((model_id, version))

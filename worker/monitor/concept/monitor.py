@@ -12,6 +12,7 @@ from undertow.models.drift.concept_state import ConceptState, Context, LogLossSt
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.error_stream import ErrorStream, Signal, StreamCounts
 from undertow.models.drift.production_baseline import floored_sd
+from undertow.models.segments import Segment
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
 
@@ -30,8 +31,12 @@ class ErrorStreamMonitor:
         sd: float | None,
         state=None,
         error_sample: list[float] | None = None,
+        segment: Segment | None = None,
     ):
+        """``segment``: the one segment of the version's pairs this monitor watches (``mean``, ``sd`` and
+        ``error_sample`` are then the segment's reference errors), named in its alerts."""
         self.model_id, self.version, self.config = model_id, version, config
+        self.segment = segment
         # None where no validation estimate exists: the production baseline alone counts.
         validation = None if mean is None else (mean, floored_sd(mean, sd))
         self.log_loss_config = config.model_copy(
@@ -112,10 +117,13 @@ class ErrorStreamMonitor:
             severity=signal.severity,
             episode=signal.episode,
             change_started_at=None if signal.change_ts is None else cloudevents.rfc3339(signal.change_ts),
+            segment=None if self.segment is None else self.segment.values,
         )
         name = signal.detector if signal.episode == "started" else signal.episode
+        # A segment counts its own labels: its key keeps the ids apart from the whole stream's.
+        where = () if self.segment is None else (self.segment.key,)
         return ConceptDriftAlert(
-            id=cloudevents.event_id(self.model_id, self.version, kind, name, signal.label_count),
+            id=cloudevents.event_id(self.model_id, self.version, kind, name, signal.label_count, *where),
             subject=self.model_id,
             time=cloudevents.rfc3339(label_ts),
             data=data,

@@ -19,6 +19,7 @@ from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
+from undertow.worker.monitor.concept.segments import SegmentErrorStreams
 from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
 from undertow.worker.monitor.registration import FORGOTTEN
@@ -67,9 +68,11 @@ class ConceptStage:
         self._buffers: dict[str, JoinBuffer] = {}
         self._recent_models: set[str] = set()  # buffers that keep the last batch's fields
         self._classifiers: dict[tuple[str, str | None], bool] = {}  # per version: are its labels classes?
+        self._segments = SegmentErrorStreams(alerts_topic)  # the error stream per segment of segmented versions
 
     def reset(self) -> None:
         self._monitors.clear()
+        self._segments.reset()
         self._classifiers.clear()
         self._buffers.clear()
         self._recent_models.clear()
@@ -99,11 +102,13 @@ class ConceptStage:
                     alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
                 for alert in alerts:
                     self._raise(session, alert, monitor.config, pair.seq)
+                self._segments.update(session, (model_id, pair.version), pair)
         self._save_buffers(session, set(by_model))
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)
             monitor.stored = True
+        self._segments.save(session)
 
     def _save_buffers(self, session: Session, models: set[str]) -> None:
         """The join statistics of the batch's models, and the buffers kept in memory bounded."""
