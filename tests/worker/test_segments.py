@@ -95,6 +95,27 @@ def test_a_drift_confined_to_a_10_percent_segment_is_found_and_the_segment_named
     # Its state is a row of its own beside the version's, one per segment that had predictions.
     segments = env.scalar("SELECT COUNT(*) FROM segment_drift_state WHERE model_id = 'housing' AND version = '1'")
     assert segments == 4 and env.scalar("SELECT COUNT(*) FROM drift_state") == 1
+    # status shows it open in west only (and every segment with its reference rows) ...
+    shown = {json.dumps(s["segment"]): s for s in env.status()["segments"]}
+    assert list(shown) == [json.dumps({"region": r}) for r in ("north", "south", "east", "west", "__other__")]
+    assert list(shown[json.dumps(WEST)]["open_data_episodes"]) == ["x0"]
+    assert all(not s["open_data_episodes"] for k, s in shown.items() if k != json.dumps(WEST))
+    assert shown[json.dumps({"region": "__other__"})]["monitored"] is False  # no reference row outside the top 4
+    # ... and the report in its segment table and episodes, not among the whole stream's episodes.
+    _check_report(env)
+
+
+def _check_report(env) -> None:
+    from undertow.worker.report.build import write_report
+
+    page = write_report(env.db_url, "housing", Path(tempfile.mkdtemp()) / "report.html").read_text()
+    segments = page[page.index('<table id="segments">') : page.index('<table id="segment-episodes">')]
+    west = next(row for row in segments.split("<tr") if "region=west" in row)
+    assert "x0 (" in west and 'class="drifted"' in west
+    episodes = page[page.index('<table id="segment-episodes">') :].split("</table>")[0]
+    assert "region=west" in episodes and "x0" in episodes and "region=north" not in episodes
+    whole = page[page.index('<table id="episodes">') :].split("</table>")[0]
+    assert "x0" not in whole
 
 
 def test_a_model_worse_for_one_segment_only_is_found_and_the_segment_named(env):
@@ -119,6 +140,49 @@ def test_a_model_worse_for_one_segment_only_is_found_and_the_segment_named(env):
     assert all(t - START.timestamp() - 3600 > found for t in whole)
     rows = env.scalar("SELECT COUNT(*) FROM segment_concept_state WHERE model_id = 'housing' AND version = '1'")
     assert rows == 4
+    # The metrics: one series per watched segment and kind, west's error stream in its episode.
+    episodes = _segment_metrics(env)
+    assert episodes == {
+        **{
+            (segment, kind): 0.0
+            for segment in ("region=north", "region=south", "region=east")
+            for kind in ("data", "concept")
+        },
+        ("region=west", "data"): 0.0,
+        ("region=west", "concept"): 1.0,
+    }
+    # The sinks name the segment: Alertmanager keeps it apart by a label, Slack says it.
+    _check_notices(in_segments[0])
+
+
+def _segment_metrics(env) -> dict:
+    from undertow.worker.runtime.metrics import DatabaseCollector
+
+    collector = DatabaseCollector(env.engine, "monitor", env.group_id, lambda partitions: {}, [])
+    try:
+        (family,) = [f for f in collector.collect() if f.name == "undertow_segment_open_episodes"]
+    finally:
+        collector.close()
+    assert all(s.labels["model_id"] == "housing" for s in family.samples)
+    return {(s.labels["segment"], s.labels["kind"]): s.value for s in family.samples}
+
+
+def _check_notices(alert: dict) -> None:
+    from undertow.worker.notify import alertmanager, slack
+    from undertow.worker.notify.config import AlertmanagerSink
+    from undertow.worker.notify.notice import NoContext, notice
+    from undertow.worker.notify.request import Message
+    from undertow.worker.runtime.output_events import parse_event
+
+    event = parse_event(json.dumps(alert))
+    labels = alertmanager.labels_of(AlertmanagerSink(url="http://127.0.0.1:9093"), event, notice(event, NoContext()))
+    assert labels["segment"] == "region=west" and labels["alertname"] == "UndertowConceptDrift"
+    unsegmented = event.model_copy(update={"data": event.data.model_copy(update={"segment": None})})
+    assert "segment" not in alertmanager.labels_of(
+        AlertmanagerSink(url="http://127.0.0.1:9093"), unsegmented, notice(unsegmented, NoContext())
+    )
+    message = slack.payload(Message("d1", [json.dumps(alert)]), NoContext())
+    assert "in segment region=west" in message["text"] and "in segment region=west" in json.dumps(message["blocks"])
 
 
 def _parsed(pairs) -> list:

@@ -7,6 +7,7 @@ import logging
 
 from undertow.models import registry
 from undertow.models.drift.drift_state import DEPENDENCE, MULTIVARIATE, PERFORMANCE, load_state
+from undertow.models.segment_status import segment_status
 from undertow.storage import repo
 from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
@@ -80,6 +81,7 @@ def collect_status(settings) -> dict:
             for c in repo.all_concept_states(session)
         ]
         checks = _data_checks(session)
+        segments = [s.as_dict() for s in segment_status(session, registry.list_versions(session))]
         unregistered = _unregistered(repo.unregistered_models(session))
         mismatches = [
             {
@@ -112,6 +114,7 @@ def collect_status(settings) -> dict:
         "label_join": joins,
         "data_checks": checks,
         "concept": concept,
+        "segments": segments,
         "open_retrain_requests": requests,
         "partitions": partitions,
         "dead_letters": dead,
@@ -252,7 +255,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    for section in (_print_models, _print_drift, _print_joins, _print_problems, _print_partitions):
+    for section in (_print_models, _print_drift, _print_joins, _print_segments, _print_problems, _print_partitions):
         section(status)
     return 0
 
@@ -301,6 +304,23 @@ def _print_joins(status: dict) -> None:
         )
     for r in status["open_retrain_requests"]:
         print(f"open retrain request {r['request_id']} for {r['model_id']}@{r['version']} since {r['requested_at']}")
+
+
+def _print_segments(status: dict) -> None:
+    """One line per segment of a segmented version: its windows and open episodes, its error stream."""
+    for s in status["segments"]:
+        name = ",".join(f"{c}={v}" for c, v in s["segment"].items())
+        head = f"segment {name} of {s['model_id']}@{s['version']}:"
+        if not s["monitored"]:
+            print(f"{head} not watched ({s['reference_rows']} reference rows, too few for a profile of its own)")
+            continue
+        data = ", ".join(f"{k} {v}" for k, v in s["open_data_episodes"].items()) or "none open"
+        mean = "-" if s["mean_error"] is None else f"{s['mean_error']:.4g}"
+        concept = "IN EPISODE" if s["in_concept_episode"] else "stable"
+        print(
+            f"{head} windows={s['windows']} data drift: {data}; labels={s['labels']} mean error={mean} {concept} "
+            f"episodes={s['concept_episodes']}"
+        )
 
 
 def _print_partitions(status: dict) -> None:

@@ -3,7 +3,7 @@
 An alert's labels identify it (Alertmanager deduplicates by them):
 ``alertname`` (``UndertowDataDrift``, ``UndertowConceptDrift``, ...),
 ``model_id``, ``model_version``, ``type`` (the CloudEvent type), ``feature``
-for data and prediction drift, ``severity`` (``moderate`` or
+for data and prediction drift, ``segment`` for a segment's alert (``region=west``), ``severity`` (``moderate`` or
 ``significant``), and the sink's own ``labels``. The annotations say what a
 person reads (summary, description, value, since, next step, event id).
 
@@ -26,6 +26,7 @@ from typing import Any
 from undertow.worker.notify.config import AlertmanagerSink
 from undertow.worker.notify.notice import Context, Notice, notice
 from undertow.worker.notify.request import Message, Request
+from undertow.worker.notify.segments import segment_of
 from undertow.worker.runtime import cloudevents
 
 PATH = "/api/v2/alerts"
@@ -55,6 +56,9 @@ def labels_of(sink: AlertmanagerSink, event: Any, n: Notice) -> dict[str, str]:
     feature = None if isinstance(event, dict) else getattr(event.data, "feature", None)
     if feature is not None:
         base["feature"] = feature
+    segment = segment_of(event)
+    if segment is not None:  # a segment's episode is an alert of its own beside the whole stream's
+        base["segment"] = segment
     return base
 
 

@@ -13,11 +13,13 @@ a channel.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from undertow.worker.notify.config import SlackSink
 from undertow.worker.notify.notice import Context, Notice, notice
 from undertow.worker.notify.request import Message, Request
+from undertow.worker.notify.segments import segment_of
 
 HEADER_CHARS, TEXT_CHARS, FIELD_CHARS = 150, 3000, 2000
 DIGEST_SHOWN = 20
@@ -98,8 +100,16 @@ def digest(model_id: str, notices: list[Notice], delivery_id: str) -> dict[str, 
     return {"text": _cut(f"{title}: {lines}", TEXT_CHARS), "blocks": blocks}
 
 
+def _in_segment(n: Notice, event: Any) -> Notice:
+    """A segment's notice says so in its title and its what (drift per segment: models register --segment-by)."""
+    segment = segment_of(event)
+    if segment is None:
+        return n
+    return replace(n, title=f"{n.title} in segment {segment}", what=f"{n.what}, in segment {segment}")
+
+
 def payload(message: Message, context: Context) -> dict[str, Any]:
-    notices = [notice(event, context) for event in message.events()]
+    notices = [_in_segment(notice(event, context), event) for event in message.events()]
     if len(notices) == 1:
         return single(notices[0])
     return digest(notices[0].model_id, notices, message.delivery_id)

@@ -26,6 +26,7 @@ from undertow.worker.report.cards import sections
 from undertow.worker.report.features import feature_rows
 from undertow.worker.report.figures import figures, psi_top
 from undertow.worker.report.gather import ReportData, gather
+from undertow.worker.report.segments import segment_episodes, segment_rows
 from undertow.worker.report.times import iso
 from undertow.worker.report.verdict import gate_numbers, verdict
 
@@ -141,6 +142,8 @@ def render(data: ReportData, generated: float) -> str:
         episodes=data.spans,
         alerts=report_alerts.alert_rows(data.events, data.details),
         versions=_version_rows(data),
+        segments=segment_rows(data.segments),
+        segment_episodes=segment_episodes(data.segment_events, data.segment_details),
     )
 
 

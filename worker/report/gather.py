@@ -9,7 +9,7 @@ every model at once). Stored state is read through its codec (``drift_state.load
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -24,10 +24,12 @@ from undertow.models.drift.detectors import RollingMean
 from undertow.models.drift.drift_state import DataDriftState, load_state
 from undertow.models.drift.production_baseline import BaselineState, floored_sd
 from undertow.models.profile import PREDICTION_FEATURE, ReferenceProfile
+from undertow.models.segment_status import SegmentStatus, segment_status
 from undertow.storage import repo
 from undertow.storage.tables import LabelledPair, ModelVersion, TrainingRun, WindowResult
 from undertow.worker.monitor.concept.monitor import LOG_LOSS_BASELINE_LABELS
 from undertow.worker.report import alerts as report_alerts
+from undertow.worker.report.segments import split_events
 
 RECENT_VALUES = 2000  # newest labelled predictions shown as "recent"
 
@@ -82,6 +84,10 @@ class ReportData:
     baselines: dict[str, tuple[float, float]]  # version -> (baseline error, rolling-mean threshold)
     gates: list[Gate]  # every gate decision, oldest first
     history: list[Any]  # champion_history rows, oldest first
+    # Drift per segment: the champion's segments now, and the segments' alerts (apart from ``events``).
+    segments: list[SegmentStatus] = field(default_factory=list)
+    segment_events: list[dict[str, Any]] = field(default_factory=list)
+    segment_details: list[report_alerts.Detail] = field(default_factory=list)
 
     @property
     def spans(self) -> list[dict[str, Any]]:
@@ -103,7 +109,7 @@ def gather(session: Session, model_id: str) -> ReportData:
     by_run = {r.run_id: r for r in runs}
     versions = [_version(row, by_run.get(row.run_id or ""), history) for row in rows]
     champion = next((v for v in versions if v.stage == "champion"), versions[-1])
-    events = [json.loads(c) for c in repo.alert_history(session, model_id)]
+    events, segment_events = split_events([json.loads(c) for c in repo.alert_history(session, model_id)])
     # Each alert is read with its own version's thresholds: a retrained version may have others.
     configs = {v.version: v.config for v in versions}
     details = [report_alerts.detail(e, configs, champion.config) for e in events]
@@ -122,6 +128,9 @@ def gather(session: Session, model_id: str) -> ReportData:
         baselines={v.version: b for v in versions if (b := _baseline(session, model_id, v)) is not None},
         gates=[_gate(r) for r in runs if r.status in ("promoted", "rejected")],
         history=history,
+        segments=segment_status(session, [row for row in rows if row.version == champion.version]),
+        segment_events=segment_events,
+        segment_details=[report_alerts.detail(e, configs, champion.config) for e in segment_events],
     )
 
 

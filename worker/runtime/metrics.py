@@ -55,6 +55,7 @@ from undertow.worker.runtime.output_events import (
     PerformanceEstimateAlert,
     PredictionDriftAlert,
 )
+from undertow.worker.runtime.segment_metrics import segment_episodes
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +494,7 @@ def _per_model(conn):
     yield _feature_psi(conn, champions)
     yield from _model_error(conn, champions)
     yield _model_episodes(conn, champions)
+    yield segment_episodes(conn, [(c.model_id, c.version) for c in champions])
     yield _model_alerts(conn, champions)
 
 
