@@ -63,6 +63,9 @@ VARIANTS = (
     ("Undertow, budget 100", {"evidence_false_alarm_windows": 100}),
     ("Undertow, quiet (5,000)", {"evidence_false_alarm_windows": 5000}),
 )
+# The default rules without the evidence across inputs (the dataset alert ``"rule": "cumulative"``), as before
+# it: what it adds. Turned off in the bench only (an infinite threshold), not a setting of the product.
+PER_INPUT = "Undertow, per input only"
 
 
 def _events(rows: np.ndarray, start: int, predictions=None, scores=None, names=FEATURES) -> list[PredictionEvent]:
@@ -79,6 +82,18 @@ def _events(rows: np.ndarray, start: int, predictions=None, scores=None, names=F
         )
         for i, row in enumerate(rows)
     ]
+
+
+def _monitor(profile, config: dict, **kwargs) -> ModelVersionMonitor:
+    """The monitor of a variant (``config``: DriftConfig fields, or ``None`` for ``PER_INPUT``)."""
+    monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(**(config or {})), **kwargs)
+    if config is None:
+        monitor.combined.threshold = math.inf
+    return monitor
+
+
+def _variants(per_input: bool = True):
+    return VARIANTS + ((PER_INPUT, None),) if per_input else VARIANTS
 
 
 def _run(monitor: ModelVersionMonitor, blocks, names=FEATURES) -> list[tuple[int, list, list]]:
@@ -139,13 +154,13 @@ def gradual(seed: int, ramp: int) -> dict:
     matrix = rng.normal(size=(n, 4))
     matrix[:, 0] += shift
     delays = {}
-    for name, config in VARIANTS:
-        windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig(**config)), _blocks(matrix))
+    for name, config in _variants():
+        windows = _run(_monitor(profile, config), _blocks(matrix))
         first = [
             (i + 1) * WINDOW
             for i, alerts, _ in windows
             for a in alerts
-            if getattr(a.data, "feature", "") == "x0" and a.data.episode == "started" and (i + 1) * WINDOW > CHANGE
+            if _input_started(a) and _names(a, "x0") and (i + 1) * WINDOW > CHANGE
         ]
         delays[name] = first[0] - CHANGE if first else None
         if name == "Undertow":
@@ -161,8 +176,8 @@ def stationary(seed: int) -> dict:
     profile = _profile(rng)
     matrix = rng.normal(size=(100_000, 4))
     counts = {}
-    for name, config in VARIANTS:
-        windows = _run(ModelVersionMonitor("m", "1", profile, DriftConfig(**config)), _blocks(matrix))
+    for name, config in _variants():
+        windows = _run(_monitor(profile, config), _blocks(matrix))
         counts[name] = sum(1 for _, alerts, _ in windows for a in alerts if _input_started(a))
         if name == "Undertow":
             base = _baselines(windows)
@@ -248,10 +263,9 @@ ABRUPT_SIZE = 0.25  # an abrupt shift half as large: 0.5 is in every detector's 
 REFERENCE_ROWS = 5000
 
 
-def _real_monitor_windows(data, reference: np.ndarray, matrix: np.ndarray, config: dict):
+def _real_monitor_windows(data, reference: np.ndarray, matrix: np.ndarray, config: dict | None):
     profile = build_profile({name: reference[:, j].tolist() for j, name in enumerate(data.features)})
-    monitor = ModelVersionMonitor("m", "1", profile, DriftConfig(**config))
-    return _run(monitor, _blocks(matrix), data.features)
+    return _run(_monitor(profile, config), _blocks(matrix), data.features)
 
 
 def _first_after(ends: list[int], change: int) -> int | None:
@@ -269,7 +283,7 @@ def real_shift(name: str, seed: int, shape: str, ramp: int, kind: str = "feature
     n = CHANGE + (0 if shape == "abrupt" else ramp) + 10 * WINDOW
     matrix = real_streams.stream(data, n, seed + 1, shape, CHANGE, ramp, size, kind)
     delays = {}
-    for variant, config in VARIANTS:
+    for variant, config in _variants():
         windows = _real_monitor_windows(data, reference, matrix, config)
         started = [(i + 1) * WINDOW for i, alerts, _ in windows for a in alerts if _input_started(a)]
         delays[variant] = _first_after(started, CHANGE)
@@ -281,7 +295,17 @@ def real_shift(name: str, seed: int, shape: str, ramp: int, kind: str = "feature
 
 
 def _input_started(alert) -> bool:
-    return alert.type == "undertow.drift.data" and alert.data.episode == "started"
+    """An episode started on an input feature, or on the dataset (the evidence across inputs, or the share of
+    drifted inputs, which comes with those inputs' own alerts): an alarm either way."""
+    return alert.type in ("undertow.drift.data", "undertow.drift.dataset") and alert.data.episode == "started"
+
+
+def _names(alert, feature: str) -> bool:
+    """The alert is about ``feature``: its own, or a dataset alert whose evidence it carries most of."""
+    if alert.type == "undertow.drift.dataset":
+        shares = alert.data.evidence_features
+        return bool(shares) and shares[0].feature == feature
+    return alert.data.feature == feature
 
 
 def real_stationary(name: str, seed: int, n: int = 100_000) -> dict:
@@ -291,7 +315,7 @@ def real_stationary(name: str, seed: int, n: int = 100_000) -> dict:
     reference = real_streams.reference(data, REFERENCE_ROWS, rng)
     matrix = real_streams.stream(data, n, seed + 1, "stationary")
     counts = {}
-    for variant, config in VARIANTS:
+    for variant, config in _variants():
         windows = _real_monitor_windows(data, reference, matrix, config)
         counts[variant] = sum(1 for _, alerts, _ in windows for a in alerts if _input_started(a))
         if variant == "Undertow":

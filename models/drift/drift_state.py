@@ -13,9 +13,11 @@ worker/monitor/data_drift.py and models/drift/episodes.py:
    scored classifier;
 3. 1ec774c: ``__evidence__`` the newest windows' z per feature (the moving sums);
 4. af3b1f3 (6 Dec 2026): the buffer's layout written down (``__confidence_column__``), no longer measured;
-5. this release: ``__dependence__``, the dependence check's episode with its last largest |z| (a release
+5. 075f733: ``__dependence__``, the dependence check's episode with its last largest |z| (a release
    of format 4 would read it as a feature's episode and fail on its fourth entry; the format number makes it
-   say "upgrade Undertow" instead).
+   say "upgrade Undertow" instead);
+6. this release: ``__dataset_evidence__``, the evidence across features (``CombinedEvidence``): its own
+   newest windows' z per input feature (a release of format 5 would read it as a feature's episode).
 
 Rows written before formats were numbered (``state_format`` NULL) go through ``legacy_blob``, the one place
 that looks at a state's shape; the row is saved with its number at its next update.
@@ -36,6 +38,7 @@ MULTIVARIATE = "__multivariate__"
 PERFORMANCE = "__performance__"
 DEPENDENCE = "__dependence__"
 EVIDENCE = "__evidence__"  # per feature, the newest windows' z
+DATASET_EVIDENCE = "__dataset_evidence__"  # the same, kept apart for the evidence across features
 CONFIDENCE_COLUMN = "__confidence_column__"  # the buffer's last column is the model's confidence
 CHECKS = (MULTIVARIATE, PERFORMANCE, DEPENDENCE)
 
@@ -54,7 +57,7 @@ class CheckEpisode(NamedTuple):
 
 
 class DataDriftState(BaseModel):
-    """Format 5. Built by the monitor with ``model_construct`` (its parts are already typed); validated when
+    """Format 6. Built by the monitor with ``model_construct`` (its parts are already typed); validated when
     read back."""
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
@@ -62,6 +65,7 @@ class DataDriftState(BaseModel):
     episodes: dict[str, Episode] = {}  # input features, __prediction__, __dataset__
     checks: dict[str, CheckEpisode] = {}  # __multivariate__, __performance__, __dependence__
     evidence: dict[str, list[float]] = {}
+    dataset_evidence: dict[str, list[float]] = {}
     confidence_column: bool = False
 
     @model_validator(mode="before")
@@ -69,15 +73,28 @@ class DataDriftState(BaseModel):
     def _from_stored(cls, stored: dict[str, Any]) -> dict[str, Any]:
         entries = dict(stored)
         evidence, confidence_column = entries.pop(EVIDENCE), entries.pop(CONFIDENCE_COLUMN)
+        dataset_evidence = entries.pop(DATASET_EVIDENCE)
         checks = {name: entries.pop(name) for name in CHECKS if name in entries}
-        return {"episodes": entries, "checks": checks, "evidence": evidence, "confidence_column": confidence_column}
+        return {
+            "episodes": entries,
+            "checks": checks,
+            "evidence": evidence,
+            "dataset_evidence": dataset_evidence,
+            "confidence_column": confidence_column,
+        }
 
     @model_serializer
     def _to_stored(self) -> dict[str, Any]:
         # The checks in one order, however the monitor came by them (a state upgraded from format 4 gets its
         # dependence episode last): the same state is always the same bytes.
         checks = {name: self.checks[name] for name in CHECKS if name in self.checks}
-        return {**self.episodes, **checks, EVIDENCE: self.evidence, CONFIDENCE_COLUMN: self.confidence_column}
+        return {
+            **self.episodes,
+            **checks,
+            EVIDENCE: self.evidence,
+            DATASET_EVIDENCE: self.dataset_evidence,
+            CONFIDENCE_COLUMN: self.confidence_column,
+        }
 
 
 class StoredDriftState(Protocol):
@@ -121,11 +138,16 @@ def _dependence(old: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def _dataset_evidence(old: dict[str, Any]) -> dict[str, Any]:
+    """5 -> 6: no evidence across features yet: its sums start at the next window."""
+    return {**old, DATASET_EVIDENCE: {}}
+
+
 CODEC = StateCodec(
     "drift_state",
     DataDriftState,
-    current=5,
-    upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written, 4: _dependence},
+    current=6,
+    upgrades={1: _peaks, 2: _moving_sums, 3: _layout_written, 4: _dependence, 5: _dataset_evidence},
 )
 
 
@@ -153,7 +175,9 @@ def legacy_blob(row: StoredDriftState, feature_columns: int) -> tuple[str, int]:
 def load_state(row: StoredDriftState | None, feature_columns: int) -> DataDriftState:
     """A version's stored state (``row``: its ``drift_state`` row or None) in the current format."""
     if row is None:
-        return DataDriftState.model_construct(episodes={}, checks={}, evidence={}, confidence_column=False)
+        return DataDriftState.model_construct(
+            episodes={}, checks={}, evidence={}, dataset_evidence={}, confidence_column=False
+        )
     if row.state_format is None:
         return CODEC.load(*legacy_blob(row, feature_columns))
     return CODEC.load(row.episodes, row.state_format)

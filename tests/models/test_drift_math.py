@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
@@ -135,3 +137,52 @@ def test_the_tie_broken_statistics_are_the_same_on_a_replay():
     evaluator = FeatureEvaluator(build_profile({"x": rng.integers(0, 5, 5000).astype(float).tolist()}).features["x"])
     window = rng.integers(0, 5, 1000).astype(float)
     assert evaluator.evaluate(window) == evaluator.evaluate(window.copy())
+
+
+def test_the_evidence_across_features_raises_no_later_than_any_features_own_sums_at_the_same_budget():
+    """The harmonic mean of the features' p-values is never above k times the smallest: from the same windows,
+    the combination crosses at the latest when one feature's sums do (Bonferroni over the features)."""
+    from undertow.models.drift.evidence import CombinedEvidence, EvidenceAccumulator, evidence_threshold
+
+    rng = np.random.default_rng(21)
+    earlier = 0
+    for trial in range(200):
+        # Some features drift, by various amounts; or each of ten a little (z of 1 per window).
+        k = int(rng.integers(1, 12)) if trial % 2 else 10
+        lean = rng.uniform(0, 1.5, k) * (rng.random(k) < 0.5) if trial % 2 else np.ones(k)
+        combined, own = CombinedEvidence(250), EvidenceAccumulator(evidence_threshold(k, 250))
+        for window in range(40):
+            zs = {f"f{j}": float(z) for j, z in enumerate(rng.normal(lean, 1))}
+            across = combined.add(zs, rho=1 / 6).raised
+            alone = any([own.add(name, z, rho=1 / 6) for name, z in zs.items()])
+            assert across or not alone, (trial, window)
+            if across:
+                earlier += not alone
+                break
+    assert earlier > 15  # and often earlier where several features lean the same way (about a third of those)
+
+
+def test_the_evidence_across_features_keeps_about_the_false_alarm_rate_of_the_per_feature_rule():
+    """Ten features whose windows' z are equicorrelated standard normals (no drift), 40,000 windows at the
+    default budget (one per 250 windows): the combination raises about as often as the per-feature rule does
+    on independent features (whose Bonferroni split is then exact), whatever the features' dependence; the
+    per-feature rule itself raises fewer as they grow alike (Bonferroni turns conservative)."""
+    from undertow.models.drift.evidence import CombinedEvidence, EvidenceAccumulator, evidence_threshold
+
+    rng = np.random.default_rng(22)
+    windows, k = 40_000, 10
+    counts = {}
+    for correlation in (0.0, 0.5, 0.95):
+        z = math.sqrt(correlation) * rng.normal(size=(windows, 1)) + math.sqrt(1 - correlation) * rng.normal(
+            size=(windows, k)
+        )
+        combined, own = CombinedEvidence(250), EvidenceAccumulator(evidence_threshold(k, 250))
+        counts[correlation] = [0, 0]
+        for row in z:
+            zs = {f"f{j}": float(v) for j, v in enumerate(row)}
+            counts[correlation][0] += combined.add(zs, rho=0.0).raised
+            counts[correlation][1] += any([own.add(name, v, rho=0.0) for name, v in zs.items()])
+    independent = counts[0.0][1]
+    assert 0.5 * windows / 250 < independent < 1.5 * windows / 250, counts
+    assert all(across <= 1.2 * independent for across, _ in counts.values()), counts
+    assert counts[0.95][1] < 0.5 * counts[0.95][0], counts  # Bonferroni over near-copies: a third of the rate

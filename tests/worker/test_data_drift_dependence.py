@@ -89,7 +89,7 @@ def test_a_dependence_episode_starts_moderate_escalates_once_and_ends_when_the_p
     # calm windows (end_after)
     assert episodes == [(1, "started", "moderate"), (3, "escalated", "significant"), (7, "ended", "stable")]
     blob, number = monitor.state_blob()
-    assert number == CODEC.current == 5 and json.loads(blob)[DEPENDENCE][:3] == ["stable", 0, "stable"]
+    assert number == CODEC.current >= 5 and json.loads(blob)[DEPENDENCE][:3] == ["stable", 0, "stable"]
 
 
 def test_heavy_tailed_inputs_with_strong_non_gaussian_dependence_stay_silent():

@@ -4,8 +4,9 @@ The rows and their outcomes are recorded in tests/data/drift_state/ (``tests.wor
 each row goes into a fresh database with its ``state_format`` NULL, as the release before numbering left
 it, and the same continuation follows; the window results and alerts must be those the old code gave, and
 the window buffer it leaves the same. Rows of format 4 (``format4/``, written before the dependence check)
-load with their number and continue as that release continued them. A row of the current format
-round-trips byte for byte.
+load with their number and continue as that release continued them, and so do rows of format 5
+(``format5/``, written before the evidence across features). A row of the current format round-trips byte for
+byte.
 """
 
 from __future__ import annotations
@@ -64,12 +65,33 @@ def test_a_row_of_format_4_loads_without_a_dependence_episode_and_continues_as_t
     assert row.state_format == 4
     state = load_state(row, FEATURE_COLUMNS[model_id])
     assert "__dependence__" not in state.checks and "__multivariate__" in state.checks
-    assert CODEC.dump(state) == (row.episodes, 5)  # nothing else changed: the same blob, the new number
+    blob, number = CODEC.dump(state)  # nothing else changed: the same entries, the evidence across features empty
+    assert number == CODEC.current and json.loads(blob) == {**json.loads(row.episodes), "__dataset_evidence__": {}}
     got, left = streams.continue_from(tmp_path, model_id, case["row"], case["format"])
     recorded = json.loads((DATA / "outcomes" / f"written_{model_id}.json").read_text())
     assert got == recorded["outcome"]  # no dependence alert on these streams: the format-4 code's results
     assert json.loads(left["episodes"])["__dependence__"][:3] == ["stable", 0, "stable"]  # the check runs
     assert left["buffer"] == recorded["row_after"]["buffer"]
+
+
+@pytest.mark.parametrize("model_id", sorted(FEATURE_COLUMNS))
+def test_a_row_of_format_5_loads_with_no_evidence_across_features_and_continues_as_that_release_did(model_id, tmp_path):
+    case = json.loads((DATA / "format5" / f"{model_id}.json").read_text())
+    row = _row(case, case["format"])
+    assert row.state_format == 5
+    state = load_state(row, FEATURE_COLUMNS[model_id])
+    assert state.dataset_evidence == {} and state.evidence  # the per-feature sums kept, the new ones empty
+    blob, number = CODEC.dump(state)
+    assert number == 6 and json.loads(blob) == {**json.loads(row.episodes), "__dataset_evidence__": {}}
+    got, left = streams.continue_from(tmp_path, model_id, case["row"], case["format"])
+    current = json.loads((DATA / "current" / f"{model_id}.json").read_text())
+    # The continuation of a format-5 row is that of the format-6 row written in its place by the same stream:
+    # no evidence across features was pending in either (the recorded rows' sums differ from empty only where
+    # no drift leans, and these streams raise no cumulative dataset alert).
+    (tmp_path / "current").mkdir()
+    again, _ = streams.continue_from(tmp_path / "current", model_id, current["row"], current["format"])
+    assert got == again
+    assert set(json.loads(left["episodes"])["__dataset_evidence__"]) == set(state.evidence)
 
 
 def test_a_row_of_the_current_format_round_trips_byte_for_byte(tmp_path):

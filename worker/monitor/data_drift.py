@@ -30,7 +30,13 @@ from undertow.models.drift.drift_state import (
     load_state,
 )
 from undertow.models.drift.episodes import CALM, MODERATE, SIGNIFICANT, STABLE, Episode, next_episode
-from undertow.models.drift.evidence import EvidenceAccumulator, evidence_threshold, window_z
+from undertow.models.drift.evidence import (
+    CombinedEvidence,
+    CombinedVerdict,
+    EvidenceAccumulator,
+    evidence_threshold,
+    window_z,
+)
 from undertow.models.drift.feature_verdict import FeatureVerdict, judge
 from undertow.models.drift.stats import FeatureEvaluator, FeatureStats, evaluate_window
 from undertow.models.drift.windows import ClosedWindow, WindowState
@@ -61,6 +67,7 @@ from undertow.worker.runtime.output_events import (
     DependenceDrift,
     DependenceDriftAlert,
     DependencePair,
+    EvidenceShare,
     MultivariateDrift,
     MultivariateDriftAlert,
     PerformanceEstimate,
@@ -129,6 +136,7 @@ class ModelVersionMonitor:
         self.evidence = EvidenceAccumulator(
             evidence_threshold(inputs, config.evidence_false_alarm_windows), dict(saved.evidence)
         )
+        self.combined = CombinedEvidence(config.evidence_false_alarm_windows, dict(saved.dataset_evidence))
 
     def _set_columns(self, profile: ReferenceProfile) -> None:
         """Inputs in name order, then the prediction; the encoder of each and the numeric inputs' getter."""
@@ -206,9 +214,14 @@ class ModelVersionMonitor:
         """Result rows of the window, and the alerts (CloudEvents) it raises."""
         small = window.rows.shape[0] < (self.config.min_window_rows if self.config.window_seconds else 1)
         stats = evaluate_window(self.evaluators, window.rows[:, : len(self.columns)])
-        verdicts = [self._judge(name, feature, small) for name, feature in zip(self.columns, stats)]
+        zs: dict[str, float] = {}  # the inputs' window z, for the evidence across them
+        verdicts = [self._judge(name, feature, small, zs) for name, feature in zip(self.columns, stats)]
         alerts = [self._feature_alert(verdict, window) for verdict in verdicts]
-        alerts.append(self._dataset_check(verdicts, window, small))
+        combined = None
+        if zs:
+            rho = window.rows.shape[0] / (window.rows.shape[0] + min(self.reference_rows, KS_SAMPLE_SIZE))
+            combined = self.combined.add(zs, rho)
+        alerts.append(self._dataset_check(verdicts, window, small, combined))
         if not small:
             alerts += [
                 self._multivariate_check(window),
@@ -217,12 +230,14 @@ class ModelVersionMonitor:
             ]
         return [self._result_row(verdict, window) for verdict in verdicts], [a for a in alerts if a]
 
-    def _judge(self, name: str, stats: FeatureStats, small: bool) -> FeatureVerdict:
+    def _judge(self, name: str, stats: FeatureStats, small: bool, zs: dict[str, float]) -> FeatureVerdict:
+        """The feature's verdict; an input's window z goes into ``zs``."""
         raised = False
         if name != PREDICTION_FEATURE and not small:
             # Evidence summed over windows: a drift too gradual for one window's PSI shows here first.
             rho = stats.n / (stats.n + min(self.reference_rows, KS_SAMPLE_SIZE))
-            raised = self.evidence.add(name, window_z(stats, self.reference_rows), rho)
+            zs[name] = window_z(stats, self.reference_rows)
+            raised = self.evidence.add(name, zs[name], rho)
         return judge(name, stats, self.config, small, raised)
 
     def _result_row(self, verdict: FeatureVerdict, window: ClosedWindow) -> dict:
@@ -268,9 +283,12 @@ class ModelVersionMonitor:
         )
         return alert
 
-    def _dataset_check(self, verdicts: list[FeatureVerdict], window: ClosedWindow, small: bool) -> Alert | None:
+    def _dataset_check(
+        self, verdicts: list[FeatureVerdict], window: ClosedWindow, small: bool, combined: CombinedVerdict | None
+    ) -> Alert | None:
         """Dataset drift: the share of input features drifting (significant: significantly) reaches
-        ``dataset_share``."""
+        ``dataset_share``; or, while no input drifts on its own, the evidence across them (``combined``) crossed
+        its threshold (moderate, ``"rule": "cumulative"``, for one window, as a feature's cumulative verdict)."""
         c, inputs = self.config, [verdict for verdict in verdicts if verdict.is_input]
         drifted = [verdict.name for verdict in inputs if verdict.upper != STABLE]
         share = len(drifted) / len(inputs) if inputs else 0.0
@@ -278,20 +296,24 @@ class ModelVersionMonitor:
         level = STABLE
         if inputs and not small and share >= c.dataset_share:
             level = SIGNIFICANT if significant_share >= c.dataset_share else MODERATE
+        numbers: dict = dict(
+            drifted_share=share,
+            drifted_features=drifted,
+            threshold=c.dataset_share,
+            ranked=rank_drifted(inputs, drifted, self.importance),
+        )
+        upper = level
+        # A drifting input raises its own alert: the same evidence again as a dataset alert would say nothing new.
+        if not drifted and combined is not None and combined.raised:
+            upper = MODERATE
+            numbers.update(
+                rule="cumulative",
+                evidence_z=combined.z,
+                evidence_threshold=combined.threshold,
+                evidence_features=[EvidenceShare(feature=name, share=part) for name, part in _carrying(combined)],
+            )
         self.episodes[DATASET], alert = self._transition(
-            self.episodes.get(DATASET, CALM),
-            DATASET,
-            level,
-            level,
-            window,
-            DatasetDriftAlert,
-            DatasetDrift,
-            dict(
-                drifted_share=share,
-                drifted_features=drifted,
-                threshold=c.dataset_share,
-                ranked=rank_drifted(inputs, drifted, self.importance),
-            ),
+            self.episodes.get(DATASET, CALM), DATASET, upper, level, window, DatasetDriftAlert, DatasetDrift, numbers
         )
         return alert
 
@@ -444,12 +466,24 @@ class ModelVersionMonitor:
                 episodes=self.episodes,
                 checks=self.checks,
                 evidence=self.evidence.recent,
+                dataset_evidence=self.combined.recent,
                 confidence_column=bool(self.scored),
             )
         )
 
     def state_columns(self) -> dict:
         return self.window.to_columns()
+
+
+def _carrying(combined: CombinedVerdict, most: int = 10, part: float = 0.9) -> list[tuple[str, float]]:
+    """The inputs that carry ``part`` of the combined evidence, largest share first (at most ``most``)."""
+    out, total = [], 0.0
+    for name, share in combined.shares[:most]:
+        out.append((name, share))
+        total += share
+        if total >= part:
+            break
+    return out
 
 
 def _band(change: float, moderate: float, significant: float, scale: float = 1.0) -> str:

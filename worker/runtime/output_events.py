@@ -125,6 +125,11 @@ class RankedFeature(_Frozen):
     score: float = Field(description="psi times importance (psi alone when the importance is unknown)")
 
 
+class EvidenceShare(_Frozen):
+    feature: str
+    share: float = Field(description="its part of the combined evidence (its 1/p over the sum over the inputs)")
+
+
 class DatasetDrift(_DriftData):
     drifted_share: float = Field(description="share of input features at moderate or significant")
     drifted_features: list[str]
@@ -134,6 +139,28 @@ class DatasetDrift(_DriftData):
         default_factory=list,
         exclude_if=lambda value: not value,  # absent when empty: an alert from before it keeps its bytes
         description="the drifted inputs, those that matter most to the model first: drift times importance",
+    )
+    # Evidence across the inputs (models/drift/evidence.py, CombinedEvidence): absent on alerts by the share.
+    rule: Literal["window", "cumulative"] = Field(
+        default="window",
+        exclude_if=lambda value: value == "window",  # absent for the share's alerts: their bytes stay as they were
+        description="window (absent): the share of drifted inputs reached the threshold; cumulative: evidence "
+        "summed over windows and across every input, while no input drifted on its own (each moved a little)",
+    )
+    evidence_z: float | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="cumulative: the combined evidence as a standard normal score",
+    )
+    evidence_threshold: float | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="cumulative: the score it had to exceed (one false alarm per evidence_false_alarm_windows)",
+    )
+    evidence_features: list[EvidenceShare] = Field(
+        default_factory=list,
+        exclude_if=lambda value: not value,
+        description="cumulative: the inputs carrying most of the combined evidence, largest share first",
     )
 
 
