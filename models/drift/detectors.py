@@ -535,7 +535,9 @@ class PredictionTimeCusum(Detector[PredictionTimeCusumState]):
         """Start of the bucket where the largest suffix begins (None while the statistic is 0)."""
         if self._first is None or self.statistic <= 0:
             return None
-        return (self._first + self._argmin) * self.bucket_seconds
+        start = self._first + self._argmin
+        # Buckets before the floor hold nothing, so a suffix that takes them all in begins at the floor.
+        return (start if self._floor is None else max(start, self._floor)) * self.bucket_seconds
 
     @property
     def drift_detected(self) -> bool:

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.numbers import assert_same
 from undertow.models.drift.concept_state import CURRENT_FORMAT, legacy_format
 from undertow.models.drift.config import DriftConfig
 from undertow.models.reference import error_sample
@@ -95,8 +96,8 @@ def _but_episodes_opened(values: dict, alerts: list[dict]) -> dict:
 
 def _assert_goes_on_as_recorded(loaded: ErrorStreamMonitor, record: dict, expected_end: dict, rest, metric) -> None:
     alerts = _feed(loaded, rest, metric)
-    assert alerts == record["continuation"]["alerts"]
-    assert _but_episodes_opened(loaded.state_values(), alerts) == _but_episodes_opened(expected_end, alerts)
+    assert_same(alerts, record["continuation"]["alerts"])
+    assert_same(_but_episodes_opened(loaded.state_values(), alerts), _but_episodes_opened(expected_end, alerts))
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.stem)
@@ -106,7 +107,7 @@ def test_a_recorded_row_loads_and_continues_as_the_code_that_wrote_it(path):
     row = record["row"]
     assert legacy_format(row["detectors"], record["config"]["pt_horizon_buckets"]) == record["format"]
     loaded = monitor_of(row)
-    assert loaded.state_values() == _as_today(monitor_of, record["after_loading"])
+    assert_same(loaded.state_values(), _as_today(monitor_of, record["after_loading"]))
     _assert_goes_on_as_recorded(loaded, record, _as_today(monitor_of, record["continuation"]["row"]), rest, metric)
 
 
@@ -116,7 +117,7 @@ def test_a_format_9_row_loads_and_continues_as_the_code_that_wrote_it(path):
     monitor_of, rest, metric = _world(record)
     assert record["row"]["state_format"] == 9
     loaded = monitor_of(record["row"])
-    assert loaded.state_values() == _as_today(monitor_of, record["after_loading"])
+    assert_same(loaded.state_values(), _as_today(monitor_of, record["after_loading"]))
     _assert_goes_on_as_recorded(loaded, record, _as_today(monitor_of, record["continuation"]["row"]), rest, metric)
 
 
@@ -140,7 +141,7 @@ def test_todays_rows_read_back_byte_for_byte_and_go_on_identically(path):
     assert today["state_format"] == CURRENT_FORMAT
     again = monitor_of(today)
     assert again.state_values() == today  # load -> dump: the same bytes
-    assert _feed(again, rest, metric) == record["continuation"]["alerts"]
+    assert_same(_feed(again, rest, metric), record["continuation"]["alerts"])
 
 
 @pytest.mark.parametrize("path", NUMBERED, ids=lambda p: p.stem)
