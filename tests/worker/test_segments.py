@@ -351,3 +351,37 @@ def test_segment_by_takes_categorical_inputs_and_refuses_others_in_one_line(env)
         {"region": "__other__"},
     ]
     assert sum(s["reference_rows"] for s in summary["segments"]) == 2000
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkill_during_a_segment_drift_gives_the_uninterrupted_segment_state(make_env):
+    def stream():
+        source = SampleStream(seed=101)
+        pairs = list(source.events(12_000))
+        pairs += _in_segment(source.events(4000, start_index=12_000), WEST, feature_shift=1.0, label_shift=1.0)
+        for prediction, label in pairs:
+            yield "prediction", prediction
+            yield "label", label
+
+    uninterrupted, crashed = make_env(), make_env()
+    for world in (uninterrupted, crashed):
+        _register(world, SampleStream(seed=101), window_size=500)
+    uninterrupted.send_sequence(stream())
+    uninterrupted.drain()
+    kills = crashed.run_with_kills(
+        lambda: crashed.send_sequence(stream(), rate=1500), seed=11, env={"UNDERTOW_BATCH_MAX_RECORDS": "300"}
+    )
+    assert kills >= 3
+    queries = [
+        "SELECT * FROM segment_drift_state ORDER BY model_id, version, segment",
+        "SELECT * FROM segment_concept_state ORDER BY model_id, version, segment",
+        "SELECT id, cloudevent FROM alerts ORDER BY id",
+    ]
+    with uninterrupted.engine.connect() as a, crashed.engine.connect() as b:
+        for sql in queries:
+            assert [tuple(r) for r in b.execute(text(sql))] == [tuple(r) for r in a.execute(text(sql))], sql
+    assert {(a["type"], json.dumps(a["data"].get("segment"))) for a in _alerts(uninterrupted)} >= {
+        ("undertow.drift.data", json.dumps(WEST)),
+        ("undertow.drift.concept", json.dumps(WEST)),
+    }
