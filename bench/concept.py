@@ -3,6 +3,13 @@
     .venv/bin/python bench/concept.py [--seeds 3] [--labels 100000] [--matched-labels 200000]
                                       [--shapes stationary gradual ...]
     .venv/bin/python bench/concept.py --episode-false-alarms [--seeds 5] [--labels 300000]
+    .venv/bin/python bench/concept.py --pt-false-alarms 100000000 [--pt-rates 1 0.2 5]
+
+The third form checks the prediction-time CUSUMs' thresholds, which are calibrated per version on its
+traffic (``models/drift/prediction_time_calibration.py``), against their promise of one false alarm per
+``cusum_false_alarm_every`` labels: each task's stationary stream (first seed) at each rate of predictions
+per second sets its baseline as the monitor does, and the settled thresholds are counted on that many
+simulated stationary labels (its errors resampled, against its settled baseline, at its traffic).
 
 The second form counts the alarms after the first on streams that step once and stay (plateaus of +0.5,
 +1.0 and +3.0 sd, and +1.0 sd made by half the predictions 2 sd up): inside Undertow's episode the
@@ -480,6 +487,68 @@ def episode_false_alarms(seeds: int, n: int) -> None:
     print(f"\n{seeds} seeds, {n:,} labels per stream. Total {time.perf_counter() - started:.0f} s.")
 
 
+def pt_false_alarms(labels: int, rates: list[float], config: DriftConfig) -> None:
+    """Alarms of the prediction-time CUSUMs at the thresholds a version sets for its traffic, counted on
+    ``labels`` simulated stationary labels per task, rate and CUSUM."""
+    from undertow.models.drift.prediction_time_calibration import Traffic, _window, simulate
+
+    print("| task | predictions/s | CUSUM | factor | threshold | alarms | per 10 M labels |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    started, n = time.perf_counter(), 40_000
+    for task in ("regression", "classification", "scored classification (log loss)"):
+        for rate in rates:
+            validation, errors, _, _, _, losses = stream(SHAPES[0], task, n, 7)
+            rng = np.random.default_rng(11)
+            predicted = np.arange(n) / rate
+            delays = rng.lognormal(np.log(DELAY_MEDIAN_S), DELAY_SIGMA, n)
+            arrived = predicted + delays
+            order = np.argsort(arrived, kind="stable")
+            metric = "absolute_error" if task == "regression" else "misclassification"
+            ours = ErrorStreamMonitor(
+                "bench",
+                "1",
+                config,
+                float(validation.mean()),
+                float(validation.std()),
+                error_sample=error_sample(validation),
+            )
+            for i in order[:2000]:  # both streams' baselines set (the log loss's on its first 1,000)
+                ours.update(float(errors[i]), metric, float(arrived[i]), float(predicted[i]))
+                if losses is not None:
+                    ours.update_log_loss(float(losses[i]), float(arrived[i]), float(predicted[i]))
+            watched = [(metric, ours.error, errors)]
+            if losses is not None:
+                watched.append(("log_loss", ours.log_loss, losses))
+            traffic = Traffic(rate, delays, np.full(n, 1 / n))
+            for name, error_stream, values in watched:
+                baseline = error_stream.baseline
+                settled = values[order[: config.production_refine_labels]]
+                z = (values - settled.mean()) / settled.std()
+                tighten = baseline.tighten_at[-1] if baseline.tighten_at else (0, *baseline.calibrated_thresholds())
+                for j, (k, h) in enumerate(((config.cusum_k, tighten[1]), (config.cusum_k / 2, tighten[2]))):
+                    window = _window(traffic, config.pt_bucket_seconds, h, k) or 160
+                    alarms = counted = 0
+                    while counted < labels:
+                        a, _, c = simulate(
+                            z,
+                            k,
+                            h,
+                            traffic,
+                            config.pt_bucket_seconds,
+                            window,
+                            1000 + counted % 997 + j,
+                            labels_per_stream=20_000,
+                        )
+                        alarms, counted = alarms + a, counted + c
+                    factor = (baseline.pt_factors or (1.0, 1.0))[j]
+                    print(
+                        f"| {task}, {name} | {rate:g} | k {k:g} | {factor:.1f} | {h:.2f} | {alarms} | "
+                        f"{alarms / counted * 1e7:.2f} |",
+                        flush=True,
+                    )
+    print(f"\n{labels:,} labels per row. Total {time.perf_counter() - started:.0f} s.")
+
+
 def fmt_delays(values: list) -> str:
     got = [v for v in values if v is not None]
     if not got:
@@ -512,7 +581,21 @@ def main() -> None:
         action="store_true",
         help="instead: alarms after the first on streams that step once and stay (plateaus)",
     )
+    parser.add_argument(
+        "--pt-false-alarms",
+        type=int,
+        default=0,
+        metavar="LABELS",
+        help="instead: the prediction-time CUSUMs' false alarms at their calibrated thresholds, on this many "
+        "simulated stationary labels per task, rate and CUSUM",
+    )
+    parser.add_argument(
+        "--pt-rates", type=float, nargs="+", default=[1.0], help="predictions per second for --pt-false-alarms"
+    )
     args = parser.parse_args()
+    if args.pt_false_alarms:
+        pt_false_alarms(args.pt_false_alarms, args.pt_rates, DriftConfig())
+        return
     if args.episode_false_alarms:
         episode_false_alarms(args.seeds, args.labels)
         return

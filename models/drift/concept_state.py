@@ -16,9 +16,11 @@ written before formats were numbered: their rows have ``state_format`` NULL):
 8. 6c67401 (2026-11-30): ``tighten_at`` instead of ``settled_thresholds``. The last unnumbered format.
 9. 3dd655e (2026-12-06): typed (``ConceptState``): each detector's state a model of named fields, the
    log-loss stream a nested ``LogLossState`` instead of a row with its blob as a JSON string.
-10. this release: the episode's phases: ``episode`` holds the detectors re-based on the episode's level
-    (``bank``), a fall awaiting its level (``fall``), and format 9's escalation state as ``legacy`` while an
-    episode opened by it is open (it keeps its rule until it ends).
+10. 2d9e3f1 (2026-12-06): the episode's phases: ``episode`` holds the detectors re-based on the episode's
+    level (``bank``), a fall awaiting its level (``fall``), and format 9's escalation state as ``legacy``
+    while an episode opened by it is open (it keeps its rule until it ends).
+11. this release: the production baseline's ``traffic`` (each collected label's prediction and label time,
+    while it collects) and ``pt_factors`` (how much less often the prediction-time CUSUMs alarm on it).
 
 Each upgrade takes format n to n + 1. Some need what the monitor knows besides the blob (the validation
 baseline and its sample, the configuration): ``concept_codec(context)`` closes them over it.
@@ -41,7 +43,7 @@ from undertow.models.drift.error_stream import StreamCounts, StreamState
 from undertow.models.drift.production_baseline import reference_z
 from undertow.models.state_format import StateCodec
 
-CURRENT_FORMAT = 10
+CURRENT_FORMAT = 11
 
 
 class LogLossState(StreamState):
@@ -94,6 +96,7 @@ def concept_codec(context: Context, log_loss_context: Context) -> StateCodec[Con
             },
             8: _from_8,
             9: _from_9,
+            10: _from_10,
         },
     )
 
@@ -300,3 +303,12 @@ def _episode_from_9(old: dict[str, Any]) -> dict[str, Any]:
         "fall": None,
         "legacy": old if opened else None,
     }
+
+
+def _from_10(blob: dict[str, Any]) -> dict[str, Any]:
+    """No traffic was recorded: a baseline still collecting sets arrival-order thresholds when it completes,
+    as format 10's did, and one set already keeps its thresholds."""
+    for stream in (blob, blob.get("log_loss")):
+        if stream is not None:
+            stream["production"] = {**stream["production"], "traffic": None, "pt_factors": None}
+    return blob

@@ -123,11 +123,12 @@ class DriftConfig(BaseModel):
     deployment_gap_margin: float = Field(
         default=0.05, ge=0, description="relative excess of production over validation error worth one alert"
     )
+    # 20 s and 2,160 (12 h): why, in docs/benchmarks.md ("The abrupt delay"; 60 s and 720 before).
     pt_bucket_seconds: float = Field(
-        default=60.0, gt=0, description="prediction-time bucket of the prediction-time CUSUM"
+        default=20.0, gt=0, description="prediction-time bucket of the prediction-time CUSUM"
     )
     pt_horizon_buckets: int = Field(
-        default=720, ge=2, le=100_000, description="buckets it keeps: labels of older predictions are left out"
+        default=2160, ge=2, le=100_000, description="buckets it keeps: labels of older predictions are left out"
     )
     # Retraining.
     retrain_on_data_drift: bool = Field(default=True, description="significant dataset drift asks for retraining too")

@@ -80,7 +80,7 @@ class ErrorStream:
         self.error_sum += error
         baseline, episode = self.baseline, self.episode
         if baseline.collected is not None:
-            return self._collect(error)
+            return self._collect(error, prediction_ts, label_ts)
         signals: list[Signal] = []
         if baseline.refine is not None and not episode.in_episode:
             signals = self._refine(error)
@@ -94,8 +94,8 @@ class ErrorStream:
             signals.append(self._start(fired[0], predicted_at))
         return signals
 
-    def _collect(self, error: float) -> list[Signal]:
-        if not self.baseline.collect(error):
+    def _collect(self, error: float, prediction_ts: float | None, label_ts: float) -> list[Signal]:
+        if not self.baseline.collect(error, prediction_ts, label_ts):
             return []
         self.bank = self._new_bank()
         gap = self.baseline.first_gap_test()

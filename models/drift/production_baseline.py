@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.detectors import MIN_CALIBRATION_SAMPLE, cusum_threshold_from, sample_skewness
+from undertow.models.drift.prediction_time_calibration import prediction_time_factor, traffic_from
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,13 @@ class BaselineState(BaseModel):
     gap_pending: bool  # a gap not yet significant, tested again as it refines
     tighten_at: list[tuple[int, float, float]] | None  # [labels, k's, k/2's] thresholds ahead
     skewness: float | None  # of the baseline errors, for the rolling means' thresholds
+    # (prediction time, label time) of each label collected ([] for a fresh baseline; None once set, for a
+    # validation baseline, and for one collecting since before format 11, whose thresholds are then not
+    # lowered for the prediction-time CUSUMs)
+    traffic: list[tuple[float, float]] | None
+    # how many times less often the prediction-time CUSUMs (k, k/2) alarm than in arrival order on this
+    # version's traffic, as measured when the baseline was set (None: not measured, taken as 1)
+    pt_factors: tuple[float, float] | None
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class ProductionBaseline:
         self.gap_pending = state.gap_pending
         self.tighten_at = None if state.tighten_at is None else list(state.tighten_at)  # [labels, h, small h]
         self.cusum_h, self.small_cusum_h, self.skewness = state.cusum_h, state.small_cusum_h, state.skewness
+        self.traffic = None if state.traffic is None else list(state.traffic)
+        self.pt_factors = state.pt_factors
         if state.mean is None:
             self.mean, self.sd = validation or (0.0, 1.0)  # placeholders until the baseline is set
         elif state.sd is None:
@@ -134,6 +145,8 @@ class ProductionBaseline:
             gap_pending=False,
             tighten_at=None,
             skewness=skewness,
+            traffic=[] if validation is None else None,
+            pt_factors=None,
         )
 
     @property
@@ -152,16 +165,22 @@ class ProductionBaseline:
         if self.small_cusum_h is None:
             self.small_cusum_h = cusum_threshold_from(z, c.cusum_k / 2, c.cusum_false_alarm_every)
 
-    def collect(self, error: float) -> bool:
-        """One more of the first labels; True when it completes the baseline (its thresholds then set)."""
+    def collect(self, error: float, prediction_ts: float | None = None, label_ts: float | None = None) -> bool:
+        """One more of the first labels (with its prediction's and its own event time, where known: the
+        traffic the prediction-time CUSUMs' thresholds are calibrated for); True when it completes the
+        baseline (its thresholds then set)."""
         collected = self.collected
         if collected is None:
             raise ValueError(f"{self.describe}: the production baseline is set already")
         collected.append(error)
+        if self.traffic is not None and prediction_ts is not None and label_ts is not None:
+            self.traffic.append((prediction_ts, label_ts))
         if len(collected) < self.config.production_baseline_labels:
             return False
         errors = np.array(collected)
         self.collected, self.labels = None, errors.size
+        self.pt_factors = self._measure_factors(errors)
+        self.traffic = None
         mean, sd = float(errors.mean()), float(errors.std())
         if self.config.production_refine_labels > errors.size:
             self.refine = (int(errors.size), float(errors.sum()), float((errors**2).sum()))
@@ -197,23 +216,59 @@ class ProductionBaseline:
             raise ValueError(f"{self.describe}: the CUSUM thresholds are not calibrated yet")
         return self.cusum_h, self.small_cusum_h
 
+    def _measure_factors(self, errors: npt.NDArray[np.float64]) -> tuple[float, float] | None:
+        """How many times less often the prediction-time CUSUMs (k, k/2) alarm than in arrival order on this
+        version's traffic (``prediction_time_calibration``): measured on its first errors around their own
+        level (with the allowance for a baseline of that many labels), seeded from them and their times, so
+        a replay measures the same. None without the traffic (state from before format 11)."""
+        traffic = None if not self.traffic else traffic_from(self.traffic)
+        if traffic is None:
+            return None
+        mean = float(errors.mean())
+        z = reference_z(errors, mean, floored_sd(mean, float(errors.std())), errors.size)
+        seed = zlib.crc32(np.array(self.traffic, dtype=float).tobytes(), zlib.crc32(errors.tobytes()))
+        c = self.config
+        factors = tuple(
+            prediction_time_factor(z, k, traffic, c.pt_bucket_seconds, seed + i)
+            for i, k in enumerate((c.cusum_k, c.cusum_k / 2))
+        )
+        log.info(
+            "%s: prediction-time CUSUMs alarm %.3g and %.3g times less often than in arrival order on this "
+            "traffic (%.3g labels/s)",
+            self.describe,
+            *factors,
+            traffic.rate,
+        )
+        return factors[0], factors[1]
+
     def _thresholds(self, errors: npt.NDArray[np.float64], labels: int) -> tuple[float, float]:
         """The CUSUM thresholds (k, k/2) for a production baseline resting on ``labels`` labels: the larger
         of those for its first ``errors`` and, where there is one, for the validation sample, each
         standardised by its own level and spread (the shape of the errors; where the baseline may lie is
-        the allowance's business: two standard errors, 0.063 baseline sd on 1,000 labels, 0.02 on 10,000)."""
+        the allowance's business: two standard errors, 0.063 baseline sd on 1,000 labels, 0.02 on 10,000).
+
+        Not the validation sample's where the errors take two values (0/1) and the thresholds are set for
+        the version's traffic: there the first errors say their whole distribution but for the rate, and
+        a rate lower than estimated only lowers the errors in baseline units, a higher one is the
+        allowance's; the validation sample, at its own rate (a classifier's 10 % against production's
+        11.5 %, more skewed), would set the threshold for errors this stream does not have (1.5 higher
+        on the benchmark's classifier). State from before keeps its rule."""
         mean = float(errors.mean())
         samples = [reference_z(errors, mean, floored_sd(mean, float(errors.std())), labels)]
         if (
             self.validation is not None
             and self.validation_sample
             and len(self.validation_sample) >= MIN_CALIBRATION_SAMPLE
+            and (self.pt_factors is None or np.unique(errors).size > 2)
         ):
             samples.insert(0, reference_z(self.validation_sample, *self.validation, labels))
+        # In prediction time the same h alarms ``pt_factors`` times less often: the run length the
+        # arrival-order chain is solved for is that many times shorter.
         every = self.config.cusum_false_alarm_every
+        factor, small_factor = self.pt_factors or (1.0, 1.0)
         return (
-            threshold_for_all(samples, self.config.cusum_k, every),
-            threshold_for_all(samples, self.config.cusum_k / 2, every),
+            threshold_for_all(samples, self.config.cusum_k, every / factor),
+            threshold_for_all(samples, self.config.cusum_k / 2, every / small_factor),
         )
 
     def _settles_on(self, labels: int) -> int:
@@ -323,4 +378,6 @@ class ProductionBaseline:
             gap_pending=self.gap_pending,
             tighten_at=None if self.tighten_at is None else list(self.tighten_at),
             skewness=self.skewness,
+            traffic=None if self.traffic is None else list(self.traffic),
+            pt_factors=self.pt_factors,
         )

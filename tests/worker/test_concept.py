@@ -428,17 +428,20 @@ def test_the_cusum_thresholds_tighten_as_the_baseline_refines_and_a_restart_mid_
 
     def calibrated(baseline_labels):
         # On the first 1,000 errors and the validation sample, as when the baseline was set, with the
-        # allowance of that many labels (2 standard errors: 0.02 sd on 10,000, not 0.063 on 1,000).
+        # allowance of that many labels (2 standard errors: 0.02 sd on 10,000, not 0.063 on 1,000), for
+        # the run lengths in arrival order that the prediction-time CUSUMs' factors measured then give.
         samples = [
             reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), baseline_labels),
             reference_z(first, float(first.mean()), float(first.std()), baseline_labels),
         ]
-        return threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)
+        factor, small_factor = monitor.error.baseline.pt_factors
+        return threshold_for_all(samples, 0.5, 1e7 / factor), threshold_for_all(samples, 0.25, 1e7 / small_factor)
 
     monitor = ErrorStreamMonitor(
         "m", "1", config, float(validation.mean()), float(validation.std()), error_sample=error_sample(validation)
     )
     _alerts(validation, labels[:1_000], monitor)
+    assert monitor.error.baseline.pt_factors[0] > 2 and monitor.error.baseline.pt_factors[1] > 1
     set_at = (monitor.error.baseline.cusum_h, monitor.error.baseline.small_cusum_h)
     _alerts(validation, labels[1_000:5_000], monitor)
     # Each doubling of the first 1,000 labels, then the 10,000 it settles on.
@@ -947,3 +950,70 @@ def test_the_late_labels_of_an_ended_episode_do_not_start_another():
     for metric in ("misclassification", "log_loss"):
         phases = [a.data.episode for a in alerts if a.data.metric == metric and a.data.episode != "deployment_gap"]
         assert phases == ["started", "ended"], (metric, phases)
+
+
+def _monitor(validation, config=None, state=None):
+    return ErrorStreamMonitor(
+        "m",
+        "1",
+        config or DriftConfig(),
+        float(validation.mean()),
+        float(validation.std()),
+        state=None if state is None else SimpleNamespace(**state),
+        error_sample=error_sample(validation),
+    )
+
+
+def test_the_prediction_time_thresholds_are_set_for_the_traffic_and_a_restart_mid_collection_sets_the_same():
+    """Calibrated for the version's traffic, lower than for arrival order, and a pure function of the stored
+    state: a monitor restored from a row written while the baseline collected sets the same thresholds."""
+    validation, labels = _production_stream(1_000, 3, gap=0.1, shifts={})
+    monitor = _monitor(validation)
+    _alerts(validation, labels[:600], monitor)
+    row = monitor.state_values()
+    assert len(json.loads(row["detectors"])["production"]["traffic"]) == 600
+    restored = _monitor(validation, state=row)
+    for m in (monitor, restored):
+        _alerts(validation, labels[600:], m)  # the 1,000th sets the baseline
+    assert restored.state_values() == monitor.state_values()
+    baseline = monitor.error.baseline
+    production = json.loads(monitor.state_values()["detectors"])["production"]
+    assert production["traffic"] is None and production["pt_factors"] == list(baseline.pt_factors)
+    # In arrival order the same errors would need these (the validation sample's and the first errors' larger).
+    first = np.array([error for error, _, _ in labels[:1_000]])
+    samples = [
+        reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), 1_000),
+        reference_z(first, float(first.mean()), float(first.std()), 1_000),
+    ]
+    arrival_order = threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)
+    factor, small_factor = baseline.pt_factors
+    assert factor > 2 and small_factor > 1
+    assert baseline.cusum_h < arrival_order[0] - 1 and baseline.small_cusum_h < arrival_order[1]
+    assert (baseline.cusum_h, baseline.small_cusum_h) == pytest.approx(
+        (threshold_for_all(samples, 0.5, 1e7 / factor), threshold_for_all(samples, 0.25, 1e7 / small_factor)),
+        rel=1e-9,
+    )
+
+
+def test_a_format_10_row_still_collecting_completes_with_the_arrival_order_thresholds():
+    """Format 10 kept no traffic: its baseline completes as format 10's code did it (no factors)."""
+    validation, labels = _production_stream(1_000, 4, gap=0.1, shifts={})
+    today = _monitor(validation)
+    _alerts(validation, labels[:600], today)
+    typed = json.loads(today.state_values()["detectors"])
+    for key in ("traffic", "pt_factors"):
+        del typed["production"][key]
+    row = {**today.state_values(), "detectors": json.dumps(typed), "state_format": 10}
+    restored = _monitor(validation, state=row)
+    _alerts(validation, labels[600:], restored)
+    first = np.array([error for error, _, _ in labels[:1_000]])
+    samples = [
+        reference_z(validation.tolist(), float(validation.mean()), float(validation.std()), 1_000),
+        reference_z(first, float(first.mean()), float(first.std()), 1_000),
+    ]
+    assert restored.error.baseline.pt_factors is None
+    assert (restored.error.baseline.cusum_h, restored.error.baseline.small_cusum_h) == pytest.approx(
+        (threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)), rel=1e-9
+    )
+    assert json.loads(restored.state_values()["detectors"])["production"]["pt_factors"] is None
+    assert restored.state_values()["state_format"] == 11
