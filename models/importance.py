@@ -9,6 +9,7 @@ Stored as shares summing to 1 (a negative importance, noise, counts as 0).
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,10 @@ def importance_shares(
     targets = np.array([test_set["targets"][i] for i in keep])
     scoring = "accuracy" if task == "classification" else "neg_mean_absolute_error"
     try:
-        found = permutation_importance(model, frame, targets, scoring=scoring, n_repeats=REPEATS, random_state=SEED)
+        with warnings.catch_warnings():
+            # A model fitted on arrays warns at every predict on named columns: 30 lines saying nothing here.
+            warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
+            found = permutation_importance(model, frame, targets, scoring=scoring, n_repeats=REPEATS, random_state=SEED)
     except Exception as exc:  # noqa: BLE001 - the model's own failure: importance is an extra, not a gate
         log.warning("permutation importance not measured (%s: %s)", type(exc).__name__, exc)
         return None

@@ -237,6 +237,9 @@ def _model_card(
         },
         "environment": environment(),
     }
+    if profile.importance:  # measured on the held-out rows at registration (models.importance)
+        ranked = sorted(profile.importance.items(), key=lambda item: -item[1])
+        generated["feature_importance"] = {"method": "permutation, held-out rows", **dict(ranked)}
     for key, value in (card or {}).items():  # the caller's sections extend the generated ones
         generated[key] = (
             generated[key] | value if isinstance(value, dict) and isinstance(generated.get(key), dict) else value

@@ -125,6 +125,8 @@ def test_registration_measures_each_input_s_share_of_permutation_importance_on_t
             task="regression",
         )
         stored = registry.ReferenceProfile.model_validate_json(row.profile).importance
+        card = json.loads(row.model_card)["feature_importance"]
+        assert list(card) == ["method", "x0", "x1", "x2"]  # the model card lists them, most important first
         without = registry.register(session, model_id="n", profile=profile, artifacts_dir=tmp_path / "artifacts")
         assert registry.ReferenceProfile.model_validate_json(without.profile).importance is None
     assert stored is not None and set(stored) == set(schema)
