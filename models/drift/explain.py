@@ -12,9 +12,9 @@ proportion. So each input is scored by how unevenly the rise falls over its bins
   it is even. The bins are named (``bins``) with their error before and after.
 
 Inputs rank by share, then by z; one with neither (no bin stands out, z below that of p = 0.01) is left
-out, so a change even over every input explains nothing. A fall of the error (an ``improved`` episode) is explained the same way,
-with the signs turned. The bins are the reference profile's (its PSI bins for numbers, its categories), so
-no new state is kept: the pairs are read when an alert is raised.
+out, so a change even over every input explains nothing. A fall of the error (an ``improved`` episode) is
+explained the same way, with the signs turned. The bins are the reference profile's (its PSI bins for numbers,
+its categories), so no new state is kept: the pairs are read when an alert is raised.
 
 >>> rng = np.random.default_rng(0)
 >>> n = 4000
