@@ -246,3 +246,70 @@ def test_prediction_time_cusum_agrees_with_the_suffix_sums_it_replaces(seed):
         if i == 3000:
             fast = PredictionTimeCusum(k=0.5, h=8.0, bucket_seconds=60, horizon=50).from_state(fast.state())
     assert alarms >= 2
+
+
+def _delayed_stream(n: int, rate: float, seed: int):
+    """0/1 errors at 11 % standardised, predictions at ``rate`` a second, lognormal label delays (median 5
+    minutes): (z, prediction times, arrival times)."""
+    rng = np.random.default_rng(seed)
+    errors = (rng.random(n) < 0.11).astype(float)
+    predicted = np.arange(n) / rate
+    return (errors - errors.mean()) / errors.std(), predicted, predicted + rng.lognormal(np.log(300), 1.0, n)
+
+
+@pytest.mark.parametrize("h", [3.05, 4.1, 5.05])
+def test_the_calibration_simulation_alarms_where_the_prediction_time_cusum_does(h):
+    """The vectorised replay of the calibration, one stream and a window of a few buckets, raises the very
+    alarms of ``PredictionTimeCusum`` (720 buckets kept) on the same labels in their arrival order."""
+    from undertow.models.drift.prediction_time_calibration import Traffic, _replay, _window
+
+    z, predicted, arrived = _delayed_stream(20_000, 1.0, 1)
+    order = np.argsort(arrived, kind="stable")
+    detector, alarms = PredictionTimeCusum(k=0.5, h=h, bucket_seconds=60, horizon=720), 0
+    for i in order:
+        detector.update(float(z[i]), float(predicted[i]))
+        alarms += detector.drift_detected
+    delays = arrived - predicted
+    window = _window(Traffic(1.0, delays, np.full(delays.size, 1 / delays.size)), 60.0, h, 0.5)
+    assert window is not None and window < 40
+    steps = (np.clip(z[order], -5, 5) - 0.5)[:, None]
+    buckets = np.floor(predicted[order] / 60).astype(np.int64)
+    replayed, arrival_order = _replay(steps, buckets, np.ones(z.size, bool), np.array([h]), window)
+    assert alarms > 1 and replayed == alarms
+    assert arrival_order > 3 * alarms  # in arrival order the same h alarms several times as often
+
+
+def test_the_prediction_time_factor_is_seeded_grows_with_the_labels_a_bucket_and_is_1_for_thin_traffic():
+    from undertow.models.drift.prediction_time_calibration import Traffic, prediction_time_factor
+
+    z, _, _ = _delayed_stream(1_000, 1.0, 2)
+    delays = np.random.default_rng(3).lognormal(np.log(300), 1.0, 2_000)
+    weights = np.full(delays.size, 1 / delays.size)
+
+    def factor(rate: float, seed: int = 5) -> float:
+        return prediction_time_factor(z, 0.5, Traffic(rate, delays, weights), 60.0, seed)
+
+    assert factor(1.0) == factor(1.0)  # a replay after a crash sets the same thresholds
+    assert factor(0.02) == 1.0  # about one label a bucket: not measured, the arrival-order threshold holds
+    assert 1.0 < factor(0.2) < factor(1.0) < factor(5.0), (factor(0.2), factor(1.0), factor(5.0))
+
+
+def test_the_traffic_of_a_versions_first_labels_gives_its_rate_and_its_delays():
+    """The first labels to arrive come from the first predictions and favour short delays: the rate is
+    counted over predictions whose labels are mostly in (still a little low, which errs towards fewer false
+    alarms), and short delays weigh less than long ones."""
+    from undertow.models.drift.prediction_time_calibration import traffic_from
+
+    _, predicted, arrived = _delayed_stream(50_000, 2.0, 4)
+    first = np.argsort(arrived, kind="stable")[:1_000]
+    traffic = traffic_from(list(zip(predicted[first].tolist(), arrived[first].tolist(), strict=True)))
+    assert traffic is not None and 1.4 < traffic.rate <= 2.0  # low by a fifth: a smaller factor, not a larger
+    weighted_median = traffic.delays[np.argsort(traffic.delays)][
+        np.searchsorted(np.cumsum(traffic.delay_weights[np.argsort(traffic.delays)]), 0.5)
+    ]
+    assert weighted_median > np.median(traffic.delays)  # towards the 300 s of all labels
+    # A batch whose labels are all in: exactly its rate.
+    _, predicted, arrived = _delayed_stream(1_000, 1.0, 5)
+    traffic = traffic_from(list(zip(predicted.tolist(), arrived.tolist(), strict=True)))
+    assert traffic is not None and traffic.rate == pytest.approx(1.0, rel=0.02)
+    assert traffic_from([(0.0, 1.0)] * 100) is None  # too few to say
