@@ -351,6 +351,27 @@ def test_segment_by_takes_categorical_inputs_and_refuses_others_in_one_line(env)
         {"region": "__other__"},
     ]
     assert sum(s["reference_rows"] for s in summary["segments"]) == 2000
+    # Other holds west alone here: fewer than 200 reference rows, too few for a profile of its own.
+    assert [s["watched"] for s in summary["segments"]] == [True, True, True, False]
+    assert summary["segments"][-1]["reference_rows"] < 200
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "undertow.worker.cli",
+            "models",
+            "show",
+            "--db-url",
+            env.db_url,
+            "--model-id",
+            "housing",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(shown.stdout)["segments"] == summary
 
 
 @pytest.mark.postgres

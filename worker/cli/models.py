@@ -76,10 +76,7 @@ def cmd_models_register(args) -> int:
             "drift_config": config.model_dump(),
         }
         if segments is not None:
-            summary["segments"] = {
-                "by": segments.by,
-                "segments": [{"segment": s.values, "reference_rows": s.rows} for s in segments.segments],
-            }
+            summary["segments"] = _shown_segments(segments)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -217,8 +214,21 @@ def cmd_models_list(args) -> int:
     return 0
 
 
+def _shown_segments(segmentation) -> dict:
+    """The segments of a version (models.segments) as register and show print them."""
+    return {
+        "by": segmentation.by,
+        "top": segmentation.top,
+        "segments": [
+            {"segment": s.values, "reference_rows": s.rows, "watched": s.profile is not None}
+            for s in segmentation.segments
+        ],
+    }
+
+
 def cmd_models_show(args) -> int:
     from undertow.models import registry
+    from undertow.models.segments import load_segmentation
 
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         row = registry.get_version(session, args.model_id, args.version or _champion(session, args.model_id))
@@ -237,8 +247,10 @@ def cmd_models_show(args) -> int:
             "baseline_error_std": row.baseline_error_std,
             "drift_config": json.loads(row.drift_config),
             "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0,
-            "importance": json.loads(row.profile).get("importance"),  # shares of permutation importance
         }
+        segmentation = load_segmentation(row.segments)
+        if segmentation is not None:  # drift per segment: models register --segment-by
+            shown["segments"] = _shown_segments(segmentation)
     print(json.dumps(shown, indent=2))
     return 0
 
