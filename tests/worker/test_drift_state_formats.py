@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.numbers import assert_same
 from tests.worker import drift_state_streams as streams
 from undertow.models.drift.drift_state import CODEC, legacy_blob, load_state
 
@@ -52,8 +53,8 @@ def test_a_row_from_before_numbering_continues_as_the_old_code_continued_it(name
     case = json.loads((DATA / name).read_text())
     recorded = json.loads((DATA / "outcomes" / name).read_text())
     got, left = streams.continue_from(tmp_path, case["model_id"], case["row"], None)
-    assert got["alerts"] == recorded["outcome"]["alerts"]
-    assert got["window_results"] == recorded["outcome"]["window_results"]
+    assert_same(got["alerts"], recorded["outcome"]["alerts"])
+    assert_same(got["window_results"], recorded["outcome"]["window_results"])
     before = recorded["row_after"]
     assert {k: v for k, v in left.items() if k != "episodes"} == {k: v for k, v in before.items() if k != "episodes"}
 
@@ -69,7 +70,7 @@ def test_a_row_of_format_4_loads_without_a_dependence_episode_and_continues_as_t
     assert number == CODEC.current and json.loads(blob) == {**json.loads(row.episodes), "__dataset_evidence__": {}}
     got, left = streams.continue_from(tmp_path, model_id, case["row"], case["format"])
     recorded = json.loads((DATA / "outcomes" / f"written_{model_id}.json").read_text())
-    assert got == recorded["outcome"]  # no dependence alert on these streams: the format-4 code's results
+    assert_same(got, recorded["outcome"])  # no dependence alert on these streams: the format-4 code's results
     assert json.loads(left["episodes"])["__dependence__"][:3] == ["stable", 0, "stable"]  # the check runs
     assert left["buffer"] == recorded["row_after"]["buffer"]
 
@@ -101,4 +102,4 @@ def test_a_row_of_the_current_format_round_trips_byte_for_byte(tmp_path):
     assert CODEC.dump(load_state(row, FEATURE_COLUMNS["scored"])) == (row.episodes, CODEC.current)
     got, left = streams.continue_from(tmp_path, "scored", case["row"], case["format"])
     recorded = json.loads((DATA / "outcomes" / "written_scored.json").read_text())["outcome"]
-    assert got == recorded  # the same continuation as the row this one was written in place of
+    assert_same(got, recorded)  # the same continuation as the row this one was written in place of
