@@ -247,6 +247,7 @@ def cmd_models_show(args) -> int:
             "baseline_error_std": row.baseline_error_std,
             "drift_config": json.loads(row.drift_config),
             "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0,
+            "importance": json.loads(row.profile).get("importance"),  # shares of permutation importance
         }
         segmentation = load_segmentation(row.segments)
         if segmentation is not None:  # drift per segment: models register --segment-by
