@@ -131,7 +131,8 @@ def test_a_model_worse_for_one_segment_only_is_found_and_the_segment_named(env):
     concept = [a for a in _alerts(env) if a["type"] == "undertow.drift.concept"]
     in_segments = [a for a in concept if "segment" in a["data"]]
     # Only west's stream alarms (2 sd of the label noise, in 10 % of the traffic), and it is named ...
-    assert [(a["data"]["segment"], a["data"]["episode"]) for a in in_segments] == [(WEST, "started")]
+    assert {json.dumps(a["data"]["segment"]) for a in in_segments} == {json.dumps(WEST)}
+    assert in_segments[0]["data"]["episode"] == "started"
     # ... within 500 predictions of the change (about 50 of west's labels); labels come an hour after.
     found = cloudevents.epoch(in_segments[0]["data"]["detected_at"]) - START.timestamp() - 3600
     assert change <= found <= change + 500
