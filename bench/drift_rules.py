@@ -12,7 +12,10 @@ monitor does. Baselines, on the same windows and statistics: **KS-Bonferroni**
 exceeds 0.2). Undertow runs at its default evidence budget (at most one
 false alarm per 250 windows of a model), at KS-Bonferroni's (one per 100
 windows: 0.01 per window) and **quiet** (one per 5,000), for delays at three
-costs.
+costs, and **per input only** (the default without the evidence across
+inputs, as before it). An alarm of Undertow's is an episode started on an
+input feature or on the dataset (the evidence across inputs raises a dataset
+alert; for x0's ramp, one whose evidence x0 carries most of).
 
 * flapping: x0 shifted by 0.43 and 0.6 sd in turn (PSI about 0.19 and 0.33,
   around the 0.25 boundary) for 30 windows, then 5 windows back to normal:
