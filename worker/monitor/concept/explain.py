@@ -8,6 +8,7 @@ alert the same way; nothing is stored besides the alert.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,12 @@ MIN_PAIRS_AFTER = 50
 LOG_LOSS = "log_loss"
 
 
-def explain_alert(session: Session, alert: ConceptDriftAlert, seq: int) -> ConceptDriftAlert:
-    """The alert with ``explained_by`` (and what it was compared with) filled in; an ``ended`` alert as it is."""
+def explain_alert(
+    session: Session, alert: ConceptDriftAlert, seq: int, within: Callable[[dict], bool] | None = None
+) -> ConceptDriftAlert:
+    """The alert with ``explained_by`` (and what it was compared with) filled in; an ``ended`` alert as it is.
+
+    ``within``: the pairs (and held-out rows) of a segment only, told by their features."""
     data = alert.data
     if data.episode == "ended":
         return alert
@@ -49,10 +54,12 @@ def explain_alert(session: Session, alert: ConceptDriftAlert, seq: int) -> Conce
         before = pairs_of_version(session, *key, up_to_seq=before_seq, predicted_before=change, limit=SAMPLE_PAIRS)
         against = "production"
     loss = data.metric == LOG_LOSS
-    before_rows = [(json.loads(features), score if loss else error) for _, features, error, score in before]
+    kept = within or (lambda features: True)
+    before_rows = [(f, score if loss else error) for _, text, error, score in before if kept(f := json.loads(text))]
     if len(before_rows) < MIN_PRODUCTION_PAIRS and not loss:
-        before_rows, against = _held_out(row.test_set, row.task == "classification"), "validation"
-    after_rows = [(json.loads(features), score if loss else error) for _, features, error, score in after]
+        held_out = _held_out(row.test_set, row.task == "classification")
+        before_rows, against = [(f, e) for f, e in held_out if kept(f)], "validation"
+    after_rows = [(f, score if loss else error) for _, text, error, score in after if kept(f := json.loads(text))]
     found = _explain(before_rows, after_rows, _bins(profile))
     if not found:
         return alert

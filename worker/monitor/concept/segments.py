@@ -21,6 +21,7 @@ from undertow.models.drift.errors import MISCLASSIFICATION
 from undertow.models.segments import Segment, Segmentation, load_segmentation
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
+from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
 
 
@@ -60,8 +61,12 @@ class SegmentErrorStreams:
         alerts = monitor.update(pair.error, pair.metric, pair.label_ts, pair.prediction_ts)
         if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
             alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
+
+        def in_segment(features: dict) -> bool:
+            return version.segmentation.key_of(features, version.lookup) == segment_key
+
         for alert in alerts:
-            record_alert(session, self.alerts_topic, alert)
+            record_alert(session, self.alerts_topic, explain_alert(session, alert, pair.seq, within=in_segment))
 
     def save(self, session: Session) -> None:
         """The states of the segments fed in this batch."""
