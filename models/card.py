@@ -76,6 +76,8 @@ def model_card(row: ModelVersion, run: TrainingRun | None, changes: list[Champio
             if c.version == row.version
         ],
         "environment": stored.get("environment", {}),
+        # Each input's share of the permutation importance on the held-out rows (models.importance), most first.
+        "feature_importance": stored.get("feature_importance", {}),
     }
 
 
@@ -87,6 +89,8 @@ def markdown(card: dict[str, Any]) -> str:
         ("Intended use", card["intended_use"]),
         ("Training data", card["training_data"]),
         ("Evaluation", card["evaluation"]),
+        # Only where it was measured (an artifact and held-out rows at registration).
+        *([("Feature importance", card["feature_importance"])] if card.get("feature_importance") else []),
         ("Environment", card["environment"]),
     ):
         lines += [f"## {title}", ""]

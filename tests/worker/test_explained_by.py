@@ -105,6 +105,7 @@ def test_registration_measures_each_input_s_share_of_permutation_importance_on_t
     from sklearn.linear_model import LinearRegression
 
     from undertow.models import registry, training
+    from undertow.models.card import markdown, model_card
     from undertow.models.profile import build_profile
     from undertow.storage import db
 
@@ -129,6 +130,9 @@ def test_registration_measures_each_input_s_share_of_permutation_importance_on_t
         stored = registry.ReferenceProfile.model_validate_json(row.profile).importance
         card = json.loads(row.model_card)["feature_importance"]
         assert list(card) == ["method", "x0", "x1", "x2"]  # the model card lists them, most important first
+        assert "## Feature importance\n\n- **method**: permutation, held-out rows\n- **x0**: " in markdown(
+            model_card(row, None, [])
+        )
         without = registry.register(session, model_id="n", profile=profile, artifacts_dir=tmp_path / "artifacts")
         assert registry.ReferenceProfile.model_validate_json(without.profile).importance is None
     assert stored is not None and set(stored) == set(schema)

@@ -110,6 +110,8 @@ def sections(version: Version) -> list[Section]:
     ]
     if gate:
         result.append(Section("Gate", entries(gate)))
+    if card.get("feature_importance"):  # measured at registration where an artifact and held-out rows were given
+        result.append(Section("Feature importance", entries(card["feature_importance"])))
     result += [
         Section("Caveats", notes=card["caveats"] or ["Not stated."]),
         _lineage(version),
