@@ -175,3 +175,54 @@ def test_a_dataset_drift_ranks_the_drifted_inputs_by_drift_times_importance():
     ranked = dataset[0].data.ranked
     assert [r.feature for r in ranked] == ["x0", "x1", "x2"]  # by PSI alone it would be x2, x1, x0
     assert ranked[0].psi < ranked[2].psi and ranked[0].importance == 0.9 and ranked[2].score == 0.0
+
+
+def test_a_rolling_mean_alert_without_a_change_time_is_explained_from_its_window_of_pairs(engine, tmp_path):
+    """All predictions logged at once (a batch job): the prediction-time CUSUMs cannot date the change, a
+    rolling mean fires with no ``change_started_at``. Its window of newest pairs is "after", the pairs
+    before it "before", not the whole history against the held-out rows (which diluted the change away)."""
+    from undertow.models import registry
+    from undertow.models.drift.config import DriftConfig
+    from undertow.models.profile import build_profile
+    from undertow.storage import db, repo
+    from undertow.worker.monitor.concept.explain import explain_alert
+    from undertow.worker.runtime import cloudevents
+    from undertow.worker.runtime.output_events import Baseline, ConceptDrift, ConceptDriftAlert
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6000, 2))
+    turned = np.arange(6000) >= 5000  # the newest 1,000: those who call a lot now churn
+    errors = np.where(turned & (x[:, 1] > 1.0), rng.random(6000) < 0.6, rng.random(6000) < 0.15).astype(float)
+    profile = build_profile({"tenure": x[:3000, 0].tolist(), "calls": x[:3000, 1].tolist()})
+    with db.make_session_factory(engine).begin() as session:
+        registry.register(session, model_id="churn", profile=profile, artifacts_dir=tmp_path, task="classification")
+        repo.add_pairs(
+            session,
+            [
+                ("churn", i, f"e{i}", "1", 1e9, 1e9, json.dumps({"tenure": a, "calls": b}), "0", "0", e, None)
+                for i, ((a, b), e) in enumerate(zip(x.tolist(), errors.tolist()))
+            ],
+        )
+        data = ConceptDrift(
+            model_id="churn",
+            model_version="1",
+            severity="significant",
+            episode="started",
+            detector="rolling_mean_long",
+            metric="misclassification",
+            value=0.2,
+            threshold=0.15,
+            unit="baseline_sd",
+            baseline=Baseline(mean=0.15, sd=0.36),
+            recent_mean_error=0.25,
+            detected_at=cloudevents.rfc3339(1e9),
+            label_count=6000,
+            change_started_at=None,
+        )
+        alert = ConceptDriftAlert(id="a", subject="churn", time=data.detected_at, data=data)
+        explained = explain_alert(session, alert, seq=5999).data
+    assert DriftConfig().rolling_long_window == 2000  # "after": the newest 2,000, half of them turned
+    assert explained.explained_against == "production"
+    first = explained.explained_by[0]
+    assert first.feature == "calls" and first.share > 0.4 and _lower_edge(first.bins[0].range) > 0.8
+    assert all(other.share < 0.1 for other in explained.explained_by[1:])

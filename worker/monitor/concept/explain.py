@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from undertow.models import registry
+from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.errors import prediction_error
 from undertow.models.drift.explain import Bins, CategoryBins, NumericBins, explain_change
 from undertow.models.profile import PREDICTION_FEATURE, NumericProfile, ReferenceProfile
@@ -41,18 +42,7 @@ def explain_alert(
     if row is None:
         return alert
     profile = ReferenceProfile.model_validate_json(row.profile)
-    change = None if data.change_started_at is None else cloudevents.epoch(data.change_started_at)
-    key = (data.model_id, data.model_version)
-    after = pairs_of_version(session, *key, up_to_seq=seq, predicted_from=change, limit=SAMPLE_PAIRS)
-    if len(after) < MIN_PAIRS_AFTER:
-        # A large change fires on its first few pairs, and the estimate of its start may fall after the
-        # first of them: the newest pairs then stand for "after", a few from before the change among them.
-        after = pairs_of_version(session, *key, up_to_seq=seq, limit=MIN_PAIRS_AFTER)
-    before, against = [], "validation"
-    if data.episode != "deployment_gap" and change is not None and after:
-        before_seq = min(row[0] for row in after) - 1
-        before = pairs_of_version(session, *key, up_to_seq=before_seq, predicted_before=change, limit=SAMPLE_PAIRS)
-        against = "production"
+    before, after, against = _pairs_around(session, data, seq, DriftConfig.model_validate_json(row.drift_config))
     loss = data.metric == LOG_LOSS
     kept = within or (lambda features: True)
     before_rows = [(f, score if loss else error) for _, text, error, score in before if kept(f := json.loads(text))]
@@ -65,6 +55,28 @@ def explain_alert(
         return alert
     update = {"explained_by": found, "explained_against": against}
     return alert.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def _pairs_around(session: Session, data, seq: int, config: DriftConfig) -> tuple[list, list, str]:
+    """(pairs before the change, pairs after it, what "before" is): split at ``change_started_at``; without
+    one (a rolling mean fired: it says its newest window of labels is higher) the detector's window of
+    pairs is "after"; a deployment gap has only its production pairs and the held-out rows."""
+    key = (data.model_id, data.model_version)
+    change = None if data.change_started_at is None else cloudevents.epoch(data.change_started_at)
+    if change is None and data.episode != "deployment_gap":
+        window = config.rolling_long_window if data.detector == "rolling_mean_long" else config.rolling_window
+        after = pairs_of_version(session, *key, up_to_seq=seq, limit=min(window, SAMPLE_PAIRS))
+    else:
+        after = pairs_of_version(session, *key, up_to_seq=seq, predicted_from=change, limit=SAMPLE_PAIRS)
+    if len(after) < MIN_PAIRS_AFTER:
+        # A large change fires on its first few pairs, and the estimate of its start may fall after the
+        # first of them: the newest pairs then stand for "after", a few from before the change among them.
+        after = pairs_of_version(session, *key, up_to_seq=seq, limit=MIN_PAIRS_AFTER)
+    if data.episode == "deployment_gap" or not after:
+        return [], after, "validation"
+    before_seq = min(row[0] for row in after) - 1
+    before = pairs_of_version(session, *key, up_to_seq=before_seq, predicted_before=change, limit=SAMPLE_PAIRS)
+    return before, after, "production"
 
 
 def _bins(profile: ReferenceProfile) -> dict[str, Bins]:
