@@ -248,10 +248,12 @@ def episode_started_at(
     feature: str | None,
     before: float,
     metric: str | None = None,
+    segment: dict[str, str] | None = None,
 ) -> float | None:
-    """Event time of the newest ``started`` alert of the same stream (model version, type, feature, and the
-    error metric of a concept alert: a model has one concept episode per metric) at or before ``before``:
-    when the episode an escalation or an end belongs to began (None if not recorded)."""
+    """Event time of the newest ``started`` alert of the same stream (model version, type, feature, the
+    error metric of a concept alert: a model has one concept episode per metric, and the segment, None for
+    the whole stream) at or before ``before``: when the episode an escalation or an end belongs to began
+    (None if not recorded)."""
     rows = session.execute(
         select(Alert.event_ts, Alert.cloudevent)
         .where(
@@ -266,7 +268,8 @@ def episode_started_at(
     ).all()
     for event_ts, cloudevent in rows:
         data = json.loads(cloudevent).get("data", {})
-        if data.get("episode") == "started" and (metric is None or data.get("metric") == metric):
+        same_metric = metric is None or data.get("metric") == metric
+        if data.get("episode") == "started" and same_metric and data.get("segment") == segment:
             return float(event_ts)
     return None
 

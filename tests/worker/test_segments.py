@@ -101,8 +101,16 @@ def test_a_drift_confined_to_a_10_percent_segment_is_found_and_the_segment_named
     assert list(shown[json.dumps(WEST)]["open_data_episodes"]) == ["x0"]
     assert all(not s["open_data_episodes"] for k, s in shown.items() if k != json.dumps(WEST))
     assert shown[json.dumps({"region": "__other__"})]["monitored"] is False  # no reference row outside the top 4
-    # ... and the report in its segment table and episodes, not among the whole stream's episodes.
+    # ... and the report in its segment table and episodes, not among the whole stream's episodes ...
     _check_report(env)
+    # ... and `undertow alerts` on the alert's line.
+    listed = subprocess.run(
+        [sys.executable, "-m", "undertow", "alerts", "--model-id", "housing", "--db-url", env.db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert [line for line in listed.stdout.splitlines() if "[region=west]" in line], listed.stdout + listed.stderr
 
 
 def _check_report(env) -> None:

@@ -38,6 +38,10 @@ def cmd_alerts(args) -> int:
             for k in ("psi", "ks_statistic", "drifted_share", measured, "threshold")
             if isinstance(d.get(k), (int, float))
         )
+        if d.get("segment"):  # a segment's alert: which one
+            subject += " [" + ", ".join(f"{k}={v}" for k, v in d["segment"].items()) + "]"
+        if d.get("explained_by"):  # the input that explains a concept drift
+            subject += f", explained by {d['explained_by'][0]['feature']}"
         print(
             f"{e['time']}  {e['type']:<24} {d['model_id']}@{d['model_version']}  {subject}  "
             f"{d['severity']} ({d['episode']})  {numbers}"

@@ -17,11 +17,13 @@ log = logging.getLogger(__name__)
 def record_alert(session: Session, alerts_topic: str, event: Alert) -> None:
     data = event.data
     subject = getattr(data, "feature", None) or getattr(data, "detector", "")
+    where = "".join(f" [{column}={value}]" for column, value in (data.segment or {}).items())
     log.info(
-        "alert %s %s@%s %s: %s (%s)",
+        "alert %s %s@%s%s %s: %s (%s)",
         event.type,
         data.model_id,
         data.model_version,
+        where,
         subject,
         data.severity,
         data.episode,

@@ -80,6 +80,7 @@ class DatabaseContext:
             feature=getattr(d, "feature", None),
             before=cloudevents.epoch(event.time),
             metric=getattr(d, "metric", None),
+            segment=d.segment,
         )
 
     def retrain_request(self, event: Any) -> str | None:
