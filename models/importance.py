@@ -31,9 +31,10 @@ def importance_shares(
     model cannot be scored on them (logged: the registration goes on without it)."""
     from sklearn.inspection import permutation_importance
 
-    if not test_set or not test_set.get("features"):
+    if not test_set or not test_set.get("features") or not test_set.get("targets"):
         return None
-    keep = [i for i, (y, p) in enumerate(zip(test_set["targets"], test_set["predictions"])) if y is not None]
+    # A trainer's test set has features and targets only; a registered reference's also the predictions.
+    keep = [i for i, y in enumerate(test_set["targets"]) if y is not None]
     keep = keep[:: max(1, len(keep) // IMPORTANCE_ROWS)][:IMPORTANCE_ROWS]
     schema = {name: f.kind for name, f in profile.features.items() if name != PREDICTION_FEATURE}
     frame = training.to_frame([test_set["features"][i] for i in keep], schema)

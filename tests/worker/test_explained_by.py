@@ -138,6 +138,10 @@ def test_registration_measures_each_input_s_share_of_permutation_importance_on_t
     assert stored is not None and set(stored) == set(schema)
     assert stored["x0"] > 0.85 and stored["x1"] > stored["x2"] and stored["x2"] < 0.01
     assert abs(sum(stored.values()) - 1.0) < 1e-5
+    # The trainer's candidates come with features and targets only: measured the same.
+    from undertow.models.importance import importance_shares
+
+    assert importance_shares(model, {"features": rows, "targets": targets}, profile, "regression") == stored
 
 
 def test_a_dataset_drift_ranks_the_drifted_inputs_by_drift_times_importance():
