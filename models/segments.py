@@ -17,6 +17,7 @@ registered with it as a segment replaces this one.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from typing import Any
@@ -36,6 +37,8 @@ from undertow.models.profile import (
     profile_multivariate,
     profile_numeric,
 )
+
+log = logging.getLogger(__name__)
 
 OTHER = "__other__"  # the segment of every value outside the top ones (unseen and missing too)
 DEFAULT_TOP = 20
@@ -207,6 +210,29 @@ def _error_sample(values: np.ndarray) -> list[float]:
         ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
     sample: list[float] = ordered.tolist()
     return sample
+
+
+def segmentation_like(
+    previous: Segmentation,
+    test_set: dict[str, Any],
+    predictions: list[Any],
+    profile: ReferenceProfile,
+    classes: bool,
+) -> Segmentation | None:
+    """A retrained version's segments, by the columns and top count of the version it replaces, fixed from
+    its own held-out rows (as a registered version's are from its reference); None, logged, if its inputs no
+    longer allow them (a segment column gone or numeric now): it is then watched as a whole only."""
+    inputs = [name for name in profile.features if name != PREDICTION_FEATURE]
+    columns: dict[str, list[Any]] = {name: [row.get(name) for row in test_set["features"]] for name in inputs}
+    columns[_TARGET], columns[_PREDICTION] = list(test_set["targets"]), list(predictions)
+    try:
+        return build_segmentation(columns, previous.by, profile, previous.top, _TARGET, _PREDICTION, classes)
+    except SegmentError as exc:
+        log.warning("the retrained version is not segmented by %s: %s", ",".join(previous.by), exc)
+        return None
+
+
+_TARGET, _PREDICTION = "__segment_target__", "__segment_prediction__"
 
 
 def load_segmentation(stored: str | None) -> Segmentation | None:

@@ -415,3 +415,30 @@ def test_sigkill_during_a_segment_drift_gives_the_uninterrupted_segment_state(ma
         ("undertow.drift.data", json.dumps(WEST)),
         ("undertow.drift.concept", json.dumps(WEST)),
     }
+
+
+def test_a_retrained_version_is_segmented_as_the_champion_it_replaces():
+    """The trainer's candidate keeps the champion's --segment-by (and top count), its segments fixed from its
+    own held-out rows; one whose inputs no longer allow them is watched as a whole (no failure)."""
+    from undertow.models.dataset import read_table
+    from undertow.models.reference import load_reference
+    from undertow.models.segments import build_segmentation, segmentation_like
+
+    path = Path(tempfile.mkdtemp()) / "reference.csv"
+    write_reference_csv(SampleStream(seed=71), path, 5000)
+    reference = load_reference(path, target="target", prediction="prediction")
+    champion = build_segmentation(read_table(path), ["region"], reference.profile, 3, "target", "prediction")
+    held_out = reference.test_set  # features (region among them), targets and the model's predictions
+    retrained = segmentation_like(champion, held_out, held_out["predictions"], reference.profile, classes=False)
+    assert retrained is not None and (retrained.by, retrained.top) == (["region"], 3)
+    assert [s.key for s in retrained.segments] == [s.key for s in champion.segments]  # the same top 3, and other
+    assert all(s.baseline_error is not None for s in retrained.segments if s.profile is not None)
+
+    without_region = {
+        **held_out,
+        "features": [{k: v for k, v in row.items() if k != "region"} for row in held_out["features"]],
+    }
+    numeric_only = reference.profile.model_copy(
+        update={"features": {k: v for k, v in reference.profile.features.items() if k != "region"}}
+    )
+    assert segmentation_like(champion, without_region, held_out["predictions"], numeric_only, classes=False) is None

@@ -41,6 +41,7 @@ from undertow.models import gate, registry, runs, training
 from undertow.models.drift.config import DriftConfig
 from undertow.models.profile import PREDICTION_FEATURE
 from undertow.models.runs import RunStatus
+from undertow.models.segments import Segmentation, load_segmentation, segmentation_like
 from undertow.storage import db, repo
 from undertow.storage.tables import LabelledPair, ModelVersion, TrainingRun
 from undertow.worker.runtime import cloudevents, output_events
@@ -441,6 +442,7 @@ class TrainingWorker:
             )
         row = registry.register(
             session,
+            segments=_segments_like(champion, built),
             model_id=plan.model_id,
             profile=built.profile,
             artifacts_dir=Path(self.settings.artifacts_dir),
@@ -670,3 +672,12 @@ def _data_hash(plan: Plan) -> str:
     for event_id, target in zip(plan.event_ids, plan.targets):
         digest.update(f"{event_id}\x1f{target}\x1e".encode())
     return digest.hexdigest()
+
+
+def _segments_like(champion: ModelVersion, built: candidates.BuiltVersion) -> Segmentation | None:
+    """The candidate is segmented as the champion it would replace (models.segments.segmentation_like)."""
+    previous = load_segmentation(champion.segments)
+    if previous is None:
+        return None
+    predictions = training.predict(built.model, built.test_set["features"], built.schema, built.task)
+    return segmentation_like(previous, built.test_set, predictions, built.profile, built.task == "classification")
