@@ -12,6 +12,8 @@ import numpy.typing as npt
 
 from undertow.models.dataset import read_table
 from undertow.models.drift import errors as drift_errors
+from undertow.models.drift.errors import ERROR_SAMPLE_SIZE as ERROR_SAMPLE_SIZE  # re-exported
+from undertow.models.drift.errors import error_sample as error_sample  # re-exported: bench/ and tests use it
 from undertow.models.profile import (
     PREDICTION_FEATURE,
     ProfileError,
@@ -22,7 +24,6 @@ from undertow.models.registry import sha256_file
 
 log = logging.getLogger(__name__)
 
-ERROR_SAMPLE_SIZE = 5000
 # A classifier this good on its reference was most likely scored on the rows it learned from.
 IN_SAMPLE_SUSPECT_ERROR = 0.01
 TEST_SET_MAX_ROWS = 5000
@@ -56,14 +57,6 @@ def baseline_error(target: list[Any], prediction: list[Any]) -> tuple[float, flo
     """
     values = errors(target, prediction)
     return float(values.mean()), float(values.std())
-
-
-def error_sample(values: npt.NDArray[np.float64]) -> list[float]:
-    ordered = np.sort(values)
-    if ordered.size > ERROR_SAMPLE_SIZE:
-        ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
-    sample: list[float] = ordered.tolist()
-    return sample
 
 
 def load_reference(

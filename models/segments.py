@@ -22,7 +22,6 @@ import math
 from collections import Counter
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from undertow.models.drift import errors as drift_errors
@@ -45,7 +44,6 @@ DEFAULT_TOP = 20
 MAX_TOP = 200
 MIN_SEGMENT_ROWS = 200  # reference rows a segment needs for a profile of its own (as the PCA check does)
 MAX_KEY_LENGTH = 500  # storage.tables.SEGMENT_KEY_LENGTH
-ERROR_SAMPLE_SIZE = 5000
 
 
 class SegmentError(ProfileError):
@@ -172,7 +170,7 @@ def _segment(
     if target is not None and prediction is not None:
         errors = drift_errors.errors(subset[target], subset[prediction], classes)
         if errors.size:
-            baseline, sample = (float(errors.mean()), float(errors.std())), _error_sample(errors)
+            baseline, sample = (float(errors.mean()), float(errors.std())), drift_errors.error_sample(errors)
     return Segment(
         key=key,
         values=shown,
@@ -202,14 +200,6 @@ def _profile(features: dict[str, list[Any]], whole: ReferenceProfile) -> Referen
         multivariate=profile_multivariate(kept),
         dependence=profile_dependence(kept),
     )
-
-
-def _error_sample(values: np.ndarray) -> list[float]:
-    ordered = np.sort(values)
-    if ordered.size > ERROR_SAMPLE_SIZE:
-        ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
-    sample: list[float] = ordered.tolist()
-    return sample
 
 
 def segmentation_like(

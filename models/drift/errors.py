@@ -56,3 +56,20 @@ def score_loss(scores: dict[str, float] | None, label: Any) -> float | None:
     if not scores:
         return None
     return -math.log(max(float(scores.get(class_text(label), 0.0)), 1e-15))
+
+
+ERROR_SAMPLE_SIZE = 5000
+
+
+def error_sample(values: npt.NDArray[np.float64]) -> list[float]:
+    """A version's errors as kept for calibration: sorted, at most ``ERROR_SAMPLE_SIZE`` (evenly spaced
+    quantiles of more).
+
+    >>> error_sample(np.array([3.0, 1.0, 2.0]))
+    [1.0, 2.0, 3.0]
+    """
+    ordered = np.sort(values)
+    if ordered.size > ERROR_SAMPLE_SIZE:
+        ordered = np.quantile(ordered, (np.arange(ERROR_SAMPLE_SIZE) + 0.5) / ERROR_SAMPLE_SIZE)
+    sample: list[float] = ordered.tolist()
+    return sample

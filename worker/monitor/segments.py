@@ -17,11 +17,28 @@ from sqlalchemy.orm import Session
 
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
+from undertow.models.registry import ModelVersion
 from undertow.models.segments import Segment, Segmentation, load_segmentation
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.data_drift import ModelVersionMonitor
 from undertow.worker.runtime.events import PredictionEvent
+
+
+@dataclass(frozen=True)
+class SegmentedVersion:
+    row: ModelVersion
+    segmentation: Segmentation
+    config: DriftConfig
+
+
+def segmented_version(session: Session, key: tuple[str, str]) -> SegmentedVersion | None:
+    """A registered version with its segments and drift rules; None if it is unknown or not segmented."""
+    row = registry.find_version(session, *key)
+    segmentation = None if row is None else load_segmentation(row.segments)
+    if row is None or segmentation is None:
+        return None
+    return SegmentedVersion(row, segmentation, DriftConfig.model_validate_json(row.drift_config))
 
 
 @dataclass
@@ -77,17 +94,16 @@ class SegmentDataDrift:
 
     def _version(self, session: Session, key: tuple[str, str]) -> VersionSegments | None:
         if key not in self._versions:
-            row = registry.find_version(session, *key)
-            segmentation = None if row is None else load_segmentation(row.segments)
+            found = segmented_version(session, key)
             self._versions[key] = (
                 None
-                if row is None or segmentation is None
+                if found is None
                 else VersionSegments(
-                    segmentation,
-                    DriftConfig.model_validate_json(row.drift_config),
-                    row.task,
-                    segmentation.lookup(),
-                    {s.key: s for s in segmentation.segments},
+                    found.segmentation,
+                    found.config,
+                    found.row.task,
+                    found.segmentation.lookup(),
+                    {s.key: s for s in found.segmentation.segments},
                 )
             )
         return self._versions[key]

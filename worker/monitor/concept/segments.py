@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.errors import MISCLASSIFICATION
-from undertow.models.segments import Segment, Segmentation, load_segmentation
+from undertow.models.segments import Segment, Segmentation
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
+from undertow.worker.monitor.segments import segmented_version
 
 
 @dataclass
@@ -82,16 +82,15 @@ class SegmentErrorStreams:
 
     def _version(self, session: Session, key: tuple[str, str]) -> VersionStreams | None:
         if key not in self._versions:
-            row = registry.find_version(session, *key)
-            segmentation = None if row is None else load_segmentation(row.segments)
+            found = segmented_version(session, key)
             self._versions[key] = (
                 None
-                if row is None or segmentation is None
+                if found is None
                 else VersionStreams(
-                    segmentation,
-                    DriftConfig.model_validate_json(row.drift_config),
-                    segmentation.lookup(),
-                    {s.key: s for s in segmentation.segments},
+                    found.segmentation,
+                    found.config,
+                    found.segmentation.lookup(),
+                    {s.key: s for s in found.segmentation.segments},
                 )
             )
         return self._versions[key]
