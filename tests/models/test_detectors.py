@@ -291,7 +291,7 @@ def test_the_prediction_time_factor_is_seeded_grows_with_the_labels_a_bucket_and
 
     assert factor(1.0) == factor(1.0)  # a replay after a crash sets the same thresholds
     assert factor(0.02) == 1.0  # about one label a bucket: not measured, the arrival-order threshold holds
-    assert 1.0 < factor(0.1) < factor(0.4) < factor(1.0), (factor(0.1), factor(0.4), factor(1.0))
+    assert 1.0 < factor(0.2) < factor(0.4) < factor(1.0), (factor(0.2), factor(0.4), factor(1.0))
 
 
 def test_the_traffic_of_a_versions_first_labels_gives_its_rate_and_its_delays():

@@ -988,7 +988,7 @@ def test_the_prediction_time_thresholds_are_set_for_the_traffic_and_a_restart_mi
     arrival_order = threshold_for_all(samples, 0.5, 1e7), threshold_for_all(samples, 0.25, 1e7)
     factor, small_factor = baseline.pt_factors
     assert factor > 2 and small_factor > 1
-    assert baseline.cusum_h < arrival_order[0] - 1 and baseline.small_cusum_h < arrival_order[1]
+    assert baseline.cusum_h < arrival_order[0] - 0.5 and baseline.small_cusum_h < arrival_order[1]
     assert (baseline.cusum_h, baseline.small_cusum_h) == pytest.approx(
         (threshold_for_all(samples, 0.5, 1e7 / factor), threshold_for_all(samples, 0.25, 1e7 / small_factor)),
         rel=1e-9,
