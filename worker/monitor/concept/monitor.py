@@ -11,6 +11,7 @@ from __future__ import annotations
 from undertow.models.drift.concept_state import ConceptState, Context, LogLossState, concept_codec, legacy_format
 from undertow.models.drift.config import DriftConfig
 from undertow.models.drift.error_stream import ErrorStream, Signal, StreamCounts
+from undertow.models.drift.errors import MISCLASSIFICATION
 from undertow.models.drift.production_baseline import floored_sd
 from undertow.models.segments import Segment
 from undertow.worker.runtime import cloudevents
@@ -99,6 +100,13 @@ class ErrorStreamMonitor:
             self.log_loss = self._log_loss_stream()
         signals = self.log_loss.update(loss, label_ts, prediction_ts)
         return [self._alert(s, "concept_log_loss", "log_loss", label_ts) for s in signals] if signals else []
+
+    def update_pair(self, pair) -> list[ConceptDriftAlert]:
+        """A joined pair (``concept.stage.Pair``): its error, and its log loss where the classifier sent scores."""
+        alerts = self.update(pair.error, pair.metric, pair.label_ts, pair.prediction_ts)
+        if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
+            alerts += self.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
+        return alerts
 
     def _alert(self, signal: Signal, kind: str, metric: str, label_ts: float) -> ConceptDriftAlert:
         mean, sd = signal.baseline

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.errors import MISCLASSIFICATION
 from undertow.models.segments import Segment, Segmentation
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
@@ -58,9 +57,9 @@ class SegmentErrorStreams:
         if monitor is None:
             return
         self._touched.add((*key, segment_key))
-        alerts = monitor.update(pair.error, pair.metric, pair.label_ts, pair.prediction_ts)
-        if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
-            alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
+        alerts = monitor.update_pair(pair)
+        if not alerts:
+            return
 
         def in_segment(features: dict) -> bool:
             return version.segmentation.key_of(features, version.lookup) == segment_key

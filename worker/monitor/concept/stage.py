@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.errors import MISCLASSIFICATION, prediction_error, score_loss
+from undertow.models.drift.errors import prediction_error, score_loss
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.concept.explain import explain_alert
@@ -97,10 +97,7 @@ class ConceptStage:
                 if monitor is None:
                     continue
                 touched.add((model_id, pair.version))
-                alerts = monitor.update(pair.error, pair.metric, pair.label_ts, pair.prediction_ts)
-                if pair.score_loss is not None and pair.metric == MISCLASSIFICATION:
-                    alerts += monitor.update_log_loss(pair.score_loss, pair.label_ts, pair.prediction_ts)
-                for alert in alerts:
+                for alert in monitor.update_pair(pair):
                     self._raise(session, alert, monitor.config, pair.seq)
                 self._segments.update(session, (model_id, pair.version), pair)
         self._save_buffers(session, set(by_model))
