@@ -7,6 +7,7 @@ concept_state.
 """
 
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
-from undertow.worker.monitor.concept.stage import ConceptStage, Pair
+from undertow.worker.monitor.concept.pairs import Pair
+from undertow.worker.monitor.concept.stage import ConceptStage
 
 __all__ = ["ConceptStage", "ErrorStreamMonitor", "Pair"]

@@ -7,18 +7,16 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import NamedTuple
 
-from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
-from undertow.models.drift.errors import prediction_error, score_loss
 from undertow.storage import repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
+from undertow.worker.monitor.concept.pairs import Pair, build_pair
 from undertow.worker.monitor.concept.segments import SegmentErrorStreams
 from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
@@ -128,7 +126,7 @@ class ConceptStage:
         matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
         buffer.load_fields(session, taken)
         pairs = [
-            _pair(
+            build_pair(
                 model_id,
                 stats["joined"] + i,
                 eid,
@@ -223,62 +221,3 @@ class ConceptStage:
         record_alert(session, self.alerts_topic, alert)
         if alert.data.episode in ("started", "escalated"):
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
-
-
-class Pair(NamedTuple):
-    """A ``labelled_pairs`` row (its columns in order), then the metric of its error for the detectors.
-
-    A tuple, not a dict: a batch's pairs go to the insert as they are, where dicts cost as much to build
-    and to take apart again as the insert itself.
-    """
-
-    model_id: str
-    seq: int
-    event_id: str
-    version: str | None
-    prediction_ts: float
-    label_ts: float
-    features: str
-    prediction: str  # JSON scalar
-    label: str  # JSON scalar
-    error: float
-    score_loss: float | None  # the log loss of the true class, where scores were sent
-    metric: str
-
-
-def _pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting, classes: bool) -> Pair:
-    p, target = _fields(prediction.fields), _fields(label.fields)["label"]
-    error, metric = prediction_error(p["prediction"], target, classes)
-    return Pair(
-        model_id,
-        seq,
-        event_id,
-        prediction.version,
-        prediction.ts,
-        label.ts,
-        _to_json(p["features"]),
-        _json_scalar(p["prediction"]),
-        _json_scalar(target),
-        error,
-        score_loss(p.get("scores"), target),
-        metric,
-    )
-
-
-def _json_scalar(value) -> str:
-    """A prediction or label as JSON. Numbers print as JSON already (events hold no NaN or infinities):
-    repr is 4 times faster than the encoder, which strings still need for their escapes."""
-    if value.__class__ is float or value.__class__ is int:
-        return repr(value)
-    return _to_json(value)
-
-
-def _to_json(value) -> str:
-    """pydantic-core's encoder: 4 times faster than json.dumps on floats (half a TypeAdapter's cost, with
-    the same bytes). Infinity and NaN as json.dumps writes them, for detector state; events hold none."""
-    return to_json(value, inf_nan_mode="constants").decode()
-
-
-def _fields(fields: PredictionEvent | LabelEvent | dict) -> dict:
-    """The event's fields: the event itself while in memory, its stored JSON once read back."""
-    return fields if isinstance(fields, dict) else fields.__dict__
