@@ -479,3 +479,39 @@ class NotifyDeliveryEvent(Base):
         UniqueConstraint("sink", "event_id", name="uq_notify_delivery_events_sink_event"),
         Index("ix_notify_delivery_events_delivery", "delivery"),
     )
+
+
+class ModelSetting(Base):
+    """Per-model settings that are not a version's: whether the model is spread over all partitions."""
+
+    __tablename__ = "model_settings"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Spread: its events are keyed by event id, so they spread over every partition; each monitor builds
+    # partial windows and errors for its partitions and one monitor merges them (worker/monitor/spread).
+    spread: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SpreadPartitionState(Base):
+    """The partition-local side of a spread model on one source partition: the partials it has emitted."""
+
+    __tablename__ = "spread_partition_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_partial: Mapped[int] = mapped_column(BigInteger, default=0)  # the sequence number of its next partial
+    watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest event time seen on the partition
+    joined: Mapped[int] = mapped_column(BigInteger, default=0)  # pairs joined on the partition
+
+
+class MergeState(Base):
+    """The merge of a spread model's partials: per source partition its watermark, the last partial applied
+    and what waits for the other partitions; JSON of ``MergeStateModel``, its format beside it."""
+
+    __tablename__ = "merge_state"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    state_format: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Float)
