@@ -32,7 +32,7 @@ from undertow.models.ids import check_id
 from undertow.models.importance import importance_shares
 from undertow.models.profile import ReferenceProfile
 from undertow.models.segments import Segmentation
-from undertow.storage.tables import ChampionChange
+from undertow.storage.tables import ChampionChange, ModelSetting
 from undertow.storage.tables import ModelVersion as ModelVersion  # re-exported: the registry's row type
 
 STAGES = ("candidate", "champion", "archived", "rejected")
@@ -427,3 +427,27 @@ def load_artifact(row: ModelVersion) -> Any:
             f"{path}: SHA-256 {actual} does not match the registry's {row.artifact_sha256}; not loading it"
         )
     return joblib.load(path)
+
+
+def set_spread(session: Session, model_id: str, spread: bool, now: float | None = None) -> None:
+    """Spread a model's events over every partition (keyed by event id) or keep them on one (by model id).
+
+    The monitors read it once per batch; producers key by it (``undertow.client`` and ``undertow serve``).
+    """
+    check_id(model_id, "model id")
+    row = session.get(ModelSetting, model_id)
+    when = time.time() if now is None else now
+    if row is None:
+        session.add(ModelSetting(model_id=model_id, spread=spread, updated_at=when))
+    elif row.spread != spread:
+        row.spread, row.updated_at = spread, when
+
+
+def spread_models(session: Session) -> set[str]:
+    """The models whose events are spread over every partition."""
+    return set(session.scalars(select(ModelSetting.model_id).where(ModelSetting.spread)))
+
+
+def is_spread(session: Session, model_id: str) -> bool:
+    row = session.get(ModelSetting, model_id)
+    return row is not None and row.spread
