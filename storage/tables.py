@@ -233,6 +233,9 @@ class WindowResult(Base):
     missing_share: Mapped[float] = mapped_column(Float)
     severity: Mapped[str] = mapped_column(String(20))
 
+    # Retention deletes a model's windows by end time (storage/retention.py, Alembic 0012).
+    __table_args__ = (Index("ix_window_results_end", "model_id", "end_ts"),)
+
 
 class Alert(Base):
     """Every alert the monitor raised (its CloudEvent), for `undertow alerts`."""
@@ -515,3 +518,15 @@ class MergeState(Base):
     state: Mapped[bytes] = mapped_column(LargeBinary)
     state_format: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class MergePending(Base):
+    """What a spread model's partial holds that the merge has not released yet (it waits for the other
+    partitions' watermarks): one row per partial, rewritten with the rest when part of it is released."""
+
+    __tablename__ = "merge_pending"
+
+    model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # JSON of the partial's unreleased part

@@ -163,6 +163,10 @@ class MonitorSettings(ServiceSettings):
     # Predictions whose features do not match their version's schema are counted per model and reason
     # (status, /metrics) and warned about at most once per model and reason per this many seconds.
     schema_warn_interval_seconds: float = Field(default=3600, gt=0)
+    # A spread model's merge waits for every partition's partials up to this much event time behind the
+    # newest partition; a partition further behind (silent, or its monitor gone) is not waited for, and what
+    # it sends later is merged late (counted). Event time, so a replay merges the same way.
+    spread_merge_wait_seconds: float = Field(default=30.0, gt=0)
 
 
 class TrainerSettings(ServiceSettings):

@@ -40,13 +40,18 @@ class Topics:
     def models(self) -> str:
         return self.prefix + "models"
 
+    @property
+    def merge(self) -> str:
+        """Internal: the partial windows and errors of spread models, keyed by model id (one merger each)."""
+        return self.prefix + "merge"
+
     @staticmethod
     def dead_letter(topic: str) -> str:
         return topic + DEAD_LETTER_SUFFIX
 
     def all(self) -> list[str]:
         sources = [self.predictions, self.labels, self.retrain, self.models]
-        return sources + [self.alerts] + [self.dead_letter(t) for t in sources]
+        return sources + [self.alerts, self.merge] + [self.dead_letter(t) for t in sources]
 
 
 def ensure_topics(admin: KafkaAdminClient, topics: Topics, partitions: int) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 ``model_settings`` holds whether a model is spread; ``spread_partition_state``
 the partition-local side (the sequence of partials each source partition has
-emitted, its watermark, its pairs joined); ``merge_state`` the merge per model.
+emitted, its watermark, its pairs joined); ``merge_state`` the merge per model and
+``merge_pending`` what it holds back until every partition has passed it.
 
 Revision ID: 0011
 Revises: 0010
@@ -44,9 +45,18 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("model_id"),
     )
+    op.create_table(
+        "merge_pending",
+        sa.Column("model_id", sa.String(length=200), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("model_id", "partition", "seq"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("merge_pending")
     op.drop_table("merge_state")
     op.drop_table("spread_partition_state")
     op.drop_table("model_settings")
