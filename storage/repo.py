@@ -771,7 +771,8 @@ def save_unregistered(session: Session, rows: list[dict[str, Any]], new_ids: set
 
 
 def _unregistered(column: ColumnElement[str]) -> ColumnElement[bool]:
-    return column.not_in(select(ModelVersion.__table__.c.model_id).distinct())
+    # A spread model's join is kept per partition under "model@partition" (model ids have no "@"): registered.
+    return column.not_in(select(ModelVersion.__table__.c.model_id).distinct()) & ~column.contains("@")
 
 
 def waiting_unregistered(session: Session) -> int:

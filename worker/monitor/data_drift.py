@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import operator
+from collections import defaultdict
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -55,6 +56,7 @@ from undertow.worker.monitor.dataset_ranking import rank_drifted
 from undertow.worker.monitor.model_events import batch_prediction_groups
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
 from undertow.worker.monitor.schema import NUMBER_TYPES, NUMBERS_ONLY
+from undertow.worker.monitor.spread.collect import SPREAD, SpreadCollector
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent
@@ -532,27 +534,54 @@ class DataDriftStage:
 
     def apply(self, session: Session, batch: Batch) -> None:
         numbers_only = batch.shared.get(NUMBERS_ONLY, ())
+        spread = batch.shared.get(SPREAD)
         for key, items in batch_prediction_groups(session, batch).items():
             monitor = self._monitor(session, *key)
             if monitor is None:
                 continue
+            if spread is not None and key[0] in spread.models:
+                self._encode_for_merge(spread, key, monitor, items, key in numbers_only)
+                continue
             rows, ts = monitor.encode([event for _, event in items], numbers_only=key in numbers_only)
-            for window in monitor.window.add(rows, ts):
-                results, alerts = monitor.evaluate(window)
-                repo.add_window_results(session, results)
-                for alert in alerts:
-                    record_alert(session, self.alerts_topic, alert)
-                    if (
-                        self.policy is not None
-                        and monitor.config.retrain_on_data_drift
-                        and isinstance(alert, DatasetDriftAlert)
-                        and alert.data.severity == SIGNIFICANT
-                    ):
-                        self.policy.consider(session, alert, monitor.config, reason="data drift")
-            blob, state_format = monitor.state_blob()
-            repo.save_drift_state(session, *key, monitor.state_columns(), blob, state_format, exists=monitor.stored)
-            monitor.stored = True
+            self.add_rows(session, key, monitor, rows, ts)
             self._segments.apply(session, key, [event for _, event in items], key in numbers_only)
+
+    def add_rows(
+        self, session: Session, key: tuple[str, str], monitor: ModelVersionMonitor, rows: np.ndarray, ts: np.ndarray
+    ) -> None:
+        """Encoded rows into the version's windows; each closed window evaluated, its results and alerts
+        recorded; the state saved. Also the merge's entry for a spread model's rows."""
+        for window in monitor.window.add(rows, ts):
+            results, alerts = monitor.evaluate(window)
+            repo.add_window_results(session, results)
+            for alert in alerts:
+                record_alert(session, self.alerts_topic, alert)
+                if (
+                    self.policy is not None
+                    and monitor.config.retrain_on_data_drift
+                    and isinstance(alert, DatasetDriftAlert)
+                    and alert.data.severity == SIGNIFICANT
+                ):
+                    self.policy.consider(session, alert, monitor.config, reason="data drift")
+        blob, state_format = monitor.state_blob()
+        repo.save_drift_state(session, *key, monitor.state_columns(), blob, state_format, exists=monitor.stored)
+        monitor.stored = True
+
+    @staticmethod
+    def _encode_for_merge(
+        spread: SpreadCollector, key: tuple[str, str], monitor: ModelVersionMonitor, items: list, numbers_only: bool
+    ) -> None:
+        """A spread model's predictions, encoded per source partition for its partials: the windows are the
+        merge's (its segments are not watched)."""
+        by_partition: dict[int, list] = defaultdict(list)
+        for position, event in items:
+            by_partition[position.partition].append(event)
+        for partition, events in by_partition.items():
+            rows, ts = monitor.encode(events, numbers_only=numbers_only)
+            spread.add_rows(key[0], partition, key[1], rows, ts)
+
+    def monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
+        return self._monitor(session, model_id, version)
 
     def _monitor(self, session: Session, model_id: str, version: str) -> ModelVersionMonitor | None:
         monitor = self._monitors.get((model_id, version))

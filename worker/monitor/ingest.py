@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from undertow.storage import repo
 from undertow.worker.monitor.duplicates import DuplicateFilter
 from undertow.worker.monitor.model_events import PREDICTION_GROUPS
+from undertow.worker.monitor.spread.collect import SPREAD
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import PredictionEvent
 
@@ -74,8 +75,11 @@ class IngestStage:
 
     @staticmethod
     def _count(session: Session, batch: Batch, duplicates: dict[str, int]) -> None:
+        events, spread = batch.events, batch.shared.get(SPREAD)
+        if spread is not None:  # spread models are counted in their partials: the merge adds them up
+            events = spread.take_counts(events, duplicates, batch.next_offsets)
         per_model: dict[str, list] = {}
-        for _, event in batch.events:
+        for _, event in events:
             epoch = event.epoch
             entry = per_model.get(event.model_id)
             if entry is None:

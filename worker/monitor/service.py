@@ -16,6 +16,15 @@ from undertow.worker.monitor.model_events import ModelEventsStage, warn_if_unsig
 from undertow.worker.monitor.registration import RegistrationStage, UnregisteredPolicy
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
 from undertow.worker.monitor.schema import SchemaStage
+from undertow.worker.monitor.spread.merge_stage import MergeStage
+from undertow.worker.monitor.spread.partial import Partial
+from undertow.worker.monitor.spread.partial import decode as decode_partial
+from undertow.worker.monitor.spread.partition_stage import (
+    KeyedByEventId,
+    SpreadEmitStage,
+    SpreadRoutingStage,
+    SpreadTopology,
+)
 from undertow.worker.runtime.events import (
     LabelEvent,
     PredictionEvent,
@@ -39,8 +48,8 @@ log = logging.getLogger(__name__)
 class EventParser:
     """A prediction or label record to its event, or InvalidEvent saying why not.
 
-    Besides the event contract: the record key must be the model id (the
-    join relies on co-partitioning), and the event may be dated at most
+    Besides the event contract: the record key must be the model id, or the
+    event id for a spread model (the join relies on co-partitioning), and the event may be dated at most
     ``max_clock_skew`` seconds after ``clock()``: event time drives
     watermarks, windows and join expiry, and one event from the far future
     would move them for good.
@@ -55,26 +64,31 @@ class EventParser:
         signing_key=None,
     ):
         self.topics = topics
-        self._models, self._predictions = topics.models, topics.predictions  # looked up per record
+        self._models, self._predictions, self._merge = topics.models, topics.predictions, topics.merge  # per record
+        self.keyed_by_event_id = KeyedByEventId()
         self.max_event_bytes = max_event_bytes
         self.max_clock_skew = max_clock_skew
         self.clock = clock
         self.signing_key = signing_key
 
-    def __call__(self, record) -> PredictionEvent | LabelEvent | ModelPromoted | ModelRejected:
+    def __call__(self, record) -> PredictionEvent | LabelEvent | ModelPromoted | ModelRejected | Partial:
         if record.topic == self._models:
             verify(record, self.signing_key)
             output = parse_event(record.value or b"")
             if not isinstance(output, (ModelPromoted, ModelRejected)):
                 raise InvalidEvent(f"{output.type} does not belong on {record.topic}")
             return output
+        if record.topic == self._merge:
+            return decode_partial(record.value, record.headers)
         parse = parse_prediction if record.topic == self._predictions else parse_label
         event = parse(record.value, self.max_event_bytes)
         if record.key != event.model_id.encode():
-            raise InvalidEvent(
-                f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be "
-                "keyed by model_id so predictions and labels of a model share a partition"
-            )
+            if record.key != event.event_id.encode():
+                raise InvalidEvent(
+                    f"record key {record.key!r} is not the model_id {event.model_id!r}: events must be keyed by "
+                    "model_id (or, for a spread model, by event_id) so a prediction and its label share a partition"
+                )
+            self.keyed_by_event_id.models.add(event.model_id)  # allowed for spread models: the routing stage checks
         now = self.clock()
         if event.epoch > now + self.max_clock_skew:
             raise InvalidEvent(
@@ -99,32 +113,39 @@ def monitor_service(settings: MonitorSettings, partitions: int = 3, clock: Calla
     topics = Topics(settings.topic_prefix)
     policy = RetrainPolicy(topics.retrain, settings.signing_key)
 
+    topology = SpreadTopology(partitions)
+
     def prepare(admin: KafkaAdminClient) -> None:
         # Said here, at the start of a run (past the single-writer lock and the broker check), not when the
         # service is built: a start refused for another reason then stays one line.
         warn_if_unsigned(settings, log)
-        ensure_topics(admin, topics, partitions)
+        counts = ensure_topics(admin, topics, partitions)
+        topology.partitions = counts.get(topics.predictions, partitions)
 
+    parser = EventParser(topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock, settings.signing_key)
+    data_drift = DataDriftStage(topics.alerts, policy)
+    concept = ConceptStage(
+        topics.alerts,
+        policy,
+        settings.join_ttl_seconds,
+        settings.join_max_pending,
+        settings.pairs_retention,
+        clock,
+    )
     return Service(
         name="monitor",
-        topics=[topics.predictions, topics.labels, topics.models],
-        parse=EventParser(
-            topics, settings.max_event_bytes, settings.max_clock_skew_seconds, clock, settings.signing_key
-        ),
+        topics=[topics.predictions, topics.labels, topics.models, topics.merge],
+        parse=parser,
         stages=[
             ModelEventsStage(topics.models),
+            MergeStage(topics.merge, data_drift, concept, settings.spread_merge_wait_seconds),
             RegistrationStage(unregistered_policy(settings), clock),
             SchemaStage(settings.schema_warn_interval_seconds, clock),
+            SpreadRoutingStage(parser.keyed_by_event_id, topology),
             IngestStage(settings.duplicate_horizon),
-            DataDriftStage(topics.alerts, policy),
-            ConceptStage(
-                topics.alerts,
-                policy,
-                settings.join_ttl_seconds,
-                settings.join_max_pending,
-                settings.pairs_retention,
-                clock,
-            ),
+            data_drift,
+            concept,
+            SpreadEmitStage(topics.merge),
         ],
         make_intake=lambda: CoPartitionMerger(topics.predictions, topics.labels, max_buffered=MERGER_MAX_BUFFERED),
         prepare=prepare,

@@ -7,12 +7,14 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
 from undertow.storage import repo
+from undertow.storage import spread as spread_repo
 from undertow.worker.monitor.alerts import record_alert
 from undertow.worker.monitor.concept.explain import explain_alert
 from undertow.worker.monitor.concept.monitor import ErrorStreamMonitor
@@ -22,6 +24,7 @@ from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
 from undertow.worker.monitor.registration import FORGOTTEN
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
+from undertow.worker.monitor.spread.collect import SEQ_STRIDE, SPREAD, SpreadCollector, spread_seq, spread_stream
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 from undertow.worker.runtime.output_events import ConceptDriftAlert
@@ -79,12 +82,15 @@ class ConceptStage:
         for model_id in batch.shared.get(FORGOTTEN, ()):  # their rows were deleted by the registration stage
             self._buffers.pop(model_id, None)
             self._recent_models.discard(model_id)
+        spread = batch.shared.get(SPREAD)
         by_model: dict[str, list] = defaultdict(list)
         for item in batch.events:  # (position, event): the batch's own tuples, not new ones
             by_model[item[1].model_id].append(item)
         if not by_model:
             return
         champion = batch_champions(session, batch)
+        if spread is not None:
+            by_model = self._join_spread(session, spread, by_model, champion)
         touched: set[tuple[str, str]] = set()
         for model_id, events in by_model.items():
             pairs = self._join(session, model_id, events, champion.get(model_id))
@@ -98,7 +104,7 @@ class ConceptStage:
                 for alert in monitor.update_pair(pair):
                     self._raise(session, alert, monitor.config, pair.seq)
                 self._segments.update(session, (model_id, pair.version), pair)
-        self._save_buffers(session, set(by_model))
+        self._save_buffers(session, set(by_model) | (spread.streams if spread is not None else set()))
         for key in touched:
             monitor = self._monitors[key]
             repo.save_concept_state(session, *key, monitor.state_values(), exists=monitor.stored)
@@ -118,17 +124,62 @@ class ConceptStage:
         if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
             self._buffers = {model_id: self._buffers[model_id] for model_id in models}
 
-    def _join(self, session: Session, model_id: str, events: list, champion: str | None) -> list[Pair]:
-        buffer = self._buffers.get(model_id)
+    def feed_pairs(self, session: Session, model_id: str, version: str, pairs: list[tuple]) -> None:
+        """The merge's entry for a spread model: its pairs from every partition, in event-time order, as
+        (seq, prediction_ts, label_ts, error, score_loss, metric), to the version's error streams."""
+        monitor = self._monitor(session, model_id, version)
+        if monitor is None:
+            return
+        for seq, prediction_ts, label_ts, error, loss, metric in pairs:
+            pair = MergedPair(seq, prediction_ts, label_ts, error, loss, metric)
+            for alert in monitor.update_pair(pair):
+                self._raise(session, alert, monitor.config, seq)
+        repo.save_concept_state(session, model_id, version, monitor.state_values(), exists=monitor.stored)
+        monitor.stored = True
+
+    def _join_spread(
+        self, session: Session, spread: SpreadCollector, by_model: dict[str, list], champion: dict[str, str]
+    ) -> dict[str, list]:
+        """Spread models joined per source partition (a pair's prediction and label share one), their pairs
+        kept and handed to the partials; the other models' events returned for the usual path."""
+        rest: dict[str, list] = {}
+        for model_id, events in by_model.items():
+            if model_id not in spread.models:
+                rest[model_id] = events
+                continue
+            by_partition: dict[int, list] = defaultdict(list)
+            for item in events:
+                by_partition[item[0].partition].append(item)
+            for partition, items in by_partition.items():
+                stream = spread_stream(model_id, partition)
+                spread.streams.add(stream)
+                for pair in self._join(session, model_id, items, champion.get(model_id), partition, spread.partitions):
+                    if pair.version is not None:
+                        spread.add_pair(model_id, partition, pair)
+        return rest
+
+    def _join(
+        self,
+        session: Session,
+        model_id: str,
+        events: list,
+        champion: str | None,
+        partition: int | None = None,
+        partitions: int = 1,
+    ) -> list[Pair]:
+        """A model's events joined (``partition``: a spread model's, on that source partition alone)."""
+        stream = model_id if partition is None else spread_stream(model_id, partition)
+        buffer = self._buffers.get(stream)
         if buffer is None:
-            buffer = self._buffers[model_id] = JoinBuffer.restore(session, model_id)
+            buffer = self._buffers[stream] = JoinBuffer.restore(session, stream)
         stats = buffer.stats
         matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
         buffer.load_fields(session, taken)
+        joined = stats["joined"]
         pairs = [
             build_pair(
                 model_id,
-                stats["joined"] + i,
+                joined + i if partition is None else spread_seq(joined + i, partition),
                 eid,
                 prediction,
                 label,
@@ -141,8 +192,7 @@ class ConceptStage:
         stats["joined"] += len(pairs)
         stats["watermark_ts"] = watermark
         repo.add_pairs(session, [pair[:-1] for pair in pairs])  # all but the metric
-        if pairs and stats["joined"] > self.pairs_retention:  # none to trim before: skip the statement
-            repo.trim_pairs(session, model_id, stats["joined"] - self.pairs_retention)
+        self._trim(session, model_id, partition, stats["joined"] - self.pairs_retention // partitions, bool(pairs))
         if watermark is not None:
             self._bound(buffer, watermark)
         stats["pending_predictions"] = buffer.pending("prediction")
@@ -180,6 +230,17 @@ class ConceptStage:
                 this = Waiting(-1, version, epoch, event, None)  # joined on arrival: never stored
                 matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
         return matches, taken, expired, watermark
+
+    @staticmethod
+    def _trim(session: Session, model_id: str, partition: int | None, keep_from: int, joined_some: bool) -> None:
+        """The newest ``pairs_retention`` pairs of a model kept (a spread model's split evenly over the
+        partitions, each trimming its own)."""
+        if not joined_some or keep_from <= 0:  # none to trim before: skip the statement
+            return
+        if partition is None:
+            repo.trim_pairs(session, model_id, keep_from)
+        else:
+            spread_repo.trim_partition_pairs(session, model_id, partition, SEQ_STRIDE, spread_seq(keep_from, 0))
 
     def _is_classifier(self, session: Session, model_id: str, version: str | None) -> bool:
         """Whether the version's task is classification (its numeric labels are classes); read once."""
@@ -221,3 +282,14 @@ class ConceptStage:
         record_alert(session, self.alerts_topic, alert)
         if alert.data.episode in ("started", "escalated"):
             self.policy.consider(session, alert, config, reason=f"concept drift ({alert.data.episode})")
+
+
+class MergedPair(NamedTuple):
+    """What the error streams read of a pair, as a spread model's merge has it."""
+
+    seq: int
+    prediction_ts: float
+    label_ts: float
+    error: float
+    score_loss: float | None
+    metric: str

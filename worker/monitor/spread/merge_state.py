@@ -1,0 +1,212 @@
+"""One spread model's merge: which partials it applied, each partition's watermark, what it holds back.
+
+Pure bookkeeping, no SQL: ``ModelMerge`` takes partials in merge-topic order
+and releases their rows and pairs in event-time order once every partition
+that is not silent has passed them. The stage (``merge_stage``) stores it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, pack
+
+FORMAT = 1  # of ``MergeProgress`` in ``merge_state.state`` (its ``state_format`` column)
+
+
+class MergeProgress(BaseModel):
+    """What is stored of a merge besides the parts it holds back (those are ``merge_pending`` rows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partitions: int
+    next_seq: dict[int, int] = {}  # per source partition: the partial expected next
+    watermarks: dict[int, float] = {}  # per source partition: its newest event time
+    started_ts: float | None = None  # the first watermark seen: a partition that never sent waits from there
+    released_to: float | None = None  # event time up to which rows and pairs were released
+    partials: int = 0  # applied
+    duplicate_partials: int = 0  # re-sent by an outbox after a crash: dropped
+    gaps: int = 0  # partials that came after a missing one (should not happen: logged)
+    late_rows: int = 0  # released after rows of later event time (a silent partition caught up)
+    late_pairs: int = 0
+
+
+@dataclass
+class HeldPart:
+    """The unreleased rest of one partial."""
+
+    partition: int
+    seq: int
+    rows: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], dict[str, npt.NDArray]] = field(default_factory=dict)
+    stored: bool = False  # a merge_pending row exists
+    changed: bool = True  # differs from its row
+
+    @classmethod
+    def of(cls, partial: Partial, stored: bool = False) -> HeldPart:
+        return cls(
+            partial.partition,
+            partial.seq,
+            {part.version: part.arrays() for part in partial.rows},
+            {(part.version, part.metric): part.arrays() for part in partial.pairs},
+            stored=stored,
+            changed=not stored,
+        )
+
+    def empty(self) -> bool:
+        return not self.rows and not self.pairs
+
+    def payload(self, model_id: str, partitions: int) -> bytes:
+        rows = [
+            RowsPart(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts))
+            for version, (values, ts) in self.rows.items()
+        ]
+        pairs = [
+            PairsPart(
+                version=version,
+                metric=metric,
+                seq=pack(a["seq"], "<i8"),
+                prediction_ts=pack(a["prediction_ts"]),
+                label_ts=pack(a["label_ts"]),
+                error=pack(a["error"]),
+                score_loss=pack(a["score_loss"]),
+            )
+            for (version, metric), a in self.pairs.items()
+        ]
+        rest = Partial(
+            model_id=model_id,
+            partition=self.partition,
+            partitions=partitions,
+            seq=self.seq,
+            watermark_ts=None,
+            rows=rows,
+            pairs=pairs,
+        )
+        return rest.model_dump_json().encode()
+
+    def take(self, until: float) -> tuple[dict, dict]:
+        """Remove and return the rows (by version) and pairs (by version and metric) up to ``until``."""
+        rows, pairs = {}, {}
+        for version, (values, ts) in list(self.rows.items()):
+            due = ts <= until
+            if due.any():
+                rows[version] = (values[due], ts[due])
+                self.rows[version] = (values[~due], ts[~due])
+                self.changed = True
+            if not len(self.rows[version][1]):
+                del self.rows[version]
+        for key, arrays in list(self.pairs.items()):
+            due = arrays["label_ts"] <= until
+            if due.any():
+                pairs[key] = {name: a[due] for name, a in arrays.items()}
+                self.pairs[key] = {name: a[~due] for name, a in arrays.items()}
+                self.changed = True
+            if not len(self.pairs[key]["seq"]):
+                del self.pairs[key]
+        return rows, pairs
+
+
+@dataclass
+class Released:
+    """What one release step hands to the detectors, in event-time order."""
+
+    rows: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+    pairs: dict[str, list[tuple]]  # per version: (seq, prediction_ts, label_ts, error, score_loss | None, metric)
+
+
+class ModelMerge:
+    def __init__(self, model_id: str, progress: MergeProgress, held: list[HeldPart], wait_seconds: float):
+        self.model_id = model_id
+        self.progress = progress
+        self.held = held
+        self.wait_seconds = wait_seconds
+        self.deleted: list[HeldPart] = []  # released entirely since the last save: their rows go
+
+    def add(self, partial: Partial) -> str:
+        """Take a partial: ``"applied"``, or ``"duplicate"`` (applied before)."""
+        p = self.progress
+        expected = p.next_seq.get(partial.partition, 0)
+        if partial.seq < expected:
+            p.duplicate_partials += 1
+            return "duplicate"
+        if partial.seq > expected:
+            p.gaps += 1
+        p.next_seq[partial.partition] = partial.seq + 1
+        p.partitions = max(p.partitions, partial.partitions)
+        p.partials += 1
+        if partial.watermark_ts is not None:
+            old = p.watermarks.get(partial.partition)
+            p.watermarks[partial.partition] = partial.watermark_ts if old is None else max(old, partial.watermark_ts)
+            if p.started_ts is None:
+                p.started_ts = partial.watermark_ts
+        if partial.rows or partial.pairs:
+            self.held.append(HeldPart.of(partial))
+        return "applied"
+
+    def waited_for(self) -> tuple[float | None, list[int]]:
+        """The event time every partition still waited for has passed, and the partitions not waited for
+        (silent: more than ``wait_seconds`` of event time behind the newest)."""
+        p = self.progress
+        if not p.watermarks:
+            return None, []
+        newest = max(p.watermarks.values())
+        marks = {n: p.watermarks.get(n, p.started_ts) for n in range(p.partitions)}
+        silent = [n for n, mark in marks.items() if mark is None or mark < newest - self.wait_seconds]
+        passed = min(mark for n, mark in marks.items() if n not in silent and mark is not None)
+        return passed, silent
+
+    def release(self) -> Released:
+        """Rows and pairs up to the event time every waited-for partition has passed, ordered by event time
+        (ties: by partition, then as they came)."""
+        p = self.progress
+        passed, _ = self.waited_for()
+        if passed is None:
+            return Released({}, {})
+        if p.released_to is not None:
+            passed = max(passed, p.released_to)
+        before = p.released_to
+        rows: dict[str, list] = defaultdict(list)
+        pairs: dict[str, list] = defaultdict(list)
+        for part in self.held:
+            taken_rows, taken_pairs = part.take(passed)
+            for version, (values, ts) in taken_rows.items():
+                rows[version].append((values, ts, np.full(len(ts), part.partition)))
+            for (version, metric), arrays in taken_pairs.items():
+                pairs[version].append((arrays, metric, part.partition))
+        self.deleted += [part for part in self.held if part.empty() and part.stored]
+        self.held = [part for part in self.held if not part.empty()]
+        p.released_to = passed
+        return Released(
+            {version: self._ordered_rows(chunks, before) for version, chunks in rows.items()},
+            {version: self._ordered_pairs(chunks, before) for version, chunks in pairs.items()},
+        )
+
+    def _ordered_rows(self, chunks: list, before: float | None) -> tuple[npt.NDArray, npt.NDArray]:
+        values = np.concatenate([c[0] for c in chunks])
+        ts = np.concatenate([c[1] for c in chunks])
+        partitions = np.concatenate([c[2] for c in chunks])
+        order = np.lexsort((partitions, ts))  # stable: a partition's rows of one time keep their order
+        if before is not None:
+            self.progress.late_rows += int((ts < before).sum())
+        return values[order], ts[order]
+
+    def _ordered_pairs(self, chunks: list, before: float | None) -> list[tuple]:
+        merged = []
+        for arrays, metric, partition in chunks:
+            for seq, pts, lts, error, loss in zip(
+                arrays["seq"].tolist(),
+                arrays["prediction_ts"].tolist(),
+                arrays["label_ts"].tolist(),
+                arrays["error"].tolist(),
+                arrays["score_loss"].tolist(),
+            ):
+                merged.append((lts, partition, seq, pts, error, None if loss != loss else loss, metric))
+        merged.sort(key=lambda pair: pair[:3])
+        if before is not None:
+            self.progress.late_pairs += sum(1 for pair in merged if pair[0] < before)
+        return [(seq, pts, lts, error, loss, metric) for lts, _, seq, pts, error, loss, metric in merged]
