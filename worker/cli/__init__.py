@@ -11,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from undertow import __version__
 from undertow.errors import UndertowError
-from undertow.worker.cli import alerts, demo, models, notify, report, retrain, runs, services, status, train
+from undertow.worker.cli import alerts, db, demo, models, notify, report, retrain, runs, services, status, train
 from undertow.worker.cli.common import HelpFormatter
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"undertow {__version__}")
     parser.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL", help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (services, train, status, models, runs, alerts, report, retrain, notify, demo):
+    for group in (services, train, status, models, runs, alerts, report, retrain, notify, db, demo):
         group.add_parsers(sub)
     _global_options_everywhere(parser)
     return parser

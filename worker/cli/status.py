@@ -8,7 +8,7 @@ import logging
 from undertow.models import registry
 from undertow.models.drift.drift_state import DEPENDENCE, MULTIVARIATE, PERFORMANCE, load_state
 from undertow.models.segment_status import segment_status
-from undertow.storage import repo
+from undertow.storage import repo, retention
 from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
 
@@ -107,6 +107,7 @@ def collect_status(settings) -> dict:
             for r in repo.retrain_requests(session)
             if r.status == "open"
         ]
+        size = retention.database_size(session)
     partitions, reachable = _with_log_ends(settings, offsets)
     return {
         "models": models,
@@ -121,6 +122,7 @@ def collect_status(settings) -> dict:
         "unregistered": unregistered,
         "schema_mismatches": mismatches,
         "broker_reachable": reachable,
+        "database_bytes": size,
     }
 
 
@@ -255,9 +257,22 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    for section in (_print_models, _print_drift, _print_joins, _print_segments, _print_problems, _print_partitions):
+    for section in (
+        _print_models,
+        _print_drift,
+        _print_joins,
+        _print_segments,
+        _print_problems,
+        _print_partitions,
+        _print_database,
+    ):
         section(status)
     return 0
+
+
+def _print_database(status: dict) -> None:
+    # What retention bounds (docs/operations.md, "Retention and database size"); `undertow db prune` applies it.
+    print(f"database size: {retention.human_bytes(status['database_bytes'])}")
 
 
 def _print_models(status: dict) -> None:

@@ -45,7 +45,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from undertow.errors import InvalidEvent, StaleOffsets
-from undertow.storage import db, repo
+from undertow.storage import db, repo, retention
 from undertow.worker.runtime.batch import Batch, build_batch
 from undertow.worker.runtime.checkpoint import Checkpoint
 from undertow.worker.runtime.merge import FifoIntake, Intake
@@ -66,6 +66,13 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 ASSIGNMENT_TIMEOUT_S = 60.0
+# The growing tables each service's loop prunes (storage/retention.py): the ones it writes. The notify service
+# deletes its own deliveries (notify_retention_seconds); the other tables are bounded where they are written.
+PRUNED_BY = {
+    "monitor": ("window_results", "alerts", "retrain_requests", "partition_gaps"),
+    "trainer": ("training_runs",),
+}
+PRUNE_CHUNKS_PER_TURN = 10  # a large backlog is deleted over several turns, never holding up a batch long
 
 
 class Stage(Protocol):
@@ -139,6 +146,8 @@ class ServiceRunner:
         # benchmarks print per record. Committed and failed attempts alike.
         self.step_seconds: dict[str, float] = defaultdict(float)
         self.garbage = GarbagePacer()
+        self.pruner = retention.Pruner(self.sessions, settings.retention(), PRUNED_BY.get(service.name, ()))
+        self._next_prune = time.monotonic()  # at the first turn, then every prune_interval_seconds
 
     def request_stop(self) -> None:
         """Safe from a signal handler: only flips a flag."""
@@ -153,6 +162,24 @@ class ServiceRunner:
     def reset_stages(self) -> None:
         for stage in self.service.stages:
             stage.reset()
+
+    def prune_if_due(self) -> None:
+        """Apply the retention between batches, at most every ``prune_interval_seconds``, each chunk in its own
+        short transaction. A backlog larger than one turn's chunks goes on at the next turn; a failure is
+        logged and tried again at the next interval (pruning is never worth stopping the service for)."""
+        interval = self.settings.prune_interval_seconds
+        if not interval or not self.pruner.tables or time.monotonic() < self._next_prune:
+            return
+        started = time.perf_counter()
+        try:
+            deleted, finished = self.pruner.prune(PRUNE_CHUNKS_PER_TURN)
+        except SQLAlchemyError as exc:
+            log.warning("pruning failed (%s: %s); trying again in %.0fs", type(exc).__name__, exc, interval)
+            finished, deleted = True, {}
+        self._next_prune = time.monotonic() + (interval if finished else 0)
+        self.step_seconds["prune"] += time.perf_counter() - started
+        if any(deleted.values()):
+            log.info("pruned %s", ", ".join(f"{n} rows of {t}" for t, n in deleted.items() if n))
 
     def run(self, until_idle: float | None = None) -> int:
         # Every event allocates a handful of small objects that die with the
@@ -271,6 +298,7 @@ class _Loop:
                 continue
             for hook in self.runner.service.on_idle:
                 hook()
+            self.runner.prune_if_due()
             if until_idle is not None:
                 done = self._idle_exit(until_idle)
                 if done is not None:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from undertow.errors import ConfigError
+from undertow.storage.retention import Retention
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES
 
 ENV_PREFIX = "UNDERTOW_"
@@ -125,7 +126,33 @@ def _non_blank_secret(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
-class ServiceSettings(Settings):
+DAY = 86_400
+
+
+class RetentionSettings(Settings):
+    """How long the tables that grow with the stream keep their rows (storage/retention.py), and how often a
+    service prunes them. Event time for what the monitor derives from events, wall clock for what services do."""
+
+    retain_windows_seconds: float = Field(default=30 * DAY, gt=0)
+    retain_alerts_seconds: float = Field(default=90 * DAY, gt=0)
+    retain_retrain_requests_seconds: float = Field(default=180 * DAY, gt=0)
+    retain_training_runs_seconds: float = Field(default=365 * DAY, gt=0)
+    retain_partition_gaps_seconds: float = Field(default=90 * DAY, gt=0)
+    # Wall clock between two prunes of a running service, each in short transactions of its own; 0: never
+    # (prune with `undertow db prune` from cron instead).
+    prune_interval_seconds: float = Field(default=300, ge=0)
+
+    def retention(self) -> Retention:
+        return Retention(
+            windows_seconds=self.retain_windows_seconds,
+            alerts_seconds=self.retain_alerts_seconds,
+            retrain_requests_seconds=self.retain_retrain_requests_seconds,
+            training_runs_seconds=self.retain_training_runs_seconds,
+            partition_gaps_seconds=self.retain_partition_gaps_seconds,
+        )
+
+
+class ServiceSettings(RetentionSettings):
     """A consuming service: the consume loop's knobs."""
 
     batch_max_records: int = Field(default=5000, ge=1)
