@@ -16,6 +16,7 @@ parameters, which are configuration and not state). Parameters are checked in
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Generic, Literal, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,13 @@ def cusum_threshold_for(
     return _solve_h(run_length, arl, cusum_threshold(k, arl), at_least)
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    # Inspects the loaded libraries once: threadpool_limits does on every call, 0.65 ms here and more in the
+    # monitor's process (more libraries loaded), 2-3 times a calibration's own chain solves.
+    return ThreadpoolController()
+
+
 DISCRETE_VALUES = 64  # samples with at most this many distinct values get the lattice chain
 
 
@@ -262,7 +270,7 @@ def _solve_h(
 
     # One BLAS thread: on 150x150 solves a second one only spins (measured: the same wall time at twice
     # the CPU, taken from the monitor's other work and from the broker beside it). Same result either way.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas().limit(limits=1, user_api="blas"):
         low, f_low = 0.0, -math.inf
         if at_least > 0:
             f_low = excess(at_least)
