@@ -46,11 +46,13 @@ from pathlib import Path
 
 import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from fresh_database import fresh_database
 from ingest import register_references
 from undertow.storage import repo, retention
+from undertow.storage.tables import Base
 from undertow.worker.dev.sample import START, SampleStream, encode, rfc3339
 from undertow.worker.monitor.service import monitor_service
 from undertow.worker.runtime.batch import build_batch
@@ -168,6 +170,36 @@ def measure(runner: ServiceRunner) -> tuple[int, dict[str, int]]:
         return retention.database_size(session) or 0, retention.table_rows(session, GROWING)
 
 
+def table_bytes(session) -> dict[str, int]:
+    """Bytes of each table with its indexes: SQLite's dbstat (pages of the table and of each index on it),
+    PostgreSQL's pg_total_relation_size."""
+    if session.get_bind().dialect.name == "sqlite":
+        rows = session.execute(
+            text(
+                "SELECT m.tbl_name, sum(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
+                "GROUP BY m.tbl_name"
+            )
+        )
+    else:
+        rows = session.execute(
+            text(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                "WHERE c.relkind = 'r' AND c.relnamespace = to_regnamespace(current_schema())"
+            )
+        )
+    return {name: int(size) for name, size in rows}
+
+
+def print_table_bytes(runner: ServiceRunner) -> None:
+    with runner.sessions() as session:
+        sizes, rows = table_bytes(session), retention.table_rows(session, Base.metadata.tables)
+    print(f"{'table':<24} {'rows':>10} {'bytes':>14} {'bytes/row':>10}")
+    for name, size in sorted(sizes.items(), key=lambda item: -item[1]):
+        count = rows.get(name, 0)
+        per_row = f"{size / count:,.0f}" if count else "-"
+        print(f"{name:<24} {count:>10,} {size:>14,} {per_row:>10}")
+
+
 def prune(runner: ServiceRunner) -> dict[str, int]:
     """As the service's prune step does, turn after turn until nothing due is left."""
     total: dict[str, int] = {}
@@ -228,6 +260,7 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
             day = (events / 2) * stream.step / 86_400
             print_row(events, size, rows, day, time.perf_counter() - started)
             next_report += args.report_every
+    print_table_bytes(runner)
     runner.engine.dispose()
     print("deleted by retention: " + ", ".join(f"{t} {n:,}" for t, n in deleted.items()))
 
