@@ -18,6 +18,18 @@ at the call, naming the field, and nothing of that call is sent::
         client.log_label("churn", event_id, 0, ts=datetime.now(timezone.utc))
     # leaving the block flushed and closed the producer; client.undelivered says what was lost
 
+Records are keyed by the model id, so one monitor sees all of a model's
+events. A *spread* model (``undertow models spread --model-id M --on``: a
+model too busy for one monitor) has its events keyed by event id instead,
+so they spread over every partition; the client cannot read the registry,
+so say it: ``Client(spread=True)`` keys every record by its event id, a
+label by the same id as its prediction (the two topics are co-partitioned,
+so the pair still meets on one partition)::
+
+    with Client(bootstrap_servers="kafka:9092", spread=True) as client:
+        event_id = client.log_prediction("clicks", {"page": "home"}, 0.12)  # key: event_id
+        client.log_label("clicks", event_id, 0.0)                           # the same key, the same partition
+
 Settings not given come from the environment as for the services
 (``UNDERTOW_KAFKA_BOOTSTRAP_SERVERS``, ``UNDERTOW_TOPIC_PREFIX``,
 ``UNDERTOW_KAFKA_SECURITY_PROTOCOL``, ...): keyword arguments take the
@@ -307,8 +319,14 @@ class Client:
     the rest of the call is counted undelivered; ``delivery_timeout``: how
     long the producer retries a record; ``max_event_bytes`` and
     ``max_clock_skew`` (None: unchecked): set them as the monitor's
-    ``UNDERTOW_MAX_EVENT_BYTES`` and ``UNDERTOW_MAX_CLOCK_SKEW_SECONDS``.
-    Raises BrokerUnavailable when no broker answers, ConfigError for a bad
+    ``UNDERTOW_MAX_EVENT_BYTES`` and ``UNDERTOW_MAX_CLOCK_SKEW_SECONDS``;
+    ``spread``: key every record by its event id (a label by its
+    prediction's), for models set spread in the registry (``undertow models
+    spread``); False (the default) keys by the model id. Match the registry:
+    the monitor dead-letters records keyed by event id of a model that is
+    not spread. It is an attribute too: a server that learns of a change
+    sets ``client.spread``, and each call's records are keyed by the value
+    the call began with. Raises BrokerUnavailable when no broker answers, ConfigError for a bad
     setting.
     """
 
@@ -323,6 +341,7 @@ class Client:
         delivery_timeout: float = 60.0,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_clock_skew: float | None = 3600.0,
+        spread: bool = False,
         **security: Any,
     ):
         if max_pending < 1:
@@ -331,6 +350,7 @@ class Client:
         self.topics = Topics(self.settings.topic_prefix)
         self.max_event_bytes = max_event_bytes
         self.max_clock_skew = max_clock_skew
+        self.spread = spread
         self._max_pending = max_pending
         self._max_block = max_block
         self._state = threading.Condition()
@@ -380,7 +400,7 @@ class Client:
         except (_Refused, _ParserRefused) as exc:
             problems = _problems(exc)
             raise InvalidEvent(_refused_message("log_prediction", problems, None), problems) from None
-        self._send(self.topics.predictions, model_id, [value])
+        self._send(self.topics.predictions, model_id, [value], [event_id])
         return event_id
 
     def log_predictions(
@@ -433,7 +453,7 @@ class Client:
             values.append(value)
         if problems:
             raise InvalidEvent(_refused_message("log_predictions", problems, n), problems)
-        self._send(self.topics.predictions, model_id, values)
+        self._send(self.topics.predictions, model_id, values, ids)
         return ids
 
     def log_label(self, model_id: str, event_id: str, label: Any, *, ts: datetime | str | None = None) -> None:
@@ -450,7 +470,7 @@ class Client:
         ids = _listed(event_ids, None)
         n = len(ids)
         values_in, times = _listed(labels, n), _per_row_ts(ts, n)
-        values, problems = [], []
+        values, sent_ids, problems = [], [], []
         for i in range(n):
             try:
                 event = {
@@ -460,6 +480,7 @@ class Client:
                     "label": _target(("label",), values_in[i]),
                 }
                 values.append(_encode(event, parse_label, self.max_event_bytes))
+                sent_ids.append(event["event_id"])
             except (_Refused, _ParserRefused) as exc:
                 problems += [{**p, "loc": (i, *p["loc"])} for p in _problems(exc)]
         if problems:
@@ -467,7 +488,7 @@ class Client:
             if single:
                 problems = [{**p, "loc": p["loc"][1:]} for p in problems]
             raise InvalidEvent(_refused_message(_call, problems, None if single else n), problems)
-        self._send(self.topics.labels, model_id, values)
+        self._send(self.topics.labels, model_id, values, sent_ids)
 
     def monitored(self, model: Any, model_id: str, model_version: str | None = None) -> Monitored:
         """``model`` wrapped so that ``predict(X)`` also logs: returns (predictions, event ids)."""
@@ -544,8 +565,12 @@ class Client:
             event["scores"] = row_scores
         return event_id, _encode(event, parse_prediction, self.max_event_bytes)
 
-    def _send(self, topic: str, model_id: str, values: list[bytes]) -> None:
+    def _send(self, topic: str, model_id: str, values: list[bytes], event_ids: list[str]) -> None:
         key = model_id.encode()  # validated by the parser: the pattern allows ASCII only
+        # A spread model's records are keyed by their event id (validated: text without control characters), a
+        # label by its prediction's, so the pair meets on one partition of the co-partitioned topics. Read once:
+        # a call's records are keyed alike even if another thread changes the setting meanwhile.
+        keys = [event_id.encode() for event_id in event_ids] if self.spread else None
         for i, value in enumerate(values):
             if not self._reserve():
                 self._lost(
@@ -553,7 +578,7 @@ class Client:
                 )
                 return
             try:
-                future = self._producer.send(topic, key=key, value=value)
+                future = self._producer.send(topic, key=key if keys is None else keys[i], value=value)
             except KafkaError as exc:  # metadata missing for max_block, a record over max_request_size
                 self._unreserve()
                 if isinstance(exc, KafkaTimeoutError):

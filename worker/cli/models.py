@@ -1,4 +1,4 @@
-"""``undertow models``: register, list, show, promote, roll back, the champion history, model cards."""
+"""``undertow models``: register, list, show, promote, roll back, spread, the champion history, model cards."""
 
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ def cmd_models_register(args) -> int:
             card=card or None,
             segments=segments,
         )
+        # A model's setting, not a version's: without --spread a new version leaves it as it is.
+        was_spread = _set_spread(session, row.model_id, True) if args.spread else None
         summary = {
             "model_id": row.model_id,
             "version": row.version,
@@ -74,9 +76,12 @@ def cmd_models_register(args) -> int:
             "baseline_error_mean": row.baseline_error_mean,
             "baseline_error_std": row.baseline_error_std,
             "drift_config": config.model_dump(),
+            "spread": bool(args.spread) or registry.is_spread(session, row.model_id),
         }
         if segments is not None:
             summary["segments"] = _shown_segments(segments)
+    if was_spread is False:  # a registered model switched on: the same warning as `models spread --on`
+        print(_SWITCH_WARNING[True], file=sys.stderr)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -195,6 +200,7 @@ def cmd_models_list(args) -> int:
 
     with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
         registry.require_registered(session, args.model_id)
+        spread = registry.spread_models(session)
         rows = [
             {
                 "model_id": r.model_id,
@@ -202,6 +208,7 @@ def cmd_models_list(args) -> int:
                 "stage": r.stage,
                 "artifact_sha256": r.artifact_sha256,
                 "registered_at": iso(r.created_at),
+                "spread": r.model_id in spread,
             }
             for r in registry.list_versions(session, args.model_id)
         ]
@@ -210,7 +217,52 @@ def cmd_models_list(args) -> int:
     elif not rows:
         print("no model registered yet")
     for r in [] if args.json else rows:
-        print("  ".join(f"{k}={'-' if v is None else v}" for k, v in r.items()))
+        print("  ".join(f"{k}={_shown_value(v)}" for k, v in r.items()))
+    return 0
+
+
+def _shown_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+# One line each, on stderr, when a model is switched: what happens to the events already on their way.
+_SWITCH_WARNING = {
+    True: "warning: labels of predictions sent before the switch (keyed by model id) may land on another "
+    "partition than their prediction and expire unjoined (counted as expired): switch at a quiet time, the "
+    "registry first, then your own producers (Client(spread=True)); `undertow serve` follows within "
+    "UNDERTOW_REGISTRY_CHECK_SECONDS",
+    False: "warning: the monitor now dead-letters events still keyed by event id (replayable from the .DLT "
+    "topics): switch off at a quiet time, your own producers first (Client(spread=False)), then the registry; "
+    "`undertow serve` follows within UNDERTOW_REGISTRY_CHECK_SECONDS",
+}
+
+
+def _set_spread(session, model_id: str, spread: bool) -> bool:
+    """Set a registered model spread or not (NotFound, naming the registered ids, for any other); the setting
+    it had."""
+    from undertow.models import registry
+
+    registry.require_registered(session, model_id)
+    was = registry.is_spread(session, model_id)
+    registry.set_spread(session, model_id, spread)
+    return was
+
+
+def cmd_models_spread(args) -> int:
+    from undertow.models.ids import check_id
+
+    check_id(args.model_id, "--model-id")
+    with database(settings_from(args), must_exist=True) as sessions, sessions.begin() as session:
+        was = _set_spread(session, args.model_id, args.spread)
+    word = {True: "on", False: "off"}
+    if was == args.spread:
+        print(f"{args.model_id}: spread is already {word[was]}; nothing changed")
+        return 0
+    now = "its events are keyed by event id, over every partition" if args.spread else "keyed by model id again"
+    print(f"{args.model_id}: spread {word[was]} -> {word[args.spread]} ({now})")
+    print(_SWITCH_WARNING[args.spread], file=sys.stderr)
     return 0
 
 
@@ -248,6 +300,7 @@ def cmd_models_show(args) -> int:
             "drift_config": json.loads(row.drift_config),
             "test_set_rows": len(json.loads(row.test_set)["targets"]) if row.test_set else 0,
             "importance": json.loads(row.profile).get("importance"),  # shares of permutation importance
+            "spread": registry.is_spread(session, row.model_id),  # the model's setting, not the version's
         }
         segmentation = load_segmentation(row.segments)
         if segmentation is not None:  # drift per segment: models register --segment-by
@@ -420,7 +473,7 @@ def add_parsers(sub) -> None:
     p = command(
         sub,
         "models",
-        "the model registry: register, list, show, promote, roll back, history, cards",
+        "the model registry: register, list, show, promote, roll back, spread, history, cards",
         "undertow models list --model-id churn",
     )
     models_sub = p.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
@@ -461,6 +514,7 @@ def add_parsers(sub) -> None:
             p.add_argument("--version", required=True)
         p.add_argument("--reason", required=True, help="why, for the history")
         p.set_defaults(func=func)
+    _add_spread(models_sub)
     p = command(
         models_sub,
         "history",
@@ -490,6 +544,27 @@ def add_parsers(sub) -> None:
     p.add_argument("--version", help="default: the champion")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown", help="default: %(default)s")
     p.set_defaults(func=cmd_models_card)
+
+
+def _add_spread(models_sub) -> None:
+    p = command(
+        models_sub,
+        "spread",
+        "spread a model's events over every partition, keyed by event id (--on), or keep them on one (--off)",
+        "undertow models spread --model-id clicks --on",
+    )
+    add_connection_flags(p, "db")
+    p.add_argument("--model-id", required=True)
+    switch = p.add_mutually_exclusive_group(required=True)
+    switch.add_argument(
+        "--on",
+        dest="spread",
+        action="store_const",
+        const=True,
+        help="spread: `undertow serve` keys its events by event id (give Client(spread=True) to your own producers)",
+    )
+    switch.add_argument("--off", dest="spread", action="store_const", const=False, help="one partition, by model id")
+    p.set_defaults(func=cmd_models_spread)
 
 
 def _add_register(models_sub) -> None:
@@ -542,6 +617,12 @@ def _add_register(models_sub) -> None:
         type=int,
         metavar="K",
         help="segments kept with --segment-by, most reference rows first (default 20); the rest are __other__",
+    )
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="key the model's events by event id, over every partition (a model too busy for one monitor; "
+        "a setting of the model, kept by later versions: `undertow models spread` changes it)",
     )
     add_drift_flags(p)
     p.set_defaults(func=cmd_models_register)

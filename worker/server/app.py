@@ -5,7 +5,9 @@ Routes: ``POST /predict``, ``POST /labels``, ``GET /health/live``,
 FastAPI's ``/docs``. The body is read and validated on the event loop
 (cheap); the model runs in the thread pool. The answer never waits for
 Kafka (``EventEmitter``), and the served version follows the registry's
-champion (``PromotionFollower``).
+champion (``PromotionFollower``). Events are keyed by model id, or by event id
+when the registry says the model is spread (read at start-up and with every
+registry check: ``ModelSlot.spread``); a label by its prediction's event id.
 
 The two POST routes take only JSON (415) and, with ``UNDERTOW_SERVER_TOKEN``
 set, a bearer token (401); health and metrics stay open. Every record is
@@ -108,10 +110,18 @@ def _parse(model: type[_Request], body: bytes) -> _Request:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
+def _keys(spread: bool, model_key: bytes) -> Callable[[str], bytes]:
+    """A request's Kafka keys by event id: the event id itself for a spread model (so a label meets its
+    prediction on the same partition number of the co-partitioned topics), else the model id."""
+    if spread:
+        return lambda event_id: event_id.encode()  # validated: text without control characters
+    return lambda _event_id: model_key
+
+
 def _emit_predictions(
     emitter: EventEmitter,
     topic: str,
-    key: bytes,
+    key: Callable[[str], bytes],
     records: list[tuple[str, bytes]],
     predictions: list[Any],
     scores: list[Any] | None,
@@ -119,12 +129,23 @@ def _emit_predictions(
     """Emit every record (all were checked valid first); the answer per row."""
     answers = []
     for i, (event_id, value) in enumerate(records):
-        emitter.emit("prediction", topic, key, value)
+        emitter.emit("prediction", topic, key(event_id), value)
         answer = {"event_id": event_id, "prediction": predictions[i]}
         if scores is not None:
             answer["scores"] = scores[i]
         answers.append(answer)
     return answers
+
+
+def _first_spread(follower: PromotionFollower) -> None:
+    """Read the spread setting once before serving; on failure keep keying by model id (which the monitor
+    accepts for every model) and let the follower's checks retry."""
+    try:
+        follower.sync_spread()
+    except Exception as exc:  # noqa: BLE001 - a database hiccup at start-up must not stop serving
+        log.error(
+            "reading whether %s is spread failed (%s); keying by model id until the next check", follower.model_id, exc
+        )
 
 
 def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
@@ -156,7 +177,9 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             settings.registry_check_seconds,
             settings.max_batch_rows,
             settings.model_threads,
-        ).start()
+        )
+        _first_spread(follower)  # before the first request: a spread model's first events keyed by event id too
+        follower.start()
         app.state.emitter = emitter
         try:
             yield
@@ -209,7 +232,8 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
             max_event_bytes,
             batch=parsed.instances is not None,
         )
-        answers = _emit_predictions(request.app.state.emitter, topics.predictions, key, records, predictions, scores)
+        keys = _keys(slot.spread, key)  # read once: one request's events are keyed alike
+        answers = _emit_predictions(request.app.state.emitter, topics.predictions, keys, records, predictions, scores)
         metrics.predictions.inc(len(answers))
         return {"model_id": model_id, "model_version": served.version, "predictions": answers}
 
@@ -218,8 +242,9 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
         gate.check(request)
         body = _parse(LabelsRequest, await read_body(request))
         records = label_records(model_id, cloudevents.rfc3339(time.time()), body.labels, max_event_bytes)
-        for value in records:
-            request.app.state.emitter.emit("label", topics.labels, key, value)
+        keys = _keys(slot.spread, key)
+        for item, value in zip(body.labels, records):
+            request.app.state.emitter.emit("label", topics.labels, keys(item.event_id), value)
         return {"accepted": len(records)}
 
     @app.get("/health/live")
@@ -237,6 +262,7 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
                 "model_id": model_id,
                 "model_version": served.version,
                 "artifact_sha256": served.artifact_sha256,
+                "keyed_by": "event_id" if slot.spread else "model_id",
             }
         )
 

@@ -9,6 +9,10 @@ version that fails to load is logged, counted and not tried again; the
 previous version keeps serving. The registry is also checked every
 ``check_seconds``, so a missed event (broker away) only delays a swap.
 
+Each check also reads whether the model is *spread* (``undertow models
+spread``): the server then keys its events by event id instead of model id.
+There is no event for that setting: a change is seen within ``check_seconds``.
+
 The first version is not the follower's: ``load_champion`` loads it before
 the server binds its port, and ``undertow serve`` exits saying why when it
 cannot (no such model, no artifact, an artifact that will not load), rather
@@ -68,10 +72,15 @@ def _no_champion(session: Session, model_id: str) -> NotFound:
 
 
 class ModelSlot:
-    """The one reference to the version being served; reading it is atomic, so is the swap."""
+    """The one reference to the version being served; reading it is atomic, so is the swap.
+
+    ``spread``: whether the registry says the model is spread, i.e. its events are keyed by event id (read
+    once per request, so one request's events are keyed alike).
+    """
 
     def __init__(self) -> None:
         self.current: ServedModel | None = None
+        self.spread = False
 
 
 class PromotionFollower:
@@ -102,9 +111,29 @@ class PromotionFollower:
         self._stop.set()
         self._thread.join(5)
 
+    def sync_spread(self, session: Session | None = None) -> bool:
+        """Key events as the registry says (spread or not); True when that changed, which is logged."""
+        if session is None:
+            with self.sessions() as own:
+                return self.sync_spread(own)
+        spread = registry.is_spread(session, self.model_id)
+        if spread == self.slot.spread:
+            return False
+        self.slot.spread = spread
+        log.info(
+            "model %s: %s",
+            self.model_id,
+            "spread: events are now keyed by event id (over every partition)"
+            if spread
+            else "no longer spread: events are now keyed by model id (one partition)",
+        )
+        return True
+
     def sync(self) -> bool:
-        """Serve the registry's champion if it is not served yet; True when a swap happened."""
+        """Serve the registry's champion if it is not served yet, and key events as the registry says; True
+        when a swap happened."""
         with self.sessions() as session:
+            self.sync_spread(session)
             version = registry.champions(session, [self.model_id]).get(self.model_id)
             current = self.slot.current
             if version is None or (current is not None and current.version == version):
