@@ -16,12 +16,26 @@ worker.cli monitor``), in separate processes.
    the run then checks that every model's committed count is exactly what
    was produced, with no duplicates counted.
 
+With ``--hot``, one hot model instead of many: a spread model (its events
+keyed by event id, so they fill all 6 partitions) with labels (lognormal
+delays) and a drift halfway (an input shifts and the error grows), through:
+one monitor with the model not spread (keyed by model id: the decisions to
+compare with), then spread over 1, 2 and 3 monitors (each merging through the
+merge topic), then 2 with one killed mid-stream. Printed: records/s of each,
+the ratio to one monitor, whether counts are exact after the kill, and the
+drifts found (alert type, input or metric, severity, episode) against the
+unspread run's.
+
     .venv/bin/python bench/scale.py [--events N] [--models M] [--db-url URL]
+    .venv/bin/python bench/scale.py --hot [--events N]
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import json
+import math
 import os
 import signal
 import subprocess
@@ -29,13 +43,20 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+from kafka import KafkaProducer
 from sqlalchemy import create_engine, text
 
 from fresh_database import fresh_database
 from ingest import produce, register_references
+from undertow.models import registry
+from undertow.models.reference import load_reference
+from undertow.storage import db
 from undertow.worker.dev.broker import EmbeddedBroker
+from undertow.worker.dev.sample import SampleStream, write_reference_csv
 from undertow.worker.runtime.settings import MonitorSettings, load_settings
 from undertow.worker.runtime.topics import Topics, ensure_topics
 from undertow.worker.runtime.transport import make_admin
@@ -45,6 +66,9 @@ PARTITIONS = 6
 FEATURES = 10
 POLL_S = 0.1
 TICKS = os.sysconf("SC_CLK_TCK")
+HOT = "hot"  # the hot model's id
+HOT_FEATURES = 10
+HOT_RATE = 5000.0  # its predictions per second of event time
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,6 +97,44 @@ class Phase:
         admin.close()
         self.reader = create_engine(db_url)
         self.processes: list[subprocess.Popen] = []
+
+    def produce_hot(self, n: int, spread: bool) -> dict[str, int]:
+        """The hot model's stream: n predictions and their labels; counts (predictions + labels)."""
+        written = produce_hot(self.bootstrap, self.topics, n, spread)
+        return {HOT: written}
+
+    def register_hot(self, spread: bool) -> None:
+        csv_path = self.workdir / "hot-reference.csv"
+        write_reference_csv(SampleStream(n_features=HOT_FEATURES, seed=2, model_id=HOT), csv_path, 20_000)
+        reference = load_reference(csv_path, target="target", prediction="prediction")
+        engine = db.make_engine(self.db_url)
+        db.migrate(engine)
+        with db.make_session_factory(engine).begin() as session:
+            registry.register(
+                session,
+                model_id=HOT,
+                profile=reference.profile,
+                artifacts_dir=self.workdir / "artifacts",
+                baseline_error=reference.baseline_error,
+                error_sample=reference.error_sample,
+                data_sha256=reference.data_sha256,
+                drift_config=registry.DriftConfig(window_size=2000),
+            )
+            if spread:
+                registry.set_spread(session, HOT, True)
+        engine.dispose()
+
+    def found(self) -> set[tuple]:
+        """The drifts found: (alert type, input or metric, severity, episode)."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(text("SELECT cloudevent FROM alerts")).scalars().all()
+        found = set()
+        for row in rows:
+            event = json.loads(row)
+            data = event["data"]
+            subject = data.get("feature") or data.get("metric") or ""
+            found.add((event["type"].removeprefix("undertow."), subject, data["severity"], data.get("episode", "")))
+        return found
 
     def produce(self, n: int) -> dict[str, int]:
         """The stream (ingest.py's, predictions only); how many predictions each model got."""
@@ -112,9 +174,13 @@ class Phase:
         return proc
 
     def counts(self) -> dict[str, tuple[int, int]]:
+        """Per model: records counted (predictions, and labels for the hot model), duplicates."""
         with self.reader.connect() as conn:
             return {
-                m: (p, d) for m, p, d in conn.execute(text("SELECT model_id, predictions, duplicates FROM model_stats"))
+                m: (p + (labels if m == HOT else 0), d)
+                for m, p, labels, d in conn.execute(
+                    text("SELECT model_id, predictions, labels, duplicates FROM model_stats")
+                )
             }
 
     def processed(self) -> int:
@@ -171,6 +237,123 @@ def run_phase(
         phase.stop()
 
 
+def produce_hot(servers: str, topics: Topics, n: int, spread: bool, seed: int = 11) -> int:
+    """n predictions of the hot model, 5,000 per second of event time, and their labels after a lognormal
+    number of predictions (median 200); from the middle on, x0 shifts by 1 sd and the labels by 1 sd. Keyed
+    by event id when spread, else by model id. Returns the records written."""
+    rng = np.random.default_rng(seed)
+    stream = SampleStream(n_features=HOT_FEATURES, seed=seed, model_id=HOT)
+    half = n // 2
+    x, regions, prediction, label = stream.rows(n)
+    x[half:, 0] += 1.0
+    prediction[half:] += stream.weights[0]  # the model sees the shifted input...
+    label[half:] += stream.weights[0] + 1.0  # ...and the world moved further
+    delays = rng.lognormal(mean=math.log(200), sigma=1.5, size=n).astype(int)
+    start = 1_790_000_000.0
+    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
+    due: list[tuple[int, int]] = []
+    written = 0
+
+    def send(topic: str, event: dict) -> None:
+        nonlocal written
+        key = event["event_id"] if spread else HOT
+        producer.send(topic, key=key.encode(), value=json.dumps(event, separators=(",", ":")).encode())
+        written += 1
+
+    for i in range(n):
+        ts = start + i / HOT_RATE
+        features = {name: round(float(v), 6) for name, v in zip(stream.names, x[i])}
+        features["region"] = str(regions[i])
+        event_id = f"hot-{seed}-{i}"
+        send(
+            topics.predictions,
+            {
+                "event_id": event_id,
+                "model_id": HOT,
+                "ts": _rfc3339(ts),
+                "features": features,
+                "prediction": round(float(prediction[i]), 6),
+            },
+        )
+        heapq.heappush(due, (i + int(delays[i]), i))
+        while due and (due[0][0] <= i or i == n - 1):
+            _, j = heapq.heappop(due)
+            send(
+                topics.labels,
+                {
+                    "event_id": f"hot-{seed}-{j}",
+                    "model_id": HOT,
+                    "ts": _rfc3339(start + max(i, j) / HOT_RATE),
+                    "label": round(float(label[j]), 6),
+                },
+            )
+    producer.flush()
+    producer.close()
+    return written
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def run_hot_phase(
+    broker, db_url: str, workdir: Path, events: int, monitors: int, spread: bool, kill_at: float | None = None
+) -> tuple[float, list[float], bool, set[tuple]]:
+    """One phase of the hot model: rate, CPU shares, counts exact, drifts found."""
+    phase = Phase(broker, db_url, workdir, 1)
+    try:
+        sent = phase.produce_hot(events, spread)
+        phase.register_hot(spread)
+        for _ in range(monitors):
+            phase.start_monitor()
+        rate, shares = phase.timed_rate(sent[HOT], kill_at)
+        exact = phase.counts() == {HOT: (sent[HOT], 0)}
+        return rate, shares, exact, phase.found()
+    finally:
+        phase.stop()
+
+
+def main_hot(args) -> int:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="undertow-scale-") as tmp, EmbeddedBroker() as broker:
+        workdir = Path(tmp)
+        for name, monitors, spread, kill_at in (
+            ("not spread, 1 monitor", 1, False, None),
+            ("spread, 1 monitor", 1, True, None),
+            ("spread, 2 monitors", 2, True, None),
+            ("spread, 3 monitors", 3, True, None),
+            ("spread, 2 monitors, one killed at 40 %", 2, True, 0.4),
+        ):
+            with fresh_database(args.db_url, workdir) as db_url:
+                rate, shares, exact, found = run_hot_phase(
+                    broker, db_url, workdir, args.events, monitors, spread, kill_at
+                )
+            rows.append((name, rate, shares, exact, found))
+            print(
+                f"{name}: {rate:,.0f} records/s, CPU {', '.join(f'{s:.2f}' for s in shares)}, "
+                f"counts {'exact' if exact else 'WRONG'}, {len(found)} drifts found",
+                flush=True,
+            )
+    base_found = rows[0][4]
+    one = rows[1][1]
+    print(
+        f"\none hot model, {args.events:,} predictions and their labels, {PARTITIONS} partitions, "
+        f"{HOT_FEATURES} inputs, PostgreSQL, {os.cpu_count()} cores"
+    )
+    print(f"{'phase':<42}{'records/s':>11}{'/ spread x1':>13}{'counts':>8}  drifts found vs not spread")
+    for name, rate, _, exact, found in rows:
+        same = (
+            "same"
+            if found == base_found
+            else f"missing {sorted(base_found - found)}, extra {sorted(found - base_found)}"
+        )
+        print(f"{name:<42}{rate:>11,.0f}{rate / one:>13.2f}{'exact' if exact else 'WRONG':>8}  {same}")
+    print("drifts found (not spread):")
+    for item in sorted(base_found):
+        print("  ", *item)
+    return 0 if all(row[3] for row in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=150_000)
@@ -178,9 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--db-url", default=os.environ.get("UNDERTOW_DB_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     )
+    parser.add_argument("--hot", action="store_true", help="one hot (spread) model instead of many")
     args = parser.parse_args(argv)
     if not args.db_url.startswith("postgresql"):
         parser.error("scale-out needs PostgreSQL: SQLite takes one monitor per file")
+    if args.hot:
+        return main_hot(args)
 
     with tempfile.TemporaryDirectory(prefix="undertow-scale-") as tmp, EmbeddedBroker() as broker:
         workdir = Path(tmp)

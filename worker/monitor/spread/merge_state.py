@@ -155,10 +155,14 @@ class ModelMerge:
         if not p.watermarks:
             return None, []
         newest = max(p.watermarks.values())
-        marks = {n: p.watermarks.get(n, p.started_ts) for n in range(p.partitions)}
-        silent = [n for n, mark in marks.items() if mark is None or mark < newest - self.wait_seconds]
-        passed = min(mark for n, mark in marks.items() if n not in silent and mark is not None)
-        return passed, silent
+        horizon = newest - self.wait_seconds
+        # A partition that never sent holds everything back until the merge has run wait_seconds of event time.
+        unseen = [n for n in range(p.partitions) if n not in p.watermarks]
+        if unseen and p.started_ts is not None and p.started_ts >= horizon:
+            return None, []
+        silent = unseen + [n for n, mark in p.watermarks.items() if mark < horizon]
+        passed = min(mark for n, mark in p.watermarks.items() if mark >= horizon)
+        return passed, sorted(silent)
 
     def release(self) -> Released:
         """Rows and pairs up to the event time every waited-for partition has passed, ordered by event time
