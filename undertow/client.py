@@ -326,8 +326,8 @@ class Client:
     the monitor dead-letters records keyed by event id of a model that is
     not spread. It is an attribute too: a server that learns of a change
     sets ``client.spread``, and each call's records are keyed by the value
-    the call began with. Raises BrokerUnavailable when no broker answers, ConfigError for a bad
-    setting.
+    the call began with. Raises BrokerUnavailable when no broker answers,
+    ConfigError for a bad setting.
     """
 
     def __init__(
