@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from undertow.worker.runtime.events import PredictionEvent
+
 SPREAD = "spread"  # batch.shared: the SpreadCollector of the batch
 
 # labelled_pairs.seq of a spread model's pair: its number on the partition times this, plus the partition, so
@@ -46,12 +48,6 @@ class PartitionPart:
         default_factory=lambda: defaultdict(list)
     )
     pairs: dict[tuple[str, str], list] = field(default_factory=lambda: defaultdict(list))  # (version, metric)
-
-    def saw(self, epoch: float) -> None:
-        if self.min_ts is None or epoch < self.min_ts:
-            self.min_ts = epoch
-        if self.max_ts is None or epoch > self.max_ts:
-            self.max_ts = epoch
 
 
 class SpreadCollector:
@@ -90,11 +86,15 @@ class SpreadCollector:
                 rest.append(item)
                 continue
             part = self.parts[(event.model_id, item[0].partition)]
-            if event.__class__.__name__ == "PredictionEvent":
+            if event.__class__ is PredictionEvent:
                 part.predictions += 1
             else:
                 part.labels += 1
-            part.saw(event.epoch)
+            epoch = event.epoch
+            if part.min_ts is None or epoch < part.min_ts:
+                part.min_ts = epoch
+            if part.max_ts is None or epoch > part.max_ts:
+                part.max_ts = epoch
         lowest = min((partition for _, partition in partitions), default=0)
         for model_id in [m for m in duplicates if m in models]:
             self.parts[(model_id, lowest)].duplicates += duplicates.pop(model_id)

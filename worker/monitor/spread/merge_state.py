@@ -200,17 +200,24 @@ class ModelMerge:
         return values[order], ts[order]
 
     def _ordered_pairs(self, chunks: list, before: float | None) -> list[tuple]:
-        merged = []
-        for arrays, metric, partition in chunks:
-            for seq, pts, lts, error, loss in zip(
-                arrays["seq"].tolist(),
-                arrays["prediction_ts"].tolist(),
-                arrays["label_ts"].tolist(),
-                arrays["error"].tolist(),
-                arrays["score_loss"].tolist(),
-            ):
-                merged.append((lts, partition, seq, pts, error, None if loss != loss else loss, metric))
-        merged.sort(key=lambda pair: pair[:3])
+        """(seq, prediction_ts, label_ts, error, score_loss | None, metric) by label time, then partition, then
+        seq (a partition's join order)."""
+        label_ts = np.concatenate([c[0]["label_ts"] for c in chunks])
+        partitions = np.concatenate([np.full(len(c[0]["seq"]), c[2]) for c in chunks])
+        seq = np.concatenate([c[0]["seq"] for c in chunks])
+        order = np.lexsort((seq, partitions, label_ts))
         if before is not None:
-            self.progress.late_pairs += sum(1 for pair in merged if pair[0] < before)
-        return [(seq, pts, lts, error, loss, metric) for lts, _, seq, pts, error, loss, metric in merged]
+            self.progress.late_pairs += int((label_ts < before).sum())
+        metrics = np.concatenate([np.full(len(c[0]["seq"]), i) for i, c in enumerate(chunks)])[order].tolist()
+        names = [c[1] for c in chunks]
+        losses = np.concatenate([c[0]["score_loss"] for c in chunks])[order]
+        return list(
+            zip(
+                seq[order].tolist(),
+                np.concatenate([c[0]["prediction_ts"] for c in chunks])[order].tolist(),
+                label_ts[order].tolist(),
+                np.concatenate([c[0]["error"] for c in chunks])[order].tolist(),
+                [None if loss != loss else loss for loss in losses.tolist()],  # NaN: no scores came
+                [names[i] for i in metrics],
+            )
+        )
