@@ -27,8 +27,15 @@ def partition_state(session: Session, model_id: str, partition: int) -> SpreadPa
 
 
 def save_partition_state(
-    session: Session, model_id: str, partition: int, next_partial: int, watermark_ts: float | None, joined: int
+    session: Session,
+    model_id: str,
+    partition: int,
+    next_partial: int,
+    watermarks: tuple[float | None, float | None],
+    joined: int,
 ) -> None:
+    """``watermarks``: the newest prediction time and label time seen on the partition."""
+    watermark_ts, label_watermark_ts = watermarks
     row = session.get(SpreadPartitionState, (model_id, partition))
     if row is None:
         session.add(
@@ -37,11 +44,13 @@ def save_partition_state(
                 partition=partition,
                 next_partial=next_partial,
                 watermark_ts=watermark_ts,
+                label_watermark_ts=label_watermark_ts,
                 joined=joined,
             )
         )
     else:
-        row.next_partial, row.watermark_ts, row.joined = next_partial, watermark_ts, joined
+        row.next_partial, row.joined = next_partial, joined
+        row.watermark_ts, row.label_watermark_ts = watermark_ts, label_watermark_ts
 
 
 def partition_states(session: Session, model_id: str | None = None) -> list[SpreadPartitionState]:

@@ -504,7 +504,8 @@ class SpreadPartitionState(Base):
     model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     next_partial: Mapped[int] = mapped_column(BigInteger, default=0)  # the sequence number of its next partial
-    watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest event time seen on the partition
+    watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest prediction time seen on the partition
+    label_watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest label time
     joined: Mapped[int] = mapped_column(BigInteger, default=0)  # pairs joined on the partition
 
 

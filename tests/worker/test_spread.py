@@ -14,15 +14,20 @@ from __future__ import annotations
 import json
 import zlib
 
+import numpy as np
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import text
 
 from tests.conftest import Env
+from undertow.errors import InvalidEvent
 from undertow.models import registry
 from undertow.storage import db
 from undertow.worker.dev.sample import SampleStream, encode
 from undertow.worker.monitor.service import monitor_service
+from undertow.worker.monitor.spread.merge_state import MergeProgress, ModelMerge
+from undertow.worker.monitor.spread.partial import FORMAT_HEADER, Partial, RowsPart, decode, pack
+from undertow.worker.monitor.spread.progress import spread_status
 from undertow.worker.runtime.batch import build_batch
 from undertow.worker.runtime.service import ServiceRunner
 from undertow.worker.runtime.topics import Topics
@@ -110,7 +115,16 @@ def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False) -> 
         pairs = conn.execute(text("SELECT count(*) FROM labelled_pairs")).scalar()
         requests = conn.execute(text("SELECT count(*) FROM retrain_requests")).scalar()
         pending = conn.execute(text("SELECT count(*) FROM merge_pending")).scalar()
-    return {"alerts": alerts, "counts": counts, "pairs": pairs, "requests": requests, "pending": pending}
+    with db.make_session_factory(env.engine).begin() as session:
+        status = spread_status(session, env.settings.spread_merge_wait_seconds)
+    return {
+        "alerts": alerts,
+        "counts": counts,
+        "pairs": pairs,
+        "requests": requests,
+        "pending": pending,
+        "status": status,
+    }
 
 
 def _found(alerts: list[dict]) -> set[tuple]:
@@ -137,6 +151,12 @@ def test_a_spread_model_finds_the_drifts_one_partition_finds(make_env, one):
     assert _found(spread["alerts"]) == _found(one["alerts"])
     assert {"undertow.drift.data", "undertow.drift.concept"} <= {a["type"] for a in one["alerts"]}
     assert spread["requests"] == one["requests"] >= 1
+    assert one["status"] == []
+    (status,) = spread["status"]
+    assert [p["partition"] for p in status["partitions"]] == list(range(PARTITIONS))
+    assert all(p["waited_for"] and p["watermark"] for p in status["partitions"])
+    assert status["late_rows"] == status["late_pairs"] == status["duplicate_partials"] == 0
+    assert status["held_rows"] + status["held_pairs"] > 0  # the newest, until every partition has passed them
 
 
 def test_batch_boundaries_and_partials_delivered_twice_change_nothing(make_env):
@@ -144,3 +164,59 @@ def test_batch_boundaries_and_partials_delivered_twice_change_nothing(make_env):
     other = _run(make_env(), spread=True, batch_size=1111, twice=True)
     assert other["counts"] == first["counts"]
     assert [a["id"] for a in other["alerts"]] == [a["id"] for a in first["alerts"]]
+    assert other["status"][0]["duplicate_partials"] == other["status"][0]["partials"] > 0
+
+
+def _partial(partition: int, seq: int, ts: list[float], partitions: int = 3) -> Partial:
+    rows = np.array([[t, float(partition)] for t in ts])
+    return Partial(
+        model_id="hot",
+        partition=partition,
+        partitions=partitions,
+        seq=seq,
+        watermark_ts=max(ts),
+        predictions=len(ts),
+        rows=[RowsPart(version="1", width=2, rows=pack(rows), ts=pack(ts))],
+    )
+
+
+def _released_ts(merge: ModelMerge) -> list[float]:
+    released = merge.release().rows
+    return [] if "1" not in released else released["1"][1].tolist()
+
+
+def test_the_merge_waits_for_every_partition_then_not_for_a_silent_one():
+    merge = ModelMerge("hot", MergeProgress(partitions=3), [], wait_seconds=10.0)
+    merge.add(_partial(0, 0, [1.0, 2.0, 3.0]))
+    merge.add(_partial(1, 0, [1.5, 2.5]))
+    assert _released_ts(merge) == []  # partition 2 never sent, and less than 10 s passed
+    merge.add(_partial(2, 0, [0.5, 2.2]))
+    assert _released_ts(merge) == [0.5, 1.0, 1.5, 2.0, 2.2]  # in event-time order, up to the slowest (2.2)
+    merge.add(_partial(0, 1, [20.0]))
+    merge.add(_partial(1, 1, [21.0]))
+    # Partition 2 is now over 10 s behind the newest (21): silent, not waited for.
+    assert _released_ts(merge) == [2.5, 3.0, 20.0]
+    assert merge.waited_for() == (20.0, [2])
+    merge.add(_partial(2, 1, [4.0]))  # it catches up: merged as it comes, counted late
+    assert _released_ts(merge) == [4.0]
+    assert merge.progress.late_rows == 1
+
+
+def test_a_partial_applied_before_is_dropped():
+    merge = ModelMerge("hot", MergeProgress(partitions=1), [], wait_seconds=10.0)
+    assert merge.add(_partial(0, 0, [1.0], partitions=1)) == "applied"
+    assert merge.add(_partial(0, 0, [1.0], partitions=1)) == "duplicate"
+    assert _released_ts(merge) == [1.0]
+    assert merge.progress.partials == 1 and merge.progress.duplicate_partials == 1
+
+
+def test_a_partial_that_is_not_one_is_refused_in_one_line():
+    with pytest.raises(InvalidEvent, match="partial format"):
+        decode(b"{}", [])
+    with pytest.raises(InvalidEvent, match="invalid partial"):
+        decode(b'{"model_id": "hot"}', [(FORMAT_HEADER, b"1")])
+    bad = _partial(0, 0, [1.0]).model_copy(
+        update={"rows": [RowsPart(version="1", width=3, rows=pack([1.0]), ts=pack([1.0, 2.0]))]}
+    )
+    with pytest.raises(InvalidEvent, match="invalid partial"):
+        decode(bad.model_dump_json().encode(), [(FORMAT_HEADER, b"1")])

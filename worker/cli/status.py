@@ -11,11 +11,13 @@ from undertow.models.segment_status import segment_status
 from undertow.storage import repo, retention
 from undertow.storage.tables import OTHER_UNREGISTERED
 from undertow.worker.cli.common import add_connection_flags, database, iso, settings_from
+from undertow.worker.monitor.spread.progress import print_spread, spread_status
+from undertow.worker.runtime.settings import MonitorSettings
 
 log = logging.getLogger("undertow")
 
 
-def collect_status(settings) -> dict:
+def collect_status(settings: MonitorSettings) -> dict:
     with database(settings, must_exist=True) as sessions, sessions.begin() as session:
         stats = repo.model_stats(session)
         registered = registry.registered(session, [m.model_id for m in stats])
@@ -108,6 +110,7 @@ def collect_status(settings) -> dict:
             if r.status == "open"
         ]
         size = retention.database_size(session)
+        spread = spread_status(session, settings.spread_merge_wait_seconds)
     partitions, reachable = _with_log_ends(settings, offsets)
     return {
         "models": models,
@@ -116,6 +119,7 @@ def collect_status(settings) -> dict:
         "data_checks": checks,
         "concept": concept,
         "segments": segments,
+        "spread": spread,
         "open_retrain_requests": requests,
         "partitions": partitions,
         "dead_letters": dead,
@@ -253,7 +257,8 @@ def _with_log_ends(settings, offsets: dict) -> tuple[list[dict], bool]:
 
 
 def cmd_status(args) -> int:
-    status = collect_status(settings_from(args))
+    settings = settings_from(args, MonitorSettings)
+    status = collect_status(settings)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -262,6 +267,7 @@ def cmd_status(args) -> int:
         _print_drift,
         _print_joins,
         _print_segments,
+        lambda status: print_spread(status["spread"], settings.spread_merge_wait_seconds),
         _print_problems,
         _print_partitions,
         _print_database,

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("partition", sa.Integer(), nullable=False),
         sa.Column("next_partial", sa.BigInteger(), nullable=False),
         sa.Column("watermark_ts", sa.Float(), nullable=True),
+        sa.Column("label_watermark_ts", sa.Float(), nullable=True),
         sa.Column("joined", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("model_id", "partition"),
     )

@@ -44,6 +44,8 @@ class PartitionPart:
     duplicates: int = 0
     min_ts: float | None = None
     max_ts: float | None = None
+    max_prediction_ts: float | None = None
+    max_label_ts: float | None = None
     rows: dict[str, list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -86,11 +88,15 @@ class SpreadCollector:
                 rest.append(item)
                 continue
             part = self.parts[(event.model_id, item[0].partition)]
+            epoch = event.epoch
             if event.__class__ is PredictionEvent:
                 part.predictions += 1
+                if part.max_prediction_ts is None or epoch > part.max_prediction_ts:
+                    part.max_prediction_ts = epoch
             else:
                 part.labels += 1
-            epoch = event.epoch
+                if part.max_label_ts is None or epoch > part.max_label_ts:
+                    part.max_label_ts = epoch
             if part.min_ts is None or epoch < part.min_ts:
                 part.min_ts = epoch
             if part.max_ts is None or epoch > part.max_ts:

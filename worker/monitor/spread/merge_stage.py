@@ -109,6 +109,8 @@ class MergeStage:
     @staticmethod
     def _save(session: Session, merge: ModelMerge) -> None:
         p = merge.progress
+        p.held_rows = sum(len(ts) for part in merge.held for _, ts in part.rows.values())
+        p.held_pairs = sum(len(a["seq"]) for part in merge.held for a in part.pairs.values())
         spread_repo.save_merge_state(session, merge.model_id, merge.progress.model_dump_json().encode(), FORMAT)
         for part in merge.deleted:
             spread_repo.set_merge_pending(session, merge.model_id, part.partition, part.seq, None)

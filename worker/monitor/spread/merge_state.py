@@ -26,14 +26,19 @@ class MergeProgress(BaseModel):
 
     partitions: int
     next_seq: dict[int, int] = {}  # per source partition: the partial expected next
-    watermarks: dict[int, float] = {}  # per source partition: its newest event time
-    started_ts: float | None = None  # the first watermark seen: a partition that never sent waits from there
-    released_to: float | None = None  # event time up to which rows and pairs were released
+    watermarks: dict[int, float] = {}  # per source partition: its newest prediction time
+    label_watermarks: dict[int, float] = {}  # and its newest label time
+    started_ts: float | None = None  # the first prediction watermark seen: a partition that never sent waits
+    label_started_ts: float | None = None
+    released_to: float | None = None  # prediction time up to which rows were released
+    label_released_to: float | None = None  # label time up to which pairs were released
     partials: int = 0  # applied
     duplicate_partials: int = 0  # re-sent by an outbox after a crash: dropped
     gaps: int = 0  # partials that came after a missing one (should not happen: logged)
     late_rows: int = 0  # released after rows of later event time (a silent partition caught up)
     late_pairs: int = 0
+    held_rows: int = 0  # waiting for the other partitions, at the last save
+    held_pairs: int = 0
 
 
 @dataclass
@@ -89,26 +94,36 @@ class HeldPart:
         )
         return rest.model_dump_json().encode()
 
-    def take(self, until: float) -> tuple[dict, dict]:
-        """Remove and return the rows (by version) and pairs (by version and metric) up to ``until``."""
-        rows, pairs = {}, {}
+    def take(self, until: float | None, labels_until: float | None) -> tuple[dict, dict]:
+        """Remove and return the rows (by version) up to prediction time ``until`` and the pairs (by version
+        and metric) up to label time ``labels_until`` (None: none)."""
+        rows = {} if until is None else self._take_rows(until)
+        pairs = {} if labels_until is None else self._take_pairs(labels_until)
+        return rows, pairs
+
+    def _take_rows(self, until: float) -> dict:
+        taken = {}
         for version, (values, ts) in list(self.rows.items()):
             due = ts <= until
             if due.any():
-                rows[version] = (values[due], ts[due])
+                taken[version] = (values[due], ts[due])
                 self.rows[version] = (values[~due], ts[~due])
                 self.changed = True
             if not len(self.rows[version][1]):
                 del self.rows[version]
+        return taken
+
+    def _take_pairs(self, until: float) -> dict:
+        taken = {}
         for key, arrays in list(self.pairs.items()):
             due = arrays["label_ts"] <= until
             if due.any():
-                pairs[key] = {name: a[due] for name, a in arrays.items()}
+                taken[key] = {name: a[due] for name, a in arrays.items()}
                 self.pairs[key] = {name: a[~due] for name, a in arrays.items()}
                 self.changed = True
             if not len(self.pairs[key]["seq"]):
                 del self.pairs[key]
-        return rows, pairs
+        return taken
 
 
 @dataclass
@@ -140,54 +155,54 @@ class ModelMerge:
         p.partitions = max(p.partitions, partial.partitions)
         p.partials += 1
         if partial.watermark_ts is not None:
-            old = p.watermarks.get(partial.partition)
-            p.watermarks[partial.partition] = partial.watermark_ts if old is None else max(old, partial.watermark_ts)
-            if p.started_ts is None:
-                p.started_ts = partial.watermark_ts
+            _advance(p.watermarks, partial.partition, partial.watermark_ts)
+            p.started_ts = partial.watermark_ts if p.started_ts is None else p.started_ts
+        if partial.label_watermark_ts is not None:
+            _advance(p.label_watermarks, partial.partition, partial.label_watermark_ts)
+            p.label_started_ts = partial.label_watermark_ts if p.label_started_ts is None else p.label_started_ts
         if partial.rows or partial.pairs:
             self.held.append(HeldPart.of(partial))
         return "applied"
 
-    def waited_for(self) -> tuple[float | None, list[int]]:
-        """The event time every partition still waited for has passed, and the partitions not waited for
-        (silent: more than ``wait_seconds`` of event time behind the newest)."""
+    def waited_for(self, labels: bool = False) -> tuple[float | None, list[int]]:
+        """The prediction time (``labels``: label time) every partition still waited for has passed, and the
+        partitions not waited for (silent: more than ``wait_seconds`` of event time behind the newest)."""
         p = self.progress
-        if not p.watermarks:
+        marks, started = (p.label_watermarks, p.label_started_ts) if labels else (p.watermarks, p.started_ts)
+        if not marks:
             return None, []
-        newest = max(p.watermarks.values())
-        horizon = newest - self.wait_seconds
+        horizon = max(marks.values()) - self.wait_seconds
         # A partition that never sent holds everything back until the merge has run wait_seconds of event time.
-        unseen = [n for n in range(p.partitions) if n not in p.watermarks]
-        if unseen and p.started_ts is not None and p.started_ts >= horizon:
+        unseen = [n for n in range(p.partitions) if n not in marks]
+        if unseen and started is not None and started >= horizon:
             return None, []
-        silent = unseen + [n for n, mark in p.watermarks.items() if mark < horizon]
-        passed = min(mark for n, mark in p.watermarks.items() if mark >= horizon)
+        silent = unseen + [n for n, mark in marks.items() if mark < horizon]
+        passed = min(mark for mark in marks.values() if mark >= horizon)
         return passed, sorted(silent)
 
     def release(self) -> Released:
-        """Rows and pairs up to the event time every waited-for partition has passed, ordered by event time
-        (ties: by partition, then as they came)."""
+        """Rows up to the prediction time and pairs up to the label time every waited-for partition has passed,
+        ordered by event time (ties: by partition, then as they came)."""
         p = self.progress
         passed, _ = self.waited_for()
-        if passed is None:
-            return Released({}, {})
-        if p.released_to is not None:
-            passed = max(passed, p.released_to)
-        before = p.released_to
+        labels_passed, _ = self.waited_for(labels=True)
+        passed = _monotone(passed, p.released_to)
+        labels_passed = _monotone(labels_passed, p.label_released_to)
+        before, labels_before = p.released_to, p.label_released_to
         rows: dict[str, list] = defaultdict(list)
         pairs: dict[str, list] = defaultdict(list)
         for part in self.held:
-            taken_rows, taken_pairs = part.take(passed)
+            taken_rows, taken_pairs = part.take(passed, labels_passed)
             for version, (values, ts) in taken_rows.items():
                 rows[version].append((values, ts, np.full(len(ts), part.partition)))
             for (version, metric), arrays in taken_pairs.items():
                 pairs[version].append((arrays, metric, part.partition))
         self.deleted += [part for part in self.held if part.empty() and part.stored]
         self.held = [part for part in self.held if not part.empty()]
-        p.released_to = passed
+        p.released_to, p.label_released_to = passed, labels_passed
         return Released(
             {version: self._ordered_rows(chunks, before) for version, chunks in rows.items()},
-            {version: self._ordered_pairs(chunks, before) for version, chunks in pairs.items()},
+            {version: self._ordered_pairs(chunks, labels_before) for version, chunks in pairs.items()},
         )
 
     def _ordered_rows(self, chunks: list, before: float | None) -> tuple[npt.NDArray, npt.NDArray]:
@@ -221,3 +236,15 @@ class ModelMerge:
                 [names[i] for i in metrics],
             )
         )
+
+
+def _advance(marks: dict[int, float], partition: int, ts: float) -> None:
+    old = marks.get(partition)
+    marks[partition] = ts if old is None else max(old, ts)
+
+
+def _monotone(passed: float | None, released_to: float | None) -> float | None:
+    """What was released stays released: a silent partition that catches up does not move it back."""
+    if passed is None or released_to is None:
+        return passed if released_to is None else released_to
+    return max(passed, released_to)

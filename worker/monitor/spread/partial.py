@@ -11,7 +11,7 @@ topic, keyed by model id:
   against 200-400 bytes of event JSON);
 - per version and error metric, the joined pairs' errors, log losses and times
   (what the error streams' detectors read);
-- the partition's watermark (its newest event time), which the merge waits on.
+- the partition's watermarks (its newest prediction time and label time), which the merge waits on.
 
 Arrays travel as base64 of little-endian binary, never pickled. The format
 number travels out of band, in the record header ``undertow-partial-format``.
@@ -85,7 +85,8 @@ class Partial(Frozen):
     partition: int = Field(ge=0)
     partitions: int = Field(ge=1)  # of the source topic: the merge waits for each
     seq: int = Field(ge=0)  # per (model, partition), from 0: the merge applies each once
-    watermark_ts: float | None
+    watermark_ts: float | None  # the newest prediction time on the partition
+    label_watermark_ts: float | None = None  # the newest label time
     predictions: int = 0
     labels: int = 0
     duplicates: int = 0

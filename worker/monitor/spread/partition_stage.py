@@ -94,17 +94,30 @@ class SpreadEmitStage:
         for (model_id, partition), part in sorted(spread.parts.items()):
             state = spread_repo.partition_state(session, model_id, partition)
             seq = 0 if state is None else state.next_partial
-            old = None if state is None else state.watermark_ts
-            watermark = part.max_ts if old is None or (part.max_ts is not None and part.max_ts > old) else old
-            partial = _partial(model_id, partition, spread.partitions, seq, watermark, part)
+            watermarks = (
+                _newest(None if state is None else state.watermark_ts, part.max_prediction_ts),
+                _newest(None if state is None else state.label_watermark_ts, part.max_label_ts),
+            )
+            partial = _partial(model_id, partition, spread.partitions, seq, watermarks, part)
             value, headers = encode(partial)
             repo.enqueue(session, self.merge_topic, model_id.encode(), value, headers)
             joined = 0 if state is None else state.joined
             joined += sum(len(pairs) for pairs in part.pairs.values())
-            spread_repo.save_partition_state(session, model_id, partition, seq + 1, watermark, joined)
+            spread_repo.save_partition_state(session, model_id, partition, seq + 1, watermarks, joined)
 
 
-def _partial(model_id: str, partition: int, partitions: int, seq: int, watermark: float | None, part: PartitionPart):
+def _newest(old: float | None, new: float | None) -> float | None:
+    return new if old is None or (new is not None and new > old) else old
+
+
+def _partial(
+    model_id: str,
+    partition: int,
+    partitions: int,
+    seq: int,
+    watermarks: tuple[float | None, float | None],
+    part: PartitionPart,
+) -> Partial:
     rows = []
     for version, chunks in part.rows.items():
         values = np.concatenate([c[0] for c in chunks])
@@ -128,7 +141,8 @@ def _partial(model_id: str, partition: int, partitions: int, seq: int, watermark
         partition=partition,
         partitions=partitions,
         seq=seq,
-        watermark_ts=watermark,
+        watermark_ts=watermarks[0],
+        label_watermark_ts=watermarks[1],
         predictions=part.predictions,
         labels=part.labels,
         duplicates=part.duplicates,
