@@ -6,8 +6,9 @@ the join, data drift, concept drift; one transaction per batch that also
 advances the offsets; the outbox is emptied after each batch, as the relay
 does after publishing): ``--models`` models with registered champions and
 references, ``--features`` numeric features and a categorical one,
-predictions and their labels on co-partitioned topics. Events are
-predictions and labels together: ``--events 10000000`` is 5 M predictions.
+predictions and their labels on co-partitioned topics (6 models: two per
+partition). Events are predictions and labels together: ``--events
+10000000`` is 5.13 M predictions and 4.87 M labels.
 
 Time is compressed: the predictions span ``--days`` of event time (120 by
 default, so the 30-day windows and the 90-day alerts age out within the run).
@@ -28,7 +29,7 @@ file and its WAL; PostgreSQL: ``pg_total_relation_size`` of Undertow's
 tables in the run's own schema, dropped afterwards) and the rows of the
 tables that grow with the stream.
 
-    .venv/bin/python bench/growth.py [--events 10000000] [--db-url URL] [--models 4] [--days 120]
+    .venv/bin/python bench/growth.py [--events 10000000] [--db-url URL] [--models 6] [--days 120]
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class Stream:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.predictions = args.events // 2
+        # Each prediction brings its label, but for the unlabelled share: --events counts both.
+        self.predictions = round(args.events / (2 - args.unlabelled))
         self.step = args.days * 86_400 / self.predictions  # event-time seconds between predictions
         self.rng = np.random.default_rng(args.seed)
         self.sample = SampleStream(n_features=args.features, seed=args.seed)
@@ -238,6 +240,7 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
     started = time.perf_counter()
     print(f"database: {make_url(db_url).get_backend_name()}, retention: {settings.retention()}")
     print_header()
+    printed = 0
     for part in batches(stream, Topics(settings.topic_prefix), args.batch):
         batch = build_batch(part, runner.service.parse)
         with runner.sessions.begin() as session:
@@ -260,6 +263,10 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
             day = (events / 2) * stream.step / 86_400
             print_row(events, size, rows, day, time.perf_counter() - started)
             next_report += args.report_every
+            printed = events
+    if printed != events:  # the stream's last events, short of a whole step
+        size, rows = measure(runner)
+        print_row(events, size, rows, args.days, time.perf_counter() - started)
     print_table_bytes(runner)
     runner.engine.dispose()
     print("deleted by retention: " + ", ".join(f"{t} {n:,}" for t, n in deleted.items()))
@@ -268,7 +275,7 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000, help="predictions and labels together")
-    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--models", type=int, default=6)
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--days", type=float, default=120.0, help="event time the predictions span")
     parser.add_argument("--drift-every-days", type=float, default=10.0)
