@@ -12,6 +12,7 @@ partials delivered twice must change nothing.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 
 import numpy as np
@@ -220,3 +221,68 @@ def test_a_partial_that_is_not_one_is_refused_in_one_line():
     )
     with pytest.raises(InvalidEvent, match="invalid partial"):
         decode(bad.model_dump_json().encode(), [(FORMAT_HEADER, b"1")])
+
+
+def _send_spread(world: Env, pairs, rate: float | None = None) -> int:
+    """Predictions and their labels keyed by event id (the client's ``spread=True``), over every partition."""
+    sent, start = 0, time.monotonic()
+    for prediction, label in pairs:
+        for topic, event in ((world.topics.predictions, prediction), (world.topics.labels, label)):
+            world.send(topic, encode(event), key=event["event_id"].encode())
+            sent += 1
+        if rate and sent % 500 == 0:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)  # paces the producer, not synchronisation
+    world.flush()
+    return sent
+
+
+def _drifting_pairs():
+    stream = SampleStream(seed=31, model_id="hot")
+    yield from stream.events(2000)
+    yield from stream.events(2000, start_index=2000, shift=1.5, concept_shift=1.0)
+
+
+# Every partition carries the stream all along: none is ever silent, so the merge's order is the event-time
+# order whatever the batches were (the silent partition is the unit tests' above).
+NEVER_SILENT = {"UNDERTOW_SPREAD_MERGE_WAIT_SECONDS": "1000000", "UNDERTOW_BATCH_MAX_RECORDS": "300"}
+
+
+def test_a_running_monitor_merges_a_spread_model_through_the_merge_topic(env):
+    env.register_reference(SampleStream(seed=2, model_id="hot"), model_id="hot", window_size=500)
+    with db.make_session_factory(env.engine).begin() as session:
+        registry.set_spread(session, "hot", True)
+    sent = _send_spread(env, _drifting_pairs())
+    env.drain(env=NEVER_SILENT)
+    assert env.counts() == (sent // 2, sent // 2, 0)
+    partitions = env.scalar("SELECT COUNT(DISTINCT partition) FROM spread_partition_state WHERE model_id = 'hot'")
+    assert partitions == 3
+    status = env.status()["spread"]
+    assert [p["waited_for"] for p in status[0]["partitions"]] == [True, True, True]
+    assert {("undertow.drift.data", "x0"), ("undertow.drift.concept", None)} <= {
+        (a["type"], a["data"].get("feature")) for a in _alerts(env)
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkills_of_the_monitor_that_merges_change_nothing(make_env):
+    uninterrupted, crashed = make_env(), make_env()
+    for world in (uninterrupted, crashed):
+        world.register_reference(SampleStream(seed=2, model_id="hot"), model_id="hot", window_size=500)
+        with db.make_session_factory(world.engine).begin() as session:
+            registry.set_spread(session, "hot", True)
+    sent = _send_spread(uninterrupted, _drifting_pairs())
+    uninterrupted.drain(env=NEVER_SILENT)
+    kills = crashed.run_with_kills(lambda: _send_spread(crashed, _drifting_pairs(), rate=400), seed=7, env=NEVER_SILENT)
+    assert kills >= 3
+    assert crashed.counts() == uninterrupted.counts() == (sent // 2, sent // 2, 0)
+    expected = [a["id"] for a in _alerts(uninterrupted)]
+    assert len(expected) >= 2
+    assert [a["id"] for a in _alerts(crashed)] == expected
+
+
+def _alerts(world: Env) -> list[dict]:
+    with world.engine.connect() as conn:
+        return [json.loads(v) for (v,) in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY event_ts, id"))]
