@@ -50,8 +50,8 @@ class Topics:
         return topic + DEAD_LETTER_SUFFIX
 
     def all(self) -> list[str]:
-        sources = [self.predictions, self.labels, self.retrain, self.models]
-        return sources + [self.alerts, self.merge] + [self.dead_letter(t) for t in sources]
+        sources = [self.predictions, self.labels, self.retrain, self.models, self.merge]
+        return sources + [self.alerts] + [self.dead_letter(t) for t in sources]
 
 
 def ensure_topics(admin: KafkaAdminClient, topics: Topics, partitions: int) -> dict[str, int]:
