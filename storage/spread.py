@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from undertow.storage.tables import LabelledPair, MergePending, MergeState, SpreadPartitionState
@@ -82,17 +82,15 @@ def merge_pending(session: Session, model_id: str) -> list[MergePending]:
 
 
 def add_merge_pending(session: Session, model_id: str, partition: int, seq: int, payload: bytes) -> None:
-    # Core, like the rewrite and delete below, so the three apply in the order they are called.
+    # Core, like the delete below, so the two apply in the order they are called.
     session.execute(
         insert(MergePending.__table__).values(model_id=model_id, partition=partition, seq=seq, payload=payload)
     )
 
 
-def set_merge_pending(session: Session, model_id: str, partition: int, seq: int, payload: bytes | None) -> None:
-    """Rewrite what a partial still holds back, or delete its row (``payload`` None: all of it released)."""
+def delete_merge_pending(session: Session, model_id: str, partition: int, seq: int) -> None:
+    """A partial released entirely."""
     table = MergePending.__table__
-    where = (table.c.model_id == model_id, table.c.partition == partition, table.c.seq == seq)
-    if payload is None:
-        session.execute(delete(table).where(*where))
-    else:
-        session.execute(update(table).where(*where).values(payload=payload))
+    session.execute(
+        delete(table).where(table.c.model_id == model_id, table.c.partition == partition, table.c.seq == seq)
+    )

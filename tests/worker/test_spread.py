@@ -92,7 +92,9 @@ def _merge_records(runner: ServiceRunner, topics: Topics, offsets: dict, twice: 
     return out
 
 
-def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False) -> dict:
+def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False, restart: bool = False) -> dict:
+    """``twice``: every partial delivered twice; ``restart``: every stage's memory dropped after each batch, as
+    after a crash (the merge restores what it holds from merge_pending)."""
     env.register_reference(SampleStream(seed=2, model_id="hot"), model_id="hot", window_size=500)
     if spread:
         with db.make_session_factory(env.engine).begin() as session:
@@ -109,6 +111,8 @@ def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False) -> 
             assert not batch.dead_letters, batch.dead_letters[0].headers
             with runner.sessions.begin() as session:
                 runner.apply(session, batch)
+            if restart:
+                runner.reset_stages()
     runner.engine.dispose()
     with env.engine.connect() as conn:
         alerts = [json.loads(row[0]) for row in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY id"))]
@@ -116,6 +120,9 @@ def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False) -> 
         pairs = conn.execute(text("SELECT count(*) FROM labelled_pairs")).scalar()
         requests = conn.execute(text("SELECT count(*) FROM retrain_requests")).scalar()
         pending = conn.execute(text("SELECT count(*) FROM merge_pending")).scalar()
+        windows = conn.execute(
+            text("SELECT window_index, feature, n, start_ts, end_ts, psi FROM window_results ORDER BY 1, 2")
+        ).all()
     with db.make_session_factory(env.engine).begin() as session:
         status = spread_status(session, env.settings.spread_merge_wait_seconds)
     return {
@@ -124,6 +131,7 @@ def _run(env: Env, spread: bool, batch_size: int = 700, twice: bool = False) -> 
         "pairs": pairs,
         "requests": requests,
         "pending": pending,
+        "windows": windows,
         "status": status,
     }
 
@@ -160,11 +168,12 @@ def test_a_spread_model_finds_the_drifts_one_partition_finds(make_env, one):
     assert status["held_rows"] + status["held_pairs"] > 0  # the newest, until every partition has passed them
 
 
-def test_batch_boundaries_and_partials_delivered_twice_change_nothing(make_env):
+def test_batch_boundaries_restarts_and_partials_delivered_twice_change_nothing(make_env):
     first = _run(make_env(), spread=True)
-    other = _run(make_env(), spread=True, batch_size=1111, twice=True)
+    other = _run(make_env(), spread=True, batch_size=1111, twice=True, restart=True)
     assert other["counts"] == first["counts"]
     assert [a["id"] for a in other["alerts"]] == [a["id"] for a in first["alerts"]]
+    assert other["windows"] == first["windows"] and len(first["windows"]) > 10
     assert other["status"][0]["duplicate_partials"] == other["status"][0]["partials"] > 0
 
 

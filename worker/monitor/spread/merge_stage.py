@@ -50,15 +50,15 @@ class MergeStage:
     def apply(self, session: Session, batch: Batch) -> None:
         if all(topic != self.merge_topic for topic, _ in batch.next_offsets):
             return  # no partial in the batch
-        partials = [event for _, event in batch.events if event.__class__ is Partial]
+        partials = [(position, event) for position, event in batch.events if event.__class__ is Partial]
         if not partials:
             return
         batch.events = [item for item in batch.events if item[1].__class__ is not Partial]
         batch.shared.pop(PREDICTION_GROUPS, None)
         touched: dict[str, ModelMerge] = {}
-        for partial in partials:
+        for position, partial in partials:
             merge = touched[partial.model_id] = self._merge(session, partial)
-            if merge.add(partial) == "applied":
+            if merge.add(partial, position.value) == "applied":
                 self._count(session, partial)
         for model_id, merge in touched.items():
             self._feed(session, model_id, merge)
@@ -74,7 +74,7 @@ class MergeStage:
                 else MergeProgress.model_validate_json(row.state)
             )
             held = [
-                HeldPart.of(Partial.model_validate_json(pending.payload), stored=True)
+                HeldPart.restore(pending.payload, progress.released_to, progress.label_released_to)
                 for pending in spread_repo.merge_pending(session, partial.model_id)
             ]
             merge = self._merges[partial.model_id] = ModelMerge(partial.model_id, progress, held, self.wait_seconds)
@@ -113,14 +113,11 @@ class MergeStage:
         p.held_pairs = sum(len(a["seq"]) for part in merge.held for a in part.pairs.values())
         spread_repo.save_merge_state(session, merge.model_id, merge.progress.model_dump_json().encode(), FORMAT)
         for part in merge.deleted:
-            spread_repo.set_merge_pending(session, merge.model_id, part.partition, part.seq, None)
+            spread_repo.delete_merge_pending(session, merge.model_id, part.partition, part.seq)
         merge.deleted = []
         for part in merge.held:
-            if not part.changed:
-                continue
-            payload = part.payload(merge.model_id, p.partitions)
-            if part.stored:
-                spread_repo.set_merge_pending(session, merge.model_id, part.partition, part.seq, payload)
-            else:
-                spread_repo.add_merge_pending(session, merge.model_id, part.partition, part.seq, payload)
-            part.stored, part.changed = True, False
+            if not part.stored:
+                if part.payload is None:
+                    raise ValueError(f"partial {part.partition}/{part.seq} of {merge.model_id} held without its bytes")
+                spread_repo.add_merge_pending(session, merge.model_id, part.partition, part.seq, part.payload)
+                part.stored, part.payload = True, None

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
-from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, pack
+from undertow.worker.monitor.spread.partial import Partial
 
 FORMAT = 1  # of ``MergeProgress`` in ``merge_state.state`` (its ``state_format`` column)
 
@@ -43,56 +43,39 @@ class MergeProgress(BaseModel):
 
 @dataclass
 class HeldPart:
-    """The unreleased rest of one partial."""
+    """The unreleased rest of one partial.
+
+    Stored once, as the partial's own bytes (``merge_pending``), never rewritten: after every release
+    everything up to the merge's ``released_to`` (and ``label_released_to``) has been released and nothing
+    after it, so restoring a partial and dropping what is not after them gives its rest again.
+    """
 
     partition: int
     seq: int
     rows: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = field(default_factory=dict)
     pairs: dict[tuple[str, str], dict[str, npt.NDArray]] = field(default_factory=dict)
+    payload: bytes | None = None  # the partial as it came, until a merge_pending row holds it
     stored: bool = False  # a merge_pending row exists
-    changed: bool = True  # differs from its row
 
     @classmethod
-    def of(cls, partial: Partial, stored: bool = False) -> HeldPart:
+    def of(cls, partial: Partial, payload: bytes | None = None) -> HeldPart:
         return cls(
             partial.partition,
             partial.seq,
             {part.version: part.arrays() for part in partial.rows},
             {(part.version, part.metric): part.arrays() for part in partial.pairs},
-            stored=stored,
-            changed=not stored,
+            payload=payload,
         )
+
+    @classmethod
+    def restore(cls, payload: bytes, released_to: float | None, label_released_to: float | None) -> HeldPart:
+        part = cls.of(Partial.model_validate_json(payload))
+        part.stored = True
+        part.take(released_to, label_released_to)  # released before it was stored or since
+        return part
 
     def empty(self) -> bool:
         return not self.rows and not self.pairs
-
-    def payload(self, model_id: str, partitions: int) -> bytes:
-        rows = [
-            RowsPart(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts))
-            for version, (values, ts) in self.rows.items()
-        ]
-        pairs = [
-            PairsPart(
-                version=version,
-                metric=metric,
-                seq=pack(a["seq"], "<i8"),
-                prediction_ts=pack(a["prediction_ts"]),
-                label_ts=pack(a["label_ts"]),
-                error=pack(a["error"]),
-                score_loss=pack(a["score_loss"]),
-            )
-            for (version, metric), a in self.pairs.items()
-        ]
-        rest = Partial(
-            model_id=model_id,
-            partition=self.partition,
-            partitions=partitions,
-            seq=self.seq,
-            watermark_ts=None,
-            rows=rows,
-            pairs=pairs,
-        )
-        return rest.model_dump_json().encode()
 
     def take(self, until: float | None, labels_until: float | None) -> tuple[dict, dict]:
         """Remove and return the rows (by version) up to prediction time ``until`` and the pairs (by version
@@ -108,7 +91,6 @@ class HeldPart:
             if due.any():
                 taken[version] = (values[due], ts[due])
                 self.rows[version] = (values[~due], ts[~due])
-                self.changed = True
             if not len(self.rows[version][1]):
                 del self.rows[version]
         return taken
@@ -120,7 +102,6 @@ class HeldPart:
             if due.any():
                 taken[key] = {name: a[due] for name, a in arrays.items()}
                 self.pairs[key] = {name: a[~due] for name, a in arrays.items()}
-                self.changed = True
             if not len(self.pairs[key]["seq"]):
                 del self.pairs[key]
         return taken
@@ -142,8 +123,9 @@ class ModelMerge:
         self.wait_seconds = wait_seconds
         self.deleted: list[HeldPart] = []  # released entirely since the last save: their rows go
 
-    def add(self, partial: Partial) -> str:
-        """Take a partial: ``"applied"``, or ``"duplicate"`` (applied before)."""
+    def add(self, partial: Partial, payload: bytes | None = None) -> str:
+        """Take a partial (``payload``: its record value, stored while part of it is held): ``"applied"``, or
+        ``"duplicate"`` (applied before)."""
         p = self.progress
         expected = p.next_seq.get(partial.partition, 0)
         if partial.seq < expected:
@@ -161,7 +143,7 @@ class ModelMerge:
             _advance(p.label_watermarks, partial.partition, partial.label_watermark_ts)
             p.label_started_ts = partial.label_watermark_ts if p.label_started_ts is None else p.label_started_ts
         if partial.rows or partial.pairs:
-            self.held.append(HeldPart.of(partial))
+            self.held.append(HeldPart.of(partial, payload))
         return "applied"
 
     def waited_for(self, labels: bool = False) -> tuple[float | None, list[int]]:
