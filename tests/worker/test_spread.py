@@ -295,3 +295,24 @@ def test_sigkills_of_the_monitor_that_merges_change_nothing(make_env):
 def _alerts(world: Env) -> list[dict]:
     with world.engine.connect() as conn:
         return [json.loads(v) for (v,) in conn.execute(text("SELECT cloudevent FROM alerts ORDER BY event_ts, id"))]
+
+
+def test_events_keyed_by_event_id_of_a_model_not_spread_are_dead_lettered_with_the_reason(make_env):
+    world = make_env()
+    world.register_reference(SampleStream(seed=2, model_id="hot"), model_id="hot", window_size=500)
+    runner = ServiceRunner(world.settings, monitor_service(world.settings, partitions=PARTITIONS))
+    topics = Topics(world.settings.topic_prefix)
+    pairs = list(SampleStream(seed=7, model_id="hot").events(50))
+    records = Feed(topics, spread=True).records(pairs)[:60]  # keyed by event id; the model is not spread
+    records += Feed(topics, spread=False).records(pairs)[:10]  # keyed by model id: taken
+    batch = build_batch(records, runner.service.parse)
+    assert not batch.dead_letters  # the key is a record's own business until the stages know the model
+    with runner.sessions.begin() as session:
+        runner.apply(session, batch)
+    runner.engine.dispose()
+    assert len(batch.dead_letters) == 60
+    headers = dict(batch.dead_letters[0].headers)
+    assert headers["undertow.error.stage"] == b"spread"
+    assert b"is not spread, so its events must be keyed by model_id" in headers["undertow.error.message"]
+    assert world.counts()[0] == 10
+    assert world.scalar("SELECT SUM(count) FROM dead_letter_stats") == 60
