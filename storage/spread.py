@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from undertow.storage.tables import LabelledPair, MergePending, MergeState, SpreadPartitionState
@@ -88,9 +88,10 @@ def add_merge_pending(session: Session, model_id: str, partition: int, seq: int,
     )
 
 
-def delete_merge_pending(session: Session, model_id: str, partition: int, seq: int) -> None:
-    """A partial released entirely."""
-    table = MergePending.__table__
-    session.execute(
-        delete(table).where(table.c.model_id == model_id, table.c.partition == partition, table.c.seq == seq)
-    )
+def delete_merge_pending(session: Session, model_id: str, partials: list[tuple[int, int]]) -> None:
+    """Partials released entirely: (partition, seq) of each."""
+    if partials:
+        table = MergePending.__table__
+        session.execute(
+            delete(table).where(table.c.model_id == model_id, tuple_(table.c.partition, table.c.seq).in_(partials))
+        )

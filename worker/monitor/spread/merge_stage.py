@@ -50,16 +50,18 @@ class MergeStage:
     def apply(self, session: Session, batch: Batch) -> None:
         if all(topic != self.merge_topic for topic, _ in batch.next_offsets):
             return  # no partial in the batch
-        partials = [(position, event) for position, event in batch.events if event.__class__ is Partial]
+        partials = [event for _, event in batch.events if event.__class__ is Partial]
         if not partials:
             return
         batch.events = [item for item in batch.events if item[1].__class__ is not Partial]
         batch.shared.pop(PREDICTION_GROUPS, None)
         touched: dict[str, ModelMerge] = {}
-        for position, partial in partials:
+        counts: dict[str, list] = {}
+        for partial in partials:
             merge = touched[partial.model_id] = self._merge(session, partial)
-            if merge.add(partial, position.value) == "applied":
-                self._count(session, partial)
+            if merge.add(partial) == "applied":
+                _add_counts(counts, partial)
+        repo.add_model_counts_many(session, [repo.ModelCounts(model_id, *c) for model_id, c in counts.items()])
         for model_id, merge in touched.items():
             self._feed(session, model_id, merge)
             self._save(session, merge)
@@ -80,23 +82,6 @@ class MergeStage:
             merge = self._merges[partial.model_id] = ModelMerge(partial.model_id, progress, held, self.wait_seconds)
         return merge
 
-    @staticmethod
-    def _count(session: Session, partial: Partial) -> None:
-        if partial.predictions or partial.labels or partial.duplicates:
-            repo.add_model_counts_many(
-                session,
-                [
-                    repo.ModelCounts(
-                        partial.model_id,
-                        partial.predictions,
-                        partial.labels,
-                        partial.duplicates,
-                        partial.min_ts,
-                        partial.max_ts,
-                    )
-                ],
-            )
-
     def _feed(self, session: Session, model_id: str, merge: ModelMerge) -> None:
         released = merge.release()
         for version, (rows, ts) in released.rows.items():
@@ -112,12 +97,23 @@ class MergeStage:
         p.held_rows = sum(len(ts) for part in merge.held for _, ts in part.rows.values())
         p.held_pairs = sum(len(a["seq"]) for part in merge.held for a in part.pairs.values())
         spread_repo.save_merge_state(session, merge.model_id, merge.progress.model_dump_json().encode(), FORMAT)
-        for part in merge.deleted:
-            spread_repo.delete_merge_pending(session, merge.model_id, part.partition, part.seq)
+        released = [(part.partition, part.seq) for part in merge.deleted]
+        spread_repo.delete_merge_pending(session, merge.model_id, released)
         merge.deleted = []
         for part in merge.held:
             if not part.stored:
-                if part.payload is None:
-                    raise ValueError(f"partial {part.partition}/{part.seq} of {merge.model_id} held without its bytes")
-                spread_repo.add_merge_pending(session, merge.model_id, part.partition, part.seq, part.payload)
-                part.stored, part.payload = True, None
+                payload = part.encode(merge.model_id, p.partitions)
+                spread_repo.add_merge_pending(session, merge.model_id, part.partition, part.seq, payload)
+                part.stored = True
+
+
+def _add_counts(counts: dict[str, list], partial: Partial) -> None:
+    """A partial's counts into its model's sums for the batch: (predictions, labels, duplicates, min, max)."""
+    entry = counts.setdefault(partial.model_id, [0, 0, 0, None, None])
+    entry[0] += partial.predictions
+    entry[1] += partial.labels
+    entry[2] += partial.duplicates
+    if partial.min_ts is not None:
+        entry[3] = partial.min_ts if entry[3] is None else min(entry[3], partial.min_ts)
+    if partial.max_ts is not None:
+        entry[4] = partial.max_ts if entry[4] is None else max(entry[4], partial.max_ts)

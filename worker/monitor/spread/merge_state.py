@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
-from undertow.worker.monitor.spread.partial import Partial
+from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, pack
 
 FORMAT = 1  # of ``MergeProgress`` in ``merge_state.state`` (its ``state_format`` column)
 
@@ -45,27 +45,55 @@ class MergeProgress(BaseModel):
 class HeldPart:
     """The unreleased rest of one partial.
 
-    Stored once, as the partial's own bytes (``merge_pending``), never rewritten: after every release
-    everything up to the merge's ``released_to`` (and ``label_released_to``) has been released and nothing
-    after it, so restoring a partial and dropping what is not after them gives its rest again.
+    Stored once (``merge_pending``), what was left after the release that followed its arrival, and never
+    rewritten: after every release everything up to the merge's ``released_to`` (and ``label_released_to``)
+    has been released and nothing after it, so restoring it and dropping what is not after them gives its
+    rest again. (Encoding only the rest: most of a partial is usually released at once.)
     """
 
     partition: int
     seq: int
     rows: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = field(default_factory=dict)
     pairs: dict[tuple[str, str], dict[str, npt.NDArray]] = field(default_factory=dict)
-    payload: bytes | None = None  # the partial as it came, until a merge_pending row holds it
     stored: bool = False  # a merge_pending row exists
 
     @classmethod
-    def of(cls, partial: Partial, payload: bytes | None = None) -> HeldPart:
+    def of(cls, partial: Partial) -> HeldPart:
         return cls(
             partial.partition,
             partial.seq,
             {part.version: part.arrays() for part in partial.rows},
             {(part.version, part.metric): part.arrays() for part in partial.pairs},
-            payload=payload,
         )
+
+    def encode(self, model_id: str, partitions: int) -> bytes:
+        """What is left of the partial, as a partial (for ``merge_pending``)."""
+        rows = [
+            RowsPart(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts))
+            for version, (values, ts) in self.rows.items()
+        ]
+        pairs = [
+            PairsPart(
+                version=version,
+                metric=metric,
+                seq=pack(a["seq"], "<i8"),
+                prediction_ts=pack(a["prediction_ts"]),
+                label_ts=pack(a["label_ts"]),
+                error=pack(a["error"]),
+                score_loss=pack(a["score_loss"]),
+            )
+            for (version, metric), a in self.pairs.items()
+        ]
+        rest = Partial(
+            model_id=model_id,
+            partition=self.partition,
+            partitions=partitions,
+            seq=self.seq,
+            watermark_ts=None,
+            rows=rows,
+            pairs=pairs,
+        )
+        return rest.model_dump_json().encode()
 
     @classmethod
     def restore(cls, payload: bytes, released_to: float | None, label_released_to: float | None) -> HeldPart:
@@ -123,9 +151,8 @@ class ModelMerge:
         self.wait_seconds = wait_seconds
         self.deleted: list[HeldPart] = []  # released entirely since the last save: their rows go
 
-    def add(self, partial: Partial, payload: bytes | None = None) -> str:
-        """Take a partial (``payload``: its record value, stored while part of it is held): ``"applied"``, or
-        ``"duplicate"`` (applied before)."""
+    def add(self, partial: Partial) -> str:
+        """Take a partial: ``"applied"``, or ``"duplicate"`` (applied before)."""
         p = self.progress
         expected = p.next_seq.get(partial.partition, 0)
         if partial.seq < expected:
@@ -143,7 +170,7 @@ class ModelMerge:
             _advance(p.label_watermarks, partial.partition, partial.label_watermark_ts)
             p.label_started_ts = partial.label_watermark_ts if p.label_started_ts is None else p.label_started_ts
         if partial.rows or partial.pairs:
-            self.held.append(HeldPart.of(partial, payload))
+            self.held.append(HeldPart.of(partial))
         return "applied"
 
     def waited_for(self, labels: bool = False) -> tuple[float | None, list[int]]:
