@@ -255,8 +255,9 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
     started = time.perf_counter()
     print(f"database: {make_url(db_url).get_backend_name()}, retention: {settings.retention()}")
     print_header()
-    printed = 0
-    for part in batches(stream, Topics(settings.topic_prefix), args.batch):
+    printed = predictions = 0
+    topics = Topics(settings.topic_prefix)
+    for part in batches(stream, topics, args.batch):
         batch = build_batch(part, runner.service.parse)
         with runner.sessions.begin() as session:
             repo.advance_offsets(
@@ -268,6 +269,7 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
         expected.update(batch.next_offsets)
         runner.garbage.processed(len(part))
         events += len(part)
+        predictions += sum(1 for record in part if record.topic == topics.predictions)
         since_prune += len(part)
         if since_prune >= args.prune_every:
             for table, rows in prune(runner).items():
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
             since_prune = 0
         if events >= next_report:
             size, rows = measure(runner)
-            day = (events / 2) * stream.step / 86_400
+            day = predictions * stream.step / 86_400  # the newest prediction's event time, in days from the start
             print_row(events, size, rows, day, time.perf_counter() - started)
             next_report += args.report_every
             printed = events
