@@ -524,7 +524,13 @@ def load_join_stats(session: Session, model_id: str) -> dict[str, Any]:
     row = session.execute(select(table).where(table.c.model_id == model_id)).mappings().first()
     if row is not None:
         return dict(row)
-    values = {"model_id": model_id, **dict.fromkeys(JOIN_COUNTERS, 0), "watermark_ts": None, "arrived_at": None}
+    values = {
+        "model_id": model_id,
+        **dict.fromkeys(JOIN_COUNTERS, 0),
+        "watermark_ts": None,
+        "arrived_at": None,
+        "seq_base": 0,
+    }
     session.execute(insert(table).values(**values))
     return values
 
@@ -539,6 +545,7 @@ def save_join_stats(session: Session, rows: list[dict[str, Any]]) -> None:
                     "b_model_id": row["model_id"],
                     "watermark_ts": row["watermark_ts"],
                     "arrived_at": row["arrived_at"],
+                    "seq_base": row["seq_base"],
                     **{name: row[name] for name in JOIN_COUNTERS},
                 }
                 for row in rows
@@ -581,6 +588,13 @@ _PAIR_COLUMNS = [column.name for column in LabelledPair.__table__.columns]
 def add_pairs(session: Session, rows: list[tuple[Any, ...]]) -> None:
     """Insert joined pairs: value tuples in the order of ``labelled_pairs``' columns."""
     insert_values(session, LabelledPair.__table__, _PAIR_COLUMNS, rows)
+
+
+def highest_pair_seq(session: Session, model_id: str) -> int | None:
+    """The model's highest ``labelled_pairs.seq`` (None: no pairs); read from the primary key's index."""
+    table = LabelledPair.__table__
+    highest = session.scalar(select(func.max(table.c.seq)).where(table.c.model_id == model_id))
+    return None if highest is None else int(highest)
 
 
 def trim_pairs(session: Session, model_id: str, keep_from_seq: int) -> None:

@@ -306,6 +306,10 @@ class JoinStats(Base):
     # Wall clock of the monitor when the model's last event arrived: waiting events of an
     # unregistered model expire by it (UNDERTOW_UNREGISTERED_TTL_SECONDS).
     arrived_at: Mapped[float | None] = mapped_column(Float)
+    # The labelled_pairs seq of this join's first pair (Alembic 0011): a join that starts, or starts again,
+    # after the model's pairs were numbered by another one (a model spread or no longer spread) numbers on
+    # from the model's highest seq, never over it.
+    seq_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ConceptState(Base):

@@ -316,3 +316,30 @@ def test_events_keyed_by_event_id_of_a_model_not_spread_are_dead_lettered_with_t
     assert b"is not spread, so its events must be keyed by model_id" in headers["undertow.error.message"]
     assert world.counts()[0] == 10
     assert world.scalar("SELECT SUM(count) FROM dead_letter_stats") == 60
+
+
+def test_switching_spread_on_and_off_keeps_every_pair(make_env):
+    """Pairs are numbered per join; a join that starts after the model's pairs were numbered by another
+    (spread, then not, then spread again) numbers on from the highest, never over it."""
+    world = make_env()
+    world.register_reference(SampleStream(seed=2, model_id="hot"), model_id="hot", window_size=500)
+    runner = ServiceRunner(world.settings, monitor_service(world.settings, partitions=PARTITIONS))
+    topics = Topics(world.settings.topic_prefix)
+    stream, merge_offsets = SampleStream(seed=7, model_id="hot"), {}
+    feeds = {False: Feed(topics, spread=False), True: Feed(topics, spread=True)}
+    for phase, spread in enumerate((False, True, False, True)):
+        with runner.sessions.begin() as session:
+            registry.set_spread(session, "hot", spread)
+        records = feeds[spread].records(list(stream.events(1000, start_index=1000 * phase)))
+        for start in range(0, len(records), 500):
+            for batch_records in (records[start : start + 500], None):
+                if batch_records is None:
+                    batch_records = _merge_records(runner, topics, merge_offsets, False)
+                batch = build_batch(batch_records, runner.service.parse)
+                with runner.sessions.begin() as session:
+                    runner.apply(session, batch)
+                assert not batch.dead_letters
+    runner.engine.dispose()
+    assert world.counts() == (4000, 4000, 0)
+    assert world.scalar("SELECT COUNT(*) FROM labelled_pairs") == 4000
+    assert world.scalar("SELECT COUNT(DISTINCT event_id) FROM labelled_pairs") == 4000

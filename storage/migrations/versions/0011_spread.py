@@ -4,6 +4,8 @@
 the partition-local side (the sequence of partials each source partition has
 emitted, its watermark, its pairs joined); ``merge_state`` the merge per model and
 ``merge_pending`` what it holds back until every partition has passed it.
+``join_stats.seq_base``: where a join's pair numbers start, so a join that starts
+after the model was spread (or no longer is) numbers on from the model's pairs.
 
 Revision ID: 0011
 Revises: 0010
@@ -21,6 +23,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("join_stats") as batch_op:
+        batch_op.add_column(sa.Column("seq_base", sa.BigInteger(), server_default="0", nullable=False))
     op.create_table(
         "model_settings",
         sa.Column("model_id", sa.String(length=200), nullable=False),
@@ -57,6 +61,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("join_stats") as batch_op:
+        batch_op.drop_column("seq_base")
     op.drop_table("merge_pending")
     op.drop_table("merge_state")
     op.drop_table("spread_partition_state")

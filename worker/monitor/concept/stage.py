@@ -24,7 +24,14 @@ from undertow.worker.monitor.join_buffer import JoinBuffer, Waiting
 from undertow.worker.monitor.model_events import batch_champions
 from undertow.worker.monitor.registration import FORGOTTEN
 from undertow.worker.monitor.retrain_policy import RetrainPolicy
-from undertow.worker.monitor.spread.collect import SEQ_STRIDE, SPREAD, SpreadCollector, spread_seq, spread_stream
+from undertow.worker.monitor.spread.collect import (
+    SEQ_STRIDE,
+    SPREAD,
+    SPREAD_SWITCHED,
+    SpreadCollector,
+    spread_seq,
+    spread_stream,
+)
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 from undertow.worker.runtime.output_events import ConceptDriftAlert
@@ -83,6 +90,10 @@ class ConceptStage:
             self._buffers.pop(model_id, None)
             self._recent_models.discard(model_id)
         spread = batch.shared.get(SPREAD)
+        for model_id in batch.shared.get(SPREAD_SWITCHED, ()):  # restored, so they number on from SQL
+            for stream in [s for s in self._buffers if s == model_id or s.startswith(model_id + "@")]:
+                del self._buffers[stream]
+                self._recent_models.discard(stream)
         by_model: dict[str, list] = defaultdict(list)
         for item in batch.events:  # (position, event): the batch's own tuples, not new ones
             by_model[item[1].model_id].append(item)
@@ -172,14 +183,15 @@ class ConceptStage:
         buffer = self._buffers.get(stream)
         if buffer is None:
             buffer = self._buffers[stream] = JoinBuffer.restore(session, stream)
+            _number_on(session, model_id, buffer.stats, partition)
         stats = buffer.stats
         matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
         buffer.load_fields(session, taken)
-        joined = stats["joined"]
+        joined, base = stats["joined"], stats["seq_base"]
         pairs = [
             build_pair(
                 model_id,
-                joined + i if partition is None else spread_seq(joined + i, partition),
+                base + (joined + i if partition is None else spread_seq(joined + i, partition)),
                 eid,
                 prediction,
                 label,
@@ -192,7 +204,8 @@ class ConceptStage:
         stats["joined"] += len(pairs)
         stats["watermark_ts"] = watermark
         repo.add_pairs(session, [pair[:-1] for pair in pairs])  # all but the metric
-        self._trim(session, model_id, partition, stats["joined"] - self.pairs_retention // partitions, bool(pairs))
+        keep_from = stats["joined"] - self.pairs_retention // partitions
+        self._trim(session, model_id, partition, base, keep_from, bool(pairs))
         if watermark is not None:
             self._bound(buffer, watermark)
         stats["pending_predictions"] = buffer.pending("prediction")
@@ -232,15 +245,17 @@ class ConceptStage:
         return matches, taken, expired, watermark
 
     @staticmethod
-    def _trim(session: Session, model_id: str, partition: int | None, keep_from: int, joined_some: bool) -> None:
+    def _trim(
+        session: Session, model_id: str, partition: int | None, base: int, keep_from: int, joined_some: bool
+    ) -> None:
         """The newest ``pairs_retention`` pairs of a model kept (a spread model's split evenly over the
-        partitions, each trimming its own)."""
+        partitions, each trimming its own); ``keep_from`` counts this join's pairs, numbered from ``base``."""
         if not joined_some or keep_from <= 0:  # none to trim before: skip the statement
             return
         if partition is None:
-            repo.trim_pairs(session, model_id, keep_from)
+            repo.trim_pairs(session, model_id, base + keep_from)
         else:
-            spread_repo.trim_partition_pairs(session, model_id, partition, SEQ_STRIDE, spread_seq(keep_from, 0))
+            spread_repo.trim_partition_pairs(session, model_id, partition, SEQ_STRIDE, base + spread_seq(keep_from, 0))
 
     def _is_classifier(self, session: Session, model_id: str, version: str | None) -> bool:
         """Whether the version's task is classification (its numeric labels are classes); read once."""
@@ -293,3 +308,18 @@ class MergedPair(NamedTuple):
     error: float
     score_loss: float | None
     metric: str
+
+
+def _number_on(session: Session, model_id: str, stats: dict, partition: int | None) -> None:
+    """A join restored from SQL numbers its pairs on from the model's highest seq if another join (the model
+    was spread, or no longer is) numbered pairs past where this one would go next. A spread join's base stays
+    a multiple of SEQ_STRIDE, so its pairs keep their partition in ``seq % SEQ_STRIDE``."""
+    highest = repo.highest_pair_seq(session, model_id)
+    joined, base = stats["joined"], stats["seq_base"]
+    following = base + (joined if partition is None else spread_seq(joined, partition))
+    if highest is None or following > highest:
+        return
+    if partition is None:
+        stats["seq_base"] = highest + 1 - joined
+    else:
+        stats["seq_base"] = (-(-(highest + 1) // SEQ_STRIDE) - joined) * SEQ_STRIDE

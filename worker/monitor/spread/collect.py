@@ -19,6 +19,7 @@ import numpy.typing as npt
 from undertow.worker.runtime.events import PredictionEvent
 
 SPREAD = "spread"  # batch.shared: the SpreadCollector of the batch
+SPREAD_SWITCHED = "spread_switched"  # batch.shared: models spread or no longer spread since the last batch
 
 # labelled_pairs.seq of a spread model's pair: its number on the partition times this, plus the partition, so
 # that monitors on other partitions never write the same seq (and a partition's pairs keep their order).

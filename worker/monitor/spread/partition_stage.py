@@ -24,7 +24,7 @@ from undertow.errors import InvalidEvent
 from undertow.models import registry
 from undertow.storage import repo
 from undertow.storage import spread as spread_repo
-from undertow.worker.monitor.spread.collect import SPREAD, PartitionPart, SpreadCollector
+from undertow.worker.monitor.spread.collect import SPREAD, SPREAD_SWITCHED, PartitionPart, SpreadCollector
 from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, encode, pack
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter
@@ -49,12 +49,16 @@ class SpreadRoutingStage:
     def __init__(self, keyed: KeyedByEventId, topology: SpreadTopology):
         self.keyed = keyed
         self.topology = topology
+        self._last: set[str] | None = None  # the spread models of the last batch
 
     def reset(self) -> None:
-        pass
+        self._last = None  # the stages' joins are restored from SQL anyway
 
     def apply(self, session: Session, batch: Batch) -> None:
         spread = registry.spread_models(session)
+        if self._last is not None and spread != self._last:
+            batch.shared[SPREAD_SWITCHED] = spread ^ self._last  # their joins restart numbering from SQL
+        self._last = spread
         if self.keyed.models - spread:
             self._refuse_keyed_by_event_id(session, batch, self.keyed.models - spread)
         self.keyed.models = set()
