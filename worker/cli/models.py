@@ -48,6 +48,7 @@ def cmd_models_register(args) -> int:
     if args.description:
         card["intended_use"] = {"description": args.description}
     with database(settings) as sessions, sessions.begin() as session:
+        existed = bool(registry.registered(session, [args.model_id]))  # a switch warns; a new model has none
         row = registry.register(
             session,
             model_id=args.model_id,
@@ -80,7 +81,7 @@ def cmd_models_register(args) -> int:
         }
         if segments is not None:
             summary["segments"] = _shown_segments(segments)
-    if was_spread is False:  # a registered model switched on: the same warning as `models spread --on`
+    if was_spread is False and existed:  # a registered model switched on: the warning of `models spread --on`
         print(_SWITCH_WARNING[True], file=sys.stderr)
     print(json.dumps(summary, indent=2))
     return 0

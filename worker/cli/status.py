@@ -312,8 +312,10 @@ def _print_drift(status: dict) -> None:
 
 def _print_joins(status: dict) -> None:
     for j in status["label_join"]:
+        model_id, _, partition = j["model_id"].partition("@")  # a spread model's join, per partition
+        where = f"{model_id} (partition {partition})" if partition else model_id
         print(
-            f"label join of {j['model_id']}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
+            f"label join of {where}: joined={j['joined']} waiting predictions={j['pending_predictions']} "
             f"labels={j['pending_labels']} expired={j['expired_predictions']}/{j['expired_labels']} "
             f"evicted={j['evicted_predictions']}/{j['evicted_labels']}"
         )

@@ -59,7 +59,8 @@ def print_spread(entries: list[dict], wait_seconds: float) -> None:
         silent = [p["partition"] for p in s["partitions"] if not p["waited_for"]]
         note = f"; not waited for (over {wait_seconds:g} s behind): {silent}" if silent else ""
         print(
-            f"spread model {s['model_id']}: merged to {s['merged_to'] or '-'}, {s['partials']} partials, held "
+            f"spread model {s['model_id']}: merged to {s['merged_to'] or '-'}, {s['partials']} partials "
+            f"(and {s['duplicate_partials']} sent again, dropped), held "
             f"{s['held_rows']} rows and {s['held_pairs']} pairs, late {s['late_rows']}/{s['late_pairs']}{note}"
         )
         for p in s["partitions"]:
