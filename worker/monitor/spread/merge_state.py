@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
-from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, pack
+from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart
 
 FORMAT = 1  # of ``MergeProgress`` in ``merge_state.state`` (its ``state_format`` column)
 
@@ -68,22 +68,8 @@ class HeldPart:
 
     def encode(self, model_id: str, partitions: int) -> bytes:
         """What is left of the partial, as a partial (for ``merge_pending``)."""
-        rows = [
-            RowsPart(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts))
-            for version, (values, ts) in self.rows.items()
-        ]
-        pairs = [
-            PairsPart(
-                version=version,
-                metric=metric,
-                seq=pack(a["seq"], "<i8"),
-                prediction_ts=pack(a["prediction_ts"]),
-                label_ts=pack(a["label_ts"]),
-                error=pack(a["error"]),
-                score_loss=pack(a["score_loss"]),
-            )
-            for (version, metric), a in self.pairs.items()
-        ]
+        rows = [RowsPart.of(version, values, ts) for version, (values, ts) in self.rows.items()]
+        pairs = [PairsPart.of(version, metric, arrays) for (version, metric), arrays in self.pairs.items()]
         rest = Partial(
             model_id=model_id,
             partition=self.partition,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,7 @@ from undertow.errors import InvalidEvent
 
 FORMAT = 1
 FORMAT_HEADER = "undertow-partial-format"
+PAIR_ARRAYS = ("seq", "prediction_ts", "label_ts", "error", "score_loss")
 
 
 def pack(array: npt.ArrayLike, dtype: str = "<f8") -> str:
@@ -53,6 +56,10 @@ class RowsPart(Frozen):
     rows: str
     ts: str
 
+    @classmethod
+    def of(cls, version: str, values: npt.NDArray[np.float64], ts: npt.NDArray[np.float64]) -> RowsPart:
+        return cls(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts))
+
     def arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         ts = unpack(self.ts)
         return unpack(self.rows).reshape(len(ts), self.width), ts
@@ -69,6 +76,12 @@ class PairsPart(Frozen):
     label_ts: str
     error: str
     score_loss: str
+
+    @classmethod
+    def of(cls, version: str, metric: str, arrays: Mapping[str, Any]) -> PairsPart:
+        """From ``arrays`` as ``arrays()`` gives them (score_loss NaN where none)."""
+        packed = {name: pack(arrays[name], "<i8" if name == "seq" else "<f8") for name in PAIR_ARRAYS}
+        return cls(version=version, metric=metric, **packed)
 
     def arrays(self) -> dict[str, npt.NDArray]:
         return {

@@ -25,7 +25,7 @@ from undertow.models import registry
 from undertow.storage import repo
 from undertow.storage import spread as spread_repo
 from undertow.worker.monitor.spread.collect import SPREAD, SPREAD_SWITCHED, PartitionPart, SpreadCollector
-from undertow.worker.monitor.spread.partial import PairsPart, Partial, RowsPart, encode, pack
+from undertow.worker.monitor.spread.partial import PAIR_ARRAYS, PairsPart, Partial, RowsPart, encode
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter
 from undertow.worker.runtime.transport import dead_letter
@@ -126,20 +126,12 @@ def _partial(
     for version, chunks in part.rows.items():
         values = np.concatenate([c[0] for c in chunks])
         ts = np.concatenate([c[1] for c in chunks])
-        rows.append(RowsPart(version=version, width=values.shape[1], rows=pack(values), ts=pack(ts)))
+        rows.append(RowsPart.of(version, values, ts))
     pairs = []
     for (version, metric), joined in part.pairs.items():
-        pairs.append(
-            PairsPart(
-                version=version,
-                metric=metric,
-                seq=pack([p.seq for p in joined], "<i8"),
-                prediction_ts=pack([p.prediction_ts for p in joined]),
-                label_ts=pack([p.label_ts for p in joined]),
-                error=pack([p.error for p in joined]),
-                score_loss=pack([np.nan if p.score_loss is None else p.score_loss for p in joined]),
-            )
-        )
+        arrays = {name: [getattr(p, name) for p in joined] for name in PAIR_ARRAYS}
+        arrays["score_loss"] = [np.nan if loss is None else loss for loss in arrays["score_loss"]]
+        pairs.append(PairsPart.of(version, metric, arrays))
     return Partial(
         model_id=model_id,
         partition=partition,
