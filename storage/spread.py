@@ -32,7 +32,6 @@ def save_partition_state(
     partition: int,
     next_partial: int,
     watermarks: tuple[float | None, float | None],
-    joined: int,
 ) -> None:
     """``watermarks``: the newest prediction time and label time seen on the partition."""
     watermark_ts, label_watermark_ts = watermarks
@@ -45,19 +44,11 @@ def save_partition_state(
                 next_partial=next_partial,
                 watermark_ts=watermark_ts,
                 label_watermark_ts=label_watermark_ts,
-                joined=joined,
             )
         )
     else:
-        row.next_partial, row.joined = next_partial, joined
+        row.next_partial = next_partial
         row.watermark_ts, row.label_watermark_ts = watermark_ts, label_watermark_ts
-
-
-def partition_states(session: Session, model_id: str | None = None) -> list[SpreadPartitionState]:
-    query = select(SpreadPartitionState).order_by(SpreadPartitionState.model_id, SpreadPartitionState.partition)
-    if model_id is not None:
-        query = query.where(SpreadPartitionState.model_id == model_id)
-    return list(session.scalars(query))
 
 
 def merge_state(session: Session, model_id: str) -> MergeState | None:

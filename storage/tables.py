@@ -510,7 +510,6 @@ class SpreadPartitionState(Base):
     next_partial: Mapped[int] = mapped_column(BigInteger, default=0)  # the sequence number of its next partial
     watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest prediction time seen on the partition
     label_watermark_ts: Mapped[float | None] = mapped_column(Float)  # newest label time
-    joined: Mapped[int] = mapped_column(BigInteger, default=0)  # pairs joined on the partition
 
 
 class MergeState(Base):

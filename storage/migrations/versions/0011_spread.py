@@ -2,7 +2,7 @@
 
 ``model_settings`` holds whether a model is spread; ``spread_partition_state``
 the partition-local side (the sequence of partials each source partition has
-emitted, its watermark, its pairs joined); ``merge_state`` the merge per model and
+emitted, its watermarks); ``merge_state`` the merge per model and
 ``merge_pending`` what it holds back until every partition has passed it.
 ``join_stats.seq_base``: where a join's pair numbers start, so a join that starts
 after the model was spread (or no longer is) numbers on from the model's pairs.
@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("next_partial", sa.BigInteger(), nullable=False),
         sa.Column("watermark_ts", sa.Float(), nullable=True),
         sa.Column("label_watermark_ts", sa.Float(), nullable=True),
-        sa.Column("joined", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("model_id", "partition"),
     )
     op.create_table(

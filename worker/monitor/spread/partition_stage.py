@@ -105,9 +105,7 @@ class SpreadEmitStage:
             partial = _partial(model_id, partition, spread.partitions, seq, watermarks, part)
             value, headers = encode(partial)
             repo.enqueue(session, self.merge_topic, model_id.encode(), value, headers)
-            joined = 0 if state is None else state.joined
-            joined += sum(len(pairs) for pairs in part.pairs.values())
-            spread_repo.save_partition_state(session, model_id, partition, seq + 1, watermarks, joined)
+            spread_repo.save_partition_state(session, model_id, partition, seq + 1, watermarks)
 
 
 def _newest(old: float | None, new: float | None) -> float | None:
