@@ -22,8 +22,10 @@ class Waiting:
     seq: int  # its row in ``join_pending``: arrival order per model
     version: str | None
     ts: float
-    fields: Any  # the event (or, read back from SQL, its JSON as a dict); None once in SQL only
-    payload: str | None  # their JSON, until written to ``join_pending`` (or taken before it was)
+    fields: Any  # the event (or, read back, its JSON as a dict); None once in SQL only
+    # Their JSON: written to ``join_pending`` by ``flush``, then kept as a cache until the owner drops it
+    # (None: taken before it was written, or only in SQL).
+    payload: str | None
 
 
 class JoinBuffer:
@@ -36,7 +38,9 @@ class JoinBuffer:
     back for the events that join. Events written by the last flush keep
     their fields in memory until the owner calls ``forget_recent`` (after
     the next batch), so a partner that arrives one batch later, the common
-    case, joins without a read. A batch works in memory, and ``flush``
+    case, joins without a read; ``flush`` returns them, and their JSON stays
+    in memory (a cache of the rows) until the owner drops it, so that older
+    partners are decoded rather than read. A batch works in memory, and ``flush``
     writes what changed, in the batch's transaction: one DELETE for the rows
     that left (joined, expired, evicted) and one INSERT for the rows that
     arrived and still wait, appended in arrival order (``seq``). An event
@@ -62,10 +66,11 @@ class JoinBuffer:
         self._removed: list[int] = []  # seqs in SQL, to delete
         self._recent: list[Waiting] = []  # written by the last flush, their fields still in memory
         self._next_seq = 0
+        self._unwritten_from = 0  # the seqs from here on arrived since the last flush: not in SQL
         for seq, kind, event_id, version, ts in rows:
             self._waiting[kind][event_id] = Waiting(seq, version, ts, None, None)
             self._heaps[kind].append((ts, event_id))
-            self._next_seq = max(self._next_seq, seq + 1)
+            self._next_seq = self._unwritten_from = max(self._next_seq, seq + 1)
         for heap in self._heaps.values():
             heapq.heapify(heap)
 
@@ -89,7 +94,7 @@ class JoinBuffer:
         """Remove a waiting event and return it (None if it does not wait)."""
         waiting = self._waiting[kind].pop(event_id, None)
         if waiting is not None:
-            if waiting.payload is not None:  # arrived since the last flush: not in SQL, never to be written
+            if waiting.seq >= self._unwritten_from:  # arrived since the last flush: never to be written
                 waiting.payload = None
             else:
                 self._removed.append(waiting.seq)
@@ -126,14 +131,21 @@ class JoinBuffer:
         self._recent = []
 
     def load_fields(self, session: Session, taken: list[Waiting]) -> None:
-        """Read the fields of taken events that are in SQL only, before ``flush`` deletes their rows."""
-        missing = {w.seq: w for w in taken if w.fields is None}
+        """Decode or read the fields of taken events that are no longer in memory, before ``flush`` deletes
+        their rows."""
+        missing = {}
+        for w in taken:
+            if w.fields is None:
+                if w.payload is None:
+                    missing[w.seq] = w
+                else:  # the cached JSON: the same text as the row's
+                    w.fields = json.loads(w.payload)
         if missing:
             for seq, payload in repo.pending_payloads(session, self.model_id, list(missing)).items():
                 missing[seq].fields = json.loads(payload)
 
-    def flush(self, session: Session) -> None:
-        """Write the changes since the last flush (in the caller's transaction)."""
+    def flush(self, session: Session) -> list[Waiting]:
+        """Write the changes since the last flush (in the caller's transaction); the events written."""
         repo.remove_pending(session, self.model_id, self._removed)
         self._removed = []
         self.forget_recent()
@@ -141,12 +153,12 @@ class JoinBuffer:
         written = [added for added in self._added if added[2].payload is not None]  # still waiting
         rows = [[model_id, w.seq, kind, event_id, w.version, w.ts, w.payload] for kind, event_id, w in written]
         self._recent = [w for _, _, w in written]
-        for w in self._recent:
-            w.payload = None
         self._added = []
+        self._unwritten_from = self._next_seq
         for kind in KINDS:
             waiting, heap = self._waiting[kind], self._heaps[kind]
             if len(heap) > 2 * len(waiting) + 1000:  # mostly joined events: rebuild from what waits
                 self._heaps[kind] = [(w.ts, event_id) for event_id, w in waiting.items()]
                 heapq.heapify(self._heaps[kind])
         repo.add_pending(session, rows)
+        return self._recent

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,6 +39,10 @@ from undertow.worker.runtime.output_events import ConceptDriftAlert
 # Join buffers held in memory across batches; beyond it those of models not in the batch are dropped
 # (restored from join_pending when their model comes back), so memory does not grow with the model count.
 MAX_BUFFERS_IN_MEMORY = 10_000
+# The JSON of the events written to join_pending kept in memory, newest first, across all models (characters):
+# a partner that arrives batches later is decoded from it rather than read back (a SELECT per model and batch;
+# 3,707 to 55,220 of 100,000 pairs in bench/ingest.py, up to 4 us a record). About 80,000 events of 4 inputs.
+MAX_PAYLOAD_CHARS_KEPT = 16_000_000
 
 
 class ConceptStage:
@@ -75,6 +79,8 @@ class ConceptStage:
         self._monitors: dict[tuple[str, str], ErrorStreamMonitor | None] = {}
         self._buffers: dict[str, JoinBuffer] = {}
         self._recent_models: set[str] = set()  # buffers that keep the last batch's fields
+        self._payloads: deque[tuple[int, list[Waiting]]] = deque()  # (their characters, events) as written
+        self._payload_chars = 0
         self._classifiers: dict[tuple[str, str | None], bool] = {}  # per version: are its labels classes?
         self._segments = SegmentErrorStreams(alerts_topic)  # the error stream per segment of segmented versions
 
@@ -84,6 +90,8 @@ class ConceptStage:
         self._classifiers.clear()
         self._buffers.clear()
         self._recent_models.clear()
+        self._payloads.clear()
+        self._payload_chars = 0
 
     def apply(self, session: Session, batch: Batch) -> None:
         for model_id in batch.shared.get(FORGOTTEN, ()):  # their rows were deleted by the registration stage
@@ -132,6 +140,11 @@ class ConceptStage:
         for model_id in self._recent_models.difference(models):
             self._buffers[model_id].forget_recent()
         self._recent_models = models
+        while self._payload_chars > MAX_PAYLOAD_CHARS_KEPT:
+            chars, written = self._payloads.popleft()
+            self._payload_chars -= chars
+            for w in written:
+                w.payload = None
         if len(self._buffers) > MAX_BUFFERS_IN_MEMORY:
             self._buffers = {model_id: self._buffers[model_id] for model_id in models}
 
@@ -210,7 +223,11 @@ class ConceptStage:
             self._bound(buffer, watermark)
         stats["pending_predictions"] = buffer.pending("prediction")
         stats["pending_labels"] = buffer.pending("label")
-        buffer.flush(session)
+        written = buffer.flush(session)
+        if written:
+            chars = sum([len(w.payload) for w in written])  # type: ignore[arg-type]  # written: all have one
+            self._payloads.append((chars, written))
+            self._payload_chars += chars
         return pairs
 
     def _match(self, buffer: JoinBuffer, events: list, champion: str | None, watermark: float | None):
