@@ -111,6 +111,20 @@ class CategoricalEncoder:
             return self._codes[key]
         return self.other if key in self._other_names else self.unseen
 
+    def encode_many(self, values: list[Any]) -> list[float]:
+        """``encode`` of each value: the known categories by one dict lookup each in C (a Python call per
+        value had been most of a categorical column's encoding), the rest by ``encode``.
+
+        >>> profile = CategoricalProfile(categories=["a", "1"], other_categories=["r"], shares=[0.25] * 4,
+        ...                              missing_share=0)
+        >>> CategoricalEncoder(profile).encode_many(["a", "1", 1, "r", "new", None, "a"])
+        [0, 1, 1, 2, 3, nan, 0]
+        """
+        codes = list(map(self._codes.get, values))
+        if None in codes:  # a null, or a value that is not a known category as it is
+            return [self.encode(value) if code is None else code for code, value in zip(codes, values)]
+        return cast("list[float]", codes)
+
 
 class FeatureEvaluator:
     """Computes FeatureStats for one feature's window column."""

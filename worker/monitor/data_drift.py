@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 
 CONFIDENCE = "__confidence__"  # a buffer column: the score the model gave its own prediction
 MIN_SCORED_ROWS = 100
+# C-level getters for encoding a batch's events column by column.
+_FEATURES, _PREDICTION, _EPOCH = map(operator.attrgetter, ("features", "prediction", "epoch"))
 _DETECTOR = {
     DataDriftAlert: "data",
     PredictionDriftAlert: "data",
@@ -147,7 +149,7 @@ class ModelVersionMonitor:
             self.columns.append(PREDICTION_FEATURE)
         self.evaluators = [FeatureEvaluator(profile.features[name]) for name in self.columns]
         self._encoders = [
-            None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode
+            None if isinstance(profile.features[name], NumericProfile) else ev.encoder.encode_many
             for name, ev in zip(self.columns, self.evaluators)
         ]
         self._numeric_columns = [
@@ -179,20 +181,18 @@ class ModelVersionMonitor:
     def encode(self, events: list[PredictionEvent], numbers_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Rows of bucket codes / numbers (NaN = missing, or a string in a numeric column). ``numbers_only``:
         the schema stage found every event's features as registered, numeric ones numbers or nulls."""
-        features = [event.features for event in events]
+        features = list(map(_FEATURES, events))
         out = np.empty((len(events), len(self.columns) + self.scored))
         numeric = self._encode_numeric(features, out, numbers_only)
         for j, (name, encoder) in enumerate(zip(self.columns, self._encoders)):
             if j not in numeric:
                 values = (
-                    [event.prediction for event in events]
-                    if name == PREDICTION_FEATURE
-                    else [f.get(name) for f in features]
+                    list(map(_PREDICTION, events)) if name == PREDICTION_FEATURE else [f.get(name) for f in features]
                 )
                 out[:, j] = _encoded_column(values, encoder)
         if self.scored:
             out[:, -1] = [(e.scores or {}).get(str(e.prediction), math.nan) for e in events]
-        ts = np.fromiter((e.epoch for e in events), dtype=float, count=len(events))
+        ts = np.fromiter(map(_EPOCH, events), dtype=float, count=len(events))
         return out, ts
 
     def _encode_numeric(self, features: list[dict], out: np.ndarray, numbers_only: bool = False) -> set[int]:
@@ -496,9 +496,9 @@ def _band(change: float, moderate: float, significant: float, scale: float = 1.0
 
 def _encoded_column(values: list, encoder) -> np.ndarray | list:
     """One column's values as numbers: a numeric one's (None, or a string, becomes NaN), a categorical
-    one's bucket codes."""
+    one's bucket codes (``encoder``: ``CategoricalEncoder.encode_many``)."""
     if encoder is not None:
-        return [encoder(v) for v in values]
+        return encoder(values)
     try:
         return np.array(values, dtype=float)  # None becomes NaN
     except (TypeError, ValueError):  # a string in a numeric column counts as missing
