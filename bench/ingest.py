@@ -192,8 +192,10 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
             if done and first is None:
                 first = (now, done)
                 steps_first = dict(getattr(monitor, "step_seconds", {}))  # absent before the timings existed
+                batches_first = getattr(monitor, "batches", 0)
             if done >= n:
                 steps = {k: v - steps_first.get(k, 0.0) for k, v in getattr(monitor, "step_seconds", {}).items()}
+                steps["batches"] = getattr(monitor, "batches", 0) - batches_first
                 break
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"monitor stopped at {done} of {n} records (rc={result.get('rc')})")
@@ -211,13 +213,16 @@ def monitor_rate(settings, partitions: int, n: int) -> tuple[float, int, float, 
 def per_record(step_seconds: dict[str, float], records: int) -> list[tuple[str, str]]:
     """Microseconds per record by step (empty for a monitor without ``step_seconds``); the checkpoint's own
     share is what its stages did not use."""
+    step_seconds = dict(step_seconds)
+    batches = step_seconds.pop("batches", 0)
     stages = {k: v for k, v in step_seconds.items() if k not in ("poll", "intake", "validate", "checkpoint")}
     rows = [(name, step_seconds.get(name, 0.0)) for name in ("poll", "intake", "validate")]
     rows += sorted(stages.items())
     rows.append(("transaction + offsets + publish", step_seconds.get("checkpoint", 0.0) - sum(stages.values())))
     total = sum(seconds for _, seconds in rows)
     return [(f"  us/record {name}", f"{seconds / records * 1e6:.1f}") for name, seconds in rows] + [
-        ("  us/record total", f"{total / records * 1e6:.1f}")
+        ("  us/record total", f"{total / records * 1e6:.1f}"),
+        ("  records per batch", f"{records / batches:,.0f}" if batches else "-"),
     ]
 
 

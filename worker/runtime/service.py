@@ -145,6 +145,7 @@ class ServiceRunner:
         # Seconds spent per step since start (poll, intake, validate, each stage, checkpoint): what the
         # benchmarks print per record. Committed and failed attempts alike.
         self.step_seconds: dict[str, float] = defaultdict(float)
+        self.batches = 0  # batches committed: per-batch costs weigh by the records a batch holds
         self.garbage = GarbagePacer()
         self.pruner = retention.Pruner(self.sessions, settings.retention(), PRUNED_BY.get(service.name, ()))
         self._next_prune = time.monotonic()  # at the first turn, then every prune_interval_seconds
@@ -442,6 +443,7 @@ class _Loop:
             try:
                 self.checkpoint.commit(batch, expected, self.runner.apply)
                 self.runner.step_seconds["checkpoint"] += time.perf_counter() - validated
+                self.runner.batches += 1
                 self.runner.garbage.processed(len(part))
                 continue
             except Exception as exc:  # anything not transient is the records' doing
