@@ -134,6 +134,10 @@ class FeatureEvaluator:
         present = 1 - profile.missing_share
         # Expected shares of the bins plus a trailing missing bucket.
         self.expected = np.append(np.array(profile.shares) * present, profile.missing_share)
+        # What PSI and chi-square take from the reference, computed here once rather than in every window.
+        self._psi_expected = np.maximum(self.expected, PSI_FLOOR)
+        self._chi2_shares = self._psi_expected / self._psi_expected.sum()
+        self._chi2_kept, self._chi2_empty = int(np.count_nonzero(self.expected > 0)), self.expected == 0
         if isinstance(profile, NumericProfile):
             self._edges = np.array(profile.edges)
             self._ks_sample = SortedReference(np.array(profile.ks_sample))
@@ -145,7 +149,8 @@ class FeatureEvaluator:
         """(n, psi, ks statistic, ks effective size, chi-square, dof, missing share, rank-sum z,
         Anderson-Darling statistic); p-values come later."""
         missing = np.isnan(column)
-        present = column[~missing]
+        n_missing = int(np.count_nonzero(missing))
+        present = column[~missing] if n_missing else column
         bins = self.expected.size - 1
         ks_d: float | None
         rank_z: float | None
@@ -156,19 +161,28 @@ class FeatureEvaluator:
         else:
             binned = np.bincount(present.astype(np.int64), minlength=bins)
             ks_d, ks_n, rank_z, ad = None, 0, None, None
-        counts = np.append(binned, missing.sum()).astype(float)
-        chi2_statistic, dof = chi_square_statistic(self.expected, counts)
+        counts = np.append(binned, n_missing).astype(float)
+        chi2_statistic, dof = self._chi_square(counts)
         return (
             column.size,
-            psi(self.expected, counts / column.size),
+            psi(self._psi_expected, counts / column.size),  # flooring it again changes nothing
             ks_d,
             ks_n,
             chi2_statistic,
             dof,
-            float(missing.mean()),
+            n_missing / column.size if column.size else math.nan,
             rank_z,
             ad,
         )
+
+    def _chi_square(self, counts: npt.NDArray[np.float64]) -> tuple[float, int]:
+        """``chi_square_statistic(self.expected, counts)``, with the reference's part precomputed."""
+        n = counts.sum()
+        if n == 0:
+            return math.nan, 1
+        expected = self._chi2_shares * n
+        statistic = float(np.sum((counts - expected) ** 2 / expected))
+        return statistic, max(1, int(self._chi2_kept + np.count_nonzero(counts[self._chi2_empty]) - 1))
 
     def evaluate(self, column: npt.NDArray[np.float64]) -> FeatureStats:
         return evaluate_window([self], column.reshape(-1, 1))[0]
