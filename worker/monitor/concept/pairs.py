@@ -9,7 +9,6 @@ from pydantic_core import to_json
 
 from undertow.models.drift.errors import prediction_error, score_loss
 from undertow.worker.monitor.join_buffer import Waiting
-from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 
 
 class Pair(NamedTuple):
@@ -34,7 +33,7 @@ class Pair(NamedTuple):
 
 
 def build_pair(model_id: str, seq: int, event_id: str, prediction: Waiting, label: Waiting, classes: bool) -> Pair:
-    p, target = _fields(prediction.fields), _fields(label.fields)["label"]
+    p, target = prediction.fields, label.fields["label"]
     error, metric = prediction_error(p["prediction"], target, classes)
     return Pair(
         model_id,
@@ -64,8 +63,3 @@ def _to_json(value) -> str:
     """pydantic-core's encoder: 4 times faster than json.dumps on floats (half a TypeAdapter's cost, with
     the same bytes). Infinity and NaN as json.dumps writes them, for detector state; events hold none."""
     return to_json(value, inf_nan_mode="constants").decode()
-
-
-def _fields(fields: PredictionEvent | LabelEvent | dict) -> dict:
-    """The event's fields: the event itself while in memory, its stored JSON once read back."""
-    return fields if isinstance(fields, dict) else fields.__dict__

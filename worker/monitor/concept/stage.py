@@ -33,7 +33,6 @@ from undertow.worker.monitor.spread.collect import (
     spread_stream,
 )
 from undertow.worker.runtime.batch import Batch
-from undertow.worker.runtime.events import LabelEvent, PredictionEvent
 from undertow.worker.runtime.output_events import ConceptDriftAlert
 
 # Join buffers held in memory across batches; beyond it those of models not in the batch are dropped
@@ -198,7 +197,9 @@ class ConceptStage:
             buffer = self._buffers[stream] = JoinBuffer.restore(session, stream)
             _number_on(session, model_id, buffer.stats, partition)
         stats = buffer.stats
-        matches, taken, expired, watermark = self._match(buffer, events, champion, stats["watermark_ts"])
+        matches, taken, expired, watermark = buffer.match(
+            events, champion, stats["watermark_ts"], self.join_ttl_seconds
+        )
         buffer.load_fields(session, taken)
         joined, base = stats["joined"], stats["seq_base"]
         pairs = [
@@ -229,37 +230,6 @@ class ConceptStage:
             self._payloads.append((chars, written))
             self._payload_chars += chars
         return pairs
-
-    def _match(self, buffer: JoinBuffer, events: list, champion: str | None, watermark: float | None):
-        """Each event joined to its waiting partner, or left waiting: (matches as (event id, prediction,
-        label), the partners taken, expired partners per kind, the new watermark)."""
-        matches: list[tuple[str, Waiting, Waiting]] = []
-        taken: list[Waiting] = []
-        expired = {"prediction": 0, "label": 0}
-        for position, event in events:
-            epoch = event.epoch
-            watermark = epoch if watermark is None or epoch > watermark else watermark
-            eid = event.event_id
-            if isinstance(event, PredictionEvent):
-                kind, other, version = "prediction", "label", event.model_version or champion
-            elif isinstance(event, LabelEvent):
-                kind, other, version = "label", "prediction", None
-            else:
-                continue
-            if buffer.waits(kind, eid):
-                continue  # a retry beyond the duplicate horizon, still waiting
-            partner = buffer.take(other, eid)
-            if partner is not None and partner.ts < watermark - self.join_ttl_seconds:
-                partner = None  # expired: decided per event, so batch boundaries cannot change a join
-                expired[other] += 1
-            if partner is None:
-                payload = position.value.decode() if position.value else event.model_dump_json()
-                buffer.add(kind, eid, version, epoch, event, payload)
-            else:
-                taken.append(partner)
-                this = Waiting(-1, version, epoch, event, None)  # joined on arrival: never stored
-                matches.append((eid, this, partner) if kind == "prediction" else (eid, partner, this))
-        return matches, taken, expired, watermark
 
     @staticmethod
     def _trim(
