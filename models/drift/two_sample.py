@@ -21,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
+from undertow.models.drift import ad_tail_table
+
 
 class SortedReference:
     """A numeric feature's sorted reference sample with what its ties need, computed once per profile:
@@ -187,10 +189,16 @@ _TERMS = 2000
 
 @functools.cache
 def _saddlepoint_tail() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """log P(A > x) on a grid from 3 to 100 by the Lugannani-Rice formula, computed once."""
+    """log P(A > x) on a grid from 3 to 100: ``computed_saddlepoint_tail``'s table as written out in
+    ``ad_tail_table`` (computing it took a process 0.2-0.45 s of CPU at its first window)."""
+    return ad_tail_table.table()
+
+
+def computed_saddlepoint_tail() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """log P(A > x) on a grid from 3 to 100 by the Lugannani-Rice formula."""
     lam = 1.0 / (np.arange(1, _TERMS + 1) * np.arange(2, _TERMS + 2))
     rest = 1.0 / (_TERMS + 1)
-    x = np.arange(3.0, 100.25, 0.25)
+    x = np.arange(*ad_tail_table.GRID)
     # Solve K'(s) = x for s in (0, 1/2 lambda_1 = 1). K' is convex and increasing, so Newton's steps from
     # the right of the root approach it from the right: start where the first term alone reaches x.
     s = 1.0 - 0.5 / x

@@ -109,6 +109,16 @@ def test_anderson_darling_matches_its_definition_and_its_limit_distribution(shif
     assert anderson_darling_sf([2.492, 3.857]) == pytest.approx([0.05, 0.01], rel=0.05)
 
 
+def test_the_written_out_anderson_darling_tail_is_the_computed_one_to_the_bit():
+    """``ad_tail_table`` spares a process the computation; it must be exactly what the computation gives."""
+    from undertow.models.drift.two_sample import _saddlepoint_tail, computed_saddlepoint_tail
+
+    grid, log_sf = _saddlepoint_tail()
+    computed_grid, computed = computed_saddlepoint_tail()
+    assert np.array_equal(grid, computed_grid) and grid.size == 389
+    assert np.array_equal(log_sf, computed), np.flatnonzero(log_sf != computed)
+
+
 def test_on_tied_features_the_windows_tests_stay_uniform_where_plain_ks_piles_up_near_one():
     """A binary flag and a 17-level pixel-like feature: without drift, the rank sum (mid-ranks, tie-corrected
     variance) and Anderson-Darling (ties broken at random) give standard normal scores; the plain KS p-value
