@@ -193,7 +193,7 @@ class JoinBuffer:
         self.forget_recent()
         model_id = self.model_id
         written = [added for added in self._added if added[2].payload is not None]  # still waiting
-        rows = [[model_id, w.seq, kind, event_id, w.version, w.ts, w.payload] for kind, event_id, w in written]
+        rows = [(model_id, w.seq, kind, event_id, w.version, w.ts, w.payload) for kind, event_id, w in written]
         self._recent = [w for _, _, w in written]
         self._added = []
         self._unwritten_from = self._next_seq
