@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -37,19 +37,30 @@ class Batch:
         return len(self.events) + len(self.dead_letters)
 
 
-def build_batch(records, parse: Callable[[Any], Any]) -> Batch:
+def build_batch(records: Sequence[Any], parse: Callable[[Any], Any]) -> Batch:
     """Validate every record once, keeping their order; invalid ones become dead letters.
 
-    ``parse`` turns a record into its event or raises InvalidEvent.
+    ``parse`` turns a record into its event or raises InvalidEvent. If it has a ``parse_batch(records)``, that
+    does the same for a whole batch in one call, returning the (record, event) pairs and the (record,
+    InvalidEvent) pairs, each in the records' order.
     """
     batch = Batch()
-    for record in records:
-        try:
-            event = parse(record)
-        except InvalidEvent as exc:
-            log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-            batch.dead_letters.append(dead_letter(record, "validate", exc))
-        else:
-            batch.events.append((record, event))
-        batch.next_offsets[(record.topic, record.partition)] = record.offset + 1
+    parse_batch = getattr(parse, "parse_batch", None)
+    if parse_batch is None:
+        for record in records:
+            try:
+                batch.events.append((record, parse(record)))
+            except InvalidEvent as exc:
+                _refuse(batch, record, exc)
+    else:
+        batch.events, refused = parse_batch(records)
+        for record, error in refused:
+            _refuse(batch, record, error)
+    # A second pass over the records (hence a sequence): parse_batch's loop is the parser's, which has no offsets.
+    batch.next_offsets = {(record.topic, record.partition): record.offset + 1 for record in records}
     return batch
+
+
+def _refuse(batch: Batch, record, exc: InvalidEvent) -> None:
+    log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+    batch.dead_letters.append(dead_letter(record, "validate", exc))
