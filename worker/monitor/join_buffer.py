@@ -35,8 +35,8 @@ class JoinBuffer:
     Kafka Streams' and Quix's state stores, in small: the buffer is restored
     from ``join_pending`` when the model is first seen after a start, a
     rebalance or a failed batch. Memory holds the index (event ids, versions
-    and times); an event's payload stays in SQL once written, and is read
-    back for the events that join. Events written by the last flush keep
+    and times); an event's payload is in SQL once written, and is read back
+    for the events that join unless memory still has it. Events written by the last flush keep
     their fields in memory until the owner calls ``forget_recent`` (after
     the next batch), so a partner that arrives one batch later, the common
     case, joins without a read; ``flush`` returns them, and their JSON stays
