@@ -66,7 +66,10 @@ Integer = Annotated[StrictInt, Field(ge=-(10**308), le=10**308)]
 # the first exact match), 11 % less validation per prediction; ints still validate as ints.
 FeatureValue = StrictFloat | Integer | Text | None
 Target = StrictFloat | Integer | Text
-Probability = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
+# The bounds on each member, not on the union: pydantic-core checks them itself, where bounds on the union ran
+# two Python validators per score (a prediction with 5 class scores: 5.3 -> 3.5 us to validate). Same values
+# accepted, same messages (field_problems names the float member "float" as before).
+Probability = Annotated[StrictFloat, Field(ge=0, le=1)] | Annotated[StrictInt, Field(ge=0, le=1)]
 
 
 class _Epoch:
@@ -135,6 +138,9 @@ def _parse(model: type[_Event], value: bytes | None, max_bytes: int) -> _Event:
 
 # Names pydantic gives the members of a union in an error's location.
 _UNION_MEMBERS = {"constrained-int", "constrained-str", "int", "float", "str", "none", "bool"}
+# Probability's float member, which pydantic names after its bounds; only ever last in a location (unlike the
+# names above, a feature called so keeps its name).
+_BOUNDED_FLOAT = "constrained-float"
 
 
 def field_problems(errors: list[dict]) -> list[dict]:
@@ -152,6 +158,8 @@ def field_problems(errors: list[dict]) -> list[dict]:
     """
     by_field: dict[tuple, list[dict]] = {}
     for error in errors:
+        if error["loc"] and error["loc"][-1] == _BOUNDED_FLOAT:
+            error = {**error, "loc": (*error["loc"][:-1], "float")}
         loc = tuple(part for part in error["loc"] if part not in _UNION_MEMBERS)
         by_field.setdefault(loc, []).append(error)
     problems = []
