@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from tests.worker.test_hostile_input import CORPUS, _label, _prediction, _raw
@@ -113,3 +114,28 @@ def test_the_clock_is_read_once_per_batch_and_an_event_ahead_of_it_is_refused():
     assert [record.offset for record, _ in batch.events] == [0, 1, 2]
     [letter] = batch.dead_letters
     assert b"more than 300 s ahead of the monitor's clock" in dict(letter.headers)["undertow.error.message"]
+
+
+@pytest.mark.parametrize(
+    "score, message",
+    [
+        ("1.5", "scores.a: Input should be less than or equal to 1"),
+        ("2", "scores.a: Input should be less than or equal to 1"),
+        ("-0.5", "scores.a: Input should be greater than or equal to 0"),
+        ("NaN", "scores.a: must be a finite number"),
+        ('"0.5"', "scores.a: must be a number"),
+        ("true", "scores.a: must be a number"),
+        ("9" * 400, "scores.a: integer too large to be a finite float"),
+    ],
+)
+def test_class_scores_are_refused_with_the_messages_they_had_when_python_checked_their_bounds(score, message):
+    scores = b'"prediction": 1.0, "scores": {"a": %s}' % score.encode()
+    value = _raw(_prediction()).replace(b'"prediction": 1.0', scores)
+    batch = build_batch([_record(TOPICS.predictions, 0, value)], _parser())
+    assert dict(batch.dead_letters[0].headers)["undertow.error.message"] == f"PredictionEvent: {message}".encode()
+
+
+def test_class_scores_in_bounds_keep_their_type():
+    value = _raw(_prediction(scores={"a": 0.25, "b": 1, "c": 0}))
+    [(_, event)] = build_batch([_record(TOPICS.predictions, 0, value)], _parser()).events
+    assert [(k, type(v)) for k, v in event.scores.items()] == [("a", float), ("b", int), ("c", int)]
