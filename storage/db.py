@@ -48,9 +48,32 @@ def make_engine(url: str, must_exist: bool = False) -> Engine:
             _configure_sqlite(engine, int(busy_ms))
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
-    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(_missing_driver(url, exc)) from None
+    except (ArgumentError, ValueError) as exc:
         raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
     return engine
+
+
+def _missing_driver(url: str, exc: Exception) -> str:
+    """A URL whose driver is not installed: a valid URL, so say what to install (a trial read "invalid
+    database URL ... No module named 'psycopg'" as a typo in the URL)."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        return f"invalid database URL {url!r}: {exc}"
+    hint = (
+        "install the postgres extra (pip install -e '.[postgres]' in a checkout)"
+        if backend == "postgresql"
+        else "SQLite and PostgreSQL are supported"
+    )
+    return f"the database driver for {backend} is not installed ({exc}): {hint}"
+
+
+def has_schema(engine: Engine) -> bool:
+    """Whether the database holds Undertow's schema (Alembic's table, or the hand-written migrations' one)."""
+    names = set(inspect(engine).get_table_names())
+    return "alembic_version" in names or "schema_version" in names
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -121,6 +121,38 @@ def test_reading_commands_refuse_a_missing_database_instead_of_creating_it(tmp_p
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("command", [["status"], ["db", "prune", "--dry-run"], ["alerts"]])
+def test_reading_commands_refuse_a_database_that_is_not_undertows_and_leave_it_as_it_was(tmp_path, command):
+    """Found by a trial: a dry run pointed at another application's database wrote Undertow's 28 tables there."""
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+    done = _cli(*command, "--db-url", f"sqlite:///{other}", "--bootstrap-servers", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"undertow: error: no Undertow tables in sqlite:///{other}: nothing has been recorded there yet "
+        "(check --db-url / UNDERTOW_DB_URL)"
+    ]
+    with sqlite3.connect(other) as conn:
+        assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["foo"]
+
+
+def test_a_file_that_is_not_a_database_and_a_missing_driver_are_one_line_each(tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text("<html></html>" * 100)
+    not_db = _cli("status", "--db-url", f"sqlite:///{page}", "--bootstrap-servers", f"127.0.0.1:{free_port()}")
+    assert (not_db.returncode, not_db.stderr.strip().splitlines()) == (
+        2,
+        ["undertow: error: database unavailable: file is not a database"],
+    )
+    no_driver = _cli("alerts", "--db-url", "mysql://user@127.0.0.1/db")
+    assert no_driver.returncode == 2
+    (line,) = no_driver.stderr.strip().splitlines()
+    assert line.startswith("undertow: error: the database driver for mysql is not installed (No module named ")
+
+
 def test_database_connection_errors_are_one_line(tmp_path):
     refused = _cli("alerts", "--db-url", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")
     assert refused.returncode == 2

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 
 from undertow import __version__
 from undertow.errors import UndertowError
@@ -100,9 +100,11 @@ def _run(args) -> int:
     except UndertowError as exc:
         print(f"undertow: error: {exc}", file=sys.stderr)
         return 2
-    except (OperationalError, InterfaceError) as exc:
-        # Connection refused, database or directory missing, authentication:
-        # the driver's first line says which.
+    except (DatabaseError, InterfaceError) as exc:
+        if exc.__class__ not in (DatabaseError, OperationalError, InterfaceError):
+            raise  # integrity, data or programming errors are bugs: their traceback says where
+        # Connection refused, database or directory missing, authentication, a file that is not a
+        # database: the driver's first line says which.
         reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
         print(f"undertow: error: database unavailable: {reason}", file=sys.stderr)
         return 2

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import overload
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from undertow.errors import ConfigError
 from undertow.storage import db
 from undertow.worker.runtime import transport
 from undertow.worker.runtime.settings import ENV_PREFIX, ServiceSettings, Settings, SettingsType, load_settings
@@ -96,8 +98,9 @@ def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_json_flag(parser: argparse.ArgumentParser, what: str = "a JSON array") -> None:
-    parser.add_argument("--json", action="store_true", help=f"print {what} instead of text (times in RFC 3339)")
+def add_json_flag(parser: argparse.ArgumentParser, what: str = "a JSON array", times: bool = True) -> None:
+    in_rfc3339 = " (times in RFC 3339)" if times else ""
+    parser.add_argument("--json", action="store_true", help=f"print {what} instead of text{in_rfc3339}")
 
 
 @overload
@@ -118,6 +121,14 @@ def database(settings: Settings, must_exist: bool = False) -> Iterator[sessionma
     there is an error, not created."""
     engine = db.make_engine(settings.db_url, must_exist=must_exist)
     try:
+        if must_exist and not db.has_schema(engine):
+            # A command that reads state must not write Undertow's tables into a database that is not
+            # Undertow's (a --dry-run pointed at the wrong database had created 28 tables there).
+            shown = make_url(settings.db_url).render_as_string(hide_password=True)
+            raise ConfigError(
+                f"no Undertow tables in {shown}: nothing has been recorded there yet (check --db-url / "
+                f"{ENV_PREFIX}DB_URL)"
+            )
         db.migrate(engine)
         yield db.make_session_factory(engine)
     finally:

@@ -35,11 +35,12 @@ def add_parsers(sub) -> None:
     p = command(
         db_sub,
         "prune",
-        f"delete the rows the retention ({ENV_PREFIX}RETAIN_*) no longer keeps, as the services do every "
-        f"{ENV_PREFIX}PRUNE_INTERVAL_SECONDS",
+        f"delete the rows the retention ({ENV_PREFIX}RETAIN_*, docs/configuration.md) no longer keeps, as the "
+        f"services do every {ENV_PREFIX}PRUNE_INTERVAL_SECONDS; prints the rows deleted per table and the "
+        "database size",
         "undertow db prune --dry-run",
     )
     add_connection_flags(p, "db")
     p.add_argument("--dry-run", action="store_true", help="count the rows each table would lose; delete nothing")
-    add_json_flag(p, "a JSON object")
+    add_json_flag(p, "a JSON object (dry_run, rows per table, database_bytes)", times=False)
     p.set_defaults(func=cmd_db_prune)
