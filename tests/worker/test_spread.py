@@ -27,7 +27,7 @@ from undertow.storage import db
 from undertow.worker.dev.sample import SampleStream, encode
 from undertow.worker.monitor.service import monitor_service
 from undertow.worker.monitor.spread.merge_state import MergeProgress, ModelMerge
-from undertow.worker.monitor.spread.partial import FORMAT_HEADER, Partial, RowsPart, decode, pack
+from undertow.worker.monitor.spread.partial import FORMAT_HEADER, PairsPart, Partial, RowsPart, decode, pack
 from undertow.worker.monitor.spread.progress import spread_status
 from undertow.worker.runtime.batch import build_batch
 from undertow.worker.runtime.service import ServiceRunner
@@ -218,6 +218,35 @@ def test_a_partial_applied_before_is_dropped():
     assert merge.add(_partial(0, 0, [1.0], partitions=1)) == "duplicate"
     assert _released_ts(merge) == [1.0]
     assert merge.progress.partials == 1 and merge.progress.duplicate_partials == 1
+
+
+def test_pairs_of_one_label_time_are_released_in_prediction_time_order_whatever_their_join_order():
+    # Partition 0 joined the pair predicted at 5.0 first (seq 0) and the one predicted at 4.0 a batch later
+    # (seq 1: its label was read before its prediction); both labels were stamped 9.0.
+    merge = ModelMerge("hot", MergeProgress(partitions=1), [], wait_seconds=10.0)
+    for seq, predicted in ((0, 5.0), (1, 4.0)):
+        arrays = {
+            "seq": [seq],
+            "prediction_ts": [predicted],
+            "label_ts": [9.0],
+            "error": [predicted],
+            "score_loss": [np.nan],
+        }
+        pairs = PairsPart.of("1", "absolute_error", arrays)
+        merge.add(
+            Partial(
+                model_id="hot",
+                partition=0,
+                partitions=1,
+                seq=seq,
+                watermark_ts=predicted,
+                label_watermark_ts=9.0,
+                labels=1,
+                pairs=[pairs],
+            )
+        )
+    released = merge.release().pairs["1"]
+    assert [(seq, predicted) for seq, predicted, *_ in released] == [(1, 4.0), (0, 5.0)]
 
 
 def test_a_partial_that_is_not_one_is_refused_in_one_line():

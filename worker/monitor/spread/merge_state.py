@@ -211,11 +211,17 @@ class ModelMerge:
 
     def _ordered_pairs(self, chunks: list, before: float | None) -> list[tuple]:
         """(seq, prediction_ts, label_ts, error, score_loss | None, metric) by label time, then partition, then
-        seq (a partition's join order)."""
+        prediction time, then seq (a partition's join order).
+
+        Prediction time before seq: labels of one time are often many (a batch of labels stamped when it was
+        sent), and their join order depends on how the monitor's polls interleaved the two topics (a label
+        read before its prediction joins a batch later), so ordering ties by seq alone let two runs of one
+        stream feed the detectors in different orders."""
         label_ts = np.concatenate([c[0]["label_ts"] for c in chunks])
         partitions = np.concatenate([np.full(len(c[0]["seq"]), c[2]) for c in chunks])
         seq = np.concatenate([c[0]["seq"] for c in chunks])
-        order = np.lexsort((seq, partitions, label_ts))
+        prediction_ts = np.concatenate([c[0]["prediction_ts"] for c in chunks])
+        order = np.lexsort((seq, prediction_ts, partitions, label_ts))
         if before is not None:
             self.progress.late_pairs += int((label_ts < before).sum())
         metrics = np.concatenate([np.full(len(c[0]["seq"]), i) for i, c in enumerate(chunks)])[order].tolist()
@@ -224,7 +230,7 @@ class ModelMerge:
         return list(
             zip(
                 seq[order].tolist(),
-                np.concatenate([c[0]["prediction_ts"] for c in chunks])[order].tolist(),
+                prediction_ts[order].tolist(),
                 label_ts[order].tolist(),
                 np.concatenate([c[0]["error"] for c in chunks])[order].tolist(),
                 [None if loss != loss else loss for loss in losses.tolist()],  # NaN: no scores came
