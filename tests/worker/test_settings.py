@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,39 @@ def test_cli_reports_bad_settings_in_one_line(flags):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("undertow: error: invalid settings"), proc.stderr
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_meant_and_the_users_own_are_not(clean_env, tmp_path, caplog):
+    clean_env.setenv("UNDERTOW_RETAIN_WINDOWS", "86400")  # cut short: ..._SECONDS
+    clean_env.setenv("UNDERTOW_BATCH_MAX_RECORD", "100")  # a letter off
+    clean_env.setenv("UNDERTOW_SLACK_WEBHOOK", "https://hooks.example/x")  # a notify file's own variable
+    clean_env.setenv("UNDERTOW_DB_URL", "sqlite:///x.db")
+    (tmp_path / ".env").write_text("UNDERTOW_PAIR_RETENTION=1000\n")
+    with caplog.at_level("WARNING", logger="undertow.worker.runtime.settings"):
+        settings = load_settings({}, MonitorSettings)
+        load_settings({}, MonitorSettings)  # named once per process
+    assert settings.retain_windows_seconds == 30 * 86400  # the default stayed in force: hence the warning
+    named = [record.getMessage() for record in caplog.records]
+    assert named == [
+        "UNDERTOW_BATCH_MAX_RECORD is not a setting of any Undertow command and is ignored; "
+        "did you mean UNDERTOW_BATCH_MAX_RECORDS?",
+        "UNDERTOW_PAIR_RETENTION is not a setting of any Undertow command and is ignored; "
+        "did you mean UNDERTOW_PAIRS_RETENTION?",
+        "UNDERTOW_RETAIN_WINDOWS is not a setting of any Undertow command and is ignored; "
+        "did you mean UNDERTOW_RETAIN_WINDOWS_SECONDS?",
+    ]
+
+
+def test_the_cli_names_a_misspelt_variable_on_stderr(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNDERTOW_")}
+    env["UNDERTOW_SPREAD_MERGE_WAIT"] = "60"
+    proc = subprocess.run(
+        [sys.executable, "-m", "undertow.worker.cli", "status", "--db-url", f"sqlite:///{tmp_path / 'none.db'}"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "UNDERTOW_SPREAD_MERGE_WAIT is not a setting" in proc.stderr
+    assert "did you mean UNDERTOW_SPREAD_MERGE_WAIT_SECONDS?" in proc.stderr

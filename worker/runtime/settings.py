@@ -11,8 +11,11 @@ names); passwords are secrets that never appear in ``repr`` or logs.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
@@ -26,6 +29,8 @@ from undertow.storage.retention import Retention
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES
 
 ENV_PREFIX = "UNDERTOW_"
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # misspelt variables already named by this process
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -282,6 +287,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, cls: type[Settings
     Raises ConfigError with one line naming each problem's variable.
     """
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name, meant in misspelt_variables(os.environ, _dotenv_names()):
+        if name not in _warned:
+            _warned.add(name)
+            log.warning("%s is not a setting of any Undertow command and is ignored; did you mean %s?", name, meant)
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -290,3 +299,45 @@ def load_settings(overrides: Mapping[str, Any] | None = None, cls: type[Settings
             for e in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _settings_names() -> set[str]:
+    """Every field name (lower case, no prefix) of every settings class."""
+    names: set[str] = set()
+    classes: list[type[Settings]] = [Settings]
+    while classes:
+        cls = classes.pop()
+        names |= set(cls.model_fields)
+        classes += cls.__subclasses__()
+    return names
+
+
+def _dotenv_names() -> list[str]:
+    from dotenv import dotenv_values
+
+    path = Path(".env")
+    return list(dotenv_values(path)) if path.is_file() else []
+
+
+def misspelt_variables(environ: Mapping[str, str], more: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``UNDERTOW_*`` names no settings class reads but one nearly spelt so: (name, the setting meant).
+
+    pydantic-settings ignores a variable it does not know (a ``.env`` serves every service, each reads its
+    own), so a typo such as ``UNDERTOW_RETAIN_PAIR`` would otherwise leave the default in force without a
+    word. Only near misses are named: an ``UNDERTOW_*`` variable of the user's own (a notify file's secret,
+    say) is not a typo.
+    """
+    known = _settings_names()
+    found = []
+    for name in sorted({*environ, *more}):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        field = name[len(ENV_PREFIX) :].lower()
+        if field in known:
+            continue
+        # A name cut short (UNDERTOW_RETAIN_WINDOWS for ..._WINDOWS_SECONDS), else one a letter or two off.
+        longer = [k for k in known if k.startswith(field + "_")]
+        close = longer if len(longer) == 1 else difflib.get_close_matches(field, known, n=1, cutoff=0.8)
+        if close:
+            found.append((name, ENV_PREFIX + close[0].upper()))
+    return found
