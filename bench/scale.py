@@ -6,8 +6,9 @@ models (each with a registered champion and reference, so drift checks run),
 keyed by model id. Monitors run as the CLI runs them (``python -m
 worker.cli monitor``), in separate processes.
 
-1. **one**: a single monitor; rate from its first committed batch to the
-   last record, measured by polling the committed counts in ``model_stats``.
+1. **one**: a single monitor; rate from its first committed batch (its
+   offsets in ``consumer_offsets``) to the last record, measured by polling
+   the committed counts in ``model_stats``.
 2. **two**: two monitors in one group, timed the same way; the ratio
    two/one is the number to look at, beside each process's CPU share
    (CPU seconds / wall seconds of the timed window, from /proc).
@@ -189,12 +190,25 @@ class Phase:
     def processed(self) -> int:
         return sum(p for p, _ in self.counts().values())
 
+    def started(self) -> bool:
+        """Whether any monitor has committed a batch of the source topics (its offsets are stored with it)."""
+        with self.reader.connect() as conn:
+            return bool(
+                conn.execute(
+                    text("SELECT count(*) FROM consumer_offsets WHERE topic IN (:p, :l)"),
+                    {"p": self.topics.predictions, "l": self.topics.labels},
+                ).scalar()
+            )
+
     def timed_rate(self, n: int, kill_at: float | None = None) -> tuple[float, list[float]]:
-        """Records/s from the first committed batch to the last record, and each process's CPU share."""
+        """Records/s from the first committed batch to the last record counted, and each process's CPU share.
+
+        The first committed batch, not the first count: a spread model's counts come from its merge, and
+        the monitors that do not merge may have done much of their work before the merge's first count."""
         first, deadline, killed = None, time.monotonic() + 900, kill_at is None
         while True:
             now, done = time.perf_counter(), self.processed()
-            if done and first is None:
+            if first is None and (done or self.started()):
                 first = (now, done, [cpu_seconds(p.pid) for p in self.processes])
             if not killed and done >= kill_at * n:
                 self.processes[0].send_signal(signal.SIGKILL)
