@@ -323,9 +323,9 @@ def misspelt_variables(environ: Mapping[str, str], more: Iterable[str] = ()) -> 
     """``UNDERTOW_*`` names no settings class reads but one nearly spelt so: (name, the setting meant).
 
     pydantic-settings ignores a variable it does not know (a ``.env`` serves every service, each reads its
-    own), so a typo such as ``UNDERTOW_RETAIN_PAIR`` would otherwise leave the default in force without a
-    word. Only near misses are named: an ``UNDERTOW_*`` variable of the user's own (a notify file's secret,
-    say) is not a typo.
+    own), so a typo such as ``UNDERTOW_RETAIN_WINDOWS`` (for ..._SECONDS) would otherwise leave the default
+    in force without a word. Only near misses are named: an ``UNDERTOW_*`` variable of the user's own (a
+    notify file's secret, say) is not a typo.
     """
     known = _settings_names()
     found = []
