@@ -212,6 +212,24 @@ class Env:
         self.processes.append(proc)
         return proc
 
+    def stop(self, proc: subprocess.Popen, timeout: float = 60) -> None:
+        """SIGTERM, then exit 0 within ``timeout``. A service still running by then is asked for every thread's
+        stack (SIGUSR1, Python's faulthandler), killed, and the assertion carries its log and the stacks."""
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while "most recent call first" not in self.log_of(proc) and time.monotonic() < deadline:
+                time.sleep(0.1)  # polling for the dump with a deadline; the assertion below fails either way
+            proc.kill()
+            proc.wait()
+            raise AssertionError(
+                f"still running {timeout}s after SIGTERM; its log:\n{self.log_of(proc, tail=20_000)}"
+            ) from None
+        assert code == 0, self.log_of(proc)
+
     @staticmethod
     def log_of(proc: subprocess.Popen, tail: int = 3000) -> str:
         return Path(proc.log_path).read_text(errors="replace")[-tail:]

@@ -37,6 +37,8 @@ from undertow.worker.runtime.settings import TrainerSettings, load_settings
 from undertow.worker.trainer.training import RunLock, TrainingWorker
 
 SMALL_BATCHES = {"UNDERTOW_BATCH_MAX_RECORDS": "200"}
+# What a supervisor waits after SIGTERM before SIGKILL, less a margin: Kubernetes waits 30 s by default.
+EXIT_GRACE_S = 20
 
 
 @pytest.fixture
@@ -109,6 +111,30 @@ def test_broker_paused_mid_stream_until_the_monitor_loses_its_group(private_brok
         wait_for(lambda: env.counts()[:2] == (5000, 5000), 180, "every event after the pause")
         stop_cleanly(env, monitor)
         assert env.counts() == (5000, 5000, 0)
+    finally:
+        env.close()
+
+
+@pytest.mark.postgres
+def test_a_monitor_asked_to_stop_while_the_broker_is_stalled_exits_within_a_grace_period(private_broker, db_url):
+    """SIGTERM with the broker stalled (SIGSTOP): the Kafka work at exit (the outbox flush, the informational
+    offset commit, leaving the group) is bounded, so the monitor exits 0 well within the 30 s a supervisor
+    such as Kubernetes waits before SIGKILL, and a monitor started later loses nothing."""
+    env = Env(private_broker, db_url)
+    try:
+        env.send_events(events(1000, seed=1))
+        monitor = env.start_monitor()
+        wait_for(lambda: env.counts()[:2] == (1000, 1000), 90, "the first stream")
+        os.kill(private_broker.pid, signal.SIGSTOP)
+        try:
+            env.stop(monitor, timeout=EXIT_GRACE_S)
+        finally:
+            os.kill(private_broker.pid, signal.SIGCONT)
+        env.send_events(events(500, seed=2))
+        monitor = env.start_monitor()
+        wait_for(lambda: env.counts()[:2] == (1500, 1500), 120, "the events sent after the stop")
+        env.stop(monitor, timeout=EXIT_GRACE_S)
+        assert env.counts() == (1500, 1500, 0)
     finally:
         env.close()
 

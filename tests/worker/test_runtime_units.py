@@ -1,16 +1,20 @@
 """The runtime's parts on their own: the co-partition merger, the checkpoint, the outbox relay."""
 
 import json
+import os
 import random
+import signal
 
 import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import select
 
+from tests.conftest import Env
 from undertow.errors import StaleOffsets
 from undertow.storage import db, repo
 from undertow.storage.tables import ConsumerOffset, OutboxMessage
+from undertow.worker.dev.broker import EmbeddedBroker
 from undertow.worker.runtime.batch import build_batch
 from undertow.worker.runtime.checkpoint import Checkpoint
 from undertow.worker.runtime.merge import CoPartitionMerger
@@ -248,6 +252,36 @@ def test_outbox_relay_deletes_what_was_acknowledged_and_keeps_what_failed(env):
     finally:
         big.close()
     assert env.scalar("SELECT count(*) FROM outbox") == 0
+
+
+def test_the_outbox_flush_at_exit_gives_up_on_a_stalled_broker_and_keeps_what_was_not_acknowledged(db_url):
+    """A stopping service flushes the outbox with a bound (``EXIT_KAFKA_STEP_S``): with the broker stalled
+    (SIGSTOP) the relay gives up after it, the row stays, and the next attempt sends it."""
+    with EmbeddedBroker() as own:  # paused below: the shared broker stays out of it
+        env = Env(own, db_url)
+        sessions = db.make_session_factory(env.engine)
+        producer = make_producer(env.settings)
+        relay = OutboxRelay(sessions, producer)
+        try:
+            with sessions.begin() as session:
+                repo.enqueue(session, env.topics.alerts, b"m", b"before the stall")
+            assert relay.publish_pending() == 1  # the producer knows the topic's leader before the stall
+            with sessions.begin() as session:
+                repo.enqueue(session, env.topics.alerts, b"m", b"during the stall")
+            os.kill(own.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TransientError, match="1 of 1 rows not acknowledged within 1s"):
+                    relay.publish_pending(flush_timeout_s=1.0)
+                assert env.scalar("SELECT count(*) FROM outbox") == 1
+            finally:
+                os.kill(own.pid, signal.SIGCONT)
+            relay.publish_pending()
+            assert env.scalar("SELECT count(*) FROM outbox") == 0
+            # At least once: the stalled request may also have been delivered after the broker resumed.
+            assert {r.value for r in env.read_all(env.topics.alerts, 2)} == {b"before the stall", b"during the stall"}
+        finally:
+            producer.close(timeout=5)
+            env.close()
 
 
 def test_kafka_pythons_read_of_a_socket_closed_under_it_is_not_logged_but_real_read_errors_are(caplog):

@@ -82,11 +82,6 @@ def _finished(env):
     return run if run and run.get("status") in ("promoted", "rejected", "gave_up", "failed") else None
 
 
-def _stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-
-
 def _with_model_predictions(env, pairs, version: str):
     """What the serving endpoint would send: the champion's own predictions, no version named."""
     from undertow.models import registry, training
@@ -179,7 +174,7 @@ def test_concept_drift_is_retrained_gated_promoted_and_followed_then_rolled_back
         )
     finally:
         for proc in (monitor, trainer):
-            _stop(proc)
+            env.stop(proc)
     assert "Traceback" not in env.log_of(trainer, tail=1_000_000)
 
 
@@ -216,7 +211,7 @@ def test_a_request_on_stationary_data_is_rejected_once_however_often_it_is_deliv
     try:
         wait_for(lambda: _finished(env) or trainer.poll() is not None, 180, "the request to be judged")
     finally:
-        _stop(trainer)
+        env.stop(trainer)
     run = _finished(env)
     assert run is not None and run["status"] == "rejected", (run, env.log_of(trainer))
     assert "interval of the improvement" in run["outcome"]
@@ -246,7 +241,7 @@ def test_a_trainer_killed_while_training_finishes_the_request_once_after_restart
     try:
         wait_for(lambda: _finished(env) or again.poll() is not None, 180, "the restarted trainer to finish")
     finally:
-        _stop(again)
+        env.stop(again)
     run = _finished(env)
     assert run is not None and run["status"] in ("promoted", "rejected") and run["attempts"] == 2
     assert env.scalar("SELECT count(*) FROM training_runs WHERE request_id IS NOT NULL") == 1
@@ -268,7 +263,7 @@ def test_a_tampered_champion_artifact_is_refused_and_nothing_changes(env):
     try:
         wait_for(lambda: _finished(env) or trainer.poll() is not None, 120, "the request to end")
     finally:
-        _stop(trainer)
+        env.stop(trainer)
     run = _finished(env)
     assert run["status"] == "failed" and "does not match the registry's " + v1["artifact_sha256"] in run["outcome"]
     assert env.scalar("SELECT count(*) FROM model_versions") == 1
@@ -351,7 +346,7 @@ def test_a_run_waits_for_enough_pairs_then_gives_up_saying_why(env):
         assert "waiting" in listed and "labelled pairs: 200 so far" in listed
         wait_for(lambda: _finished(env) or trainer.poll() is not None, 60, "the run to give up")
     finally:
-        _stop(trainer)
+        env.stop(trainer)
     run = _finished(env)
     assert run["status"] == "gave_up" and "only 200 labelled pairs by the deadline" in run["outcome"]
 
@@ -366,7 +361,7 @@ def test_a_champion_registered_without_an_artifact_is_retrained_with_the_default
     try:
         wait_for(lambda: _finished(env) or trainer.poll() is not None, 120, "the request to be judged")
     finally:
-        _stop(trainer)
+        env.stop(trainer)
     run = _finished(env)
     gate_numbers = json.loads(env.scalar("SELECT metrics FROM training_runs WHERE request_id = 'r-registered'"))
     assert run["status"] in ("promoted", "rejected"), run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import signal
 from collections.abc import Iterator
@@ -136,7 +137,10 @@ def database(settings: Settings, must_exist: bool = False) -> Iterator[sessionma
 
 
 def install_stop_handlers(stop) -> None:
-    """SIGTERM and SIGINT only ask to stop: the service finishes its batch and commits."""
+    """SIGTERM and SIGINT only ask to stop: the service finishes its batch and commits. SIGUSR1 writes every
+    thread's stack to stderr and the service goes on (Python's faulthandler): what a service that does not
+    stop, or does not move, is doing, without a debugger."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def handler(signum, _frame):
         log.info("received %s: finishing the batch, then exiting", signal.Signals(signum).name)

@@ -102,8 +102,9 @@ class Checkpoint:
             self._relay.publish_pending()  # raises if a row was not acknowledged: the check stays due
             self._outbox_checked_at = time.monotonic()
 
-    def close(self) -> None:
-        """Commit the owned partitions' stored offsets to Kafka synchronously (at exit, for lag tools)."""
+    def close(self, timeout_ms: int) -> None:
+        """Commit the owned partitions' stored offsets to Kafka synchronously (at exit, for lag tools), giving up
+        after ``timeout_ms``: the database holds the offsets, and a stalled broker must not hold the exit."""
         with self._tracker.lock:
             owned = {
                 TopicPartition(*key): OffsetAndMetadata(offset, "", -1)
@@ -113,7 +114,7 @@ class Checkpoint:
         if not owned:
             return
         try:
-            self._consumer.commit(owned)
+            self._consumer.commit(owned, timeout_ms=timeout_ms)
         except Exception as exc:  # noqa: BLE001 - informational, and it runs in a finally: never mask why the loop ended
             _log_failed_commit(owned, exc)
 

@@ -66,6 +66,11 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 ASSIGNMENT_TIMEOUT_S = 60.0
+# Each Kafka step of the exit (the outbox's last flush, the informational offset commit, leaving the group,
+# closing the producer) gives up after this: a stalled broker once held a monitor's exit past 60 s, and a
+# supervisor kills what has not exited within its grace period (30 s by default on Kubernetes). Nothing is
+# lost by giving up: the offsets are in the database and unacknowledged outbox rows are sent at the next start.
+EXIT_KAFKA_STEP_S = 3.0
 # The growing tables each service's loop prunes (storage/retention.py): the ones it writes. The notify service
 # deletes its own deliveries (notify_retention_seconds); the other tables are bounded where they are written.
 PRUNED_BY = {
@@ -220,9 +225,9 @@ class ServiceRunner:
                     if metrics_server is not None:
                         metrics_server.shutdown()
                     self._stop_background(background)
-                    checkpoint.close()
-                    consumer.close(autocommit=False)
-                    producer.close(timeout=10)
+                    checkpoint.close(timeout_ms=int(EXIT_KAFKA_STEP_S * 1000))
+                    consumer.close(autocommit=False, timeout_ms=int(EXIT_KAFKA_STEP_S * 1000))
+                    producer.close(timeout=EXIT_KAFKA_STEP_S)
             finally:
                 admin.close()
                 self.engine.dispose()
@@ -526,6 +531,6 @@ class _Loop:
 
     def _flush_outbox(self) -> None:
         try:
-            self.relay.publish_pending()
+            self.relay.publish_pending(flush_timeout_s=EXIT_KAFKA_STEP_S)
         except (SQLAlchemyError, KafkaError, TransientError) as exc:
             log.warning("outbox not fully flushed at exit (sent on next start): %s", exc)

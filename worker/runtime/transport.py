@@ -207,11 +207,13 @@ class OutboxRelay:
         self._producer = producer
         self._chunk = chunk
 
-    def publish_pending(self) -> int:
+    def publish_pending(self, flush_timeout_s: float | None = None) -> int:
+        """Publish the pending rows and delete those acknowledged; raise TransientError if any was not (after
+        ``flush_timeout_s`` at most, when given: a service stopping does not wait on a stalled broker)."""
         with OutboxRelay._publishing:
-            return self._publish_pending()
+            return self._publish_pending(flush_timeout_s)
 
-    def _publish_pending(self) -> int:
+    def _publish_pending(self, flush_timeout_s: float | None) -> int:
         published = 0
         while True:
             with self._sessions.begin() as session:
@@ -227,7 +229,11 @@ class OutboxRelay:
                     futures.append((row_id, self._producer.send(topic, key=key, value=value, headers=headers)))
                 except KafkaError as exc:
                     failed = f"outbox row {row_id} to {topic}: {exc}"
-            self._producer.flush()
+            timed_out = False
+            try:
+                self._producer.flush(timeout=flush_timeout_s)
+            except KafkaTimeoutError:
+                timed_out = True  # the rows not acknowledged by now stay in the outbox, below
             acked = []
             for row_id, future in futures:
                 try:
@@ -235,6 +241,8 @@ class OutboxRelay:
                     acked.append(row_id)
                 except KafkaError as exc:
                     failed = f"outbox row {row_id}: {exc}"
+            if timed_out:
+                failed = f"{len(rows) - len(acked)} of {len(rows)} rows not acknowledged within {flush_timeout_s:g}s"
             with self._sessions.begin() as session:
                 repo.delete_outbox(session, acked)
             published += len(acked)
