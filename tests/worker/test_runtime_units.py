@@ -10,7 +10,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import select
 
-from tests.conftest import Env
+from tests.conftest import Env, wait_for
 from undertow.errors import StaleOffsets
 from undertow.storage import db, repo
 from undertow.storage.tables import ConsumerOffset, OutboxMessage
@@ -24,6 +24,7 @@ from undertow.worker.runtime.transport import (
     TransientError,
     make_consumer,
     make_producer,
+    restore_parked_fetches,
 )
 
 pytestmark = pytest.mark.postgres
@@ -99,7 +100,7 @@ def test_by_default_a_partner_a_catch_up_fetch_cycle_away_is_waited_for():
 
 
 def test_merger_releases_beyond_max_buffered_and_forgets_revoked_partitions():
-    merger = CoPartitionMerger(P, L, max_wait_s=60.0, max_buffered=3)
+    merger = CoPartitionMerger(P, L, max_wait_s=60.0, max_buffered=3, hold_at=2)
     merger.add(
         {
             TopicPartition(P, 0): [_record(P, 0, i, i) for i in range(5)],
@@ -111,6 +112,71 @@ def test_merger_releases_beyond_max_buffered_and_forgets_revoked_partitions():
     assert merger.next_fetch((P, 0)) == 5 and len(merger) == 4
     merger.forget([(P, 0)])
     assert merger.next_fetch((P, 0)) is None and merger.buffered((P, 0)) == 0 and len(merger) == 2
+
+
+def test_a_side_far_ahead_is_held_back_until_it_is_down_to_half_and_its_records_still_merge_in_order():
+    merger = CoPartitionMerger(P, L, max_buffered=100, hold_at=10)
+    # Catching up: 12 labels of partition 0 arrive before any prediction of it; partition 1 stays small.
+    merger.add({TopicPartition(L, 0): [_record(L, 0, i, 2 * i + 1) for i in range(12)]})
+    merger.add({TopicPartition(L, 1): [_record(L, 1, 0, 1)]})
+    assert merger.release(lambda key: False, limit=100, now=0.0) == []
+    assert merger.held_back() == {(L, 0)}
+    # The predictions come: the merge goes on in timestamp order while the labels stay held, down to half.
+    merger.add({TopicPartition(P, 0): [_record(P, 0, i, 2 * i) for i in range(3)]})
+    released = merger.release(lambda key: False, limit=100, now=1.0)
+    assert [(r.topic, r.offset) for r in released] == [(P, 0), (L, 0), (P, 1), (L, 1), (P, 2)]
+    assert merger.buffered((L, 0)) == 10 and merger.held_back() == {(L, 0)}
+    merger.add({TopicPartition(P, 0): [_record(P, 0, i, 2 * i) for i in range(3, 6)]})
+    merger.release(lambda key: False, limit=100, now=2.0)
+    assert merger.buffered((L, 0)) == 7 and merger.held_back() == {(L, 0)}  # 7 is not below half of 10
+    merger.add({TopicPartition(P, 0): [_record(P, 0, i, 2 * i) for i in range(6, 9)]})
+    released = merger.release(lambda key: False, limit=100, now=3.0)
+    assert [r.timestamp for r in released] == list(range(11, 17))
+    assert merger.buffered((L, 0)) == 4 and merger.held_back() == set()
+    merger.add({TopicPartition(L, 0): [_record(L, 0, 12 + i, 25 + 2 * i) for i in range(6)]})
+    assert merger.held_back() == {(L, 0)}
+    merger.clear()  # a rewind: nothing buffered, nothing held
+    assert merger.held_back() == set()
+
+
+def test_a_merger_holding_back_more_than_its_backstop_is_refused():
+    with pytest.raises(ValueError, match="hold_at must be above 0 and below max_buffered"):
+        CoPartitionMerger(P, L, max_buffered=100, hold_at=100)
+
+
+def test_a_partition_paused_with_records_fetched_is_read_on_after_resume(env):
+    """kafka-python 3.0.12 parks the records of a partition paused after they were fetched and, after
+    ``resume``, gave them back only if its in-line slot was None, never when a drained one was left: the
+    partition was never fetched again. ``restore_parked_fetches`` before each poll, as the service loop does,
+    reads it to its end. (Without it this read stops at the first 5,000 labels.)"""
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=5, enable_idempotence=False)
+    try:
+        for _ in range(20_000):
+            producer.send(env.topics.predictions, b"p" * 300, partition=0)
+        for _ in range(50_000):
+            producer.send(env.topics.labels, b"l" * 20, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    consumer = make_consumer(env.settings, env.group_id)  # 5,000 records a poll at most
+    predictions, labels = TopicPartition(env.topics.predictions, 0), TopicPartition(env.topics.labels, 0)
+    got = {env.topics.predictions: 0, env.topics.labels: 0}
+
+    def poll() -> None:
+        restore_parked_fetches(consumer)
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            got[tp.topic] += len(records)
+
+    try:
+        consumer.assign([predictions, labels])
+        consumer.seek_to_beginning()
+        wait_for(lambda: poll() or got[env.topics.labels] > 0, 30, "the first labels")
+        consumer.pause(labels)  # with more of its records fetched than returned: they are parked
+        wait_for(lambda: poll() or got[env.topics.predictions] == 20_000, 30, "every prediction while paused")
+        consumer.resume(labels)
+        wait_for(lambda: poll() or got[env.topics.labels] == 50_000, 30, f"every label after resume, got {got}")
+    finally:
+        consumer.close(autocommit=False)
 
 
 class _Recorded:

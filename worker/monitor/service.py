@@ -38,8 +38,9 @@ from undertow.worker.runtime.settings import MonitorSettings
 from undertow.worker.runtime.signing import verify
 from undertow.worker.runtime.topics import Topics, ensure_topics
 
-# Held-back records are bounded by what kafka-python has fetched ahead (up to
-# one 1 MiB fetch per partition, a few thousand records); this is a backstop.
+# The merger pauses a side at merge.HOLD_AT (20,000) records waiting, so held-back records are bounded by
+# that plus what kafka-python had fetched ahead (a 1 MiB fetch or two per partition); this is a backstop for
+# a partner that cannot be read.
 MERGER_MAX_BUFFERED = 50_000
 
 log = logging.getLogger(__name__)

@@ -60,6 +60,7 @@ from undertow.worker.runtime.transport import (
     make_admin,
     make_consumer,
     make_producer,
+    restore_parked_fetches,
 )
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,7 @@ class _Loop:
         if self.backoff:
             self.relay.publish_pending()
         started = time.perf_counter()
+        restore_parked_fetches(self.consumer)
         # A full release last turn means the intake may hold more: fetch what is there, do not wait for more.
         records = self.consumer.poll(
             timeout_ms=0 if self.intake_backlog else self.settings.poll_timeout_ms,
@@ -339,11 +341,21 @@ class _Loop:
         self.intake.add(self._owned(records, expected))
         released = self.intake.release(lambda key: self._caught_up(key, expected), self.settings.batch_max_records)
         self.intake_backlog = len(released) >= self.settings.batch_max_records
+        self._hold_back()
         self.runner.step_seconds["intake"] += time.perf_counter() - started
         if released:
             self._commit(released, expected)
         if records or released:
             self.last_activity = time.monotonic()
+
+    def _hold_back(self) -> None:
+        """Pause fetching the partitions the intake holds too much of; resume those it no longer does."""
+        held = {TopicPartition(*key) for key in self.intake.held_back()} & self.consumer.assignment()
+        paused = self.consumer.paused()
+        if held - paused:
+            self.consumer.pause(*(held - paused))
+        if paused - held:
+            self.consumer.resume(*(paused - held))
 
     def _follow_assignment(self) -> set[Key] | None:
         """Partitions newly assigned since the last turn; None when the turn must start over."""
