@@ -59,8 +59,7 @@ def events(n: int, seed: int, models: int = 6):
 def stop_cleanly(env: Env, proc) -> None:
     """The monitor is still the same process and exits 0 on SIGTERM: it kept going through the fault."""
     assert proc.poll() is None, env.log_of(proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, env.log_of(proc)
+    env.stop(proc, timeout=30)
 
 
 def wait_mid_stream(env: Env, monitor, timeout: float = 60) -> None:

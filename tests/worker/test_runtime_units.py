@@ -175,6 +175,7 @@ def test_a_partition_paused_with_records_fetched_is_read_on_after_resume(env):
         wait_for(lambda: poll() or got[env.topics.predictions] == 20_000, 30, "every prediction while paused")
         consumer.resume(labels)
         wait_for(lambda: poll() or got[env.topics.labels] == 50_000, 30, f"every label after resume, got {got}")
+        assert got == {env.topics.predictions: 20_000, env.topics.labels: 50_000}  # each read once
     finally:
         consumer.close(autocommit=False)
 

@@ -49,16 +49,13 @@ class DuplicateFilter:
         self._blocks: deque[tuple[int, int]] = deque()  # (next offset, keys taken), oldest first
         self._live = 0  # keys of the blocks still in the horizon
         self._expired_below = -1  # keys of blocks whose next offset is at or below this are forgotten
-        self._runs: list[_Run] = []  # oldest first; the restored blocks make one
-        restored = [(next_offset, _fingerprints(keys.split("\n") if keys else [])) for _, next_offset, keys in blocks]
-        for next_offset, fingerprints in restored:
+        restored = []
+        for _, next_offset, keys in blocks:
+            fingerprints = _fingerprints(keys.split("\n") if keys else [])
             self._blocks.append((next_offset, fingerprints.size))
             self._live += fingerprints.size
-        if restored:
-            fingerprints = np.concatenate([f for _, f in restored])
-            offsets = np.concatenate([np.full(f.size, o, dtype=np.int64) for o, f in restored])
-            order = np.argsort(fingerprints, kind="stable")
-            self._runs.append(_Run(fingerprints[order], offsets[order], restored[-1][0]))
+            restored.append(_Run(fingerprints, np.full(fingerprints.size, next_offset, dtype=np.int64), next_offset))
+        self._runs: list[_Run] = self._merged(*restored) if restored else []  # oldest first; restored as one
 
     @classmethod
     def restore(cls, session: Session, topic: str, partition: int) -> DuplicateFilter:
@@ -113,9 +110,9 @@ class DuplicateFilter:
             self._runs.extend(self._merged(older, newer))
 
     def _merged(self, *runs: _Run) -> list[_Run]:
-        """Consecutive runs as one, without the keys of expired blocks (a live key is in one run only: a key
-        seen again after it expired is remembered anew, and its expired entry is dropped here at the latest);
-        none if no key is left. Stable sort of sorted runs: numpy's timsort merges them."""
+        """Consecutive runs (sorted or not) as one, without the keys of expired blocks (a live key is in one
+        run only: a key seen again after it expired is remembered anew, and its expired entry is dropped here
+        at the latest); none if no key is left. A stable sort: numpy's timsort merges sorted runs."""
         fingerprints = np.concatenate([run.fingerprints for run in runs])
         offsets = np.concatenate([run.offsets for run in runs])
         live = offsets > self._expired_below
