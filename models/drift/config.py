@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class DriftConfig(BaseModel):
     """Window and alert rules of one model version (defaults chosen in bench/detection.py)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity refused as such ("should be a finite number"), not by a bound they fail by accident.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     window_size: int = Field(default=1000, ge=50, le=1_000_000, description="predictions per window")
     hop: int | None = Field(

@@ -90,6 +90,9 @@ def test_drift_config_rules_are_validated():
         registry.DriftConfig(psi_moderate=0.3, psi_significant=0.2)
     with pytest.raises(ValueError):
         registry.DriftConfig(window_size=100, hop=200)
+    for odd in (float("nan"), float("inf")):  # named as what they are, not by a bound NaN fails by accident
+        with pytest.raises(ValueError, match="finite number"):
+            registry.DriftConfig(cusum_k=odd)
 
 
 def test_cli_register_and_list(tmp_path, db_url, reference_csv):

@@ -142,9 +142,12 @@ def test_an_unknown_model_is_one_line_naming_the_registered_ones_and_empty_listi
             "with `undertow models register` or `undertow train`"
         ), line
     for command, says in (
-        (["alerts"], "no alerts yet"),
-        (["runs", "list"], "no training runs yet"),
-        (["retrain", "list"], "no retrain requests yet"),
+        (["alerts"], "no alerts (none raised yet, or all older than UNDERTOW_RETAIN_ALERTS_SECONDS)"),
+        (["runs", "list"], "no training runs (none yet, or all older than UNDERTOW_RETAIN_TRAINING_RUNS_SECONDS)"),
+        (
+            ["retrain", "list"],
+            "no retrain requests (none yet, or all older than UNDERTOW_RETAIN_RETRAIN_REQUESTS_SECONDS)",
+        ),
     ):
         empty = _cli(*command, "--model-id", "housing", *args)
         assert (empty.returncode, empty.stdout.strip()) == (0, says), (command, empty.stderr)
@@ -558,12 +561,18 @@ def test_out_of_range_numbers_are_one_line_or_taken_as_all_never_a_traceback(env
     env.register_reference(SampleStream(seed=1))
     db = ["--db-url", env.db_url]
     huge = _cli("alerts", "--limit", "99999999999999999999", *db)  # more than any table holds: all of them
-    assert (huge.returncode, huge.stdout.strip(), huge.stderr) == (0, "no alerts yet", "")
+    assert (huge.returncode, huge.stdout.strip(), huge.stderr) == (
+        0,
+        "no alerts (none raised yet, or all older than UNDERTOW_RETAIN_ALERTS_SECONDS)",
+        "",
+    )
     for command in (
         ["topics", "create", "--partitions", "0"],
         ["monitor", "--partitions", "-3", *db],
         ["alerts", "--limit", "1.5", *db],
         ["monitor", "--metrics-port", "99999", *db],
+        ["monitor", "--until-idle", "nan", *db],  # NaN compares false: it would have never been idle
+        ["notify", "--until-idle", "-1", *db],
     ):
         done = _cli(*command)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)

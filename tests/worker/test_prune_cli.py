@@ -65,6 +65,12 @@ def test_db_prune_takes_the_retention_from_the_environment_and_refuses_a_bad_val
     assert main(["db", "prune", "--db-url", db_url]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "UNDERTOW_RETAIN_WINDOWS_SECONDS" in line and "greater than 0" in line
+    for odd in ("nan", "inf", "-inf"):  # refused as what they are, not by the bound NaN fails by accident
+        monkeypatch.setenv("UNDERTOW_RETAIN_WINDOWS_SECONDS", odd)
+        assert main(["db", "prune", "--db-url", db_url]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "UNDERTOW_RETAIN_WINDOWS_SECONDS" in line and "finite number" in line, odd
+    assert _windows(sessions) == 3  # nothing deleted by a refused setting
 
 
 def test_status_shows_the_database_size(db_url, sessions, capsys):

@@ -24,7 +24,7 @@ def cmd_alerts(args) -> int:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
-        print("no alerts yet")
+        print("no alerts (none raised yet, or all older than UNDERTOW_RETAIN_ALERTS_SECONDS)")
     for e in events:
         d = e["data"]
         # The estimated accuracy has neither feature nor detector: "estimate on accuracy".

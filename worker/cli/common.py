@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import faulthandler
 import logging
+import math
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -163,6 +164,17 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
     return min(number, 2**62)  # SQLite's and PostgreSQL's LIMIT take at most a signed 64-bit integer
+
+
+def seconds(value: str) -> float:
+    """An argparse type: a finite number of seconds, at least 0 (NaN would compare false forever)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (finite, at least 0)")
+    return number
 
 
 def rfc3339_time(value: str) -> str:

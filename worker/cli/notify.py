@@ -22,6 +22,7 @@ from undertow.worker.cli.common import (
     iso,
     positive_int,
     require_broker,
+    seconds,
     settings_from,
 )
 from undertow.worker.runtime.settings import ENV_PREFIX, NotifySettings, load_settings
@@ -202,7 +203,7 @@ def add_parsers(sub: Any) -> None:
     _add_config_flags(p)
     p.add_argument(
         "--until-idle",
-        type=float,
+        type=seconds,
         metavar="SECONDS",
         help="exit once the topics have given nothing for this long and no delivery is waiting or backing off "
         "(default: run until stopped)",

@@ -28,7 +28,7 @@ def cmd_retrain_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        print("no retrain requests yet")
+        print("no retrain requests (none yet, or all older than UNDERTOW_RETAIN_RETRAIN_REQUESTS_SECONDS)")
     for r in [] if args.json else rows:
         d = r["data"]
         run = r["run"]

@@ -28,7 +28,7 @@ def cmd_runs_list(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no training runs yet")
+        print("no training runs (none yet, or all older than UNDERTOW_RETAIN_TRAINING_RUNS_SECONDS)")
     for r in rows:
         gate = r["metrics"].get("gate") or {}
         numbers = (

@@ -13,6 +13,7 @@ from undertow.worker.cli.common import (
     install_stop_handlers,
     positive_int,
     require_broker,
+    seconds,
     settings_from,
     unreachable_broker,
 )
@@ -150,7 +151,7 @@ def add_parsers(sub) -> None:
     add_connection_flags(p, "kafka", "db", "topics", "group", service="monitor")
     p.add_argument(
         "--until-idle",
-        type=float,
+        type=seconds,
         metavar="SECONDS",
         help="exit once the input topics have given nothing for this long (default: run until stopped)",
     )

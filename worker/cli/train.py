@@ -14,6 +14,7 @@ from undertow.worker.cli.common import (
     database,
     positive_int,
     require_broker,
+    seconds,
     settings_from,
 )
 from undertow.worker.cli.drift_flags import add_drift_flags, drift_config_from
@@ -172,7 +173,7 @@ def add_parsers(sub) -> None:
     add_metrics_flag(p)
     p.add_argument(
         "--until-idle",
-        type=float,
+        type=seconds,
         metavar="SECONDS",
         help="exit once no request came for this long and no run is pending (default: run until stopped)",
     )

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         # ignore: a .env file serves every service, each reads its own
         frozen=True,
         extra="ignore",
+        # NaN and infinity parse as floats; refused as such ("should be a finite number"), not by a bound
+        # they only fail by accident (NaN > 0 is false: "should be greater than 0" named the wrong rule).
+        allow_inf_nan=False,
     )
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
