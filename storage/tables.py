@@ -72,8 +72,10 @@ class SchemaMismatch(Base):
 
     ``reason`` is ``missing`` (a schema feature absent), ``extra`` (a feature
     the schema does not have) or ``type`` (a string where the schema has a
-    number). A prediction with several faults counts once under each.
-    Bounded: three rows per registered model at most.
+    number); ``label`` counts labels that cannot be the model's classes or
+    values (in ``predictions``; each also dead-lettered). A prediction with
+    several faults counts once under each. Bounded: four rows per
+    registered model at most.
     """
 
     __tablename__ = "schema_mismatches"

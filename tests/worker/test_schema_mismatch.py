@@ -116,3 +116,60 @@ def test_a_strict_version_dead_letters_mismatches_and_takes_them_corrected(env):
     env.drain(env=NO_WAITING)
     assert env.scalar("SELECT predictions FROM model_stats WHERE model_id = 'housing'") == 140
     assert env.scalar("SELECT duplicates FROM model_stats WHERE model_id = 'housing'") == 0
+
+
+def _register_classifier(env, model_id: str = "churn") -> None:
+    """A 0/1 classifier: its held-out rows' targets say its classes are integers."""
+    from undertow.models import registry
+    from undertow.models.profile import build_profile
+    from undertow.storage import db
+
+    rows = [p for p, _ in SampleStream(seed=10, model_id=model_id).events(400)]
+    columns = {name: [p["features"][name] for p in rows] for name in rows[0]["features"]}
+    columns["__prediction__"] = [i % 2 for i in range(len(rows))]
+    test_set = {"features": [p["features"] for p in rows[:50]], "targets": [i % 2 for i in range(50)]}
+    test_set["predictions"] = test_set["targets"]
+    with db.make_session_factory(env.engine).begin() as session:
+        registry.register(
+            session,
+            model_id=model_id,
+            profile=build_profile(columns),
+            artifacts_dir=env.artifacts_dir,
+            baseline_error=(0.1, 0.3),
+            task="classification",
+            test_set=test_set,
+        )
+
+
+def test_labels_that_cannot_be_a_classifiers_classes_are_dead_lettered_and_their_predictions_wait(env):
+    """0/1 predictions labelled "no"/"yes" (a mapping forgotten in the producer) or 0.5: refused with one
+    line, counted in status, never scored as misclassifications; a corrected label with the same event id
+    then joins its prediction."""
+    _register_classifier(env)
+    events = list(SampleStream(seed=11, model_id="churn").events(120))
+    predictions = [{**p, "prediction": i % 2} for i, (p, _) in enumerate(events)]
+    right = [{**label, "label": i % 2} for i, (_, label) in enumerate(events)]
+    wrong = [{**label, "label": ("no", "yes")[i % 2]} for label, i in zip(right[:59], range(59))]
+    wrong.append({**right[59], "label": 0.5})
+    env.send_sequence([("prediction", p) for p in predictions])
+    env.send_sequence([("label", label) for label in [*wrong, *right[60:]]])
+    env.drain(env=NO_WAITING)
+
+    letters = env.read_all(env.topics.labels + ".DLT", expected=60)
+    assert {json.loads(r.value)["event_id"] for r in letters} == {label["event_id"] for label in wrong}
+    message = dict(letters[0].headers)["undertow.error.message"].decode()
+    assert message == (
+        "label 'no' of model 'churn' cannot be one of version 1's integer classes (0, 1): map the labels to "
+        "the classes the model was trained on"
+    ), message
+    assert env.scalar("SELECT COUNT(*) FROM labelled_pairs WHERE model_id = 'churn'") == 60
+    assert env.scalar("SELECT SUM(error) FROM labelled_pairs WHERE model_id = 'churn'") == 0  # none misscored
+    status = env.status()
+    (refused,) = [m for m in status["schema_mismatches"] if m["reason"] == "label"]
+    assert (refused["predictions"], refused["dead_lettered"], refused["feature"]) == (60, 60, "0.5")
+
+    env.send_sequence([("label", label) for label in right[:60]])  # corrected, the same event ids
+    env.drain(env=NO_WAITING)
+    assert env.scalar("SELECT COUNT(*) FROM labelled_pairs WHERE model_id = 'churn'") == 120
+    assert env.scalar("SELECT SUM(error) FROM labelled_pairs WHERE model_id = 'churn'") == 0
+    assert env.scalar("SELECT duplicates FROM model_stats WHERE model_id = 'churn'") == 0

@@ -377,14 +377,16 @@ _REASON_TEXT = {
     "missing": "without feature {f!r}",
     "extra": "with feature {f!r}, not in the schema",
     "type": "with a string for numeric feature {f!r}",
+    "label": "label {f}, not one of its classes or values",
 }
 
 
 def _print_schema_mismatches(status: dict) -> None:
     for m in status["schema_mismatches"]:
         fate = f", {m['dead_lettered']:,} dead-lettered" if m["dead_lettered"] else ""
+        what = "labels refused" if m["reason"] == "label" else f"predictions {m['reason']}"
         print(
-            f"schema mismatches of {m['model_id']}: {m['predictions']:,} predictions {m['reason']} "
+            f"schema mismatches of {m['model_id']}: {m['predictions']:,} {what} "
             f"(newest: {_REASON_TEXT[m['reason']].format(f=m['feature'])}, checked against version "
             f"{m['model_version']}, last {m['last_seen_at']}{fate})"
         )

@@ -24,15 +24,18 @@ from undertow.errors import InvalidEvent
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
 from undertow.storage import repo
-from undertow.worker.monitor.model_events import batch_prediction_groups
+from undertow.worker.monitor.label_kinds import LabelKind
+from undertow.worker.monitor.model_events import batch_champions, batch_prediction_groups
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter
+from undertow.worker.runtime.events import LabelEvent
 from undertow.worker.runtime.transport import dead_letter
 
 log = logging.getLogger(__name__)
 
-MISSING, EXTRA, TYPE = "missing", "extra", "type"  # SchemaMismatch.reason
+MISSING, EXTRA, TYPE = "missing", "extra", "type"  # SchemaMismatch.reason of predictions
 REASONS = (MISSING, EXTRA, TYPE)
+LABEL = "label"  # SchemaMismatch.reason of labels that cannot be right for the model (``label_kinds``)
 # Batch.shared key: the (model id, version) groups whose predictions all match the schema (numeric features
 # hold numbers or nulls): the data-drift stage then skips its own type check of them.
 NUMBERS_ONLY = "schema_numbers_only"
@@ -161,6 +164,12 @@ class SchemaStage:
        remembered as seen: sent again corrected, with the same event id, it
        is taken. The others stay and are monitored with what they have (a
        missing or mistyped feature counts as a missing value).
+    5. Labels that cannot be right for their model's champion (text for a
+       regression, or a class of the other kind: ``label_kinds``): counted
+       under reason ``label`` and always dead-lettered, since each would be
+       scored a misclassification and raise a false concept drift. Their
+       predictions go on waiting: a corrected label with the same event id
+       joins them.
     """
 
     def __init__(self, warn_interval_seconds: float = 3600.0, clock: Callable[[], float] = time.time):
@@ -169,10 +178,12 @@ class SchemaStage:
         self.warn_interval_seconds = warn_interval_seconds
         self.clock = clock
         self._schemas: dict[tuple[str, str], VersionSchema | None] = {}
+        self._label_kinds: dict[tuple[str, str], LabelKind | None] = {}
         self._warned: dict[tuple[str, str], float] = {}
 
     def reset(self) -> None:
         self._schemas.clear()
+        self._label_kinds.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
         groups = batch_prediction_groups(session, batch)
@@ -190,6 +201,7 @@ class SchemaStage:
             tallies += self._tally(session, batch, key[0], schema, [items[j] for j in bad], refused)
             if schema.strict:
                 groups[key] = [item for item in items if id(item[1]) not in refused]
+        tallies += self._refuse_labels(session, batch, refused)
         if tallies:
             repo.add_schema_mismatches(session, tallies, self.clock())
         if refused:
@@ -201,6 +213,58 @@ class SchemaStage:
             row = registry.find_version(session, *key)
             self._schemas[key] = None if row is None else VersionSchema.of(row)
         return self._schemas[key]
+
+    def _label_kind(self, session: Session, model_id: str, version: str) -> LabelKind | None:
+        key = (model_id, version)
+        if key not in self._label_kinds:
+            row = registry.find_version(session, *key)
+            self._label_kinds[key] = None if row is None else LabelKind.of(row)
+        return self._label_kinds[key]
+
+    def _refuse_labels(self, session: Session, batch: Batch, refused: set[int]) -> list[repo.MismatchCount]:
+        """Step 5: the labels that cannot be right for their model's champion, dead-lettered and counted."""
+        champions = batch_champions(session, batch)
+        kinds: dict[str, LabelKind | None] = {}
+        bad: dict[str, list] = {}
+        for item in batch.events:
+            event = item[1]
+            if event.__class__ is not LabelEvent:
+                continue
+            model_id = event.model_id
+            if model_id not in kinds:
+                champion = champions.get(model_id)
+                kinds[model_id] = None if champion is None else self._label_kind(session, model_id, champion)
+            kind = kinds[model_id]
+            if kind is not None and not kind.fits(event.label):
+                bad.setdefault(model_id, []).append(item)
+        tallies = []
+        for model_id, items in bad.items():
+            kind = kinds[model_id]
+            assert kind is not None  # only labels with a kind were refused
+            for position, event in items:
+                letter = dead_letter(position, "schema", InvalidEvent(kind.describe(model_id, event.label)))
+                store_dead_letter(session, letter)
+                batch.dead_letters.append(letter)
+                refused.add(id(event))
+            newest = items[-1][1].label
+            tallies.append(
+                repo.MismatchCount(model_id, LABEL, kind.version, repr(newest)[:200], len(items), len(items))
+            )
+            self._warn_labels(model_id, kind.describe(model_id, newest), len(items))
+        return tallies
+
+    def _warn_labels(self, model_id: str, example: str, count: int) -> None:
+        now = self.clock()
+        if now - self._warned.get((model_id, LABEL), -self.warn_interval_seconds) < self.warn_interval_seconds:
+            return
+        self._warned[(model_id, LABEL)] = now
+        log.warning(
+            "%s; labels in this batch refused so: %d, dead-lettered (their predictions wait for a corrected "
+            "label). `undertow status` counts them; next warning in %g s at the earliest",
+            example,
+            count,
+            self.warn_interval_seconds,
+        )
 
     def _tally(
         self, session: Session, batch: Batch, model_id: str, schema: VersionSchema, items: list, refused: set[int]
