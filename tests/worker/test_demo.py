@@ -103,3 +103,39 @@ def test_the_demo_s_report_reads_cleanly_in_headless_chromium(demo, tmp_path):
     assert seen["features"][: len(features)] == [f for f in features if f != "__prediction__"] + ["__prediction__"]
     assert seen["headline"] == f"No drift on version {version}, the champion"  # retrained on the new market
     assert len(seen["cards"]) == 2
+
+
+def test_ctrl_c_stops_the_demo_and_its_services_within_seconds_without_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: the demo and the services it started) while the
+    requests go out: the demo stops its services and exits 130 saying where the state is, instead of
+    waiting minutes for a decision that no service is left to make."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import wait_for
+
+    out = tmp_path / "out.txt"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "undertow.worker.cli", "demo", "--workdir", str(tmp_path / "state")],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )
+    try:
+        wait_for(lambda: "-- stationary" in out.read_text() or proc.poll() is not None, 180, "requests to start")
+        assert proc.poll() is None, out.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        asked = time.monotonic()
+        assert proc.wait(timeout=90) == 130, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text_out = out.read_text()
+    assert "Traceback" not in text_out, text_out[-3000:]
+    assert f"interrupted: the services are stopped; the state so far is in {tmp_path / 'state'}" in text_out
+    assert "waiting for the trainer's decision" not in text_out
+    assert time.monotonic() - asked < 90

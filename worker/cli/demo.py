@@ -12,6 +12,7 @@ report end it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -26,7 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
+from undertow.errors import ConfigError
 from undertow.worker.cli.common import command, install_stop_handlers
+
+# The production baseline is set on a version's first 1,000 labels, which the stationary fifth of the
+# requests must hold before the drift begins; fewer and the demo waits for a decision that cannot come.
+MIN_EVENTS = 5000
+
+
+def demo_events(value: str) -> int:
+    """An argparse type: prediction requests in all, at least ``MIN_EVENTS``."""
+    number = int(value) if value.strip().isdigit() else 0
+    if number < MIN_EVENTS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is too few requests for the demo: at least {MIN_EVENTS:,} (the model's first 1,000 "
+            "labels must come before the drift)"
+        )
+    return number
+
 
 MODEL_ID = "housing"
 TRAINER_ENV = {
@@ -171,13 +189,14 @@ def cmd_demo(args) -> int:
     import httpx
     from sqlalchemy import text
 
-    from undertow.models import runs
     from undertow.storage import db
     from undertow.worker.cli import main
     from undertow.worker.dev.broker import EmbeddedBroker, free_port
     from undertow.worker.report.build import write_report
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="undertow-demo-"))
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file: name a folder (new or existing) for the demo's state")
     workdir.mkdir(parents=True, exist_ok=True)
     data = _data_source(args.dataset, args.seed)
     rng = np.random.default_rng(args.seed)
@@ -253,28 +272,18 @@ def cmd_demo(args) -> int:
                     flush=True,
                 )
                 sender = Sender(client, timeline, rng, n, engine)
-                for name, count, income, concept in phases:
-                    timeline.say(
-                        "phase",
-                        f"-- {name}: {count:,} districts"
-                        + (f" (median income x{income})" if income != 1 else "")
-                        + (", priced by the new market" if concept else ""),
-                    )
-                    sender.send(data, count, income, concept, stopping)
-                sender.post_all_labels()
-                timeline.say("phase", "-- waiting for the trainer's decision")
-                _wait(
-                    lambda: timeline.poll() or any(s in runs.FINISHED for s in timeline.run_status.values()), 120, 0.5
-                )
-                _wait(lambda: sender.probe(data) == "2" or None, 30, 0.5)
-                timeline.say("phase", f"-- after the decision: {after:,} districts of the new market")
-                sender.send(data, after, 1.3, True, stopping)
-                sender.post_all_labels()
-                _wait(lambda: _processed(engine) >= sender.sent, 60, 0.5)
-                timeline.poll()
+                try:
+                    _drive(sender, timeline, data, phases, after, stopping)
+                except httpx.HTTPError as exc:
+                    if not stopping:  # a stop signal reaches the services too: their refusals are expected
+                        print(f"undertow: error: the server stopped answering ({exc}); see {workdir / 'serve.log'}")
+                        return 1
             finally:
                 client.close()
                 _stop(services.values())
+            if stopping:
+                print(f"\ninterrupted: the services are stopped; the state so far is in {workdir}")
+                return 130
             with engine.connect() as conn:
                 summary = _summary(conn, text, sender, timeline)
         finally:
@@ -289,6 +298,40 @@ def cmd_demo(args) -> int:
         f"sqlite:///{workdir / 'undertow.db'})\nfinished in {time.monotonic() - started:.0f} s"
     )
     return 0
+
+
+def _drive(sender: Sender, timeline: Timeline, data, phases: list, after: int, stopping: list) -> None:
+    """The phases through the endpoint, the trainer's decision, the traffic after it; returns early once
+    ``stopping`` (Ctrl-C or SIGTERM) holds anything."""
+    from undertow.models import runs
+
+    for name, count, income, concept in phases:
+        timeline.say(
+            "phase",
+            f"-- {name}: {count:,} districts"
+            + (f" (median income x{income})" if income != 1 else "")
+            + (", priced by the new market" if concept else ""),
+        )
+        sender.send(data, count, income, concept, stopping)
+        if stopping:
+            return
+    sender.post_all_labels()
+    timeline.say("phase", "-- waiting for the trainer's decision")
+    _wait(
+        lambda: stopping or timeline.poll() or any(s in runs.FINISHED for s in timeline.run_status.values()),
+        120,
+        0.5,
+    )
+    _wait(lambda: stopping or sender.probe(data) == "2" or None, 30, 0.5)  # version 2 served, if promoted
+    if stopping:
+        return
+    timeline.say("phase", f"-- after the decision: {after:,} districts of the new market")
+    sender.send(data, after, 1.3, True, stopping)
+    if stopping:
+        return
+    sender.post_all_labels()
+    _wait(lambda: stopping or _processed(sender.engine) >= sender.sent, 60, 0.5)
+    timeline.poll()
 
 
 def _stop(processes) -> None:
@@ -411,7 +454,12 @@ def add_parsers(sub) -> None:
         "the whole loop end to end: embedded broker, monitor, trainer, server and a report",
         "undertow demo --events 6000 --workdir demo",
     )
-    p.add_argument("--events", type=int, default=12_000, help="prediction requests in all (default: 12,000)")
+    p.add_argument(
+        "--events",
+        type=demo_events,
+        default=12_000,
+        help=f"prediction requests in all, at least {MIN_EVENTS:,} (default: 12,000)",
+    )
     p.add_argument("--seed", type=int, default=7, help="seed of the data and the drift (default: %(default)s)")
     p.add_argument(
         "--dataset",
