@@ -277,3 +277,25 @@ def test_a_normal_exit_prints_no_client_errors(env):
     assert done.returncode == 0, done.stderr
     assert "every input partition is consumed: exiting" in done.stderr
     assert [line for line in done.stderr.splitlines() if " ERROR " in line or "Traceback" in line] == []
+
+
+def test_status_lists_a_registered_model_that_has_sent_no_events_yet(env):
+    """Right after `models register`, before its producer is wired up: the model shows, with no events."""
+    from undertow.worker.dev.sample import SampleStream
+
+    env.register_reference(SampleStream(seed=42), model_id="bc")
+    status = json.loads(_cli("status", "--json", *env.cli_args()).stdout)
+    assert status["models"] == [
+        {
+            "model_id": "bc",
+            "registered": True,
+            "predictions": 0,
+            "labels": 0,
+            "duplicates": 0,
+            "first_event_ts": None,
+            "last_event_ts": None,
+        }
+    ]
+    done = _cli("status", *env.cli_args())
+    assert done.returncode == 0, done.stderr
+    assert "  model_id=bc  registered, no events yet" in done.stdout.splitlines(), done.stdout

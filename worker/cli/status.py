@@ -34,6 +34,20 @@ def collect_status(settings: MonitorSettings) -> dict:
             }
             for m in stats
         ]
+        # Registered but not heard from yet: listed, so a model whose producer is not wired up shows.
+        silent = sorted({v.model_id for v in registry.list_versions(session)} - {m.model_id for m in stats})
+        models += [
+            {
+                "model_id": model_id,
+                "registered": True,
+                "predictions": 0,
+                "labels": 0,
+                "duplicates": 0,
+                "first_event_ts": None,
+                "last_event_ts": None,
+            }
+            for model_id in silent
+        ]
         offsets = {
             (o.group_id, o.topic, o.partition): {
                 "group_id": o.group_id,
@@ -283,7 +297,12 @@ def _print_database(status: dict) -> None:
 
 def _print_models(status: dict) -> None:
     print("models:")
-    for m in status["models"] or [{"model_id": "(none yet)"}]:
+    if not status["models"]:
+        print("  (none registered or heard from yet)")
+    for m in status["models"]:
+        if m["first_event_ts"] is None:
+            print(f"  model_id={m['model_id']}  registered, no events yet")
+            continue
         print("  " + "  ".join(f"{k}={v}" for k, v in m.items()))
 
 
