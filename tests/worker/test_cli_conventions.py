@@ -619,3 +619,26 @@ def test_a_commands_database_engine_is_disposed_when_the_command_fails(tmp_path,
             monkeypatch.setattr(engines[0], "dispose", lambda: disposed.append(True))
             raise NotFound("the command's own error")
     assert disposed == [True]
+
+
+def test_a_mistyped_or_shortened_flag_is_named_by_its_commands_parser_with_the_closest_one():
+    """A typo in a required flag was reported as the required flag missing, a shortened flag (`--js`) was
+    silently taken for the one it begins, and an unknown flag drew the top-level usage."""
+    from undertow.worker.cli import build_parser
+
+    cases = {
+        ("models", "register", "--referense", "r.csv", "--model-id", "x"): (
+            "undertow models register: error: unrecognized argument: --referense (did you mean --reference?)"
+        ),
+        ("status", "--js"): "undertow status: error: unrecognized argument: --js (did you mean --json?)",
+        ("alerts", "--limit=3", "--jsn"): "undertow alerts: error: unrecognized argument: --jsn (did you mean --json?)",
+        ("status", "extra"): "undertow status: error: unrecognized arguments: extra",
+    }
+    for argv, line in cases.items():
+        done = _cli(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr.strip().splitlines()[-1] == line, (argv, done.stderr)
+        assert done.stderr.startswith(f"usage: undertow {argv[0]}"), (argv, done.stderr)  # its own usage
+    # The spelled-out flags still parse, before and after the subcommand's own.
+    args = build_parser().parse_args(["--log-level", "debug", "alerts", "--limit=3", "--json", "--log-level", "info"])
+    assert (args.limit, args.json, args.log_level) == (3, True, "INFO")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 from undertow import __version__
 from undertow.errors import UndertowError
 from undertow.worker.cli import alerts, db, demo, models, notify, report, retrain, runs, services, status, train
-from undertow.worker.cli.common import HelpFormatter
+from undertow.worker.cli.common import HelpFormatter, Parser
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -30,7 +30,7 @@ _EXAMPLES = {"status": "undertow status --json"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="undertow",
         description="Drift monitor for models in production.",
         formatter_class=HelpFormatter,

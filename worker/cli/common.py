@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import faulthandler
 import logging
 import math
 import signal
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import overload
@@ -33,6 +35,38 @@ _SETTINGS_FLAGS = (
     "host",
     "port",
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse as users of a production tool expect: a flag is spelled out (``--js`` is not taken as
+    ``--json``), and a flag the command does not know is named, with the closest one it does, by the
+    command's own parser (argparse named a missing required flag instead, or the top-level usage)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]  # argparse's own signature
+        strings = list(sys.argv[1:] if args is None else args)
+        unknown = [s for s in strings if s.startswith("--") and s.split("=", 1)[0] not in self._option_string_actions]
+        # A subcommand's flags belong to its own parser: only the flags before a subcommand are this one's.
+        if unknown and not self._subcommand_in(strings):
+            flag = unknown[0].split("=", 1)[0]
+            like = difflib.get_close_matches(flag, [o for o in self._option_string_actions if o.startswith("--")], 1)
+            self.error(f"unrecognized argument: {flag}" + (f" (did you mean {like[0]}?)" if like else ""))
+        namespace, extras = super().parse_known_args(strings, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def _subcommand_in(self, strings: list[str]) -> bool:
+        names = {
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        }
+        return any(s in names for s in strings)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
