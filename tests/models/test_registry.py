@@ -132,6 +132,11 @@ def test_cli_register_and_list(tmp_path, db_url, reference_csv):
     )
     assert done.returncode == 0, done.stderr
     assert '"window_size": 500' in done.stdout and '"hop": 100' in done.stdout
+    # 500 reference rows: a window's PSI against so few is largely chance, said at registration.
+    assert "warning: the reference has 500 rows: a window of 500 predictions differs from so few by chance " in (
+        done.stderr
+    )
+    assert "(PSI 0.036 on average" in done.stderr
     listed = cli("models", "list", "--json")
     assert '"stage": "champion"' in listed.stdout
     bad = cli("models", "register", "--model-id", "m", "--reference", str(tmp_path / "missing.csv"))

@@ -44,6 +44,8 @@ def cmd_models_register(args) -> int:
         raise ProfileError(f"--reference: {exc}") from None
     segments = _segments(args, columns, reference.profile, task)
     print(f"task: {task or 'unknown'} ({why})", file=sys.stderr)
+    if reference.profile.rows < SMALL_REFERENCE_ROWS:
+        print(_small_reference_warning(reference.profile.rows, config.window_size), file=sys.stderr)
     card = {"model_details": {"algorithm": _algorithm(model)}} if model is not None else {}
     if args.description:
         card["intended_use"] = {"description": args.description}
@@ -88,6 +90,21 @@ def cmd_models_register(args) -> int:
 
 
 ARTIFACT_CHECK_ROWS = 100
+# Below this many reference rows a window's PSI against the reference is mostly the reference's own
+# sampling noise: about (bins - 1) * (1 / rows + 1 / window) by chance (0.069 at 150 rows and windows of
+# 1,000, 0.018 at 1,000 rows; moderate drift is 0.1), so stable traffic raises input alerts.
+SMALL_REFERENCE_ROWS = 1000
+
+
+def _small_reference_warning(rows: int, window: int) -> str:
+    from undertow.models.profile import DEFAULT_BINS
+
+    chance = (DEFAULT_BINS - 1) * (1 / rows + 1 / window)
+    return (
+        f"warning: the reference has {rows:,} rows: a window of {window:,} predictions differs from so few by "
+        f"chance (PSI {chance:.2g} on average, moderate drift at 0.1), so unchanged traffic can raise data-drift "
+        f"alerts; register at least {SMALL_REFERENCE_ROWS:,} rows (5,000 or more recommended)"
+    )
 
 
 def _segments(args, columns: dict[str, list], profile, task: str | None):
