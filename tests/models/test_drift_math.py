@@ -109,14 +109,17 @@ def test_anderson_darling_matches_its_definition_and_its_limit_distribution(shif
     assert anderson_darling_sf([2.492, 3.857]) == pytest.approx([0.05, 0.01], rel=0.05)
 
 
-def test_the_written_out_anderson_darling_tail_is_the_computed_one_to_the_bit():
-    """``ad_tail_table`` spares a process the computation; it must be exactly what the computation gives."""
+def test_the_written_out_anderson_darling_tail_is_the_computed_one_to_the_last_bits():
+    """``ad_tail_table`` spares a process the computation; it must be what the computation gives. To the
+    bit on the numpy that wrote it; numpy's log, exp and sums are not bit-for-bit the same across its
+    releases and CPUs (SIMD kernels), and numpy 2.4.6 gives 2 of the 389 values one unit in the last place
+    apart, so a few units are allowed: the table is the one every process uses, the same everywhere."""
     from undertow.models.drift.two_sample import _saddlepoint_tail, computed_saddlepoint_tail
 
     grid, log_sf = _saddlepoint_tail()
     computed_grid, computed = computed_saddlepoint_tail()
     assert np.array_equal(grid, computed_grid) and grid.size == 389
-    assert np.array_equal(log_sf, computed), np.flatnonzero(log_sf != computed)
+    np.testing.assert_array_max_ulp(log_sf, computed, maxulp=4)
 
 
 def test_on_tied_features_the_windows_tests_stay_uniform_where_plain_ks_piles_up_near_one():
