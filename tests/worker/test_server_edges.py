@@ -21,6 +21,7 @@ from tests.worker.test_server import Server, _row
 from tests.worker.test_trainer import _train_v1
 from undertow.errors import InvalidEvent
 from undertow.models import registry, training
+from undertow.models.label_kinds import LabelKind
 from undertow.worker.runtime import cloudevents
 from undertow.worker.runtime.events import DEFAULT_MAX_EVENT_BYTES, parse_label, parse_prediction
 
@@ -361,14 +362,25 @@ def _edge_request(kind: str, fields: dict, row: dict, version: str, n: int) -> t
     return "/labels", f'{{"labels": [{{{label}}}]}}'.encode(), event.encode()
 
 
-def _dead_lettered(path: str, record: bytes) -> str | None:
-    """The monitor's verdict on a record, by the function that dead-letters it (None: accepted)."""
+def _dead_lettered(path: str, record: bytes, kind: LabelKind | None = None) -> str | None:
+    """The monitor's verdict on a record, by the functions that dead-letter it (None: accepted): its parser,
+    and for a label the check against its version's ``kind`` (the schema stage's)."""
     parse = parse_prediction if path == "/predict" else parse_label
     try:
-        parse(record, DEFAULT_MAX_EVENT_BYTES)
+        event = parse(record, DEFAULT_MAX_EVENT_BYTES)
     except InvalidEvent as exc:
         return str(exc)
+    if kind is not None and path == "/labels" and not kind.fits(event.label):
+        return kind.describe(event.model_id, event.label)
     return None
+
+
+def _label_kind(world, version: str) -> LabelKind | None:
+    with world.engine.connect() as conn:
+        from sqlalchemy.orm import Session
+
+        row = registry.find_version(Session(bind=conn), "housing", version)
+    return None if row is None else LabelKind.of(row)
 
 
 def test_the_hostile_corpus_through_both_edges_server_4xx_iff_monitor_dead_letter(server, world):
@@ -377,19 +389,21 @@ def test_the_hostile_corpus_through_both_edges_server_4xx_iff_monitor_dead_lette
     corpus = [edge for *_, edge in CORPUS if not isinstance(edge, str)]
     assert len(corpus) >= 9
     version = server.client.get("/health/ready").json()["model_version"]
+    label_kind = _label_kind(world, version)
+    assert label_kind is not None and label_kind.kind == "number"  # a regression: a text label is refused on both
     verdicts, accepted = [], []
     for n, (kind, fields) in enumerate(corpus + EXTRA):
         path, body, record = _edge_request(kind, fields, _row(n), version, n)
         response = server.client.post(path, content=body, headers=JSON)
         assert response.status_code in (200, 202, 422), (fields, response.status_code, response.text[:500])
         assert len(response.content) < 4000
-        dead = _dead_lettered(path, record)
+        dead = _dead_lettered(path, record, label_kind)
         verdicts.append((kind, str(fields)[:60], response.status_code == 422, dead is not None, dead))
         if response.status_code != 422:
             accepted.append((path, response.json()))
     assert [v for v in verdicts if v[2] != v[3]] == []  # server refuses <=> the monitor dead-letters
     assert all(v[3] for v in verdicts[: len(corpus)])  # every corpus record is dead-lettered, as sent here too
-    assert len(accepted) == 8  # EXTRA's last eight
+    assert len(accepted) == 7  # EXTRA's last eight but the text label ("class-a" for a regression)
 
     # What the server did emit for the accepted ones, the monitor takes.
     _settled(server)
@@ -409,8 +423,35 @@ def test_the_hostile_corpus_through_both_edges_server_4xx_iff_monitor_dead_lette
         ]
 
     labels = wait_for(
-        lambda: (lambda found: found if len(found) >= 3 else None)(edge_labels()), 30, "the accepted labels' events"
+        lambda: (lambda found: found if len(found) >= 2 else None)(edge_labels()), 30, "the accepted labels' events"
     )
-    assert len(labels) == 3
+    assert len(labels) == 2
     assert [_dead_lettered("/predict", v) for v in emitted] == [None] * 5
-    assert [_dead_lettered("/labels", v) for v in labels] == [None] * 3
+    assert [_dead_lettered("/labels", v, label_kind) for v in labels] == [None] * 2
+
+
+def test_a_label_that_cannot_be_the_served_versions_is_a_422_naming_it_and_no_label_is_emitted(server, world):
+    """A regression's label sent as text: the monitor would dead-letter it (``models.label_kinds``), so the
+    endpoint refuses the request, naming the label, and emits none of its labels."""
+    version = server.client.get("/health/ready").json()["model_version"]
+    refused = server.client.post(
+        "/labels", json={"labels": [{"event_id": "kind-ok", "label": 2.5}, {"event_id": "kind-bad", "label": "high"}]}
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == [
+        {
+            "type": "label_kind",
+            "loc": ["labels", 1, "label"],
+            "msg": f"label 'high' of model 'housing' is not a number: version {version} is a regression",
+            "input": "high",
+        }
+    ]
+    good = uuid.uuid4().hex
+    assert server.client.post("/labels", json={"labels": [{"event_id": good, "label": 2.5}]}).status_code == 202
+
+    # One partition, sent in order: once the later label is there, a label of the refused request would be too.
+    def label_ids() -> set[str]:
+        return {json.loads(r.value)["event_id"] for r in world.read_all(world.topics.labels, 10**9, timeout=1.0)}
+
+    found = wait_for(lambda: (lambda ids: ids if good in ids else None)(label_ids()), 30, "the accepted label's event")
+    assert not found & {"kind-ok", "kind-bad"}

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from undertow.errors import InvalidEvent
 from undertow.models import registry
 from undertow.models.drift.config import DriftConfig
+from undertow.models.label_kinds import LabelKind
 from undertow.storage import repo
-from undertow.worker.monitor.label_kinds import LabelKind
 from undertow.worker.monitor.model_events import batch_champions, batch_prediction_groups
 from undertow.worker.runtime.batch import Batch
 from undertow.worker.runtime.checkpoint import store_dead_letter
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MISSING, EXTRA, TYPE = "missing", "extra", "type"  # SchemaMismatch.reason of predictions
 REASONS = (MISSING, EXTRA, TYPE)
-LABEL = "label"  # SchemaMismatch.reason of labels that cannot be right for the model (``label_kinds``)
+LABEL = "label"  # SchemaMismatch.reason of labels that cannot be right for the model (``models.label_kinds``)
 # Batch.shared key: the (model id, version) groups whose predictions all match the schema (numeric features
 # hold numbers or nulls): the data-drift stage then skips its own type check of them.
 NUMBERS_ONLY = "schema_numbers_only"
@@ -165,7 +165,7 @@ class SchemaStage:
        is taken. The others stay and are monitored with what they have (a
        missing or mistyped feature counts as a missing value).
     5. Labels that cannot be right for their model's champion (text for a
-       regression, or a class of the other kind: ``label_kinds``): counted
+       regression, or a class of the other kind: ``models.label_kinds``): counted
        under reason ``label`` and always dead-lettered, since each would be
        scored a misclassification and raise a false concept drift. Their
        predictions go on waiting: a corrected label with the same event id

@@ -241,7 +241,9 @@ def create_app(settings: ServerSettings, model_id: str) -> FastAPI:
     async def labels(request: Request) -> dict:
         gate.check(request)
         body = _parse(LabelsRequest, await read_body(request))
-        records = label_records(model_id, cloudevents.rfc3339(time.time()), body.labels, max_event_bytes)
+        served = slot.current  # None while loading: the monitor checks the labels then
+        kind = None if served is None else served.label_kind
+        records = label_records(model_id, cloudevents.rfc3339(time.time()), body.labels, max_event_bytes, kind)
         keys = _keys(slot.spread, key)
         for item, value in zip(body.labels, records):
             request.app.state.emitter.emit("label", topics.labels, keys(item.event_id), value)

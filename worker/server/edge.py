@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
 from undertow.errors import InvalidEvent
+from undertow.models.label_kinds import LabelKind
 from undertow.worker.runtime.events import describe_problems, field_problems, parse_label, parse_prediction
 
 log = logging.getLogger(__name__)
@@ -222,10 +223,14 @@ def prediction_records(
     return records
 
 
-def label_records(model_id: str, ts: str, labels: list, max_bytes: int) -> list[bytes]:
-    """The label events of ``labels``, checked as ``prediction_records`` checks predictions."""
+def label_records(model_id: str, ts: str, labels: list, max_bytes: int, kind: LabelKind | None = None) -> list[bytes]:
+    """The label events of ``labels``, checked as ``prediction_records`` checks predictions, and, with the
+    served version's ``kind``, refused where the monitor would dead-letter them as not its classes."""
     records, refused = [], []
     for i, item in enumerate(labels):
+        if kind is not None and not kind.fits(item.label):
+            message = kind.describe(model_id, item.label)
+            refused.append({"loc": ("labels", i, "label"), "type": "label_kind", "msg": message, "input": item.label})
         value = json.dumps({"event_id": item.event_id, "model_id": model_id, "ts": ts, "label": item.label}).encode()
         try:
             parse_label(value, max_bytes)

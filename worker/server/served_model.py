@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from undertow.errors import NotFound, UndertowError
 from undertow.models import registry, training
+from undertow.models.label_kinds import LabelKind
 from undertow.worker.runtime.events import Integer, Text
 
 MAX_BATCH_ROWS = 1000
@@ -83,6 +84,8 @@ class ServedModel:
     artifact_sha256: str
     request: type[BaseModel] = field(repr=False)
     threads: int = 1
+    # What its labels must look like (``models.label_kinds``): /labels refuses the others as the monitor would.
+    label_kind: LabelKind | None = None
 
     def predict(self, rows: list[dict]) -> tuple[list, list[dict[str, float]] | None]:
         """Predictions as event values and, for classifiers that give probabilities, the scores per class."""
@@ -134,6 +137,7 @@ def load_served(row: registry.ModelVersion, max_rows: int = MAX_BATCH_ROWS, thre
         row.artifact_sha256,
         request_model(row.model_id, row.version, schema, max_rows),
         threads,
+        LabelKind.of(row),
     )
     _warm_up(served, row)
     return served

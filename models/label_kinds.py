@@ -31,7 +31,7 @@ def _integer_like(value: Any) -> bool:
     if cls is int:
         return True
     if cls is float:
-        return value.is_integer()
+        return bool(value.is_integer())
     return cls is str and _INTEGER_TEXT.fullmatch(value) is not None
 
 
