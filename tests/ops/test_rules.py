@@ -45,6 +45,26 @@ def test_amtool_accepts_the_alertmanager_configuration_and_its_slack_variant(tmp
     _run(amtool, "check-config", str(variant))
 
 
+def test_a_significant_drift_from_notify_pages_like_a_critical_rule_and_a_moderate_one_warns():
+    """`undertow notify` labels its drift alerts with the drift's severity, and they silence the rules'
+    episode alerts of their model (critical included): a significant one must reach the critical receiver
+    (it went to the default, warning, so the page was lost)."""
+    amtool = binary("amtool")
+
+    def receiver(*labels: str) -> str:
+        command = [amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", *labels]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()  # stderr: amtool's note that the file overrides --alertmanager.url
+
+    assert receiver("alertname=UndertowConceptDrift", "model_id=churn", "severity=significant") == "undertow-critical"
+    assert receiver("alertname=UndertowDataDrift", "model_id=churn", "severity=moderate") == "undertow-warning"
+    assert receiver("alertname=UndertowDriftEpisodeSignificant", "model_id=churn", "severity=critical") == (
+        "undertow-critical"
+    )
+    assert receiver("alertname=UndertowMonitorDown", "severity=warning") == "undertow-warning"
+
+
 def test_every_alert_has_a_severity_a_summary_and_a_runbook_section_and_a_unit_test_that_fires_it():
     sections = anchors(OPERATIONS)
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]

@@ -384,3 +384,22 @@ def test_the_report_shows_every_alert_type_with_its_value_against_its_threshold(
     for table in ("alerts", "episodes"):
         text = " | ".join(" | ".join(row) for row in parser.tables[table])
         assert "None" not in text and not re.search(r"\bnan\b", text, re.IGNORECASE), (table, text)
+
+
+def test_a_summing_detectors_statistic_is_not_read_as_a_rise_of_the_error():
+    """Page-Hinkley at 50 against 50 with the error up from 0.40 to 0.47 (sd 0.54): its unit says the 50
+    is summed over labels; a rolling mean's is a rise of the mean itself."""
+    import json
+
+    from undertow.worker.report.alerts import concept_drift
+
+    def measure(detector: str, value: float, threshold: float) -> str:
+        alert = _concept("m", 30, "started", detector, "misclassification", value, threshold)
+        return concept_drift(json.loads(alert.data.model_dump_json()), registry.DriftConfig()).measure
+
+    assert measure("page_hinkley", 50.4, 50.0) == (
+        "Page-Hinkley statistic (excess over the baseline error summed over labels, in its standard deviations)"
+    )
+    assert (
+        measure("rolling_mean", 4.6, 4.5) == "rolling mean of the error (standard deviations above the baseline error)"
+    )

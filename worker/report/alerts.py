@@ -197,6 +197,10 @@ DETECTORS = {
 }
 
 
+# Detectors whose statistic sums each label's excess: its value is no rise of the error itself.
+CUMULATIVE = frozenset({"page_hinkley", "cusum", "prediction_time_cusum"})
+
+
 def _concept_note(d: dict) -> str:
     baseline = d.get("baseline") or {}
     named = "validation error" if d["episode"] == "deployment_gap" else "baseline error"
@@ -238,8 +242,13 @@ def concept_drift(d: dict, config: DriftConfig) -> Detail:
     deviations, or the metric itself (the deployment gap: production error against validation error)."""
     # A standardised statistic reads as a rise over the baseline, not as an error: "0.151 against 0.150"
     # beside a mean error of 0.1 must not look like an error of 0.15.
-    unit = "standard deviations above the baseline error" if d.get("unit") == "baseline_sd" else d["metric"]
     detector = d["detector"]
+    if d.get("unit") != "baseline_sd":
+        unit = d["metric"]
+    elif detector in CUMULATIVE:  # a sum over many labels: 50 may be 0.07 sd above on each of 700 labels
+        unit = "excess over the baseline error summed over labels, in its standard deviations"
+    else:
+        unit = "standard deviations above the baseline error"
     if detector == "escalation_cusum":  # a CUSUM against the episode's own level, up (escalated) or down (improved)
         unit = "CUSUM against the episode's level, in baseline sd"
     return Detail(
