@@ -177,13 +177,11 @@ class SchemaStage:
             raise ValueError("warn_interval_seconds must be positive")
         self.warn_interval_seconds = warn_interval_seconds
         self.clock = clock
-        self._schemas: dict[tuple[str, str], VersionSchema | None] = {}
-        self._label_kinds: dict[tuple[str, str], LabelKind | None] = {}
+        self._versions: dict[tuple[str, str], tuple[VersionSchema, LabelKind | None] | None] = {}
         self._warned: dict[tuple[str, str], float] = {}
 
     def reset(self) -> None:
-        self._schemas.clear()
-        self._label_kinds.clear()
+        self._versions.clear()
 
     def apply(self, session: Session, batch: Batch) -> None:
         groups = batch_prediction_groups(session, batch)
@@ -207,19 +205,21 @@ class SchemaStage:
         if refused:
             batch.events = [item for item in batch.events if id(item[1]) not in refused]
 
-    def _schema(self, session: Session, model_id: str, version: str) -> VersionSchema | None:
+    def _version(self, session: Session, model_id: str, version: str) -> tuple[VersionSchema, LabelKind | None] | None:
+        """A registered version's schema and label kind, read once (None: not registered)."""
         key = (model_id, version)
-        if key not in self._schemas:
+        if key not in self._versions:
             row = registry.find_version(session, *key)
-            self._schemas[key] = None if row is None else VersionSchema.of(row)
-        return self._schemas[key]
+            self._versions[key] = None if row is None else (VersionSchema.of(row), LabelKind.of(row))
+        return self._versions[key]
+
+    def _schema(self, session: Session, model_id: str, version: str) -> VersionSchema | None:
+        found = self._version(session, model_id, version)
+        return None if found is None else found[0]
 
     def _label_kind(self, session: Session, model_id: str, version: str) -> LabelKind | None:
-        key = (model_id, version)
-        if key not in self._label_kinds:
-            row = registry.find_version(session, *key)
-            self._label_kinds[key] = None if row is None else LabelKind.of(row)
-        return self._label_kinds[key]
+        found = self._version(session, model_id, version)
+        return None if found is None else found[1]
 
     def _refuse_labels(self, session: Session, batch: Batch, refused: set[int]) -> list[repo.MismatchCount]:
         """Step 5: the labels that cannot be right for their model's champion, dead-lettered and counted."""
