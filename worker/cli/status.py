@@ -35,7 +35,8 @@ def collect_status(settings: MonitorSettings) -> dict:
             for m in stats
         ]
         # Registered but not heard from yet: listed, so a model whose producer is not wired up shows.
-        silent = sorted({v.model_id for v in registry.list_versions(session)} - {m.model_id for m in stats})
+        versions = registry.list_versions(session)  # read once: the segments below take them too
+        silent = sorted({v.model_id for v in versions} - {m.model_id for m in stats})
         models += [
             {
                 "model_id": model_id,
@@ -97,7 +98,7 @@ def collect_status(settings: MonitorSettings) -> dict:
             for c in repo.all_concept_states(session)
         ]
         checks = _data_checks(session)
-        segments = [s.as_dict() for s in segment_status(session, registry.list_versions(session))]
+        segments = [s.as_dict() for s in segment_status(session, versions)]
         unregistered = _unregistered(repo.unregistered_models(session))
         mismatches = [
             {
